@@ -1,0 +1,155 @@
+"""The two execution engines behind one protocol (ARCHITECTURE.md decision 3).
+
+``local`` runs downloads as in-process tasks and engines as supervised subprocesses; it is the
+embedded default. ``kubernetes`` talks to a cluster with kubernetes_asyncio, from a kubeconfig
+file or the in-cluster service account. Both answer :meth:`Runtime.check` for ``/readyz`` and
+:meth:`Runtime.describe` for the API; they own their clients and close them on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot do work right now; the message says why (for ``/readyz``)."""
+
+
+class RuntimeConfigError(Exception):
+    """The runtime is configured wrongly; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    """What a runtime tells about itself."""
+
+    kind: str
+    namespace: str | None
+    version: str | None
+
+
+class Runtime(Protocol):
+    """What controllers and health checks need from an execution engine."""
+
+    kind: str
+
+    async def start(self) -> None:
+        """Open clients; raise :class:`RuntimeConfigError` for bad configuration."""
+
+    async def check(self) -> None:
+        """Return when the runtime can do work, else raise :class:`RuntimeUnavailable`."""
+
+    async def describe(self) -> RuntimeInfo:
+        """Kind, namespace and server version, for ``clusterStatus`` and the dashboard."""
+
+    async def close(self) -> None:
+        """Release every client and connection; idempotent."""
+
+
+class LocalRuntime:
+    """Work on this machine: weights and engine processes under ``state_dir``."""
+
+    kind = "local"
+
+    def __init__(self, *, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    async def start(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeConfigError(
+                f"MODELPLANE_STATE_DIR: cannot create {self.state_dir}: {exc.strerror}"
+            ) from exc
+
+    async def check(self) -> None:
+        if not self.state_dir.is_dir():
+            raise RuntimeUnavailable(f"state directory {self.state_dir} is missing")
+        try:
+            with tempfile.NamedTemporaryFile(dir=self.state_dir, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise RuntimeUnavailable(
+                f"state directory {self.state_dir} is not writable: {exc.strerror}"
+            ) from exc
+
+    async def describe(self) -> RuntimeInfo:
+        return RuntimeInfo(kind=self.kind, namespace=None, version=None)
+
+    async def close(self) -> None:
+        return None
+
+
+class KubernetesRuntime:
+    """Work on a Kubernetes cluster, in one namespace, through one shared ApiClient."""
+
+    kind = "kubernetes"
+
+    def __init__(self, *, kubeconfig: Path | None, namespace: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self._api: k8s.ApiClient | None = None
+
+    @property
+    def api(self) -> k8s.ApiClient:
+        """The shared ApiClient (after :meth:`start`)."""
+        if self._api is None:
+            raise RuntimeUnavailable("the kubernetes runtime has not been started")
+        return self._api
+
+    async def start(self) -> None:
+        configuration = k8s.Configuration()
+        if self.kubeconfig is not None:
+            if not self.kubeconfig.is_file():
+                raise RuntimeConfigError(
+                    f"MODELPLANE_KUBECONFIG: no kubeconfig file at {self.kubeconfig}"
+                )
+            try:
+                await k8s_config.load_kube_config(
+                    config_file=str(self.kubeconfig), client_configuration=configuration
+                )
+            except (ConfigException, ValueError, KeyError) as exc:
+                raise RuntimeConfigError(
+                    f"MODELPLANE_KUBECONFIG: {self.kubeconfig} is not a usable kubeconfig: {exc}"
+                ) from exc
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            try:
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]  # untyped upstream
+                    client_configuration=configuration
+                )
+            except ConfigException as exc:
+                raise RuntimeConfigError(f"in-cluster configuration failed: {exc}") from exc
+        else:
+            raise RuntimeConfigError(
+                "MODELPLANE_KUBECONFIG: the kubernetes runtime needs a kubeconfig file "
+                "(or must run inside a cluster); set MODELPLANE_KUBECONFIG or use "
+                "MODELPLANE_RUNTIME=local"
+            )
+        self._api = k8s.ApiClient(configuration)
+
+    async def check(self) -> None:
+        try:
+            await k8s.VersionApi(self.api).get_code(_request_timeout=5)
+        except RuntimeUnavailable:
+            raise
+        except Exception as exc:  # any transport or API failure means not ready
+            raise RuntimeUnavailable(
+                f"Kubernetes API server not reachable: {type(exc).__name__}"
+            ) from exc
+
+    async def describe(self) -> RuntimeInfo:
+        info = await k8s.VersionApi(self.api).get_code(_request_timeout=5)
+        return RuntimeInfo(kind=self.kind, namespace=self.namespace, version=info.git_version)
+
+    async def close(self) -> None:
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.close()

@@ -1,0 +1,317 @@
+"""The FastAPI application factory and the resources it owns.
+
+:func:`open_resources` connects everything the service needs (MongoDB, the runtime, the hub
+client, the token verifier) and raises :class:`StartupError` with one readable line naming the
+setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
+GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz`` and
+``/metrics``. No module-level singletons: everything hangs off the app built here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from joserfc.jwk import OctKey
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
+
+from controllers.runtimes import (
+    KubernetesRuntime,
+    LocalRuntime,
+    Runtime,
+    RuntimeConfigError,
+    RuntimeUnavailable,
+)
+from integrations.huggingface import HubClient
+from modelplane import logs
+from modelplane.auth import AuthError, TokenVerifier, load_dev_key
+from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
+from modelplane.schema_root import make_schema
+from modelplane.settings import Environment, RuntimeKind, Settings
+from resolvers.context import Context, Services
+from storage.client import Client, Database, make_client, ping
+from storage.documents import OrganizationDocument, utcnow
+from storage.errors import DatabaseUnavailable, DuplicateKey
+from storage.repositories import OrganizationRepository, ensure_indexes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORGANIZATION = "default"
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is one line naming the setting at fault."""
+
+
+def modelplane_version() -> str:
+    """The installed package version."""
+    try:
+        return package_version("modelplane")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass
+class Resources:
+    """Everything long-lived the app uses; closed together by :func:`open_resources`."""
+
+    settings: Settings
+    client: Client
+    database: Database
+    runtime: Runtime
+    hub: HubClient
+    verifier: TokenVerifier
+    dev_key: OctKey | None
+    services: Services
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Start the embedded database if needed, connect, create indexes, start the runtime."""
+    async with AsyncExitStack() as stack:
+        uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
+        if uri is None:
+            ferret = FerretDBProcess(
+                binary=settings.ferretdb_binary or default_ferretdb_binary(),
+                data_dir=(settings.state_dir / "ferretdb").resolve(),
+            )
+            try:
+                ferret.start()
+                stack.callback(ferret.stop)
+                await ferret.wait_ready()
+            except EmbeddedError as exc:
+                raise StartupError(str(exc)) from None
+            uri = ferret.uri
+            log.info("embedded FerretDB started", extra={"port": ferret.port})
+
+        client = make_client(uri, timeout_seconds=settings.mongodb_timeout_seconds)
+        stack.push_async_callback(client.close)
+        database = client[settings.mongodb_database]
+        try:
+            await ping(database)
+        except DatabaseUnavailable as exc:
+            raise StartupError(
+                f"MODELPLANE_MONGODB_URI: MongoDB is not reachable within "
+                f"{settings.mongodb_timeout_seconds:g} s ({exc.__cause__.__class__.__name__})"
+            ) from None
+        await ensure_indexes(database)
+
+        runtime: Runtime
+        if settings.runtime is RuntimeKind.KUBERNETES:
+            runtime = KubernetesRuntime(
+                kubeconfig=settings.kubeconfig, namespace=settings.namespace
+            )
+        else:
+            runtime = LocalRuntime(state_dir=settings.state_dir.resolve())
+        try:
+            await runtime.start()
+        except RuntimeConfigError as exc:
+            raise StartupError(str(exc)) from None
+        stack.push_async_callback(runtime.close)
+
+        dev_key = None
+        if settings.environment is Environment.DEVELOPMENT:
+            secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+            dev_key = load_dev_key(secret_key=secret, state_dir=settings.state_dir)
+            await _ensure_organization(database, DEFAULT_ORGANIZATION)
+        verifier = TokenVerifier(
+            dev_key=dev_key,
+            oidc_issuer=settings.oidc_issuer,
+            oidc_audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            organization_claim=settings.organization_claim,
+            role_claim=settings.role_claim,
+        )
+        hub = HubClient(endpoint=settings.hf_endpoint)
+        services = Services(
+            database=database,
+            runtime=runtime,
+            hub=hub,
+            version=modelplane_version(),
+            started_at=utcnow(),
+        )
+        yield Resources(
+            settings=settings,
+            client=client,
+            database=database,
+            runtime=runtime,
+            hub=hub,
+            verifier=verifier,
+            dev_key=dev_key,
+            services=services,
+        )
+
+
+async def _ensure_organization(database: Database, organization_id: str) -> None:
+    repository = OrganizationRepository(database)
+    if await repository.get(organization_id) is None:
+        with contextlib.suppress(DuplicateKey):  # another replica created it first
+            await repository.insert(
+                OrganizationDocument(
+                    id=organization_id, name=organization_id, display_name="Default"
+                )
+            )
+
+
+class _Metrics:
+    """Per-app Prometheus registry (no global default registry, so tests can build many apps)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "modelplane_http_requests",
+            "HTTP requests served, by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "modelplane_http_request_duration_seconds",
+            "Time to produce an HTTP response, by method and route.",
+            ["method", "route"],
+            registry=self.registry,
+        )
+
+
+class _Router(GraphQLRouter[Context, None]):
+    """GraphQL router that authenticates WebSocket connections in ``connection_init``."""
+
+    verifier_getter: Callable[[], TokenVerifier]
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        token = params.get("Authorization") or params.get("authorization") or params.get("token")
+        if not isinstance(token, str):
+            raise ConnectionRejectionError({"message": "connection_init needs `Authorization`"})
+        try:
+            context.principal = await self.verifier_getter().verify(token)
+        except AuthError as exc:
+            raise ConnectionRejectionError({"message": str(exc)}) from None
+        return {"organizationId": context.principal.organization_id}
+
+
+def create_app(settings: Settings, *, resources: Resources | None = None) -> FastAPI:
+    """The ASGI app. With ``resources`` given the caller owns them; otherwise the lifespan does."""
+    holder: dict[str, Resources] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if resources is not None:
+            holder["resources"] = resources
+            yield
+            return
+        async with open_resources(settings) as opened:
+            holder["resources"] = opened
+            yield
+
+    def current() -> Resources:
+        return holder["resources"]
+
+    app = FastAPI(
+        title="modelplane",
+        version=modelplane_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    _install_observability(app, _Metrics())
+    _install_health(app, current)
+    app.include_router(_graphql_router(current), prefix="/graphql")
+    return app
+
+
+def _graphql_router(current: Callable[[], Resources]) -> _Router:
+    async def get_context(connection: HTTPConnection) -> Context:
+        res = current()
+        principal = None
+        header = connection.headers.get("authorization")
+        if header and connection.scope["type"] == "http":
+            try:
+                principal = await res.verifier.verify(header)
+            except AuthError as exc:
+                log.info("rejected bearer token: %s", exc)
+        return Context(
+            services=res.services,
+            principal=principal,
+            request_id=logs.request_id.get() or uuid.uuid4().hex,
+        )
+
+    router = _Router(
+        make_schema(),
+        graphql_ide="graphiql",
+        context_getter=get_context,
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        connection_init_wait_timeout=timedelta(seconds=10),
+    )
+    router.verifier_getter = lambda: current().verifier
+    return router
+
+
+def _install_observability(app: FastAPI, metrics: _Metrics) -> None:
+    @app.middleware("http")
+    async def request_ids(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        rid = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            logs.request_id.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        response.headers["x-request-id"] = rid
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST
+        )
+
+
+def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        res = current()
+        reasons: list[str] = []
+        try:
+            await ping(res.database)
+        except DatabaseUnavailable as exc:
+            reasons.append(f"mongodb: {exc}")
+        try:
+            await res.runtime.check()
+        except RuntimeUnavailable as exc:
+            reasons.append(f"runtime ({res.runtime.kind}): {exc}")
+        if reasons:
+            return JSONResponse({"status": "unavailable", "reasons": reasons}, status_code=503)
+        return JSONResponse({"status": "ready", "runtime": res.runtime.kind})

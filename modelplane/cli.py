@@ -1,0 +1,146 @@
+"""The ``modelplane`` command line: ``serve``, ``token``, ``schema export|check``.
+
+Configuration errors end the process with one line on stderr naming the setting (exit 2);
+start-up failures (database unreachable, bad kubeconfig) likewise (exit 1). No tracebacks for
+problems a user can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from modelplane.app import StartupError, create_app, open_resources
+from modelplane.auth import issue_dev_token, load_dev_key
+from modelplane.logs import configure_logging
+from modelplane.schema_root import export_sdl
+from modelplane.settings import Environment, Settings, SettingsError, load_settings
+from storage.documents import Role
+
+SCHEMA_PATH = Path("graphql/schema.graphql")
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+async def _serve(settings: Settings) -> int:
+    try:
+        async with open_resources(settings) as resources:
+            app = create_app(settings, resources=resources)
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                ws="websockets-sansio",
+                lifespan="on",
+            )
+            server = uvicorn.Server(config)
+            if resources.dev_key is not None:
+                token = issue_dev_token(
+                    resources.dev_key,
+                    subject="admin",
+                    organization_id="default",
+                    role=Role.ADMIN,
+                    ttl_seconds=7 * 24 * 3600,
+                )
+                url = f"http://{settings.host}:{settings.port}/graphql"
+                _say(
+                    f"\nmodelplane is starting on {settings.runtime.value} runtime\n"
+                    f"  GraphiQL:    {url}\n"
+                    f"  admin token: {token}\n"
+                    f'  (GraphiQL headers: {{"Authorization": "Bearer <admin token>"}})\n'
+                )
+            await server.serve()
+    except StartupError as exc:
+        _say(f"modelplane: {exc}")
+        return 1
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = load_settings(**overrides)
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return asyncio.run(_serve(settings))
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if settings.environment is not Environment.DEVELOPMENT:
+        _say("modelplane: development tokens exist only with MODELPLANE_ENVIRONMENT=development")
+        return 2
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    key = load_dev_key(secret_key=secret, state_dir=settings.state_dir)
+    print(  # noqa: T201  the token is the command's output
+        issue_dev_token(
+            key,
+            subject=args.subject,
+            organization_id=args.organization,
+            role=Role(args.role),
+            ttl_seconds=args.ttl,
+        )
+    )
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    sdl = export_sdl()
+    path = Path(args.path)
+    if args.action == "export":
+        path.write_text(sdl)
+        _say(f"wrote {path}")
+        return 0
+    current = path.read_text() if path.exists() else ""
+    if current != sdl:
+        _say(f"{path} is out of date: run `make schema` (modelplane schema export) and commit it")
+        return 1
+    _say(f"{path} matches the code")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="modelplane", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server (embedded defaults if unset)")
+    serve.add_argument("--host", help="bind address (MODELPLANE_HOST)")
+    serve.add_argument("--port", type=int, help="port (MODELPLANE_PORT)")
+    serve.set_defaults(func=_cmd_serve)
+
+    token = sub.add_parser("token", help="print a development bearer token")
+    token.add_argument("--subject", default="admin")
+    token.add_argument("--organization", default="default")
+    token.add_argument("--role", choices=[r.value for r in Role], default=Role.ADMIN.value)
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
+    token.set_defaults(func=_cmd_token)
+
+    schema = sub.add_parser("schema", help="export or check graphql/schema.graphql")
+    schema.add_argument("action", choices=["export", "check"])
+    schema.add_argument("--path", default=str(SCHEMA_PATH))
+    schema.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``modelplane`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        _say(f"modelplane: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

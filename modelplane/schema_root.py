@@ -1,0 +1,18 @@
+"""Wires the resolvers' root types into the schema; also used to export the SDL."""
+
+from __future__ import annotations
+
+import strawberry
+
+from resolvers.root import Query, Subscription
+from schema.building import build_schema
+
+
+def make_schema() -> strawberry.Schema:
+    """The executable schema of this version of modelplane."""
+    return build_schema(query=Query, subscription=Subscription)
+
+
+def export_sdl() -> str:
+    """The schema in SDL, as committed in ``graphql/schema.graphql``."""
+    return make_schema().as_str() + "\n"

@@ -1,0 +1,147 @@
+"""Service settings: one pydantic-settings class, validated once at start-up and passed down.
+
+Every knob is an environment variable prefixed ``MODELPLANE_`` (``MODELPLANE_MONGODB_URI``...).
+Nothing here is read at import time: :func:`load_settings` builds the object, the CLI calls it
+once and hands it to the app factory, and lower layers receive plain values from it.
+
+When nothing is configured the service runs on *embedded defaults*: a FerretDB process started
+from the testbed cache with its data under ``./.state/``, the ``local`` runtime, and a signing
+key generated into the state directory so a development admin token can be printed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pymongo.errors import InvalidURI
+from pymongo.uri_parser import parse_uri
+
+MIN_SECRET_KEY_LENGTH = 32
+
+
+class Environment(StrEnum):
+    """Where the service runs: development allows embedded defaults, production refuses them."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class RuntimeKind(StrEnum):
+    """Which execution engine runs downloads and inference (ARCHITECTURE.md decision 3)."""
+
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names the setting and says what to do."""
+
+
+class Settings(BaseSettings):
+    """All configuration of one modelplane process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPLANE_", env_file=None, extra="ignore", frozen=True
+    )
+
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+
+    state_dir: Path = Path(".state")
+    """Embedded FerretDB data, local-runtime weights and generated keys live here."""
+
+    mongodb_uri: SecretStr | None = None
+    """``mongodb://`` URI; unset means start the embedded FerretDB (development only)."""
+    mongodb_database: str = Field(default="modelplane", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    mongodb_timeout_seconds: float = Field(default=5.0, gt=0)
+    ferretdb_binary: Path | None = None
+    """Binary for the embedded FerretDB; defaults to the testbed cache (deploy/testbed/build.sh)."""
+
+    runtime: RuntimeKind = RuntimeKind.LOCAL
+    kubeconfig: Path | None = None
+    """Kubeconfig for the kubernetes runtime; unset means in-cluster service account config."""
+    namespace: str = Field(default="modelplane", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+    hf_endpoint: str = "https://huggingface.co"
+    """Hugging Face Hub base URL (a mirror or the local test hub)."""
+
+    secret_key: SecretStr | None = None
+    """Key for encrypting secrets at rest and signing development tokens (>= 32 chars)."""
+
+    oidc_issuer: str | None = None
+    """Issuer whose JWKS signs bearer tokens; unset means only development tokens are accepted."""
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    """JWKS document URL; defaults to the issuer's discovery document."""
+    organization_claim: str = "org"
+    role_claim: str = "role"
+
+    allowed_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Directories LOCAL download targets must resolve inside (comma separated)."""
+
+    @field_validator("allowed_local_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("mongodb_uri")
+    @classmethod
+    def _check_uri(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            parse_uri(value.get_secret_value(), validate=True, warn=False)
+        except (InvalidURI, ValueError) as exc:
+            # The parser's message can quote the URI (and its password): describe, don't echo.
+            reason = type(exc).__name__
+            raise ValueError(f"not a valid mongodb:// URI ({reason})") from None
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Self:
+        if self.environment is Environment.PRODUCTION:
+            if self.mongodb_uri is None:
+                raise ValueError(
+                    "MODELPLANE_MONGODB_URI is required in production "
+                    "(the embedded FerretDB is for development only)"
+                )
+            if self.secret_key is None:
+                raise ValueError("MODELPLANE_SECRET_KEY is required in production")
+            if self.oidc_issuer is None:
+                raise ValueError("MODELPLANE_OIDC_ISSUER is required in production")
+        return self
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when the service starts its own FerretDB."""
+        return self.mongodb_uri is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (plus overrides) or raise one readable SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # keyword overrides are validated
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in error["loc"])
+            name = f"MODELPLANE_{field.upper()}" if field else "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{name}: {message}")
+        raise SettingsError("; ".join(lines)) from None

@@ -1,0 +1,45 @@
+"""The typed request context, built once per request from resources made in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from strawberry.fastapi import BaseContext
+from strawberry.types import Info as StrawberryInfo
+
+from controllers.runtimes import Runtime
+from integrations.huggingface import HubClient
+from schema.building import NotAuthenticated
+from services.principals import Principal
+from storage.client import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Long-lived resources shared by every request (built in the app lifespan)."""
+
+    database: Database
+    runtime: Runtime
+    hub: HubClient
+    version: str
+    started_at: datetime
+
+
+class Context(BaseContext):
+    """What every resolver receives as ``info.context``."""
+
+    def __init__(self, *, services: Services, principal: Principal | None, request_id: str) -> None:
+        super().__init__()
+        self.services = services
+        self.principal = principal
+        self.request_id = request_id
+
+    def require_principal(self) -> Principal:
+        """The caller, or :class:`NotAuthenticated` if the request carried no valid token."""
+        if self.principal is None:
+            raise NotAuthenticated("authentication required: send `Authorization: Bearer <token>`")
+        return self.principal
+
+
+Info = StrawberryInfo[Context, None]

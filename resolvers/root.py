@@ -1,0 +1,104 @@
+"""The root Query and Subscription types.
+
+Resolvers are plain module functions attached with ``strawberry.field(resolver=...)``: they
+stay fully typed under ``mypy --strict`` (decorator factories with arguments do not), and each
+can be called directly in a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Annotated
+
+import strawberry
+
+from controllers.runtimes import RuntimeUnavailable
+from resolvers.context import Info
+from schema.enums import RoleEnum
+from schema.objects import Heartbeat, ServerInfo, Viewer
+from storage.documents import utcnow
+
+MIN_HEARTBEAT_SECONDS = 0.1
+MAX_HEARTBEAT_SECONDS = 300.0
+
+
+async def resolve_server_info(info: Info) -> ServerInfo:
+    """Answers without authentication: clients use it to check they reached modelplane."""
+    services = info.context.services
+    kubernetes_version: str | None = None
+    namespace: str | None = None
+    if services.runtime.kind == "kubernetes":
+        try:
+            described = await services.runtime.describe()
+        except RuntimeUnavailable:
+            described = None
+        if described is not None:
+            kubernetes_version, namespace = described.version, described.namespace
+    return ServerInfo(
+        version=services.version,
+        runtime=services.runtime.kind,
+        namespace=namespace,
+        kubernetes_version=kubernetes_version,
+        hub_endpoint=services.hub.endpoint,
+        started_at=services.started_at,
+    )
+
+
+def resolve_viewer(info: Info) -> Viewer:
+    """Who the bearer token identifies."""
+    principal = info.context.require_principal()
+    return Viewer(
+        subject=principal.subject,
+        organization_id=principal.organization_id,
+        role=RoleEnum(principal.role.value),
+        expires_at=principal.expires_at,
+    )
+
+
+async def stream_heartbeat(
+    info: Info,
+    interval_seconds: Annotated[
+        float, strawberry.argument(description="Seconds between beats, 0.1 to 300.")
+    ] = 5.0,
+    count: Annotated[
+        int | None,
+        strawberry.argument(description="Stop after this many beats; null streams until closed."),
+    ] = None,
+) -> AsyncGenerator[Heartbeat, None]:
+    """Yields :class:`Heartbeat` objects until ``count`` is reached or the client leaves."""
+    info.context.require_principal()
+    interval = min(max(interval_seconds, MIN_HEARTBEAT_SECONDS), MAX_HEARTBEAT_SECONDS)
+    sequence = 0
+    while count is None or sequence < count:
+        sequence += 1
+        yield Heartbeat(sequence=sequence, server_time=utcnow())
+        if count is None or sequence < count:
+            await asyncio.sleep(interval)
+
+
+@strawberry.type(description="Read the catalogue, the weights, the inference services.")
+class Query:
+    """Root query type."""
+
+    server_info: ServerInfo = strawberry.field(
+        resolver=resolve_server_info,
+        description="Version and runtime of this modelplane deployment (no token needed).",
+    )
+    viewer: Viewer = strawberry.field(
+        resolver=resolve_viewer,
+        description="The authenticated caller; an error without a valid token.",
+    )
+
+
+@strawberry.type(description="Live streams over the `graphql-transport-ws` WebSocket protocol.")
+class Subscription:
+    """Root subscription type."""
+
+    heartbeat: AsyncGenerator[Heartbeat, None] = strawberry.subscription(
+        resolver=stream_heartbeat,
+        description=(
+            "A beat every `intervalSeconds` (0.1 to 300), so a client can tell a quiet stream "
+            "from a dead one. Needs authentication in `connection_init`."
+        ),
+    )

@@ -1,0 +1,62 @@
+"""Build the strawberry.Schema from the root types the composition root hands in.
+
+Unexpected exceptions are masked (``MaskErrors``): the client sees "Unexpected error." and the
+request id, the log gets the traceback. Expected failures are either union members (see the
+result types) or :class:`ExpectedError` subclasses such as authentication failures, whose
+messages are written for the caller and pass through unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import strawberry
+from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.types import ExecutionContext
+
+from graphql import GraphQLError
+
+
+class ExpectedError(Exception):
+    """An error whose message is meant for the caller (never masked)."""
+
+
+class NotAuthenticated(ExpectedError):
+    """No valid bearer token came with the request."""
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    original = error.original_error
+    if original is None:
+        return False  # validation and syntax errors are about the query itself
+    return not isinstance(original, ExpectedError)
+
+
+class _Schema(strawberry.Schema):
+    """Logs only unexpected errors (with traceback); expected ones are the caller's business."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        unexpected = [error for error in errors if _should_mask(error)]
+        if unexpected:
+            super().process_errors(unexpected, execution_context)
+
+
+def build_schema(
+    *,
+    query: type[Any],
+    mutation: type[Any] | None = None,
+    subscription: type[Any] | None = None,
+    types: Sequence[type[Any]] = (),
+    extensions: Sequence[type[SchemaExtension] | Callable[[], SchemaExtension]] = (),
+) -> strawberry.Schema:
+    """The executable schema; the same call exports the committed SDL."""
+    return _Schema(
+        query=query,
+        mutation=mutation,
+        subscription=subscription,
+        types=list(types),
+        extensions=[*extensions, lambda: MaskErrors(should_mask_error=_should_mask)],
+    )

@@ -1,0 +1,34 @@
+"""Connecting to MongoDB with PyMongo's native async client (Motor reached end of life)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConfigurationError, PyMongoError
+
+from storage.errors import DatabaseUnavailable
+
+Database: TypeAlias = AsyncDatabase[dict[str, Any]]
+Client: TypeAlias = AsyncMongoClient[dict[str, Any]]
+
+
+def make_client(uri: str, *, timeout_seconds: float, app_name: str = "modelplane") -> Client:
+    """Build a client; it connects lazily, so call :func:`ping` to prove the server is there."""
+    timeout_ms = int(timeout_seconds * 1000)
+    return AsyncMongoClient(
+        uri,
+        appname=app_name,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        tz_aware=True,
+    )
+
+
+async def ping(database: Database) -> None:
+    """Raise :class:`DatabaseUnavailable` (without echoing the URI) unless the server answers."""
+    try:
+        await database.command("ping")
+    except (PyMongoError, ConfigurationError) as exc:
+        raise DatabaseUnavailable(f"MongoDB did not answer: {type(exc).__name__}") from exc

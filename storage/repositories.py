@@ -1,0 +1,201 @@
+"""One thin async repository per collection; keyword-only arguments, typed documents out.
+
+:class:`Repository` holds what every collection needs: insert, get, paged find with a total,
+compare-and-set update on ``{_id, revision}``, delete and index creation. Collection-specific
+repositories subclass it, name their collection and indexes, and add queries of their own.
+Tenancy is enforced by callers passing ``scope`` (``{"organization_id": ...}``), which is
+merged into every filter, so a document of another organisation is indistinguishable from a
+missing one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from storage.client import Database
+from storage.documents import Document, LeaseDocument, OrganizationDocument, utcnow
+from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
+
+D = TypeVar("D", bound=Document)
+Filter = Mapping[str, Any]
+
+_DUP_FIELD = re.compile(r"index: (?:\S+\.\$)?(\w+?)(?:_-?1)*(?:_\w+)? dup key|dup key: \{ ?(\w+):")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[D]):
+    """One page of a listing and the number of matches across all pages."""
+
+    items: list[D]
+    total: int
+
+
+class Repository(Generic[D]):
+    """Base repository: subclasses set ``collection_name``, ``document_type`` and ``indexes``."""
+
+    collection_name: ClassVar[str]
+    document_type: type[D]
+    indexes: ClassVar[Sequence[IndexModel]] = ()
+    unique_fields: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, database: Database) -> None:
+        self._collection = database[self.collection_name]
+
+    async def ensure_indexes(self) -> None:
+        """Create the declared indexes (idempotent; run at start-up)."""
+        if self.indexes:
+            await self._collection.create_indexes(list(self.indexes))
+
+    async def insert(self, document: D) -> D:
+        """Store a new document; a unique-index clash raises :class:`DuplicateKey`."""
+        try:
+            await self._collection.insert_one(document.to_mongo())
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(self.collection_name, self._duplicate_field(exc)) from exc
+        return document
+
+    async def get(self, document_id: str, *, scope: Filter | None = None) -> D | None:
+        """The document with that id inside ``scope``, or None."""
+        raw = await self._collection.find_one({**(scope or {}), "_id": document_id})
+        return None if raw is None else self.document_type.from_mongo(raw)
+
+    async def require(self, document_id: str, *, scope: Filter | None = None) -> D:
+        """Like :meth:`get` but raises :class:`NotFound`."""
+        found = await self.get(document_id, scope=scope)
+        if found is None:
+            raise NotFound(self.collection_name, document_id)
+        return found
+
+    async def find_one(self, *, where: Filter) -> D | None:
+        """The first document matching ``where``, or None."""
+        raw = await self._collection.find_one(dict(where))
+        return None if raw is None else self.document_type.from_mongo(raw)
+
+    async def find(
+        self,
+        *,
+        where: Filter,
+        limit: int,
+        offset: int = 0,
+        sort: Sequence[tuple[str, int]] = (("created_at", ASCENDING), ("_id", ASCENDING)),
+    ) -> Page[D]:
+        """A page of matches (``limit`` 0 returns only the total) and the total count."""
+        total = await self._collection.count_documents(dict(where))
+        items: list[D] = []
+        if limit > 0 and offset < total:
+            cursor = self._collection.find(dict(where)).sort(list(sort)).skip(offset).limit(limit)
+            items = [self.document_type.from_mongo(raw) async for raw in cursor]
+        return Page(items=items, total=total)
+
+    async def update(
+        self,
+        document_id: str,
+        *,
+        expected_revision: int,
+        changes: Mapping[str, Any],
+        scope: Filter | None = None,
+    ) -> D:
+        """Compare-and-set: apply ``changes`` only if the stored revision is still the one read.
+
+        Raises :class:`RevisionConflict` when someone else wrote first, :class:`NotFound` when
+        the document is gone.
+        """
+        query = {**(scope or {}), "_id": document_id, "revision": expected_revision}
+        update = {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"revision": 1}}
+        try:
+            raw = await self._collection.find_one_and_update(
+                query, update, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError as exc:
+            raise DuplicateKey(self.collection_name, self._duplicate_field(exc)) from exc
+        if raw is not None:
+            return self.document_type.from_mongo(raw)
+        if await self.get(document_id, scope=scope) is None:
+            raise NotFound(self.collection_name, document_id)
+        raise RevisionConflict(self.collection_name, document_id, expected_revision)
+
+    async def delete(self, document_id: str, *, scope: Filter | None = None) -> bool:
+        """Remove the document for good; False when there was nothing to remove."""
+        result = await self._collection.delete_one({**(scope or {}), "_id": document_id})
+        return result.deleted_count == 1
+
+    def _duplicate_field(self, exc: DuplicateKeyError) -> str | None:
+        details = exc.details or {}
+        key_pattern = details.get("keyPattern") or details.get("keyValue")
+        if isinstance(key_pattern, Mapping) and key_pattern:
+            names = [name for name in key_pattern if name != "organization_id"]
+            return str(names[0] if names else next(iter(key_pattern)))
+        if len(self.unique_fields) == 1:
+            # FerretDB's E11000 message does not name the index; with one unique field we know.
+            return self.unique_fields[0]
+        match = _DUP_FIELD.search(str(exc))
+        return next((g for g in match.groups() if g), None) if match else None
+
+
+class OrganizationRepository(Repository[OrganizationDocument]):
+    """Organisations (tenants); ``name`` is unique."""
+
+    collection_name = "organizations"
+    document_type = OrganizationDocument
+    indexes = (IndexModel([("name", ASCENDING)], unique=True, name="name_unique"),)
+    unique_fields = ("name",)
+
+
+class LeaseRepository(Repository[LeaseDocument]):
+    """Leases for leader election: acquire or renew atomically, never steal a live one."""
+
+    collection_name = "leases"
+    document_type = LeaseDocument
+
+    async def try_acquire(self, name: str, *, holder: str, duration: timedelta) -> bool:
+        """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
+        now = utcnow()
+        expires = now + duration
+        try:
+            raw = await self._collection.find_one_and_update(
+                {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
+                {
+                    "$set": {"holder": holder, "expires_at": expires, "updated_at": now},
+                    "$inc": {"revision": 1},
+                },
+                return_document=ReturnDocument.AFTER,
+            )
+        except PyMongoError as exc:
+            raise DatabaseUnavailable(f"lease {name}: {type(exc).__name__}") from exc
+        if raw is not None:
+            return True
+        lease = LeaseDocument(id=name, holder=holder, expires_at=expires)
+        try:
+            await self._collection.insert_one(lease.to_mongo())
+        except DuplicateKeyError:
+            return False  # someone else holds a live lease
+        return True
+
+    async def release(self, name: str, *, holder: str) -> None:
+        """Give the lease up early so another replica can lead without waiting for expiry."""
+        await self._collection.delete_one({"_id": name, "holder": holder})
+
+    async def holder_of(self, name: str, *, at: datetime | None = None) -> str | None:
+        """Who holds a live lease ``name`` now (or at ``at``), if anyone."""
+        lease = await self.get(name)
+        if lease is None or lease.expires_at < (at or utcnow()):
+            return None
+        return lease.holder
+
+
+def all_repositories(database: Database) -> list[Repository[Any]]:
+    """Every repository, for index creation at start-up."""
+    return [OrganizationRepository(database), LeaseRepository(database)]
+
+
+async def ensure_indexes(database: Database) -> None:
+    """Create every collection's indexes; idempotent."""
+    for repository in all_repositories(database):
+        await repository.ensure_indexes()

@@ -1,0 +1,184 @@
+"""Session fixtures: real servers on loopback (FerretDB, etcd + kube-apiserver, MinIO, the local
+hub), per-test databases, a running modelplane on a free port, and a guard that fails any test
+leaving asyncio tasks behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from modelplane.app import Resources, create_app, open_resources
+from modelplane.auth import issue_dev_token
+from modelplane.embedded import FerretDBProcess, free_port
+from modelplane.settings import Settings, load_settings
+from storage.client import Client, Database, make_client
+from storage.documents import Role
+from testbed import servers
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+
+
+@pytest.fixture(scope="session")
+def testbed_binaries() -> dict[str, Path]:
+    """Paths of the server binaries, building any that are missing (loudly)."""
+    return servers.ensure_built()
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("testbed")
+
+
+@pytest.fixture(scope="session")
+async def mongo_uri(testbed_binaries: dict[str, Path], session_dir: Path) -> AsyncIterator[str]:
+    """A FerretDB server for the whole session."""
+    ferret = FerretDBProcess(binary=testbed_binaries["ferretdb"], data_dir=session_dir / "ferretdb")
+    ferret.start()
+    try:
+        await ferret.wait_ready()
+        yield ferret.uri
+    finally:
+        ferret.stop()
+
+
+@pytest.fixture(scope="session")
+async def mongo_client(mongo_uri: str) -> AsyncIterator[Client]:
+    client = make_client(mongo_uri, timeout_seconds=5)
+    await client.admin.command("ping")  # start the monitor tasks before any test runs
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def database(mongo_client: Client) -> AsyncIterator[Database]:
+    """A fresh database per test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield mongo_client[name]
+    await mongo_client.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def kube(testbed_binaries: dict[str, Path], session_dir: Path) -> Iterator[servers.KubeCluster]:
+    """etcd + kube-apiserver for the session."""
+    with servers.kube_apiserver(
+        session_dir / "kube",
+        etcd=testbed_binaries["etcd"],
+        apiserver=testbed_binaries["kube-apiserver"],
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server(testbed_binaries: dict[str, Path], session_dir: Path) -> Iterator[servers.S3Server]:
+    """MinIO for the session."""
+    with servers.minio(session_dir / "minio", binary=testbed_binaries["minio"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hub() -> Iterator[Any]:
+    """The local Hugging Face Hub stand-in, serving the sample repositories."""
+    from testbed.hub import running_hub
+
+    with running_hub() as running:
+        yield running
+
+
+def make_settings(tmp_path: Path, mongo_uri: str, **overrides: Any) -> Settings:
+    """Settings pointing at the test servers, with a per-test state dir and database."""
+    values: dict[str, Any] = {
+        "mongodb_uri": mongo_uri,
+        "mongodb_database": f"app_{uuid.uuid4().hex[:12]}",
+        "state_dir": tmp_path / "state",
+        "secret_key": "test-secret-key-that-is-long-enough-0123456789",
+        "log_format": "console",
+        **overrides,
+    }
+    return load_settings(**values)
+
+
+class RunningApp:
+    """modelplane served by uvicorn on a loopback port inside the test's event loop."""
+
+    def __init__(self, resources: Resources, port: int) -> None:
+        self.resources = resources
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.graphql_url = f"{self.base_url}/graphql"
+        self.ws_url = f"ws://127.0.0.1:{port}/graphql"
+
+    def token(
+        self,
+        *,
+        role: Role = Role.ADMIN,
+        organization: str = "default",
+        ttl_seconds: int = 600,
+        subject: str = "tester",
+    ) -> str:
+        assert self.resources.dev_key is not None
+        return issue_dev_token(
+            self.resources.dev_key,
+            subject=subject,
+            organization_id=organization,
+            role=role,
+            ttl_seconds=ttl_seconds,
+        )
+
+
+@pytest.fixture
+async def running_app(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client
+) -> AsyncIterator[RunningApp]:
+    """A full modelplane (local runtime) listening on a free port for one test."""
+    settings = make_settings(tmp_path, mongo_uri)
+    async with open_resources(settings) as resources:
+        app = create_app(settings, resources=resources)
+        port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            ws="websockets-sansio",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(), name="uvicorn-test-server")
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+        try:
+            yield RunningApp(resources, port)
+        finally:
+            server.should_exit = True
+            await task
+        await mongo_client.drop_database(settings.mongodb_database)
+
+
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running after it (and its fixtures) finished."""
+    before = set(asyncio.all_tasks())
+    yield
+    current = asyncio.current_task()
+    leaked: set[asyncio.Task[Any]] = set()
+    for _ in range(50):
+        leaked = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+        if not leaked:
+            return
+        await asyncio.sleep(0.02)
+    names = sorted(task.get_name() + ": " + repr(task.get_coro()) for task in leaked)
+    for task in leaked:
+        task.cancel()
+    pytest.fail("test leaked asyncio tasks:\n  " + "\n  ".join(names))

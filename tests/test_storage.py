@@ -1,0 +1,112 @@
+"""The repository layer against a real FerretDB: round trips, compare-and-set, uniqueness."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from storage.client import Database
+from storage.documents import OrganizationDocument, new_id
+from storage.errors import DuplicateKey, NotFound, RevisionConflict
+from storage.repositories import LeaseRepository, OrganizationRepository, ensure_indexes
+
+
+@pytest.fixture
+async def orgs(database: Database) -> OrganizationRepository:
+    await ensure_indexes(database)
+    return OrganizationRepository(database)
+
+
+async def test_round_trip_preserves_every_field(orgs: OrganizationRepository) -> None:
+    doc = OrganizationDocument(id=new_id("org"), name="acme", display_name="Acme Inc.")
+    await orgs.insert(doc)
+    loaded = await orgs.get(doc.id)
+    assert loaded == doc
+    assert loaded is not None
+    assert loaded.revision == 1
+    assert loaded.created_at.tzinfo is not None
+
+
+async def test_update_bumps_revision_and_refuses_stale_writers(
+    orgs: OrganizationRepository, database: Database
+) -> None:
+    doc = await orgs.insert(OrganizationDocument(id="org-a", name="a"))
+    updated = await orgs.update(doc.id, expected_revision=1, changes={"display_name": "A"})
+    assert updated.revision == 2
+    assert updated.display_name == "A"
+    assert updated.updated_at >= doc.updated_at
+
+    with pytest.raises(RevisionConflict):
+        await orgs.update(doc.id, expected_revision=1, changes={"display_name": "stale"})
+    raw = await database["organizations"].find_one({"_id": "org-a"})
+    assert raw is not None
+    assert raw["display_name"] == "A"  # the stale write changed nothing
+    assert raw["revision"] == 2
+
+
+async def test_concurrent_updates_exactly_one_wins(orgs: OrganizationRepository) -> None:
+    await orgs.insert(OrganizationDocument(id="org-c", name="c"))
+
+    async def write(value: str) -> str:
+        try:
+            await orgs.update("org-c", expected_revision=1, changes={"display_name": value})
+        except RevisionConflict:
+            return "conflict"
+        return "won"
+
+    outcomes = await asyncio.gather(*(write(f"w{i}") for i in range(5)))
+    assert sorted(outcomes) == ["conflict"] * 4 + ["won"]
+    final = await orgs.require("org-c")
+    assert final.revision == 2
+
+
+async def test_update_of_missing_document_is_not_found(orgs: OrganizationRepository) -> None:
+    with pytest.raises(NotFound):
+        await orgs.update("org-missing", expected_revision=1, changes={"display_name": "x"})
+
+
+async def test_unique_name_is_enforced_and_names_the_field(
+    orgs: OrganizationRepository, database: Database
+) -> None:
+    await orgs.insert(OrganizationDocument(id="org-1", name="same"))
+    with pytest.raises(DuplicateKey) as caught:
+        await orgs.insert(OrganizationDocument(id="org-2", name="same"))
+    assert caught.value.field == "name"
+    assert await database["organizations"].count_documents({}) == 1
+
+
+async def test_scope_hides_documents_of_other_organisations(
+    database: Database, orgs: OrganizationRepository
+) -> None:
+    await orgs.insert(OrganizationDocument(id="org-s", name="s"))
+    assert await orgs.get("org-s", scope={"name": "other"}) is None
+    assert await orgs.get("org-s", scope={"name": "s"}) is not None
+
+
+async def test_find_pages_with_total(orgs: OrganizationRepository) -> None:
+    for i in range(7):
+        await orgs.insert(OrganizationDocument(id=f"org-{i}", name=f"n{i}"))
+    page = await orgs.find(where={}, limit=3, offset=3, sort=[("_id", 1)])
+    assert page.total == 7
+    assert [d.id for d in page.items] == ["org-3", "org-4", "org-5"]
+    empty = await orgs.find(where={}, limit=3, offset=9)
+    assert empty.total == 7
+    assert empty.items == []
+
+
+async def test_lease_has_one_holder_until_it_expires(database: Database) -> None:
+    leases = LeaseRepository(database)
+    assert await leases.try_acquire("controllers", holder="a", duration=timedelta(seconds=30))
+    assert not await leases.try_acquire("controllers", holder="b", duration=timedelta(seconds=30))
+    assert await leases.try_acquire("controllers", holder="a", duration=timedelta(seconds=30))
+    assert await leases.holder_of("controllers") == "a"
+
+    assert await leases.try_acquire("short", holder="a", duration=timedelta(milliseconds=1))
+    await asyncio.sleep(0.05)
+    assert await leases.try_acquire("short", holder="b", duration=timedelta(seconds=30))
+    assert await leases.holder_of("short") == "b"
+
+    await leases.release("controllers", holder="a")
+    assert await leases.try_acquire("controllers", holder="b", duration=timedelta(seconds=30))
