@@ -122,7 +122,7 @@ class TokenVerifier:
                 expected_issuer = self._issuer
             audience: ClaimsOption = (
                 {"essential": True, "value": self._audience}
-                if self._audience
+                if self._audience and expected_issuer != DEV_ISSUER
                 else {"essential": False}
             )
             registry = jwt.JWTClaimsRegistry(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -57,6 +58,12 @@ async def _serve(settings: Settings) -> int:
                     f"  admin token: {token}\n"
                     f'  (GraphiQL headers: {{"Authorization": "Bearer <admin token>"}})\n'
                 )
+            # uvicorn re-raises SIGINT/SIGTERM once it has shut down; with the default handlers
+            # back in place that would kill the process before the embedded database stops.
+            # Handlers that only record let the `async with` above close everything first.
+            received: list[int] = []
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, _frame: received.append(signum))
             await server.serve()
     except StartupError as exc:
         _say(f"modelplane: {exc}")

@@ -10,9 +10,12 @@ SIGKILL) when done. Telemetry is disabled.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,15 @@ FERRETDB_VERSION = "v1.24.2"
 
 class EmbeddedError(Exception):
     """The embedded server could not be found or started; the message says what to do."""
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the parent dies, even by SIGKILL."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def default_cache_dir() -> Path:
@@ -89,6 +101,7 @@ class FerretDBProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509  only calls prctl, no locks taken
             )
 
     async def wait_ready(self, within: float = 30.0) -> None:

@@ -25,7 +25,10 @@ reconcile_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bhf_[A-Za-z0-9]{8,}"),
-    re.compile(r"(?i)((?:secret|token|password|api[_-]?key)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+    re.compile(
+        r"(?i)([\w-]*(?:secret|token|password|passwd|api[_-]?key)[\w-]*[\"']?\s*[:=]\s*[\"']?)"
+        r"[^\s\"',}]+"
+    ),
     re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
     re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@\s]+(@)"),
 ]
