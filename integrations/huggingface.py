@@ -97,13 +97,17 @@ class HubClient:
         except RepositoryNotFoundError as exc:
             raise HubRepoNotFound(f"{repo_id} was not found on the hub") from exc
         except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "no response"
-            raise HubError(f"the hub answered {status} for {repo_id}") from exc
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise HubAccessDenied(
+                    f"the hub refused the token for {repo_id} (HTTP {status})"
+                ) from exc
+            raise HubError(f"the hub answered {status or 'nothing'} for {repo_id}") from exc
         return _to_model(info)
 
 
 def _to_model(info: Any) -> HubModel:
-    card: dict[str, Any] = dict(info.card_data or {}) if info.card_data else {}
+    card: dict[str, Any] = info.card_data.to_dict() if info.card_data is not None else {}
     config: dict[str, Any] = info.config or {}
     files = [
         HubFile(

@@ -22,6 +22,9 @@ from modelplane.settings import Settings, load_settings
 from storage.client import Client, Database, make_client
 from storage.documents import Role
 from testbed import servers
+from testbed.hub import LocalHub, RunningHub, running_hub
+
+HUB_TOKEN = "hf_testbedgrantedtoken0001"
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
@@ -86,11 +89,10 @@ def s3_server(testbed_binaries: dict[str, Path], session_dir: Path) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def hub() -> Iterator[Any]:
+def hub() -> Iterator[RunningHub]:
     """The local Hugging Face Hub stand-in, serving the sample repositories."""
-    from testbed.hub import running_hub
-
-    with running_hub() as running:
+    with running_hub(LocalHub(tokens=[HUB_TOKEN])) as running:
+        running.hub.grant(HUB_TOKEN, "gated-org/gated-model")
         yield running
 
 

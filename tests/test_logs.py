@@ -68,9 +68,13 @@ def test_request_and_reconcile_ids_are_attached(captured: logging.Logger) -> Non
     assert "request_id" not in second
 
 
+def _fail() -> None:
+    raise RuntimeError("failed with Bearer abcdefghijklmnop")
+
+
 def test_tracebacks_are_redacted_too(captured: logging.Logger) -> None:
     try:
-        raise RuntimeError("failed with Bearer abcdefghijklmnop")
+        _fail()
     except RuntimeError:
         captured.exception("boom")
     entry = lines(captured)[0]

@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# modelplane service image. Not built on the development machines (no Docker engine there);
+# kept correct by review. Build: docker build -t modelplane .
+#
+# Stage 1 installs the locked dependencies in their own layer (rebuilt only when uv.lock
+# changes), then the project itself, non-editable, into /app/.venv.
+FROM python:3.11-slim-bookworm AS build
+ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
+RUN pip install --no-cache-dir "uv==0.13.9"
+WORKDIR /app
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-dev --no-install-project --no-editable
+COPY README.md ./
+COPY modelplane ./modelplane
+COPY schema ./schema
+COPY resolvers ./resolvers
+COPY services ./services
+COPY controllers ./controllers
+COPY storage ./storage
+COPY integrations ./integrations
+RUN uv sync --frozen --no-dev --no-editable
+
+# Stage 2: the runtime, with only the virtual environment and a non-root user.
+FROM python:3.11-slim-bookworm
+RUN groupadd --system --gid 10001 modelplane \
+ && useradd --system --uid 10001 --gid modelplane --home-dir /var/lib/modelplane --create-home modelplane
+COPY --from=build --chown=root:root /app/.venv /app/.venv
+ENV PATH="/app/.venv/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    MODELPLANE_ENVIRONMENT=production \
+    MODELPLANE_HOST=0.0.0.0 \
+    MODELPLANE_PORT=8080 \
+    MODELPLANE_STATE_DIR=/var/lib/modelplane
+USER 10001:10001
+WORKDIR /var/lib/modelplane
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"]
+ENTRYPOINT ["modelplane"]
+CMD ["serve"]
