@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
+
+from controllers.labels import owner_selector
 
 
 class RuntimeUnavailable(Exception):
@@ -25,6 +29,14 @@ class RuntimeUnavailable(Exception):
 
 class RuntimeConfigError(Exception):
     """The runtime is configured wrongly; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedObject:
+    """An object a runtime created for a resource, as reported when it is removed."""
+
+    kind: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,9 @@ class Runtime(Protocol):
 
     async def describe(self) -> RuntimeInfo:
         """Kind, namespace and server version, for ``clusterStatus`` and the dashboard."""
+
+    async def delete_owned(self, owner_id: str) -> list[OwnedObject]:
+        """Delete every object labelled as owned by ``owner_id``; idempotent."""
 
     async def close(self) -> None:
         """Release every client and connection; idempotent."""
@@ -83,6 +98,12 @@ class LocalRuntime:
 
     async def describe(self) -> RuntimeInfo:
         return RuntimeInfo(kind=self.kind, namespace=None, version=None)
+
+    async def delete_owned(self, owner_id: str) -> list[OwnedObject]:
+        # Local engines and downloads are owned by the controllers (issue: inference); the
+        # runtime itself creates nothing persistent for a model yet.
+        del owner_id
+        return []
 
     async def close(self) -> None:
         return None
@@ -148,6 +169,40 @@ class KubernetesRuntime:
     async def describe(self) -> RuntimeInfo:
         info = await k8s.VersionApi(self.api).get_code(_request_timeout=5)
         return RuntimeInfo(kind=self.kind, namespace=self.namespace, version=info.git_version)
+
+    async def delete_owned(self, owner_id: str) -> list[OwnedObject]:
+        """Delete Deployments, Jobs, Services, PVCs, ConfigMaps and Secrets we labelled."""
+        selector = owner_selector(owner_id)
+        apps, batch, core = (
+            k8s.AppsV1Api(self.api),
+            k8s.BatchV1Api(self.api),
+            k8s.CoreV1Api(self.api),
+        )
+        kinds: list[tuple[str, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]]] = [
+            ("Deployment", apps.list_namespaced_deployment, apps.delete_namespaced_deployment),
+            ("Job", batch.list_namespaced_job, batch.delete_namespaced_job),
+            ("Service", core.list_namespaced_service, core.delete_namespaced_service),
+            (
+                "PersistentVolumeClaim",
+                core.list_namespaced_persistent_volume_claim,
+                core.delete_namespaced_persistent_volume_claim,
+            ),
+            ("ConfigMap", core.list_namespaced_config_map, core.delete_namespaced_config_map),
+            ("Secret", core.list_namespaced_secret, core.delete_namespaced_secret),
+        ]
+        removed: list[OwnedObject] = []
+        for kind, list_fn, delete_fn in kinds:
+            listing = await list_fn(self.namespace, label_selector=selector)
+            for item in listing.items:
+                name = item.metadata.name
+                try:
+                    await delete_fn(name, self.namespace, propagation_policy="Background")
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    continue
+                removed.append(OwnedObject(kind=kind, name=name))
+        return removed
 
     async def close(self) -> None:
         if self._api is not None:

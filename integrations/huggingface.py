@@ -9,9 +9,10 @@ subclasses with a message fit for an API user.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -63,7 +64,11 @@ class HubModel:
     license: str | None
     parameters: int | None
     architectures: list[str]
+    card_tags: list[str] = field(default_factory=list)
     files: list[HubFile] = field(default_factory=list)
+    summary: str | None = None
+    """First paragraph of the model card's text, when it was fetched."""
+    avatar_url: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -105,6 +110,66 @@ class HubClient:
             raise HubError(f"the hub answered {status or 'nothing'} for {repo_id}") from exc
         return _to_model(info)
 
+    async def describe(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
+        """:meth:`model` plus the card summary and the author's avatar, for catalogue entries."""
+        model = await self.model(repo_id, revision=revision, token=token)
+        summary = await self._card_summary(repo_id, model.sha, token)
+        avatar = await self._avatar(model.author) if model.author else None
+        return replace(model, summary=summary, avatar_url=avatar)
+
+    async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
+        """Models whose id matches ``query`` (metadata only, no file list)."""
+        try:
+            found = await asyncio.to_thread(
+                lambda: list(
+                    self._api.list_models(
+                        search=query, limit=limit, full=True, token=token or False
+                    )
+                )
+            )
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise HubError(f"the hub answered {status or 'nothing'} to a search") from exc
+        return [_to_model(info) for info in found]
+
+    async def _card_summary(self, repo_id: str, sha: str, token: str | None) -> str | None:
+        url = f"{self.endpoint}/{repo_id}/resolve/{sha}/README.md"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=True) as http:
+                response = await http.get(url, headers=headers)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return card_summary(response.text)
+
+    async def _avatar(self, author: str) -> str | None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            for kind in ("organizations", "users"):
+                try:
+                    response = await http.get(f"{self.endpoint}/api/{kind}/{author}/avatar")
+                except httpx.HTTPError:
+                    return None
+                if response.status_code == 200:
+                    value = response.json().get("avatarUrl")
+                    return value if isinstance(value, str) else None
+        return None
+
+
+def card_summary(readme: str, *, limit: int = 1000) -> str | None:
+    """The first prose paragraph of a model card (front matter, headings, badges skipped)."""
+    text = readme
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        text = text[end + 4 :] if end != -1 else ""
+    for block in text.split("\n\n"):
+        paragraph = " ".join(line.strip() for line in block.strip().splitlines())
+        if not paragraph or paragraph.startswith(("#", "<", "![", "[![", "|", "```")):
+            continue
+        return paragraph[:limit]
+    return None
+
 
 def _to_model(info: Any) -> HubModel:
     card: dict[str, Any] = info.card_data.to_dict() if info.card_data is not None else {}
@@ -131,5 +196,6 @@ def _to_model(info: Any) -> HubModel:
         license=license_value if isinstance(license_value, str) else None,
         parameters=info.safetensors.total if info.safetensors is not None else None,
         architectures=list(config.get("architectures") or []),
+        card_tags=[t for t in card.get("tags") or [] if isinstance(t, str)],
         files=files,
     )

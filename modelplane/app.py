@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -44,6 +46,12 @@ from controllers.runtimes import (
     RuntimeConfigError,
     RuntimeUnavailable,
 )
+from controllers.secrets import (
+    EncryptedSecretStore,
+    KubernetesSecretStore,
+    SecretStore,
+    fernet_for,
+)
 from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import AuthError, TokenVerifier, load_dev_key
@@ -51,10 +59,16 @@ from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from resolvers.context import Context, Services
+from services.models import ModelPolicy, ModelService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
-from storage.repositories import OrganizationRepository, ensure_indexes
+from storage.repositories import (
+    ModelRepository,
+    OrganizationRepository,
+    SecretRepository,
+    ensure_indexes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +159,26 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             role_claim=settings.role_claim,
         )
         hub = HubClient(endpoint=settings.hf_endpoint)
+        secrets = _secret_store(settings, runtime, database)
+        for root in settings.local_roots:
+            root.mkdir(parents=True, exist_ok=True)
+        models = ModelService(
+            models=ModelRepository(database),
+            secrets=secrets,
+            hub=hub,
+            runtime=runtime,
+            policy=ModelPolicy(
+                runtime_kind=runtime.kind,
+                local_roots=tuple(settings.local_roots),
+                allowed_remote_hosts=tuple(settings.allowed_remote_hosts),
+                hub_endpoint=settings.hf_endpoint,
+            ),
+        )
         services = Services(
             database=database,
             runtime=runtime,
             hub=hub,
+            models=models,
             version=modelplane_version(),
             started_at=utcnow(),
         )
@@ -162,6 +192,27 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             dev_key=dev_key,
             services=services,
         )
+
+
+def _secret_store(settings: Settings, runtime: Runtime, database: Database) -> SecretStore:
+    """Kubernetes Secrets with the kubernetes runtime; encrypted documents otherwise."""
+    if isinstance(runtime, KubernetesRuntime):
+        return KubernetesSecretStore(runtime.api, namespace=runtime.namespace)
+    if settings.secret_key is not None:
+        key = settings.secret_key.get_secret_value()
+    else:
+        key = _generated_secret(settings.state_dir)
+    return EncryptedSecretStore(SecretRepository(database), cipher=fernet_for(key))
+
+
+def _generated_secret(state_dir: Path) -> str:
+    """Development only: a secret key generated once and kept in the state directory."""
+    path = state_dir / "secret-key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 async def _ensure_organization(database: Database, organization_id: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import strawberry
 
-from resolvers.root import Query, Subscription
+from resolvers.root import Mutation, Query, Subscription
 from schema.building import build_schema
 
 
 def make_schema() -> strawberry.Schema:
     """The executable schema of this version of modelplane."""
-    return build_schema(query=Query, subscription=Subscription)
+    return build_schema(query=Query, mutation=Mutation, subscription=Subscription)
 
 
 def export_sdl() -> str:

@@ -84,14 +84,31 @@ class Settings(BaseSettings):
     role_claim: str = "role"
 
     allowed_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    """Directories LOCAL download targets must resolve inside (comma separated)."""
+    """Directories LOCAL download targets must resolve inside (comma separated);
+    defaults to ``<state_dir>/models``."""
+
+    allowed_remote_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts REMOTE_API URLs may use even if they resolve to link-local addresses."""
 
     @field_validator("allowed_local_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
-            return [Path(part) for part in value.split(",") if part.strip()]
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("allowed_remote_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def local_roots(self) -> list[Path]:
+        """The allowed roots for LOCAL targets, absolute."""
+        roots = self.allowed_local_roots or [self.state_dir / "models"]
+        return [root.resolve() for root in roots]
 
     @field_validator("mongodb_uri")
     @classmethod

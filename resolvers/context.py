@@ -11,6 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 from controllers.runtimes import Runtime
 from integrations.huggingface import HubClient
 from schema.building import NotAuthenticated
+from services.models import ModelService
 from services.principals import Principal
 from storage.client import Database
 
@@ -22,6 +23,7 @@ class Services:
     database: Database
     runtime: Runtime
     hub: HubClient
+    models: ModelService
     version: str
     started_at: datetime
 

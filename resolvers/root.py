@@ -14,8 +14,18 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import models as model_resolvers
 from resolvers.context import Info
 from schema.enums import RoleEnum
+from schema.models import (
+    CreateModelResult,
+    DeleteModelResult,
+    HuggingFaceModelResult,
+    HuggingFaceSearchResult,
+    Model,
+    ModelPage,
+    UpdateModelResult,
+)
 from schema.objects import Heartbeat, ServerInfo, Viewer
 from storage.documents import utcnow
 
@@ -88,6 +98,43 @@ class Query:
     viewer: Viewer = strawberry.field(
         resolver=resolve_viewer,
         description="The authenticated caller; an error without a valid token.",
+    )
+    models: ModelPage = strawberry.field(
+        resolver=model_resolvers.resolve_models,
+        description="Your organisation's models, newest first, a page at a time.",
+    )
+    model: Model | None = strawberry.field(
+        resolver=model_resolvers.resolve_model,
+        description="One model; null when it does not exist or is not in your organisation.",
+    )
+    hugging_face_model: HuggingFaceModelResult = strawberry.field(
+        resolver=model_resolvers.resolve_hugging_face_model,
+        description="Hub metadata (size, files, license...) for a repo, before creating a model.",
+    )
+    hugging_face_search: HuggingFaceSearchResult = strawberry.field(
+        resolver=model_resolvers.resolve_hugging_face_search,
+        description="Search the Hugging Face Hub for model repositories.",
+    )
+
+
+@strawberry.type(description="Change the catalogue, the weights, the inference services.")
+class Mutation:
+    """Root mutation type; expected failures are members of each result union."""
+
+    create_model: CreateModelResult = strawberry.field(
+        resolver=model_resolvers.create_model,
+        description="Add a model: a Hugging Face repo (LOCAL) or a remote OpenAI-compatible API.",
+    )
+    update_model: UpdateModelResult = strawberry.field(
+        resolver=model_resolvers.update_model,
+        description="Change a model's name, description, icon, label, tags or resources.",
+    )
+    delete_model: DeleteModelResult = strawberry.field(
+        resolver=model_resolvers.delete_model,
+        description=(
+            "Soft-delete a model: hide it, remove its credentials and every object it owns. "
+            "Deleting twice is not an error."
+        ),
     )
 
 

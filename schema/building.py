@@ -13,17 +13,38 @@ from typing import Any
 
 import strawberry
 from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
 from graphql import GraphQLError
+from schema.scalars import SCALAR_MAP
 
 
 class ExpectedError(Exception):
-    """An error whose message is meant for the caller (never masked)."""
+    """An error whose message is meant for the caller (never masked); ``code`` goes into the
+    GraphQL error's ``extensions`` so clients can switch on it."""
+
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.field = field
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """What clients see under ``errors[].extensions``."""
+        extra = {"code": self.code}
+        if self.field:
+            extra["field"] = self.field
+        return extra
 
 
 class NotAuthenticated(ExpectedError):
     """No valid bearer token came with the request."""
+
+    code = "UNAUTHENTICATED"
 
 
 def _should_mask(error: GraphQLError) -> bool:
@@ -58,5 +79,6 @@ def build_schema(
         mutation=mutation,
         subscription=subscription,
         types=list(types),
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[*extensions, lambda: MaskErrors(should_mask_error=_should_mask)],
     )

@@ -11,6 +11,10 @@ from storage.documents import Role
 class Forbidden(Exception):
     """The caller's role does not allow the action; the message says which role is needed."""
 
+    def __init__(self, message: str, *, required: Role | None = None) -> None:
+        super().__init__(message)
+        self.required = required
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -29,4 +33,6 @@ class Principal:
     def require(self, role: Role) -> None:
         """Raise :class:`Forbidden` unless the caller has at least ``role``."""
         if not self.role.allows(role):
-            raise Forbidden(f"this needs the {role.value} role; you are {self.role.value}")
+            raise Forbidden(
+                f"this needs the {role.value} role; you are {self.role.value}", required=role
+            )

@@ -73,3 +73,118 @@ class LeaseDocument(Document):
 
     holder: str
     expires_at: datetime
+
+
+class AccessMode(StrEnum):
+    """How a model is reached: proxied to a remote API, or downloaded and served here."""
+
+    REMOTE_API = "REMOTE_API"
+    LOCAL = "LOCAL"
+
+
+class ModelPhase(StrEnum):
+    """Where a model's weights stand.
+
+    ::
+
+        LOCAL:       PENDING --> PULLING --> READY
+                        |           |
+                        +-----------+------> FAILED --(retry)--> PENDING
+        REMOTE_API:  READY (nothing to download)
+    """
+
+    PENDING = "PENDING"
+    PULLING = "PULLING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class TargetKind(StrEnum):
+    """Where downloaded weights are written."""
+
+    LOCAL = "LOCAL"
+    PVC = "PVC"
+    S3 = "S3"
+
+
+class ModelSource(BaseModel):
+    """Where a model comes from. The token itself lives in the secret store, never here."""
+
+    url: str
+    """Normalised: the repo id for LOCAL, the OpenAI-compatible base URL for REMOTE_API."""
+    access_mode: AccessMode
+    revision: str | None = None
+    has_token: bool = False
+
+
+class DownloadTarget(BaseModel):
+    """A LOCAL path, a PVC, or an S3 prefix; the S3 secret key lives in the secret store."""
+
+    kind: TargetKind
+    local_path: str | None = None
+    claim_name: str | None = None
+    sub_path: str | None = None
+    storage_class: str | None = None
+    size_gi: int | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    prefix: str | None = None
+    access_key_id: str | None = None
+    has_secret_access_key: bool = False
+
+
+class Resources(BaseModel):
+    """Kubernetes quantities for serving the model."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: int | None = None
+
+
+class HubFacts(BaseModel):
+    """What the hub said about a LOCAL model when it was added."""
+
+    commit_sha: str | None = None
+    parameters: int | None = None
+    weight_bytes: int | None = None
+    architecture: str | None = None
+    license: str | None = None
+    gated: bool = False
+    pipeline_tag: str | None = None
+    library_name: str | None = None
+
+
+class ModelDocument(Document):
+    """A model in an organisation's catalogue: desired state and observed status together."""
+
+    organization_id: str
+    name: str
+    name_key: str
+    """``name`` while the model lives; ``name#id`` once deleted, freeing the name for reuse."""
+    display_name: str
+    description: str | None = None
+    icon: str | None = None
+    label: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    source: ModelSource
+    download_target: DownloadTarget | None = None
+    resources: Resources = Field(default_factory=Resources)
+    hub: HubFacts | None = None
+    secret_ref: str | None = None
+    """Key of the model's credentials in the secret store (kubernetes Secret or encrypted doc)."""
+    phase: ModelPhase = ModelPhase.PENDING
+    message: str | None = None
+    inference_phase: str | None = None
+    managed: bool = True
+    is_deleted: bool = False
+    deletion_time: datetime | None = None
+    created_by: str | None = None
+
+
+class EncryptedSecretDocument(Document):
+    """Credentials encrypted with the service's secret key (local runtime)."""
+
+    organization_id: str
+    owner_id: str
+    ciphertext: bytes

@@ -20,7 +20,16 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.client import Database
-from storage.documents import Document, LeaseDocument, OrganizationDocument, utcnow
+from storage.documents import (
+    AccessMode,
+    Document,
+    EncryptedSecretDocument,
+    LeaseDocument,
+    ModelDocument,
+    ModelPhase,
+    OrganizationDocument,
+    utcnow,
+)
 from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
 
 D = TypeVar("D", bound=Document)
@@ -49,9 +58,18 @@ class Repository(Generic[D]):
         self._collection = database[self.collection_name]
 
     async def ensure_indexes(self) -> None:
-        """Create the declared indexes (idempotent; run at start-up)."""
-        if self.indexes:
-            await self._collection.create_indexes(list(self.indexes))
+        """Create the declared indexes that do not exist yet (run at start-up).
+
+        Only missing ones are sent: FerretDB 1.24 panics when ``createIndexes`` repeats an
+        existing compound index of three or more fields, and MongoDB would do nothing anyway.
+        """
+        if not self.indexes:
+            return
+        cursor = await self._collection.list_indexes()
+        existing = {index["name"] async for index in cursor}
+        missing = [index for index in self.indexes if index.document["name"] not in existing]
+        if missing:
+            await self._collection.create_indexes(missing)
 
     async def insert(self, document: D) -> D:
         """Store a new document; a unique-index clash raises :class:`DuplicateKey`."""
@@ -190,9 +208,99 @@ class LeaseRepository(Repository[LeaseDocument]):
         return lease.holder
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFilter:
+    """What ``models(filter:)`` may ask for; every field optional."""
+
+    access_mode: AccessMode | None = None
+    phase: ModelPhase | None = None
+    inference_phase: str | None = None
+    managed: bool | None = None
+    tag: str | None = None
+    search: str | None = None
+    include_deleted: bool = False
+
+
+class ModelRepository(Repository[ModelDocument]):
+    """The model catalogue. Names are unique per organisation among live models."""
+
+    collection_name = "models"
+    document_type = ModelDocument
+    indexes = (
+        IndexModel(
+            [("organization_id", ASCENDING), ("name_key", ASCENDING)],
+            unique=True,
+            name="org_name_unique",
+        ),
+        IndexModel(
+            [("organization_id", ASCENDING), ("is_deleted", ASCENDING), ("created_at", ASCENDING)],
+            name="org_live_created",
+        ),
+        IndexModel(
+            [("organization_id", ASCENDING), ("phase", ASCENDING), ("created_at", ASCENDING)],
+            name="org_phase_created",
+        ),
+        IndexModel([("organization_id", ASCENDING), ("tags", ASCENDING)], name="org_tags"),
+    )
+    unique_fields = ("name",)
+
+    @staticmethod
+    def where(organization_id: str, model_filter: ModelFilter) -> dict[str, Any]:
+        """The MongoDB filter for a listing; the organisation is always the first condition."""
+        query: dict[str, Any] = {"organization_id": organization_id}
+        if not model_filter.include_deleted:
+            query["is_deleted"] = False
+        if model_filter.phase is not None:
+            query["phase"] = model_filter.phase.value
+        if model_filter.access_mode is not None:
+            query["source.access_mode"] = model_filter.access_mode.value
+        if model_filter.inference_phase is not None:
+            query["inference_phase"] = model_filter.inference_phase
+        if model_filter.managed is not None:
+            query["managed"] = model_filter.managed
+        if model_filter.tag is not None:
+            query["tags"] = model_filter.tag
+        if model_filter.search:
+            pattern = {"$regex": re.escape(model_filter.search), "$options": "i"}
+            query["$or"] = [{"display_name": pattern}, {"source.url": pattern}, {"name": pattern}]
+        return query
+
+    async def list_page(
+        self, *, organization_id: str, model_filter: ModelFilter, limit: int, offset: int
+    ) -> Page[ModelDocument]:
+        """Newest first, with the total of all matches."""
+        return await self.find(
+            where=self.where(organization_id, model_filter),
+            limit=limit,
+            offset=offset,
+            sort=(("created_at", -1), ("_id", -1)),
+        )
+
+    async def by_name(self, *, organization_id: str, name: str) -> ModelDocument | None:
+        """The live model called ``name`` in the organisation."""
+        return await self.find_one(where={"organization_id": organization_id, "name_key": name})
+
+
+class SecretRepository(Repository[EncryptedSecretDocument]):
+    """Encrypted credentials for the local runtime, one document per owner."""
+
+    collection_name = "secrets"
+    document_type = EncryptedSecretDocument
+    indexes = (IndexModel([("owner_id", ASCENDING)], name="owner"),)
+
+    async def put(self, document: EncryptedSecretDocument) -> None:
+        """Insert or replace the owner's secret."""
+        await self._collection.replace_one({"_id": document.id}, document.to_mongo(), upsert=True)
+
+
 def all_repositories(database: Database) -> list[Repository[Any]]:
     """Every repository, for index creation at start-up."""
-    return [OrganizationRepository(database), LeaseRepository(database)]
+    return [
+        OrganizationRepository(database),
+        LeaseRepository(database),
+        ModelRepository(database),
+        SecretRepository(database),
+    ]
 
 
 async def ensure_indexes(database: Database) -> None:

@@ -539,6 +539,17 @@ def _listed(hub: LocalHub, repo: HubRepo, token: str | None, params: QueryParams
     )
 
 
+async def avatar(request: Request) -> Response:
+    """``/api/organizations/{name}/avatar`` (and ``/api/users/...``): the avatar URL of an
+    author who owns at least one repo here, as JSON; 404 otherwise, as the hub does."""
+    hub: LocalHub = request.app.state.hub
+    name = request.path_params["name"]
+    if not any(repo_id.split("/", 1)[0] == name for repo_id in hub.repos):
+        return JSONResponse({"error": "Not Found"}, status_code=404)
+    base = hub.cdn_endpoint or str(request.base_url).rstrip("/")
+    return JSONResponse({"avatarUrl": f"{base}/avatars/{name}.png"})
+
+
 async def list_models(request: Request) -> Response:
     hub: LocalHub = request.app.state.hub
     token, params = _token(hub, request), request.query_params
@@ -890,6 +901,8 @@ def create_hub_app(hub: LocalHub) -> Starlette:
         Route("/_testbed/requests", requests_endpoint, methods=["GET", "DELETE"]),
         Route("/cdn-lfs/repos" + _REPO + "/{oid}", cdn_object, methods=["GET", "HEAD"]),
         Route("/api/models", list_models),
+        Route("/api/organizations/{name}/avatar", avatar),
+        Route("/api/users/{name}/avatar", avatar),
         Route(api, model_info),
         Route(api + "/revision/{revision:path}", model_info),
         Route(api + "/tree/{revision}", tree),

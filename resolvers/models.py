@@ -1,0 +1,271 @@
+"""Resolvers of the model catalogue: convert inputs, call ModelService, map outcomes.
+
+Expected failures come back from the service as exceptions and leave here as union members;
+the only errors raised to GraphQL are "not authenticated" and bad arguments of plain queries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from integrations.huggingface import HubModel
+from resolvers.context import Info
+from schema.building import ExpectedError
+from schema.enums import RoleEnum
+from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from schema.models import (
+    CreateModelInput,
+    CreateModelResult,
+    DeletedModel,
+    DeleteModelResult,
+    DownloadTargetInput,
+    HuggingFaceFile,
+    HuggingFaceModel,
+    HuggingFaceModelResult,
+    HuggingFaceSearch,
+    HuggingFaceSearchResult,
+    Model,
+    ModelFilterInput,
+    ModelPage,
+    RemovedObject,
+    ResourcesInput,
+    UpdateModelInput,
+    UpdateModelResult,
+)
+from schema.scalars import BigInt, big
+from services.errors import Conflict, InvalidInput, Missing
+from services.models import (
+    CreateModelSpec,
+    ResourcesSpec,
+    SourceSpec,
+    TargetSpec,
+    UpdateModelSpec,
+)
+from services.principals import Forbidden
+from storage.documents import AccessMode, ModelPhase, TargetKind
+from storage.repositories import ModelFilter
+
+
+def _forbidden(exc: Forbidden) -> ForbiddenError:
+    return ForbiddenError(
+        message=str(exc), required_role=RoleEnum(exc.required.value) if exc.required else None
+    )
+
+
+def _resources(value: ResourcesInput | None) -> ResourcesSpec | None:
+    if value is None:
+        return None
+    return ResourcesSpec(cpu=value.cpu, memory=value.memory, gpu=value.gpu)
+
+
+def _target(value: DownloadTargetInput | None) -> TargetSpec | None:
+    if value is None:
+        return None
+    if value.local:
+        return TargetSpec(kind=TargetKind.LOCAL, local_path=value.local.local_path)
+    if value.pvc:
+        return TargetSpec(
+            kind=TargetKind.PVC,
+            claim_name=value.pvc.claim_name,
+            sub_path=value.pvc.sub_path,
+            storage_class=value.pvc.storage_class,
+            size_gi=value.pvc.size_gi,
+        )
+    if value.s3:
+        return TargetSpec(
+            kind=TargetKind.S3,
+            endpoint=value.s3.endpoint,
+            bucket=value.s3.bucket,
+            region=value.s3.region,
+            prefix=value.s3.prefix,
+            access_key_id=value.s3.access_key_id,
+            secret_access_key=value.s3.secret_access_key,
+        )
+    return None
+
+
+def _hub_model(model: HubModel) -> HuggingFaceModel:
+    return HuggingFaceModel(
+        repo_id=model.repo_id,
+        sha=model.sha,
+        author=model.author,
+        display_name=model.repo_id.split("/", 1)[-1],
+        description=model.summary,
+        avatar_url=model.avatar_url,
+        tags=list(model.tags),
+        pipeline_tag=model.pipeline_tag,
+        library_name=model.library_name,
+        license=model.license,
+        gated=model.gated,
+        private=model.private,
+        parameters=big(model.parameters),
+        architecture=model.architectures[0] if model.architectures else None,
+        weight_bytes=BigInt(model.total_bytes),
+        files=[
+            HuggingFaceFile(path=f.path, size=big(f.size), sha256=f.sha256) for f in model.files
+        ],
+    )
+
+
+async def resolve_models(
+    info: Info,
+    filter: Annotated[
+        ModelFilterInput | None, strawberry.argument(description="Conditions, combined with AND.")
+    ] = None,
+    limit: Annotated[int, strawberry.argument(description="Page size, 0 to 100.")] = 10,
+    offset: Annotated[int, strawberry.argument(description="Matches to skip.")] = 0,
+) -> ModelPage:
+    """A page of the caller's organisation's models."""
+    principal = info.context.require_principal()
+    f = filter or ModelFilterInput()
+    model_filter = ModelFilter(
+        access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
+        phase=ModelPhase(f.phase.name) if f.phase else None,
+        inference_phase=f.inference_phase,
+        managed=f.managed,
+        tag=f.tag,
+        search=f.search,
+        include_deleted=f.include_deleted,
+    )
+    try:
+        page = await info.context.services.models.page(
+            principal, model_filter, limit=limit, offset=offset
+        )
+    except Forbidden as exc:
+        raise ExpectedError(str(exc), code="FORBIDDEN") from None
+    except InvalidInput as exc:
+        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
+    return ModelPage(
+        total=page.total,
+        items=[Model.from_document(doc) for doc in page.items],
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def resolve_model(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
+) -> Model | None:
+    """One model; null when absent or in another organisation."""
+    principal = info.context.require_principal()
+    doc = await info.context.services.models.get(principal, str(id))
+    return None if doc is None else Model.from_document(doc)
+
+
+async def resolve_hugging_face_model(
+    info: Info,
+    repo_id: Annotated[str, strawberry.argument(description="`org/name` or a hub URL.")],
+    revision: Annotated[
+        str | None, strawberry.argument(description="Branch, tag or commit.")
+    ] = None,
+) -> HuggingFaceModelResult:
+    """Hub metadata for a repository (public or gated metadata; no token needed)."""
+    principal = info.context.require_principal()
+    try:
+        found = await info.context.services.models.hub_preview(
+            principal, repo_id, revision=revision
+        )
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return _hub_model(found)
+
+
+async def resolve_hugging_face_search(
+    info: Info,
+    query: Annotated[str, strawberry.argument(description="Text to search for in repo ids.")],
+    limit: Annotated[int, strawberry.argument(description="At most this many, 1 to 50.")] = 10,
+) -> HuggingFaceSearchResult:
+    """Search the hub."""
+    principal = info.context.require_principal()
+    try:
+        found = await info.context.services.models.hub_search(principal, query, limit=limit)
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return HuggingFaceSearch(items=[_hub_model(m) for m in found])
+
+
+async def create_model(
+    info: Info,
+    input: Annotated[CreateModelInput, strawberry.argument(description="The model.")],
+) -> CreateModelResult:
+    """Add a model to the catalogue."""
+    principal = info.context.require_principal()
+    spec = CreateModelSpec(
+        source=SourceSpec(
+            url=input.source.url,
+            access_mode=AccessMode(input.source.access_mode.name),
+            token=input.source.token,
+            revision=input.source.revision,
+        ),
+        name=input.name,
+        display_name=input.display_name,
+        description=input.description,
+        icon=input.icon,
+        label=input.label,
+        tags=input.tags,
+        download_target=_target(input.download_target),
+        resources=_resources(input.resources),
+    )
+    try:
+        doc = await info.context.services.models.create(principal, spec)
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return Model.from_document(doc)
+
+
+async def update_model(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
+    input: Annotated[UpdateModelInput, strawberry.argument(description="Changes.")],
+) -> UpdateModelResult:
+    """Change a model's catalogue fields."""
+    principal = info.context.require_principal()
+    spec = UpdateModelSpec(
+        display_name=input.display_name,
+        description=input.description,
+        icon=input.icon,
+        label=input.label,
+        tags=input.tags,
+        resources=_resources(input.resources),
+    )
+    try:
+        doc = await info.context.services.models.update(principal, str(id), spec)
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return Model.from_document(doc)
+
+
+async def delete_model(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
+) -> DeleteModelResult:
+    """Soft-delete a model and remove what it owns."""
+    principal = info.context.require_principal()
+    try:
+        outcome = await info.context.services.models.delete(principal, str(id))
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return DeletedModel(
+        model=Model.from_document(outcome.model),
+        removed=[RemovedObject(kind=o.kind, name=o.name) for o in outcome.removed],
+        already_deleted=outcome.already_deleted,
+    )

@@ -1,0 +1,509 @@
+"""The model catalogue: create, read, list, update and delete, scoped to the caller.
+
+Every method takes the calling :class:`Principal`; reads are confined to its organisation by
+the repository filter, writes need the editor role, deleted models are visible to admins only.
+Creation validates everything before anything is written, then stores the credentials
+(secret store) and the document, undoing the first if the second fails, so a refused request
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from controllers.runtimes import OwnedObject, Runtime
+from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from integrations.huggingface import (
+    HubAccessDenied,
+    HubClient,
+    HubError,
+    HubModel,
+    HubRepoNotFound,
+    HubRevisionNotFound,
+)
+from services import validation as v
+from services.errors import Conflict, InvalidInput, Missing
+from services.principals import Principal
+from storage.documents import (
+    AccessMode,
+    DownloadTarget,
+    HubFacts,
+    ModelDocument,
+    ModelPhase,
+    ModelSource,
+    Resources,
+    Role,
+    TargetKind,
+    new_id,
+    utcnow,
+)
+from storage.errors import DuplicateKey, NotFound, RevisionConflict
+from storage.repositories import ModelFilter, ModelRepository, Page
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 100
+MAX_SEARCH_RESULTS = 50
+UPDATE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """``source`` of ``createModel``."""
+
+    url: str
+    access_mode: AccessMode
+    token: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """``downloadTarget`` of ``createModel``: exactly one kind's fields are meaningful."""
+
+    kind: TargetKind
+    local_path: str | None = None
+    claim_name: str | None = None
+    sub_path: str | None = None
+    storage_class: str | None = None
+    size_gi: int | None = None
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str | None = None
+    prefix: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcesSpec:
+    """``resources``: Kubernetes quantities."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateModelSpec:
+    """Everything ``createModel`` accepts."""
+
+    source: SourceSpec
+    name: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    icon: str | None = None
+    label: str | None = None
+    tags: Sequence[str] | None = None
+    download_target: TargetSpec | None = None
+    resources: ResourcesSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateModelSpec:
+    """``updateModel``: None leaves a field unchanged; an empty string clears optional text."""
+
+    display_name: str | None = None
+    description: str | None = None
+    icon: str | None = None
+    label: str | None = None
+    tags: Sequence[str] | None = None
+    resources: ResourcesSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPolicy:
+    """Deployment-wide rules for what users may ask for."""
+
+    runtime_kind: str
+    local_roots: tuple[Path, ...]
+    allowed_remote_hosts: tuple[str, ...] = ()
+    hub_endpoint: str = "https://huggingface.co"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    """What ``deleteModel`` did: the model as it now is and what was removed."""
+
+    model: ModelDocument
+    removed: list[OwnedObject] = field(default_factory=list)
+    already_deleted: bool = False
+
+
+class ModelService:
+    """Use cases of the model catalogue."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelRepository,
+        secrets: SecretStore,
+        hub: HubClient,
+        runtime: Runtime,
+        policy: ModelPolicy,
+    ) -> None:
+        self._models = models
+        self._secrets = secrets
+        self._hub = hub
+        self._runtime = runtime
+        self._policy = policy
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, model_id: str) -> ModelDocument | None:
+        """The model, or None when absent, in another organisation, or deleted (non-admins)."""
+        principal.require(Role.VIEWER)
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None or (model.is_deleted and not principal.role.allows(Role.ADMIN)):
+            return None
+        return model
+
+    async def page(
+        self, principal: Principal, model_filter: ModelFilter, *, limit: int, offset: int
+    ) -> Page[ModelDocument]:
+        """A page of the organisation's models, newest first, with the total."""
+        principal.require(Role.VIEWER)
+        if model_filter.include_deleted:
+            principal.require(Role.ADMIN)
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"limit must be between 0 and {MAX_PAGE}")
+        if offset < 0:
+            raise InvalidInput("offset", "offset must not be negative")
+        if model_filter.search is not None:
+            v.check_text("filter.search", model_filter.search, limit=256)
+        return await self._models.list_page(
+            organization_id=principal.organization_id,
+            model_filter=model_filter,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def hub_preview(
+        self, principal: Principal, repo: str, *, revision: str | None, token: str | None = None
+    ) -> HubModel:
+        """Hub metadata for a repo id or URL, before anything is created."""
+        principal.require(Role.VIEWER)
+        repo_id = v.normalize_repo_id("repoId", repo, hub_endpoint=self._policy.hub_endpoint)
+        revision = v.check_revision("revision", revision)
+        return await self._describe(repo_id, revision, token, field_prefix="")
+
+    async def hub_search(self, principal: Principal, query: str, *, limit: int) -> list[HubModel]:
+        """Hub models matching ``query``."""
+        principal.require(Role.VIEWER)
+        text = v.require_text("query", query, limit=256)
+        if not 1 <= limit <= MAX_SEARCH_RESULTS:
+            raise InvalidInput("limit", f"limit must be between 1 and {MAX_SEARCH_RESULTS}")
+        try:
+            return await self._hub.search(text, limit=limit, token=None)
+        except HubError as exc:
+            raise InvalidInput("query", str(exc)) from None
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def create(self, principal: Principal, spec: CreateModelSpec) -> ModelDocument:
+        """Validate, consult the hub (LOCAL), store credentials and the document."""
+        principal.require(Role.EDITOR)
+        model = await self._build(principal, spec)
+        if await self._models.by_name(organization_id=principal.organization_id, name=model.name):
+            raise Conflict("name", f"a model named {model.name!r} already exists")
+        secrets = _secret_values(spec)
+        if secrets:
+            try:
+                model.secret_ref = await self._secrets.put(
+                    organization_id=principal.organization_id, owner_id=model.id, values=secrets
+                )
+            except SecretStoreError as exc:
+                raise InvalidInput(
+                    "source.token", f"credentials could not be stored: {exc}"
+                ) from None
+        try:
+            await self._models.insert(model)
+        except DuplicateKey:
+            await self._forget_secret(model.secret_ref)
+            raise Conflict("name", f"a model named {model.name!r} already exists") from None
+        except BaseException:
+            await self._forget_secret(model.secret_ref)
+            raise
+        log.info(
+            "model created",
+            extra={"model_id": model.id, "organization_id": model.organization_id},
+        )
+        return model
+
+    async def update(
+        self, principal: Principal, model_id: str, spec: UpdateModelSpec
+    ) -> ModelDocument:
+        """Change catalogue fields; retried on concurrent writes (compare-and-set)."""
+        principal.require(Role.EDITOR)
+        changes: dict[str, object] = {}
+        if spec.display_name is not None:
+            changes["display_name"] = v.require_text(
+                "displayName", spec.display_name, limit=v.MAX_DISPLAY_NAME
+            )
+        if spec.description is not None:
+            changes["description"] = v.check_text(
+                "description", spec.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
+            )
+        if spec.icon is not None:
+            changes["icon"] = _check_icon(spec.icon)
+        if spec.label is not None:
+            changes["label"] = v.check_text("label", spec.label, limit=v.MAX_LABEL)
+        if spec.tags is not None:
+            changes["tags"] = v.check_tags("tags", spec.tags)
+        if spec.resources is not None:
+            changes["resources"] = _resources(spec.resources).model_dump()
+        for _ in range(UPDATE_ATTEMPTS):
+            current = await self.get(principal, model_id)
+            if current is None or current.is_deleted:
+                raise Missing(model_id, f"model {model_id} not found")
+            if not changes:
+                return current
+            try:
+                return await self._models.update(
+                    model_id,
+                    expected_revision=current.revision,
+                    changes=changes,
+                    scope=principal.scope,
+                )
+            except RevisionConflict:
+                continue
+            except NotFound:
+                raise Missing(model_id, f"model {model_id} not found") from None
+        raise Conflict(None, f"model {model_id} is changing too often; try again")
+
+    async def delete(self, principal: Principal, model_id: str) -> DeleteOutcome:
+        """Soft delete; remove credentials and every owned object. Idempotent."""
+        principal.require(Role.EDITOR)
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None:
+            raise Missing(model_id, f"model {model_id} not found")
+        already = model.is_deleted
+        while not model.is_deleted:
+            try:
+                model = await self._models.update(
+                    model.id,
+                    expected_revision=model.revision,
+                    changes={
+                        "is_deleted": True,
+                        "deletion_time": utcnow(),
+                        "name_key": f"{model.name}#{model.id}",
+                    },
+                    scope=principal.scope,
+                )
+            except RevisionConflict:
+                reread = await self._models.get(model_id, scope=principal.scope)
+                if reread is None:
+                    raise Missing(model_id, f"model {model_id} not found") from None
+                model = reread
+        removed = await self._runtime.delete_owned(model.id)
+        already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
+        if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
+            removed.append(OwnedObject(kind=self._secrets.kind, name=model.secret_ref))
+        log.info("model deleted", extra={"model_id": model.id, "removed": len(removed)})
+        return DeleteOutcome(model=model, removed=removed, already_deleted=already)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _build(self, principal: Principal, spec: CreateModelSpec) -> ModelDocument:
+        source = spec.source
+        display_name = v.check_text("displayName", spec.display_name, limit=v.MAX_DISPLAY_NAME)
+        description = v.check_text(
+            "description", spec.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
+        )
+        icon = _check_icon(spec.icon) if spec.icon else None
+        label = v.check_text("label", spec.label, limit=v.MAX_LABEL)
+        tags = v.check_tags("tags", spec.tags)
+        resources = _resources(spec.resources) if spec.resources else Resources()
+        token = v.check_secret_value("source.token", source.token, required=False)
+        name = v.check_name("name", spec.name.strip()) if spec.name else None
+        model_id = new_id("model")
+        common = {
+            "id": model_id,
+            "organization_id": principal.organization_id,
+            "description": description,
+            "icon": icon,
+            "label": label,
+            "resources": resources,
+            "created_by": principal.subject,
+        }
+        if source.access_mode is AccessMode.REMOTE_API:
+            if display_name is None:
+                raise InvalidInput("displayName", "displayName is required for REMOTE_API models")
+            if spec.download_target is not None:
+                raise InvalidInput(
+                    "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
+                )
+            url = v.check_remote_url(
+                "source.url", source.url, allowed_hosts=self._policy.allowed_remote_hosts
+            )
+            await self._check_resolved_host("source.url", url)
+            final_name = name or v.derive_name(display_name)
+            return ModelDocument(
+                **common,
+                name=final_name,
+                name_key=final_name,
+                display_name=display_name,
+                tags=tags,
+                source=ModelSource(
+                    url=url, access_mode=AccessMode.REMOTE_API, has_token=token is not None
+                ),
+                phase=ModelPhase.READY,
+            )
+        repo_id = v.normalize_repo_id(
+            "source.url", source.url, hub_endpoint=self._policy.hub_endpoint
+        )
+        revision = v.check_revision("source.revision", source.revision)
+        if spec.download_target is None:
+            raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
+        target = self._target(spec.download_target)
+        hub = await self._describe(repo_id, revision, token, field_prefix="source.")
+        final_name = name or v.derive_name(repo_id)
+        return ModelDocument(
+            **common,
+            name=final_name,
+            name_key=final_name,
+            display_name=display_name or repo_id.split("/", 1)[1],
+            description=description or hub.summary,
+            icon=icon or hub.avatar_url,
+            label=label or hub.author,
+            tags=tags or _hub_tags(hub),
+            source=ModelSource(
+                url=repo_id,
+                access_mode=AccessMode.LOCAL,
+                revision=revision,
+                has_token=token is not None,
+            ),
+            download_target=target,
+            hub=HubFacts(
+                commit_sha=hub.sha,
+                parameters=hub.parameters,
+                weight_bytes=hub.total_bytes,
+                architecture=hub.architectures[0] if hub.architectures else None,
+                license=hub.license,
+                gated=hub.gated,
+                pipeline_tag=hub.pipeline_tag,
+                library_name=hub.library_name,
+            ),
+            phase=ModelPhase.PENDING,
+            message="waiting for the download to start",
+        )
+
+    async def _describe(
+        self, repo_id: str, revision: str | None, token: str | None, *, field_prefix: str
+    ) -> HubModel:
+        try:
+            return await self._hub.describe(repo_id, revision=revision, token=token)
+        except HubRepoNotFound as exc:
+            raise InvalidInput(
+                f"{field_prefix}url" if field_prefix else "repoId", str(exc)
+            ) from None
+        except HubRevisionNotFound as exc:
+            raise InvalidInput(f"{field_prefix}revision", str(exc)) from None
+        except HubAccessDenied as exc:
+            raise InvalidInput(f"{field_prefix}token", str(exc)) from None
+        except HubError as exc:
+            raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
+
+    def _target(self, spec: TargetSpec) -> DownloadTarget:
+        prefix = "downloadTarget"
+        if spec.kind is TargetKind.LOCAL:
+            path = v.check_local_path(
+                f"{prefix}.local.localPath", spec.local_path or "", roots=self._policy.local_roots
+            )
+            return DownloadTarget(kind=TargetKind.LOCAL, local_path=path)
+        if spec.kind is TargetKind.PVC:
+            if self._policy.runtime_kind != "kubernetes":
+                raise InvalidInput(f"{prefix}.pvc", "PVC targets need the kubernetes runtime")
+            claim = v.require_text(f"{prefix}.pvc.claimName", spec.claim_name, limit=253)
+            if not v.DNS_SUBDOMAIN.match(claim):
+                raise InvalidInput(
+                    f"{prefix}.pvc.claimName", f"{claim!r} is not a valid claim name"
+                )
+            storage_class = v.check_text(
+                f"{prefix}.pvc.storageClass", spec.storage_class, limit=253
+            )
+            if storage_class is not None and not v.DNS_SUBDOMAIN.match(storage_class):
+                raise InvalidInput(f"{prefix}.pvc.storageClass", "not a valid storage class name")
+            if spec.size_gi is not None and not 1 <= spec.size_gi <= 65536:
+                raise InvalidInput(f"{prefix}.pvc.sizeGi", "sizeGi must be between 1 and 65536")
+            return DownloadTarget(
+                kind=TargetKind.PVC,
+                claim_name=claim,
+                sub_path=v.check_relative_path(f"{prefix}.pvc.subPath", spec.sub_path),
+                storage_class=storage_class,
+                size_gi=spec.size_gi,
+            )
+        return DownloadTarget(
+            kind=TargetKind.S3,
+            endpoint=v.check_endpoint(f"{prefix}.s3.endpoint", spec.endpoint),
+            bucket=v.check_bucket(f"{prefix}.s3.bucket", spec.bucket),
+            region=v.check_region(f"{prefix}.s3.region", spec.region),
+            prefix=v.check_relative_path(f"{prefix}.s3.prefix", spec.prefix),
+            access_key_id=v.require_text(f"{prefix}.s3.accessKeyId", spec.access_key_id, limit=128),
+            has_secret_access_key=v.check_secret_value(
+                f"{prefix}.s3.secretAccessKey", spec.secret_access_key, required=True
+            )
+            is not None,
+        )
+
+    async def _check_resolved_host(self, field_name: str, url: str) -> None:
+        host = urlsplit(url).hostname or ""
+        if host in self._policy.allowed_remote_hosts:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=2
+            )
+        except (OSError, TimeoutError):
+            return  # not resolvable from here; the gateway checks again when it connects
+        for info in infos:
+            v.check_address(field_name, str(info[4][0]))
+
+    async def _forget_secret(self, ref: str | None) -> None:
+        if ref is None:
+            return
+        with contextlib.suppress(SecretStoreError):
+            await self._secrets.delete(ref)
+
+
+def _secret_values(spec: CreateModelSpec) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if spec.source.token:
+        values[HF_TOKEN_KEY] = spec.source.token.strip()
+    target = spec.download_target
+    if target is not None and target.kind is TargetKind.S3 and target.secret_access_key:
+        values[S3_SECRET_KEY] = target.secret_access_key.strip()
+    return values
+
+
+def _resources(spec: ResourcesSpec) -> Resources:
+    return Resources(
+        cpu=v.check_cpu("resources.cpu", spec.cpu),
+        memory=v.check_memory("resources.memory", spec.memory),
+        gpu=v.check_gpu("resources.gpu", spec.gpu),
+    )
+
+
+def _check_icon(value: str) -> str | None:
+    text = v.check_text("icon", value, limit=v.MAX_URL)
+    if text is None:
+        return None
+    if urlsplit(text).scheme not in ("http", "https"):
+        raise InvalidInput("icon", "icon must be an http:// or https:// URL")
+    return text
+
+
+def _hub_tags(hub: HubModel) -> list[str]:
+    tags: list[str] = []
+    for tag in [hub.pipeline_tag, hub.library_name, *hub.card_tags]:
+        if tag and tag not in tags and len(tags) < v.MAX_TAGS:
+            tags.append(tag[: v.MAX_TAG])
+    return tags

@@ -1,0 +1,287 @@
+"""Pure validation and normalisation of user input; every function is table-tested.
+
+Each check raises :class:`~services.errors.InvalidInput` naming the offending field with its
+path in the GraphQL input (``downloadTarget.local.localPath``) and saying what is accepted.
+Nothing here does I/O except :func:`check_local_path`, which resolves symlinks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from services.errors import InvalidInput
+
+MAX_NAME = 63
+MAX_DISPLAY_NAME = 256
+MAX_DESCRIPTION_BYTES = 4096
+MAX_LABEL = 128
+MAX_URL = 2048
+MAX_TAGS = 32
+MAX_TAG = 64
+MAX_TOKEN = 1024
+MAX_GPUS = 64
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+CPU = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<milli>m)?$")
+MEMORY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+REGION = re.compile(r"^[a-z0-9-]{2,32}$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.azure.internal"})
+METADATA_IPS = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud metadata
+)
+
+
+def check_text(
+    field: str, value: str | None, *, limit: int, required: bool = False, in_bytes: bool = False
+) -> str | None:
+    """Trimmed text within ``limit`` characters (or UTF-8 bytes); None when empty."""
+    if value is None or not value.strip():
+        if required:
+            raise InvalidInput(field, f"{field} is required")
+        return None
+    value = value.strip()
+    size = len(value.encode()) if in_bytes else len(value)
+    if size > limit:
+        unit = "bytes" if in_bytes else "characters"
+        raise InvalidInput(field, f"{field} is {size} {unit}; at most {limit} are allowed")
+    if CONTROL.search(value.replace("\n", "").replace("\t", "") if in_bytes else value):
+        raise InvalidInput(field, f"{field} contains control characters")
+    return value
+
+
+def require_text(field: str, value: str | None, *, limit: int) -> str:
+    """Like :func:`check_text` for a required field: always a non-empty string."""
+    text = check_text(field, value, limit=limit, required=True)
+    if text is None:  # pragma: no cover - check_text raised already
+        raise InvalidInput(field, f"{field} is required")
+    return text
+
+
+def check_name(field: str, value: str) -> str:
+    """A DNS-1123 label: what Kubernetes objects are named after."""
+    if len(value) > MAX_NAME:
+        raise InvalidInput(field, f"{field} is {len(value)} characters; at most {MAX_NAME}")
+    if not DNS_LABEL.match(value):
+        raise InvalidInput(
+            field,
+            f"{field} {value!r} must be a DNS-1123 label: lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit",
+        )
+    return value
+
+
+def derive_name(seed: str) -> str:
+    """A DNS-1123 label from a repo id or display name: ``Qwen/Qwen2.5-7B`` -> ``qwen2-5-7b``."""
+    base = seed.rsplit("/", 1)[-1].lower()
+    base = re.sub(r"[^a-z0-9]+", "-", base).strip("-")
+    base = base[:MAX_NAME].strip("-")
+    return base or "model"
+
+
+def check_tags(field: str, tags: Sequence[str] | None) -> list[str]:
+    """At most 32 tags of at most 64 characters; duplicates dropped, order kept."""
+    if not tags:
+        return []
+    if len(tags) > MAX_TAGS:
+        raise InvalidInput(field, f"{len(tags)} tags given; at most {MAX_TAGS} are allowed")
+    cleaned: list[str] = []
+    for tag in tags:
+        value = check_text(field, tag, limit=MAX_TAG, required=True)
+        if value is not None and value not in cleaned:
+            cleaned.append(value)
+    return cleaned
+
+
+def normalize_repo_id(field: str, url: str, *, hub_endpoint: str) -> str:
+    """``org/name`` from a repo id or a hub URL (``https://huggingface.co/org/name/tree/main``)."""
+    text = url.strip()
+    if "://" in text:
+        parts = urlsplit(text)
+        allowed = set(HUB_HOSTS)
+        endpoint_host = urlsplit(hub_endpoint).netloc
+        if endpoint_host:
+            allowed.add(endpoint_host)
+        if parts.scheme not in ("http", "https") or parts.netloc not in allowed:
+            raise InvalidInput(
+                field,
+                f"{field} must be a Hugging Face repo id (org/name) or a URL on the hub "
+                f"({', '.join(sorted(allowed))})",
+            )
+        segments = [s for s in parts.path.split("/") if s]
+        if segments and segments[0] == "models":
+            segments = segments[1:]
+        text = "/".join(segments[:2])
+    pieces = text.split("/")
+    if (
+        len(pieces) != 2
+        or not all(REPO_PART.match(p) for p in pieces)
+        or any(".." in p or "--" in p or p.endswith(".") for p in pieces)
+    ):
+        raise InvalidInput(
+            field,
+            f"{field} {url!r} is not a Hugging Face repo id such as 'Qwen/Qwen2.5-7B-Instruct'",
+        )
+    return text
+
+
+def check_revision(field: str, revision: str | None) -> str | None:
+    """A branch, tag or commit: no whitespace, no '..', at most 255 characters."""
+    value = check_text(field, revision, limit=255)
+    if value is not None and (".." in value or re.search(r"\s", value)):
+        raise InvalidInput(field, f"{field} {value!r} is not a valid revision")
+    return value
+
+
+def check_remote_url(field: str, url: str, *, allowed_hosts: Sequence[str]) -> str:
+    """An http(s) base URL that does not point at link-local or cloud-metadata addresses."""
+    value = require_text(field, url, limit=MAX_URL)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(field, f"{field} must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise InvalidInput(field, f"{field} must not carry credentials; use source.token")
+    host = parts.hostname.lower()
+    if host in allowed_hosts:
+        return value.rstrip("/")
+    if host in METADATA_HOSTS:
+        raise InvalidInput(field, f"{field} points at a cloud metadata service ({host})")
+    check_address(field, host)
+    return value.rstrip("/")
+
+
+def check_address(field: str, host: str) -> None:
+    """Refuse a literal (or resolved) address in the link-local / metadata ranges."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    if any(address in network for network in METADATA_IPS):
+        raise InvalidInput(
+            field, f"{field} points at a link-local or cloud metadata address ({address})"
+        )
+
+
+def check_cpu(field: str, value: str | None) -> str | None:
+    """A CPU quantity: ``16``, ``0.5`` or ``500m``, greater than zero."""
+    text = check_text(field, value, limit=32)
+    if text is None:
+        return None
+    match = CPU.match(text)
+    if match is None or _positive(match.group("num")) is None:
+        raise InvalidInput(
+            field, f"{field} {text!r} is not a CPU quantity such as '4', '0.5' or '500m'"
+        )
+    return text
+
+
+def check_memory(field: str, value: str | None) -> str | None:
+    """A memory quantity: ``64Gi``, ``512Mi``, ``1G`` or bytes, greater than zero."""
+    text = check_text(field, value, limit=32)
+    if text is None:
+        return None
+    match = MEMORY.match(text)
+    if match is None or _positive(match.group("num")) is None:
+        raise InvalidInput(
+            field, f"{field} {text!r} is not a memory quantity such as '64Gi', '512Mi' or '16G'"
+        )
+    return text
+
+
+def check_gpu(field: str, value: int | None) -> int | None:
+    """A whole number of GPUs, 0 to 64."""
+    if value is None:
+        return None
+    if value < 0 or value > MAX_GPUS:
+        raise InvalidInput(field, f"{field} must be between 0 and {MAX_GPUS} GPUs; got {value}")
+    return value
+
+
+def _positive(number: str) -> Decimal | None:
+    try:
+        parsed = Decimal(number)
+    except InvalidOperation:
+        return None
+    return parsed if parsed > 0 else None
+
+
+def check_local_path(field: str, value: str, *, roots: Sequence[Path]) -> str:
+    """An absolute path without '..' that resolves inside one of the allowed roots."""
+    text = require_text(field, value, limit=1024)
+    pure = PurePosixPath(text)
+    if not pure.is_absolute():
+        raise InvalidInput(field, f"{field} must be an absolute path")
+    if ".." in pure.parts:
+        raise InvalidInput(field, f"{field} must not contain '..'")
+    if not roots:
+        raise InvalidInput(field, f"{field}: no local download roots are configured")
+    resolved = Path(text).resolve(strict=False)
+    for root in roots:
+        root_resolved = root.resolve(strict=False)
+        if resolved == root_resolved or root_resolved in resolved.parents:
+            return str(resolved)
+    allowed = ", ".join(str(r) for r in roots)
+    raise InvalidInput(field, f"{field} {text!r} is outside the allowed roots ({allowed})")
+
+
+def check_relative_path(field: str, value: str | None, *, limit: int = 512) -> str | None:
+    """A relative path (sub-path or prefix) without '..' or a leading '/'."""
+    text = check_text(field, value, limit=limit)
+    if text is None:
+        return None
+    if text.startswith("/") or ".." in PurePosixPath(text).parts:
+        raise InvalidInput(field, f"{field} must be relative and must not contain '..'")
+    return text.strip("/")
+
+
+def check_bucket(field: str, value: str | None) -> str:
+    """An S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-'."""
+    text = require_text(field, value, limit=63)
+    if not BUCKET.match(text) or ".." in text:
+        raise InvalidInput(field, f"{field} {text!r} is not a valid S3 bucket name")
+    return text
+
+
+def check_region(field: str, value: str | None) -> str:
+    """An S3 region (default ``us-east-1``)."""
+    text = check_text(field, value, limit=32) or "us-east-1"
+    if not REGION.match(text):
+        raise InvalidInput(field, f"{field} {text!r} is not a region name such as 'eu-west-1'")
+    return text
+
+
+def check_endpoint(field: str, value: str | None) -> str | None:
+    """An optional http(s) endpoint URL (MinIO, Ceph...); unset means AWS."""
+    text = check_text(field, value, limit=MAX_URL)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(field, f"{field} must be an http:// or https:// URL")
+    if parts.hostname.lower() in METADATA_HOSTS:
+        raise InvalidInput(field, f"{field} points at a cloud metadata service")
+    check_address(field, parts.hostname)
+    return text.rstrip("/")
+
+
+def check_secret_value(field: str, value: str | None, *, required: bool) -> str | None:
+    """A token or key: no whitespace inside, at most 1024 characters. Never echoed."""
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(field, f"{field} is required")
+        return None
+    if len(value) > MAX_TOKEN or re.search(r"\s", value.strip()):
+        raise InvalidInput(field, f"{field} is not a valid credential (length or whitespace)")
+    return value.strip()
