@@ -113,9 +113,38 @@ class HubClient:
     async def describe(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
         """:meth:`model` plus the card summary and the author's avatar, for catalogue entries."""
         model = await self.model(repo_id, revision=revision, token=token)
+        if (model.gated or model.private) and model.files:
+            await self.check_file_access(
+                repo_id, sha=model.sha, path=model.files[0].path, token=token
+            )
         summary = await self._card_summary(repo_id, model.sha, token)
         avatar = await self._avatar(model.author) if model.author else None
         return replace(model, summary=summary, avatar_url=avatar)
+
+    async def check_file_access(
+        self, repo_id: str, *, sha: str, path: str, token: str | None
+    ) -> None:
+        """Raise :class:`HubAccessDenied` unless ``token`` may download ``path``.
+
+        Gated repositories show their metadata to anyone; only file downloads need a grant,
+        so this asks for one file's headers the way a download would start.
+        """
+        url = f"{self.endpoint}/{repo_id}/resolve/{sha}/{path}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
+                response = await http.head(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HubError(f"the hub could not be reached: {type(exc).__name__}") from exc
+        if response.status_code in (401, 403):
+            reason = "without a token" if not token else "with this token"
+            raise HubAccessDenied(
+                f"{repo_id} is gated: the hub refused access {reason} "
+                f"(HTTP {response.status_code}); request access on the hub and pass a token "
+                "that has it"
+            )
+        if response.status_code >= 400:
+            raise HubError(f"the hub answered {response.status_code} for {repo_id}/{path}")
 
     async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
         """Models whose id matches ``query`` (metadata only, no file list)."""

@@ -334,12 +334,15 @@ class S3TargetInput:
     endpoint: str | None = strawberry.field(
         default=None, description="Endpoint URL for S3-compatible stores; null means AWS."
     )
-    bucket: str = strawberry.field(description="Bucket name.")
+    bucket: str | None = strawberry.field(default=None, description="Bucket name (required).")
     region: str | None = strawberry.field(default=None, description="Region (default us-east-1).")
     prefix: str | None = strawberry.field(default=None, description="Key prefix.")
-    access_key_id: str = strawberry.field(description="Access key id.")
-    secret_access_key: str = strawberry.field(
-        description="Secret access key; stored as a secret, never returned."
+    access_key_id: str | None = strawberry.field(
+        default=None, description="Access key id (required)."
+    )
+    secret_access_key: str | None = strawberry.field(
+        default=None,
+        description="Secret access key (required); stored as a secret, never returned.",
     )
 
 

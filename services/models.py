@@ -327,9 +327,6 @@ class ModelService:
         common = {
             "id": model_id,
             "organization_id": principal.organization_id,
-            "description": description,
-            "icon": icon,
-            "label": label,
             "resources": resources,
             "created_by": principal.subject,
         }
@@ -350,6 +347,9 @@ class ModelService:
                 name=final_name,
                 name_key=final_name,
                 display_name=display_name,
+                description=description,
+                icon=icon,
+                label=label,
                 tags=tags,
                 source=ModelSource(
                     url=url, access_mode=AccessMode.REMOTE_API, has_token=token is not None

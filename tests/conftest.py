@@ -9,6 +9,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +138,9 @@ class RunningApp:
         )
 
 
-@pytest.fixture
-async def running_app(
-    tmp_path: Path, mongo_uri: str, mongo_client: Client
-) -> AsyncIterator[RunningApp]:
-    """A full modelplane (local runtime) listening on a free port for one test."""
-    settings = make_settings(tmp_path, mongo_uri)
+@asynccontextmanager
+async def serve_app(settings: Settings, mongo_client: Client) -> AsyncIterator[RunningApp]:
+    """Run modelplane with ``settings`` on a free port until the block exits."""
     async with open_resources(settings) as resources:
         app = create_app(settings, resources=resources)
         port = free_port()
@@ -165,7 +163,59 @@ async def running_app(
         finally:
             server.should_exit = True
             await task
-        await mongo_client.drop_database(settings.mongodb_database)
+    await mongo_client.drop_database(settings.mongodb_database)
+
+
+@pytest.fixture
+async def running_app(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub
+) -> AsyncIterator[RunningApp]:
+    """A full modelplane (local runtime, local hub) listening on a free port for one test."""
+    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint)
+    async with serve_app(settings, mongo_client) as running:
+        yield running
+
+
+@pytest.fixture
+async def kube_namespace(kube: servers.KubeCluster) -> AsyncIterator[str]:
+    """A fresh namespace on the test cluster, deleted afterwards."""
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as k8s_config
+
+    name = f"mp-{uuid.uuid4().hex[:8]}"
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(
+        config_file=str(kube.kubeconfig), client_configuration=configuration
+    )
+    async with k8s.ApiClient(configuration) as api:
+        core = k8s.CoreV1Api(api)
+        await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        try:
+            yield name
+        finally:
+            await core.delete_namespace(name)
+
+
+@pytest.fixture
+async def kube_app(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    kube: servers.KubeCluster,
+    kube_namespace: str,
+) -> AsyncIterator[RunningApp]:
+    """modelplane on the kubernetes runtime, managing a fresh namespace of the test cluster."""
+    settings = make_settings(
+        tmp_path,
+        mongo_uri,
+        hf_endpoint=hub.endpoint,
+        runtime="kubernetes",
+        kubeconfig=kube.kubeconfig,
+        namespace=kube_namespace,
+    )
+    async with serve_app(settings, mongo_client) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
