@@ -104,6 +104,7 @@ class Resources:
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """Start the embedded database if needed, connect, create indexes, start the runtime."""
+    logs.quiet_wire_loggers()
     async with AsyncExitStack() as stack:
         uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
         if uri is None:

@@ -113,5 +113,25 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    for noisy in ("pymongo", "botocore", "aiobotocore", "httpx", "httpcore", "kubernetes_asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_wire_loggers()
+
+
+WIRE_LOGGERS = (
+    "kubernetes_asyncio",
+    "pymongo",
+    "botocore",
+    "aiobotocore",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "huggingface_hub",
+    "urllib3",
+)
+
+
+def quiet_wire_loggers() -> None:
+    """Cap client libraries at WARNING, whatever the root level: at DEBUG they log request
+    and response bodies (a Kubernetes Secret's data, Authorization headers) verbatim."""
+    for name in WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

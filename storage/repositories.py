@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.client import Database
@@ -221,6 +221,9 @@ class ModelFilter:
     include_deleted: bool = False
 
 
+LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
+
+
 class ModelRepository(Repository[ModelDocument]):
     """The model catalogue. Names are unique per organisation among live models."""
 
@@ -233,12 +236,23 @@ class ModelRepository(Repository[ModelDocument]):
             name="org_name_unique",
         ),
         IndexModel(
-            [("organization_id", ASCENDING), ("is_deleted", ASCENDING), ("created_at", ASCENDING)],
-            name="org_live_created",
+            [
+                ("organization_id", ASCENDING),
+                ("is_deleted", ASCENDING),
+                ("created_at", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="org_live_newest",
         ),
         IndexModel(
-            [("organization_id", ASCENDING), ("phase", ASCENDING), ("created_at", ASCENDING)],
-            name="org_phase_created",
+            [
+                ("organization_id", ASCENDING),
+                ("is_deleted", ASCENDING),
+                ("phase", ASCENDING),
+                ("created_at", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="org_live_phase_newest",
         ),
         IndexModel([("organization_id", ASCENDING), ("tags", ASCENDING)], name="org_tags"),
     )
@@ -273,7 +287,7 @@ class ModelRepository(Repository[ModelDocument]):
             where=self.where(organization_id, model_filter),
             limit=limit,
             offset=offset,
-            sort=(("created_at", -1), ("_id", -1)),
+            sort=LIST_SORT,
         )
 
     async def by_name(self, *, organization_id: str, name: str) -> ModelDocument | None:
