@@ -103,7 +103,7 @@ async def drive(
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+    async with httpx.AsyncClient(limits=limits, timeout=600) as http:
         for _ in range(clients):  # warm-up: open the connections
             await call(http)
         deadline = time.perf_counter() + seconds

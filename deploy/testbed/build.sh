@@ -64,8 +64,8 @@ build_ferretdb() {
   cp -r "$moddir" ./ferretdb-src && chmod -R u+w ./ferretdb-src
   printf '%s' "$version" > ./ferretdb-src/build/version/version.txt
   go mod edit -replace "github.com/FerretDB/FerretDB=./ferretdb-src"
-  go build -trimpath -tags ferretdb_no_postgresql -o "$target" github.com/FerretDB/FerretDB/cmd/ferretdb \
-    || go build -trimpath -o "$target" github.com/FerretDB/FerretDB/cmd/ferretdb
+  # Both backends: SQLite (tests, make run) and PostgreSQL (bench/api.py).
+  go build -trimpath -o "$target" github.com/FerretDB/FerretDB/cmd/ferretdb
 }
 
 build_etcd() {
