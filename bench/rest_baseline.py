@@ -70,5 +70,8 @@ def build(uri: str, database: str) -> FastAPI:
 
 if __name__ == "__main__":
     uvicorn.run(
-        build(sys.argv[1], sys.argv[2]), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning"
+        build(sys.argv[1], sys.argv[2]),
+        host="127.0.0.1",
+        port=int(sys.argv[3]),
+        log_level="warning",
     )

@@ -65,7 +65,7 @@ async def test_canary_credentials_appear_only_in_the_secret(
     token = kube_app.token(role=Role.ADMIN, organization="org-a")
     responses: list[dict[str, Any]] = []
 
-    created = (await run(url, "CreateModel", {"input": gated_s3_model()}, token=token))
+    created = await run(url, "CreateModel", {"input": gated_s3_model()}, token=token)
     responses.append(created)
     model = created["createModel"]
     assert model["__typename"] == "Model", model
