@@ -41,7 +41,7 @@ from storage.documents import (  # noqa: E402
 )
 from storage.repositories import ensure_indexes  # noqa: E402
 
-SECRET = "benchmark-secret-key-0123456789-abcdefghij"
+SECRET = "benchmark-secret-key-0123456789-abcdefghij"  # noqa: S105  a throwaway bench key
 DATABASE = "bench"
 ORG = "org-bench"
 PHASES = [ModelPhase.READY, ModelPhase.PENDING, ModelPhase.FAILED, ModelPhase.PULLING]
@@ -133,6 +133,40 @@ async def drive(
     return rps, p50, p99, errors
 
 
+async def contest(api_port: int, rest_port: int, token: str, args: argparse.Namespace) -> None:
+    """Drive REST, then GraphQL, with the same load; print figures and ratios."""
+    headers = {"Authorization": f"Bearer {token}"}
+    graphql_url = f"http://127.0.0.1:{api_port}/graphql"
+    rest_url = f"http://127.0.0.1:{rest_port}/models"
+
+    async def graphql(http: httpx.AsyncClient) -> None:
+        response = await http.post(
+            graphql_url, json={"query": QUERY, "variables": {"limit": 50}}, headers=headers
+        )
+        body = response.json()
+        if len(body["data"]["models"]["items"]) != 50:
+            raise httpx.HTTPError("GraphQL answered a short page")
+
+    async def rest(http: httpx.AsyncClient) -> None:
+        response = await http.get(
+            rest_url, params={"organization_id": ORG, "phase": "READY", "limit": 50}
+        )
+        if len(response.json()["items"]) != 50:
+            raise httpx.HTTPError("REST answered a short page")
+
+    print(
+        f"models(filter: phase READY, limit 50) of {args.models}, "
+        f"{args.clients} clients, {args.seconds:g} s each:"
+    )
+    rest_rps, _, rest_p99, _ = await drive("REST", rest, clients=args.clients, seconds=args.seconds)
+    gql_rps, _, gql_p99, _ = await drive(
+        "GraphQL", graphql, clients=args.clients, seconds=args.seconds
+    )
+    ratio = gql_rps / rest_rps if rest_rps else float("nan")
+    print(f"  throughput ratio GraphQL/REST: {ratio:.2f} (target >= 0.70)")
+    print(f"  GraphQL p99: {gql_p99:.1f} ms (target <= 50 ms); REST p99: {rest_p99:.1f} ms")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -180,38 +214,7 @@ async def main() -> int:
             token = issue_dev_token(
                 key, subject="bench", organization_id=ORG, role=Role.VIEWER, ttl_seconds=3600
             )
-            headers = {"Authorization": f"Bearer {token}"}
-            graphql_url = f"http://127.0.0.1:{api_port}/graphql"
-            rest_url = f"http://127.0.0.1:{rest_port}/models"
-
-            async def graphql(http: httpx.AsyncClient) -> None:
-                response = await http.post(
-                    graphql_url, json={"query": QUERY, "variables": {"limit": 50}}, headers=headers
-                )
-                body = response.json()
-                if len(body["data"]["models"]["items"]) != 50:
-                    raise httpx.HTTPError("GraphQL answered a short page")
-
-            async def rest(http: httpx.AsyncClient) -> None:
-                response = await http.get(
-                    rest_url, params={"organization_id": ORG, "phase": "READY", "limit": 50}
-                )
-                if len(response.json()["items"]) != 50:
-                    raise httpx.HTTPError("REST answered a short page")
-
-            print(
-                f"models(filter: phase READY, limit 50) of {args.models}, "
-                f"{args.clients} clients, {args.seconds:g} s each:"
-            )
-            rest_rps, _, rest_p99, _ = await drive(
-                "REST", rest, clients=args.clients, seconds=args.seconds
-            )
-            gql_rps, _, gql_p99, _ = await drive(
-                "GraphQL", graphql, clients=args.clients, seconds=args.seconds
-            )
-            ratio = gql_rps / rest_rps if rest_rps else float("nan")
-            print(f"  throughput ratio GraphQL/REST: {ratio:.2f} (target >= 0.70)")
-            print(f"  GraphQL p99: {gql_p99:.1f} ms (target <= 50 ms); REST p99: {rest_p99:.1f} ms")
+            await contest(api_port, rest_port, token, args)
         finally:
             for process in processes:
                 process.terminate()
