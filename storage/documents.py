@@ -188,3 +188,105 @@ class EncryptedSecretDocument(Document):
     organization_id: str
     owner_id: str
     ciphertext: bytes
+
+
+class WeightsState(StrEnum):
+    """Where a download stands.
+
+    ::
+
+        PENDING --> PULLING --> READY
+           ^           |
+           |           +------> FAILED ----+
+           |           +------> CANCELLED -+--(retryDownload)--> PENDING
+    """
+
+    PENDING = "PENDING"
+    PULLING = "PULLING"
+    READY = "READY"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class WeightsStage(StrEnum):
+    """What a PULLING download is doing right now."""
+
+    PREFLIGHT = "PREFLIGHT"
+    DOWNLOADING = "DOWNLOADING"
+    VERIFYING = "VERIFYING"
+    FINALIZING = "FINALIZING"
+
+
+class FileState(StrEnum):
+    """One file of a download."""
+
+    PENDING = "PENDING"
+    DOWNLOADING = "DOWNLOADING"
+    VERIFYING = "VERIFYING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class WeightsFile(BaseModel):
+    """A file to fetch, with what the hub promised about it."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    """LFS sha256; None for small git files, which are checked against their git blob id."""
+    blob_id: str | None = None
+
+
+class FileProgress(BaseModel):
+    """Progress of one file."""
+
+    path: str
+    bytes_done: int
+    bytes_total: int
+    state: FileState
+
+
+class Progress(BaseModel):
+    """The one progress record shape, for every target."""
+
+    stage: WeightsStage
+    bytes_done: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    bytes_per_second: float = 0.0
+    eta_seconds: float | None = None
+    files: list[FileProgress] = Field(default_factory=list)
+    current_file: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class WeightsDocument(Document):
+    """Downloaded (or downloading) weights: one repo at one commit in one place."""
+
+    organization_id: str
+    repo_id: str
+    requested_revision: str | None = None
+    commit_sha: str
+    target: DownloadTarget
+    location: str
+    """Directory for LOCAL/PVC targets, ``s3://bucket/prefix/<repo>/<commit>`` for S3."""
+    files: list[WeightsFile] = Field(default_factory=list)
+    state: WeightsState = WeightsState.PENDING
+    message: str | None = None
+    progress: Progress | None = None
+    model_ids: list[str] = Field(default_factory=list)
+    secret_ref: str | None = None
+    attempt: int = 0
+    """Bumped by retryDownload; a runner whose attempt is stale stops."""
+
+
+class LedgerDocument(Document):
+    """Completed chunks of one file of one download: what a restart may skip."""
+
+    weights_id: str
+    path: str
+    chunk_size: int
+    chunks: list[int] = Field(default_factory=list)
+    upload_id: str | None = None
+    """S3 multipart upload id, resumed with ListParts."""

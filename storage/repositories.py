@@ -25,9 +25,11 @@ from storage.documents import (
     Document,
     EncryptedSecretDocument,
     LeaseDocument,
+    LedgerDocument,
     ModelDocument,
     ModelPhase,
     OrganizationDocument,
+    WeightsDocument,
     utcnow,
 )
 from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
@@ -307,6 +309,106 @@ class SecretRepository(Repository[EncryptedSecretDocument]):
         await self._collection.replace_one({"_id": document.id}, document.to_mongo(), upsert=True)
 
 
+class WeightsRepository(Repository[WeightsDocument]):
+    """Weights; one per (organisation, repo, commit, location)."""
+
+    collection_name = "weights"
+    document_type = WeightsDocument
+    indexes = (
+        IndexModel(
+            [("organization_id", ASCENDING), ("location", ASCENDING), ("commit_sha", ASCENDING)],
+            name="org_location_commit",
+        ),
+        IndexModel([("model_ids", ASCENDING)], name="models"),
+    )
+
+    async def for_location(
+        self, *, organization_id: str, location: str, commit_sha: str
+    ) -> WeightsDocument | None:
+        """Weights of that commit already at (or going to) that location."""
+        return await self.find_one(
+            where={
+                "organization_id": organization_id,
+                "location": location,
+                "commit_sha": commit_sha,
+            }
+        )
+
+    async def set_progress(
+        self, weights_id: str, *, progress: dict[str, Any], attempt: int
+    ) -> bool:
+        """Store progress without a revision bump (it changes every second, nobody CASes on
+        it); ignored when a newer attempt owns the download."""
+        result = await self._collection.update_one(
+            {"_id": weights_id, "attempt": attempt},
+            {"$set": {"progress": progress, "updated_at": utcnow()}},
+        )
+        return result.matched_count == 1
+
+
+class LedgerRepository(Repository[LedgerDocument]):
+    """Per-file chunk ledgers of downloads in progress."""
+
+    collection_name = "ledger"
+    document_type = LedgerDocument
+    indexes = (IndexModel([("weights_id", ASCENDING)], name="weights"),)
+
+    @staticmethod
+    def key(weights_id: str, path: str) -> str:
+        """The ledger id of one file."""
+        return f"{weights_id}:{path}"
+
+    async def load(self, weights_id: str, path: str, *, chunk_size: int) -> LedgerDocument:
+        """The file's ledger; a new one when absent or kept with another chunk size."""
+        found = await self.get(self.key(weights_id, path))
+        if found is not None and found.chunk_size == chunk_size:
+            return found
+        return LedgerDocument(
+            id=self.key(weights_id, path), weights_id=weights_id, path=path, chunk_size=chunk_size
+        )
+
+    async def mark_chunk(self, ledger: LedgerDocument, chunk: int) -> None:
+        """Record one verified-on-disk chunk (idempotent)."""
+        await self._collection.update_one(
+            {"_id": ledger.id},
+            {
+                "$addToSet": {"chunks": chunk},
+                "$set": {
+                    "weights_id": ledger.weights_id,
+                    "path": ledger.path,
+                    "chunk_size": ledger.chunk_size,
+                    "updated_at": utcnow(),
+                },
+                "$setOnInsert": {"created_at": utcnow(), "revision": 1},
+            },
+            upsert=True,
+        )
+
+    async def set_upload(self, ledger: LedgerDocument, upload_id: str | None) -> None:
+        """Remember (or forget) the S3 multipart upload of a file."""
+        await self._collection.update_one(
+            {"_id": ledger.id},
+            {
+                "$set": {
+                    "upload_id": upload_id,
+                    "weights_id": ledger.weights_id,
+                    "path": ledger.path,
+                    "chunk_size": ledger.chunk_size,
+                    "updated_at": utcnow(),
+                },
+                "$setOnInsert": {"created_at": utcnow(), "revision": 1, "chunks": []},
+            },
+            upsert=True,
+        )
+
+    async def forget(self, weights_id: str, path: str | None = None) -> None:
+        """Drop the ledger of one file, or of every file of a download."""
+        if path is None:
+            await self._collection.delete_many({"weights_id": weights_id})
+        else:
+            await self._collection.delete_one({"_id": self.key(weights_id, path)})
+
+
 def all_repositories(database: Database) -> list[Repository[Any]]:
     """Every repository, for index creation at start-up."""
     return [
@@ -314,6 +416,8 @@ def all_repositories(database: Database) -> list[Repository[Any]]:
         LeaseRepository(database),
         ModelRepository(database),
         SecretRepository(database),
+        WeightsRepository(database),
+        LedgerRepository(database),
     ]
 
 

@@ -1,0 +1,552 @@
+"""The downloader (ARCHITECTURE.md decision 7): resumable, verified, observable.
+
+Files are fetched in parallel (``parallel_files``, default 4); each file in ranged chunks
+(``chunk_size``) one after another, so at most one chunk per file is in flight. A chunk counts
+as done only once its bytes are on disk (flushed and fsynced) and recorded in the ledger,
+in MongoDB and in the ``.modelplane-partial`` sidecar beside the data, so a process killed at
+any moment loses at most the chunk each file had in flight. Each chunk is retried with
+jittered exponential backoff; a read that brings no byte for ``stall_seconds`` is a stall and
+is retried the same way. A file counts only after it is verified against the hub's sha256
+(LFS files) or git blob id (small files), and is renamed into place only then.
+
+huggingface_hub provides the URLs and auth headers; the transfer is ours (huggingface_hub no
+longer keeps partial files between calls). Progress is one record shape for every target,
+written at most once per ``progress_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from huggingface_hub import hf_hub_url
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # re-exported lazily
+
+from storage.documents import (
+    FileProgress,
+    FileState,
+    LedgerDocument,
+    Progress,
+    WeightsFile,
+    WeightsStage,
+    utcnow,
+)
+from storage.repositories import LedgerRepository
+
+log = logging.getLogger(__name__)
+
+SIDECAR = ".modelplane-partial"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class DownloadError(Exception):
+    """The download cannot go on; the message is the reason shown on the Weights/Model."""
+
+
+class PreflightError(DownloadError):
+    """Refused before any byte moved."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadOptions:
+    """Tuning knobs; defaults suit a hub over the internet."""
+
+    parallel_files: int = 4
+    chunk_size: int = 32 * MiB
+    stall_seconds: float = 30.0
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    progress_interval: float = 1.0
+
+
+def human_bytes(value: float) -> str:
+    """``14.2 GiB`` style."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file: what the hub's ETag is for non-LFS files."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())  # noqa: S324  git's id
+    with path.open("rb") as handle:
+        while block := handle.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ProgressTracker:
+    """Aggregates bytes per file; emits a :class:`Progress` snapshot at most once per interval."""
+
+    def __init__(self, files: list[WeightsFile], *, interval: float) -> None:
+        self._files = {f.path: f for f in files}
+        self._done: dict[str, int] = {f.path: 0 for f in files}
+        self._state: dict[str, FileState] = {f.path: FileState.PENDING for f in files}
+        self.stage = WeightsStage.PREFLIGHT
+        self._interval = interval
+        self._rate = 0.0
+        self._last_sample = (time.monotonic(), 0)
+        self._last_emit = 0.0
+        self.current_file: str | None = None
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(self._done.values())
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.size for f in self._files.values())
+
+    def set(self, path: str, *, state: FileState, bytes_done: int | None = None) -> None:
+        self._state[path] = state
+        if bytes_done is not None:
+            self._done[path] = bytes_done
+        if state in (FileState.DOWNLOADING, FileState.VERIFYING):
+            self.current_file = path
+
+    def add(self, path: str, count: int) -> None:
+        self._done[path] += count
+        self.current_file = path
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last_emit >= self._interval
+
+    def snapshot(self) -> Progress:
+        now = time.monotonic()
+        then, before = self._last_sample
+        done = self.bytes_done
+        if now - then >= 0.2:
+            instant = (done - before) / (now - then)
+            self._rate = instant if self._rate == 0 else 0.3 * instant + 0.7 * self._rate
+            self._last_sample = (now, done)
+        self._last_emit = now
+        remaining = self.bytes_total - done
+        return Progress(
+            stage=self.stage,
+            bytes_done=done,
+            bytes_total=self.bytes_total,
+            files_done=sum(1 for s in self._state.values() if s is FileState.DONE),
+            files_total=len(self._files),
+            bytes_per_second=round(self._rate, 1),
+            eta_seconds=round(remaining / self._rate, 1) if self._rate > 0 else None,
+            files=[
+                FileProgress(
+                    path=path,
+                    bytes_done=self._done[path],
+                    bytes_total=f.size,
+                    state=self._state[path],
+                )
+                for path, f in self._files.items()
+            ],
+            current_file=self.current_file,
+            updated_at=utcnow(),
+        )
+
+
+ProgressSink = Callable[[Progress], Awaitable[None]]
+
+
+@dataclass
+class LocalSink:
+    """Writes into ``directory``: parts and ledgers under ``.modelplane-partial``, verified
+    files renamed into place."""
+
+    directory: Path
+    sidecar: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sidecar = self.directory / SIDECAR
+
+    def final_path(self, file: WeightsFile) -> Path:
+        return self.directory / file.path
+
+    def part_path(self, file: WeightsFile) -> Path:
+        return self.sidecar / (file.path + ".part")
+
+    def ledger_path(self, file: WeightsFile) -> Path:
+        return self.sidecar / (file.path + ".chunks.json")
+
+    def preflight(self, *, needed: int) -> None:
+        """Writable, and enough free space for what is still missing."""
+        probe_dir = self.directory
+        while not probe_dir.exists():
+            probe_dir = probe_dir.parent
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / ".modelplane-write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise PreflightError(
+                f"target {self.directory} is not writable: {exc.strerror}"
+            ) from exc
+        stats = os.statvfs(self.directory)
+        free = stats.f_bavail * stats.f_frsize
+        if needed > free:
+            raise PreflightError(
+                f"needs {human_bytes(needed)}, {human_bytes(free)} free at {self.directory}"
+            )
+
+    def done_chunks(self, file: WeightsFile, ledger_chunks: set[int], chunk_size: int) -> set[int]:
+        """Chunks both ledgers agree on and the part file covers."""
+        part = self.part_path(file)
+        if not part.exists():
+            return set()
+        sidecar: set[int] = set()
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(self.ledger_path(file).read_text())
+            if data.get("chunk_size") == chunk_size:
+                sidecar = {int(c) for c in data.get("chunks", [])}
+        covered = part.stat().st_size
+        return {
+            c for c in (ledger_chunks | sidecar) if min((c + 1) * chunk_size, file.size) <= covered
+        }
+
+    def write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytes) -> None:
+        """pwrite the chunk at its offset and fsync; raises OSError (ENOSPC...) as is."""
+        part = self.part_path(file)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            offset = index * chunk_size
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view = view[written:]
+                offset += written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
+        path = self.ledger_path(file)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"chunk_size": chunk_size, "chunks": sorted(chunks)}))
+        os.replace(tmp, path)
+
+    def is_complete(self, file: WeightsFile) -> bool:
+        final = self.final_path(file)
+        return final.is_file() and final.stat().st_size == file.size
+
+    def verify_and_place(self, file: WeightsFile) -> None:
+        """Check the part against the hub's hash, then rename it into place."""
+        part = self.part_path(file)
+        if file.size == 0:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            part.touch()
+        if part.stat().st_size != file.size:
+            raise DownloadError(
+                f"{file.path}: {part.stat().st_size} bytes on disk, the hub said {file.size}"
+            )
+        if file.sha256 is not None:
+            actual = sha256_of(part)
+            if actual != file.sha256:
+                raise ChecksumMismatch(file.path, "sha256", file.sha256, actual)
+        elif file.blob_id is not None:
+            actual = git_blob_sha1(part)
+            if actual != file.blob_id:
+                raise ChecksumMismatch(file.path, "git blob id", file.blob_id, actual)
+        final = self.final_path(file)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        self.ledger_path(file).unlink(missing_ok=True)
+
+    def discard(self, file: WeightsFile) -> None:
+        self.part_path(file).unlink(missing_ok=True)
+        self.ledger_path(file).unlink(missing_ok=True)
+
+    def discard_partials(self) -> None:
+        shutil.rmtree(self.sidecar, ignore_errors=True)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.sidecar, ignore_errors=True)
+
+
+class ChecksumMismatch(DownloadError):
+    """The bytes on disk are not what the hub promised."""
+
+    def __init__(self, path: str, kind: str, expected: str, actual: str) -> None:
+        super().__init__(f"{path}: {kind} mismatch (expected {expected[:12]}…, got {actual[:12]}…)")
+
+
+class Downloader:
+    """Fetches one repo at one commit into a :class:`LocalSink`."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        ledgers: LedgerRepository,
+        options: DownloadOptions | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.ledgers = ledgers
+        self.options = options or DownloadOptions()
+        self._transport = transport
+
+    async def run(
+        self,
+        *,
+        weights_id: str,
+        repo_id: str,
+        commit_sha: str,
+        files: list[WeightsFile],
+        sink: LocalSink,
+        token: str | None,
+        on_progress: ProgressSink,
+    ) -> Progress:
+        """Download everything not yet in place; return the final progress record."""
+        options = self.options
+        tracker = ProgressTracker(files, interval=options.progress_interval)
+        pending = [f for f in files if not sink.is_complete(f)]
+        for f in files:
+            if f not in pending:
+                tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
+        chunk_ledgers = {
+            f.path: await self.ledgers.load(weights_id, f.path, chunk_size=options.chunk_size)
+            for f in pending
+        }
+        already = {
+            f.path: sink.done_chunks(f, set(chunk_ledgers[f.path].chunks), options.chunk_size)
+            for f in pending
+        }
+        for f in pending:
+            done_bytes = sum(
+                min(options.chunk_size, f.size - c * options.chunk_size) for c in already[f.path]
+            )
+            tracker.set(f.path, state=FileState.PENDING, bytes_done=done_bytes)
+        missing = sum(f.size for f in pending) - sum(
+            tracker.snapshot().files[i].bytes_done for i, f in enumerate(files) if f in pending
+        )
+        tracker.stage = WeightsStage.PREFLIGHT
+        await on_progress(tracker.snapshot())
+        sink.preflight(needed=missing)
+
+        tracker.stage = WeightsStage.DOWNLOADING
+        headers = build_hf_headers(token=token or False, library_name="modelplane")
+        timeout = httpx.Timeout(connect=10.0, read=options.stall_seconds, write=30.0, pool=None)
+        limits = httpx.Limits(max_connections=options.parallel_files * 2)
+        semaphore = asyncio.Semaphore(options.parallel_files)
+        flusher = asyncio.create_task(self._flush_loop(tracker, on_progress), name="progress")
+        try:
+            async with httpx.AsyncClient(
+                headers=headers,
+                timeout=timeout,
+                limits=limits,
+                follow_redirects=True,
+                transport=self._transport,
+            ) as http:
+
+                async def one(file: WeightsFile) -> None:
+                    async with semaphore:
+                        await self._file(
+                            _FileJob(
+                                http=http,
+                                weights_id=weights_id,
+                                url=hf_hub_url(
+                                    repo_id, file.path, revision=commit_sha, endpoint=self.endpoint
+                                ),
+                                file=file,
+                                sink=sink,
+                                tracker=tracker,
+                                ledger=chunk_ledgers[file.path],
+                                done=already[file.path],
+                            )
+                        )
+
+                async with asyncio.TaskGroup() as group:
+                    for file in pending:
+                        group.create_task(one(file), name=f"download:{file.path}")
+        except* DownloadError as group_error:
+            raise group_error.exceptions[0] from None
+        except* OSError as group_error:
+            raise _disk_error(group_error.exceptions[0], sink) from None
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        tracker.stage = WeightsStage.FINALIZING
+        sink.finish()
+        await self.ledgers.forget(weights_id)
+        final = tracker.snapshot()
+        await on_progress(final)
+        return final
+
+    async def _flush_loop(self, tracker: ProgressTracker, on_progress: ProgressSink) -> None:
+        while True:
+            await asyncio.sleep(self.options.progress_interval)
+            try:
+                await on_progress(tracker.snapshot())
+            except Exception:  # a progress write must never kill the download
+                log.warning("progress could not be stored", exc_info=True)
+
+    async def _file(self, job: _FileJob) -> None:
+        chunk_size = self.options.chunk_size
+        file = job.file
+        count = max(1, math.ceil(file.size / chunk_size))
+        job.tracker.set(file.path, state=FileState.DOWNLOADING)
+        for index in range(count):
+            if index in job.done or file.size == 0:
+                continue
+            start = index * chunk_size
+            end = min(file.size, start + chunk_size) - 1
+            data = await self._chunk(job, start, end)
+            await asyncio.to_thread(job.sink.write_chunk, file, index, chunk_size, data)
+            job.done.add(index)
+            await self.ledgers.mark_chunk(job.ledger, index)
+            await asyncio.to_thread(job.sink.record_chunks, file, job.done, chunk_size)
+        job.tracker.set(file.path, state=FileState.VERIFYING)
+        try:
+            await asyncio.to_thread(job.sink.verify_and_place, file)
+        except ChecksumMismatch:
+            await asyncio.to_thread(job.sink.discard, file)
+            await self.ledgers.forget(job.weights_id, file.path)
+            job.tracker.set(file.path, state=FileState.FAILED, bytes_done=0)
+            raise
+        job.tracker.set(file.path, state=FileState.DONE, bytes_done=file.size)
+        await self.ledgers.forget(job.weights_id, file.path)
+
+    async def _chunk(self, job: _FileJob, start: int, end: int) -> bytes:
+        """GET one range with retries; progress counts bytes as they arrive."""
+        options = self.options
+        attempt = 0
+        while True:
+            counted = [0]
+            try:
+                async with job.http.stream(
+                    "GET", job.url, headers={"Range": f"bytes={start}-{end}"}
+                ) as response:
+                    _check_status(response, job.file.path)
+                    return await _read_range(response, job, start, end, counted)
+            except (_Retry, httpx.TransportError) as exc:
+                job.tracker.add(job.file.path, -counted[0])
+                attempt += 1
+                reason = _describe(exc)
+                if attempt > options.max_retries:
+                    raise _gave_up(job, exc, reason, options.max_retries) from None
+                delay = min(options.backoff_cap, options.backoff_base * 2 ** (attempt - 1))
+                delay *= 0.5 + random.random()  # noqa: S311  jitter, not crypto
+                log.info(
+                    "retrying a chunk",
+                    extra={
+                        "file": job.file.path,
+                        "start": start,
+                        "attempt": attempt,
+                        "why": reason,
+                    },
+                )
+                await asyncio.sleep(delay)
+
+
+@dataclass
+class _FileJob:
+    """Everything one file's transfer needs."""
+
+    http: httpx.AsyncClient
+    weights_id: str
+    url: str
+    file: WeightsFile
+    sink: LocalSink
+    tracker: ProgressTracker
+    ledger: LedgerDocument
+    done: set[int]
+
+
+def _check_status(response: httpx.Response, path: str) -> None:
+    status = response.status_code
+    if status in (401, 403):
+        raise DownloadError(
+            f"{path}: the hub refused access (HTTP {status}); "
+            "the token does not grant access to this repo"
+        )
+    if status == 404:
+        raise DownloadError(f"{path}: not found on the hub at this commit")
+    if status in RETRYABLE_STATUS:
+        raise _Retry(f"HTTP {status}")
+    if status not in (200, 206):
+        raise DownloadError(f"{path}: unexpected HTTP {status} from the hub")
+
+
+async def _read_range(
+    response: httpx.Response, job: _FileJob, start: int, end: int, counted: list[int]
+) -> bytes:
+    """The body of a range response (or the slice of a full 200 body), counted as it comes."""
+    expected = end - start + 1
+    skip = start if response.status_code == 200 else 0
+    buffer = bytearray()
+    async for received in response.aiter_bytes(1 * MiB):
+        block = received
+        if skip:
+            cut = min(skip, len(block))
+            block, skip = block[cut:], skip - cut
+        block = block[: expected - len(buffer)]
+        buffer += block
+        counted[0] += len(block)
+        job.tracker.add(job.file.path, len(block))
+        if len(buffer) >= expected:
+            break
+    if len(buffer) != expected:
+        raise _Retry(f"short body ({len(buffer)} of {expected} bytes)")
+    return bytes(buffer)
+
+
+def _gave_up(job: _FileJob, exc: Exception, reason: str, retries: int) -> DownloadError:
+    tracker = job.tracker
+    percent = int(100 * tracker.bytes_done / tracker.bytes_total) if tracker.bytes_total else 0
+    verb = "stalled" if isinstance(exc, httpx.ReadTimeout) else "failed"
+    return DownloadError(
+        f"{verb} at {percent}% on {job.file.path} after {retries} retries ({reason})"
+    )
+
+
+class _Retry(Exception):
+    """A transient failure of one chunk."""
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.ReadTimeout):
+        return "no bytes received within the stall window"
+    if isinstance(exc, _Retry):
+        return str(exc)
+    return type(exc).__name__
+
+
+def _disk_error(exc: BaseException, sink: LocalSink) -> DownloadError:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        stats = os.statvfs(sink.directory)
+        free = stats.f_bavail * stats.f_frsize
+        return DownloadError(
+            f"no space left on device at {sink.directory} ({human_bytes(free)} free); "
+            "verified files are kept: free space and retry"
+        )
+    if isinstance(exc, OSError):
+        return DownloadError(f"cannot write to {sink.directory}: {exc.strerror}")
+    return DownloadError(str(exc))
