@@ -52,6 +52,7 @@ from controllers.secrets import (
     SecretStore,
     fernet_for,
 )
+from controllers.weights import DownloadController, WeightsRuntimeConfig
 from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import AuthError, TokenVerifier, load_dev_key
@@ -60,13 +61,16 @@ from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from resolvers.context import Context, Services
 from services.models import ModelPolicy, ModelService
+from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.repositories import (
+    LedgerRepository,
     ModelRepository,
     OrganizationRepository,
     SecretRepository,
+    WeightsRepository,
     ensure_indexes,
 )
 
@@ -99,6 +103,7 @@ class Resources:
     verifier: TokenVerifier
     dev_key: OctKey | None
     services: Services
+    downloads: DownloadController | None
 
 
 @asynccontextmanager
@@ -161,6 +166,20 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         hub = HubClient(endpoint=settings.hf_endpoint)
         secrets = _secret_store(settings, runtime, database)
+        controller: DownloadController | None = None
+        if runtime.kind == "local" and settings.run_controllers:
+            controller = DownloadController(
+                models=ModelRepository(database),
+                weights=WeightsRepository(database),
+                ledgers=LedgerRepository(database),
+                secrets=secrets,
+                hub=hub,
+                config=WeightsRuntimeConfig(
+                    hub_endpoint=settings.hf_endpoint, options=settings.download_options()
+                ),
+            )
+            controller.start()
+            stack.push_async_callback(controller.stop)
         for root in settings.local_roots:
             root.mkdir(parents=True, exist_ok=True)
         models = ModelService(
@@ -174,12 +193,21 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 allowed_remote_hosts=tuple(settings.allowed_remote_hosts),
                 hub_endpoint=settings.hf_endpoint,
             ),
+            on_change=controller.notify if controller is not None else None,
+        )
+        weights = WeightsService(
+            weights=WeightsRepository(database),
+            models=ModelRepository(database),
+            ledgers=LedgerRepository(database),
+            controller=controller,
+            local_roots=tuple(settings.local_roots),
         )
         services = Services(
             database=database,
             runtime=runtime,
             hub=hub,
             models=models,
+            weights=weights,
             version=modelplane_version(),
             started_at=utcnow(),
         )
@@ -192,6 +220,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             verifier=verifier,
             dev_key=dev_key,
             services=services,
+            downloads=controller,
         )
 
 

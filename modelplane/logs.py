@@ -17,10 +17,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from controllers.ids import reconcile_id
+
+__all__ = ["configure_logging", "reconcile_id", "redact", "request_id"]
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-reconcile_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "reconcile_id", default=None
-)
 
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),

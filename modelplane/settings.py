@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
+from controllers.downloading import DownloadOptions
+
 MIN_SECRET_KEY_LENGTH = 32
 
 
@@ -89,6 +91,22 @@ class Settings(BaseSettings):
 
     allowed_remote_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Hosts REMOTE_API URLs may use even if they resolve to link-local addresses."""
+
+    run_controllers: bool = True
+    """Run the download controller in this process (the local runtime's downloads)."""
+    download_parallel_files: int = Field(default=4, ge=1, le=32)
+    download_chunk_mib: int = Field(default=32, ge=1, le=1024)
+    download_stall_seconds: float = Field(default=30.0, gt=0)
+    download_max_retries: int = Field(default=5, ge=0, le=100)
+
+    def download_options(self) -> DownloadOptions:
+        """The downloader's knobs from the settings."""
+        return DownloadOptions(
+            parallel_files=self.download_parallel_files,
+            chunk_size=self.download_chunk_mib * 1024 * 1024,
+            stall_seconds=self.download_stall_seconds,
+            max_retries=self.download_max_retries,
+        )
 
     @field_validator("allowed_local_roots", mode="before")
     @classmethod

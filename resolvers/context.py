@@ -13,7 +13,9 @@ from integrations.huggingface import HubClient
 from schema.building import NotAuthenticated
 from services.models import ModelService
 from services.principals import Principal
+from services.weights import WeightsService
 from storage.client import Database
+from storage.documents import WeightsDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class Services:
     runtime: Runtime
     hub: HubClient
     models: ModelService
+    weights: WeightsService
     version: str
     started_at: datetime
 
@@ -36,6 +39,12 @@ class Context(BaseContext):
         self.services = services
         self.principal = principal
         self.request_id = request_id
+
+    async def load_weights(self, weights_id: str) -> WeightsDocument | None:
+        """A weights entry in the caller's organisation (None without a caller)."""
+        if self.principal is None:
+            return None
+        return await self.services.weights.get(self.principal, weights_id)
 
     def require_principal(self) -> Principal:
         """The caller, or :class:`NotAuthenticated` if the request carried no valid token."""

@@ -15,6 +15,7 @@ import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
 from resolvers import models as model_resolvers
+from resolvers import weights as weights_resolvers
 from resolvers.context import Info
 from schema.enums import RoleEnum
 from schema.models import (
@@ -27,6 +28,7 @@ from schema.models import (
     UpdateModelResult,
 )
 from schema.objects import Heartbeat, ServerInfo, Viewer
+from schema.weights import DeleteWeightsResult, DownloadResult, StorageUsage, Weights, WeightsPage
 from storage.documents import utcnow
 
 MIN_HEARTBEAT_SECONDS = 0.1
@@ -115,6 +117,18 @@ class Query:
         resolver=model_resolvers.resolve_hugging_face_search,
         description="Search the Hugging Face Hub for model repositories.",
     )
+    weights: Weights | None = strawberry.field(
+        resolver=weights_resolvers.resolve_weights,
+        description="One weights entry (a repo at a commit in one place) with live progress.",
+    )
+    weights_list: WeightsPage = strawberry.field(
+        resolver=weights_resolvers.resolve_weights_list,
+        description="The weight cache: every download of your organisation, newest first.",
+    )
+    weights_usage: list[StorageUsage] = strawberry.field(
+        resolver=weights_resolvers.resolve_weights_usage,
+        description="used / free / total bytes of each allowed local root.",
+    )
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")
@@ -128,6 +142,18 @@ class Mutation:
     update_model: UpdateModelResult = strawberry.field(
         resolver=model_resolvers.update_model,
         description="Change a model's name, description, icon, label, tags or resources.",
+    )
+    cancel_download: DownloadResult = strawberry.field(
+        resolver=weights_resolvers.cancel_download,
+        description="Stop a model's download: verified files stay, in-flight parts are removed.",
+    )
+    retry_download: DownloadResult = strawberry.field(
+        resolver=weights_resolvers.retry_download,
+        description="Resume a FAILED or CANCELLED download from where it stopped.",
+    )
+    delete_weights: DeleteWeightsResult = strawberry.field(
+        resolver=weights_resolvers.delete_weights,
+        description="Remove downloaded files; refused while an inference uses them unless forced.",
     )
     delete_model: DeleteModelResult = strawberry.field(
         resolver=model_resolvers.delete_model,

@@ -48,3 +48,43 @@ class ModelPhaseEnum(Enum):
     PULLING = strawberry.enum_value("PULLING", description="Weights are being downloaded.")
     READY = strawberry.enum_value("READY", description="Weights are in place (or not needed).")
     FAILED = strawberry.enum_value("FAILED", description="The download failed; see `message`.")
+
+
+@strawberry.enum(
+    name="WeightsState",
+    description=(
+        "Where a download stands: PENDING -> PULLING -> READY, or FAILED / CANCELLED "
+        "(retryDownload resumes both)."
+    ),
+)
+class WeightsStateEnum(Enum):
+    """Download state."""
+
+    PENDING = strawberry.enum_value("PENDING", description="Accepted, not started yet.")
+    PULLING = strawberry.enum_value("PULLING", description="Bytes are moving.")
+    READY = strawberry.enum_value("READY", description="Every file is in place and verified.")
+    FAILED = strawberry.enum_value("FAILED", description="Stopped; `message` says why.")
+    CANCELLED = strawberry.enum_value("CANCELLED", description="Stopped by cancelDownload.")
+
+
+@strawberry.enum(name="DownloadStage", description="What a PULLING download is doing.")
+class DownloadStageEnum(Enum):
+    """Stage of a download."""
+
+    PREFLIGHT = strawberry.enum_value(
+        "PREFLIGHT", description="Checking space, access and the target."
+    )
+    DOWNLOADING = strawberry.enum_value("DOWNLOADING", description="Fetching bytes.")
+    VERIFYING = strawberry.enum_value("VERIFYING", description="Checking hashes.")
+    FINALIZING = strawberry.enum_value("FINALIZING", description="Moving files into place.")
+
+
+@strawberry.enum(name="FileState", description="One file of a download.")
+class FileStateEnum(Enum):
+    """File state."""
+
+    PENDING = strawberry.enum_value("PENDING", description="Not started.")
+    DOWNLOADING = strawberry.enum_value("DOWNLOADING", description="Bytes are moving.")
+    VERIFYING = strawberry.enum_value("VERIFYING", description="Checking its hash.")
+    DONE = strawberry.enum_value("DONE", description="Verified and in place.")
+    FAILED = strawberry.enum_value("FAILED", description="Failed verification or transfer.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
@@ -12,6 +12,9 @@ from schema.errors import ConflictError, ForbiddenError, NotFoundError, Validati
 from schema.scalars import BigInt, big
 from storage.documents import DownloadTarget as TargetDocument
 from storage.documents import ModelDocument, TargetKind
+
+if TYPE_CHECKING:
+    from schema.weights import Weights
 
 
 @strawberry.type(description="Where a model comes from. The token is never returned.")
@@ -96,6 +99,20 @@ class ModelHubInfo:
     library_name: str | None = strawberry.field(description="e.g. transformers.")
 
 
+async def resolve_model_weights(
+    root: strawberry.Parent[Model], info: strawberry.Info
+) -> Annotated[Weights, strawberry.lazy("schema.weights")] | None:
+    """The weights entry of a model, read through the request's organisation scope."""
+    if root.weights_id is None:
+        return None
+    document = await info.context.load_weights(root.weights_id)
+    if document is None:
+        return None
+    from schema.weights import Weights as WeightsView  # noqa: PLC0415  circular at import time
+
+    return WeightsView.from_document(document)
+
+
 @strawberry.type(description="A model in your organisation's catalogue.")
 class Model:
     """Catalogue entry: desired state and observed status."""
@@ -126,6 +143,11 @@ class Model:
     updated_at: datetime = strawberry.field(description="Last change (UTC).")
     is_deleted: bool = strawberry.field(description="Soft-deleted (only admins see these).")
     deletion_time: datetime | None = strawberry.field(description="When it was deleted (UTC).")
+    weights_id: strawberry.Private[str | None] = None
+    weights: Annotated[Weights, strawberry.lazy("schema.weights")] | None = strawberry.field(
+        resolver=resolve_model_weights,
+        description="The model's downloaded weights and live progress (LOCAL models).",
+    )
 
     @classmethod
     def from_document(cls, doc: ModelDocument) -> Model:
@@ -170,12 +192,16 @@ class Model:
             updated_at=doc.updated_at,
             is_deleted=doc.is_deleted,
             deletion_time=doc.deletion_time,
+            weights_id=doc.weights_id,
         )
 
 
 def _target(target: TargetDocument | None) -> LocalTarget | PvcTarget | S3Target | None:
-    if target is None:
-        return None
+    return None if target is None else target_view(target)
+
+
+def target_view(target: TargetDocument) -> LocalTarget | PvcTarget | S3Target:
+    """API view of a stored download target (no secret key on it)."""
     if target.kind is TargetKind.LOCAL:
         return LocalTarget(local_path=target.local_path or "")
     if target.kind is TargetKind.PVC:

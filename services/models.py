@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -148,7 +148,9 @@ class ModelService:
         hub: HubClient,
         runtime: Runtime,
         policy: ModelPolicy,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_change = on_change or (lambda _model_id: None)
         self._models = models
         self._secrets = secrets
         self._hub = hub
@@ -235,6 +237,7 @@ class ModelService:
             "model created",
             extra={"model_id": model.id, "organization_id": model.organization_id},
         )
+        self._on_change(model.id)
         return model
 
     async def update(
@@ -307,6 +310,7 @@ class ModelService:
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
             removed.append(OwnedObject(kind=self._secrets.kind, name=model.secret_ref))
         log.info("model deleted", extra={"model_id": model.id, "removed": len(removed)})
+        self._on_change(model.id)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
 
     # -- helpers -------------------------------------------------------------------------

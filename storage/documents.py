@@ -173,6 +173,7 @@ class ModelDocument(Document):
     hub: HubFacts | None = None
     secret_ref: str | None = None
     """Key of the model's credentials in the secret store (kubernetes Secret or encrypted doc)."""
+    weights_id: str | None = None
     phase: ModelPhase = ModelPhase.PENDING
     message: str | None = None
     inference_phase: str | None = None

@@ -1,0 +1,361 @@
+"""The download controller: moves LOCAL models PENDING -> PULLING -> READY (or FAILED).
+
+Level-triggered (ARCHITECTURE.md decision 4): a work queue keyed by model id is fed by model
+changes, by download completions and by a periodic resync. Each reconcile re-reads the model,
+computes a plan from what it finds (:func:`plan`, pure), applies it idempotently and writes
+status only when it changes. Downloads themselves run as supervised in-process tasks (the
+``local`` runtime), one per Weights; :func:`run_weights` is also what ``modelplane download``
+runs, so the same code can run in a Job pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from controllers.downloading import (
+    Downloader,
+    DownloadError,
+    DownloadOptions,
+    LocalSink,
+)
+from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.workqueue import WorkQueue
+from integrations.huggingface import HubClient, HubError
+from storage.documents import (
+    AccessMode,
+    ModelDocument,
+    ModelPhase,
+    Progress,
+    TargetKind,
+    WeightsDocument,
+    WeightsFile,
+    WeightsState,
+    new_id,
+)
+from storage.errors import DuplicateKey, RevisionConflict
+from storage.repositories import LedgerRepository, ModelRepository, WeightsRepository
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 15.0
+
+
+class Action(enum.Enum):
+    """What a reconcile decides for one model."""
+
+    NOTHING = "nothing"
+    FORGET = "forget"  # deleted or not LOCAL: stop any download
+    CREATE_WEIGHTS = "create-weights"
+    START = "start"
+    MIRROR = "mirror"  # copy the weights' state onto the model
+
+
+def plan(model: ModelDocument | None, weights: WeightsDocument | None, *, running: bool) -> Action:
+    """The pure decision of a reconcile (table-tested)."""
+    if model is None or model.is_deleted or model.source.access_mode is not AccessMode.LOCAL:
+        return Action.FORGET
+    if model.download_target is None or model.download_target.kind is not TargetKind.LOCAL:
+        return Action.NOTHING  # PVC and S3 targets run elsewhere (not in this runtime yet)
+    if weights is None:
+        return Action.CREATE_WEIGHTS if model.phase is ModelPhase.PENDING else Action.NOTHING
+    if weights.state in (WeightsState.PENDING, WeightsState.PULLING) and not running:
+        return Action.START
+    return Action.MIRROR
+
+
+def model_status(weights: WeightsDocument) -> tuple[ModelPhase, str | None]:
+    """The model phase and message that mirror a Weights' state."""
+    if weights.state is WeightsState.READY:
+        return ModelPhase.READY, None
+    if weights.state is WeightsState.FAILED:
+        return ModelPhase.FAILED, weights.message
+    if weights.state is WeightsState.CANCELLED:
+        return ModelPhase.FAILED, "download cancelled; retryDownload resumes it"
+    if weights.state is WeightsState.PULLING:
+        return ModelPhase.PULLING, weights.message
+    return ModelPhase.PENDING, "waiting for the download to start"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsRuntimeConfig:
+    """What runners need beyond repositories."""
+
+    hub_endpoint: str
+    options: DownloadOptions
+
+
+async def run_weights(
+    weights_id: str,
+    *,
+    weights: WeightsRepository,
+    ledgers: LedgerRepository,
+    token: str | None,
+    config: WeightsRuntimeConfig,
+) -> WeightsDocument:
+    """Download one Weights to completion and record the outcome; re-raises cancellation."""
+    doc = await weights.require(weights_id)
+    attempt = doc.attempt
+    if doc.state is not WeightsState.PULLING:
+        doc = await weights.update(
+            doc.id,
+            expected_revision=doc.revision,
+            changes={"state": WeightsState.PULLING, "message": None},
+        )
+
+    async def on_progress(progress: Progress) -> None:
+        await weights.set_progress(
+            weights_id, progress=progress.model_dump(mode="python"), attempt=attempt
+        )
+
+    downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=config.options)
+    try:
+        await downloader.run(
+            weights_id=doc.id,
+            repo_id=doc.repo_id,
+            commit_sha=doc.commit_sha,
+            files=doc.files,
+            sink=LocalSink(Path(doc.location)),
+            token=token,
+            on_progress=on_progress,
+        )
+    except DownloadError as exc:
+        log.warning("download failed", extra={"weights_id": doc.id, "reason": str(exc)})
+        return await _finish(weights, doc.id, attempt, WeightsState.FAILED, str(exc))
+    return await _finish(weights, doc.id, attempt, WeightsState.READY, None)
+
+
+async def _finish(
+    weights: WeightsRepository,
+    weights_id: str,
+    attempt: int,
+    state: WeightsState,
+    message: str | None,
+) -> WeightsDocument:
+    while True:
+        current = await weights.require(weights_id)
+        if current.attempt != attempt:
+            return current  # a retry or cancel took over; its runner decides
+        try:
+            return await weights.update(
+                weights_id,
+                expected_revision=current.revision,
+                changes={"state": state, "message": message},
+            )
+        except RevisionConflict:
+            continue
+
+
+class DownloadController:
+    """Owns the work queue, the resync loop and one runner task per downloading Weights."""
+
+    def __init__(
+        self,
+        *,
+        models: ModelRepository,
+        weights: WeightsRepository,
+        ledgers: LedgerRepository,
+        secrets: SecretStore,
+        hub: HubClient,
+        config: WeightsRuntimeConfig,
+    ) -> None:
+        self._models = models
+        self._weights = weights
+        self._ledgers = ledgers
+        self._secrets = secrets
+        self._hub = hub
+        self._config = config
+        self._queue = WorkQueue(self.reconcile, name="downloads")
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._resync: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start workers and the resync loop."""
+        self._queue.start()
+        self._resync = asyncio.create_task(self._resync_loop(), name="downloads-resync")
+
+    async def stop(self) -> None:
+        """Cancel everything this controller started; downloads resume on the next start."""
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+            self._resync = None
+        await self._queue.stop()
+        for task in list(self._runners.values()):
+            task.cancel()
+        for task in list(self._runners.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._runners.clear()
+
+    def notify(self, model_id: str) -> None:
+        """A model changed: look at it soon."""
+        self._queue.add(model_id)
+
+    async def wait_idle(self) -> None:
+        """For tests: until the queue has drained."""
+        await self._queue.wait_idle()
+
+    def running(self, weights_id: str) -> bool:
+        """True while a runner task downloads these weights."""
+        task = self._runners.get(weights_id)
+        return task is not None and not task.done()
+
+    async def cancel_runner(self, weights_id: str) -> None:
+        """Stop the runner of these weights, if any, and wait for it."""
+        task = self._runners.pop(weights_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def reconcile(self, model_id: str) -> float | None:
+        """Re-read, plan, apply. Returns when to look again, if ever."""
+        model = await self._models.get(model_id)
+        weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
+        action = plan(model, weights, running=bool(weights and self.running(weights.id)))
+        if action is Action.FORGET:
+            if weights is not None and model is not None:
+                await self._release(weights, model.id)
+            return None
+        if action is Action.NOTHING or model is None:
+            return None
+        if action is Action.CREATE_WEIGHTS:
+            weights = await self._attach_weights(model)
+            action = plan(model, weights, running=self.running(weights.id))
+        if action is Action.START and weights is not None:
+            self._start_runner(model, weights)
+            weights = await self._weights.require(weights.id)
+        if weights is not None:
+            await self._mirror(model, weights)
+        return None
+
+    async def _attach_weights(self, model: ModelDocument) -> WeightsDocument:
+        target = model.download_target
+        assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
+        assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
+        location = target.local_path or ""
+        commit = model.hub.commit_sha or ""
+        found = await self._weights.for_location(
+            organization_id=model.organization_id, location=location, commit_sha=commit
+        )
+        if found is None:
+            token = await self._token(model)
+            try:
+                info = await self._hub.model(model.source.url, revision=commit, token=token)
+            except HubError as exc:
+                await self._set_model(model, ModelPhase.FAILED, f"hub: {exc}")
+                raise
+            found = WeightsDocument(
+                id=new_id("weights"),
+                organization_id=model.organization_id,
+                repo_id=model.source.url,
+                requested_revision=model.source.revision,
+                commit_sha=info.sha,
+                target=target,
+                location=location,
+                files=[
+                    WeightsFile(path=f.path, size=f.size or 0, sha256=f.sha256, blob_id=f.blob_id)
+                    for f in info.files
+                ],
+                model_ids=[model.id],
+                secret_ref=model.secret_ref,
+            )
+            with contextlib.suppress(DuplicateKey):
+                await self._weights.insert(found)
+        elif model.id not in found.model_ids:
+            found = await self._weights.update(
+                found.id,
+                expected_revision=found.revision,
+                changes={"model_ids": [*found.model_ids, model.id]},
+            )
+        await self._models.update(
+            model.id, expected_revision=model.revision, changes={"weights_id": found.id}
+        )
+        return found
+
+    def _start_runner(self, model: ModelDocument, weights: WeightsDocument) -> None:
+        async def runner() -> None:
+            token = await self._token(model)
+            try:
+                await run_weights(
+                    weights.id,
+                    weights=self._weights,
+                    ledgers=self._ledgers,
+                    token=token,
+                    config=self._config,
+                )
+            finally:
+                self._runners.pop(weights.id, None)
+                for owner in (await self._weights.require(weights.id)).model_ids:
+                    self._queue.add(owner)
+
+        self._runners[weights.id] = asyncio.create_task(runner(), name=f"download:{weights.id}")
+
+    async def _token(self, model: ModelDocument) -> str | None:
+        if model.secret_ref is None:
+            return None
+        try:
+            return (await self._secrets.get(model.secret_ref)).get(HF_TOKEN_KEY)
+        except SecretStoreError:
+            log.warning("the model's token could not be read", extra={"model_id": model.id})
+            return None
+
+    async def _mirror(self, model: ModelDocument, weights: WeightsDocument) -> None:
+        phase, message = model_status(weights)
+        if (phase, message) != (model.phase, model.message):
+            await self._set_model(model, phase, message)
+
+    async def _set_model(
+        self, model: ModelDocument, phase: ModelPhase, message: str | None
+    ) -> None:
+        try:
+            await self._models.update(
+                model.id,
+                expected_revision=model.revision,
+                changes={"phase": phase, "message": message},
+            )
+        except RevisionConflict:
+            self._queue.add(model.id)  # someone wrote first: look again with fresh data
+
+    async def _release(self, weights: WeightsDocument, model_id: str) -> None:
+        remaining = [m for m in weights.model_ids if m != model_id]
+        if not remaining:
+            await self.cancel_runner(weights.id)
+        with contextlib.suppress(RevisionConflict):
+            await self._weights.update(
+                weights.id, expected_revision=weights.revision, changes={"model_ids": remaining}
+            )
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            await self.resync()
+
+    async def resync(self) -> None:
+        """Enqueue every LOCAL model that is not settled."""
+        page = await self._models.find(
+            where={
+                "is_deleted": False,
+                "source.access_mode": AccessMode.LOCAL.value,
+                "phase": {"$in": [ModelPhase.PENDING.value, ModelPhase.PULLING.value]},
+            },
+            limit=10_000,
+        )
+        for model in page.items:
+            self._queue.add(model.id)
+
+
+def remove_weights_files(weights: WeightsDocument) -> None:
+    """Delete the files of LOCAL weights (the whole location directory)."""
+    shutil.rmtree(weights.location, ignore_errors=True)

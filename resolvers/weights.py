@@ -1,0 +1,121 @@
+"""Resolvers of the weight cache: list, inspect, cancel, retry, delete, usage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from resolvers.context import Info
+from schema.building import ExpectedError
+from schema.enums import RoleEnum
+from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from schema.scalars import BigInt
+from schema.weights import (
+    DeletedWeights,
+    DeleteWeightsResult,
+    DownloadResult,
+    StorageUsage,
+    Weights,
+    WeightsPage,
+)
+from services.errors import Conflict, InvalidInput, Missing
+from services.principals import Forbidden
+
+
+def _forbidden(exc: Forbidden) -> ForbiddenError:
+    return ForbiddenError(
+        message=str(exc), required_role=RoleEnum(exc.required.value) if exc.required else None
+    )
+
+
+async def resolve_weights(
+    info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Weights id.")]
+) -> Weights | None:
+    """One entry; null when absent or in another organisation."""
+    principal = info.context.require_principal()
+    doc = await info.context.services.weights.get(principal, str(id))
+    return None if doc is None else Weights.from_document(doc)
+
+
+async def resolve_weights_list(
+    info: Info,
+    limit: Annotated[int, strawberry.argument(description="Page size, 0 to 100.")] = 10,
+    offset: Annotated[int, strawberry.argument(description="Entries to skip.")] = 0,
+) -> WeightsPage:
+    """The organisation's weights, newest first."""
+    principal = info.context.require_principal()
+    try:
+        page = await info.context.services.weights.page(principal, limit=limit, offset=offset)
+    except InvalidInput as exc:
+        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
+    return WeightsPage(total=page.total, items=[Weights.from_document(d) for d in page.items])
+
+
+async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
+    """Disk usage of every allowed local root."""
+    principal = info.context.require_principal()
+    return [
+        StorageUsage(
+            root=u.root,
+            used=BigInt(u.used),
+            free=BigInt(u.free),
+            total=BigInt(u.total),
+            weights_bytes=BigInt(u.weights_bytes),
+        )
+        for u in await info.context.services.weights.usage(principal)
+    ]
+
+
+async def cancel_download(
+    info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
+) -> DownloadResult:
+    """Stop a model's download; verified files are kept, in-flight parts removed."""
+    principal = info.context.require_principal()
+    try:
+        doc = await info.context.services.weights.cancel(principal, str(model_id))
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return Weights.from_document(doc)
+
+
+async def retry_download(
+    info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
+) -> DownloadResult:
+    """Resume a FAILED or CANCELLED download where it stopped."""
+    principal = info.context.require_principal()
+    try:
+        doc = await info.context.services.weights.retry(principal, str(model_id))
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return Weights.from_document(doc)
+
+
+async def delete_weights(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="Weights id.")],
+    force: Annotated[
+        bool, strawberry.argument(description="Delete even while an inference uses them.")
+    ] = False,
+) -> DeleteWeightsResult:
+    """Remove the files and the entry."""
+    principal = info.context.require_principal()
+    try:
+        detached = await info.context.services.weights.delete(principal, str(id), force=force)
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return _forbidden(exc)
+    return DeletedWeights(id=id, detached_model_ids=[strawberry.ID(m) for m in detached])

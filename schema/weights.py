@@ -1,0 +1,159 @@
+"""Weights (downloads) in GraphQL: the entry, its progress, the inventory, result unions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+
+from schema.enums import DownloadStageEnum, FileStateEnum, WeightsStateEnum
+from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from schema.models import DownloadTarget, target_view
+from schema.scalars import BigInt
+from storage.documents import Progress, WeightsDocument
+
+
+@strawberry.type(description="Progress of one file.")
+class FileProgress:
+    """Bytes and state of a file."""
+
+    path: str = strawberry.field(description="Path in the repository.")
+    bytes_done: BigInt = strawberry.field(description="Bytes on disk so far.")
+    bytes_total: BigInt = strawberry.field(description="Size of the file.")
+    state: FileStateEnum = strawberry.field(description="File state.")
+
+
+@strawberry.type(description="Live progress of a download (updated at most once per second).")
+class DownloadProgress:
+    """The one progress record shape for every target."""
+
+    stage: DownloadStageEnum = strawberry.field(description="What the download is doing.")
+    bytes_done: BigInt = strawberry.field(description="Bytes in place or verified-in-progress.")
+    bytes_total: BigInt = strawberry.field(description="Bytes of all files.")
+    files_done: int = strawberry.field(description="Files verified and in place.")
+    files_total: int = strawberry.field(description="Files in the download.")
+    bytes_per_second: float = strawberry.field(description="Smoothed transfer rate.")
+    eta_seconds: float | None = strawberry.field(description="Estimated seconds left.")
+    current_file: str | None = strawberry.field(description="File most recently written.")
+    files: list[FileProgress] = strawberry.field(description="Per-file progress.")
+    updated_at: datetime = strawberry.field(description="When this record was written.")
+
+    @classmethod
+    def from_record(cls, record: Progress) -> DownloadProgress:
+        """API view of a stored progress record."""
+        return cls(
+            stage=DownloadStageEnum(record.stage.value),
+            bytes_done=BigInt(record.bytes_done),
+            bytes_total=BigInt(record.bytes_total),
+            files_done=record.files_done,
+            files_total=record.files_total,
+            bytes_per_second=record.bytes_per_second,
+            eta_seconds=record.eta_seconds,
+            current_file=record.current_file,
+            files=[
+                FileProgress(
+                    path=f.path,
+                    bytes_done=BigInt(f.bytes_done),
+                    bytes_total=BigInt(f.bytes_total),
+                    state=FileStateEnum(f.state.value),
+                )
+                for f in record.files
+            ],
+            updated_at=record.updated_at,
+        )
+
+
+@strawberry.type(description="A file of downloaded weights.")
+class WeightsFileInfo:
+    """Path, size and expected hash."""
+
+    path: str = strawberry.field(description="Path in the repository and under the location.")
+    size: BigInt = strawberry.field(description="Size in bytes.")
+    sha256: str | None = strawberry.field(description="LFS sha256 it is verified against.")
+
+
+@strawberry.type(
+    description="One repository at one commit, downloaded (or downloading) to one place."
+)
+class Weights:
+    """An entry of the weight cache."""
+
+    id: strawberry.ID = strawberry.field(description="e.g. `weights-k2m9q`.")
+    repo_id: str = strawberry.field(description="Hugging Face repo id.")
+    commit_sha: str = strawberry.field(description="The exact commit downloaded.")
+    revision: str | None = strawberry.field(description="The revision that was asked for.")
+    target: DownloadTarget = strawberry.field(description="Where the files go.")
+    location: str = strawberry.field(description="Directory (or s3:// prefix) holding the files.")
+    state: WeightsStateEnum = strawberry.field(description="Download state.")
+    message: str | None = strawberry.field(
+        description="Why it failed (e.g. `needs 14.2 GiB, 3.1 GiB free at /data/models`)."
+    )
+    progress: DownloadProgress | None = strawberry.field(description="Latest progress record.")
+    files: list[WeightsFileInfo] = strawberry.field(description="Files with sizes and hashes.")
+    size_bytes: BigInt = strawberry.field(description="Total size of the files.")
+    model_ids: list[strawberry.ID] = strawberry.field(description="Models using these weights.")
+    created_at: datetime = strawberry.field(description="When the entry was created (UTC).")
+    updated_at: datetime = strawberry.field(description="Last change (UTC).")
+
+    @classmethod
+    def from_document(cls, doc: WeightsDocument) -> Weights:
+        """API view of a stored entry (no credential is on it)."""
+        return cls(
+            id=strawberry.ID(doc.id),
+            repo_id=doc.repo_id,
+            commit_sha=doc.commit_sha,
+            revision=doc.requested_revision,
+            target=target_view(doc.target),
+            location=doc.location,
+            state=WeightsStateEnum(doc.state.value),
+            message=doc.message,
+            progress=DownloadProgress.from_record(doc.progress) if doc.progress else None,
+            files=[
+                WeightsFileInfo(path=f.path, size=BigInt(f.size), sha256=f.sha256)
+                for f in doc.files
+            ],
+            size_bytes=BigInt(sum(f.size for f in doc.files)),
+            model_ids=[strawberry.ID(m) for m in doc.model_ids],
+            created_at=doc.created_at,
+            updated_at=doc.updated_at,
+        )
+
+
+@strawberry.type(description="A page of weights and the number of all entries.")
+class WeightsPage:
+    """A `limit`/`offset` page."""
+
+    total: int = strawberry.field(description="Entries across all pages.")
+    items: list[Weights] = strawberry.field(description="This page, newest first.")
+
+
+@strawberry.type(description="Disk usage of an allowed local root.")
+class StorageUsage:
+    """used / free / total bytes."""
+
+    root: str = strawberry.field(description="The root directory.")
+    used: BigInt = strawberry.field(description="Bytes used on its filesystem.")
+    free: BigInt = strawberry.field(description="Bytes free on its filesystem.")
+    total: BigInt = strawberry.field(description="Size of its filesystem.")
+    weights_bytes: BigInt = strawberry.field(description="Bytes of READY weights under it.")
+
+
+@strawberry.type(description="What deleteWeights removed.")
+class DeletedWeights:
+    """The removed entry and the models that used it."""
+
+    id: strawberry.ID = strawberry.field(description="The removed weights id.")
+    detached_model_ids: list[strawberry.ID] = strawberry.field(
+        description="Models that used these weights (now FAILED until recreated)."
+    )
+
+
+DownloadResult = Annotated[
+    Weights | NotFoundError | ConflictError | ForbiddenError,
+    strawberry.union("DownloadResult", description="The download's new state, or why not."),
+]
+DeleteWeightsResult = Annotated[
+    DeletedWeights | NotFoundError | ConflictError | ForbiddenError | ValidationError,
+    strawberry.union("DeleteWeightsResult", description="What was removed, or why not."),
+]

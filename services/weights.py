@@ -1,0 +1,207 @@
+"""Weights: list and inspect downloads, cancel, retry, delete, and the storage inventory."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from controllers.downloading import LocalSink
+from controllers.weights import DownloadController, remove_weights_files
+from services.errors import Conflict, InvalidInput, Missing
+from services.principals import Principal
+from storage.documents import ModelDocument, ModelPhase, Role, WeightsDocument, WeightsState
+from storage.errors import RevisionConflict
+from storage.repositories import LedgerRepository, ModelRepository, Page, WeightsRepository
+
+MAX_PAGE = 100
+ACTIVE_INFERENCE = frozenset({"STARTING", "RUNNING", "DEGRADED", "SCALING"})
+
+
+@dataclass(frozen=True, slots=True)
+class RootUsage:
+    """Disk usage of one allowed root and how much of it is weights."""
+
+    root: str
+    used: int
+    free: int
+    total: int
+    weights_bytes: int
+
+
+class WeightsService:
+    """Use cases of the weight cache."""
+
+    def __init__(
+        self,
+        *,
+        weights: WeightsRepository,
+        models: ModelRepository,
+        ledgers: LedgerRepository,
+        controller: DownloadController | None,
+        local_roots: tuple[Path, ...],
+    ) -> None:
+        self._weights = weights
+        self._models = models
+        self._ledgers = ledgers
+        self._controller = controller
+        self._roots = local_roots
+
+    async def get(self, principal: Principal, weights_id: str) -> WeightsDocument | None:
+        """One entry of the caller's organisation."""
+        principal.require(Role.VIEWER)
+        return await self._weights.get(weights_id, scope=principal.scope)
+
+    async def page(self, principal: Principal, *, limit: int, offset: int) -> Page[WeightsDocument]:
+        """The organisation's weights, newest first."""
+        principal.require(Role.VIEWER)
+        if not 0 <= limit <= MAX_PAGE or offset < 0:
+            raise InvalidInput("limit", f"limit must be 0 to {MAX_PAGE} and offset >= 0")
+        return await self._weights.find(
+            where=dict(principal.scope),
+            limit=limit,
+            offset=offset,
+            sort=(("created_at", -1), ("_id", -1)),
+        )
+
+    async def usage(self, principal: Principal) -> list[RootUsage]:
+        """used / free / total bytes per allowed root, and the weights stored there."""
+        principal.require(Role.VIEWER)
+        page = await self._weights.find(
+            where={**principal.scope, "state": WeightsState.READY.value}, limit=10_000
+        )
+        result = []
+        for root in self._roots:
+            if not root.exists():
+                continue
+            disk = shutil.disk_usage(root)
+            inside = sum(
+                sum(f.size for f in w.files)
+                for w in page.items
+                if Path(w.location) == root or root in Path(w.location).parents
+            )
+            result.append(
+                RootUsage(
+                    root=str(root),
+                    used=disk.used,
+                    free=disk.free,
+                    total=disk.total,
+                    weights_bytes=inside,
+                )
+            )
+        return result
+
+    async def cancel(self, principal: Principal, model_id: str) -> WeightsDocument:
+        """Stop the model's download; verified files stay, in-flight parts go."""
+        principal.require(Role.EDITOR)
+        model, weights = await self._model_weights(principal, model_id)
+        if weights.state not in (WeightsState.PENDING, WeightsState.PULLING):
+            raise Conflict(None, f"the download is {weights.state.value}, nothing to cancel")
+        if self._controller is not None:
+            await self._controller.cancel_runner(weights.id)
+        await asyncio.to_thread(LocalSink(Path(weights.location)).discard_partials)
+        await self._ledgers.forget(weights.id)
+        updated = await self._set(
+            weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
+        )
+        self._notify(model)
+        return updated
+
+    async def retry(self, principal: Principal, model_id: str) -> WeightsDocument:
+        """Resume a FAILED or CANCELLED download (verified files and kept chunks are reused)."""
+        principal.require(Role.EDITOR)
+        model, weights = await self._model_weights(principal, model_id)
+        if weights.state not in (WeightsState.FAILED, WeightsState.CANCELLED):
+            raise Conflict(
+                None,
+                f"the download is {weights.state.value}; only FAILED or "
+                "CANCELLED downloads can be retried",
+            )
+        updated = await self._set(
+            weights,
+            {"state": WeightsState.PENDING, "message": None, "attempt": weights.attempt + 1},
+        )
+        await self._models.update(
+            model.id,
+            expected_revision=model.revision,
+            changes={"phase": ModelPhase.PULLING, "message": "retrying the download"},
+            scope=principal.scope,
+        )
+        self._notify(model)
+        return updated
+
+    async def delete(self, principal: Principal, weights_id: str, *, force: bool) -> list[str]:
+        """Remove files and the entry; refuses while an inference uses them unless forced.
+        Returns the ids of the models that used them (now FAILED, asking for a retry)."""
+        principal.require(Role.EDITOR)
+        weights = await self._weights.get(weights_id, scope=principal.scope)
+        if weights is None:
+            raise Missing(weights_id, f"weights {weights_id} not found")
+        users = [
+            m
+            for m in [await self._models.get(i, scope=principal.scope) for i in weights.model_ids]
+            if m is not None and not m.is_deleted
+        ]
+        serving = [m.name for m in users if (m.inference_phase or "") in ACTIVE_INFERENCE]
+        if serving and not force:
+            raise Conflict(
+                "force",
+                f"inference of {', '.join(serving)} uses these weights; stop it or pass force",
+            )
+        if self._controller is not None:
+            await self._controller.cancel_runner(weights.id)
+        await asyncio.to_thread(remove_weights_files, weights)
+        await self._ledgers.forget(weights.id)
+        await self._weights.delete(weights.id, scope=principal.scope)
+        for model in users:
+            await self._detach(model)
+        return [m.id for m in users]
+
+    async def _detach(self, model: ModelDocument) -> None:
+        for _ in range(5):
+            try:
+                await self._models.update(
+                    model.id,
+                    expected_revision=model.revision,
+                    changes={
+                        "weights_id": None,
+                        "phase": ModelPhase.FAILED,
+                        "message": "weights deleted; recreate the model to fetch them again",
+                    },
+                )
+            except RevisionConflict:
+                fresh = await self._models.get(model.id)
+                if fresh is None:
+                    return
+                model = fresh
+            else:
+                return
+
+    async def _model_weights(
+        self, principal: Principal, model_id: str
+    ) -> tuple[ModelDocument, WeightsDocument]:
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None or model.is_deleted:
+            raise Missing(model_id, f"model {model_id} not found")
+        weights = (
+            await self._weights.get(model.weights_id, scope=principal.scope)
+            if model.weights_id
+            else None
+        )
+        if weights is None:
+            raise Conflict(None, f"model {model_id} has no download")
+        return model, weights
+
+    async def _set(self, weights: WeightsDocument, changes: dict[str, object]) -> WeightsDocument:
+        while True:
+            try:
+                return await self._weights.update(
+                    weights.id, expected_revision=weights.revision, changes=changes
+                )
+            except RevisionConflict:
+                weights = await self._weights.require(weights.id)
+
+    def _notify(self, model: ModelDocument) -> None:
+        if self._controller is not None:
+            self._controller.notify(model.id)
