@@ -97,10 +97,13 @@ async def run_weights(
     ledgers: LedgerRepository,
     token: str | None,
     config: WeightsRuntimeConfig,
-) -> WeightsDocument:
-    """Download one Weights to completion and record the outcome; re-raises cancellation."""
+) -> WeightsDocument | None:
+    """Download one Weights to completion and record the outcome (None: deleted meanwhile);
+    re-raises cancellation."""
     doc = await weights.require(weights_id)
     attempt = doc.attempt
+    if doc.state not in (WeightsState.PENDING, WeightsState.PULLING):
+        return doc  # cancelled (or finished) before this runner got going
     if doc.state is not WeightsState.PULLING:
         doc = await weights.update(
             doc.id,
@@ -136,11 +139,11 @@ async def _finish(
     attempt: int,
     state: WeightsState,
     message: str | None,
-) -> WeightsDocument:
+) -> WeightsDocument | None:
     while True:
-        current = await weights.require(weights_id)
-        if current.attempt != attempt:
-            return current  # a retry or cancel took over; its runner decides
+        current = await weights.get(weights_id)
+        if current is None or current.attempt != attempt:
+            return current  # deleted, or a retry or cancel took over
         try:
             return await weights.update(
                 weights_id,
@@ -234,8 +237,13 @@ class DownloadController:
             weights = await self._attach_weights(model)
             action = plan(model, weights, running=self.running(weights.id))
         if action is Action.START and weights is not None:
+            if weights.state is not WeightsState.PULLING:
+                weights = await self._weights.update(
+                    weights.id,
+                    expected_revision=weights.revision,
+                    changes={"state": WeightsState.PULLING, "message": None},
+                )
             self._start_runner(model, weights)
-            weights = await self._weights.require(weights.id)
         if weights is not None:
             await self._mirror(model, weights)
         return None
@@ -297,7 +305,8 @@ class DownloadController:
                 )
             finally:
                 self._runners.pop(weights.id, None)
-                for owner in (await self._weights.require(weights.id)).model_ids:
+                current = await self._weights.get(weights.id)
+                for owner in current.model_ids if current is not None else weights.model_ids:
                     self._queue.add(owner)
 
         self._runners[weights.id] = asyncio.create_task(runner(), name=f"download:{weights.id}")

@@ -98,13 +98,16 @@ class WeightsService:
         model, weights = await self._model_weights(principal, model_id)
         if weights.state not in (WeightsState.PENDING, WeightsState.PULLING):
             raise Conflict(None, f"the download is {weights.state.value}, nothing to cancel")
+        # State first: a reconcile racing with us must see CANCELLED, not a PULLING download
+        # without a runner (which it would start again). The bumped attempt makes the old
+        # runner's last write a no-op.
+        updated = await self._set(
+            weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
+        )
         if self._controller is not None:
             await self._controller.cancel_runner(weights.id)
         await asyncio.to_thread(LocalSink(Path(weights.location)).discard_partials)
         await self._ledgers.forget(weights.id)
-        updated = await self._set(
-            weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
-        )
         self._notify(model)
         return updated
 
@@ -149,11 +152,11 @@ class WeightsService:
                 "force",
                 f"inference of {', '.join(serving)} uses these weights; stop it or pass force",
             )
+        await self._weights.delete(weights.id, scope=principal.scope)
         if self._controller is not None:
             await self._controller.cancel_runner(weights.id)
         await asyncio.to_thread(remove_weights_files, weights)
         await self._ledgers.forget(weights.id)
-        await self._weights.delete(weights.id, scope=principal.scope)
         for model in users:
             await self._detach(model)
         return [m.id for m in users]
