@@ -299,7 +299,7 @@ async def test_disk_filling_up_mid_download_fails_with_enospc_and_resumes(
     async def fill_later() -> None:
         """Eat the tmpfs's free space: bounded, and only while it is still our mount."""
         await asyncio.sleep(0.4)
-        assert os.path.ismount(small_disk)  # noqa: ASYNC240  a one-off check in a test
+        assert os.path.ismount(small_disk)
         with (small_disk / "hog").open("wb") as hog:
             for _ in range(16 * 8):  # at most 8 MiB, more than the 6 MiB mount holds
                 try:

@@ -43,9 +43,8 @@ async def create_local(
     }
     if name:
         value["name"] = name
-    result = (await run(app.graphql_url, "CreateModel", {"input": value}, token=editor(app)))[
-        "createModel"
-    ]
+    data = await run(app.graphql_url, "CreateModel", {"input": value}, token=editor(app))
+    result: dict[str, Any] = data["createModel"]
     assert result["__typename"] == "Model", result
     return result
 
@@ -55,9 +54,8 @@ async def wait_model(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        model = (await run(app.graphql_url, "ModelDownload", {"id": model_id}, token=editor(app)))[
-            "model"
-        ]
+        data = await run(app.graphql_url, "ModelDownload", {"id": model_id}, token=editor(app))
+        model: dict[str, Any] = data["model"]
         if predicate(model):
             return model
         assert time.monotonic() < deadline, f"timed out; last seen {model}"
@@ -169,7 +167,7 @@ async def test_preflight_failure_is_reported_on_the_model(
         text=True,
         check=False,
     )
-    if mounted.returncode != 0 or not os.path.ismount(small):  # noqa: ASYNC240
+    if mounted.returncode != 0 or not os.path.ismount(small):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         created = await create_local(running_app, "tiny-org/sharded-model", path=small / "w")
