@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 
 import uvicorn
 
-from modelplane.app import StartupError, create_app, open_resources
 from modelplane.auth import issue_dev_token, load_dev_key
 from modelplane.logs import configure_logging
-from modelplane.schema_root import export_sdl
 from modelplane.settings import Environment, Settings, SettingsError, load_settings
 from storage.documents import Role
 
@@ -31,6 +30,8 @@ def _say(message: str) -> None:
 
 
 async def _serve(settings: Settings) -> int:
+    from modelplane.app import StartupError, create_app, open_resources  # noqa: PLC0415  lazy
+
     try:
         async with open_resources(settings) as resources:
             app = create_app(settings, resources=resources)
@@ -102,6 +103,8 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from modelplane.schema_root import export_sdl  # noqa: PLC0415  lazy: strawberry is slow to load
+
     sdl = export_sdl()
     path = Path(args.path)
     if args.action == "export":
@@ -114,6 +117,76 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         return 1
     _say(f"{path} matches the code")
     return 0
+
+
+async def _download(settings: Settings, weights_id: str) -> int:
+    from controllers.secrets import HF_TOKEN_KEY, SecretStoreError  # noqa: PLC0415  lazy: fast start
+    from controllers.weights import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
+    from storage.client import make_client, ping  # noqa: PLC0415
+    from storage.documents import WeightsState  # noqa: PLC0415
+    from storage.errors import DatabaseUnavailable  # noqa: PLC0415
+    from storage.repositories import (  # noqa: PLC0415
+        LedgerRepository,
+        SecretRepository,
+        WeightsRepository,
+    )
+
+    if settings.mongodb_uri is None:
+        _say("modelplane: MODELPLANE_MONGODB_URI is required for `modelplane download`")
+        return 2
+    client = make_client(
+        settings.mongodb_uri.get_secret_value(), timeout_seconds=settings.mongodb_timeout_seconds
+    )
+    try:
+        database = client[settings.mongodb_database]
+        try:
+            await ping(database)
+        except DatabaseUnavailable:
+            _say("modelplane: MODELPLANE_MONGODB_URI: MongoDB is not reachable")
+            return 1
+        weights = WeightsRepository(database)
+        doc = await weights.get(weights_id)
+        if doc is None:
+            _say(f"modelplane: no weights {weights_id}")
+            return 2
+        token = os.environ.get("HF_TOKEN") or None
+        if token is None and doc.secret_ref is not None and settings.secret_key is not None:
+            from controllers.secrets import EncryptedSecretStore, fernet_for  # noqa: PLC0415
+
+            store = EncryptedSecretStore(
+                SecretRepository(database),
+                cipher=fernet_for(settings.secret_key.get_secret_value()),
+            )
+            try:
+                token = (await store.get(doc.secret_ref)).get(HF_TOKEN_KEY)
+            except SecretStoreError as exc:
+                _say(f"modelplane: {exc}")
+                return 1
+        outcome = await run_weights(
+            weights_id,
+            weights=weights,
+            ledgers=LedgerRepository(database),
+            token=token,
+            config=WeightsRuntimeConfig(
+                hub_endpoint=settings.hf_endpoint, options=settings.download_options()
+            ),
+        )
+    finally:
+        await client.close()
+    if outcome is None or outcome.state is not WeightsState.READY:
+        _say(
+            f"modelplane: download {weights_id} did not finish: "
+            f"{outcome.message if outcome else 'deleted'}"
+        )
+        return 1
+    _say(f"modelplane: {weights_id} is READY at {outcome.location}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    return asyncio.run(_download(settings, args.weights_id))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=[r.value for r in Role], default=Role.ADMIN.value)
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds")
     token.set_defaults(func=_cmd_token)
+
+    download = sub.add_parser(
+        "download", help="run one download to completion (what a download Job's pod runs)"
+    )
+    download.add_argument("--weights-id", required=True)
+    download.set_defaults(func=_cmd_download)
 
     schema = sub.add_parser("schema", help="export or check graphql/schema.graphql")
     schema.add_argument("action", choices=["export", "check"])

@@ -1,0 +1,149 @@
+"""kill -9 the `modelplane download` process mid-transfer, five times; it always resumes.
+
+A ~200 MB, four-shard repo is served by a hub of its own, throttled so each run is killed
+while bytes move. After every restart the process must skip every chunk its ledger recorded
+(so it re-fetches at most the chunk each file had in flight), and the last run must end READY
+with every file's sha256 verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage.client import Client
+from storage.documents import DownloadTarget as Target
+from storage.documents import TargetKind, WeightsDocument, WeightsFile, WeightsState
+from storage.repositories import LedgerRepository, WeightsRepository, ensure_indexes
+from testbed.hub import LocalHub, RunningHub, running_hub
+from testbed.repos import llama_repo
+
+MiB = 1024 * 1024
+CHUNK_MIB = 8
+REPO = "big-org/two-hundred-mb"
+KILLS = 5
+
+
+@pytest.fixture(scope="module")
+def big_hub() -> Iterator[RunningHub]:
+    with running_hub(
+        LocalHub(repos=[llama_repo(REPO, weights_bytes=200 * MiB, num_shards=4)])
+    ) as h:
+        yield h
+
+
+def chunk_starts(records: list[object]) -> set[tuple[str, int]]:
+    found = set()
+    for record in records:
+        header = getattr(record, "range", None)
+        if not header:
+            continue
+        start = int(header.split("=")[1].split("-")[0])
+        found.add((str(getattr(record, "path", "")).rsplit("/", 1)[-1], start))
+    return found
+
+
+@pytest.mark.timeout(300)
+async def test_kill_nine_five_times_then_ready(
+    big_hub: RunningHub, mongo_uri: str, mongo_client: Client, tmp_path: Path
+) -> None:
+    database_name = f"kill_{os.getpid()}_{random.randrange(1 << 30)}"
+    database = mongo_client[database_name]
+    await ensure_indexes(database)
+    repo = big_hub.hub.repos[REPO]
+    location = tmp_path / "weights"
+    weights = WeightsRepository(database)
+    ledgers = LedgerRepository(database)
+    await weights.insert(
+        WeightsDocument(
+            id="weights-kill9",
+            organization_id="org-a",
+            repo_id=REPO,
+            commit_sha=repo.sha,
+            target=Target(kind=TargetKind.LOCAL, local_path=str(location)),
+            location=str(location),
+            files=[
+                WeightsFile(
+                    path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id
+                )
+                for f in repo.files
+            ],
+        )
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
+        "MODELPLANE_MONGODB_URI": mongo_uri,
+        "MODELPLANE_MONGODB_DATABASE": database_name,
+        "MODELPLANE_HF_ENDPOINT": big_hub.endpoint,
+        "MODELPLANE_DOWNLOAD_CHUNK_MIB": str(CHUNK_MIB),
+        "MODELPLANE_STATE_DIR": str(tmp_path / "state"),
+        "MODELPLANE_LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "modelplane", "download", "--weights-id", "weights-kill9"]
+    big_hub.hub.faults.throttle("*.safetensors", 10 * MiB)  # 4 files x 10 MiB/s: ~5 s a run
+    rng = random.Random(20261123)
+    fetched_total = 0
+    recorded_per_run: list[int] = []
+    try:
+        for kill in range(KILLS + 1):
+            recorded = {
+                (path.rsplit("/", 1)[-1], chunk * CHUNK_MIB * MiB)
+                for path in [f.path for f in repo.files]
+                for chunk in (
+                    await ledgers.load("weights-kill9", path, chunk_size=CHUNK_MIB * MiB)
+                ).chunks
+            }
+            recorded_per_run.append(len(recorded))
+            big_hub.hub.log.clear()
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            if kill < KILLS:
+                deadline = time.monotonic() + 60
+                # Wait until bytes are moving, then kill at a random moment.
+                while not any(r.bytes_sent for r in big_hub.hub.log.records(method="GET")):
+                    assert process.poll() is None, process.communicate()
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(rng.uniform(1.0, 2.0))  # a chunk takes ~0.8 s per file
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+            else:
+                _, stderr = process.communicate(timeout=240)
+                assert process.returncode == 0, stderr.decode()
+            records = big_hub.hub.log.records(method="GET")
+            asked = chunk_starts(
+                [r for r in records if r.path.endswith(".safetensors") or "cdn" in r.path]
+            )
+            refetched = asked & recorded
+            assert refetched == set(), f"run {kill} re-fetched recorded chunks {sorted(refetched)}"
+            fetched_total += sum(r.bytes_sent for r in records)
+    finally:
+        big_hub.hub.faults.clear()
+
+    # The kills landed mid-transfer: each restart found more recorded chunks than the last.
+    assert recorded_per_run[0] == 0
+    assert recorded_per_run == sorted(recorded_per_run)
+    assert len(set(recorded_per_run)) >= 4, recorded_per_run
+    done = await weights.require("weights-kill9")
+    assert done.state is WeightsState.READY, done.message
+    for f in repo.files:
+        assert (
+            hashlib.sha256((location / f.path).read_bytes()).digest()
+            == hashlib.sha256(f.content).digest()
+        ), f.path
+    total = sum(f.size for f in repo.files)
+    # Every kill loses at most the chunk in flight for each of the 4 parallel files.
+    assert fetched_total <= total + KILLS * 4 * CHUNK_MIB * MiB
+    assert not (location / ".modelplane-partial").exists()
+    await mongo_client.drop_database(database_name)
