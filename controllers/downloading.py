@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 from huggingface_hub import hf_hub_url
@@ -60,6 +62,18 @@ class DownloadError(Exception):
 
 class PreflightError(DownloadError):
     """Refused before any byte moved."""
+
+
+class MissingChunks(DownloadError):
+    """The target lost chunks the ledger recorded (e.g. an S3 part gone after a restart)."""
+
+    def __init__(self, path: str, chunks: set[int]) -> None:
+        super().__init__(f"{path}: {len(chunks)} stored chunk(s) went missing")
+        self.chunks = chunks
+
+
+class SinkUnavailable(DownloadError):
+    """The target failed in a way that may pass (a storage server restarting): retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,16 +187,57 @@ class ProgressTracker:
 ProgressSink = Callable[[Progress], Awaitable[None]]
 
 
+class Sink(Protocol):
+    """Where a download's bytes go: a directory (:class:`LocalSink`) or S3 (``S3Sink``)."""
+
+    def describe(self) -> str:
+        """Where, for messages."""
+
+    async def preflight(self, *, needed: int) -> None:
+        """Raise :class:`PreflightError` unless ``needed`` more bytes can be written."""
+
+    async def is_complete(self, file: WeightsFile) -> bool:
+        """True when the verified file is already in place."""
+
+    async def done_chunks(
+        self, file: WeightsFile, ledger: LedgerDocument, chunk_size: int
+    ) -> set[int]:
+        """Chunks already stored (agreeing with the ledger) that a restart may skip."""
+
+    async def write_chunk(
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+    ) -> None:
+        """Store one chunk durably."""
+
+    async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
+        """Write the sidecar ledger (where the target has one)."""
+
+    async def verify_and_place(self, file: WeightsFile) -> None:
+        """Check the stored bytes against the hub's hash and publish the file."""
+
+    async def discard(self, file: WeightsFile) -> None:
+        """Drop a file's partial data."""
+
+    async def discard_partials(self) -> None:
+        """Drop every partial (cancelDownload)."""
+
+    async def finish(self) -> None:
+        """Tidy up after every file is in place."""
+
+
 @dataclass
 class LocalSink:
     """Writes into ``directory``: parts and ledgers under ``.modelplane-partial``, verified
-    files renamed into place."""
+    files renamed into place. Blocking file work runs in worker threads."""
 
     directory: Path
     sidecar: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.sidecar = self.directory / SIDECAR
+
+    def describe(self) -> str:
+        return str(self.directory)
 
     def final_path(self, file: WeightsFile) -> Path:
         return self.directory / file.path
@@ -193,11 +248,11 @@ class LocalSink:
     def ledger_path(self, file: WeightsFile) -> Path:
         return self.sidecar / (file.path + ".chunks.json")
 
-    def preflight(self, *, needed: int) -> None:
+    async def preflight(self, *, needed: int) -> None:
+        await asyncio.to_thread(self._preflight, needed)
+
+    def _preflight(self, needed: int) -> None:
         """Writable, and enough free space for what is still missing."""
-        probe_dir = self.directory
-        while not probe_dir.exists():
-            probe_dir = probe_dir.parent
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             probe = self.directory / ".modelplane-write-probe"
@@ -214,8 +269,13 @@ class LocalSink:
                 f"needs {human_bytes(needed)}, {human_bytes(free)} free at {self.directory}"
             )
 
-    def done_chunks(self, file: WeightsFile, ledger_chunks: set[int], chunk_size: int) -> set[int]:
-        """Chunks both ledgers agree on and the part file covers."""
+    async def done_chunks(
+        self, file: WeightsFile, ledger: LedgerDocument, chunk_size: int
+    ) -> set[int]:
+        return await asyncio.to_thread(self._done_chunks, file, set(ledger.chunks), chunk_size)
+
+    def _done_chunks(self, file: WeightsFile, ledger_chunks: set[int], chunk_size: int) -> set[int]:
+        """Chunks either ledger recorded that the part file covers."""
         part = self.part_path(file)
         if not part.exists():
             return set()
@@ -229,7 +289,12 @@ class LocalSink:
             c for c in (ledger_chunks | sidecar) if min((c + 1) * chunk_size, file.size) <= covered
         }
 
-    def write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytes) -> None:
+    async def write_chunk(
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+    ) -> None:
+        await asyncio.to_thread(self._write_chunk, file, index, chunk_size, data)
+
+    def _write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytes) -> None:
         """pwrite the chunk at its offset and fsync; raises OSError (ENOSPC...) as is."""
         part = self.part_path(file)
         part.parent.mkdir(parents=True, exist_ok=True)
@@ -245,17 +310,25 @@ class LocalSink:
         finally:
             os.close(fd)
 
-    def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
+    async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
+        await asyncio.to_thread(self._record_chunks, file, sorted(chunks), chunk_size)
+
+    def _record_chunks(self, file: WeightsFile, chunks: list[int], chunk_size: int) -> None:
         path = self.ledger_path(file)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"chunk_size": chunk_size, "chunks": sorted(chunks)}))
+        tmp.write_text(json.dumps({"chunk_size": chunk_size, "chunks": chunks}))
         os.replace(tmp, path)
 
-    def is_complete(self, file: WeightsFile) -> bool:
+    async def is_complete(self, file: WeightsFile) -> bool:
         final = self.final_path(file)
-        return final.is_file() and final.stat().st_size == file.size
+        return await asyncio.to_thread(
+            lambda: final.is_file() and final.stat().st_size == file.size
+        )
 
-    def verify_and_place(self, file: WeightsFile) -> None:
+    async def verify_and_place(self, file: WeightsFile) -> None:
+        await asyncio.to_thread(self._verify_and_place, file)
+
+    def _verify_and_place(self, file: WeightsFile) -> None:
         """Check the part against the hub's hash, then rename it into place."""
         part = self.part_path(file)
         if file.size == 0:
@@ -278,15 +351,15 @@ class LocalSink:
         os.replace(part, final)
         self.ledger_path(file).unlink(missing_ok=True)
 
-    def discard(self, file: WeightsFile) -> None:
-        self.part_path(file).unlink(missing_ok=True)
-        self.ledger_path(file).unlink(missing_ok=True)
+    async def discard(self, file: WeightsFile) -> None:
+        await asyncio.to_thread(self.part_path(file).unlink, missing_ok=True)
+        await asyncio.to_thread(self.ledger_path(file).unlink, missing_ok=True)
 
-    def discard_partials(self) -> None:
-        shutil.rmtree(self.sidecar, ignore_errors=True)
+    async def discard_partials(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.sidecar, ignore_errors=True)
 
-    def finish(self) -> None:
-        shutil.rmtree(self.sidecar, ignore_errors=True)
+    async def finish(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.sidecar, ignore_errors=True)
 
 
 class ChecksumMismatch(DownloadError):
@@ -319,14 +392,14 @@ class Downloader:
         repo_id: str,
         commit_sha: str,
         files: list[WeightsFile],
-        sink: LocalSink,
+        sink: Sink,
         token: str | None,
         on_progress: ProgressSink,
     ) -> Progress:
         """Download everything not yet in place; return the final progress record."""
         options = self.options
         tracker = ProgressTracker(files, interval=options.progress_interval)
-        pending = [f for f in files if not sink.is_complete(f)]
+        pending = [f for f in files if not await sink.is_complete(f)]
         for f in files:
             if f not in pending:
                 tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
@@ -335,7 +408,7 @@ class Downloader:
             for f in pending
         }
         already = {
-            f.path: sink.done_chunks(f, set(chunk_ledgers[f.path].chunks), options.chunk_size)
+            f.path: await sink.done_chunks(f, chunk_ledgers[f.path], options.chunk_size)
             for f in pending
         }
         for f in pending:
@@ -348,7 +421,7 @@ class Downloader:
         )
         tracker.stage = WeightsStage.PREFLIGHT
         await on_progress(tracker.snapshot())
-        sink.preflight(needed=missing)
+        await sink.preflight(needed=missing)
 
         tracker.stage = WeightsStage.DOWNLOADING
         headers = build_hf_headers(token=token or False, library_name="modelplane")
@@ -394,7 +467,7 @@ class Downloader:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         tracker.stage = WeightsStage.FINALIZING
-        sink.finish()
+        await sink.finish()
         await self.ledgers.forget(weights_id)
         final = tracker.snapshot()
         await on_progress(final)
@@ -409,30 +482,74 @@ class Downloader:
                 log.warning("progress could not be stored", exc_info=True)
 
     async def _file(self, job: _FileJob) -> None:
+        file = job.file
+        job.tracker.set(file.path, state=FileState.DOWNLOADING)
+        for _ in range(3):
+            await self._fetch_missing(job)
+            job.tracker.set(file.path, state=FileState.VERIFYING)
+            try:
+                await self._with_sink_retries(
+                    job, functools.partial(job.sink.verify_and_place, file)
+                )
+            except MissingChunks as missing:
+                log.warning(
+                    "stored chunks went missing; fetching them again",
+                    extra={"file": file.path, "chunks": sorted(missing.chunks)},
+                )
+                job.done -= missing.chunks
+                await self.ledgers.unmark_chunks(job.ledger, missing.chunks)
+                job.tracker.set(
+                    file.path,
+                    state=FileState.DOWNLOADING,
+                    bytes_done=_bytes_of(job.done, file.size, self.options.chunk_size),
+                )
+                continue
+            except ChecksumMismatch:
+                await job.sink.discard(file)
+                await self.ledgers.forget(job.weights_id, file.path)
+                job.tracker.set(file.path, state=FileState.FAILED, bytes_done=0)
+                raise
+            job.tracker.set(file.path, state=FileState.DONE, bytes_done=file.size)
+            await self.ledgers.forget(job.weights_id, file.path)
+            return
+        raise DownloadError(
+            f"{file.path}: stored chunks kept disappearing at {job.sink.describe()}"
+        )
+
+    async def _fetch_missing(self, job: _FileJob) -> None:
         chunk_size = self.options.chunk_size
         file = job.file
-        count = max(1, math.ceil(file.size / chunk_size))
-        job.tracker.set(file.path, state=FileState.DOWNLOADING)
-        for index in range(count):
+        for index in range(max(1, math.ceil(file.size / chunk_size))):
             if index in job.done or file.size == 0:
                 continue
             start = index * chunk_size
             end = min(file.size, start + chunk_size) - 1
             data = await self._chunk(job, start, end)
-            await asyncio.to_thread(job.sink.write_chunk, file, index, chunk_size, data)
+            await self._with_sink_retries(
+                job, functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
+            )
             job.done.add(index)
             await self.ledgers.mark_chunk(job.ledger, index)
-            await asyncio.to_thread(job.sink.record_chunks, file, job.done, chunk_size)
-        job.tracker.set(file.path, state=FileState.VERIFYING)
-        try:
-            await asyncio.to_thread(job.sink.verify_and_place, file)
-        except ChecksumMismatch:
-            await asyncio.to_thread(job.sink.discard, file)
-            await self.ledgers.forget(job.weights_id, file.path)
-            job.tracker.set(file.path, state=FileState.FAILED, bytes_done=0)
-            raise
-        job.tracker.set(file.path, state=FileState.DONE, bytes_done=file.size)
-        await self.ledgers.forget(job.weights_id, file.path)
+            await job.sink.record_chunks(file, job.done, chunk_size)
+
+    async def _with_sink_retries(
+        self, job: _FileJob, action: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run a sink step, retrying with backoff while the target is unavailable."""
+        options = self.options
+        for attempt in range(options.max_retries + 1):
+            try:
+                await action()
+            except SinkUnavailable as exc:
+                if attempt == options.max_retries:
+                    raise DownloadError(
+                        f"{job.sink.describe()} kept failing while writing {job.file.path}: {exc}"
+                    ) from None
+                delay = min(options.backoff_cap, options.backoff_base * 2**attempt)
+                log.info("target unavailable; retrying", extra={"file": job.file.path})
+                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311  jitter
+            else:
+                return
 
     async def _chunk(self, job: _FileJob, start: int, end: int) -> bytes:
         """GET one range with retries; progress counts bytes as they arrive."""
@@ -474,10 +591,14 @@ class _FileJob:
     weights_id: str
     url: str
     file: WeightsFile
-    sink: LocalSink
+    sink: Sink
     tracker: ProgressTracker
     ledger: LedgerDocument
     done: set[int]
+
+
+def _bytes_of(chunks: set[int], size: int, chunk_size: int) -> int:
+    return sum(min(chunk_size, size - c * chunk_size) for c in chunks)
 
 
 def _check_status(response: httpx.Response, path: str) -> None:
@@ -539,14 +660,17 @@ def _describe(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _disk_error(exc: BaseException, sink: LocalSink) -> DownloadError:
+def _disk_error(exc: BaseException, sink: Sink) -> DownloadError:
+    where = sink.describe()
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        stats = os.statvfs(sink.directory)
-        free = stats.f_bavail * stats.f_frsize
+        free = ""
+        with contextlib.suppress(OSError):
+            stats = os.statvfs(where)
+            free = f" ({human_bytes(stats.f_bavail * stats.f_frsize)} free)"
         return DownloadError(
-            f"no space left on device at {sink.directory} ({human_bytes(free)} free); "
+            f"no space left on device at {where}{free}; "
             "verified files are kept: free space and retry"
         )
     if isinstance(exc, OSError):
-        return DownloadError(f"cannot write to {sink.directory}: {exc.strerror}")
+        return DownloadError(f"cannot write to {where}: {exc.strerror}")
     return DownloadError(str(exc))

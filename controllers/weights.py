@@ -23,12 +23,16 @@ from controllers.downloading import (
     DownloadError,
     DownloadOptions,
     LocalSink,
+    Sink,
 )
-from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.s3_sink import S3Sink, object_prefix
+from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
 from integrations.huggingface import HubClient, HubError
+from integrations.s3 import S3Client, S3Location
 from storage.documents import (
     AccessMode,
+    DownloadTarget,
     ModelDocument,
     ModelPhase,
     Progress,
@@ -60,8 +64,8 @@ def plan(model: ModelDocument | None, weights: WeightsDocument | None, *, runnin
     """The pure decision of a reconcile (table-tested)."""
     if model is None or model.is_deleted or model.source.access_mode is not AccessMode.LOCAL:
         return Action.FORGET
-    if model.download_target is None or model.download_target.kind is not TargetKind.LOCAL:
-        return Action.NOTHING  # PVC and S3 targets run elsewhere (not in this runtime yet)
+    if model.download_target is None or model.download_target.kind is TargetKind.PVC:
+        return Action.NOTHING  # PVCs are filled by download Jobs (kubernetes runtime)
     if weights is None:
         return Action.CREATE_WEIGHTS if model.phase is ModelPhase.PENDING else Action.NOTHING
     if weights.state in (WeightsState.PENDING, WeightsState.PULLING) and not running:
@@ -90,12 +94,42 @@ class WeightsRuntimeConfig:
     options: DownloadOptions
 
 
+def make_sink(
+    doc: WeightsDocument, *, secrets: dict[str, str], ledgers: LedgerRepository, chunk_size: int
+) -> Sink:
+    """The sink a Weights' target calls for."""
+    target = doc.target
+    if target.kind is TargetKind.S3:
+        secret = secrets.get(S3_SECRET_KEY)
+        if secret is None:
+            raise DownloadError("the S3 secret access key is missing from the model's secret")
+        client = S3Client(
+            S3Location(
+                endpoint=target.endpoint,
+                region=target.region or "us-east-1",
+                bucket=target.bucket or "",
+                access_key_id=target.access_key_id or "",
+                secret_access_key=secret,
+            )
+        )
+        prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
+        return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
+    return LocalSink(Path(doc.location))
+
+
+def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> str:
+    """Where a repo at a commit goes for a target."""
+    if target.kind is TargetKind.S3:
+        return f"s3://{target.bucket}/{object_prefix(target.prefix, repo_id, commit_sha)}"
+    return target.local_path or ""
+
+
 async def run_weights(
     weights_id: str,
     *,
     weights: WeightsRepository,
     ledgers: LedgerRepository,
-    token: str | None,
+    secrets: dict[str, str],
     config: WeightsRuntimeConfig,
 ) -> WeightsDocument | None:
     """Download one Weights to completion and record the outcome (None: deleted meanwhile);
@@ -118,16 +152,19 @@ async def run_weights(
 
     downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=config.options)
     try:
+        sink = make_sink(
+            doc, secrets=secrets, ledgers=ledgers, chunk_size=config.options.chunk_size
+        )
         await downloader.run(
             weights_id=doc.id,
             repo_id=doc.repo_id,
             commit_sha=doc.commit_sha,
             files=doc.files,
-            sink=LocalSink(Path(doc.location)),
-            token=token,
+            sink=sink,
+            token=secrets.get(HF_TOKEN_KEY),
             on_progress=on_progress,
         )
-    except DownloadError as exc:
+    except (DownloadError, ValueError) as exc:
         log.warning("download failed", extra={"weights_id": doc.id, "reason": str(exc)})
         return await _finish(weights, doc.id, attempt, WeightsState.FAILED, str(exc))
     return await _finish(weights, doc.id, attempt, WeightsState.READY, None)
@@ -252,8 +289,8 @@ class DownloadController:
         target = model.download_target
         assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
         assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
-        location = target.local_path or ""
         commit = model.hub.commit_sha or ""
+        location = weights_location(target, model.source.url, commit)
         found = await self._weights.for_location(
             organization_id=model.organization_id, location=location, commit_sha=commit
         )
@@ -294,13 +331,13 @@ class DownloadController:
 
     def _start_runner(self, model: ModelDocument, weights: WeightsDocument) -> None:
         async def runner() -> None:
-            token = await self._token(model)
+            secrets = await self._secret_values(model)
             try:
                 await run_weights(
                     weights.id,
                     weights=self._weights,
                     ledgers=self._ledgers,
-                    token=token,
+                    secrets=secrets,
                     config=self._config,
                 )
             finally:
@@ -312,13 +349,55 @@ class DownloadController:
         self._runners[weights.id] = asyncio.create_task(runner(), name=f"download:{weights.id}")
 
     async def _token(self, model: ModelDocument) -> str | None:
+        return (await self._secret_values(model)).get(HF_TOKEN_KEY)
+
+    async def _secret_values(self, model: ModelDocument) -> dict[str, str]:
         if model.secret_ref is None:
-            return None
+            return {}
         try:
-            return (await self._secrets.get(model.secret_ref)).get(HF_TOKEN_KEY)
+            return await self._secrets.get(model.secret_ref)
         except SecretStoreError:
-            log.warning("the model's token could not be read", extra={"model_id": model.id})
-            return None
+            log.warning("the model's credentials could not be read", extra={"model_id": model.id})
+            return {}
+
+    async def discard_partials(self, weights: WeightsDocument) -> None:
+        """Remove in-flight parts (partial files, or S3 multipart uploads) of a download."""
+        model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
+        secrets = await self._secret_values(model) if model else {}
+        stored = await self._ledgers.find(where={"weights_id": weights.id}, limit=10_000)
+        try:
+            sink = make_sink(
+                weights,
+                secrets=secrets,
+                ledgers=self._ledgers,
+                chunk_size=self._config.options.chunk_size,
+            )
+        except (DownloadError, ValueError):
+            return
+        if isinstance(sink, S3Sink):
+            await sink.abort_all(stored.items)
+        else:
+            await sink.discard_partials()
+        await self._ledgers.forget(weights.id)
+
+    async def remove_files(self, weights: WeightsDocument) -> None:
+        """Delete a download's files (directory or S3 prefix)."""
+        if weights.target.kind is TargetKind.S3:
+            model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
+            secrets = await self._secret_values(model) if model else {}
+            try:
+                sink = make_sink(
+                    weights,
+                    secrets=secrets,
+                    ledgers=self._ledgers,
+                    chunk_size=self._config.options.chunk_size,
+                )
+            except (DownloadError, ValueError):
+                return
+            if isinstance(sink, S3Sink):
+                await sink.remove_all()
+            return
+        await asyncio.to_thread(remove_weights_files, weights)
 
     async def _mirror(self, model: ModelDocument, weights: WeightsDocument) -> None:
         phase, message = model_status(weights)

@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client as BotoS3Client
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 
 class S3Error(Exception):
@@ -102,6 +103,134 @@ class S3Client:
                 await s3.head_bucket(Bucket=self.location.bucket)
         except (ClientError, BotoCoreError) as exc:
             raise S3Error(_describe(exc, f"bucket {self.location.bucket}")) from exc
+
+    async def head(self, key: str) -> tuple[int, dict[str, str]] | None:
+        """Size and user metadata of the object at ``key``; None when absent."""
+        try:
+            async with self._client() as s3:
+                result = await s3.head_object(Bucket=self.location.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+        except BotoCoreError as exc:
+            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+        return int(result["ContentLength"]), dict(result.get("Metadata", {}))
+
+    async def start_upload(self, key: str, *, metadata: dict[str, str]) -> str:
+        """Begin a multipart upload; returns its id."""
+        try:
+            async with self._client() as s3:
+                result = await s3.create_multipart_upload(
+                    Bucket=self.location.bucket, Key=key, Metadata=metadata
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise S3Error(_describe(exc, f"start upload of {key}")) from exc
+        return result["UploadId"]
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part ``number`` (1-based); returns its ETag."""
+        try:
+            async with self._client() as s3:
+                result = await s3.upload_part(
+                    Bucket=self.location.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise S3Error(_describe(exc, f"upload part {number} of {key}")) from exc
+        return result["ETag"]
+
+    async def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]] | None:
+        """Uploaded parts by number -> (size, ETag); None when the upload no longer exists."""
+        parts: dict[int, tuple[int, str]] = {}
+        marker = 0
+        try:
+            async with self._client() as s3:
+                while True:
+                    result = await s3.list_parts(
+                        Bucket=self.location.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumberMarker=marker,
+                    )
+                    for part in result.get("Parts", []):
+                        parts[part["PartNumber"]] = (part["Size"], part["ETag"])
+                    if not result.get("IsTruncated"):
+                        return parts
+                    marker = result["NextPartNumberMarker"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return None
+            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+        except BotoCoreError as exc:
+            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+
+    async def complete_upload(
+        self, key: str, upload_id: str, parts: dict[int, tuple[int, str]]
+    ) -> None:
+        """Assemble the parts into the object."""
+        try:
+            async with self._client() as s3:
+                await s3.complete_multipart_upload(
+                    Bucket=self.location.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [
+                            {"PartNumber": n, "ETag": etag}
+                            for n, (_, etag) in sorted(parts.items())
+                        ]
+                    },
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise S3Error(_describe(exc, f"complete upload of {key}")) from exc
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abandon a multipart upload (its parts are deleted); absent uploads are fine."""
+        try:
+            async with self._client() as s3:
+                await s3.abort_multipart_upload(
+                    Bucket=self.location.bucket, Key=key, UploadId=upload_id
+                )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+        except BotoCoreError as exc:
+            raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix/``; returns how many."""
+        removed = 0
+        try:
+            async with self._client() as s3:
+                paginator = s3.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(
+                    Bucket=self.location.bucket, Prefix=prefix.rstrip("/") + "/"
+                ):
+                    keys: list[ObjectIdentifierTypeDef] = [
+                        {"Key": item["Key"]} for item in page.get("Contents", [])
+                    ]
+                    if keys:
+                        await s3.delete_objects(
+                            Bucket=self.location.bucket, Delete={"Objects": keys}
+                        )
+                        removed += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise S3Error(_describe(exc, f"delete s3://{self.location.bucket}/{prefix}")) from exc
+        return removed
+
+    async def stream(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes in blocks (bounded memory)."""
+        try:
+            async with self._client() as s3:
+                result = await s3.get_object(Bucket=self.location.bucket, Key=key)
+                async for block in result["Body"].iter_chunks(4 * 1024 * 1024):
+                    yield block
+        except (ClientError, BotoCoreError) as exc:
+            raise S3Error(_describe(exc, f"read s3://{self.location.bucket}/{key}")) from exc
 
 
 def _describe(exc: ClientError | BotoCoreError, what: str) -> str:

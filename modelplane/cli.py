@@ -120,7 +120,11 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _download(settings: Settings, weights_id: str) -> int:
-    from controllers.secrets import HF_TOKEN_KEY, SecretStoreError  # noqa: PLC0415  lazy: fast start
+    from controllers.secrets import (  # noqa: PLC0415  lazy: fast start
+        HF_TOKEN_KEY,
+        S3_SECRET_KEY,
+        SecretStoreError,
+    )
     from controllers.weights import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
     from storage.client import make_client, ping  # noqa: PLC0415
     from storage.documents import WeightsState  # noqa: PLC0415
@@ -149,8 +153,8 @@ async def _download(settings: Settings, weights_id: str) -> int:
         if doc is None:
             _say(f"modelplane: no weights {weights_id}")
             return 2
-        token = os.environ.get("HF_TOKEN") or None
-        if token is None and doc.secret_ref is not None and settings.secret_key is not None:
+        secrets: dict[str, str] = {}
+        if doc.secret_ref is not None and settings.secret_key is not None:
             from controllers.secrets import EncryptedSecretStore, fernet_for  # noqa: PLC0415
 
             store = EncryptedSecretStore(
@@ -158,15 +162,19 @@ async def _download(settings: Settings, weights_id: str) -> int:
                 cipher=fernet_for(settings.secret_key.get_secret_value()),
             )
             try:
-                token = (await store.get(doc.secret_ref)).get(HF_TOKEN_KEY)
+                secrets = await store.get(doc.secret_ref)
             except SecretStoreError as exc:
                 _say(f"modelplane: {exc}")
                 return 1
+        # In a Job pod the values come from the Secret through secretKeyRef env vars.
+        for variable, key in (("HF_TOKEN", HF_TOKEN_KEY), ("S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)):
+            if os.environ.get(variable):
+                secrets[key] = os.environ[variable]
         outcome = await run_weights(
             weights_id,
             weights=weights,
             ledgers=LedgerRepository(database),
-            token=token,
+            secrets=secrets,
             config=WeightsRuntimeConfig(
                 hub_endpoint=settings.hf_endpoint, options=settings.download_options()
             ),

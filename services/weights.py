@@ -106,7 +106,9 @@ class WeightsService:
         )
         if self._controller is not None:
             await self._controller.cancel_runner(weights.id)
-        await asyncio.to_thread(LocalSink(Path(weights.location)).discard_partials)
+            await self._controller.discard_partials(weights)
+        else:
+            await LocalSink(Path(weights.location)).discard_partials()
         await self._ledgers.forget(weights.id)
         self._notify(model)
         return updated
@@ -155,7 +157,9 @@ class WeightsService:
         await self._weights.delete(weights.id, scope=principal.scope)
         if self._controller is not None:
             await self._controller.cancel_runner(weights.id)
-        await asyncio.to_thread(remove_weights_files, weights)
+            await self._controller.remove_files(weights)
+        else:
+            await asyncio.to_thread(remove_weights_files, weights)
         await self._ledgers.forget(weights.id)
         for model in users:
             await self._detach(model)

@@ -384,6 +384,12 @@ class LedgerRepository(Repository[LedgerDocument]):
             upsert=True,
         )
 
+    async def unmark_chunks(self, ledger: LedgerDocument, chunks: set[int]) -> None:
+        """Forget chunks the target lost, so they are fetched again."""
+        await self._collection.update_one(
+            {"_id": ledger.id}, {"$pull": {"chunks": {"$in": sorted(chunks)}}}
+        )
+
     async def set_upload(self, ledger: LedgerDocument, upload_id: str | None) -> None:
         """Remember (or forget) the S3 multipart upload of a file."""
         await self._collection.update_one(

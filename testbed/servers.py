@@ -223,34 +223,57 @@ class S3Server:
     region: str = "us-east-1"
 
 
+class MinioProcess:
+    """A single-drive MinIO on a fixed loopback port, stoppable and restartable on its data."""
+
+    def __init__(self, workdir: Path, *, binary: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.binary = binary
+        self.port, self.console = free_port(), free_port()
+        self.server = S3Server(
+            endpoint=f"http://127.0.0.1:{self.port}",
+            access_key_id="testbed" + secrets.token_hex(4),
+            secret_access_key=secrets.token_hex(20),
+        )
+        self._proc: _Child | None = None
+
+    def start(self) -> None:
+        """Start (again) and wait until ready."""
+        self._proc = _Child(
+            "minio",
+            [
+                str(self.binary),
+                "server",
+                str(self.workdir / "data"),
+                f"--address=127.0.0.1:{self.port}",
+                f"--console-address=127.0.0.1:{self.console}",
+                "--quiet",
+            ],
+            workdir=self.workdir,
+            env={
+                "MINIO_ROOT_USER": self.server.access_key_id,
+                "MINIO_ROOT_PASSWORD": self.server.secret_access_key,
+                "MINIO_BROWSER": "off",
+                "MINIO_UPDATE": "off",
+                "MINIO_CI_CD": "1",
+            },
+        )
+        self._proc.wait_until(f"{self.server.endpoint}/minio/health/ready", timeout=60)
+
+    def stop(self) -> None:
+        """Stop the process; the data stays."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+
 @contextmanager
 def minio(workdir: Path, *, binary: Path) -> Iterator[S3Server]:
     """A single-drive MinIO on loopback with random root credentials."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, console = free_port(), free_port()
-    access, secret = "testbed" + secrets.token_hex(4), secrets.token_hex(20)
-    proc = _Child(
-        "minio",
-        [
-            str(binary),
-            "server",
-            str(workdir / "data"),
-            f"--address=127.0.0.1:{port}",
-            f"--console-address=127.0.0.1:{console}",
-            "--quiet",
-        ],
-        workdir=workdir,
-        env={
-            "MINIO_ROOT_USER": access,
-            "MINIO_ROOT_PASSWORD": secret,
-            "MINIO_BROWSER": "off",
-            "MINIO_UPDATE": "off",
-            "MINIO_CI_CD": "1",
-        },
-    )
+    process = MinioProcess(workdir, binary=binary)
+    process.start()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        proc.wait_until(f"{endpoint}/minio/health/ready", timeout=60)
-        yield S3Server(endpoint=endpoint, access_key_id=access, secret_access_key=secret)
+        yield process.server
     finally:
-        proc.stop()
+        process.stop()

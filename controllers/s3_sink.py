@@ -1,0 +1,196 @@
+"""Streaming weights into S3: hub bytes go straight into a multipart upload, no local disk.
+
+Each chunk of a file is one part (so chunks must be at least 5 MiB, S3's minimum part size,
+except the last). Memory is bounded by parts in flight x part size. The multipart upload id
+is kept in the file's ledger, so a restarted process resumes from ``ListParts`` and sends only
+the parts S3 does not have. A file counts once the upload is completed and the object, read
+back, matches the hub's sha256 (or git blob id). Layout: ``s3://bucket/prefix/<repo>/<commit>/<file>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from controllers.downloading import (
+    ChecksumMismatch,
+    DownloadError,
+    MissingChunks,
+    PreflightError,
+    SinkUnavailable,
+)
+from integrations.s3 import S3Client, S3Error
+from storage.documents import LedgerDocument, WeightsFile
+from storage.repositories import LedgerRepository
+
+log = logging.getLogger(__name__)
+
+MIN_PART = 5 * 1024 * 1024
+PROBE = ".modelplane-write-probe"
+
+
+def object_prefix(prefix: str | None, repo_id: str, commit_sha: str) -> str:
+    """``prefix/<repo>/<commit>`` without leading or doubled slashes."""
+    parts = [p.strip("/") for p in (prefix or "", repo_id, commit_sha) if p and p.strip("/")]
+    return "/".join(parts)
+
+
+T = TypeVar("T")
+
+
+async def _s3_call(awaitable: Awaitable[T]) -> T:
+    """Await an S3 call; failures become :class:`SinkUnavailable`, which the downloader
+    retries with backoff (an S3 server restarting mid-upload), then reports."""
+    try:
+        return await awaitable
+    except S3Error as exc:
+        raise SinkUnavailable(str(exc)) from None
+
+
+class S3Sink:
+    """A :class:`~controllers.downloading.Sink` writing to one bucket prefix."""
+
+    def __init__(
+        self, client: S3Client, *, prefix: str, ledgers: LedgerRepository, chunk_size: int
+    ) -> None:
+        if chunk_size < MIN_PART:
+            raise ValueError("S3 targets need chunks of at least 5 MiB (S3's minimum part)")
+        self._s3 = client
+        self._prefix = prefix
+        self._ledgers = ledgers
+        self._ledger_of: dict[str, LedgerDocument] = {}
+
+    def describe(self) -> str:
+        return f"s3://{self._s3.location.bucket}/{self._prefix}"
+
+    def key(self, file: WeightsFile) -> str:
+        """Object key of a file."""
+        return f"{self._prefix}/{file.path}"
+
+    async def preflight(self, *, needed: int) -> None:
+        del needed  # buckets have no free-space figure to check against
+        probe = f"{self._prefix}/{PROBE}"
+        try:
+            await self._s3.put_bytes(probe, b"")
+            await self._s3.delete(probe)
+        except S3Error as exc:
+            raise PreflightError(f"{self.describe()} is not writable: {exc}") from None
+
+    async def is_complete(self, file: WeightsFile) -> bool:
+        head = await _s3_call(self._s3.head(self.key(file)))
+        if head is None:
+            return False
+        size, metadata = head
+        if size != file.size or metadata.get("sha256", "") != (file.sha256 or ""):
+            return False
+        if file.sha256 is not None:
+            return True  # completed only after its parts came from the hub for that sha256
+        # Small git files carry no hash in metadata: read back and check the blob id.
+        blob = hashlib.sha1(f"blob {file.size}\0".encode())  # noqa: S324  git's blob id
+        try:
+            async for block in self._s3.stream(self.key(file)):
+                blob.update(block)
+        except S3Error as exc:
+            raise SinkUnavailable(str(exc)) from None
+        return file.blob_id is None or blob.hexdigest() == file.blob_id
+
+    async def done_chunks(
+        self, file: WeightsFile, ledger: LedgerDocument, chunk_size: int
+    ) -> set[int]:
+        self._ledger_of[file.path] = ledger
+        if ledger.upload_id is None:
+            return set()
+        parts = await _s3_call(self._s3.list_parts(self.key(file), ledger.upload_id))
+        if parts is None:
+            head = await _s3_call(self._s3.head(self.key(file)))
+            if head is not None and head[0] == file.size:
+                # Completed just as the last process stopped: only verification is left.
+                return set(range(math.ceil(file.size / chunk_size)))
+            ledger.upload_id = None  # aborted or expired: start over
+            await self._ledgers.set_upload(ledger, None)
+            return set()
+        done = set()
+        for number, (size, _) in parts.items():
+            index = number - 1
+            if size == min(chunk_size, file.size - index * chunk_size):
+                done.add(index)
+        return done
+
+    async def write_chunk(
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+    ) -> None:
+        del chunk_size
+        ledger = self._ledger_of[file.path]
+        if ledger.upload_id is None:
+            ledger.upload_id = await _s3_call(
+                self._s3.start_upload(self.key(file), metadata={"sha256": file.sha256 or ""})
+            )
+            await self._ledgers.set_upload(ledger, ledger.upload_id)
+        await _s3_call(self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, data))
+
+    async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
+        del file, chunks, chunk_size  # S3 itself is the sidecar: ListParts says what is there
+
+    async def verify_and_place(self, file: WeightsFile) -> None:
+        key = self.key(file)
+        ledger = self._ledger_of.get(file.path)
+        if file.size == 0:
+            await _s3_call(self._s3.put_bytes(key, b""))
+        else:
+            if ledger is None or ledger.upload_id is None:
+                raise DownloadError(f"{file.path}: no upload to complete")
+            parts = await _s3_call(self._s3.list_parts(key, ledger.upload_id))
+            if parts is None:
+                # Completed by an earlier attempt whose read-back was interrupted.
+                head = await _s3_call(self._s3.head(key))
+                if head is None or head[0] != file.size:
+                    raise DownloadError(f"{file.path}: the upload vanished before completing")
+            else:
+                expected = math.ceil(file.size / ledger.chunk_size)
+                missing = {n - 1 for n in range(1, expected + 1) if n not in parts}
+                if missing:
+                    raise MissingChunks(file.path, missing)
+                await _s3_call(self._s3.complete_upload(key, ledger.upload_id, parts))
+        sha = hashlib.sha256()
+        blob = hashlib.sha1(f"blob {file.size}\0".encode())  # noqa: S324  git's blob id
+        try:
+            async for block in self._s3.stream(key):
+                sha.update(block)
+                blob.update(block)
+        except S3Error as exc:
+            raise SinkUnavailable(str(exc)) from None
+        if file.sha256 is not None and sha.hexdigest() != file.sha256:
+            await self._s3.delete(key)
+            raise ChecksumMismatch(file.path, "sha256", file.sha256, sha.hexdigest())
+        if file.sha256 is None and file.blob_id is not None and blob.hexdigest() != file.blob_id:
+            await self._s3.delete(key)
+            raise ChecksumMismatch(file.path, "git blob id", file.blob_id, blob.hexdigest())
+
+    async def discard(self, file: WeightsFile) -> None:
+        ledger = self._ledger_of.get(file.path)
+        if ledger is not None and ledger.upload_id is not None:
+            await _s3_call(self._s3.abort_upload(self.key(file), ledger.upload_id))
+            ledger.upload_id = None
+
+    async def discard_partials(self) -> None:
+        for ledger in self._ledger_of.values():
+            if ledger.upload_id is not None:
+                await _s3_call(
+                    self._s3.abort_upload(f"{self._prefix}/{ledger.path}", ledger.upload_id)
+                )
+
+    async def abort_all(self, ledgers: list[LedgerDocument]) -> None:
+        """Abort the uploads named by stored ledgers (cancelDownload from another process)."""
+        for ledger in ledgers:
+            self._ledger_of[ledger.path] = ledger
+        await self.discard_partials()
+
+    async def finish(self) -> None:
+        return None
+
+    async def remove_all(self) -> None:
+        """Delete every object of this download (deleteWeights)."""
+        await _s3_call(self._s3.delete_prefix(self._prefix))
