@@ -10,6 +10,7 @@ missing one.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
+from storage.locks import document_lock
 
 D = TypeVar("D", bound=Document)
 Filter = Mapping[str, Any]
@@ -130,9 +132,10 @@ class Repository(Generic[D]):
         query = {**(scope or {}), "_id": document_id, "revision": expected_revision}
         update = {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"revision": 1}}
         try:
-            raw = await self._collection.find_one_and_update(
-                query, update, return_document=ReturnDocument.AFTER
-            )
+            async with self._lock(document_id):
+                raw = await self._collection.find_one_and_update(
+                    query, update, return_document=ReturnDocument.AFTER
+                )
         except DuplicateKeyError as exc:
             raise DuplicateKey(self.collection_name, self._duplicate_field(exc)) from exc
         if raw is not None:
@@ -145,6 +148,9 @@ class Repository(Generic[D]):
         """Remove the document for good; False when there was nothing to remove."""
         result = await self._collection.delete_one({**(scope or {}), "_id": document_id})
         return result.deleted_count == 1
+
+    def _lock(self, document_id: str) -> asyncio.Lock:
+        return document_lock(self._collection.database.name, self.collection_name, document_id)
 
     def _duplicate_field(self, exc: DuplicateKeyError) -> str | None:
         details = exc.details or {}
@@ -179,14 +185,15 @@ class LeaseRepository(Repository[LeaseDocument]):
         now = utcnow()
         expires = now + duration
         try:
-            raw = await self._collection.find_one_and_update(
-                {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
-                {
-                    "$set": {"holder": holder, "expires_at": expires, "updated_at": now},
-                    "$inc": {"revision": 1},
-                },
-                return_document=ReturnDocument.AFTER,
-            )
+            async with self._lock(name):
+                raw = await self._collection.find_one_and_update(
+                    {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
+                    {
+                        "$set": {"holder": holder, "expires_at": expires, "updated_at": now},
+                        "$inc": {"revision": 1},
+                    },
+                    return_document=ReturnDocument.AFTER,
+                )
         except PyMongoError as exc:
             raise DatabaseUnavailable(f"lease {name}: {type(exc).__name__}") from exc
         if raw is not None:
