@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from huggingface_hub import hf_hub_url
@@ -205,15 +205,17 @@ class Sink(Protocol):
         """Chunks already stored (agreeing with the ledger) that a restart may skip."""
 
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
     ) -> None:
         """Store one chunk durably."""
 
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         """Write the sidecar ledger (where the target has one)."""
 
-    async def verify_and_place(self, file: WeightsFile) -> None:
-        """Check the stored bytes against the hub's hash and publish the file."""
+    async def verify_and_place(self, file: WeightsFile, *, known_sha256: str | None) -> None:
+        """Check the stored bytes against the hub's hash and publish the file.
+        ``known_sha256`` is the digest computed while the bytes streamed through, when every
+        chunk passed through this process in order (no re-read needed then)."""
 
     async def discard(self, file: WeightsFile) -> None:
         """Drop a file's partial data."""
@@ -290,11 +292,11 @@ class LocalSink:
         }
 
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
     ) -> None:
         await asyncio.to_thread(self._write_chunk, file, index, chunk_size, data)
 
-    def _write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytes) -> None:
+    def _write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytearray) -> None:
         """pwrite the chunk at its offset and fsync; raises OSError (ENOSPC...) as is."""
         part = self.part_path(file)
         part.parent.mkdir(parents=True, exist_ok=True)
@@ -306,7 +308,7 @@ class LocalSink:
                 written = os.pwrite(fd, view, offset)
                 view = view[written:]
                 offset += written
-            os.fsync(fd)
+            os.fdatasync(fd)  # durable before the ledger may claim it
         finally:
             os.close(fd)
 
@@ -325,10 +327,10 @@ class LocalSink:
             lambda: final.is_file() and final.stat().st_size == file.size
         )
 
-    async def verify_and_place(self, file: WeightsFile) -> None:
-        await asyncio.to_thread(self._verify_and_place, file)
+    async def verify_and_place(self, file: WeightsFile, *, known_sha256: str | None) -> None:
+        await asyncio.to_thread(self._verify_and_place, file, known_sha256)
 
-    def _verify_and_place(self, file: WeightsFile) -> None:
+    def _verify_and_place(self, file: WeightsFile, known_sha256: str | None) -> None:
         """Check the part against the hub's hash, then rename it into place."""
         part = self.part_path(file)
         if file.size == 0:
@@ -339,7 +341,7 @@ class LocalSink:
                 f"{file.path}: {part.stat().st_size} bytes on disk, the hub said {file.size}"
             )
         if file.sha256 is not None:
-            actual = sha256_of(part)
+            actual = known_sha256 or sha256_of(part)
             if actual != file.sha256:
                 raise ChecksumMismatch(file.path, "sha256", file.sha256, actual)
         elif file.blob_id is not None:
@@ -487,9 +489,15 @@ class Downloader:
         for _ in range(3):
             await self._fetch_missing(job)
             job.tracker.set(file.path, state=FileState.VERIFYING)
+            count = max(1, math.ceil(file.size / self.options.chunk_size))
+            known = (
+                job.hasher.hexdigest()
+                if job.hasher is not None and job.hashed_through == count
+                else None
+            )
             try:
                 await self._with_sink_retries(
-                    job, functools.partial(job.sink.verify_and_place, file)
+                    job, functools.partial(job.sink.verify_and_place, file, known_sha256=known)
                 )
             except MissingChunks as missing:
                 log.warning(
@@ -497,6 +505,7 @@ class Downloader:
                     extra={"file": file.path, "chunks": sorted(missing.chunks)},
                 )
                 job.done -= missing.chunks
+                job.hasher = None
                 await self.ledgers.unmark_chunks(job.ledger, missing.chunks)
                 job.tracker.set(
                     file.path,
@@ -519,15 +528,25 @@ class Downloader:
     async def _fetch_missing(self, job: _FileJob) -> None:
         chunk_size = self.options.chunk_size
         file = job.file
+        if not job.done and file.sha256 is not None:
+            job.hasher, job.hashed_through = hashlib.sha256(), 0
         for index in range(max(1, math.ceil(file.size / chunk_size))):
             if index in job.done or file.size == 0:
                 continue
             start = index * chunk_size
             end = min(file.size, start + chunk_size) - 1
             data = await self._chunk(job, start, end)
-            await self._with_sink_retries(
-                job, functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
-            )
+            write = functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
+            if job.hasher is not None and index == job.hashed_through:
+                # Hash in a worker thread while the chunk is written (hashlib drops the GIL).
+                await asyncio.gather(
+                    asyncio.to_thread(job.hasher.update, data),
+                    self._with_sink_retries(job, write),
+                )
+                job.hashed_through += 1
+            else:
+                job.hasher = None
+                await self._with_sink_retries(job, write)
             job.done.add(index)
             await self.ledgers.mark_chunk(job.ledger, index)
             await job.sink.record_chunks(file, job.done, chunk_size)
@@ -551,7 +570,7 @@ class Downloader:
             else:
                 return
 
-    async def _chunk(self, job: _FileJob, start: int, end: int) -> bytes:
+    async def _chunk(self, job: _FileJob, start: int, end: int) -> bytearray:
         """GET one range with retries; progress counts bytes as they arrive."""
         options = self.options
         attempt = 0
@@ -595,6 +614,9 @@ class _FileJob:
     tracker: ProgressTracker
     ledger: LedgerDocument
     done: set[int]
+    hasher: Any = None
+    """sha256 of the bytes so far, while chunks stream through in order from the first."""
+    hashed_through: int = 0
 
 
 def _bytes_of(chunks: set[int], size: int, chunk_size: int) -> int:
@@ -618,7 +640,7 @@ def _check_status(response: httpx.Response, path: str) -> None:
 
 async def _read_range(
     response: httpx.Response, job: _FileJob, start: int, end: int, counted: list[int]
-) -> bytes:
+) -> bytearray:
     """The body of a range response (or the slice of a full 200 body), counted as it comes."""
     expected = end - start + 1
     skip = start if response.status_code == 200 else 0
@@ -636,7 +658,7 @@ async def _read_range(
             break
     if len(buffer) != expected:
         raise _Retry(f"short body ({len(buffer)} of {expected} bytes)")
-    return bytes(buffer)
+    return buffer
 
 
 def _gave_up(job: _FileJob, exc: Exception, reason: str, retries: int) -> DownloadError:

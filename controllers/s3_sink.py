@@ -120,7 +120,7 @@ class S3Sink:
         return done
 
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytes
+        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
     ) -> None:
         del chunk_size
         ledger = self._ledger_of[file.path]
@@ -134,26 +134,38 @@ class S3Sink:
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         del file, chunks, chunk_size  # S3 itself is the sidecar: ListParts says what is there
 
-    async def verify_and_place(self, file: WeightsFile) -> None:
+    async def verify_and_place(self, file: WeightsFile, *, known_sha256: str | None) -> None:
         key = self.key(file)
-        ledger = self._ledger_of.get(file.path)
         if file.size == 0:
             await _s3_call(self._s3.put_bytes(key, b""))
         else:
-            if ledger is None or ledger.upload_id is None:
-                raise DownloadError(f"{file.path}: no upload to complete")
-            parts = await _s3_call(self._s3.list_parts(key, ledger.upload_id))
-            if parts is None:
-                # Completed by an earlier attempt whose read-back was interrupted.
-                head = await _s3_call(self._s3.head(key))
-                if head is None or head[0] != file.size:
-                    raise DownloadError(f"{file.path}: the upload vanished before completing")
-            else:
-                expected = math.ceil(file.size / ledger.chunk_size)
-                missing = {n - 1 for n in range(1, expected + 1) if n not in parts}
-                if missing:
-                    raise MissingChunks(file.path, missing)
-                await _s3_call(self._s3.complete_upload(key, ledger.upload_id, parts))
+            await self._complete(file, key)
+        if known_sha256 is not None and file.sha256 is not None:
+            # Every part streamed through this process in order and was hashed on the way.
+            if known_sha256 != file.sha256:
+                await self._s3.delete(key)
+                raise ChecksumMismatch(file.path, "sha256", file.sha256, known_sha256)
+            return
+        await self._read_back(file, key)
+
+    async def _complete(self, file: WeightsFile, key: str) -> None:
+        ledger = self._ledger_of.get(file.path)
+        if ledger is None or ledger.upload_id is None:
+            raise DownloadError(f"{file.path}: no upload to complete")
+        parts = await _s3_call(self._s3.list_parts(key, ledger.upload_id))
+        if parts is None:
+            # Completed by an earlier attempt whose read-back was interrupted.
+            head = await _s3_call(self._s3.head(key))
+            if head is None or head[0] != file.size:
+                raise DownloadError(f"{file.path}: the upload vanished before completing")
+            return
+        expected = math.ceil(file.size / ledger.chunk_size)
+        missing = {n - 1 for n in range(1, expected + 1) if n not in parts}
+        if missing:
+            raise MissingChunks(file.path, missing)
+        await _s3_call(self._s3.complete_upload(key, ledger.upload_id, parts))
+
+    async def _read_back(self, file: WeightsFile, key: str) -> None:
         sha = hashlib.sha256()
         blob = hashlib.sha1(f"blob {file.size}\0".encode())  # noqa: S324  git's blob id
         try:

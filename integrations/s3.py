@@ -128,7 +128,9 @@ class S3Client:
             raise S3Error(_describe(exc, f"start upload of {key}")) from exc
         return result["UploadId"]
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+    ) -> str:
         """Upload part ``number`` (1-based); returns its ETag."""
         try:
             async with self._client() as s3:
@@ -137,7 +139,7 @@ class S3Client:
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,
+                    Body=data,  # type: ignore[arg-type]  # bytearray is accepted (no copy)
                 )
         except (ClientError, BotoCoreError) as exc:
             raise S3Error(_describe(exc, f"upload part {number} of {key}")) from exc
