@@ -645,12 +645,14 @@ async def _read_range(
     expected = end - start + 1
     skip = start if response.status_code == 200 else 0
     buffer = bytearray()
-    async for received in response.aiter_bytes(1 * MiB):
+    async for received in response.aiter_raw():
         block = received
         if skip:
             cut = min(skip, len(block))
             block, skip = block[cut:], skip - cut
-        block = block[: expected - len(buffer)]
+        room = expected - len(buffer)
+        if len(block) > room:
+            block = block[:room]
         buffer += block
         counted[0] += len(block)
         job.tracker.add(job.file.path, len(block))
