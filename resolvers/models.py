@@ -12,9 +12,9 @@ import strawberry
 
 from integrations.huggingface import HubModel
 from resolvers.context import Info
+from resolvers.errors import forbidden
 from schema.building import ExpectedError
-from schema.enums import RoleEnum
-from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.models import (
     CreateModelInput,
     CreateModelResult,
@@ -46,12 +46,6 @@ from services.models import (
 from services.principals import Forbidden
 from storage.documents import AccessMode, ModelPhase, TargetKind
 from storage.repositories import ModelFilter
-
-
-def _forbidden(exc: Forbidden) -> ForbiddenError:
-    return ForbiddenError(
-        message=str(exc), required_role=RoleEnum(exc.required.value) if exc.required else None
-    )
 
 
 def _resources(value: ResourcesInput | None) -> ResourcesSpec | None:
@@ -171,7 +165,7 @@ async def resolve_hugging_face_model(
     except InvalidInput as exc:
         return ValidationError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return _hub_model(found)
 
 
@@ -187,7 +181,7 @@ async def resolve_hugging_face_search(
     except InvalidInput as exc:
         return ValidationError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return HuggingFaceSearch(items=[_hub_model(m) for m in found])
 
 
@@ -220,7 +214,7 @@ async def create_model(
     except Conflict as exc:
         return ConflictError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return Model.from_document(doc)
 
 
@@ -248,7 +242,7 @@ async def update_model(
     except Conflict as exc:
         return ConflictError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return Model.from_document(doc)
 
 
@@ -263,7 +257,7 @@ async def delete_model(
     except Missing as exc:
         return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return DeletedModel(
         model=Model.from_document(outcome.model),
         removed=[RemovedObject(kind=o.kind, name=o.name) for o in outcome.removed],

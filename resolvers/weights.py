@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import strawberry
 
 from resolvers.context import Info
+from resolvers.errors import forbidden
 from schema.building import ExpectedError
-from schema.enums import RoleEnum
-from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
+from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.scalars import BigInt
 from schema.weights import (
     DeletedWeights,
@@ -21,12 +22,7 @@ from schema.weights import (
 )
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Forbidden
-
-
-def _forbidden(exc: Forbidden) -> ForbiddenError:
-    return ForbiddenError(
-        message=str(exc), required_role=RoleEnum(exc.required.value) if exc.required else None
-    )
+from storage.documents import WeightsDocument
 
 
 async def resolve_weights(
@@ -67,36 +63,33 @@ async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
     ]
 
 
-async def cancel_download(
-    info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
+async def _change_download(
+    info: Info, model_id: strawberry.ID, *, action: Callable[..., Awaitable[WeightsDocument]]
 ) -> DownloadResult:
-    """Stop a model's download; verified files are kept, in-flight parts removed."""
     principal = info.context.require_principal()
     try:
-        doc = await info.context.services.weights.cancel(principal, str(model_id))
+        doc = await action(principal, str(model_id))
     except Missing as exc:
         return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
     except Conflict as exc:
         return ConflictError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return Weights.from_document(doc)
+
+
+async def cancel_download(
+    info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
+) -> DownloadResult:
+    """Stop a model's download; verified files are kept, in-flight parts removed."""
+    return await _change_download(info, model_id, action=info.context.services.weights.cancel)
 
 
 async def retry_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
     """Resume a FAILED or CANCELLED download where it stopped."""
-    principal = info.context.require_principal()
-    try:
-        doc = await info.context.services.weights.retry(principal, str(model_id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return _forbidden(exc)
-    return Weights.from_document(doc)
+    return await _change_download(info, model_id, action=info.context.services.weights.retry)
 
 
 async def delete_weights(
@@ -117,5 +110,5 @@ async def delete_weights(
     except InvalidInput as exc:
         return ValidationError(message=exc.message, field=exc.field)
     except Forbidden as exc:
-        return _forbidden(exc)
+        return forbidden(exc)
     return DeletedWeights(id=id, detached_model_ids=[strawberry.ID(m) for m in detached])
