@@ -324,3 +324,28 @@ async def test_disk_filling_up_mid_download_fails_with_enospc_and_resumes(
     fault_hub.hub.faults.clear()
     await fetch(fault_hub, ledgers, "dl-org/four-shards", small_disk / "w", parallel_files=1)
     assert_complete(repo, small_disk / "w")
+
+
+async def test_token_reaches_the_hub_but_never_the_cdn(
+    fault_hub: RunningHub, ledgers: LedgerRepository, tmp_path: Path
+) -> None:
+    token = "hf_granted_download_token_01"
+    fault_hub.hub.grant(token, "dl-org/gated")
+    repo = fault_hub.hub.repos["dl-org/gated"]
+    await downloader(fault_hub, ledgers).run(
+        weights_id="w-token",
+        repo_id=repo.repo_id,
+        commit_sha=repo.sha,
+        files=files_of(repo),
+        sink=LocalSink(tmp_path / "w"),
+        token=token,
+        on_progress=Recorder(),
+    )
+    assert_complete(repo, tmp_path / "w")
+    records = fault_hub.hub.log.records(method="GET")
+    resolves = [r for r in records if "/resolve/" in r.path]
+    cdn = [r for r in records if "cdn" in r.path]
+    assert resolves
+    assert all(r.authorization for r in resolves)
+    assert cdn, "LFS files are served through the CDN redirect"
+    assert not any(r.authorization for r in cdn)
