@@ -15,7 +15,7 @@ import contextlib
 import enum
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from controllers.downloading import (
@@ -25,6 +25,7 @@ from controllers.downloading import (
     LocalSink,
     Sink,
 )
+from controllers.s3_sink import MIN_PART as S3_MIN_PART
 from controllers.s3_sink import S3Sink, object_prefix
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
@@ -48,6 +49,7 @@ from storage.repositories import LedgerRepository, ModelRepository, WeightsRepos
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 15.0
+S3_PART = 16 * 1024 * 1024
 
 
 class Action(enum.Enum):
@@ -117,6 +119,13 @@ def make_sink(
     return LocalSink(Path(doc.location))
 
 
+def options_for(target: DownloadTarget, options: DownloadOptions) -> DownloadOptions:
+    """S3 parts stay at most 16 MiB: memory is parts in flight x part size (<= 300 MB)."""
+    if target.kind is TargetKind.S3:
+        return replace(options, chunk_size=max(S3_MIN_PART, min(options.chunk_size, S3_PART)))
+    return options
+
+
 def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> str:
     """Where a repo at a commit goes for a target."""
     if target.kind is TargetKind.S3:
@@ -150,11 +159,10 @@ async def run_weights(
             weights_id, progress=progress.model_dump(mode="python"), attempt=attempt
         )
 
-    downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=config.options)
+    options = options_for(doc.target, config.options)
+    downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=options)
     try:
-        sink = make_sink(
-            doc, secrets=secrets, ledgers=ledgers, chunk_size=config.options.chunk_size
-        )
+        sink = make_sink(doc, secrets=secrets, ledgers=ledgers, chunk_size=options.chunk_size)
         await downloader.run(
             weights_id=doc.id,
             repo_id=doc.repo_id,

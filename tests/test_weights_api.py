@@ -222,3 +222,49 @@ async def test_delete_weights_removes_files_and_detaches_models(
     usage = listing["weightsUsage"]
     assert len(usage) == 1
     assert usage[0]["total"] >= usage[0]["free"] > 0
+
+
+async def test_s3_target_streams_through_the_controller(
+    running_app: RunningApp, hub: RunningHub, s3_server: Any
+) -> None:
+    from tests.test_s3_sink import bucket_on
+
+    client = await bucket_on(s3_server)
+    value = {
+        "source": {"url": "tiny-org/sharded-model", "accessMode": "LOCAL"},
+        "downloadTarget": {
+            "s3": {
+                "endpoint": s3_server.endpoint,
+                "bucket": client.location.bucket,
+                "region": s3_server.region,
+                "prefix": "cache",
+                "accessKeyId": s3_server.access_key_id,
+                "secretAccessKey": s3_server.secret_access_key,
+            }
+        },
+    }
+    data = await run(
+        running_app.graphql_url, "CreateModel", {"input": value}, token=editor(running_app)
+    )
+    created = data["createModel"]
+    assert created["__typename"] == "Model", created
+    model = await wait_model(running_app, created["id"], ready)
+    assert model["phase"] == "READY", model
+    source = hub.hub.repos["tiny-org/sharded-model"]
+    assert model["weights"]["location"] == (
+        f"s3://{client.location.bucket}/cache/tiny-org/sharded-model/{source.sha}"
+    )
+    for f in source.files:
+        stored = await client.get_bytes(f"cache/tiny-org/sharded-model/{source.sha}/{f.path}")
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(f.content).digest()
+
+    deleted = (
+        await run(
+            running_app.graphql_url,
+            "DeleteWeights",
+            {"id": model["weights"]["id"]},
+            token=editor(running_app),
+        )
+    )["deleteWeights"]
+    assert deleted["__typename"] == "DeletedWeights"
+    assert await client.head(f"cache/tiny-org/sharded-model/{source.sha}/config.json") is None
