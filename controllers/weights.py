@@ -16,6 +16,7 @@ import enum
 import logging
 import shutil
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 from controllers.downloading import (
@@ -44,11 +45,18 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import DuplicateKey, RevisionConflict
-from storage.repositories import LedgerRepository, ModelRepository, WeightsRepository
+from storage.repositories import (
+    LeaseRepository,
+    LedgerRepository,
+    ModelRepository,
+    WeightsRepository,
+)
 
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 15.0
+LEASE_SECONDS = 15.0
+LEASE_NAME = "download-controller"
 S3_PART = 16 * 1024 * 1024
 
 
@@ -211,7 +219,15 @@ class DownloadController:
         secrets: SecretStore,
         hub: HubClient,
         config: WeightsRuntimeConfig,
+        leases: LeaseRepository | None = None,
+        holder: str = "",
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
+        self._leases = leases
+        self._holder = holder or f"controller-{id(self):x}"
+        self._lease_seconds = lease_seconds
+        self._leading = leases is None
+        self._leadership: asyncio.Task[None] | None = None
         self._models = models
         self._weights = weights
         self._ledgers = ledgers
@@ -225,12 +241,45 @@ class DownloadController:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start workers and the resync loop."""
+        """Start workers, the resync loop and (with leases) the leadership loop."""
         self._queue.start()
         self._resync = asyncio.create_task(self._resync_loop(), name="downloads-resync")
+        if self._leases is not None:
+            self._leadership = asyncio.create_task(self._lead(), name="downloads-lease")
+
+    @property
+    def leading(self) -> bool:
+        """True while this replica holds the controllers' lease (or runs without leases)."""
+        return self._leading
+
+    async def _lead(self) -> None:
+        """Take or renew the lease every third of its duration; follow when it is lost."""
+        assert self._leases is not None  # noqa: S101  only started with leases
+        while True:
+            held = await self._leases.try_acquire(
+                LEASE_NAME, holder=self._holder, duration=timedelta(seconds=self._lease_seconds)
+            )
+            if held and not self._leading:
+                self._leading = True
+                log.info("leading the download controller", extra={"holder": self._holder})
+                await self.resync()
+            elif not held and self._leading:
+                self._leading = False
+                log.warning("lost the controller lease; stopping downloads here")
+                for weights_id in list(self._runners):
+                    await self.cancel_runner(weights_id)
+            await asyncio.sleep(self._lease_seconds / 3)
 
     async def stop(self) -> None:
         """Cancel everything this controller started; downloads resume on the next start."""
+        if self._leadership is not None:
+            self._leadership.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leadership
+            self._leadership = None
+            if self._leases is not None and self._leading:
+                await self._leases.release(LEASE_NAME, holder=self._holder)
+            self._leading = self._leases is None
         if self._resync is not None:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,6 +318,8 @@ class DownloadController:
 
     async def reconcile(self, model_id: str) -> float | None:
         """Re-read, plan, apply. Returns when to look again, if ever."""
+        if not self._leading:
+            return None  # the leader's resync picks the model up
         model = await self._models.get(model_id)
         weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
         action = plan(model, weights, running=bool(weights and self.running(weights.id)))
@@ -436,7 +487,8 @@ class DownloadController:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
-            await self.resync()
+            if self._leading:
+                await self.resync()
 
     async def resync(self) -> None:
         """Enqueue every LOCAL model that is not settled."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +68,7 @@ from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.repositories import (
+    LeaseRepository,
     LedgerRepository,
     ModelRepository,
     OrganizationRepository,
@@ -177,6 +180,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 config=WeightsRuntimeConfig(
                     hub_endpoint=settings.hf_endpoint, options=settings.download_options()
                 ),
+                leases=LeaseRepository(database),
+                holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
             )
             controller.start()
             stack.push_async_callback(controller.stop)
