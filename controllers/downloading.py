@@ -220,8 +220,11 @@ class Sink(Protocol):
     async def discard(self, file: WeightsFile) -> None:
         """Drop a file's partial data."""
 
-    async def discard_partials(self) -> None:
-        """Drop every partial (cancelDownload)."""
+    async def discard_partials(self, ledgers: list[LedgerDocument]) -> None:
+        """Drop every partial (cancelDownload); ``ledgers`` are the download's stored ones."""
+
+    async def remove_all(self) -> None:
+        """Delete everything of this download, verified files included (deleteWeights)."""
 
     async def finish(self) -> None:
         """Tidy up after every file is in place."""
@@ -357,11 +360,15 @@ class LocalSink:
         await asyncio.to_thread(self.part_path(file).unlink, missing_ok=True)
         await asyncio.to_thread(self.ledger_path(file).unlink, missing_ok=True)
 
-    async def discard_partials(self) -> None:
+    async def discard_partials(self, ledgers: list[LedgerDocument]) -> None:
+        del ledgers  # every partial of this target lives in the sidecar
         await asyncio.to_thread(shutil.rmtree, self.sidecar, ignore_errors=True)
 
     async def finish(self) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.sidecar, ignore_errors=True)
+        await self.discard_partials([])
+
+    async def remove_all(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.directory, ignore_errors=True)
 
 
 class ChecksumMismatch(DownloadError):
@@ -400,8 +407,9 @@ class Downloader:
         options = self.options
         tracker = ProgressTracker(files, interval=options.progress_interval)
         pending = [f for f in files if not await sink.is_complete(f)]
+        pending_paths = {f.path for f in pending}
         for f in files:
-            if f not in pending:
+            if f.path not in pending_paths:
                 tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
         chunk_ledgers = {
             f.path: await self.ledgers.load(weights_id, f.path, chunk_size=options.chunk_size)
@@ -411,14 +419,11 @@ class Downloader:
             f.path: await sink.done_chunks(f, chunk_ledgers[f.path], options.chunk_size)
             for f in pending
         }
+        missing = 0
         for f in pending:
-            done_bytes = sum(
-                min(options.chunk_size, f.size - c * options.chunk_size) for c in already[f.path]
-            )
+            done_bytes = _bytes_of(already[f.path], f.size, options.chunk_size)
             tracker.set(f.path, state=FileState.PENDING, bytes_done=done_bytes)
-        missing = sum(f.size for f in pending) - sum(
-            tracker.snapshot().files[i].bytes_done for i, f in enumerate(files) if f in pending
-        )
+            missing += f.size - done_bytes
         tracker.stage = WeightsStage.PREFLIGHT
         await on_progress(tracker.snapshot())
         await sink.preflight(needed=missing)

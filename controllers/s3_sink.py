@@ -187,18 +187,15 @@ class S3Sink:
             await _s3_call(self._s3.abort_upload(self.key(file), ledger.upload_id))
             ledger.upload_id = None
 
-    async def discard_partials(self) -> None:
+    async def discard_partials(self, ledgers: list[LedgerDocument]) -> None:
+        """Abort the multipart uploads the stored ledgers (and this sink) know of."""
+        for ledger in ledgers:
+            self._ledger_of.setdefault(ledger.path, ledger)
         for ledger in self._ledger_of.values():
             if ledger.upload_id is not None:
                 await _s3_call(
                     self._s3.abort_upload(f"{self._prefix}/{ledger.path}", ledger.upload_id)
                 )
-
-    async def abort_all(self, ledgers: list[LedgerDocument]) -> None:
-        """Abort the uploads named by stored ledgers (cancelDownload from another process)."""
-        for ledger in ledgers:
-            self._ledger_of[ledger.path] = ledger
-        await self.discard_partials()
 
     async def finish(self) -> None:
         return None

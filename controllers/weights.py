@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import shutil
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -421,42 +420,31 @@ class DownloadController:
 
     async def discard_partials(self, weights: WeightsDocument) -> None:
         """Remove in-flight parts (partial files, or S3 multipart uploads) of a download."""
-        model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
-        secrets = await self._secret_values(model) if model else {}
         stored = await self._ledgers.find(where={"weights_id": weights.id}, limit=10_000)
-        try:
-            sink = make_sink(
-                weights,
-                secrets=secrets,
-                ledgers=self._ledgers,
-                chunk_size=self._config.options.chunk_size,
-            )
-        except (DownloadError, ValueError):
-            return
-        if isinstance(sink, S3Sink):
-            await sink.abort_all(stored.items)
-        else:
-            await sink.discard_partials()
+        sink = await self._sink_for(weights)
+        if sink is not None:
+            await sink.discard_partials(stored.items)
         await self._ledgers.forget(weights.id)
 
     async def remove_files(self, weights: WeightsDocument) -> None:
         """Delete a download's files (directory or S3 prefix)."""
-        if weights.target.kind is TargetKind.S3:
-            model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
-            secrets = await self._secret_values(model) if model else {}
-            try:
-                sink = make_sink(
-                    weights,
-                    secrets=secrets,
-                    ledgers=self._ledgers,
-                    chunk_size=self._config.options.chunk_size,
-                )
-            except (DownloadError, ValueError):
-                return
-            if isinstance(sink, S3Sink):
-                await sink.remove_all()
-            return
-        await asyncio.to_thread(remove_weights_files, weights)
+        sink = await self._sink_for(weights)
+        if sink is not None:
+            await sink.remove_all()
+
+    async def _sink_for(self, weights: WeightsDocument) -> Sink | None:
+        """The sink of a download, with credentials from its first model (None if unusable)."""
+        model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
+        secrets = await self._secret_values(model) if model else {}
+        try:
+            return make_sink(
+                weights,
+                secrets=secrets,
+                ledgers=self._ledgers,
+                chunk_size=options_for(weights.target, self._config.options).chunk_size,
+            )
+        except (DownloadError, ValueError):
+            return None
 
     async def _mirror(self, model: ModelDocument, weights: WeightsDocument) -> None:
         phase, message = model_status(weights)
@@ -502,8 +490,3 @@ class DownloadController:
         )
         for model in page.items:
             self._queue.add(model.id)
-
-
-def remove_weights_files(weights: WeightsDocument) -> None:
-    """Delete the files of LOCAL weights (the whole location directory)."""
-    shutil.rmtree(weights.location, ignore_errors=True)

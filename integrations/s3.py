@@ -8,8 +8,8 @@ default CRC headers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,7 @@ class S3Client:
 
     async def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> str:
         """Store ``data`` at ``key``; returns the ETag."""
-        try:
+        with _s3_errors(f"put s3://{self.location.bucket}/{key}"):
             async with self._client() as s3:
                 result = await s3.put_object(
                     Bucket=self.location.bucket,
@@ -75,34 +75,26 @@ class S3Client:
                     Body=data,
                     ContentType=content_type or "application/octet-stream",
                 )
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"put s3://{self.location.bucket}/{key}")) from exc
         return result["ETag"].strip('"')
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole object at ``key``."""
-        try:
+        with _s3_errors(f"get s3://{self.location.bucket}/{key}"):
             async with self._client() as s3:
                 result = await s3.get_object(Bucket=self.location.bucket, Key=key)
                 return await result["Body"].read()
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"get s3://{self.location.bucket}/{key}")) from exc
 
     async def delete(self, key: str) -> None:
         """Remove the object at ``key`` (absent objects are not an error)."""
-        try:
+        with _s3_errors(f"delete s3://{self.location.bucket}/{key}"):
             async with self._client() as s3:
                 await s3.delete_object(Bucket=self.location.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"delete s3://{self.location.bucket}/{key}")) from exc
 
     async def check_bucket(self) -> None:
         """Raise :class:`S3Error` unless the bucket exists and these keys may read it."""
-        try:
+        with _s3_errors(f"bucket {self.location.bucket}"):
             async with self._client() as s3:
                 await s3.head_bucket(Bucket=self.location.bucket)
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"bucket {self.location.bucket}")) from exc
 
     async def head(self, key: str) -> tuple[int, dict[str, str]] | None:
         """Size and user metadata of the object at ``key``; None when absent."""
@@ -119,20 +111,18 @@ class S3Client:
 
     async def start_upload(self, key: str, *, metadata: dict[str, str]) -> str:
         """Begin a multipart upload; returns its id."""
-        try:
+        with _s3_errors(f"start upload of {key}"):
             async with self._client() as s3:
                 result = await s3.create_multipart_upload(
                     Bucket=self.location.bucket, Key=key, Metadata=metadata
                 )
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"start upload of {key}")) from exc
         return result["UploadId"]
 
     async def upload_part(
         self, key: str, upload_id: str, number: int, data: bytes | bytearray
     ) -> str:
         """Upload part ``number`` (1-based); returns its ETag."""
-        try:
+        with _s3_errors(f"upload part {number} of {key}"):
             async with self._client() as s3:
                 result = await s3.upload_part(
                     Bucket=self.location.bucket,
@@ -141,8 +131,6 @@ class S3Client:
                     PartNumber=number,
                     Body=data,  # type: ignore[arg-type]  # bytearray is accepted (no copy)
                 )
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"upload part {number} of {key}")) from exc
         return result["ETag"]
 
     async def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]] | None:
@@ -174,7 +162,7 @@ class S3Client:
         self, key: str, upload_id: str, parts: dict[int, tuple[int, str]]
     ) -> None:
         """Assemble the parts into the object."""
-        try:
+        with _s3_errors(f"complete upload of {key}"):
             async with self._client() as s3:
                 await s3.complete_multipart_upload(
                     Bucket=self.location.bucket,
@@ -187,8 +175,6 @@ class S3Client:
                         ]
                     },
                 )
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"complete upload of {key}")) from exc
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         """Abandon a multipart upload (its parts are deleted); absent uploads are fine."""
@@ -206,7 +192,7 @@ class S3Client:
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix/``; returns how many."""
         removed = 0
-        try:
+        with _s3_errors(f"delete s3://{self.location.bucket}/{prefix}"):
             async with self._client() as s3:
                 paginator = s3.get_paginator("list_objects_v2")
                 async for page in paginator.paginate(
@@ -220,19 +206,24 @@ class S3Client:
                             Bucket=self.location.bucket, Delete={"Objects": keys}
                         )
                         removed += len(keys)
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"delete s3://{self.location.bucket}/{prefix}")) from exc
         return removed
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
         """The object's bytes in blocks (bounded memory)."""
-        try:
+        with _s3_errors(f"read s3://{self.location.bucket}/{key}"):
             async with self._client() as s3:
                 result = await s3.get_object(Bucket=self.location.bucket, Key=key)
                 async for block in result["Body"].iter_chunks(4 * 1024 * 1024):
                     yield block
-        except (ClientError, BotoCoreError) as exc:
-            raise S3Error(_describe(exc, f"read s3://{self.location.bucket}/{key}")) from exc
+
+
+@contextmanager
+def _s3_errors(what: str) -> Iterator[None]:
+    """Turn botocore failures into :class:`S3Error` naming ``what`` (never the keys)."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise S3Error(_describe(exc, what)) from exc
 
 
 def _describe(exc: ClientError | BotoCoreError, what: str) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from controllers.downloading import LocalSink
-from controllers.weights import DownloadController, remove_weights_files
+from controllers.weights import DownloadController
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import ModelDocument, ModelPhase, Role, WeightsDocument, WeightsState
@@ -108,7 +107,7 @@ class WeightsService:
             await self._controller.cancel_runner(weights.id)
             await self._controller.discard_partials(weights)
         else:
-            await LocalSink(Path(weights.location)).discard_partials()
+            await LocalSink(Path(weights.location)).discard_partials([])
         await self._ledgers.forget(weights.id)
         self._notify(model)
         return updated
@@ -159,7 +158,7 @@ class WeightsService:
             await self._controller.cancel_runner(weights.id)
             await self._controller.remove_files(weights)
         else:
-            await asyncio.to_thread(remove_weights_files, weights)
+            await LocalSink(Path(weights.location)).remove_all()
         await self._ledgers.forget(weights.id)
         for model in users:
             await self._detach(model)

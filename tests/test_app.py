@@ -13,17 +13,13 @@ from websockets.asyncio.client import ClientConnection
 
 from storage.documents import Role
 from tests.conftest import RunningApp
+from tests.graphql_client import execute
 
 WS = "graphql-transport-ws"
 
 
 async def gql(app: RunningApp, query: str, token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(app.graphql_url, json={"query": query}, headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    return await execute(app.graphql_url, query, token=token)
 
 
 async def test_query_typename_and_server_info(running_app: RunningApp) -> None:

@@ -23,10 +23,11 @@ import pytest
 
 from storage.client import Client
 from storage.documents import DownloadTarget as Target
-from storage.documents import TargetKind, WeightsDocument, WeightsFile, WeightsState
+from storage.documents import TargetKind, WeightsDocument, WeightsState
 from storage.repositories import LedgerRepository, WeightsRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import llama_repo
+from tests.helpers import files_of
 
 MiB = 1024 * 1024
 CHUNK_MIB = 4
@@ -72,12 +73,7 @@ async def test_kill_nine_five_times_then_ready(
             commit_sha=repo.sha,
             target=Target(kind=TargetKind.LOCAL, local_path=str(location)),
             location=str(location),
-            files=[
-                WeightsFile(
-                    path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id
-                )
-                for f in repo.files
-            ],
+            files=files_of(repo),
         )
     )
     env = {

@@ -24,10 +24,11 @@ from controllers.downloading import (
     PreflightError,
 )
 from storage.client import Database
-from storage.documents import Progress, WeightsFile
+from storage.documents import Progress
 from storage.repositories import LedgerRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import HubRepo, llama_repo
+from tests.helpers import files_of
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -58,13 +59,6 @@ def clean_faults(fault_hub: RunningHub) -> Iterator[None]:
 async def ledgers(database: Database) -> LedgerRepository:
     await ensure_indexes(database)
     return LedgerRepository(database)
-
-
-def files_of(repo: HubRepo) -> list[WeightsFile]:
-    return [
-        WeightsFile(path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id)
-        for f in repo.files
-    ]
 
 
 class Recorder:

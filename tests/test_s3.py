@@ -10,24 +10,11 @@ import pytest
 
 from integrations.s3 import S3Client, S3Error, S3Location
 from testbed.servers import S3Server
+from tests.helpers import bucket_on
 
 
 async def make_bucket(server: S3Server) -> str:
-    import aioboto3
-    from aiobotocore.config import AioConfig
-
-    name = f"b-{uuid.uuid4().hex[:10]}"
-    session = aioboto3.Session()
-    async with session.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name=server.region,
-        aws_access_key_id=server.access_key_id,
-        aws_secret_access_key=server.secret_access_key,
-        config=AioConfig(s3={"addressing_style": "path"}),
-    ) as s3:
-        await s3.create_bucket(Bucket=name)
-    return name
+    return (await bucket_on(server)).location.bucket
 
 
 def location(server: S3Server, bucket: str, *, secret: str | None = None) -> S3Location:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +12,14 @@ import pytest
 
 from controllers.downloading import Downloader, DownloadOptions
 from controllers.s3_sink import S3Sink, object_prefix
-from integrations.s3 import S3Client, S3Location
+from integrations.s3 import S3Client
 from storage.client import Database
-from storage.documents import Progress, WeightsFile
+from storage.documents import Progress
 from storage.repositories import LedgerRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
-from testbed.repos import HubRepo, llama_repo
+from testbed.repos import llama_repo
 from testbed.servers import MinioProcess, S3Server
+from tests.helpers import bucket_on, files_of
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB
@@ -38,38 +38,6 @@ def clean(s3_hub: RunningHub) -> Iterator[None]:
     s3_hub.hub.log.clear()
     yield
     s3_hub.hub.faults.clear()
-
-
-async def bucket_on(server: S3Server) -> S3Client:
-    import aioboto3
-    from aiobotocore.config import AioConfig
-
-    name = f"w-{uuid.uuid4().hex[:8]}"
-    async with aioboto3.Session().client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name=server.region,
-        aws_access_key_id=server.access_key_id,
-        aws_secret_access_key=server.secret_access_key,
-        config=AioConfig(s3={"addressing_style": "path"}),
-    ) as s3:
-        await s3.create_bucket(Bucket=name)
-    return S3Client(
-        S3Location(
-            endpoint=server.endpoint,
-            region=server.region,
-            bucket=name,
-            access_key_id=server.access_key_id,
-            secret_access_key=server.secret_access_key,
-        )
-    )
-
-
-def files_of(repo: HubRepo) -> list[WeightsFile]:
-    return [
-        WeightsFile(path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id)
-        for f in repo.files
-    ]
 
 
 async def nothing(_progress: Progress) -> None:

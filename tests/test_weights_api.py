@@ -227,7 +227,7 @@ async def test_delete_weights_removes_files_and_detaches_models(
 async def test_s3_target_streams_through_the_controller(
     running_app: RunningApp, hub: RunningHub, s3_server: Any
 ) -> None:
-    from tests.test_s3_sink import bucket_on
+    from tests.helpers import bucket_on
 
     client = await bucket_on(s3_server)
     value = {

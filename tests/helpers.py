@@ -1,0 +1,43 @@
+"""Small helpers shared by the download tests: hub files as WeightsFile, fresh buckets."""
+
+from __future__ import annotations
+
+import uuid
+
+import aioboto3
+from aiobotocore.config import AioConfig
+
+from integrations.s3 import S3Client, S3Location
+from storage.documents import WeightsFile
+from testbed.repos import HubRepo
+from testbed.servers import S3Server
+
+
+async def bucket_on(server: S3Server) -> S3Client:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    async with aioboto3.Session().client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name=server.region,
+        aws_access_key_id=server.access_key_id,
+        aws_secret_access_key=server.secret_access_key,
+        config=AioConfig(s3={"addressing_style": "path"}),
+    ) as s3:
+        await s3.create_bucket(Bucket=name)
+    return S3Client(
+        S3Location(
+            endpoint=server.endpoint,
+            region=server.region,
+            bucket=name,
+            access_key_id=server.access_key_id,
+            secret_access_key=server.secret_access_key,
+        )
+    )
+
+
+def files_of(repo: HubRepo) -> list[WeightsFile]:
+    """What a Weights document records about a hub repo's files."""
+    return [
+        WeightsFile(path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id)
+        for f in repo.files
+    ]
