@@ -157,7 +157,11 @@ class S3Sink:
             # Completed by an earlier attempt whose read-back was interrupted.
             head = await _s3_call(self._s3.head(key))
             if head is None or head[0] != file.size:
-                raise DownloadError(f"{file.path}: the upload vanished before completing")
+                # The upload is gone (a server restart mid-completion, or expired): its parts
+                # with it. Start a new upload and fetch every chunk again.
+                ledger.upload_id = None
+                await self._ledgers.set_upload(ledger, None)
+                raise MissingChunks(file.path, set(range(math.ceil(file.size / ledger.chunk_size))))
             return
         expected = math.ceil(file.size / ledger.chunk_size)
         missing = {n - 1 for n in range(1, expected + 1) if n not in parts}

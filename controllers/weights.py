@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,7 @@ from controllers.downloading import (
     LocalSink,
     Sink,
 )
+from controllers.executions import Execution, Executor
 from controllers.s3_sink import MIN_PART as S3_MIN_PART
 from controllers.s3_sink import S3Sink, object_prefix
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
@@ -38,6 +41,7 @@ from storage.documents import (
     ModelPhase,
     Progress,
     TargetKind,
+    VolumeUsage,
     WeightsDocument,
     WeightsFile,
     WeightsState,
@@ -65,20 +69,30 @@ class Action(enum.Enum):
     NOTHING = "nothing"
     FORGET = "forget"  # deleted or not LOCAL: stop any download
     CREATE_WEIGHTS = "create-weights"
-    START = "start"
+    START = "start"  # no worker for the current attempt: launch one
+    FAIL = "fail"  # the worker failed without recording why: record the runtime's reason
+    HALT = "halt"  # the download ended (cancelled, failed) but a worker lingers
     MIRROR = "mirror"  # copy the weights' state onto the model
 
 
-def plan(model: ModelDocument | None, weights: WeightsDocument | None, *, running: bool) -> Action:
+def plan(  # noqa: PLR0911  a decision table reads best as one return per row
+    model: ModelDocument | None, weights: WeightsDocument | None, execution: Execution
+) -> Action:
     """The pure decision of a reconcile (table-tested)."""
     if model is None or model.is_deleted or model.source.access_mode is not AccessMode.LOCAL:
         return Action.FORGET
-    if model.download_target is None or model.download_target.kind is TargetKind.PVC:
-        return Action.NOTHING  # PVCs are filled by download Jobs (kubernetes runtime)
+    if model.download_target is None:
+        return Action.NOTHING
     if weights is None:
         return Action.CREATE_WEIGHTS if model.phase is ModelPhase.PENDING else Action.NOTHING
-    if weights.state in (WeightsState.PENDING, WeightsState.PULLING) and not running:
-        return Action.START
+    if weights.state in (WeightsState.PENDING, WeightsState.PULLING):
+        if execution.failure is not None:
+            return Action.FAIL
+        if not execution.active:
+            return Action.START
+        return Action.MIRROR
+    if execution.active and weights.state is not WeightsState.READY:
+        return Action.HALT
     return Action.MIRROR
 
 
@@ -101,10 +115,17 @@ class WeightsRuntimeConfig:
 
     hub_endpoint: str
     options: DownloadOptions
+    pvc_mount_path: Path = Path("/weights")
+    """Where a download Job's pod has the PVC of a PVC target mounted."""
 
 
 def make_sink(
-    doc: WeightsDocument, *, secrets: dict[str, str], ledgers: LedgerRepository, chunk_size: int
+    doc: WeightsDocument,
+    *,
+    secrets: dict[str, str],
+    ledgers: LedgerRepository,
+    chunk_size: int,
+    pvc_mount_path: Path = Path("/weights"),
 ) -> Sink:
     """The sink a Weights' target calls for."""
     target = doc.target
@@ -123,6 +144,8 @@ def make_sink(
         )
         prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
         return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
+    if target.kind is TargetKind.PVC:
+        return LocalSink(pvc_mount_path / (target.sub_path or ""))
     return LocalSink(Path(doc.location))
 
 
@@ -137,6 +160,8 @@ def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> s
     """Where a repo at a commit goes for a target."""
     if target.kind is TargetKind.S3:
         return f"s3://{target.bucket}/{object_prefix(target.prefix, repo_id, commit_sha)}"
+    if target.kind is TargetKind.PVC:
+        return f"pvc://{target.claim_name}" + (f"/{target.sub_path}" if target.sub_path else "")
     return target.local_path or ""
 
 
@@ -169,7 +194,13 @@ async def run_weights(
     options = options_for(doc.target, config.options)
     downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=options)
     try:
-        sink = make_sink(doc, secrets=secrets, ledgers=ledgers, chunk_size=options.chunk_size)
+        sink = make_sink(
+            doc,
+            secrets=secrets,
+            ledgers=ledgers,
+            chunk_size=options.chunk_size,
+            pvc_mount_path=config.pvc_mount_path,
+        )
         await downloader.run(
             weights_id=doc.id,
             repo_id=doc.repo_id,
@@ -182,7 +213,11 @@ async def run_weights(
     except (DownloadError, ValueError) as exc:
         log.warning("download failed", extra={"weights_id": doc.id, "reason": str(exc)})
         return await _finish(weights, doc.id, attempt, WeightsState.FAILED, str(exc))
-    return await _finish(weights, doc.id, attempt, WeightsState.READY, None)
+    volume = None
+    if isinstance(sink, LocalSink):
+        disk = await asyncio.to_thread(shutil.disk_usage, sink.directory)
+        volume = VolumeUsage(used=disk.used, free=disk.free, total=disk.total)
+    return await _finish(weights, doc.id, attempt, WeightsState.READY, None, volume=volume)
 
 
 async def _finish(
@@ -191,23 +226,94 @@ async def _finish(
     attempt: int,
     state: WeightsState,
     message: str | None,
+    *,
+    volume: VolumeUsage | None = None,
 ) -> WeightsDocument | None:
+    changes: dict[str, object] = {"state": state, "message": message}
+    if volume is not None:
+        changes["volume"] = volume.model_dump(mode="python")
     while True:
         current = await weights.get(weights_id)
         if current is None or current.attempt != attempt:
             return current  # deleted, or a retry or cancel took over
         try:
             return await weights.update(
-                weights_id,
-                expected_revision=current.revision,
-                changes={"state": state, "message": message},
+                weights_id, expected_revision=current.revision, changes=changes
             )
         except RevisionConflict:
             continue
 
 
+class LocalExecutor:
+    """The local runtime's workers: one supervised in-process task per downloading Weights."""
+
+    def __init__(
+        self,
+        *,
+        weights: WeightsRepository,
+        ledgers: LedgerRepository,
+        secrets: Callable[[ModelDocument], Awaitable[dict[str, str]]],
+        config: WeightsRuntimeConfig,
+    ) -> None:
+        self._weights = weights
+        self._ledgers = ledgers
+        self._secrets = secrets
+        self._config = config
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._notify: Callable[[str], None] = lambda _model_id: None
+
+    def watch(self, notify: Callable[[str], None]) -> None:
+        self._notify = notify
+
+    async def observe(self, weights: WeightsDocument) -> Execution:
+        task = self._runners.get(weights.id)
+        return Execution(active=task is not None and not task.done())
+
+    async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+        if (await self.observe(weights)).active:
+            return None
+
+        async def runner() -> None:
+            secrets = await self._secrets(model)
+            try:
+                await run_weights(
+                    weights.id,
+                    weights=self._weights,
+                    ledgers=self._ledgers,
+                    secrets=secrets,
+                    config=self._config,
+                )
+            finally:
+                self._runners.pop(weights.id, None)
+                current = await self._weights.get(weights.id)
+                for owner in current.model_ids if current is not None else weights.model_ids:
+                    self._notify(owner)
+
+        self._runners[weights.id] = asyncio.create_task(runner(), name=f"download:{weights.id}")
+        return None
+
+    async def halt(self, weights_id: str) -> None:
+        task = self._runners.pop(weights_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def release_all(self) -> None:
+        for weights_id in list(self._runners):
+            await self.halt(weights_id)
+
+    async def clean(self, weights: WeightsDocument, *, partials_only: bool) -> bool:
+        del weights, partials_only  # this process reaches every local target: sinks do it
+        return False
+
+    async def close(self) -> None:
+        await self.release_all()
+
+
 class DownloadController:
-    """Owns the work queue, the resync loop and one runner task per downloading Weights."""
+    """Owns the work queue, the resync loop and the leadership loop; workers run through an
+    :class:`~controllers.executions.Executor` (in-process tasks or Jobs)."""
 
     def __init__(
         self,
@@ -218,6 +324,7 @@ class DownloadController:
         secrets: SecretStore,
         hub: HubClient,
         config: WeightsRuntimeConfig,
+        executor: Executor | None = None,
         leases: LeaseRepository | None = None,
         holder: str = "",
         lease_seconds: float = LEASE_SECONDS,
@@ -233,15 +340,18 @@ class DownloadController:
         self._secrets = secrets
         self._hub = hub
         self._config = config
+        self._executor: Executor = executor or LocalExecutor(
+            weights=weights, ledgers=ledgers, secrets=self._secret_values, config=config
+        )
         self._queue = WorkQueue(self.reconcile, name="downloads")
-        self._runners: dict[str, asyncio.Task[None]] = {}
         self._resync: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start workers, the resync loop and (with leases) the leadership loop."""
+        """Start workers, the watch, the resync loop and (with leases) the leadership loop."""
         self._queue.start()
+        self._executor.watch(self.notify)
         self._resync = asyncio.create_task(self._resync_loop(), name="downloads-resync")
         if self._leases is not None:
             self._leadership = asyncio.create_task(self._lead(), name="downloads-lease")
@@ -265,8 +375,7 @@ class DownloadController:
             elif not held and self._leading:
                 self._leading = False
                 log.warning("lost the controller lease; stopping downloads here")
-                for weights_id in list(self._runners):
-                    await self.cancel_runner(weights_id)
+                await self._executor.release_all()
             await asyncio.sleep(self._lease_seconds / 3)
 
     async def stop(self) -> None:
@@ -285,12 +394,7 @@ class DownloadController:
                 await self._resync
             self._resync = None
         await self._queue.stop()
-        for task in list(self._runners.values()):
-            task.cancel()
-        for task in list(self._runners.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._runners.clear()
+        await self._executor.close()
 
     def notify(self, model_id: str) -> None:
         """A model changed: look at it soon."""
@@ -300,18 +404,13 @@ class DownloadController:
         """For tests: until the queue has drained."""
         await self._queue.wait_idle()
 
-    def running(self, weights_id: str) -> bool:
-        """True while a runner task downloads these weights."""
-        task = self._runners.get(weights_id)
-        return task is not None and not task.done()
+    async def running(self, weights: WeightsDocument) -> bool:
+        """True while a worker downloads these weights."""
+        return (await self._executor.observe(weights)).active
 
     async def cancel_runner(self, weights_id: str) -> None:
-        """Stop the runner of these weights, if any, and wait for it."""
-        task = self._runners.pop(weights_id, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the worker(s) of these weights, if any, and wait for it."""
+        await self._executor.halt(weights_id)
 
     # -- reconcile ----------------------------------------------------------------------
 
@@ -321,7 +420,8 @@ class DownloadController:
             return None  # the leader's resync picks the model up
         model = await self._models.get(model_id)
         weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
-        action = plan(model, weights, running=bool(weights and self.running(weights.id)))
+        execution = await self._executor.observe(weights) if weights is not None else Execution()
+        action = plan(model, weights, execution)
         if action is Action.FORGET:
             if weights is not None and model is not None:
                 await self._release(weights, model.id)
@@ -330,18 +430,58 @@ class DownloadController:
             return None
         if action is Action.CREATE_WEIGHTS:
             weights = await self._attach_weights(model)
-            action = plan(model, weights, running=self.running(weights.id))
-        if action is Action.START and weights is not None:
+            execution = await self._executor.observe(weights)
+            action = plan(model, weights, execution)
+        assert weights is not None  # noqa: S101  every remaining action has weights
+        current = await self._apply(action, model, weights, execution)
+        if current is not None:
+            await self._mirror(model, current)
+        return None
+
+    async def _apply(
+        self,
+        action: Action,
+        model: ModelDocument,
+        weights: WeightsDocument,
+        execution: Execution,
+    ) -> WeightsDocument | None:
+        """Carry out START, FAIL, HALT or MIRROR; the weights as they are afterwards."""
+        if action is Action.START:
             if weights.state is not WeightsState.PULLING:
                 weights = await self._weights.update(
                     weights.id,
                     expected_revision=weights.revision,
                     changes={"state": WeightsState.PULLING, "message": None},
                 )
-            self._start_runner(model, weights)
-        if weights is not None:
-            await self._mirror(model, weights)
-        return None
+            refused = await self._executor.launch(model, weights)
+            if refused is None or refused.failure is None:
+                return weights
+            action, execution = Action.FAIL, refused
+        if action is Action.FAIL:
+            await self._executor.halt(weights.id)
+            log.warning(
+                "download failed in the runtime",
+                extra={"model_id": model.id, "reason": execution.failure},
+            )
+            return await _finish(
+                self._weights, weights.id, weights.attempt, WeightsState.FAILED, execution.failure
+            )
+        if action is Action.HALT:
+            await self._executor.halt(weights.id)
+        elif execution.active and execution.note != weights.message:
+            return await self._note(weights, execution.note)
+        return weights
+
+    async def _note(self, weights: WeightsDocument, note: str | None) -> WeightsDocument:
+        """Show why a running worker waits (unschedulable, OOMKilled and retrying)."""
+        try:
+            return await self._weights.update(
+                weights.id, expected_revision=weights.revision, changes={"message": note}
+            )
+        except RevisionConflict:
+            for owner in weights.model_ids:
+                self._queue.add(owner)  # the worker wrote first: look again with fresh data
+            return weights
 
     async def _attach_weights(self, model: ModelDocument) -> WeightsDocument:
         target = model.download_target
@@ -387,25 +527,6 @@ class DownloadController:
         )
         return found
 
-    def _start_runner(self, model: ModelDocument, weights: WeightsDocument) -> None:
-        async def runner() -> None:
-            secrets = await self._secret_values(model)
-            try:
-                await run_weights(
-                    weights.id,
-                    weights=self._weights,
-                    ledgers=self._ledgers,
-                    secrets=secrets,
-                    config=self._config,
-                )
-            finally:
-                self._runners.pop(weights.id, None)
-                current = await self._weights.get(weights.id)
-                for owner in current.model_ids if current is not None else weights.model_ids:
-                    self._queue.add(owner)
-
-        self._runners[weights.id] = asyncio.create_task(runner(), name=f"download:{weights.id}")
-
     async def _token(self, model: ModelDocument) -> str | None:
         return (await self._secret_values(model)).get(HF_TOKEN_KEY)
 
@@ -421,13 +542,16 @@ class DownloadController:
     async def discard_partials(self, weights: WeightsDocument) -> None:
         """Remove in-flight parts (partial files, or S3 multipart uploads) of a download."""
         stored = await self._ledgers.find(where={"weights_id": weights.id}, limit=10_000)
-        sink = await self._sink_for(weights)
-        if sink is not None:
-            await sink.discard_partials(stored.items)
+        if not await self._executor.clean(weights, partials_only=True):
+            sink = await self._sink_for(weights)
+            if sink is not None:
+                await sink.discard_partials(stored.items)
         await self._ledgers.forget(weights.id)
 
     async def remove_files(self, weights: WeightsDocument) -> None:
         """Delete a download's files (directory or S3 prefix)."""
+        if await self._executor.clean(weights, partials_only=False):
+            return
         sink = await self._sink_for(weights)
         if sink is not None:
             await sink.remove_all()
@@ -442,6 +566,7 @@ class DownloadController:
                 secrets=secrets,
                 ledgers=self._ledgers,
                 chunk_size=options_for(weights.target, self._config.options).chunk_size,
+                pvc_mount_path=self._config.pvc_mount_path,
             )
         except (DownloadError, ValueError):
             return None

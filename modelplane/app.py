@@ -41,6 +41,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
+from controllers.download_jobs import JobExecutor, JobTemplate
 from controllers.runtimes import (
     KubernetesRuntime,
     LocalRuntime,
@@ -170,19 +171,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         hub = HubClient(endpoint=settings.hf_endpoint)
         secrets = _secret_store(settings, runtime, database)
         controller: DownloadController | None = None
-        if runtime.kind == "local" and settings.run_controllers:
-            controller = DownloadController(
-                models=ModelRepository(database),
-                weights=WeightsRepository(database),
-                ledgers=LedgerRepository(database),
-                secrets=secrets,
-                hub=hub,
-                config=WeightsRuntimeConfig(
-                    hub_endpoint=settings.hf_endpoint, options=settings.download_options()
-                ),
-                leases=LeaseRepository(database),
-                holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-            )
+        if settings.run_controllers:
+            controller = _download_controller(settings, runtime, database, hub, secrets)
             controller.start()
             stack.push_async_callback(controller.stop)
         for root in settings.local_roots:
@@ -227,6 +217,48 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             services=services,
             downloads=controller,
         )
+
+
+def _download_controller(
+    settings: Settings, runtime: Runtime, database: Database, hub: HubClient, secrets: SecretStore
+) -> DownloadController:
+    """The download controller, with in-process workers or download Jobs per the runtime."""
+    config = WeightsRuntimeConfig(
+        hub_endpoint=settings.hf_endpoint,
+        options=settings.download_options(),
+        pvc_mount_path=settings.pvc_mount_path,
+    )
+    executor = None
+    if isinstance(runtime, KubernetesRuntime):
+        executor = JobExecutor(
+            runtime.api,
+            namespace=runtime.namespace,
+            template=JobTemplate(
+                image=settings.download_image,
+                image_pull_policy=settings.download_image_pull_policy,
+                hf_endpoint=settings.hf_endpoint,
+                mongodb_database=settings.mongodb_database,
+                mongodb_secret=settings.download_mongodb_secret,
+                pvc_mount_path=str(settings.pvc_mount_path),
+                service_account=settings.download_service_account,
+                cpu_limit=settings.download_cpu_limit,
+                memory_limit=settings.download_memory_limit,
+                deadline_seconds=settings.download_deadline_seconds,
+                backoff_limit=settings.download_backoff_limit,
+                download_env=settings.download_env(),
+            ),
+        )
+    return DownloadController(
+        models=ModelRepository(database),
+        weights=WeightsRepository(database),
+        ledgers=LedgerRepository(database),
+        secrets=secrets,
+        hub=hub,
+        config=config,
+        executor=executor,
+        leases=LeaseRepository(database),
+        holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
 
 
 def _secret_store(settings: Settings, runtime: Runtime, database: Database) -> SecretStore:

@@ -79,6 +79,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = load_settings(**overrides)
+    settings.check_serving()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return asyncio.run(_serve(settings))
 
@@ -176,7 +177,9 @@ async def _download(settings: Settings, weights_id: str) -> int:
             ledgers=LedgerRepository(database),
             secrets=secrets,
             config=WeightsRuntimeConfig(
-                hub_endpoint=settings.hf_endpoint, options=settings.download_options()
+                hub_endpoint=settings.hf_endpoint,
+                options=settings.download_options(),
+                pvc_mount_path=settings.pvc_mount_path,
             ),
         )
     finally:
@@ -195,6 +198,20 @@ def _cmd_download(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return asyncio.run(_download(settings, args.weights_id))
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from controllers.downloading import LocalSink  # noqa: PLC0415  lazy: fast start
+
+    directory = Path(args.dir)
+    sink = LocalSink(directory)
+    if args.partials_only:
+        asyncio.run(sink.discard_partials([]))
+        _say(f"modelplane: removed partial downloads under {directory}")
+    else:
+        asyncio.run(sink.remove_all())
+        _say(f"modelplane: removed {directory}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     download.add_argument("--weights-id", required=True)
     download.set_defaults(func=_cmd_download)
+
+    clean = sub.add_parser(
+        "clean", help="remove a download's partials or files (what a cleanup Job's pod runs)"
+    )
+    clean.add_argument("--dir", required=True, help="the download's directory")
+    clean.add_argument(
+        "--partials-only", action="store_true", help="keep verified files (cancelDownload)"
+    )
+    clean.set_defaults(func=_cmd_clean)
 
     schema = sub.add_parser("schema", help="export or check graphql/schema.graphql")
     schema.add_argument("action", choices=["export", "check"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -99,6 +99,31 @@ class Settings(BaseSettings):
     download_stall_seconds: float = Field(default=30.0, gt=0)
     download_max_retries: int = Field(default=5, ge=0, le=100)
 
+    download_image: str = Field(default="modelplane:latest", min_length=1)
+    """Image of download Jobs (kubernetes runtime): this project's image."""
+    download_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    download_mongodb_secret: str = Field(
+        default="modelplane-mongodb", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    )
+    """Secret in the namespace whose ``uri`` key download pods connect with (the chart's)."""
+    download_service_account: str | None = None
+    download_cpu_limit: str = "2"
+    download_memory_limit: str = "2Gi"
+    download_deadline_seconds: int = Field(default=6 * 3600, ge=60)
+    """activeDeadlineSeconds of a download Job."""
+    download_backoff_limit: int = Field(default=2, ge=0, le=20)
+    pvc_mount_path: Path = Path("/weights")
+    """Where download pods mount a PVC target (and where ``modelplane download`` finds it)."""
+
+    def download_env(self) -> tuple[tuple[str, str], ...]:
+        """The downloader's knobs as environment for a download Job's pod."""
+        return (
+            ("MODELPLANE_DOWNLOAD_PARALLEL_FILES", str(self.download_parallel_files)),
+            ("MODELPLANE_DOWNLOAD_CHUNK_MIB", str(self.download_chunk_mib)),
+            ("MODELPLANE_DOWNLOAD_STALL_SECONDS", f"{self.download_stall_seconds:g}"),
+            ("MODELPLANE_DOWNLOAD_MAX_RETRIES", str(self.download_max_retries)),
+        )
+
     def download_options(self) -> DownloadOptions:
         """The downloader's knobs from the settings."""
         return DownloadOptions(
@@ -150,17 +175,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Self:
-        if self.environment is Environment.PRODUCTION:
-            if self.mongodb_uri is None:
-                raise ValueError(
-                    "MODELPLANE_MONGODB_URI is required in production "
-                    "(the embedded FerretDB is for development only)"
-                )
-            if self.secret_key is None:
-                raise ValueError("MODELPLANE_SECRET_KEY is required in production")
-            if self.oidc_issuer is None:
-                raise ValueError("MODELPLANE_OIDC_ISSUER is required in production")
+        if self.environment is Environment.PRODUCTION and self.mongodb_uri is None:
+            raise ValueError(
+                "MODELPLANE_MONGODB_URI is required in production "
+                "(the embedded FerretDB is for development only)"
+            )
         return self
+
+    def check_serving(self) -> None:
+        """What only the API server needs in production (a download Job's pod needs neither):
+        raise :class:`SettingsError` naming the missing setting."""
+        if self.environment is Environment.PRODUCTION:
+            if self.secret_key is None:
+                raise SettingsError("MODELPLANE_SECRET_KEY is required in production")
+            if self.oidc_issuer is None:
+                raise SettingsError("MODELPLANE_OIDC_ISSUER is required in production")
 
     @property
     def embedded_database(self) -> bool:

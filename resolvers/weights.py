@@ -10,6 +10,7 @@ import strawberry
 from resolvers.context import Info
 from resolvers.errors import forbidden
 from schema.building import ExpectedError
+from schema.enums import StorageKindEnum
 from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.scalars import BigInt
 from schema.weights import (
@@ -54,6 +55,8 @@ async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
     return [
         StorageUsage(
             root=u.root,
+            kind=StorageKindEnum(u.kind.value),
+            measured_at=u.measured_at,
             used=BigInt(u.used),
             free=BigInt(u.free),
             total=BigInt(u.total),

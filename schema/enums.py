@@ -88,3 +88,13 @@ class FileStateEnum(Enum):
     VERIFYING = strawberry.enum_value("VERIFYING", description="Checking its hash.")
     DONE = strawberry.enum_value("DONE", description="Verified and in place.")
     FAILED = strawberry.enum_value("FAILED", description="Failed verification or transfer.")
+
+
+@strawberry.enum(name="StorageKind", description="Where a storage usage entry was measured.")
+class StorageKindEnum(Enum):
+    """Kinds of storage with usage figures."""
+
+    LOCAL = strawberry.enum_value("LOCAL", description="An allowed local root, measured now.")
+    PVC = strawberry.enum_value(
+        "PVC", description="A PersistentVolumeClaim, as its last download pod measured it."
+    )

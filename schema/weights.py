@@ -7,7 +7,7 @@ from typing import Annotated
 
 import strawberry
 
-from schema.enums import DownloadStageEnum, FileStateEnum, WeightsStateEnum
+from schema.enums import DownloadStageEnum, FileStateEnum, StorageKindEnum, WeightsStateEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.models import DownloadTarget, target_view
 from schema.scalars import BigInt
@@ -132,7 +132,12 @@ class WeightsPage:
 class StorageUsage:
     """used / free / total bytes."""
 
-    root: str = strawberry.field(description="The root directory.")
+    root: str = strawberry.field(description="The root directory (LOCAL) or `pvc://<claim>` (PVC).")
+    kind: StorageKindEnum = strawberry.field(description="LOCAL root or PVC.")
+    measured_at: datetime | None = strawberry.field(
+        description="Null: measured now (local roots). For a PVC: when the last download pod "
+        "that wrote to it measured its filesystem (the API cannot mount it)."
+    )
     used: BigInt = strawberry.field(description="Bytes used on its filesystem.")
     free: BigInt = strawberry.field(description="Bytes free on its filesystem.")
     total: BigInt = strawberry.field(description="Size of its filesystem.")

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from controllers.downloading import LocalSink
 from controllers.weights import DownloadController
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
-from storage.documents import ModelDocument, ModelPhase, Role, WeightsDocument, WeightsState
+from storage.documents import (
+    ModelDocument,
+    ModelPhase,
+    Role,
+    TargetKind,
+    WeightsDocument,
+    WeightsState,
+)
 from storage.errors import RevisionConflict
 from storage.repositories import LedgerRepository, ModelRepository, Page, WeightsRepository
 
@@ -27,6 +35,34 @@ class RootUsage:
     free: int
     total: int
     weights_bytes: int
+    kind: TargetKind = TargetKind.LOCAL
+    measured_at: datetime | None = None
+    """None: measured now (local roots); else when a download pod last measured a PVC."""
+
+
+def _claims_usage(ready: list[WeightsDocument]) -> list[RootUsage]:
+    """One entry per PVC holding READY weights: the newest measurement and their bytes."""
+    claims: dict[str, RootUsage] = {}
+    for weights in ready:
+        if weights.target.kind is not TargetKind.PVC or weights.volume is None:
+            continue
+        root = f"pvc://{weights.target.claim_name}"
+        size = sum(f.size for f in weights.files)
+        seen = claims.get(root)
+        volume = weights.volume
+        if seen is None or (seen.measured_at is not None and volume.measured_at > seen.measured_at):
+            claims[root] = RootUsage(
+                root=root,
+                used=volume.used,
+                free=volume.free,
+                total=volume.total,
+                weights_bytes=size + (seen.weights_bytes if seen else 0),
+                kind=TargetKind.PVC,
+                measured_at=volume.measured_at,
+            )
+        else:
+            claims[root] = replace(seen, weights_bytes=seen.weights_bytes + size)
+    return sorted(claims.values(), key=lambda u: u.root)
 
 
 class WeightsService:
@@ -65,7 +101,8 @@ class WeightsService:
         )
 
     async def usage(self, principal: Principal) -> list[RootUsage]:
-        """used / free / total bytes per allowed root, and the weights stored there."""
+        """used / free / total bytes per allowed root (measured now) and per PVC (as its last
+        download pod measured it), and the weights stored there."""
         principal.require(Role.VIEWER)
         page = await self._weights.find(
             where={**principal.scope, "state": WeightsState.READY.value}, limit=10_000
@@ -89,7 +126,7 @@ class WeightsService:
                     weights_bytes=inside,
                 )
             )
-        return result
+        return result + _claims_usage(page.items)
 
     async def cancel(self, principal: Principal, model_id: str) -> WeightsDocument:
         """Stop the model's download; verified files stay, in-flight parts go."""

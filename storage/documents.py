@@ -247,6 +247,15 @@ class FileProgress(BaseModel):
     state: FileState
 
 
+class VolumeUsage(BaseModel):
+    """Filesystem figures of a download's volume, measured where the download ran."""
+
+    used: int
+    free: int
+    total: int
+    measured_at: datetime = Field(default_factory=utcnow)
+
+
 class Progress(BaseModel):
     """The one progress record shape, for every target."""
 
@@ -280,6 +289,8 @@ class WeightsDocument(Document):
     secret_ref: str | None = None
     attempt: int = 0
     """Bumped by retryDownload; a runner whose attempt is stale stops."""
+    volume: VolumeUsage | None = None
+    """The target filesystem when the download finished (how PVC usage is known)."""
 
 
 class LedgerDocument(Document):

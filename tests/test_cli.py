@@ -109,12 +109,20 @@ def test_missing_kubeconfig_file_is_one_line(tmp_path: Path, mongo_uri: str) -> 
             "production",
             "MODELPLANE_MONGODB_URI is required in production",
         ),
+        (
+            "MODELPLANE_MONGODB_URI",
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100",
+            "MODELPLANE_SECRET_KEY is required in production",
+        ),
     ],
 )
 def test_invalid_settings_are_one_line(
     tmp_path: Path, variable: str, value: str, needle: str
 ) -> None:
-    result = run_cli("serve", env={variable: value, "MODELPLANE_STATE_DIR": str(tmp_path)})
+    env = {variable: value, "MODELPLANE_STATE_DIR": str(tmp_path)}
+    if variable == "MODELPLANE_MONGODB_URI":
+        env["MODELPLANE_ENVIRONMENT"] = "production"
+    result = run_cli("serve", env=env)
     assert result.returncode == 2
     assert_one_clear_line(result, needle)
 

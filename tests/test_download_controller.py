@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from controllers.downloading import DownloadOptions
+from controllers.executions import Execution
 from controllers.secrets import EncryptedSecretStore, fernet_for
 from controllers.weights import (
     Action,
@@ -101,36 +102,52 @@ def _weights(state: WeightsState) -> WeightsDocument:
     )
 
 
+IDLE = Execution()
+ACTIVE = Execution(active=True)
+BROKEN = Execution(active=True, failure="download pod cannot start: ImagePullBackOff")
+ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceeded")
+
+
 @pytest.mark.parametrize(
-    ("model", "weights", "running", "expected"),
+    ("model", "weights", "execution", "expected"),
     [
-        (None, None, False, Action.FORGET),
-        (_model(is_deleted=True), _weights(WeightsState.PULLING), True, Action.FORGET),
+        (None, None, IDLE, Action.FORGET),
+        (_model(is_deleted=True), _weights(WeightsState.PULLING), ACTIVE, Action.FORGET),
         (
             _model(source=ModelSource(url="https://x/v1", access_mode=AccessMode.REMOTE_API)),
             None,
-            False,
+            IDLE,
             Action.FORGET,
         ),
+        (_model(download_target=None), None, IDLE, Action.NOTHING),
         (
             _model(download_target=DownloadTarget(kind=TargetKind.PVC, claim_name="c")),
             None,
-            False,
-            Action.NOTHING,
+            IDLE,
+            Action.CREATE_WEIGHTS,
         ),
-        (_model(), None, False, Action.CREATE_WEIGHTS),
-        (_model(phase=ModelPhase.FAILED), None, False, Action.NOTHING),
-        (_model(), _weights(WeightsState.PENDING), False, Action.START),
-        (_model(), _weights(WeightsState.PULLING), False, Action.START),
-        (_model(), _weights(WeightsState.PULLING), True, Action.MIRROR),
-        (_model(), _weights(WeightsState.READY), False, Action.MIRROR),
-        (_model(), _weights(WeightsState.CANCELLED), False, Action.MIRROR),
+        (_model(), None, IDLE, Action.CREATE_WEIGHTS),
+        (_model(phase=ModelPhase.FAILED), None, IDLE, Action.NOTHING),
+        (_model(), _weights(WeightsState.PENDING), IDLE, Action.START),
+        (_model(), _weights(WeightsState.PULLING), IDLE, Action.START),
+        (_model(), _weights(WeightsState.PULLING), ACTIVE, Action.MIRROR),
+        (_model(), _weights(WeightsState.PULLING), BROKEN, Action.FAIL),
+        (_model(), _weights(WeightsState.PENDING), ENDED, Action.FAIL),
+        (_model(), _weights(WeightsState.READY), IDLE, Action.MIRROR),
+        (_model(), _weights(WeightsState.READY), ACTIVE, Action.MIRROR),
+        (_model(), _weights(WeightsState.READY), ENDED, Action.MIRROR),
+        (_model(), _weights(WeightsState.CANCELLED), IDLE, Action.MIRROR),
+        (_model(), _weights(WeightsState.CANCELLED), ACTIVE, Action.HALT),
+        (_model(), _weights(WeightsState.FAILED), ACTIVE, Action.HALT),
     ],
 )
 def test_plan(
-    model: ModelDocument | None, weights: WeightsDocument | None, running: bool, expected: Action
+    model: ModelDocument | None,
+    weights: WeightsDocument | None,
+    execution: Execution,
+    expected: Action,
 ) -> None:
-    assert plan(model, weights, running=running) is expected
+    assert plan(model, weights, execution) is expected
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -97,6 +98,12 @@ async def test_canary_credentials_appear_only_in_the_secret(
         async for document in database[name].find({}):
             assert leaks(repr(document)) == [], name
     api = kube_app.resources.runtime.api  # type: ignore[attr-defined]
+    # The download Job holds the credentials only as secretKeyRefs: wait for it, then check it.
+    for _ in range(100):
+        if (await k8s.BatchV1Api(api).list_namespaced_job(namespace)).items:
+            break
+        await asyncio.sleep(0.1)
+    job = (await k8s.BatchV1Api(api).list_namespaced_job(namespace)).items[0]
     others: list[Any] = []
     for listing in (
         await core.list_namespaced_secret(namespace),
@@ -111,7 +118,10 @@ async def test_canary_credentials_appear_only_in_the_secret(
     assert leaks(json.dumps(api.sanitize_for_serialization(others))) == []
 
     deleted = (await run(url, "DeleteModel", {"id": model["id"]}, token=token))["deleteModel"]
-    assert deleted["removed"] == [{"kind": "Secret", "name": f"{model['id']}-credentials"}]
+    assert deleted["removed"] == [
+        {"kind": "Job", "name": job.metadata.name},
+        {"kind": "Secret", "name": f"{model['id']}-credentials"},
+    ]
     remaining = await core.list_namespaced_secret(
         namespace, label_selector="app.kubernetes.io/managed-by=modelplane"
     )

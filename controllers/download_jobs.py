@@ -1,0 +1,559 @@
+"""Download Jobs: the kubernetes runtime's way to run the one downloader (decision 7).
+
+For each downloading Weights the controller applies one Job, named after the weights and the
+attempt (``download-<weights id>-<attempt>``), so re-applying is idempotent and a second Job for
+the same attempt cannot exist; ``retryDownload`` bumps the attempt and the old Job is deleted.
+The Job's pod runs ``modelplane download --weights-id ...`` from the project image and writes
+progress, the ledger and the outcome into MongoDB itself. Credentials reach it only through
+``secretKeyRef`` env entries (the model's credentials Secret and the MongoDB URI Secret); the
+Job spec never holds a value. The weights volume is the model's PVC (created when the target
+gives a size) or, for LOCAL targets, a hostPath under an allowed root.
+
+What the cluster says about a Job and its pods is turned into an :class:`Execution` by
+:func:`job_execution` (pure, table-tested): ImagePullBackOff, OOMKilled, DeadlineExceeded,
+unschedulable pods and repeated failures each get their reason. Jobs and pods labelled as
+downloads are watched, and each change enqueues the owning model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import watch as k8s_watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from controllers.executions import Execution
+from controllers.labels import FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE, OWNER_ID, owned_labels
+from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
+from storage.documents import ModelDocument, TargetKind, WeightsDocument
+
+log = logging.getLogger(__name__)
+
+COMPONENT_VALUE = "download"
+WEIGHTS_ID = "modelplane.io/weights-id"
+ATTEMPT = "modelplane.io/attempt"
+MONGODB_URI_KEY = "uri"
+CONTAINER = "download"
+WEIGHTS_VOLUME = "weights"
+FINISHED_TTL_SECONDS = 24 * 3600
+POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001}
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+# Waiting reasons that mean the pod will not start without someone changing something.
+STUCK_WAITING = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobTemplate:
+    """Everything about download Jobs that comes from the service's settings."""
+
+    image: str
+    hf_endpoint: str
+    mongodb_database: str
+    mongodb_secret: str
+    """Secret (in the managed namespace) whose ``uri`` key the pods connect with."""
+    pvc_mount_path: str = "/weights"
+    service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    cpu_request: str = "500m"
+    memory_request: str = "512Mi"
+    cpu_limit: str = "2"
+    memory_limit: str = "2Gi"
+    deadline_seconds: int = 6 * 3600
+    backoff_limit: int = 2
+    download_env: tuple[tuple[str, str], ...] = ()
+    """Downloader knobs passed through (``MODELPLANE_DOWNLOAD_*``)."""
+
+
+def job_name(weights_id: str, attempt: int) -> str:
+    """The one Job name for an attempt of a download (DNS-1123, <= 63 characters)."""
+    return f"download-{weights_id}-{attempt}"[:63].rstrip("-")
+
+
+def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}},
+    }
+
+
+def render_job(
+    model: ModelDocument, weights: WeightsDocument, template: JobTemplate, *, namespace: str
+) -> dict[str, Any]:
+    """The Job manifest for the current attempt of a download (pure; no values of secrets)."""
+    labels = {
+        **owned_labels(model.id, weights.organization_id, component=COMPONENT_VALUE),
+        WEIGHTS_ID: weights.id,
+        ATTEMPT: str(weights.attempt),
+    }
+    env: list[dict[str, Any]] = [
+        _secret_env(
+            "MODELPLANE_MONGODB_URI", template.mongodb_secret, MONGODB_URI_KEY, optional=False
+        ),
+        {"name": "MODELPLANE_MONGODB_DATABASE", "value": template.mongodb_database},
+        {"name": "MODELPLANE_HF_ENDPOINT", "value": template.hf_endpoint},
+        {"name": "MODELPLANE_ENVIRONMENT", "value": "production"},
+        {"name": "MODELPLANE_RUNTIME", "value": "kubernetes"},
+        {"name": "MODELPLANE_LOG_FORMAT", "value": "json"},
+        {"name": "MODELPLANE_PVC_MOUNT_PATH", "value": template.pvc_mount_path},
+        *({"name": k, "value": v} for k, v in template.download_env),
+    ]
+    if weights.secret_ref is not None:
+        credentials = secret_name(model.id)
+        env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
+        if weights.target.kind is TargetKind.S3:
+            env.append(
+                _secret_env("S3_SECRET_ACCESS_KEY", credentials, S3_SECRET_KEY, optional=False)
+            )
+    volumes, mounts = _weights_volume(weights, template)
+    volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108  a private emptyDir
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "command": ["modelplane", "download", "--weights-id", weights.id],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": template.cpu_request, "memory": template.memory_request},
+            "limits": {"cpu": template.cpu_limit, "memory": template.memory_limit},
+        },
+        "volumeMounts": mounts,
+        "securityContext": CONTAINER_SECURITY,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the pod talks to MongoDB and the hub only
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": POD_SECURITY,
+    }
+    if template.service_account:
+        pod_spec["serviceAccountName"] = template.service_account
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(weights.id, weights.attempt),
+            "namespace": namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "backoffLimit": template.backoff_limit,
+            "activeDeadlineSeconds": template.deadline_seconds,
+            "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def _weights_volume(
+    weights: WeightsDocument, template: JobTemplate
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volume holding a PVC or LOCAL (hostPath) target, and its mount; none for S3."""
+    target = weights.target
+    if target.kind is TargetKind.PVC:
+        return (
+            [{"name": WEIGHTS_VOLUME, "persistentVolumeClaim": {"claimName": target.claim_name}}],
+            [{"name": WEIGHTS_VOLUME, "mountPath": template.pvc_mount_path}],
+        )
+    if target.kind is TargetKind.LOCAL and target.local_path:
+        return (
+            [
+                {
+                    "name": WEIGHTS_VOLUME,
+                    "hostPath": {"path": target.local_path, "type": "DirectoryOrCreate"},
+                }
+            ],
+            [{"name": WEIGHTS_VOLUME, "mountPath": target.local_path}],
+        )
+    return [], []
+
+
+def target_directory(weights: WeightsDocument, template: JobTemplate) -> str:
+    """The download's directory as a pod sees it."""
+    target = weights.target
+    if target.kind is TargetKind.PVC:
+        return template.pvc_mount_path.rstrip("/") + (
+            f"/{target.sub_path}" if target.sub_path else ""
+        )
+    return target.local_path or ""
+
+
+def render_clean_job(
+    weights: WeightsDocument, template: JobTemplate, *, namespace: str, partials_only: bool
+) -> dict[str, Any]:
+    """A short Job that removes a download's partials (or all its files) on its volume."""
+    owner = weights.model_ids[0] if weights.model_ids else weights.id
+    labels = {
+        **owned_labels(owner, weights.organization_id, component="cleanup"),
+        WEIGHTS_ID: weights.id,
+    }
+    volumes, mounts = _weights_volume(weights, template)
+    command = ["modelplane", "clean", "--dir", target_directory(weights, template)]
+    if partials_only:
+        command.append("--partials-only")
+    what = "partials" if partials_only else "all"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"clean-{weights.id}-{weights.attempt}-{what}"[:63].rstrip("-"),
+            "namespace": namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "backoffLimit": template.backoff_limit,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "clean",
+                            "image": template.image,
+                            "imagePullPolicy": template.image_pull_policy,
+                            "command": command,
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"},
+                            },
+                            "volumeMounts": mounts,
+                            "securityContext": CONTAINER_SECURITY,
+                        }
+                    ],
+                    "volumes": volumes,
+                    "securityContext": POD_SECURITY,
+                },
+            },
+        },
+    }
+
+
+def render_claim(
+    model: ModelDocument, weights: WeightsDocument, *, namespace: str
+) -> dict[str, Any] | None:
+    """The PVC to create for a PVC target that names a size (None: use an existing claim)."""
+    target = weights.target
+    if target.kind is not TargetKind.PVC or target.size_gi is None:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": f"{target.size_gi}Gi"}},
+    }
+    if target.storage_class:
+        spec["storageClassName"] = target.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": target.claim_name,
+            "namespace": namespace,
+            # Owned by the weights, not the model: deleting a model keeps the weights (and other
+            # models may share them); deleteWeights removes the claim.
+            "labels": owned_labels(weights.id, weights.organization_id, component="weights"),
+        },
+        "spec": spec,
+    }
+
+
+# -- status mapping ------------------------------------------------------------------------
+
+
+def _get(obj: Any, *path: str) -> Any:
+    """Walk attributes of a kubernetes_asyncio model or keys of a dict, None when absent."""
+    for key in path:
+        if obj is None:
+            return None
+        obj = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+    return obj
+
+
+def _condition(conditions: list[Any] | None, kind: str) -> Any:
+    for condition in conditions or []:
+        if _get(condition, "type") == kind and _get(condition, "status") == "True":
+            return condition
+    return None
+
+
+def _pod_problem(pod: Any, memory_limit: str | None) -> tuple[str | None, str | None]:
+    """(failure, note) for one pod: a reason it cannot start, or why it waits/restarts."""
+    for status in _get(pod, "status", "container_statuses") or []:
+        waiting = _get(status, "state", "waiting")
+        reason = _get(waiting, "reason")
+        if reason in STUCK_WAITING:
+            detail = _get(waiting, "message") or ""
+            return f"download pod cannot start: {reason}" + (f": {detail}" if detail else ""), None
+        terminated = _get(status, "state", "terminated") or _get(status, "last_state", "terminated")
+        if _get(terminated, "reason") == "OOMKilled":
+            limit = f" (memory limit {memory_limit})" if memory_limit else ""
+            return None, f"download pod was OOMKilled{limit}"
+    if _get(pod, "status", "phase") == "Pending":
+        scheduled = next(
+            (
+                c
+                for c in _get(pod, "status", "conditions") or []
+                if _get(c, "type") == "PodScheduled"
+            ),
+            None,
+        )
+        if _get(scheduled, "status") == "False":
+            message = _get(scheduled, "message") or _get(scheduled, "reason") or "no node fits"
+            return None, f"download pod cannot be scheduled: {message}"
+    return None, None
+
+
+def _last_termination(pods: list[Any]) -> str | None:
+    """Why the most recent failed pod ended (OOMKilled, exit code ...)."""
+    for pod in reversed(pods):
+        for status in _get(pod, "status", "container_statuses") or []:
+            terminated = _get(status, "state", "terminated")
+            if terminated is None:
+                continue
+            reason = _get(terminated, "reason") or "Error"
+            code = _get(terminated, "exit_code")
+            return f"{reason} (exit code {code})" if code is not None else reason
+    return None
+
+
+def job_execution(job: Any, pods: list[Any], *, memory_limit: str | None = None) -> Execution:
+    """What a Job and its pods say about a download (pure; models or dicts accepted).
+
+    Pods are given oldest first. A Job that failed or can never start is a ``failure`` (the
+    weights go FAILED with it); an unscheduled or OOMKilled-and-retrying pod is a ``note``.
+    """
+    if job is None:
+        return Execution(active=False)
+    conditions = _get(job, "status", "conditions")
+    failed = _condition(conditions, "Failed")
+    if failed is not None:
+        reason = _get(failed, "reason")
+        if reason == "DeadlineExceeded":
+            deadline = _get(job, "spec", "active_deadline_seconds")
+            limit = f" of {deadline} s" if deadline else ""
+            return Execution(
+                active=False,
+                failure=f"download Job exceeded its deadline{limit} (DeadlineExceeded)",
+            )
+        ended = _last_termination(pods)
+        if ended and ended.startswith("OOMKilled") and memory_limit:
+            ended = f"{ended}, memory limit {memory_limit}"
+        tail = f"; last pod: {ended}" if ended else ""
+        message = _get(failed, "message") or reason or "failed"
+        return Execution(active=False, failure=f"download Job failed: {message}{tail}")
+    if _condition(conditions, "Complete") is not None:
+        return Execution(
+            active=False, failure="download Job completed without recording an outcome"
+        )
+    note = None
+    for pod in reversed(pods):
+        failure, pod_note = _pod_problem(pod, memory_limit)
+        if failure is not None:
+            return Execution(active=True, failure=failure)
+        note = note or pod_note
+    return Execution(active=True, note=note)
+
+
+# -- the executor --------------------------------------------------------------------------
+
+
+class JobExecutor:
+    """Runs downloads as Jobs in one namespace and watches them."""
+
+    def __init__(self, api: k8s.ApiClient, *, namespace: str, template: JobTemplate) -> None:
+        self._batch = k8s.BatchV1Api(api)
+        self._core = k8s.CoreV1Api(api)
+        self._namespace = namespace
+        self._template = template
+        self._watches: list[asyncio.Task[None]] = []
+
+    @property
+    def selector(self) -> str:
+        """Labels of every download Job and pod we made."""
+        return f"{MANAGED_BY}={MANAGED_BY_VALUE},app.kubernetes.io/component={COMPONENT_VALUE}"
+
+    def watch(self, notify: Callable[[str], None]) -> None:
+        """Start watching labelled Jobs and pods; each change enqueues the owning model."""
+        for kind, list_fn in (
+            ("jobs", self._batch.list_namespaced_job),
+            ("pods", self._core.list_namespaced_pod),
+        ):
+            self._watches.append(
+                asyncio.create_task(self._watch(kind, list_fn, notify), name=f"watch-{kind}")
+            )
+
+    async def _watch(
+        self,
+        kind: str,
+        list_fn: Callable[..., Awaitable[Any]],
+        notify: Callable[[str], None],
+    ) -> None:
+        failures = 0
+        while True:
+            watcher = k8s_watch.Watch()
+            try:
+                async for event in watcher.stream(
+                    list_fn, self._namespace, label_selector=self.selector, timeout_seconds=300
+                ):
+                    failures = 0
+                    owner = _get(event, "object", "metadata", "labels") or {}
+                    if isinstance(owner, dict) and owner.get(OWNER_ID):
+                        notify(owner[OWNER_ID])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001  any failure: reconnect; resync covers gaps
+                failures += 1
+                delay = min(30.0, 0.5 * 2**failures) * (0.5 + random.random() / 2)  # noqa: S311
+                log.warning(
+                    "watch of download %s failed; reconnecting",
+                    kind,
+                    extra={"error": type(exc).__name__, "retry_in": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+            finally:
+                await watcher.close()
+
+    async def close(self) -> None:
+        """Stop watching (Jobs keep running in the cluster)."""
+        for task in self._watches:
+            task.cancel()
+        for task in self._watches:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watches.clear()
+
+    async def _apply(self, patch: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
+        """Server-side apply under our field manager."""
+        await patch(
+            body["metadata"]["name"],
+            self._namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+
+    async def observe(self, weights: WeightsDocument) -> Execution:
+        """Read the current attempt's Job and its pods and say what they mean."""
+        name = job_name(weights.id, weights.attempt)
+        try:
+            job = await self._batch.read_namespaced_job(name, self._namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Execution(active=False)
+            raise
+        pods = await self._core.list_namespaced_pod(
+            self._namespace,
+            label_selector=f"{WEIGHTS_ID}={weights.id},{ATTEMPT}={weights.attempt}",
+        )
+        ordered = sorted(pods.items, key=lambda p: p.metadata.creation_timestamp or 0)
+        return job_execution(job, ordered, memory_limit=self._template.memory_limit)
+
+    async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+        """Apply the claim (if we create it) and the Job; delete Jobs of older attempts.
+        Returns a failure when the Job cannot be made to run (e.g. a missing claim)."""
+        claim = render_claim(model, weights, namespace=self._namespace)
+        if claim is not None:
+            await self._apply(self._core.patch_namespaced_persistent_volume_claim, claim)
+        elif weights.target.kind is TargetKind.PVC:
+            try:
+                await self._core.read_namespaced_persistent_volume_claim(
+                    weights.target.claim_name or "", self._namespace
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return Execution(
+                    active=False,
+                    failure=(
+                        f"PersistentVolumeClaim {weights.target.claim_name} does not exist in "
+                        f"namespace {self._namespace}; create it or give sizeGi"
+                    ),
+                )
+        await self._delete_jobs(weights.id, keep_attempt=weights.attempt)
+        job = render_job(model, weights, self._template, namespace=self._namespace)
+        await self._apply(self._batch.patch_namespaced_job, job)
+        log.info(
+            "download Job applied",
+            extra={"job": job["metadata"]["name"], "weights_id": weights.id},
+        )
+        return None
+
+    async def halt(self, weights_id: str) -> None:
+        """Delete every Job (and, in the background, pod) of this download; idempotent."""
+        await self._delete_jobs(weights_id, keep_attempt=None)
+
+    async def _delete_jobs(self, weights_id: str, *, keep_attempt: int | None) -> None:
+        jobs = await self._batch.list_namespaced_job(
+            self._namespace, label_selector=f"{self.selector},{WEIGHTS_ID}={weights_id}"
+        )
+        for job in jobs.items:
+            labels = job.metadata.labels or {}
+            if keep_attempt is not None and labels.get(ATTEMPT) == str(keep_attempt):
+                continue
+            try:
+                await self._batch.delete_namespaced_job(
+                    job.metadata.name, self._namespace, propagation_policy="Background"
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    async def _delete_own_claim(self, weights: WeightsDocument) -> bool:
+        """Delete the claim we created for these weights (its data goes with it)."""
+        if weights.target.kind is not TargetKind.PVC or weights.target.size_gi is None:
+            return False
+        name = weights.target.claim_name or ""
+        try:
+            claim = await self._core.read_namespaced_persistent_volume_claim(name, self._namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        if (claim.metadata.labels or {}).get(OWNER_ID) != weights.id:
+            return False  # an existing claim (or another download's): clean files only
+        try:
+            await self._core.delete_namespaced_persistent_volume_claim(name, self._namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        return True
+
+    async def release_all(self) -> None:
+        """Leadership lost: Jobs keep running in the cluster; nothing to stop here."""
+        return
+
+    async def clean(self, weights: WeightsDocument, *, partials_only: bool) -> bool:
+        """PVC and hostPath targets are cleaned by a short Job on the volume; S3 is reachable
+        from here, so the caller cleans it through the sink."""
+        if weights.target.kind is TargetKind.S3:
+            return False
+        if not partials_only and await self._delete_own_claim(weights):
+            return True
+        job = render_clean_job(
+            weights, self._template, namespace=self._namespace, partials_only=partials_only
+        )
+        await self._apply(self._batch.patch_namespaced_job, job)
+        return True
