@@ -252,9 +252,7 @@ def render_clean_job(
     }
 
 
-def render_claim(
-    model: ModelDocument, weights: WeightsDocument, *, namespace: str
-) -> dict[str, Any] | None:
+def render_claim(weights: WeightsDocument, *, namespace: str) -> dict[str, Any] | None:
     """The PVC to create for a PVC target that names a size (None: use an existing claim)."""
     target = weights.target
     if target.kind is not TargetKind.PVC or target.size_gi is None:
@@ -474,7 +472,7 @@ class JobExecutor:
     async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
         """Apply the claim (if we create it) and the Job; delete Jobs of older attempts.
         Returns a failure when the Job cannot be made to run (e.g. a missing claim)."""
-        claim = render_claim(model, weights, namespace=self._namespace)
+        claim = render_claim(weights, namespace=self._namespace)
         if claim is not None:
             await self._apply(self._core.patch_namespaced_persistent_volume_claim, claim)
         elif weights.target.kind is TargetKind.PVC:

@@ -375,9 +375,7 @@ async def test_pvc_model_downloads_through_one_job(
         token=kube_app.token(role=Role.EDITOR, organization="org-a"),
     )
     assert deleted["deleteWeights"]["__typename"] == "DeletedWeights", deleted
-    claims = await k8s.CoreV1Api(_api(kube_app)).list_namespaced_persistent_volume_claim(
-        namespace
-    )
+    claims = await k8s.CoreV1Api(_api(kube_app)).list_namespaced_persistent_volume_claim(namespace)
     assert all(c.metadata.deletion_timestamp for c in claims.items)
 
 
