@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -276,7 +276,7 @@ class EventLog:
         """The cursor of the newest event, None when the log is empty."""
         return await self._edge(DESCENDING)
 
-    async def tail(self, after: int | None = None) -> AsyncIterator[Event]:
+    async def tail(self, after: int | None = None) -> AsyncGenerator[Event, None]:
         """Every event with a cursor above ``after`` (default: the newest now), as it arrives.
 
         Runs until the caller stops iterating (close it with ``aclose``). Database errors are
