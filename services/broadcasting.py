@@ -317,7 +317,7 @@ class Broker:
 
         Raises ``RuntimeError`` unless the broker is running.
         """
-        if self._task is None or self._closed:
+        if self._task is None or self._task.done() or self._closed:
             raise RuntimeError("broker is not running")
         subscription = Subscription(
             self,
@@ -340,6 +340,16 @@ class Broker:
         return len(self._subscriptions)
 
     async def _run(self) -> None:
+        try:
+            await self._follow()
+        except Exception:
+            logger.exception("event log tail stopped; ending every subscription")
+            raise
+        finally:
+            for subscription in list(self._subscriptions):
+                subscription.end()
+
+    async def _follow(self) -> None:
         failures = 0
         while True:
             try:
