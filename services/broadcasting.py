@@ -1,0 +1,375 @@
+"""Fan-out of the event log to live subscribers: one tail per process, N bounded queues.
+
+Named for the activity (STYLE.md: gerunds for activities); :class:`Broker` is the thing.
+
+A :class:`Broker` runs ONE task tailing the :class:`~storage.events.EventLog` and offers every
+event to each :class:`Subscription`. Offering never awaits: the filter is applied first (the
+organisation is mandatory, so another tenant's event is never queued), then the event goes into
+the subscription's bounded queue, so a slow subscriber never delays the tail or the others.
+
+Queue pressure: a PROGRESS event replaces the PROGRESS of the same resource still waiting in the
+queue (the older one is removed and the new one appended, so the queue stays in cursor order and
+the resume cursor stays meaningful). If the queue is still full, the subscription is detached
+and, after the events already queued, yields an ``OVERFLOW`` :class:`Marker` carrying its last
+delivered cursor, then ends; the client reconnects with ``after``.
+
+Resuming (``after`` given): the subscription registers for live events at once, then replays
+the log page by page, driven by the consumer (so replay is bounded too). Live events queued in
+the meantime overlap the replay; everything is delivered in cursor order and anything at or
+below the last delivered cursor is dropped, so there is neither gap nor duplicate. If live
+events overflow the queue during the replay they are dropped and the replay simply reads on:
+the log has them. Why this has no gap: the tail only offers events already visible in the log,
+so any event dropped from the queue was visible before the next replay read started; the replay
+ends only after a read that returned nothing and during which nothing was dropped.
+
+"Older than held": after each replay page, ``oldest`` (the oldest cursor still held) is read;
+if ``oldest > last + 1`` the events between were trimmed by the capped collection, and the
+subscriber gets a ``RESYNC_REQUIRED`` marker (cursor = ``oldest``) and continues from there.
+Cursors are dense (max + 1 allocation), so that test is exact. An empty log holds nothing; a
+cursor above the newest (or any cursor on an empty log) belongs to a log that was reset, which
+also gets ``RESYNC_REQUIRED`` (cursor 0 when empty) and then everything held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Self
+
+from pymongo.errors import PyMongoError
+
+from storage.events import Event, EventLog, EventType, ResourceKind, format_cursor
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 256
+DEFAULT_REPLAY_PAGE = 200
+_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a subscriber wants; the organisation is mandatory."""
+
+    organization_id: str
+    resource_kind: ResourceKind | None = None
+    resource_id: str | None = None
+    model_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.organization_id:
+            raise ValueError("an event filter needs an organisation")
+
+    def matches(self, event: Event) -> bool:
+        """True when the event belongs to the organisation and every set field agrees."""
+        return (
+            event.organization_id == self.organization_id
+            and (self.resource_kind is None or event.resource_kind == self.resource_kind)
+            and (self.resource_id is None or event.resource_id == self.resource_id)
+            and (
+                self.model_id is None
+                or self.model_id in event.model_ids
+                or (
+                    event.resource_kind == ResourceKind.MODEL and event.resource_id == self.model_id
+                )
+            )
+        )
+
+
+class MarkerKind(StrEnum):
+    """Out-of-band news for a subscriber."""
+
+    RESYNC_REQUIRED = "RESYNC_REQUIRED"
+    """Events after the requested cursor were trimmed: re-read state; what is held follows."""
+    OVERFLOW = "OVERFLOW"
+    """The subscriber fell behind; reconnect with ``after=cursor``. Nothing follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A marker in a subscription's stream (never stored in the log)."""
+
+    kind: MarkerKind
+    cursor: int
+
+    @property
+    def token(self) -> str:
+        """The cursor as the opaque string handed to clients."""
+        return format_cursor(self.cursor)
+
+
+Item = Event | Marker
+
+
+class Subscription:
+    """An async iterator of :class:`Event` and :class:`Marker` for one subscriber.
+
+    Use it as ``async with broker.subscribe(...) as subscription: async for item in ...``.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        event_filter: EventFilter,
+        *,
+        last: int,
+        replay: bool,
+        capacity: int,
+        replay_page: int,
+    ) -> None:
+        self._broker = broker
+        self.filter = event_filter
+        self._last = last
+        self._replaying = replay
+        self._capacity = capacity
+        self._replay_page = replay_page
+        self._replay_position = last
+        self._checked_future = False
+        self._replay_buffer: list[Item] = []
+        self._dropped_during_replay = False
+        self._queue: OrderedDict[int, Event] = OrderedDict()
+        self._progress: dict[tuple[ResourceKind, str], int] = {}
+        self._overflowed = False
+        self._closed = False
+        self._wake = asyncio.Event()
+
+    @property
+    def last_delivered(self) -> int:
+        """The cursor of the last event handed to the subscriber (where to resume)."""
+        return self._last
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in the live queue (for tests and metrics)."""
+        return len(self._queue)
+
+    def offer(self, event: Event) -> None:
+        """Queue a live event if it matches; never awaits (called by the broker's tail)."""
+        if self._closed or self._overflowed or not self.filter.matches(event):
+            return
+        key = (event.resource_kind, event.resource_id)
+        if event.type == EventType.PROGRESS:
+            waiting = self._progress.pop(key, None)
+            if waiting is not None:
+                self._queue.pop(waiting, None)
+        if len(self._queue) >= self._capacity:
+            if self._replaying:
+                # The replay reads these from the log anyway; see the module docstring.
+                self._queue.clear()
+                self._progress.clear()
+                self._dropped_during_replay = True
+            else:
+                self._overflowed = True
+                self._broker.detach(self)
+                self._wake.set()
+                return
+        self._queue[event.cursor] = event
+        if event.type == EventType.PROGRESS:
+            self._progress[key] = event.cursor
+        self._wake.set()
+
+    def end(self) -> None:
+        """End the stream at once and stop receiving events."""
+        self._closed = True
+        self._broker.detach(self)
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        """Stop receiving; the iterator ends."""
+        self._queue.clear()
+        self._replay_buffer.clear()
+        self.end()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Item:
+        while not self._closed:
+            if self._replaying:
+                item = await self._next_replayed()
+                if item is not None:
+                    return item
+                continue
+            while self._queue:
+                cursor, event = self._queue.popitem(last=False)
+                key = (event.resource_kind, event.resource_id)
+                if self._progress.get(key) == cursor:
+                    del self._progress[key]
+                if cursor > self._last:
+                    self._last = cursor
+                    return event
+            if self._overflowed:
+                self.end()
+                return Marker(MarkerKind.OVERFLOW, self._last)
+            self._wake.clear()
+            await self._wake.wait()
+        raise StopAsyncIteration
+
+    async def _next_replayed(self) -> Item | None:
+        """The next replayed item, or None after reading a page (or finishing the replay)."""
+        while self._replay_buffer:
+            item = self._replay_buffer.pop(0)
+            if isinstance(item, Marker):
+                return item
+            if item.cursor > self._last:
+                self._last = item.cursor
+                return item
+        self._dropped_during_replay = False
+        log = self._broker.log
+        position = self._replay_position
+        page = await log.after(
+            position, limit=self._replay_page, organization_id=self.filter.organization_id
+        )
+        oldest = await log.oldest_cursor()  # read after the page: proves the page complete
+        resync_at: int | None = None
+        if oldest is None:
+            if position > 0:
+                resync_at = 0  # nothing held, yet a cursor: the log was dropped and restarted
+        elif oldest > position + 1:
+            resync_at = oldest  # events after the cursor were trimmed
+        elif not self._checked_future and position > (await log.latest_cursor() or 0):
+            resync_at = oldest  # a cursor beyond the newest event: from a log since reset
+        self._checked_future = True
+        if resync_at is not None:
+            self._replay_buffer = [Marker(MarkerKind.RESYNC_REQUIRED, resync_at)]
+            self._replay_position = self._last = max(resync_at - 1, 0)
+            return None
+        if page:
+            self._replay_buffer = [event for event in page if self.filter.matches(event)]
+            self._replay_position = page[-1].cursor
+        elif not self._dropped_during_replay:
+            self._replaying = False  # caught up; the live queue continues from here
+        return None
+
+
+class Broker:
+    """One per process: tails the event log once and feeds every subscription."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        replay_page: int = DEFAULT_REPLAY_PAGE,
+    ) -> None:
+        if queue_size < 1 or replay_page < 1:
+            raise ValueError("queue_size and replay_page must be positive")
+        self.log = log
+        self._queue_size = queue_size
+        self._replay_page = replay_page
+        self._subscriptions: set[Subscription] = set()
+        self._position = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def position(self) -> int:
+        """The cursor of the newest event the tail has seen."""
+        return self._position
+
+    async def start(self) -> None:
+        """Start tailing from the newest event now."""
+        if self._task is not None or self._closed:
+            raise RuntimeError("broker already started or closed")
+        self._position = await self.log.latest_cursor() or 0
+        self._task = asyncio.create_task(self._run(), name="event-log-tail")
+
+    async def close(self) -> None:
+        """Stop the tail task and end every subscription."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})  # our own cancellation still propagates from here
+        for subscription in list(self._subscriptions):
+            subscription.end()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def subscribe(self, event_filter: EventFilter, *, after: int | None = None) -> Subscription:
+        """A subscription to events matching ``event_filter``, live from now or after ``after``.
+
+        Raises ``RuntimeError`` unless the broker is running.
+        """
+        if self._task is None or self._task.done() or self._closed:
+            raise RuntimeError("broker is not running")
+        subscription = Subscription(
+            self,
+            event_filter,
+            last=self._position if after is None else after,
+            replay=after is not None,
+            capacity=self._queue_size,
+            replay_page=self._replay_page,
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def detach(self, subscription: Subscription) -> None:
+        """Stop offering events to ``subscription`` (it ended or overflowed)."""
+        self._subscriptions.discard(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions receive live events."""
+        return len(self._subscriptions)
+
+    async def _run(self) -> None:
+        try:
+            await self._follow()
+        except Exception:
+            logger.exception("event log tail stopped; ending every subscription")
+            raise
+        finally:
+            for subscription in list(self._subscriptions):
+                subscription.end()
+
+    async def _follow(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with contextlib.aclosing(self.log.tail(self._position)) as events:
+                    async for event in events:
+                        failures = 0
+                        if event.cursor > self._position + 1:
+                            logger.warning(
+                                "event log: the tail skipped cursors %d..%d (trimmed before "
+                                "they were read)",
+                                self._position + 1,
+                                event.cursor - 1,
+                            )
+                        self._position = event.cursor
+                        for subscription in list(self._subscriptions):
+                            subscription.offer(event)
+            except PyMongoError as exc:
+                delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
+                failures += 1
+                logger.warning(
+                    "event log tail failed (%s); retrying in %.1f s", type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay)

@@ -1,0 +1,336 @@
+"""The event log: a capped collection of phase changes and progress, read by cursor (decision 5).
+
+Every event's ``_id`` is its cursor, an int64 taken from one dense sequence (1, 2, 3, ...).
+Clients see it as an opaque decimal string and hand it back as ``after:`` to resume.
+
+Cursor allocation is *max(_id) + 1, retried on a duplicate key*. The ``_id`` unique index is the
+only arbiter: two writers (in one process or several) that read the same maximum race to insert
+the same number, one wins and the other reads the maximum again. This was chosen over a counter
+document bumped with ``$inc`` for two reasons:
+
+* FerretDB 1.24 loses concurrent ``$inc`` updates, so a counter needs ``_id`` as arbiter anyway.
+* More importantly, a counter hands out numbers before the event is written, so event 6 can
+  become visible before event 5 (writer of 5 paused between ``$inc`` and insert). A reader that
+  already moved past 6 would never see 5. With max + 1 a number is only taken once its
+  predecessor is visible, so events become visible in cursor order, the sequence has no holes,
+  and insertion (natural) order equals cursor order -- which tailable cursors rely on.
+
+The price is one "newest ``_id``" query per append (an ``_id`` index walk on MongoDB) and a retry
+under contention; events are throttled (phase changes, a few progress updates per second).
+
+Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data arrives. FerretDB
+1.24 closes a tailable cursor whenever its first batch is not full (``msg_find.go``), so the
+cursor is dead right after the first (empty or short) batch. :meth:`EventLog.tail` therefore
+tries the tailable cursor and, when the server ended it at once while the log holds events, falls
+back to polling ``_id > last`` with a limit every ``poll_interval`` seconds (logged once).
+
+Known FerretDB 1.24 limits (SQLite backend), measured on 30,000 events: it pushes down neither
+``_id`` ranges nor sorts, so each query reads the whole log (about 2 s at that size). Capped
+size is enforced by a background sweep once a minute (or on ``compact``), not on insert.
+Production deployments with busy logs want MongoDB; the embedded default should keep the log
+small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from bson.int64 import Int64
+from pymongo import ASCENDING, DESCENDING, CursorType
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+
+from storage.client import Database
+from storage.documents import utcnow
+from storage.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+COLLECTION = "events"
+DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
+DEFAULT_POLL_INTERVAL = 0.05
+MAX_APPEND_ATTEMPTS = 100
+_AWAIT_MS = 1000  # how long a MongoDB getMore waits for new events before returning empty
+
+
+class ResourceKind(StrEnum):
+    """What an event is about."""
+
+    MODEL = "MODEL"
+    WEIGHTS = "WEIGHTS"
+    INFERENCE = "INFERENCE"
+
+
+class EventType(StrEnum):
+    """What happened to the resource."""
+
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    DELETED = "DELETED"
+    PHASE_CHANGED = "PHASE_CHANGED"
+    PROGRESS = "PROGRESS"
+
+
+class TailStrategy(StrEnum):
+    """How :meth:`EventLog.tail` follows the log.
+
+    ``AUTO`` tries a tailable awaitData cursor and switches to ``POLL`` for good once the server
+    ends such a cursor at once on a non-empty log (FerretDB). ``TAILABLE`` never polls, ``POLL``
+    never opens a tailable cursor.
+    """
+
+    AUTO = "AUTO"
+    TAILABLE = "TAILABLE"
+    POLL = "POLL"
+
+
+class InvalidCursor(StorageError):
+    """A cursor string that is not one this log hands out."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"invalid event cursor {text!r}")
+        self.text = text
+
+
+class EventLogNotCapped(StorageError):
+    """The ``events`` collection exists but is not capped, so it would grow without bound."""
+
+
+def format_cursor(cursor: int) -> str:
+    """The opaque form of a cursor that clients see."""
+    return str(cursor)
+
+
+def parse_cursor(text: str) -> int:
+    """The cursor behind an opaque string from a client; :class:`InvalidCursor` if malformed."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise InvalidCursor(text)
+    value = int(text)
+    if value >= 2**63:
+        raise InvalidCursor(text)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored event; ``cursor`` orders events and resumes subscriptions."""
+
+    cursor: int
+    organization_id: str
+    resource_kind: ResourceKind
+    resource_id: str
+    type: EventType
+    at: datetime
+    model_ids: tuple[str, ...] = ()
+    phase: str | None = None
+    message: str | None = None
+    progress: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def token(self) -> str:
+        """The cursor as the opaque string handed to clients."""
+        return format_cursor(self.cursor)
+
+    def to_mongo(self) -> dict[str, Any]:
+        """The document as stored, ``_id`` being the cursor as an int64."""
+        return {
+            "_id": Int64(self.cursor),
+            "organization_id": self.organization_id,
+            "resource_kind": self.resource_kind.value,
+            "resource_id": self.resource_id,
+            "model_ids": list(self.model_ids),
+            "type": self.type.value,
+            "phase": self.phase,
+            "message": self.message,
+            "progress": None if self.progress is None else dict(self.progress),
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_mongo(cls, raw: Mapping[str, Any]) -> Event:
+        """Parse a stored document."""
+        return cls(
+            cursor=int(raw["_id"]),
+            organization_id=raw["organization_id"],
+            resource_kind=ResourceKind(raw["resource_kind"]),
+            resource_id=raw["resource_id"],
+            model_ids=tuple(raw.get("model_ids") or ()),
+            type=EventType(raw["type"]),
+            phase=raw.get("phase"),
+            message=raw.get("message"),
+            progress=raw.get("progress"),
+            at=raw["at"],
+        )
+
+
+class EventLog:
+    """Append to and read the capped ``events`` collection of one database."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        size_bytes: int = DEFAULT_SIZE_BYTES,
+        max_events: int | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        poll_limit: int = 500,
+        strategy: TailStrategy = TailStrategy.AUTO,
+    ) -> None:
+        if size_bytes <= 0:
+            raise ValueError("size_bytes must be positive")
+        if poll_interval <= 0 or poll_limit <= 0:
+            raise ValueError("poll_interval and poll_limit must be positive")
+        self._database = database
+        self._collection = database[COLLECTION]
+        self._size_bytes = size_bytes
+        self._max_events = max_events
+        self._poll_interval = poll_interval
+        self._poll_limit = poll_limit
+        self._strategy = strategy
+        self._append_lock = asyncio.Lock()
+        self._fallback_logged = False
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between polls when the server cannot await data."""
+        return self._poll_interval
+
+    async def ensure(self) -> None:
+        """Create the capped collection if missing; refuse an existing uncapped one."""
+        options: dict[str, Any] = {"capped": True, "size": self._size_bytes}
+        if self._max_events is not None:
+            options["max"] = self._max_events
+        if COLLECTION not in await self._database.list_collection_names(
+            filter={"name": COLLECTION}
+        ):
+            try:
+                await self._database.create_collection(COLLECTION, **options)
+            except CollectionInvalid:
+                pass  # another replica created it first; check it below like any existing one
+            except OperationFailure as exc:
+                if exc.code != 48:  # NamespaceExists: same race, reported by the server
+                    raise
+        existing = await self._collection.options()
+        if not existing.get("capped"):
+            raise EventLogNotCapped(
+                f"collection {self._database.name}.{COLLECTION} exists but is not capped; "
+                "drop it (events are transient) or convert it with convertToCapped, "
+                f"size {self._size_bytes} bytes"
+            )
+
+    async def append(
+        self,
+        *,
+        organization_id: str,
+        resource_kind: ResourceKind,
+        resource_id: str,
+        type: EventType,
+        model_ids: Sequence[str] = (),
+        phase: str | None = None,
+        message: str | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Store an event under the next cursor and return it as stored."""
+        async with self._append_lock:  # writers of this process do not race each other
+            for _ in range(MAX_APPEND_ATTEMPTS):
+                latest = await self.latest_cursor()
+                event = Event(
+                    cursor=(latest or 0) + 1,
+                    organization_id=organization_id,
+                    resource_kind=resource_kind,
+                    resource_id=resource_id,
+                    type=type,
+                    at=utcnow(),
+                    model_ids=tuple(model_ids),
+                    phase=phase,
+                    message=message,
+                    progress=None if progress is None else dict(progress),
+                )
+                try:
+                    await self._collection.insert_one(event.to_mongo())
+                except DuplicateKeyError:
+                    continue  # another process took that number; read the newest again
+                return event
+        raise StorageError(f"no event cursor after {MAX_APPEND_ATTEMPTS} attempts (contention)")
+
+    async def after(
+        self, cursor: int, *, limit: int, organization_id: str | None = None
+    ) -> list[Event]:
+        """Up to ``limit`` events with a cursor above ``cursor``, oldest first."""
+        query: dict[str, Any] = {"_id": {"$gt": Int64(cursor)}}
+        if organization_id is not None:
+            query["organization_id"] = organization_id
+        found = self._collection.find(query).sort("_id", ASCENDING).limit(limit)
+        return [Event.from_mongo(raw) async for raw in found]
+
+    async def oldest_cursor(self) -> int | None:
+        """The cursor of the oldest event still held, None when the log is empty."""
+        return await self._edge(ASCENDING)
+
+    async def latest_cursor(self) -> int | None:
+        """The cursor of the newest event, None when the log is empty."""
+        return await self._edge(DESCENDING)
+
+    async def tail(self, after: int | None = None) -> AsyncGenerator[Event, None]:
+        """Every event with a cursor above ``after`` (default: the newest now), as it arrives.
+
+        Runs until the caller stops iterating (close it with ``aclose``). Database errors are
+        raised; the caller may resume with the last cursor it saw.
+        """
+        last = after if after is not None else (await self.latest_cursor() or 0)
+        awaits: bool | None = {
+            TailStrategy.AUTO: None,
+            TailStrategy.TAILABLE: True,
+            TailStrategy.POLL: False,
+        }[self._strategy]
+        while True:
+            if awaits is False:
+                batch = await self.after(last, limit=self._poll_limit)
+                for event in batch:
+                    last = event.cursor
+                    yield event
+                if len(batch) < self._poll_limit:
+                    await asyncio.sleep(self._poll_interval)
+                continue
+            cursor = self._collection.find(
+                {"_id": {"$gt": Int64(last)}}, cursor_type=CursorType.TAILABLE_AWAIT
+            ).max_await_time_ms(_AWAIT_MS)
+            try:
+                while True:
+                    try:
+                        raw = await cursor.next()
+                    except StopAsyncIteration:
+                        if not cursor.alive:
+                            break
+                        awaits = True  # an empty batch and a live cursor: the server waits
+                        continue
+                    event = Event.from_mongo(raw)
+                    last = event.cursor
+                    yield event
+            finally:
+                await cursor.close()
+            if awaits is None and (last > 0 or await self.latest_cursor() is not None):
+                # MongoDB only kills a tailable cursor on an empty collection; this server
+                # ended it on a non-empty log, so it cannot wait for data.
+                awaits = False
+                self._log_fallback()
+            else:
+                await asyncio.sleep(self._poll_interval)  # empty log: nothing to tail yet
+
+    async def _edge(self, direction: int) -> int | None:
+        raw = await self._collection.find_one({}, {"_id": 1}, sort=[("_id", direction)])
+        return None if raw is None else int(raw["_id"])
+
+    def _log_fallback(self) -> None:
+        if not self._fallback_logged:
+            self._fallback_logged = True
+            logger.info(
+                "event log: the server ended a tailable awaitData cursor at once; "
+                "polling every %.0f ms instead",
+                self._poll_interval * 1000,
+            )

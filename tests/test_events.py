@@ -1,0 +1,392 @@
+"""The event log and its broker against the real FerretDB: cursors, capping, tailing, fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from bson.int64 import Int64
+from pymongo import CursorType
+
+from services.broadcasting import Broker, EventFilter, Item, Marker, MarkerKind, Subscription
+from storage.client import Database, make_client
+from storage.documents import utcnow
+from storage.events import (
+    Event,
+    EventLog,
+    EventLogNotCapped,
+    EventType,
+    InvalidCursor,
+    ResourceKind,
+    TailStrategy,
+    format_cursor,
+    parse_cursor,
+)
+
+ORG_A = "org-a"
+ORG_B = "org-b"
+POLL = 0.02
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 5) -> None:
+    """Poll a condition the broker's task makes true (it offers no event to await)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if condition():
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def take(subscription: Subscription, count: int, *, timeout: float = 5) -> list[Item]:
+    items: list[Item] = []
+    async with asyncio.timeout(timeout):
+        async for item in subscription:
+            items.append(item)
+            if len(items) == count:
+                break
+    return items
+
+
+async def rest(subscription: Subscription, *, timeout: float = 5) -> list[Item]:
+    """Everything until the subscription ends by itself."""
+    async with asyncio.timeout(timeout):
+        return [item async for item in subscription]
+
+
+def cursors(items: list[Item]) -> list[int]:
+    return [item.cursor for item in items if isinstance(item, Event)]
+
+
+async def append(log: EventLog, org: str = ORG_A, **fields: Any) -> Event:
+    values: dict[str, Any] = {
+        "resource_kind": ResourceKind.MODEL,
+        "resource_id": "model-1",
+        "type": EventType.PHASE_CHANGED,
+        "phase": "PULLING",
+        **fields,
+    }
+    return await log.append(organization_id=org, **values)
+
+
+async def bulk_progress(log_db: Database, first: int, count: int, resource_id: str) -> None:
+    """Write ``count`` PROGRESS events with dense cursors in one go (as many appends would)."""
+    documents = [
+        Event(
+            cursor=cursor,
+            organization_id=ORG_A,
+            resource_kind=ResourceKind.WEIGHTS,
+            resource_id=resource_id,
+            model_ids=("model-1",),
+            type=EventType.PROGRESS,
+            progress={"bytes": cursor},
+            at=utcnow(),
+        ).to_mongo()
+        for cursor in range(first, first + count)
+    ]
+    await log_db["events"].insert_many(documents)
+
+
+@asynccontextmanager
+async def running_broker(log: EventLog, **options: Any) -> AsyncIterator[Broker]:
+    await log.ensure()
+    async with Broker(log, **options) as broker:
+        yield broker
+
+
+@pytest.fixture
+async def log(database: Database) -> EventLog:
+    event_log = EventLog(database, size_bytes=1024 * 1024, poll_interval=POLL)
+    await event_log.ensure()
+    return event_log
+
+
+def test_cursor_strings_round_trip() -> None:
+    assert parse_cursor(format_cursor(42)) == 42
+    for bad in ("", "-1", "1.5", "abc", "٣", "9" * 20, str(2**63)):
+        with pytest.raises(InvalidCursor):
+            parse_cursor(bad)
+
+
+async def test_append_read_and_edges(log: EventLog) -> None:
+    assert await log.latest_cursor() is None
+    assert await log.oldest_cursor() is None
+    first = await append(log, progress={"bytes": 1})
+    second = await append(log, type=EventType.UPDATED, model_ids=["model-1", "model-2"])
+    assert (first.cursor, second.cursor) == (1, 2)
+    assert (await log.oldest_cursor(), await log.latest_cursor()) == (1, 2)
+    assert await log.after(0, limit=10) == [first, second]
+    assert await log.after(1, limit=10) == [second]
+    assert await log.after(0, limit=1) == [first]
+    assert await log.after(0, limit=10, organization_id=ORG_B) == []
+
+
+async def test_cursors_unique_and_dense_across_two_processes(
+    database: Database, mongo_uri: str
+) -> None:
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        logs = [EventLog(database), EventLog(other_client[database.name])]
+        await asyncio.gather(*(each.ensure() for each in logs))
+
+        async def writer(each: EventLog, name: str) -> list[int]:
+            return [(await append(each, resource_id=f"{name}-{i}")).cursor for i in range(40)]
+
+        mine, theirs = await asyncio.gather(writer(logs[0], "a"), writer(logs[1], "b"))
+        assert mine == sorted(mine)
+        assert theirs == sorted(theirs)
+        assert sorted(mine + theirs) == list(range(1, 81))  # unique, no holes
+        stored = await logs[1].after(0, limit=100)
+        assert [event.cursor for event in stored] == list(range(1, 81))
+    finally:
+        await other_client.close()
+
+
+async def test_ensure_refuses_an_uncapped_collection(database: Database) -> None:
+    await database.create_collection("events")
+    with pytest.raises(EventLogNotCapped, match="not capped"):
+        await EventLog(database).ensure()
+
+
+async def test_ensure_is_idempotent(database: Database) -> None:
+    log = EventLog(database, size_bytes=8192)
+    await log.ensure()
+    await log.ensure()
+    assert (await database["events"].options())["capped"] is True
+
+
+async def test_ferretdb_tailable_cursor_does_not_wait(log: EventLog, database: Database) -> None:
+    """The behaviour the polling fallback exists for, checked on the test server."""
+    await append(log)
+    cursor = (
+        database["events"]
+        .find({"_id": {"$gt": Int64(0)}}, cursor_type=CursorType.TAILABLE_AWAIT)
+        .max_await_time_ms(2000)
+    )
+    started = asyncio.get_running_loop().time()
+    found = [raw async for raw in cursor]
+    assert len(found) == 1
+    assert not cursor.alive  # MongoDB keeps it open and waits in getMore
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_tail_falls_back_to_polling_and_says_so_once(
+    log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="storage.events")
+    await append(log)
+    seen: list[int] = []
+    tail = log.tail(after=0)
+    try:
+        async with asyncio.timeout(5):
+            async for event in tail:
+                seen.append(event.cursor)
+                if len(seen) < 4:
+                    await append(log)
+                else:
+                    break
+    finally:
+        await tail.aclose()
+    assert seen == [1, 2, 3, 4]
+    assert sum("polling every" in record.getMessage() for record in caplog.records) == 1
+
+
+async def test_tail_by_polling_strategy(database: Database) -> None:
+    log = EventLog(database, poll_interval=POLL, poll_limit=2, strategy=TailStrategy.POLL)
+    await log.ensure()
+    for _ in range(5):
+        await append(log)
+    tail = log.tail(after=1)
+    try:
+        async with asyncio.timeout(5):
+            seen = [(await anext(tail)).cursor for _ in range(4)]
+    finally:
+        await tail.aclose()
+    assert seen == [2, 3, 4, 5]
+
+
+async def test_capped_log_trims_oldest_and_resync_is_required(database: Database) -> None:
+    log = EventLog(database, size_bytes=4096, max_events=10, poll_interval=POLL)
+    await log.ensure()
+    for index in range(30):
+        await append(log, resource_id=f"model-{index}")
+    # FerretDB trims capped collections in a background sweep (once a minute) or on compact;
+    # MongoDB trims on insert.
+    await database.command("compact", "events")
+    oldest = await log.oldest_cursor()
+    assert oldest is not None
+    assert oldest > 1
+    assert await log.latest_cursor() == 30
+    async with (
+        running_broker(log) as broker,
+        broker.subscribe(EventFilter(ORG_A), after=1) as subscription,
+    ):
+        items = await take(subscription, 1 + 31 - oldest)
+        assert items[0] == Marker(MarkerKind.RESYNC_REQUIRED, oldest)
+        assert cursors(items) == list(range(oldest, 31))
+        # A cursor still covered (its successor is the oldest held) needs no resync.
+        async with broker.subscribe(EventFilter(ORG_A), after=oldest - 1) as covered:
+            assert cursors(await take(covered, 31 - oldest)) == list(range(oldest, 31))
+
+
+async def test_resync_for_a_cursor_beyond_the_log(log: EventLog) -> None:
+    async with running_broker(log) as broker:
+        async with broker.subscribe(EventFilter(ORG_A), after=7) as subscription:
+            # The replay runs on the first read: the log is empty then, nothing is held.
+            assert await take(subscription, 1) == [Marker(MarkerKind.RESYNC_REQUIRED, 0)]
+            first = await append(log)
+            assert await take(subscription, 1) == [first]
+        async with broker.subscribe(EventFilter(ORG_A), after=99) as subscription:
+            items = await take(subscription, 2)
+        assert items == [Marker(MarkerKind.RESYNC_REQUIRED, 1), first]
+
+
+async def test_replay_then_live_without_gap_or_duplicate(log: EventLog) -> None:
+    for index in range(50):
+        await append(log, org=ORG_A if index % 5 else ORG_B, resource_id=f"model-{index}")
+    async with running_broker(log, replay_page=7, queue_size=4) as broker:
+
+        async def keep_appending() -> None:
+            for index in range(50, 150):
+                await append(log, org=ORG_A if index % 5 else ORG_B, resource_id=f"model-{index}")
+
+        writer = asyncio.create_task(keep_appending())
+        try:
+            async with broker.subscribe(EventFilter(ORG_A), after=3) as subscription:
+                expected = [cursor for cursor in range(4, 151) if (cursor - 1) % 5]
+                items: list[Item] = []
+                async with asyncio.timeout(8):
+                    async for item in subscription:
+                        items.append(item)
+                        await asyncio.sleep(0)
+                        if isinstance(item, Event) and item.cursor == 150:
+                            break
+        finally:
+            await writer
+        assert cursors(items) == expected
+        assert all(isinstance(item, Event) for item in items)
+
+
+async def test_live_subscription_starts_at_the_newest_event(log: EventLog) -> None:
+    await append(log)
+    async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as subscription:
+        new = await append(log)
+        assert await take(subscription, 1) == [new]
+
+
+async def test_other_organisations_events_are_never_queued(log: EventLog) -> None:
+    async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as subscription:
+        foreign = [await append(log, org=ORG_B) for _ in range(5)]
+        await wait_until(lambda: broker.position == foreign[-1].cursor)
+        assert subscription.queued == 0
+        mine = await append(log)
+        assert await take(subscription, 1) == [mine]
+
+
+async def test_filters_by_kind_resource_and_model(log: EventLog) -> None:
+    async with running_broker(log) as broker:
+        by_model = broker.subscribe(EventFilter(ORG_A, model_id="model-1"))
+        by_weights = broker.subscribe(EventFilter(ORG_A, resource_kind=ResourceKind.WEIGHTS))
+        by_resource = broker.subscribe(EventFilter(ORG_A, resource_id="weights-9"))
+        async with by_model, by_weights, by_resource:
+            model_event = await append(log)
+            await append(log, resource_id="model-2")  # matches none of the three
+            weights_progress = await append(
+                log,
+                resource_kind=ResourceKind.WEIGHTS,
+                resource_id="weights-9",
+                type=EventType.PROGRESS,
+                model_ids=["model-1", "model-2"],
+                progress={"bytes": 10},
+            )
+            await wait_until(lambda: broker.position == weights_progress.cursor)
+            assert await take(by_model, 2) == [model_event, weights_progress]
+            assert await take(by_weights, 1) == [weights_progress]
+            assert await take(by_resource, 1) == [weights_progress]
+            assert (by_model.queued, by_weights.queued, by_resource.queued) == (0, 0, 0)
+
+
+async def test_progress_bursts_coalesce_for_a_slow_subscriber(database: Database) -> None:
+    # Large poll pages: each FerretDB query reads the whole log, so fewer pages is faster.
+    log = EventLog(database, poll_interval=POLL, poll_limit=2500)
+    async with running_broker(log, queue_size=8) as broker:
+        slow = broker.subscribe(EventFilter(ORG_A, model_id="model-1"))
+        async with slow:
+            phase = await append(log, type=EventType.PHASE_CHANGED, phase="PULLING")
+            await bulk_progress(database, phase.cursor + 1, 5000, "weights-1")
+            last = phase.cursor + 5000
+            highest_queued = 0
+
+            def caught_up() -> bool:
+                nonlocal highest_queued
+                highest_queued = max(highest_queued, slow.queued)
+                return broker.position == last
+
+            await wait_until(caught_up, timeout=8)
+            assert highest_queued <= 2
+            assert slow.queued == 2  # the phase change and the latest progress
+            items = await take(slow, 2)
+            assert items[0] == phase
+            final = items[1]
+            assert isinstance(final, Event)
+            assert (final.cursor, final.progress) == (last, {"bytes": last})
+
+
+async def test_overflow_ends_a_subscriber_that_falls_behind(log: EventLog) -> None:
+    async with running_broker(log, queue_size=5) as broker:
+        lagging = broker.subscribe(EventFilter(ORG_A))
+        async with lagging:
+            appended = [await append(log, resource_id=f"model-{i}") for i in range(3)]
+            assert cursors(await take(lagging, 1)) == [appended[0].cursor]
+            appended += [await append(log, resource_id=f"model-{i}") for i in range(3, 12)]
+            await wait_until(lambda: broker.subscribers == 0)
+            items = await rest(lagging)
+        delivered = [appended[0].cursor, *cursors(items)]
+        assert delivered == [event.cursor for event in appended[:6]]
+        assert items[-1] == Marker(MarkerKind.OVERFLOW, appended[5].cursor)
+        async with broker.subscribe(EventFilter(ORG_A), after=appended[5].cursor) as resumed:
+            assert cursors(await take(resumed, 6)) == [event.cursor for event in appended[6:]]
+
+
+async def test_two_brokers_on_two_clients_both_deliver(database: Database, mongo_uri: str) -> None:
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        here = EventLog(database, poll_interval=POLL)
+        there = EventLog(other_client[database.name], poll_interval=POLL)
+        async with (
+            running_broker(here) as broker_here,
+            running_broker(there) as broker_there,
+            broker_here.subscribe(EventFilter(ORG_A)) as sub_here,
+            broker_there.subscribe(EventFilter(ORG_A)) as sub_there,
+        ):
+            first = await append(here)
+            second = await append(there)
+            assert await take(sub_here, 2) == [first, second]
+            assert await take(sub_there, 2) == [first, second]
+    finally:
+        await other_client.close()
+
+
+async def test_close_ends_subscriptions_and_leaves_no_task(log: EventLog) -> None:
+    broker = Broker(log)
+    await broker.start()
+    live = broker.subscribe(EventFilter(ORG_A))
+    replaying = broker.subscribe(EventFilter(ORG_A), after=0)
+    readers = [asyncio.create_task(rest(each)) for each in (live, replaying)]
+    await asyncio.sleep(0.05)
+    await broker.close()
+    assert await asyncio.gather(*readers) == [[], []]
+    assert broker.subscribers == 0
+    with pytest.raises(RuntimeError):
+        broker.subscribe(EventFilter(ORG_A))
+
+
+async def test_filter_requires_an_organisation() -> None:
+    with pytest.raises(ValueError, match="organisation"):
+        EventFilter("")
