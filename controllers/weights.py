@@ -48,6 +48,7 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import DuplicateKey, RevisionConflict
+from storage.events import EventType, Recorder
 from storage.repositories import (
     LeaseRepository,
     LedgerRepository,
@@ -172,9 +173,11 @@ async def run_weights(
     ledgers: LedgerRepository,
     secrets: dict[str, str],
     config: WeightsRuntimeConfig,
+    recorder: Recorder | None = None,
 ) -> WeightsDocument | None:
     """Download one Weights to completion and record the outcome (None: deleted meanwhile);
-    re-raises cancellation."""
+    re-raises cancellation. State changes and progress are appended to the event log."""
+    record = recorder or Recorder(None)
     doc = await weights.require(weights_id)
     attempt = doc.attempt
     if doc.state not in (WeightsState.PENDING, WeightsState.PULLING):
@@ -185,11 +188,13 @@ async def run_weights(
             expected_revision=doc.revision,
             changes={"state": WeightsState.PULLING, "message": None},
         )
+        await record.weights(doc, EventType.PHASE_CHANGED)
 
     async def on_progress(progress: Progress) -> None:
-        await weights.set_progress(
-            weights_id, progress=progress.model_dump(mode="python"), attempt=attempt
-        )
+        # At most once per progress interval (1 s): the downloader throttles at the source.
+        record_ = progress.model_dump(mode="python")
+        if await weights.set_progress(weights_id, progress=record_, attempt=attempt):
+            await record.weights(doc, EventType.PROGRESS, progress=progress.model_dump(mode="json"))
 
     options = options_for(doc.target, config.options)
     downloader = Downloader(endpoint=config.hub_endpoint, ledgers=ledgers, options=options)
@@ -212,12 +217,16 @@ async def run_weights(
         )
     except (DownloadError, ValueError) as exc:
         log.warning("download failed", extra={"weights_id": doc.id, "reason": str(exc)})
-        return await _finish(weights, doc.id, attempt, WeightsState.FAILED, str(exc))
+        return await _finish(
+            weights, doc.id, attempt, WeightsState.FAILED, str(exc), recorder=record
+        )
     volume = None
     if isinstance(sink, LocalSink):
         disk = await asyncio.to_thread(shutil.disk_usage, sink.directory)
         volume = VolumeUsage(used=disk.used, free=disk.free, total=disk.total)
-    return await _finish(weights, doc.id, attempt, WeightsState.READY, None, volume=volume)
+    return await _finish(
+        weights, doc.id, attempt, WeightsState.READY, None, volume=volume, recorder=record
+    )
 
 
 async def _finish(
@@ -228,6 +237,7 @@ async def _finish(
     message: str | None,
     *,
     volume: VolumeUsage | None = None,
+    recorder: Recorder | None = None,
 ) -> WeightsDocument | None:
     changes: dict[str, object] = {"state": state, "message": message}
     if volume is not None:
@@ -237,11 +247,14 @@ async def _finish(
         if current is None or current.attempt != attempt:
             return current  # deleted, or a retry or cancel took over
         try:
-            return await weights.update(
+            updated = await weights.update(
                 weights_id, expected_revision=current.revision, changes=changes
             )
         except RevisionConflict:
             continue
+        if recorder is not None:
+            await recorder.weights(updated, EventType.PHASE_CHANGED)
+        return updated
 
 
 class LocalExecutor:
@@ -254,7 +267,9 @@ class LocalExecutor:
         ledgers: LedgerRepository,
         secrets: Callable[[ModelDocument], Awaitable[dict[str, str]]],
         config: WeightsRuntimeConfig,
+        recorder: Recorder | None = None,
     ) -> None:
+        self._recorder = recorder
         self._weights = weights
         self._ledgers = ledgers
         self._secrets = secrets
@@ -282,6 +297,7 @@ class LocalExecutor:
                     ledgers=self._ledgers,
                     secrets=secrets,
                     config=self._config,
+                    recorder=self._recorder,
                 )
             finally:
                 self._runners.pop(weights.id, None)
@@ -325,6 +341,7 @@ class DownloadController:
         hub: HubClient,
         config: WeightsRuntimeConfig,
         executor: Executor | None = None,
+        recorder: Recorder | None = None,
         leases: LeaseRepository | None = None,
         holder: str = "",
         lease_seconds: float = LEASE_SECONDS,
@@ -340,8 +357,13 @@ class DownloadController:
         self._secrets = secrets
         self._hub = hub
         self._config = config
+        self._record = recorder or Recorder(None)
         self._executor: Executor = executor or LocalExecutor(
-            weights=weights, ledgers=ledgers, secrets=self._secret_values, config=config
+            weights=weights,
+            ledgers=ledgers,
+            secrets=self._secret_values,
+            config=config,
+            recorder=self._record,
         )
         self._queue = WorkQueue(self.reconcile, name="downloads")
         self._resync: asyncio.Task[None] | None = None
@@ -453,6 +475,7 @@ class DownloadController:
                     expected_revision=weights.revision,
                     changes={"state": WeightsState.PULLING, "message": None},
                 )
+                await self._record.weights(weights, EventType.PHASE_CHANGED)
             refused = await self._executor.launch(model, weights)
             if refused is None or refused.failure is None:
                 return weights
@@ -464,7 +487,12 @@ class DownloadController:
                 extra={"model_id": model.id, "reason": execution.failure},
             )
             return await _finish(
-                self._weights, weights.id, weights.attempt, WeightsState.FAILED, execution.failure
+                self._weights,
+                weights.id,
+                weights.attempt,
+                WeightsState.FAILED,
+                execution.failure,
+                recorder=self._record,
             )
         if action is Action.HALT:
             await self._executor.halt(weights.id)
@@ -475,13 +503,15 @@ class DownloadController:
     async def _note(self, weights: WeightsDocument, note: str | None) -> WeightsDocument:
         """Show why a running worker waits (unschedulable, OOMKilled and retrying)."""
         try:
-            return await self._weights.update(
+            noted = await self._weights.update(
                 weights.id, expected_revision=weights.revision, changes={"message": note}
             )
         except RevisionConflict:
             for owner in weights.model_ids:
                 self._queue.add(owner)  # the worker wrote first: look again with fresh data
             return weights
+        await self._record.weights(noted, EventType.UPDATED)
+        return noted
 
     async def _attach_weights(self, model: ModelDocument) -> WeightsDocument:
         target = model.download_target
@@ -580,13 +610,15 @@ class DownloadController:
         self, model: ModelDocument, phase: ModelPhase, message: str | None
     ) -> None:
         try:
-            await self._models.update(
+            updated = await self._models.update(
                 model.id,
                 expected_revision=model.revision,
                 changes={"phase": phase, "message": message},
             )
         except RevisionConflict:
             self._queue.add(model.id)  # someone wrote first: look again with fresh data
+            return
+        await self._record.model(updated, EventType.PHASE_CHANGED)
 
     async def _release(self, weights: WeightsDocument, model_id: str) -> None:
         remaining = [m for m in weights.model_ids if m != model_id]

@@ -62,12 +62,15 @@ from modelplane.auth import AuthError, TokenVerifier, load_dev_key
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
+from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
+from services.broadcasting import Broker
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
+from storage.events import EventLogNotCapped, Recorder
 from storage.repositories import (
     LeaseRepository,
     LedgerRepository,
@@ -141,19 +144,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 f"{settings.mongodb_timeout_seconds:g} s ({exc.__cause__.__class__.__name__})"
             ) from None
         await ensure_indexes(database)
+        broker, recorder = await _open_events(stack, settings, database)
 
-        runtime: Runtime
-        if settings.runtime is RuntimeKind.KUBERNETES:
-            runtime = KubernetesRuntime(
-                kubeconfig=settings.kubeconfig, namespace=settings.namespace
-            )
-        else:
-            runtime = LocalRuntime(state_dir=settings.state_dir.resolve())
-        try:
-            await runtime.start()
-        except RuntimeConfigError as exc:
-            raise StartupError(str(exc)) from None
-        stack.push_async_callback(runtime.close)
+        runtime = await _open_runtime(stack, settings)
 
         dev_key = None
         if settings.environment is Environment.DEVELOPMENT:
@@ -172,7 +165,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         secrets = _secret_store(settings, runtime, database)
         controller: DownloadController | None = None
         if settings.run_controllers:
-            controller = _download_controller(settings, runtime, database, hub, secrets)
+            controller = _download_controller(
+                settings, runtime, database, hub=hub, secrets=secrets, recorder=recorder
+            )
             controller.start()
             stack.push_async_callback(controller.stop)
         for root in settings.local_roots:
@@ -189,6 +184,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 hub_endpoint=settings.hf_endpoint,
             ),
             on_change=controller.notify if controller is not None else None,
+            recorder=recorder,
         )
         weights = WeightsService(
             weights=WeightsRepository(database),
@@ -196,6 +192,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ledgers=LedgerRepository(database),
             controller=controller,
             local_roots=tuple(settings.local_roots),
+            recorder=recorder,
         )
         services = Services(
             database=database,
@@ -203,6 +200,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
+            broker=broker,
             version=modelplane_version(),
             started_at=utcnow(),
         )
@@ -219,8 +217,45 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
 
 
+async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
+    """The configured runtime, started (closed with the stack)."""
+    runtime: Runtime
+    if settings.runtime is RuntimeKind.KUBERNETES:
+        runtime = KubernetesRuntime(kubeconfig=settings.kubeconfig, namespace=settings.namespace)
+    else:
+        runtime = LocalRuntime(state_dir=settings.state_dir.resolve())
+    try:
+        await runtime.start()
+    except RuntimeConfigError as exc:
+        raise StartupError(str(exc)) from None
+    stack.push_async_callback(runtime.close)
+    return runtime
+
+
+async def _open_events(
+    stack: AsyncExitStack, settings: Settings, database: Database
+) -> tuple[Broker, Recorder]:
+    """The capped event log (created if missing), its broker (closed with the stack), and the
+    recorder writers append through."""
+    event_log = event_log_for(settings, database)
+    try:
+        await event_log.ensure()
+    except EventLogNotCapped as exc:
+        raise StartupError(f"MODELPLANE_MONGODB_URI: {exc}") from None
+    broker = Broker(event_log)
+    await broker.start()
+    stack.push_async_callback(broker.close)
+    return broker, Recorder(event_log)
+
+
 def _download_controller(
-    settings: Settings, runtime: Runtime, database: Database, hub: HubClient, secrets: SecretStore
+    settings: Settings,
+    runtime: Runtime,
+    database: Database,
+    *,
+    hub: HubClient,
+    secrets: SecretStore,
+    recorder: Recorder,
 ) -> DownloadController:
     """The download controller, with in-process workers or download Jobs per the runtime."""
     config = WeightsRuntimeConfig(
@@ -256,6 +291,7 @@ def _download_controller(
         hub=hub,
         config=config,
         executor=executor,
+        recorder=recorder,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
     )

@@ -127,9 +127,11 @@ async def _download(settings: Settings, weights_id: str) -> int:
         SecretStoreError,
     )
     from controllers.weights import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
+    from modelplane.wiring import event_log_for  # noqa: PLC0415
     from storage.client import make_client, ping  # noqa: PLC0415
     from storage.documents import WeightsState  # noqa: PLC0415
     from storage.errors import DatabaseUnavailable  # noqa: PLC0415
+    from storage.events import Recorder  # noqa: PLC0415
     from storage.repositories import (  # noqa: PLC0415
         LedgerRepository,
         SecretRepository,
@@ -171,8 +173,11 @@ async def _download(settings: Settings, weights_id: str) -> int:
         for variable, key in (("HF_TOKEN", HF_TOKEN_KEY), ("S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)):
             if os.environ.get(variable):
                 secrets[key] = os.environ[variable]
+        event_log = event_log_for(settings, database)
+        await event_log.ensure()
         outcome = await run_weights(
             weights_id,
+            recorder=Recorder(event_log),
             weights=weights,
             ledgers=LedgerRepository(database),
             secrets=secrets,

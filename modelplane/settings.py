@@ -112,8 +112,22 @@ class Settings(BaseSettings):
     download_deadline_seconds: int = Field(default=6 * 3600, ge=60)
     """activeDeadlineSeconds of a download Job."""
     download_backoff_limit: int = Field(default=2, ge=0, le=20)
+    events_size_mib: int = Field(default=64, ge=1, le=65536)
+    """Size of the capped ``events`` collection (the log subscriptions replay from)."""
+    events_max: int | None = Field(default=None, ge=100)
+    """Also cap the log by count; unset: 5,000 on the embedded FerretDB (which scans the whole
+    log per query), none on MongoDB."""
+    events_poll_seconds: float = Field(default=0.05, gt=0, le=5)
+    """Polling interval of the log tail where the server cannot await data (FerretDB)."""
     pvc_mount_path: Path = Path("/weights")
     """Where download pods mount a PVC target (and where ``modelplane download`` finds it)."""
+
+    @property
+    def events_max_count(self) -> int | None:
+        """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""
+        if self.events_max is None and self.embedded_database:
+            return 5_000
+        return self.events_max
 
     def download_env(self) -> tuple[tuple[str, str], ...]:
         """The downloader's knobs as environment for a download Job's pod."""

@@ -11,6 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 from controllers.runtimes import Runtime
 from integrations.huggingface import HubClient
 from schema.building import NotAuthenticated
+from services.broadcasting import Broker
 from services.models import ModelService
 from services.principals import Principal
 from services.weights import WeightsService
@@ -27,6 +28,7 @@ class Services:
     hub: HubClient
     models: ModelService
     weights: WeightsService
+    broker: Broker
     version: str
     started_at: datetime
 

@@ -14,10 +14,12 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import events as event_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
 from schema.enums import RoleEnum
+from schema.events import Event
 from schema.models import (
     CreateModelResult,
     DeleteModelResult,
@@ -173,5 +175,30 @@ class Subscription:
         description=(
             "A beat every `intervalSeconds` (0.1 to 300), so a client can tell a quiet stream "
             "from a dead one. Needs authentication in `connection_init`."
+        ),
+    )
+    model_events: AsyncGenerator[Event, None] = strawberry.subscription(
+        resolver=event_resolvers.stream_model_events,
+        description=(
+            "Every change of your organisation's models and their downloads (phase changes, "
+            "progress at most once per second per download), live. With `after`, first what "
+            "the log still holds after that cursor, then live, with no gap: a RESYNC_REQUIRED "
+            "event says the cursor is older than the log; OVERFLOW ends a stream that fell "
+            "behind (resubscribe with its cursor). The socket closes with 4401 when the token "
+            "expires."
+        ),
+    )
+    inference_events: AsyncGenerator[Event, None] = strawberry.subscription(
+        resolver=event_resolvers.stream_inference_events,
+        description=(
+            "Every change of your organisation's inference services, with the same `after`, "
+            "RESYNC_REQUIRED and OVERFLOW rules as `modelEvents`."
+        ),
+    )
+    download_progress: AsyncGenerator[Weights, None] = strawberry.subscription(
+        resolver=event_resolvers.stream_download_progress,
+        description=(
+            "A LOCAL model's download: its current state and progress at once, then each "
+            "change (at most once per second), ending after READY, FAILED or CANCELLED."
         ),
     )

@@ -45,6 +45,7 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
+from storage.events import EventType, Recorder
 from storage.repositories import ModelFilter, ModelRepository, Page
 
 log = logging.getLogger(__name__)
@@ -149,8 +150,10 @@ class ModelService:
         runtime: Runtime,
         policy: ModelPolicy,
         on_change: Callable[[str], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._on_change = on_change or (lambda _model_id: None)
+        self._record = recorder or Recorder(None)
         self._models = models
         self._secrets = secrets
         self._hub = hub
@@ -237,6 +240,7 @@ class ModelService:
             "model created",
             extra={"model_id": model.id, "organization_id": model.organization_id},
         )
+        await self._record.model(model, EventType.CREATED)
         self._on_change(model.id)
         return model
 
@@ -269,7 +273,7 @@ class ModelService:
             if not changes:
                 return current
             try:
-                return await self._models.update(
+                updated = await self._models.update(
                     model_id,
                     expected_revision=current.revision,
                     changes=changes,
@@ -279,6 +283,8 @@ class ModelService:
                 continue
             except NotFound:
                 raise Missing(model_id, f"model {model_id} not found") from None
+            await self._record.model(updated, EventType.UPDATED)
+            return updated
         raise Conflict(None, f"model {model_id} is changing too often; try again")
 
     async def delete(self, principal: Principal, model_id: str) -> DeleteOutcome:
@@ -310,6 +316,8 @@ class ModelService:
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
             removed.append(OwnedObject(kind=self._secrets.kind, name=model.secret_ref))
         log.info("model deleted", extra={"model_id": model.id, "removed": len(removed)})
+        if not already:
+            await self._record.model(model, EventType.DELETED)
         self._on_change(model.id)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
 

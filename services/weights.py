@@ -20,6 +20,7 @@ from storage.documents import (
     WeightsState,
 )
 from storage.errors import RevisionConflict
+from storage.events import EventType, Recorder
 from storage.repositories import LedgerRepository, ModelRepository, Page, WeightsRepository
 
 MAX_PAGE = 100
@@ -76,7 +77,9 @@ class WeightsService:
         ledgers: LedgerRepository,
         controller: DownloadController | None,
         local_roots: tuple[Path, ...],
+        recorder: Recorder | None = None,
     ) -> None:
+        self._record = recorder or Recorder(None)
         self._weights = weights
         self._models = models
         self._ledgers = ledgers
@@ -146,6 +149,7 @@ class WeightsService:
         else:
             await LocalSink(Path(weights.location)).discard_partials([])
         await self._ledgers.forget(weights.id)
+        await self._record.weights(updated, EventType.PHASE_CHANGED)
         self._notify(model)
         return updated
 
@@ -163,12 +167,14 @@ class WeightsService:
             weights,
             {"state": WeightsState.PENDING, "message": None, "attempt": weights.attempt + 1},
         )
-        await self._models.update(
+        retrying = await self._models.update(
             model.id,
             expected_revision=model.revision,
             changes={"phase": ModelPhase.PULLING, "message": "retrying the download"},
             scope=principal.scope,
         )
+        await self._record.weights(updated, EventType.PHASE_CHANGED)
+        await self._record.model(retrying, EventType.PHASE_CHANGED)
         self._notify(model)
         return updated
 
@@ -197,6 +203,7 @@ class WeightsService:
         else:
             await LocalSink(Path(weights.location)).remove_all()
         await self._ledgers.forget(weights.id)
+        await self._record.weights(weights, EventType.DELETED)
         for model in users:
             await self._detach(model)
         return [m.id for m in users]
@@ -204,7 +211,7 @@ class WeightsService:
     async def _detach(self, model: ModelDocument) -> None:
         for _ in range(5):
             try:
-                await self._models.update(
+                detached = await self._models.update(
                     model.id,
                     expected_revision=model.revision,
                     changes={
@@ -219,6 +226,7 @@ class WeightsService:
                     return
                 model = fresh
             else:
+                await self._record.model(detached, EventType.PHASE_CHANGED)
                 return
 
     async def _model_weights(

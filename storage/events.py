@@ -43,10 +43,10 @@ from typing import Any
 
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, CursorType
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
 from storage.client import Database
-from storage.documents import utcnow
+from storage.documents import ModelDocument, WeightsDocument, utcnow
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -334,3 +334,58 @@ class EventLog:
                 "polling every %.0f ms instead",
                 self._poll_interval * 1000,
             )
+
+
+class Recorder:
+    """Appends the events of document writes (the writer calls it after the write succeeded).
+
+    Persistence and notification stay two visible steps (STYLE.md): repositories never publish.
+    A failed append is logged and swallowed: the document is the truth and subscribers can
+    re-read it; the write it describes must not be reported as failed.
+    """
+
+    def __init__(self, log: EventLog | None) -> None:
+        self._log = log
+
+    async def model(self, model: ModelDocument, type: EventType) -> Event | None:
+        """CREATED / UPDATED / DELETED / PHASE_CHANGED of a model, with its phase and message."""
+        return await self._append(
+            organization_id=model.organization_id,
+            resource_kind=ResourceKind.MODEL,
+            resource_id=model.id,
+            type=type,
+            model_ids=(model.id,),
+            phase=model.phase.value,
+            message=model.message,
+        )
+
+    async def weights(
+        self,
+        weights: WeightsDocument,
+        type: EventType,
+        *,
+        progress: Mapping[str, Any] | None = None,
+    ) -> Event | None:
+        """A change of a download (its state, or a PROGRESS record), for its models too."""
+        return await self._append(
+            organization_id=weights.organization_id,
+            resource_kind=ResourceKind.WEIGHTS,
+            resource_id=weights.id,
+            type=type,
+            model_ids=tuple(weights.model_ids),
+            phase=weights.state.value,
+            message=weights.message,
+            progress=progress,
+        )
+
+    async def _append(self, **fields: Any) -> Event | None:
+        if self._log is None:
+            return None
+        try:
+            return await self._log.append(**fields)
+        except (PyMongoError, StorageError) as exc:
+            logger.warning(
+                "event not recorded",
+                extra={"error": type(exc).__name__, "resource_id": fields["resource_id"]},
+            )
+            return None

@@ -1,0 +1,195 @@
+"""Subscription resolvers: the event log streamed per model, per inference, and as progress.
+
+Every stream is scoped to the caller's organisation before anything is queued (the broker's
+filter), resumes with ``after`` (replay of what the capped log holds, then live), and ends the
+socket with 4401 when the token of ``connection_init`` expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import strawberry
+from starlette.websockets import WebSocket, WebSocketState
+
+from resolvers.context import Info
+from schema.building import ExpectedError
+from schema.events import Event, EventTypeEnum, ResourceKindEnum
+from schema.weights import Weights
+from services.broadcasting import EventFilter, Marker, MarkerKind
+from services.principals import Principal
+from storage.documents import AccessMode, Role, WeightsState, utcnow
+from storage.events import Event as StoredEvent
+from storage.events import InvalidCursor, ResourceKind, parse_cursor
+
+TOKEN_EXPIRED = 4401
+FINAL_STATES = frozenset({WeightsState.READY, WeightsState.FAILED, WeightsState.CANCELLED})
+
+T = TypeVar("T")
+
+
+def _view(item: StoredEvent | Marker) -> Event:
+    if isinstance(item, Marker):
+        kind = (
+            EventTypeEnum.OVERFLOW
+            if item.kind is MarkerKind.OVERFLOW
+            else EventTypeEnum.RESYNC_REQUIRED
+        )
+        return Event.marker(kind, item.token)
+    return Event(
+        cursor=item.token,
+        type=EventTypeEnum(item.type.value),
+        resource_kind=ResourceKindEnum(item.resource_kind.value),
+        resource_id=strawberry.ID(item.resource_id),
+        model_ids=[strawberry.ID(m) for m in item.model_ids],
+        phase=item.phase,
+        message=item.message,
+        progress=Event.progress_view(item.progress),
+        at=item.at,
+    )
+
+
+def _after(after: str | None) -> int | None:
+    if after is None:
+        return None
+    try:
+        return parse_cursor(after)
+    except InvalidCursor as exc:
+        raise ExpectedError(str(exc), code="BAD_USER_INPUT", field="after") from None
+
+
+async def _expire(info: Info, principal: Principal) -> None:
+    """Close the socket with 4401: the token of ``connection_init`` has expired."""
+    socket = info.context.request
+    if isinstance(socket, WebSocket) and socket.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(RuntimeError):  # already closing
+            await socket.close(code=TOKEN_EXPIRED, reason="token expired")
+    raise ExpectedError(
+        f"the token expired at {principal.expires_at:%Y-%m-%dT%H:%M:%SZ}", code="UNAUTHENTICATED"
+    )
+
+
+def _seconds_left(principal: Principal) -> float | None:
+    expires: datetime | None = principal.expires_at
+    return None if expires is None else (expires - utcnow()).total_seconds()
+
+
+async def _until_expiry(
+    info: Info, principal: Principal, items: AsyncIterator[T]
+) -> AsyncGenerator[T, None]:
+    """Yield from ``items`` until the caller's token expires, then close with 4401."""
+    while True:
+        left = _seconds_left(principal)
+        if left is not None and left <= 0:
+            await _expire(info, principal)
+        try:
+            item = await asyncio.wait_for(anext(items), timeout=left)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await _expire(info, principal)
+        yield item
+
+
+def _subscriber(info: Info) -> Principal:
+    principal = info.context.require_principal()
+    principal.require(Role.VIEWER)
+    return principal
+
+
+async def stream_model_events(
+    info: Info,
+    model_id: Annotated[
+        strawberry.ID | None,
+        strawberry.argument(description="Only this model (and its downloads); null: every model."),
+    ] = None,
+    after: Annotated[
+        str | None,
+        strawberry.argument(description="Resume after this cursor (from an earlier event)."),
+    ] = None,
+) -> AsyncGenerator[Event, None]:
+    """Model and download events of the caller's organisation."""
+    principal = _subscriber(info)
+    position = _after(after)
+    if model_id is not None and await info.context.services.models.get(principal, model_id) is None:
+        raise ExpectedError(f"model {model_id} not found", code="NOT_FOUND", field="modelId")
+    event_filter = EventFilter(
+        organization_id=principal.organization_id,
+        model_id=str(model_id) if model_id is not None else None,
+    )
+    async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
+        async for item in _until_expiry(info, principal, aiter(stream)):
+            if isinstance(item, StoredEvent) and item.resource_kind is ResourceKind.INFERENCE:
+                continue
+            yield _view(item)
+
+
+async def stream_inference_events(
+    info: Info,
+    inference_id: Annotated[
+        strawberry.ID | None,
+        strawberry.argument(description="Only this inference; null: every inference."),
+    ] = None,
+    after: Annotated[
+        str | None,
+        strawberry.argument(description="Resume after this cursor (from an earlier event)."),
+    ] = None,
+) -> AsyncGenerator[Event, None]:
+    """Inference events of the caller's organisation."""
+    principal = _subscriber(info)
+    position = _after(after)
+    event_filter = EventFilter(
+        organization_id=principal.organization_id,
+        resource_kind=ResourceKind.INFERENCE,
+        resource_id=str(inference_id) if inference_id is not None else None,
+    )
+    async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
+        async for item in _until_expiry(info, principal, aiter(stream)):
+            yield _view(item)
+
+
+async def stream_download_progress(
+    info: Info,
+    model_id: Annotated[strawberry.ID, strawberry.argument(description="A LOCAL model.")],
+) -> AsyncGenerator[Weights, None]:
+    """The model's download now, then every change, until it is READY, FAILED or CANCELLED."""
+    principal = _subscriber(info)
+    services = info.context.services
+    model = await services.models.get(principal, model_id)
+    if model is None:
+        raise ExpectedError(f"model {model_id} not found", code="NOT_FOUND", field="modelId")
+    if model.source.access_mode is not AccessMode.LOCAL:
+        raise ExpectedError(
+            f"model {model_id} is a REMOTE_API model: it downloads nothing",
+            code="BAD_USER_INPUT",
+            field="modelId",
+        )
+    event_filter = EventFilter(organization_id=principal.organization_id, model_id=model.id)
+    # Subscribe first, then read: a change between the read and the subscription is not lost.
+    async with services.broker.subscribe(event_filter) as stream:
+        last: tuple[object, ...] | None = None
+        events = _until_expiry(info, principal, aiter(stream))
+        while True:
+            current = await services.models.get(principal, model.id)
+            weights = (
+                await services.weights.get(principal, current.weights_id)
+                if current is not None and current.weights_id
+                else None
+            )
+            if weights is not None:
+                seen = (weights.revision, weights.progress)
+                if seen != last:
+                    last = seen
+                    yield Weights.from_document(weights)
+                if weights.state in FINAL_STATES:
+                    return
+            if current is None or current.is_deleted:
+                return
+            try:
+                await anext(events)
+            except StopAsyncIteration:
+                return

@@ -1,0 +1,97 @@
+"""Events streamed by subscriptions: phase changes, progress, and the two stream markers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+
+from schema.weights import DownloadProgress
+from storage.documents import Progress
+
+
+@strawberry.enum(name="EventType", description="What happened (or, for markers, what to do).")
+class EventTypeEnum(Enum):
+    """Event and marker types."""
+
+    CREATED = strawberry.enum_value("CREATED", description="The resource was created.")
+    UPDATED = strawberry.enum_value("UPDATED", description="Fields other than the phase changed.")
+    DELETED = strawberry.enum_value("DELETED", description="The resource was deleted.")
+    PHASE_CHANGED = strawberry.enum_value(
+        "PHASE_CHANGED", description="The phase (or weights state) changed; see `phase`."
+    )
+    PROGRESS = strawberry.enum_value(
+        "PROGRESS", description="A download progressed (at most one per second per download)."
+    )
+    RESYNC_REQUIRED = strawberry.enum_value(
+        "RESYNC_REQUIRED",
+        description="Marker: `after` is older than the log still holds. Re-read the resources "
+        "with queries; the stream goes on from `cursor` (the oldest event held).",
+    )
+    OVERFLOW = strawberry.enum_value(
+        "OVERFLOW",
+        description="Marker: this subscriber fell too far behind and the stream ends here. "
+        "Subscribe again with `after: cursor` to continue without a gap.",
+    )
+
+
+@strawberry.enum(name="ResourceKind", description="Which kind of resource an event is about.")
+class ResourceKindEnum(Enum):
+    """Resource kinds in the event log."""
+
+    MODEL = strawberry.enum_value("MODEL", description="A model of the catalogue.")
+    WEIGHTS = strawberry.enum_value("WEIGHTS", description="A download (weights entry).")
+    INFERENCE = strawberry.enum_value("INFERENCE", description="An inference service.")
+
+
+@strawberry.type(
+    description="One entry of the event log (or a stream marker), with the cursor to resume "
+    "after it."
+)
+class Event:
+    """A change, as delivered to subscribers."""
+
+    cursor: str = strawberry.field(
+        description="Opaque position in the log: pass it as `after` when resubscribing."
+    )
+    type: EventTypeEnum = strawberry.field(description="What happened.")
+    resource_kind: ResourceKindEnum | None = strawberry.field(
+        description="Kind of the resource (null for markers)."
+    )
+    resource_id: strawberry.ID | None = strawberry.field(
+        description="Id of the resource (null for markers)."
+    )
+    model_ids: list[strawberry.ID] = strawberry.field(
+        description="Models the event concerns (a download's models, or the model itself)."
+    )
+    phase: str | None = strawberry.field(
+        description="The phase (models, inferences) or state (weights) after the change."
+    )
+    message: str | None = strawberry.field(description="Why, when the phase says FAILED etc.")
+    progress: DownloadProgress | None = strawberry.field(
+        description="For PROGRESS events: the download's progress record."
+    )
+    at: datetime | None = strawberry.field(description="When it was appended (UTC).")
+
+    @classmethod
+    def marker(cls, kind: EventTypeEnum, cursor: str) -> Event:
+        """A RESYNC_REQUIRED or OVERFLOW marker."""
+        return cls(
+            cursor=cursor,
+            type=kind,
+            resource_kind=None,
+            resource_id=None,
+            model_ids=[],
+            phase=None,
+            message=None,
+            progress=None,
+            at=None,
+        )
+
+    @staticmethod
+    def progress_view(record: object) -> DownloadProgress | None:
+        """The API view of a stored progress mapping (None if absent or unreadable)."""
+        if not isinstance(record, dict):
+            return None
+        return DownloadProgress.from_record(Progress.model_validate(record))
