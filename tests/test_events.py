@@ -390,3 +390,44 @@ async def test_close_ends_subscriptions_and_leaves_no_task(log: EventLog) -> Non
 async def test_filter_requires_an_organisation() -> None:
     with pytest.raises(ValueError, match="organisation"):
         EventFilter("")
+
+
+async def test_append_probes_past_a_head_left_behind(database: Database, mongo_uri: str) -> None:
+    """A process that died between its insert and the head update leaves the head behind:
+    the next append (from another process) probes past it, and ensure() repairs it."""
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        here = EventLog(database)
+        there = EventLog(other_client[database.name])
+        await here.ensure()
+        for _ in range(3):
+            await append(here)
+        await database["event_head"].update_one({"_id": "head"}, {"$set": {"cursor": Int64(1)}})
+        assert (await append(there)).cursor == 4
+        assert await there.head_cursor() == 4
+        await database["event_head"].update_one({"_id": "head"}, {"$set": {"cursor": Int64(2)}})
+        await EventLog(database).ensure()
+        assert await here.head_cursor() == 4
+    finally:
+        await other_client.close()
+
+
+async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) -> None:
+    """An event inserted without its head update (a writer that died in between) still reaches
+    a polling tail, through the periodic backstop read."""
+    log = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+    await log.ensure()
+    first = await append(log)
+    async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
+        stray = Event(
+            cursor=first.cursor + 1,
+            organization_id=ORG_A,
+            resource_kind=ResourceKind.MODEL,
+            resource_id="model-2",
+            type=EventType.CREATED,
+            at=utcnow(),
+        )
+        await database["events"].insert_one(stray.to_mongo())
+        (got,) = await take(sub, 1, timeout=5)
+    assert isinstance(got, Event)
+    assert got.cursor == stray.cursor
