@@ -27,8 +27,10 @@ Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data
 cursor is dead right after the first (empty or short) batch. :meth:`EventLog.tail` therefore
 tries the tailable cursor and, when the server ended it at once while the log holds events, falls
 back to polling (logged once). Polling is made cheap: events this process appended are handed
-to its tail from memory at once; the log itself is read only when the head document shows
-events from another process, plus a backstop read every two seconds.
+to its tail from memory at once; events of other processes are read from a 128-slot ring
+collection (``event_recent``, slot = cursor mod 128, written before the head is raised) whose
+scan costs the same whatever the log's size; the log itself is read only when a tail is too far
+behind for the ring, and as a backstop every ten seconds.
 
 Known FerretDB 1.24 limits (SQLite backend), measured on 30,000 events: it pushes down neither
 ``_id`` ranges nor sorts, so each query reads the whole log (about 2 s at that size). Capped
@@ -62,8 +64,11 @@ logger = logging.getLogger(__name__)
 COLLECTION = "events"
 HEAD_COLLECTION = "event_head"
 HEAD_ID = "head"
+RECENT_COLLECTION = "event_recent"
+RECENT_SLOTS = 128
+RECENT_MARGIN = 16
 LOCAL_BUFFER = 4096
-BACKSTOP_SECONDS = 2.0
+BACKSTOP_SECONDS = 10.0
 DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
 DEFAULT_POLL_INTERVAL = 0.05
 MAX_APPEND_ATTEMPTS = 100
@@ -192,6 +197,7 @@ class EventLog:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         poll_limit: int = 500,
         strategy: TailStrategy = TailStrategy.AUTO,
+        backstop_seconds: float = BACKSTOP_SECONDS,
     ) -> None:
         if size_bytes <= 0:
             raise ValueError("size_bytes must be positive")
@@ -205,6 +211,8 @@ class EventLog:
         self._poll_limit = poll_limit
         self._strategy = strategy
         self._head = database[HEAD_COLLECTION]
+        self._backstop_seconds = backstop_seconds
+        self._recent = database[RECENT_COLLECTION]
         self._append_lock = asyncio.Lock()
         self._fallback_logged = False
         self._next_hint = 0
@@ -276,6 +284,7 @@ class EventLog:
                     candidate += 1  # another process took that number: the next one is free
                     continue
                 self._next_hint = candidate
+                await self._remember(event)
                 await self._raise_head(candidate)
                 self._local.append(event)
                 for waker in self._wakers:
@@ -288,6 +297,33 @@ class EventLog:
         trail the log briefly after a crash, which appends and the tail's backstop tolerate)."""
         raw = await self._head.find_one({"_id": HEAD_ID})
         return 0 if raw is None else int(raw["cursor"])
+
+    async def _remember(self, event: Event) -> None:
+        """Copy the event into its slot of the small ring other processes poll (written
+        before the head is raised, so a head value promises its ring entry, barring a crash)."""
+        document = {**event.to_mongo(), "_id": event.cursor % RECENT_SLOTS}
+        document["cursor"] = Int64(event.cursor)
+        for _ in range(2):
+            try:
+                await self._recent.replace_one({"_id": document["_id"]}, document, upsert=True)
+            except DuplicateKeyError:
+                continue  # two first upserts of a slot raced; it exists now
+            return
+
+    async def _recent_after(self, last: int, head: int) -> list[Event] | None:
+        """Events ``last+1 .. head`` from the ring, or None when it cannot serve them all
+        (too far behind, or a slot not written yet): then the log itself is read."""
+        if head - last > RECENT_SLOTS - RECENT_MARGIN:
+            return None
+        found: dict[int, Event] = {}
+        async for raw in self._recent.find({}):
+            cursor = int(raw["cursor"])
+            if last < cursor <= head:
+                found[cursor] = Event.from_mongo({**raw, "_id": cursor})
+        wanted = range(last + 1, head + 1)
+        if any(cursor not in found for cursor in wanted):
+            return None
+        return [found[cursor] for cursor in wanted]
 
     async def _raise_head(self, cursor: int) -> None:
         for _ in range(2):
@@ -361,12 +397,13 @@ class EventLog:
 
     async def _poll(self, last: int) -> AsyncGenerator[Event, None]:
         """Tail without server-side waiting, cheaply on FerretDB (which scans the whole log for
-        any query): events this process appended are delivered from memory at once; the log
-        is read only when the head document shows events from elsewhere, plus a backstop read
-        every couple of seconds in case a head update was lost."""
+        any query): events this process appended are delivered from memory at once; events
+        from other processes come from the small ring (``event_recent``, 128 slots) when the
+        head document shows them; the log itself is read only when the ring cannot serve (too
+        far behind) and as a backstop every ten seconds in case a head update was lost."""
         waker = asyncio.Event()
         self._wakers.add(waker)
-        backstop = asyncio.get_running_loop().time() + BACKSTOP_SECONDS
+        backstop = asyncio.get_running_loop().time() + self._backstop_seconds
         try:
             while True:
                 waker.clear()
@@ -375,14 +412,18 @@ class EventLog:
                         last = event.cursor
                         yield event
                 now = asyncio.get_running_loop().time()
-                if await self.head_cursor() > last or now >= backstop:
-                    backstop = now + BACKSTOP_SECONDS
+                head = await self.head_cursor()
+                batch: list[Event] | None = None
+                if head > last:
+                    batch = await self._recent_after(last, head)
+                if batch is None and (head > last or now >= backstop):
+                    backstop = now + self._backstop_seconds
                     batch = await self.after(last, limit=self._poll_limit)
-                    for event in batch:
-                        last = event.cursor
-                        yield event
-                    if len(batch) == self._poll_limit:
-                        continue
+                for event in batch or []:
+                    last = event.cursor
+                    yield event
+                if batch is not None and len(batch) == self._poll_limit:
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), self._poll_interval)
         finally:

@@ -91,6 +91,10 @@ async def bulk_progress(log_db: Database, first: int, count: int, resource_id: s
         for cursor in range(first, first + count)
     ]
     await log_db["events"].insert_many(documents)
+    # as appends do: raise the head, so tails of other processes look at the log
+    await log_db["event_head"].update_one(
+        {"_id": "head"}, {"$max": {"cursor": Int64(first + count - 1)}}, upsert=True
+    )
 
 
 @asynccontextmanager
@@ -415,7 +419,9 @@ async def test_append_probes_past_a_head_left_behind(database: Database, mongo_u
 async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) -> None:
     """An event inserted without its head update (a writer that died in between) still reaches
     a polling tail, through the periodic backstop read."""
-    log = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+    log = EventLog(
+        database, poll_interval=POLL, strategy=TailStrategy.POLL, backstop_seconds=0.5
+    )
     await log.ensure()
     first = await append(log)
     async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
