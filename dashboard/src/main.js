@@ -14,7 +14,7 @@ import { $, fill } from './dom.js';
 import { ApiError, request, userError } from './graphql.js';
 import { startLiveFeed } from './live.js';
 import { ModelStore } from './store.js';
-import { addActivity, modelRow, renderConnection, renderPreview } from './view.js';
+import { addActivity, addNote, modelRow, renderConnection, renderPreview } from './view.js';
 
 const TOKEN_KEY = 'modelplane.token';
 const PAGE_SIZE = 100;
@@ -267,6 +267,7 @@ function wireAddForm() {
       renderModels(new Set([model.id]));
       flash(`Added ${model.name}; downloading to ${model.downloadTarget?.localPath ?? 'its target'}`);
       $('#add-form').reset();
+      localPath.placeholder = '<allowed root>/<repo>';
       preview.hidden = true;
       previewed = '';
       refetchModel(model.id);
@@ -310,7 +311,10 @@ async function start(token) {
     url: `${scheme}//${window.location.host}/graphql`,
     token,
     onEvent: handleEvent,
-    onStatus: (status) => renderConnection($('#connection'), status),
+    onStatus: (status) => {
+      renderConnection($('#connection'), status);
+      if (status.state === 'resumed') addNote($('#activity'), `reconnected: replaying after cursor ${status.cursor}`);
+    },
     onFreshStart: loadModels,
   });
 }

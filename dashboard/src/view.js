@@ -197,3 +197,9 @@ export function addActivity(list, event, modelName, keep = 12) {
   list.prepend(item);
   while (list.children.length > keep) list.lastElementChild.remove();
 }
+
+/** Prepends a line about the connection itself (not an event) to the activity list. */
+export function addNote(list, text, keep = 12) {
+  list.prepend(h('li.note', {}, h('span.time.mono', {}, clock(new Date().toISOString())), h('span.muted', {}, text)));
+  while (list.children.length > keep) list.lastElementChild.remove();
+}
