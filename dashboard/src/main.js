@@ -301,7 +301,8 @@ async function start(token) {
     $('#add-submit').disabled = !handlers().canEdit;
   } catch (error) {
     const message = error instanceof ApiError ? error.message : String(error);
-    renderConnection($('#connection'), { state: 'rejected', cursor: null, reason: 'token rejected' });
+    const reason = /authentication/i.test(message) ? 'token rejected' : 'sign-in failed';
+    renderConnection($('#connection'), { state: 'rejected', cursor: null, reason });
     flash(`Could not sign in: ${message}. Set a token.`, 'error');
     showTokenPanel(true);
     return;

@@ -261,6 +261,11 @@ async function main() {
     console.log(JSON.stringify({ ok: true, ...summary }));
   } catch (error) {
     console.error(`e2e failed: ${error instanceof Failure ? error.message : error.stack}`);
+    const failureShot = options.screenshot.replace(/\.png$/, '-failure.png');
+    for (const context of browser.contexts()) {
+      for (const page of context.pages()) await page.screenshot({ path: failureShot, fullPage: true }).catch(() => {});
+    }
+    console.error(`page at the failure: ${failureShot}`);
     process.exitCode = 1;
   } finally {
     clearTimeout(watchdog);
