@@ -16,6 +16,7 @@ import pytest
 
 from modelplane.app import create_app
 from modelplane.dashboard import DEFAULT_DIR, NOT_BUILT
+from modelplane.logs import redact
 from modelplane.settings import load_settings
 from storage.documents import Role
 from testbed.hub import RunningHub
@@ -150,3 +151,11 @@ async def test_dashboard_follows_a_download_across_a_cut_websocket(
         token=running_app.token(role=Role.VIEWER),
     )
     assert body["data"]["model"] == {"phase": "READY", "weights": {"state": "READY"}}
+
+
+def test_the_token_in_the_dashboard_url_never_reaches_the_logs() -> None:
+    """`make run` prints `/?token=...`; uvicorn's access log line for it is redacted."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    line = f'127.0.0.1:5000 - "GET /?token={token} HTTP/1.1" 200'
+    assert token not in redact(line)
+    assert "eyJzdWIiOiJhZG1pbiJ9" not in redact(line)
