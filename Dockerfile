@@ -2,8 +2,20 @@
 # modelplane service image. Not built on the development machines (no Docker engine there);
 # kept correct by review. Build: docker build -t modelplane .
 #
-# Stage 1 installs the locked dependencies in their own layer (rebuilt only when uv.lock
-# changes), then the project itself, non-editable, into /app/.venv.
+# Stage 1 bundles the operator dashboard with esbuild from the locked npm packages (npm ci
+# layer rebuilt only when package-lock.json changes); it needs the GraphQL operations, which
+# the bundle inlines. Stage 2 installs the locked Python dependencies in their own layer
+# (rebuilt only when uv.lock changes), then the project itself, non-editable, into /app/.venv,
+# with the bundle inside the package (modelplane/static, served at /).
+FROM node:20-bookworm-slim AS dashboard
+WORKDIR /src/dashboard
+COPY dashboard/package.json dashboard/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY graphql/operations /src/graphql/operations
+COPY dashboard/build.mjs ./
+COPY dashboard/src ./src
+RUN DASHBOARD_OUT=/src/static node build.mjs
+
 FROM python:3.11-slim-bookworm AS build
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never
 RUN pip install --no-cache-dir "uv==0.13.9"
@@ -12,6 +24,7 @@ COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project --no-editable
 COPY README.md ./
 COPY modelplane ./modelplane
+COPY --from=dashboard /src/static ./modelplane/static
 COPY schema ./schema
 COPY resolvers ./resolvers
 COPY services ./services
@@ -20,7 +33,7 @@ COPY storage ./storage
 COPY integrations ./integrations
 RUN uv sync --frozen --no-dev --no-editable
 
-# Stage 2: the runtime, with only the virtual environment and a non-root user.
+# Stage 3: the runtime, with only the virtual environment and a non-root user.
 FROM python:3.11-slim-bookworm
 RUN groupadd --system --gid 10001 modelplane \
  && useradd --system --uid 10001 --gid modelplane --home-dir /var/lib/modelplane --create-home modelplane

@@ -1,7 +1,8 @@
 # modelplane — two commands for a newcomer:
 #   make run    start the service on embedded defaults (FerretDB under ./.state, local runtime)
 #   make test   every quality gate and the whole test suite against real servers
-# Both install what they need (uv, the locked Python dependencies, the test servers).
+# Both install what they need (uv, the locked Python dependencies, the test servers, the
+# dashboard's npm packages and bundle; `make test` also Debian's Chromium for the browser test).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,17 @@ UV_VERSION := 0.13.9
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: run test setup testbed testbed-ferretdb lint format typecheck imports schema schema-check pytest bench clean
+.PHONY: run test setup testbed testbed-ferretdb dashboard browser lint format typecheck imports schema schema-check pytest bench clean
+
+# The operator dashboard (dashboard/ -> modelplane/static/, git-ignored). npm ci runs only when
+# package.json or package-lock.json is newer than the last install; esbuild only when a source,
+# an operation or the installed packages are newer than the bundle.
+DASHBOARD_STAMP := dashboard/node_modules/.installed
+DASHBOARD_BUNDLE := modelplane/static/index.html
+DASHBOARD_SOURCES := dashboard/build.mjs $(wildcard dashboard/src/*) \
+	$(wildcard graphql/operations/*.graphql graphql/operations/fragments/*.graphql)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || { echo "[setup] installing uv $(UV_VERSION) from PyPI"; $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"; }
@@ -21,7 +32,25 @@ testbed:
 testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
 
-run: setup testbed-ferretdb
+$(DASHBOARD_STAMP): dashboard/package.json dashboard/package-lock.json
+	@command -v node >/dev/null || { echo "[dashboard] Node.js >= 20 is required (node is not on PATH)"; exit 1; }
+	@echo "[dashboard] npm ci"
+	@cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(DASHBOARD_BUNDLE): $(DASHBOARD_STAMP) $(DASHBOARD_SOURCES)
+	@cd dashboard && node build.mjs
+
+dashboard: $(DASHBOARD_BUNDLE)
+
+# Headless Chromium for the browser test, from Debian (installed only when missing).
+browser:
+	@test -x $(CHROMIUM) || { echo "[browser] installing chromium with apt-get"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "[browser] could not install chromium (apt-get install chromium failed); the browser test needs $(CHROMIUM)"; exit 1; }
+	@test -x $(CHROMIUM) || { echo "[browser] $(CHROMIUM) is still missing after apt-get install chromium"; exit 1; }
+
+run: setup testbed-ferretdb dashboard
 	@$(RUN) modelplane serve
 
 lint: setup
@@ -44,13 +73,13 @@ schema: setup
 schema-check: setup
 	$(RUN) modelplane schema check
 
-pytest: setup testbed
+pytest: setup testbed dashboard browser
 	$(RUN) pytest
 
-test: setup testbed lint typecheck imports schema-check pytest
+test: setup testbed dashboard browser lint typecheck imports schema-check pytest
 
 bench: setup testbed
 	@for script in bench/*.py; do echo "== $$script"; $(RUN) python "$$script" || exit 1; done
 
 clean:
-	rm -rf .state .mypy_cache .ruff_cache .pytest_cache tests/artifacts
+	rm -rf .state .mypy_cache .ruff_cache .pytest_cache tests/artifacts modelplane/static dashboard/node_modules

@@ -3,8 +3,9 @@
 :func:`open_resources` connects everything the service needs (MongoDB, the runtime, the hub
 client, the token verifier) and raises :class:`StartupError` with one readable line naming the
 setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
-GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz`` and
-``/metrics``. No module-level singletons: everything hangs off the app built here.
+GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz``, ``/metrics``
+and the operator dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons:
+everything hangs off the app built here.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from controllers.weights import DownloadController, WeightsRuntimeConfig
 from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import AuthError, TokenVerifier, load_dev_key
+from modelplane.dashboard import install_dashboard
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
@@ -203,6 +205,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             broker=broker,
             version=modelplane_version(),
             started_at=utcnow(),
+            local_roots=tuple(settings.local_roots),
         )
         yield Resources(
             settings=settings,
@@ -392,6 +395,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
     _install_observability(app, _Metrics())
     _install_health(app, current)
     app.include_router(_graphql_router(current), prefix="/graphql")
+    install_dashboard(app, settings.dashboard_dir)
     return app
 
 

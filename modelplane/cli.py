@@ -52,10 +52,11 @@ async def _serve(settings: Settings) -> int:
                     role=Role.ADMIN,
                     ttl_seconds=7 * 24 * 3600,
                 )
-                url = f"http://{settings.host}:{settings.port}/graphql"
+                base = f"http://{settings.host}:{settings.port}"
                 _say(
                     f"\nmodelplane is starting on {settings.runtime.value} runtime\n"
-                    f"  GraphiQL:    {url}\n"
+                    f"  Dashboard:   {base}/?token={token}\n"
+                    f"  GraphiQL:    {base}/graphql\n"
                     f"  admin token: {token}\n"
                     f'  (GraphiQL headers: {{"Authorization": "Bearer <admin token>"}})\n'
                 )

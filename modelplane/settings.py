@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
     pvc_mount_path: Path = Path("/weights")
     """Where download pods mount a PVC target (and where ``modelplane download`` finds it)."""
+    dashboard_dir: Path | None = None
+    """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
+    ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
 
     @property
     def events_max_count(self) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from strawberry.fastapi import BaseContext
 from strawberry.types import Info as StrawberryInfo
@@ -31,6 +32,8 @@ class Services:
     broker: Broker
     version: str
     started_at: datetime
+    local_roots: tuple[Path, ...] = ()
+    """Directories LOCAL download targets must resolve inside (from the settings)."""
 
 
 class Context(BaseContext):

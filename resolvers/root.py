@@ -56,6 +56,11 @@ async def resolve_server_info(info: Info) -> ServerInfo:
         kubernetes_version=kubernetes_version,
         hub_endpoint=services.hub.endpoint,
         started_at=services.started_at,
+        local_roots=(
+            [str(root) for root in services.local_roots]
+            if info.context.principal is not None
+            else None
+        ),
     )
 
 

@@ -27,6 +27,13 @@ class ServerInfo:
         description="Hugging Face Hub endpoint used for metadata and downloads."
     )
     started_at: datetime = strawberry.field(description="When this process started (UTC).")
+    local_roots: list[str] | None = strawberry.field(
+        description=(
+            "Directories a LOCAL download target's `localPath` must resolve inside, in order "
+            "of preference (clients default a new model's path to `<first root>/<repo id>`); "
+            "null without a valid token, so anonymous callers learn no server paths."
+        )
+    )
 
 
 @strawberry.type(description="The authenticated caller.")

@@ -159,6 +159,7 @@ def test_serve_on_embedded_defaults_answers_graphql(
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert f"GraphiQL:    http://127.0.0.1:{port}/graphql" in stderr
+    assert f"Dashboard:   http://127.0.0.1:{port}/?token=ey" in stderr
     token_lines = [line for line in stderr.splitlines() if "admin token:" in line]
     assert len(token_lines) == 1
     assert token_lines[0].split("admin token:")[1].strip().count(".") == 2  # a JWT

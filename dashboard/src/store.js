@@ -1,0 +1,87 @@
+// The page's copy of the organisation's models, and how an event changes it.
+//
+// Events carry the new phase or the download progress but not whole resources, so `applyEvent`
+// updates what it can in place and names the models to read again with the `DashboardModel`
+// query when an event says more changed than it carries (created, updated, or a model the page
+// has not seen yet).
+
+/** Weights states in which a download is still under way. */
+export const ACTIVE_DOWNLOAD = new Set(['PENDING', 'PULLING']);
+
+export class ModelStore {
+  constructor() {
+    /** @type {Map<string, object>} id → DashboardModelFields */
+    this.models = new Map();
+  }
+
+  /** Replaces everything with a fresh page of models. */
+  replaceAll(items) {
+    this.models = new Map(items.filter((m) => !m.isDeleted).map((m) => [m.id, m]));
+  }
+
+  /** Inserts or replaces one model (a deleted one is removed). */
+  upsert(model) {
+    if (model.isDeleted) this.models.delete(model.id);
+    else this.models.set(model.id, model);
+  }
+
+  remove(id) {
+    this.models.delete(id);
+  }
+
+  /** Newest first, as the `models` query lists them. */
+  sorted() {
+    return [...this.models.values()].sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+  }
+
+  /**
+   * Applies one event. Returns `{ changed, refetch, resync }`: ids whose rows need drawing
+   * again, ids to read again with a query, and whether everything must be re-read.
+   */
+  applyEvent(event) {
+    const changed = new Set();
+    const refetch = new Set();
+    if (event.type === 'RESYNC_REQUIRED') return { changed, refetch, resync: true };
+    if (event.type === 'OVERFLOW') return { changed, refetch, resync: false };
+
+    if (event.resourceKind === 'MODEL') {
+      const id = event.resourceId;
+      const model = this.models.get(id);
+      if (event.type === 'DELETED') {
+        this.models.delete(id);
+        changed.add(id);
+      } else if (event.type === 'PHASE_CHANGED' && model) {
+        model.phase = event.phase;
+        model.message = event.message;
+        changed.add(id);
+      } else {
+        refetch.add(id);
+      }
+    } else if (event.resourceKind === 'WEIGHTS') {
+      for (const id of event.modelIds) {
+        const model = this.models.get(id);
+        const weights = model?.weights;
+        if (!weights || weights.id !== event.resourceId) {
+          refetch.add(id);
+        } else if (event.type === 'PROGRESS' && event.progress) {
+          // A download that has finished (or was re-read as finished) keeps its final figures;
+          // a retried one announces PENDING/PULLING before it reports progress again.
+          if (ACTIVE_DOWNLOAD.has(weights.state)) {
+            weights.progress = { ...weights.progress, ...event.progress };
+            changed.add(id);
+          }
+        } else if (event.type === 'PHASE_CHANGED') {
+          weights.state = event.phase;
+          weights.message = event.message;
+          changed.add(id);
+        } else if (event.type === 'DELETED') {
+          model.weights = null;
+          changed.add(id);
+        } else {
+          refetch.add(id);
+        }
+      }
+    }
+    return { changed, refetch, resync: false };
+  }
+}
