@@ -419,9 +419,7 @@ async def test_append_probes_past_a_head_left_behind(database: Database, mongo_u
 async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) -> None:
     """An event inserted without its head update (a writer that died in between) still reaches
     a polling tail, through the periodic backstop read."""
-    log = EventLog(
-        database, poll_interval=POLL, strategy=TailStrategy.POLL, backstop_seconds=0.5
-    )
+    log = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL, backstop_seconds=0.5)
     await log.ensure()
     first = await append(log)
     async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
