@@ -88,6 +88,14 @@ async def test_kill_nine_five_times_then_ready(
     command = [sys.executable, "-m", "modelplane", "download", "--weights-id", "weights-kill9"]
     big_hub.hub.faults.throttle("*.safetensors", 5 * MiB)  # 4 files x 5 MiB/s: ~10 s in all
     rng = random.Random(20261123)
+
+    async def recorded_now() -> int:
+        total = 0
+        for f in repo.files:
+            ledger = await ledgers.load("weights-kill9", f.path, chunk_size=CHUNK_MIB * MiB)
+            total += len(ledger.chunks)
+        return total
+
     fetched_total = 0
     recorded_per_run: list[int] = []
     try:
@@ -111,7 +119,14 @@ async def test_kill_nine_five_times_then_ready(
                     assert process.poll() is None, process.communicate()
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
-                await asyncio.sleep(rng.uniform(1.0, 1.8))  # a chunk takes ~0.8 s per file
+                # Kill only after this run recorded a chunk of its own (on a loaded machine
+                # a fixed delay may end a run before it finished any), then at a random moment
+                # inside the next chunks (a chunk takes ~0.8 s per file).
+                while await recorded_now() <= recorded_per_run[-1]:
+                    assert process.poll() is None, process.communicate()
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(rng.uniform(0.1, 0.7))
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)
             else:
