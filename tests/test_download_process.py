@@ -26,7 +26,7 @@ from storage.documents import DownloadTarget as Target
 from storage.documents import TargetKind, WeightsDocument, WeightsState
 from storage.repositories import LedgerRepository, WeightsRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
-from testbed.repos import llama_repo
+from testbed.repos import HubRepo, llama_repo
 from tests.helpers import files_of
 
 MiB = 1024 * 1024
@@ -52,6 +52,39 @@ def chunk_starts(records: list[object]) -> set[tuple[str, int]]:
         start = int(header.split("=")[1].split("-")[0])
         found.add((str(getattr(record, "path", "")).rsplit("/", 1)[-1], start))
     return found
+
+
+async def recorded_chunks(ledgers: LedgerRepository, repo: HubRepo) -> int:
+    """How many chunks the ledger holds for the repo's files right now."""
+    total = 0
+    for f in repo.files:
+        ledger = await ledgers.load("weights-kill9", f.path, chunk_size=CHUNK_MIB * MiB)
+        total += len(ledger.chunks)
+    return total
+
+
+async def kill_mid_transfer(
+    process: subprocess.Popen[bytes],
+    hub: RunningHub,
+    ledgers: LedgerRepository,
+    repo: HubRepo,
+    *,
+    previous: int,
+    rng: random.Random,
+) -> None:
+    """SIGKILL the process while bytes move, after it recorded a chunk of its own (on a loaded
+    machine a fixed delay may end a run before it finished any), at a random moment inside the
+    next chunks (a chunk takes ~0.8 s per file)."""
+    deadline = time.monotonic() + 60
+    while await recorded_chunks(ledgers, repo) <= previous or not any(
+        r.bytes_sent for r in hub.hub.log.records(method="GET")
+    ):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(rng.uniform(0.1, 0.7))
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 @pytest.mark.timeout(300)
@@ -89,13 +122,6 @@ async def test_kill_nine_five_times_then_ready(
     big_hub.hub.faults.throttle("*.safetensors", 5 * MiB)  # 4 files x 5 MiB/s: ~10 s in all
     rng = random.Random(20261123)
 
-    async def recorded_now() -> int:
-        total = 0
-        for f in repo.files:
-            ledger = await ledgers.load("weights-kill9", f.path, chunk_size=CHUNK_MIB * MiB)
-            total += len(ledger.chunks)
-        return total
-
     fetched_total = 0
     recorded_per_run: list[int] = []
     try:
@@ -113,22 +139,9 @@ async def test_kill_nine_five_times_then_ready(
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             if kill < KILLS:
-                deadline = time.monotonic() + 60
-                # Wait until bytes are moving, then kill at a random moment.
-                while not any(r.bytes_sent for r in big_hub.hub.log.records(method="GET")):
-                    assert process.poll() is None, process.communicate()
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
-                # Kill only after this run recorded a chunk of its own (on a loaded machine
-                # a fixed delay may end a run before it finished any), then at a random moment
-                # inside the next chunks (a chunk takes ~0.8 s per file).
-                while await recorded_now() <= recorded_per_run[-1]:
-                    assert process.poll() is None, process.communicate()
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(rng.uniform(0.1, 0.7))
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=30)
+                await kill_mid_transfer(
+                    process, big_hub, ledgers, repo, previous=recorded_per_run[-1], rng=rng
+                )
             else:
                 _, stderr = process.communicate(timeout=240)
                 assert process.returncode == 0, stderr.decode()
