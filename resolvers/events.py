@@ -87,11 +87,13 @@ async def _until_expiry(
         if left is not None and left <= 0:
             await _expire(info, principal)
         try:
-            item = await asyncio.wait_for(anext(items), timeout=left)
+            async with asyncio.timeout(left):  # not wait_for: it can swallow a cancellation
+                item = await anext(items)
         except StopAsyncIteration:
             return
         except TimeoutError:
             await _expire(info, principal)
+            return
         yield item
 
 

@@ -424,8 +424,11 @@ class EventLog:
                     yield event
                 if batch is not None and len(batch) == self._poll_limit:
                     continue
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the waker, and the tail would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waker.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await waker.wait()
         finally:
             self._wakers.discard(waker)
 
