@@ -54,6 +54,10 @@ SIDECAR = ".modelplane-partial"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+READ_BUFFER = 4 * MiB
+"""aiohttp's per-response buffer: the socket is read in big gulps, without pausing often."""
+HAND_OFF = 2 * MiB
+"""Bytes gathered before a worker thread hashes and writes them (more if it is still busy)."""
 
 
 class DownloadError(Exception):
@@ -193,6 +197,9 @@ class Sink(Protocol):
     def describe(self) -> str:
         """Where, for messages."""
 
+    def connected(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Keep connections to the target open for the calls made inside (one download)."""
+
     async def preflight(self, *, needed: int) -> None:
         """Raise :class:`PreflightError` unless ``needed`` more bytes can be written."""
 
@@ -204,10 +211,17 @@ class Sink(Protocol):
     ) -> set[int]:
         """Chunks already stored (agreeing with the ledger) that a restart may skip."""
 
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """Blocking, in a worker thread: the bytes of the chunk being fetched, in order, as
+        they arrive (``offset`` is where they start in the file; a chunk that is fetched again
+        starts again at its first byte). A file sink writes them here, so that the whole chunk
+        is already written when :meth:`write_chunk` is called."""
+
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
     ) -> None:
-        """Store one chunk durably."""
+        """Store one chunk durably; ``data`` is all of it, already passed to
+        :meth:`write_block`."""
 
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         """Write the sidecar ledger (where the target has one)."""
@@ -243,6 +257,9 @@ class LocalSink:
 
     def describe(self) -> str:
         return str(self.directory)
+
+    def connected(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     def final_path(self, file: WeightsFile) -> Path:
         return self.directory / file.path
@@ -294,24 +311,33 @@ class LocalSink:
             c for c in (ledger_chunks | sidecar) if min((c + 1) * chunk_size, file.size) <= covered
         }
 
-    async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
-    ) -> None:
-        await asyncio.to_thread(self._write_chunk, file, index, chunk_size, data)
-
-    def _write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytearray) -> None:
-        """pwrite the chunk at its offset and fsync; raises OSError (ENOSPC...) as is."""
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """pwrite the bytes at their offset; raises OSError (ENOSPC...) as is."""
         part = self.part_path(file)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            offset = index * chunk_size
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while data:
+                written = os.pwrite(fd, data, offset)
+                data = data[written:]
                 offset += written
-            os.fdatasync(fd)  # durable before the ledger may claim it
+        finally:
+            os.close(fd)
+
+    async def write_chunk(
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
+    ) -> None:
+        del index, chunk_size, data  # written block by block as the bytes came
+        await asyncio.to_thread(self._sync, file)
+
+    def _sync(self, file: WeightsFile) -> None:
+        """fsync the part: the chunk is durable before the ledger may claim it."""
+        fd = os.open(self.part_path(file), os.O_WRONLY)
+        try:
+            os.fdatasync(fd)
         finally:
             os.close(fd)
 
@@ -404,6 +430,28 @@ class Downloader:
         on_progress: ProgressSink,
     ) -> Progress:
         """Download everything not yet in place; return the final progress record."""
+        async with sink.connected():
+            return await self._run(
+                weights_id=weights_id,
+                repo_id=repo_id,
+                commit_sha=commit_sha,
+                files=files,
+                sink=sink,
+                token=token,
+                on_progress=on_progress,
+            )
+
+    async def _run(
+        self,
+        *,
+        weights_id: str,
+        repo_id: str,
+        commit_sha: str,
+        files: list[WeightsFile],
+        sink: Sink,
+        token: str | None,
+        on_progress: ProgressSink,
+    ) -> Progress:
         options = self.options
         tracker = ProgressTracker(files, interval=options.progress_interval)
         pending = [f for f in files if not await sink.is_complete(f)]
@@ -435,6 +483,7 @@ class Downloader:
         )
         connector = aiohttp.TCPConnector(limit=options.parallel_files * 2)
         semaphore = asyncio.Semaphore(options.parallel_files)
+        buffers: list[bytearray] = []  # chunk buffers, reused from file to file
         flusher = asyncio.create_task(self._flush_loop(tracker, on_progress), name="progress")
         try:
             # aiohttp: its C parser streams several times faster than httpx here, and it drops
@@ -444,24 +493,30 @@ class Downloader:
                 timeout=timeout,
                 connector=connector,
                 auto_decompress=False,
+                read_bufsize=READ_BUFFER,
             ) as http:
 
                 async def one(file: WeightsFile) -> None:
                     async with semaphore:
-                        await self._file(
-                            _FileJob(
-                                http=http,
-                                weights_id=weights_id,
-                                url=hf_hub_url(
-                                    repo_id, file.path, revision=commit_sha, endpoint=self.endpoint
-                                ),
-                                file=file,
-                                sink=sink,
-                                tracker=tracker,
-                                ledger=chunk_ledgers[file.path],
-                                done=already[file.path],
-                            )
+                        size = min(file.size, options.chunk_size)
+                        pooled = size == options.chunk_size and buffers
+                        buffer = buffers.pop() if pooled else bytearray(size)
+                        job = _FileJob(
+                            http=http,
+                            weights_id=weights_id,
+                            url=hf_hub_url(
+                                repo_id, file.path, revision=commit_sha, endpoint=self.endpoint
+                            ),
+                            file=file,
+                            sink=sink,
+                            tracker=tracker,
+                            ledger=chunk_ledgers[file.path],
+                            done=already[file.path],
+                            buffer=buffer,
                         )
+                        await self._file(job)
+                        if len(buffer) == options.chunk_size:
+                            buffers.append(buffer)  # only after success: no step still reads it
 
                 async with asyncio.TaskGroup() as group:
                     for file in pending:
@@ -539,20 +594,16 @@ class Downloader:
         for index in range(max(1, math.ceil(file.size / chunk_size))):
             if index in job.done or file.size == 0:
                 continue
+            if index != job.hashed_through:
+                job.hasher = None  # the bytes no longer stream through in order
             start = index * chunk_size
             end = min(file.size, start + chunk_size) - 1
+            # Hashed and written (LocalSink) in worker threads as the bytes arrive.
             data = await self._chunk(job, start, end)
             write = functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
-            if job.hasher is not None and index == job.hashed_through:
-                # Hash in a worker thread while the chunk is written (hashlib drops the GIL).
-                await asyncio.gather(
-                    asyncio.to_thread(job.hasher.update, data),
-                    self._with_sink_retries(job, write),
-                )
+            await self._with_sink_retries(job, write)
+            if job.hasher is not None:
                 job.hashed_through += 1
-            else:
-                job.hasher = None
-                await self._with_sink_retries(job, write)
             job.done.add(index)
             await self.ledgers.mark_chunk(job.ledger, index)
             await job.sink.record_chunks(file, job.done, chunk_size)
@@ -576,20 +627,27 @@ class Downloader:
             else:
                 return
 
-    async def _chunk(self, job: _FileJob, start: int, end: int) -> bytearray:
-        """GET one range with retries; progress counts bytes as they arrive."""
+    async def _chunk(self, job: _FileJob, start: int, end: int) -> memoryview:
+        """GET one range with retries into the file's buffer; progress counts bytes as they
+        arrive."""
         options = self.options
         attempt = 0
+        hashed_before = job.hasher
         while True:
-            counted = [0]
+            stream = _ChunkStream(
+                job, start, end - start + 1, None if hashed_before is None else hashed_before.copy()
+            )
             try:
-                async with job.http.get(
-                    job.url, headers={"Range": f"bytes={start}-{end}"}
-                ) as response:
-                    _check_status(response.status, job.file.path)
-                    return await _read_range(response, job, start, end, counted)
+                try:
+                    async with job.http.get(
+                        job.url, headers={"Range": f"bytes={start}-{end}"}
+                    ) as response:
+                        _check_status(response.status, job.file.path)
+                        await _read_range(response, stream)
+                finally:
+                    await stream.settle()  # no worker step reads the buffer any more
             except (_Retry, aiohttp.ClientError, TimeoutError) as exc:
-                job.tracker.add(job.file.path, -counted[0])
+                job.tracker.add(job.file.path, -stream.filled)
                 attempt += 1
                 reason = _describe(exc)
                 if attempt > options.max_retries:
@@ -606,6 +664,67 @@ class Downloader:
                     },
                 )
                 await asyncio.sleep(delay)
+            else:
+                job.hasher = stream.hasher
+                return stream.view
+
+
+class _ChunkStream:
+    """One attempt at one chunk. The bytes land in the file's reusable buffer; in order, a
+    worker thread feeds them to the hasher and to :meth:`Sink.write_block` while the next bytes
+    arrive, so neither hashing nor writing runs on the event loop (hashlib and os.pwrite drop
+    the GIL). One worker step at a time per chunk; the bytes that come meanwhile wait for the
+    next step, which is then bigger."""
+
+    def __init__(self, job: _FileJob, start: int, length: int, hasher: Any) -> None:
+        self.job = job
+        self.start = start
+        self.view = memoryview(job.buffer)[:length]
+        self.hasher = hasher
+        self.filled = 0
+        self._handed = 0
+        self._step: asyncio.Future[None] | None = None
+
+    def put(self, block: bytes) -> int:
+        """Copy in what fits of ``block``; returns how many bytes were taken."""
+        taken = min(len(block), len(self.view) - self.filled)
+        self.view[self.filled : self.filled + taken] = memoryview(block)[:taken]
+        self.filled += taken
+        if self.filled - self._handed >= HAND_OFF and (self._step is None or self._step.done()):
+            if self._step is not None:
+                self._step.result()  # a failed write (ENOSPC...) stops the chunk now
+            self._hand_off()
+        return taken
+
+    def _hand_off(self) -> asyncio.Future[None]:
+        low, high = self._handed, self.filled
+        self._handed = high
+        self._step = asyncio.get_running_loop().run_in_executor(None, self._absorb, low, high)
+        return self._step
+
+    def _absorb(self, low: int, high: int) -> None:
+        """In a worker thread: hash and write ``view[low:high]``."""
+        block = self.view[low:high]
+        if self.hasher is not None:
+            self.hasher.update(block)
+        self.job.sink.write_block(self.job.file, self.start + low, block)
+
+    async def complete(self) -> None:
+        """Every byte arrived: hand off the rest and wait until all is hashed and written."""
+        if self._step is not None:
+            await self._step
+        if self._handed < self.filled:
+            await self._hand_off()
+        self._step = None
+
+    async def settle(self) -> None:
+        """Wait for the running step (its error, if any, is the one already raised or lost
+        with the chunk), so that the buffer may be filled again."""
+        step, self._step = self._step, None
+        if step is not None:
+            await asyncio.wait([step])
+            if not step.cancelled():
+                step.exception()  # retrieved: not logged as never retrieved
 
 
 @dataclass
@@ -620,6 +739,8 @@ class _FileJob:
     tracker: ProgressTracker
     ledger: LedgerDocument
     done: set[int]
+    buffer: bytearray
+    """Where each chunk of the file is received (chunk-sized, reused chunk after chunk)."""
     hasher: Any = None
     """sha256 of the bytes so far, while chunks stream through in order from the first."""
     hashed_through: int = 0
@@ -643,29 +764,26 @@ def _check_status(status: int, path: str) -> None:
         raise DownloadError(f"{path}: unexpected HTTP {status} from the hub")
 
 
-async def _read_range(
-    response: aiohttp.ClientResponse, job: _FileJob, start: int, end: int, counted: list[int]
-) -> bytearray:
+async def _read_range(response: aiohttp.ClientResponse, stream: _ChunkStream) -> None:
     """The body of a range response (or the slice of a full 200 body), counted as it comes."""
-    expected = end - start + 1
-    skip = start if response.status == 200 else 0
-    buffer = bytearray()
-    async for received in response.content.iter_any():
+    job, expected = stream.job, len(stream.view)
+    skip = stream.start if response.status == 200 else 0
+    content = response.content
+    while stream.filled < expected:
+        received, end_of_http_chunk = await content.readchunk()
+        if not received:
+            if end_of_http_chunk:
+                continue
+            break
         block = received
         if skip:
             cut = min(skip, len(block))
             block, skip = block[cut:], skip - cut
-        room = expected - len(buffer)
-        if len(block) > room:
-            block = block[:room]
-        buffer += block
-        counted[0] += len(block)
-        job.tracker.add(job.file.path, len(block))
-        if len(buffer) >= expected:
-            break
-    if len(buffer) != expected:
-        raise _Retry(f"short body ({len(buffer)} of {expected} bytes)")
-    return buffer
+        taken = stream.put(block)
+        job.tracker.add(job.file.path, taken)
+    if stream.filled != expected:
+        raise _Retry(f"short body ({stream.filled} of {expected} bytes)")
+    await stream.complete()
 
 
 def _gave_up(job: _FileJob, exc: Exception, reason: str, retries: int) -> DownloadError:

@@ -9,11 +9,12 @@ back, matches the hub's sha256 (or git blob id). Layout: ``s3://bucket/prefix/<r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from controllers.downloading import (
     ChecksumMismatch,
@@ -61,10 +62,16 @@ class S3Sink:
         self._s3 = client
         self._prefix = prefix
         self._ledgers = ledgers
+        self._chunk_size = chunk_size
         self._ledger_of: dict[str, LedgerDocument] = {}
+        self._md5_of: dict[str, Any] = {}
+        """Per file, the MD5 of the part being received (its Content-MD5)."""
 
     def describe(self) -> str:
         return f"s3://{self._s3.location.bucket}/{self._prefix}"
+
+    def connected(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._s3.connected()
 
     def key(self, file: WeightsFile) -> str:
         """Object key of a file."""
@@ -119,8 +126,15 @@ class S3Sink:
                 done.add(index)
         return done
 
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """In a worker thread: MD5 the part as it arrives; the bytes stay in the chunk buffer
+        until :meth:`write_chunk` sends them as one part."""
+        if offset % self._chunk_size == 0:
+            self._md5_of[file.path] = hashlib.md5(usedforsecurity=False)
+        self._md5_of[file.path].update(data)
+
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
     ) -> None:
         del chunk_size
         ledger = self._ledger_of[file.path]
@@ -129,7 +143,14 @@ class S3Sink:
                 self._s3.start_upload(self.key(file), metadata={"sha256": file.sha256 or ""})
             )
             await self._ledgers.set_upload(ledger, ledger.upload_id)
-        await _s3_call(self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, data))
+        md5 = self._md5_of[file.path].digest()
+        whole = data.obj if isinstance(data.obj, bytearray) else None
+        # botocore takes bytes or a bytearray, not a view: the buffer itself when the part fills
+        # it, else a copy (the last part of a file).
+        body = whole if whole is not None and len(whole) == len(data) else bytes(data)
+        await _s3_call(
+            self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, body, md5=md5)
+        )
 
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         del file, chunks, chunk_size  # S3 itself is the sidecar: ListParts says what is there

@@ -1,13 +1,18 @@
-"""S3 access with aioboto3: one session, clients opened per use and always closed.
+"""S3 access with aioboto3: one session, clients opened per use and always closed, or one
+client kept open for the calls made inside :meth:`S3Client.connected` (a download: creating a
+client, its connector and its TLS context costs far more than a part upload's request).
 
 Endpoints, regions and keys come from the caller (a target's settings), never from the
 environment, so one process can talk to several buckets. Checksums are computed only when
 required: S3-compatible servers (MinIO, Ceph, older gateways) do not all accept the newer
-default CRC headers.
+default CRC headers. Part uploads carry a Content-MD5 the caller computed (in a worker thread)
+instead of botocore hashing the body for its signature on the event loop: S3 checks the MD5.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -50,11 +55,33 @@ class S3Client:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
         )
+        self._shared: BotoS3Client | None = None
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """Share one client (and its pool of connections) among the calls made inside."""
+        if self._shared is not None:
+            yield
+            return
+        async with self._open() as client:
+            self._shared = client
+            try:
+                yield
+            finally:
+                self._shared = None
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[BotoS3Client]:
+        if self._shared is not None:
+            yield self._shared
+            return
+        async with self._open() as client:
+            yield client
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[BotoS3Client]:
         async with self._session.client(
             "s3",
             endpoint_url=self.location.endpoint,
@@ -73,6 +100,9 @@ class S3Client:
                     Bucket=self.location.bucket,
                     Key=key,
                     Body=data,
+                    ContentMD5=base64.b64encode(
+                        hashlib.md5(data, usedforsecurity=False).digest()
+                    ).decode(),
                     ContentType=content_type or "application/octet-stream",
                 )
         return result["ETag"].strip('"')
@@ -119,9 +149,15 @@ class S3Client:
         return result["UploadId"]
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        md5: bytes,
     ) -> str:
-        """Upload part ``number`` (1-based); returns its ETag."""
+        """Upload part ``number`` (1-based) whose MD5 digest is ``md5``; returns its ETag."""
         with _s3_errors(f"upload part {number} of {key}"):
             async with self._client() as s3:
                 result = await s3.upload_part(
@@ -130,6 +166,7 @@ class S3Client:
                     UploadId=upload_id,
                     PartNumber=number,
                     Body=data,  # type: ignore[arg-type]  # bytearray is accepted (no copy)
+                    ContentMD5=base64.b64encode(md5).decode(),
                 )
         return result["ETag"]
 
