@@ -144,10 +144,7 @@ class S3Sink:
             )
             await self._ledgers.set_upload(ledger, ledger.upload_id)
         md5 = self._md5_of[file.path].digest()
-        whole = data.obj if isinstance(data.obj, bytearray) else None
-        # botocore takes bytes or a bytearray, not a view: the buffer itself when the part fills
-        # it, else a copy (the last part of a file).
-        body = whole if whole is not None and len(whole) == len(data) else bytes(data)
+        body = data  # a view: aiohttp sends it without copying (a bytearray it would slice)
         await _s3_call(
             self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, body, md5=md5)
         )
