@@ -1,13 +1,15 @@
 """The downloader (ARCHITECTURE.md decision 7): resumable, verified, observable.
 
 Files are fetched in parallel (``parallel_files``, default 4); each file in ranged chunks
-(``chunk_size``) one after another, so at most one chunk per file is in flight. A chunk counts
-as done only once its bytes are on disk (flushed and fsynced) and recorded in the ledger,
-in MongoDB and in the ``.modelplane-partial`` sidecar beside the data, so a process killed at
-any moment loses at most the chunk each file had in flight. Each chunk is retried with
-jittered exponential backoff; a read that brings no byte for ``stall_seconds`` is a stall and
-is retried the same way. A file counts only after it is verified against the hub's sha256
-(LFS files) or git blob id (small files), and is renamed into place only then.
+(``chunk_size``) one after another, so at most one chunk per file is in flight (two for a sink
+whose store is an upload, :attr:`Sink.overlapped`: the next chunk is fetched while the last is
+sent). A chunk's bytes land in a reused buffer and are hashed and written in worker threads as
+they arrive. A chunk counts as done only once its bytes are on disk (flushed and fsynced) and
+recorded in the ledger, in MongoDB and in the ``.modelplane-partial`` sidecar beside the data,
+so a process killed at any moment loses at most the chunk each file had in flight. Each chunk
+is retried with jittered exponential backoff; a read that brings no byte for ``stall_seconds``
+is a stall and is retried the same way. A file counts only after it is verified against the
+hub's sha256 (LFS files) or git blob id (small files), and is renamed into place only then.
 
 huggingface_hub provides the URLs and auth headers; the transfer is ours (huggingface_hub no
 longer keeps partial files between calls). Progress is one record shape for every target,
@@ -197,6 +199,11 @@ class Sink(Protocol):
     def describe(self) -> str:
         """Where, for messages."""
 
+    @property
+    def overlapped(self) -> bool:
+        """True when storing a chunk is slow enough (an upload) that each file fetches its next
+        chunk meanwhile: two chunks per file in flight, two buffers per file in memory."""
+
     def connected(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """Keep connections to the target open for the calls made inside (one download)."""
 
@@ -257,6 +264,10 @@ class LocalSink:
 
     def describe(self) -> str:
         return str(self.directory)
+
+    @property
+    def overlapped(self) -> bool:
+        return False  # a chunk is already written when it arrives: only an fsync is left
 
     def connected(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()
@@ -483,7 +494,7 @@ class Downloader:
         )
         connector = aiohttp.TCPConnector(limit=options.parallel_files * 2)
         semaphore = asyncio.Semaphore(options.parallel_files)
-        buffers: list[bytearray] = []  # chunk buffers, reused from file to file
+        pool = _BufferPool(options.chunk_size)
         flusher = asyncio.create_task(self._flush_loop(tracker, on_progress), name="progress")
         try:
             # aiohttp: its C parser streams several times faster than httpx here, and it drops
@@ -498,9 +509,7 @@ class Downloader:
 
                 async def one(file: WeightsFile) -> None:
                     async with semaphore:
-                        size = min(file.size, options.chunk_size)
-                        pooled = size == options.chunk_size and buffers
-                        buffer = buffers.pop() if pooled else bytearray(size)
+                        buffer = pool.take(min(file.size, options.chunk_size))
                         job = _FileJob(
                             http=http,
                             weights_id=weights_id,
@@ -514,9 +523,10 @@ class Downloader:
                             done=already[file.path],
                             buffer=buffer,
                         )
+                        if sink.overlapped and file.size > options.chunk_size:
+                            job.spare = pool.take(options.chunk_size)
                         await self._file(job)
-                        if len(buffer) == options.chunk_size:
-                            buffers.append(buffer)  # only after success: no step still reads it
+                        pool.give(job.buffer, job.spare)  # after success only: no step reads them
 
                 async with asyncio.TaskGroup() as group:
                     for file in pending:
@@ -591,22 +601,45 @@ class Downloader:
         file = job.file
         if not job.done and file.sha256 is not None:
             job.hasher, job.hashed_through = hashlib.sha256(), 0
-        for index in range(max(1, math.ceil(file.size / chunk_size))):
-            if index in job.done or file.size == 0:
-                continue
-            if index != job.hashed_through:
-                job.hasher = None  # the bytes no longer stream through in order
-            start = index * chunk_size
-            end = min(file.size, start + chunk_size) - 1
-            # Hashed and written (LocalSink) in worker threads as the bytes arrive.
-            data = await self._chunk(job, start, end)
-            write = functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
-            await self._with_sink_retries(job, write)
-            if job.hasher is not None:
-                job.hashed_through += 1
-            job.done.add(index)
-            await self.ledgers.mark_chunk(job.ledger, index)
-            await job.sink.record_chunks(file, job.done, chunk_size)
+        storing: asyncio.Task[None] | None = None  # the previous chunk's store (overlapped)
+        try:
+            for index in range(max(1, math.ceil(file.size / chunk_size))):
+                if index in job.done or file.size == 0:
+                    continue
+                if index != job.hashed_through:
+                    job.hasher = None  # the bytes no longer stream through in order
+                start = index * chunk_size
+                end = min(file.size, start + chunk_size) - 1
+                # Hashed and written (LocalSink) in worker threads as the bytes arrive.
+                data = await self._chunk(job, start, end)
+                if job.hasher is not None:
+                    job.hashed_through += 1
+                if storing is not None:
+                    await storing  # one store at a time per file, in order
+                    storing = None
+                if job.spare is None:
+                    await self._store(job, index, data)
+                else:  # fetch the next chunk into the other buffer while this one is sent
+                    storing = asyncio.create_task(self._store(job, index, data))
+                    job.buffer, job.spare = job.spare, job.buffer
+            if storing is not None:
+                await storing
+                storing = None
+        finally:
+            if storing is not None:  # the fetch failed: stop sending, and wait for it to stop
+                storing.cancel()
+                await asyncio.wait([storing])
+
+    async def _store(self, job: _FileJob, index: int, data: memoryview) -> None:
+        """Make a fetched chunk durable in the sink, then record it in both ledgers."""
+        chunk_size = self.options.chunk_size
+        write = functools.partial(job.sink.write_chunk, job.file, index, chunk_size, data)
+        await self._with_sink_retries(job, write)
+        job.done.add(index)
+        await asyncio.gather(
+            self.ledgers.mark_chunk(job.ledger, index),
+            job.sink.record_chunks(job.file, job.done, chunk_size),
+        )
 
     async def _with_sink_retries(
         self, job: _FileJob, action: Callable[[], Awaitable[None]]
@@ -667,6 +700,23 @@ class Downloader:
             else:
                 job.hasher = stream.hasher
                 return stream.view
+
+
+class _BufferPool:
+    """Chunk-sized buffers, reused from file to file (fresh memory costs page faults)."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._chunk_size = chunk_size
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes (a file smaller than a chunk gets its own)."""
+        if size == self._chunk_size and self._free:
+            return self._free.pop()
+        return bytearray(size)
+
+    def give(self, *buffers: bytearray | None) -> None:
+        self._free.extend(b for b in buffers if b is not None and len(b) == self._chunk_size)
 
 
 class _ChunkStream:
@@ -741,6 +791,8 @@ class _FileJob:
     done: set[int]
     buffer: bytearray
     """Where each chunk of the file is received (chunk-sized, reused chunk after chunk)."""
+    spare: bytearray | None = None
+    """A second buffer when the sink overlaps storing a chunk with fetching the next."""
     hasher: Any = None
     """sha256 of the bytes so far, while chunks stream through in order from the first."""
     hashed_through: int = 0
