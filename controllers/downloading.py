@@ -465,19 +465,7 @@ class Downloader:
     ) -> Progress:
         options = self.options
         tracker = ProgressTracker(files, interval=options.progress_interval)
-        pending = [f for f in files if not await sink.is_complete(f)]
-        pending_paths = {f.path for f in pending}
-        for f in files:
-            if f.path not in pending_paths:
-                tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
-        chunk_ledgers = {
-            f.path: await self.ledgers.load(weights_id, f.path, chunk_size=options.chunk_size)
-            for f in pending
-        }
-        already = {
-            f.path: await sink.done_chunks(f, chunk_ledgers[f.path], options.chunk_size)
-            for f in pending
-        }
+        pending, chunk_ledgers, already = await self._survey(weights_id, files, sink, tracker)
         missing = 0
         for f in pending:
             done_bytes = _bytes_of(already[f.path], f.size, options.chunk_size)
@@ -545,6 +533,26 @@ class Downloader:
         final = tracker.snapshot()
         await on_progress(final)
         return final
+
+    async def _survey(
+        self, weights_id: str, files: list[WeightsFile], sink: Sink, tracker: ProgressTracker
+    ) -> tuple[list[WeightsFile], dict[str, LedgerDocument], dict[str, set[int]]]:
+        """The files still to fetch, their ledgers and the chunks already stored: one round
+        trip per file and step, all files at once."""
+        chunk_size = self.options.chunk_size
+        complete = await asyncio.gather(*(sink.is_complete(f) for f in files))
+        pending = [f for f, is_done in zip(files, complete, strict=True) if not is_done]
+        for f, is_done in zip(files, complete, strict=True):
+            if is_done:
+                tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
+        loaded = await asyncio.gather(
+            *(self.ledgers.load(weights_id, f.path, chunk_size=chunk_size) for f in pending)
+        )
+        chunk_ledgers = {f.path: ledger for f, ledger in zip(pending, loaded, strict=True)}
+        found = await asyncio.gather(
+            *(sink.done_chunks(f, chunk_ledgers[f.path], chunk_size) for f in pending)
+        )
+        return pending, chunk_ledgers, dict(zip((f.path for f in pending), found, strict=True))
 
     async def _flush_loop(self, tracker: ProgressTracker, on_progress: ProgressSink) -> None:
         while True:
