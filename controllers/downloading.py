@@ -6,7 +6,7 @@ whose store is an upload, :attr:`Sink.overlapped`: the next chunk is fetched whi
 sent). A chunk's bytes land in a reused buffer and are hashed and written in worker threads as
 they arrive. A chunk counts as done only once its bytes are on disk (flushed and fsynced) and
 recorded in the ledger, in MongoDB and in the ``.modelplane-partial`` sidecar beside the data,
-so a process killed at any moment loses at most the chunk each file had in flight. Each chunk
+so a process killed at any moment loses at most the chunks each file had in flight. Each chunk
 is retried with jittered exponential backoff; a read that brings no byte for ``stall_seconds``
 is a stall and is retried the same way. A file counts only after it is verified against the
 hub's sha256 (LFS files) or git blob id (small files), and is renamed into place only then.
