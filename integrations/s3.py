@@ -18,11 +18,10 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aioboto3
-from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
+    import aioboto3
     from types_aiobotocore_s3 import S3Client as BotoS3Client
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
@@ -49,8 +48,11 @@ class S3Client:
     """Small async S3 surface used by the downloader and the pre-flight checks."""
 
     def __init__(self, location: S3Location) -> None:
+        import aioboto3  # noqa: PLC0415  lazy: a process that never talks to S3 starts faster
+        from aiobotocore.config import AioConfig  # noqa: PLC0415
+
         self.location = location
-        self._session = aioboto3.Session()
+        self._session: aioboto3.Session = aioboto3.Session()
         self._config = AioConfig(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
