@@ -1,13 +1,15 @@
 """The downloader (ARCHITECTURE.md decision 7): resumable, verified, observable.
 
 Files are fetched in parallel (``parallel_files``, default 4); each file in ranged chunks
-(``chunk_size``) one after another, so at most one chunk per file is in flight. A chunk counts
-as done only once its bytes are on disk (flushed and fsynced) and recorded in the ledger,
-in MongoDB and in the ``.modelplane-partial`` sidecar beside the data, so a process killed at
-any moment loses at most the chunk each file had in flight. Each chunk is retried with
-jittered exponential backoff; a read that brings no byte for ``stall_seconds`` is a stall and
-is retried the same way. A file counts only after it is verified against the hub's sha256
-(LFS files) or git blob id (small files), and is renamed into place only then.
+(``chunk_size``) one after another, so at most one chunk per file is in flight (two for a sink
+whose store is an upload, :attr:`Sink.overlapped`: the next chunk is fetched while the last is
+sent). A chunk's bytes land in a reused buffer and are hashed and written in worker threads as
+they arrive. A chunk counts as done only once its bytes are on disk (flushed and fsynced) and
+recorded in the ledger, in MongoDB and in the ``.modelplane-partial`` sidecar beside the data,
+so a process killed at any moment loses at most the chunks each file had in flight. Each chunk
+is retried with jittered exponential backoff; a read that brings no byte for ``stall_seconds``
+is a stall and is retried the same way. A file counts only after it is verified against the
+hub's sha256 (LFS files) or git blob id (small files), and is renamed into place only then.
 
 huggingface_hub provides the URLs and auth headers; the transfer is ours (huggingface_hub no
 longer keeps partial files between calls). Progress is one record shape for every target,
@@ -54,6 +56,10 @@ SIDECAR = ".modelplane-partial"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+READ_BUFFER = 4 * MiB
+"""aiohttp's per-response buffer: the socket is read in big gulps, without pausing often."""
+HAND_OFF = 2 * MiB
+"""Bytes gathered before a worker thread hashes and writes them (more if it is still busy)."""
 
 
 class DownloadError(Exception):
@@ -193,6 +199,14 @@ class Sink(Protocol):
     def describe(self) -> str:
         """Where, for messages."""
 
+    @property
+    def overlapped(self) -> bool:
+        """True when storing a chunk is slow enough (an upload) that each file fetches its next
+        chunk meanwhile: two chunks per file in flight, two buffers per file in memory."""
+
+    def connected(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Keep connections to the target open for the calls made inside (one download)."""
+
     async def preflight(self, *, needed: int) -> None:
         """Raise :class:`PreflightError` unless ``needed`` more bytes can be written."""
 
@@ -204,10 +218,17 @@ class Sink(Protocol):
     ) -> set[int]:
         """Chunks already stored (agreeing with the ledger) that a restart may skip."""
 
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """Blocking, in a worker thread: the bytes of the chunk being fetched, in order, as
+        they arrive (``offset`` is where they start in the file; a chunk that is fetched again
+        starts again at its first byte). A file sink writes them here, so that the whole chunk
+        is already written when :meth:`write_chunk` is called."""
+
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
     ) -> None:
-        """Store one chunk durably."""
+        """Store one chunk durably; ``data`` is all of it, already passed to
+        :meth:`write_block`."""
 
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         """Write the sidecar ledger (where the target has one)."""
@@ -243,6 +264,13 @@ class LocalSink:
 
     def describe(self) -> str:
         return str(self.directory)
+
+    @property
+    def overlapped(self) -> bool:
+        return False  # a chunk is already written when it arrives: only an fsync is left
+
+    def connected(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
 
     def final_path(self, file: WeightsFile) -> Path:
         return self.directory / file.path
@@ -294,24 +322,39 @@ class LocalSink:
             c for c in (ledger_chunks | sidecar) if min((c + 1) * chunk_size, file.size) <= covered
         }
 
-    async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
-    ) -> None:
-        await asyncio.to_thread(self._write_chunk, file, index, chunk_size, data)
-
-    def _write_chunk(self, file: WeightsFile, index: int, chunk_size: int, data: bytearray) -> None:
-        """pwrite the chunk at its offset and fsync; raises OSError (ENOSPC...) as is."""
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """pwrite the bytes at their offset; raises OSError (ENOSPC...) as is."""
         part = self.part_path(file)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            offset = index * chunk_size
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view = view[written:]
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            start = offset
+            while data:
+                written = os.pwrite(fd, data, offset)
+                data = data[written:]
                 offset += written
-            os.fdatasync(fd)  # durable before the ledger may claim it
+            if hasattr(os, "posix_fadvise"):
+                # Linux starts writing these pages back now, so the fsync at the chunk's end
+                # has little left to wait for (measured: a quarter of the wait), and drops them
+                # from the cache once clean: hundreds of GB do not evict everything else.
+                os.posix_fadvise(fd, start, offset - start, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    async def write_chunk(
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
+    ) -> None:
+        del index, chunk_size, data  # written block by block as the bytes came
+        await asyncio.to_thread(self._sync, file)
+
+    def _sync(self, file: WeightsFile) -> None:
+        """fsync the part: the chunk is durable before the ledger may claim it."""
+        fd = os.open(self.part_path(file), os.O_WRONLY)
+        try:
+            os.fdatasync(fd)
         finally:
             os.close(fd)
 
@@ -404,21 +447,31 @@ class Downloader:
         on_progress: ProgressSink,
     ) -> Progress:
         """Download everything not yet in place; return the final progress record."""
+        async with sink.connected():
+            return await self._run(
+                weights_id=weights_id,
+                repo_id=repo_id,
+                commit_sha=commit_sha,
+                files=files,
+                sink=sink,
+                token=token,
+                on_progress=on_progress,
+            )
+
+    async def _run(
+        self,
+        *,
+        weights_id: str,
+        repo_id: str,
+        commit_sha: str,
+        files: list[WeightsFile],
+        sink: Sink,
+        token: str | None,
+        on_progress: ProgressSink,
+    ) -> Progress:
         options = self.options
         tracker = ProgressTracker(files, interval=options.progress_interval)
-        pending = [f for f in files if not await sink.is_complete(f)]
-        pending_paths = {f.path for f in pending}
-        for f in files:
-            if f.path not in pending_paths:
-                tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
-        chunk_ledgers = {
-            f.path: await self.ledgers.load(weights_id, f.path, chunk_size=options.chunk_size)
-            for f in pending
-        }
-        already = {
-            f.path: await sink.done_chunks(f, chunk_ledgers[f.path], options.chunk_size)
-            for f in pending
-        }
+        pending, chunk_ledgers, already = await self._survey(weights_id, files, sink, tracker)
         missing = 0
         for f in pending:
             done_bytes = _bytes_of(already[f.path], f.size, options.chunk_size)
@@ -435,6 +488,7 @@ class Downloader:
         )
         connector = aiohttp.TCPConnector(limit=options.parallel_files * 2)
         semaphore = asyncio.Semaphore(options.parallel_files)
+        pool = _BufferPool(options.chunk_size)
         flusher = asyncio.create_task(self._flush_loop(tracker, on_progress), name="progress")
         try:
             # aiohttp: its C parser streams several times faster than httpx here, and it drops
@@ -444,24 +498,29 @@ class Downloader:
                 timeout=timeout,
                 connector=connector,
                 auto_decompress=False,
+                read_bufsize=READ_BUFFER,
             ) as http:
 
                 async def one(file: WeightsFile) -> None:
                     async with semaphore:
-                        await self._file(
-                            _FileJob(
-                                http=http,
-                                weights_id=weights_id,
-                                url=hf_hub_url(
-                                    repo_id, file.path, revision=commit_sha, endpoint=self.endpoint
-                                ),
-                                file=file,
-                                sink=sink,
-                                tracker=tracker,
-                                ledger=chunk_ledgers[file.path],
-                                done=already[file.path],
-                            )
+                        buffer = pool.take(min(file.size, options.chunk_size))
+                        job = _FileJob(
+                            http=http,
+                            weights_id=weights_id,
+                            url=hf_hub_url(
+                                repo_id, file.path, revision=commit_sha, endpoint=self.endpoint
+                            ),
+                            file=file,
+                            sink=sink,
+                            tracker=tracker,
+                            ledger=chunk_ledgers[file.path],
+                            done=already[file.path],
+                            buffer=buffer,
                         )
+                        if sink.overlapped and file.size > options.chunk_size:
+                            job.spare = pool.take(options.chunk_size)
+                        await self._file(job)
+                        pool.give(job.buffer, job.spare)  # after success only: no step reads them
 
                 async with asyncio.TaskGroup() as group:
                     for file in pending:
@@ -480,6 +539,26 @@ class Downloader:
         final = tracker.snapshot()
         await on_progress(final)
         return final
+
+    async def _survey(
+        self, weights_id: str, files: list[WeightsFile], sink: Sink, tracker: ProgressTracker
+    ) -> tuple[list[WeightsFile], dict[str, LedgerDocument], dict[str, set[int]]]:
+        """The files still to fetch, their ledgers and the chunks already stored: one round
+        trip per file and step, all files at once."""
+        chunk_size = self.options.chunk_size
+        complete = await asyncio.gather(*(sink.is_complete(f) for f in files))
+        pending = [f for f, is_done in zip(files, complete, strict=True) if not is_done]
+        for f, is_done in zip(files, complete, strict=True):
+            if is_done:
+                tracker.set(f.path, state=FileState.DONE, bytes_done=f.size)
+        loaded = await asyncio.gather(
+            *(self.ledgers.load(weights_id, f.path, chunk_size=chunk_size) for f in pending)
+        )
+        chunk_ledgers = {f.path: ledger for f, ledger in zip(pending, loaded, strict=True)}
+        found = await asyncio.gather(
+            *(sink.done_chunks(f, chunk_ledgers[f.path], chunk_size) for f in pending)
+        )
+        return pending, chunk_ledgers, dict(zip((f.path for f in pending), found, strict=True))
 
     async def _flush_loop(self, tracker: ProgressTracker, on_progress: ProgressSink) -> None:
         while True:
@@ -536,26 +615,45 @@ class Downloader:
         file = job.file
         if not job.done and file.sha256 is not None:
             job.hasher, job.hashed_through = hashlib.sha256(), 0
-        for index in range(max(1, math.ceil(file.size / chunk_size))):
-            if index in job.done or file.size == 0:
-                continue
-            start = index * chunk_size
-            end = min(file.size, start + chunk_size) - 1
-            data = await self._chunk(job, start, end)
-            write = functools.partial(job.sink.write_chunk, file, index, chunk_size, data)
-            if job.hasher is not None and index == job.hashed_through:
-                # Hash in a worker thread while the chunk is written (hashlib drops the GIL).
-                await asyncio.gather(
-                    asyncio.to_thread(job.hasher.update, data),
-                    self._with_sink_retries(job, write),
-                )
-                job.hashed_through += 1
-            else:
-                job.hasher = None
-                await self._with_sink_retries(job, write)
-            job.done.add(index)
-            await self.ledgers.mark_chunk(job.ledger, index)
-            await job.sink.record_chunks(file, job.done, chunk_size)
+        storing: asyncio.Task[None] | None = None  # the previous chunk's store (overlapped)
+        try:
+            for index in range(max(1, math.ceil(file.size / chunk_size))):
+                if index in job.done or file.size == 0:
+                    continue
+                if index != job.hashed_through:
+                    job.hasher = None  # the bytes no longer stream through in order
+                start = index * chunk_size
+                end = min(file.size, start + chunk_size) - 1
+                # Hashed and written (LocalSink) in worker threads as the bytes arrive.
+                data = await self._chunk(job, start, end)
+                if job.hasher is not None:
+                    job.hashed_through += 1
+                if storing is not None:
+                    await storing  # one store at a time per file, in order
+                    storing = None
+                if job.spare is None:
+                    await self._store(job, index, data)
+                else:  # fetch the next chunk into the other buffer while this one is sent
+                    storing = asyncio.create_task(self._store(job, index, data))
+                    job.buffer, job.spare = job.spare, job.buffer
+            if storing is not None:
+                await storing
+                storing = None
+        finally:
+            if storing is not None:  # the fetch failed: stop sending, and wait for it to stop
+                storing.cancel()
+                await asyncio.wait([storing])
+
+    async def _store(self, job: _FileJob, index: int, data: memoryview) -> None:
+        """Make a fetched chunk durable in the sink, then record it in both ledgers."""
+        chunk_size = self.options.chunk_size
+        write = functools.partial(job.sink.write_chunk, job.file, index, chunk_size, data)
+        await self._with_sink_retries(job, write)
+        job.done.add(index)
+        await asyncio.gather(
+            self.ledgers.mark_chunk(job.ledger, index),
+            job.sink.record_chunks(job.file, job.done, chunk_size),
+        )
 
     async def _with_sink_retries(
         self, job: _FileJob, action: Callable[[], Awaitable[None]]
@@ -576,20 +674,27 @@ class Downloader:
             else:
                 return
 
-    async def _chunk(self, job: _FileJob, start: int, end: int) -> bytearray:
-        """GET one range with retries; progress counts bytes as they arrive."""
+    async def _chunk(self, job: _FileJob, start: int, end: int) -> memoryview:
+        """GET one range with retries into the file's buffer; progress counts bytes as they
+        arrive."""
         options = self.options
         attempt = 0
+        hashed_before = job.hasher
         while True:
-            counted = [0]
+            stream = _ChunkStream(
+                job, start, end - start + 1, None if hashed_before is None else hashed_before.copy()
+            )
             try:
-                async with job.http.get(
-                    job.url, headers={"Range": f"bytes={start}-{end}"}
-                ) as response:
-                    _check_status(response.status, job.file.path)
-                    return await _read_range(response, job, start, end, counted)
+                try:
+                    async with job.http.get(
+                        job.url, headers={"Range": f"bytes={start}-{end}"}
+                    ) as response:
+                        _check_status(response.status, job.file.path)
+                        await _read_range(response, stream)
+                finally:
+                    await stream.settle()  # no worker step reads the buffer any more
             except (_Retry, aiohttp.ClientError, TimeoutError) as exc:
-                job.tracker.add(job.file.path, -counted[0])
+                job.tracker.add(job.file.path, -stream.filled)
                 attempt += 1
                 reason = _describe(exc)
                 if attempt > options.max_retries:
@@ -606,6 +711,84 @@ class Downloader:
                     },
                 )
                 await asyncio.sleep(delay)
+            else:
+                job.hasher = stream.hasher
+                return stream.view
+
+
+class _BufferPool:
+    """Chunk-sized buffers, reused from file to file (fresh memory costs page faults)."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._chunk_size = chunk_size
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes (a file smaller than a chunk gets its own)."""
+        if size == self._chunk_size and self._free:
+            return self._free.pop()
+        return bytearray(size)
+
+    def give(self, *buffers: bytearray | None) -> None:
+        self._free.extend(b for b in buffers if b is not None and len(b) == self._chunk_size)
+
+
+class _ChunkStream:
+    """One attempt at one chunk. The bytes land in the file's reusable buffer; in order, a
+    worker thread feeds them to the hasher and to :meth:`Sink.write_block` while the next bytes
+    arrive, so neither hashing nor writing runs on the event loop (hashlib and os.pwrite drop
+    the GIL). One worker step at a time per chunk; the bytes that come meanwhile wait for the
+    next step, which is then bigger."""
+
+    def __init__(self, job: _FileJob, start: int, length: int, hasher: Any) -> None:
+        self.job = job
+        self.start = start
+        self.view = memoryview(job.buffer)[:length]
+        self.hasher = hasher
+        self.filled = 0
+        self._handed = 0
+        self._step: asyncio.Future[None] | None = None
+
+    def put(self, block: bytes) -> int:
+        """Copy in what fits of ``block``; returns how many bytes were taken."""
+        taken = min(len(block), len(self.view) - self.filled)
+        self.view[self.filled : self.filled + taken] = memoryview(block)[:taken]
+        self.filled += taken
+        if self.filled - self._handed >= HAND_OFF and (self._step is None or self._step.done()):
+            if self._step is not None:
+                self._step.result()  # a failed write (ENOSPC...) stops the chunk now
+            self._hand_off()
+        return taken
+
+    def _hand_off(self) -> asyncio.Future[None]:
+        low, high = self._handed, self.filled
+        self._handed = high
+        self._step = asyncio.get_running_loop().run_in_executor(None, self._absorb, low, high)
+        return self._step
+
+    def _absorb(self, low: int, high: int) -> None:
+        """In a worker thread: hash and write ``view[low:high]``."""
+        block = self.view[low:high]
+        if self.hasher is not None:
+            self.hasher.update(block)
+        self.job.sink.write_block(self.job.file, self.start + low, block)
+
+    async def complete(self) -> None:
+        """Every byte arrived: hand off the rest and wait until all is hashed and written."""
+        if self._step is not None:
+            await self._step
+        if self._handed < self.filled:
+            await self._hand_off()
+        self._step = None
+
+    async def settle(self) -> None:
+        """Wait for the running step (its error, if any, is the one already raised or lost
+        with the chunk), so that the buffer may be filled again."""
+        step, self._step = self._step, None
+        if step is not None:
+            await asyncio.wait([step])
+            if not step.cancelled():
+                step.exception()  # retrieved: not logged as never retrieved
 
 
 @dataclass
@@ -620,6 +803,10 @@ class _FileJob:
     tracker: ProgressTracker
     ledger: LedgerDocument
     done: set[int]
+    buffer: bytearray
+    """Where each chunk of the file is received (chunk-sized, reused chunk after chunk)."""
+    spare: bytearray | None = None
+    """A second buffer when the sink overlaps storing a chunk with fetching the next."""
     hasher: Any = None
     """sha256 of the bytes so far, while chunks stream through in order from the first."""
     hashed_through: int = 0
@@ -643,29 +830,26 @@ def _check_status(status: int, path: str) -> None:
         raise DownloadError(f"{path}: unexpected HTTP {status} from the hub")
 
 
-async def _read_range(
-    response: aiohttp.ClientResponse, job: _FileJob, start: int, end: int, counted: list[int]
-) -> bytearray:
+async def _read_range(response: aiohttp.ClientResponse, stream: _ChunkStream) -> None:
     """The body of a range response (or the slice of a full 200 body), counted as it comes."""
-    expected = end - start + 1
-    skip = start if response.status == 200 else 0
-    buffer = bytearray()
-    async for received in response.content.iter_any():
+    job, expected = stream.job, len(stream.view)
+    skip = stream.start if response.status == 200 else 0
+    content = response.content
+    while stream.filled < expected:
+        received, end_of_http_chunk = await content.readchunk()
+        if not received:
+            if end_of_http_chunk:
+                continue
+            break
         block = received
         if skip:
             cut = min(skip, len(block))
             block, skip = block[cut:], skip - cut
-        room = expected - len(buffer)
-        if len(block) > room:
-            block = block[:room]
-        buffer += block
-        counted[0] += len(block)
-        job.tracker.add(job.file.path, len(block))
-        if len(buffer) >= expected:
-            break
-    if len(buffer) != expected:
-        raise _Retry(f"short body ({len(buffer)} of {expected} bytes)")
-    return buffer
+        taken = stream.put(block)
+        job.tracker.add(job.file.path, taken)
+    if stream.filled != expected:
+        raise _Retry(f"short body ({stream.filled} of {expected} bytes)")
+    await stream.complete()
 
 
 def _gave_up(job: _FileJob, exc: Exception, reason: str, retries: int) -> DownloadError:

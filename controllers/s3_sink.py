@@ -1,7 +1,9 @@
 """Streaming weights into S3: hub bytes go straight into a multipart upload, no local disk.
 
 Each chunk of a file is one part (so chunks must be at least 5 MiB, S3's minimum part size,
-except the last). Memory is bounded by parts in flight x part size. The multipart upload id
+except the last). Each file uploads one part while it fetches the next (two chunk buffers per
+file), so memory is bounded by 2 x parallel files x part size, and a process killed mid-way
+fetches again at most those two chunks per file. The multipart upload id
 is kept in the file's ledger, so a restarted process resumes from ``ListParts`` and sends only
 the parts S3 does not have. A file counts once the upload is completed and the object, read
 back, matches the hub's sha256 (or git blob id). Layout: ``s3://bucket/prefix/<repo>/<commit>/<file>``.
@@ -9,11 +11,12 @@ back, matches the hub's sha256 (or git blob id). Layout: ``s3://bucket/prefix/<r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from controllers.downloading import (
     ChecksumMismatch,
@@ -61,10 +64,20 @@ class S3Sink:
         self._s3 = client
         self._prefix = prefix
         self._ledgers = ledgers
+        self._chunk_size = chunk_size
         self._ledger_of: dict[str, LedgerDocument] = {}
+        self._md5_of: dict[tuple[str, int], Any] = {}
+        """Per file and part index, the MD5 of the part (its Content-MD5) until it is sent."""
 
     def describe(self) -> str:
         return f"s3://{self._s3.location.bucket}/{self._prefix}"
+
+    @property
+    def overlapped(self) -> bool:
+        return True  # a part's upload takes as long as its fetch: overlap the two
+
+    def connected(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._s3.connected()
 
     def key(self, file: WeightsFile) -> str:
         """Object key of a file."""
@@ -119,8 +132,16 @@ class S3Sink:
                 done.add(index)
         return done
 
+    def write_block(self, file: WeightsFile, offset: int, data: memoryview) -> None:
+        """In a worker thread: MD5 the part as it arrives; the bytes stay in the chunk buffer
+        until :meth:`write_chunk` sends them as one part."""
+        index, into = divmod(offset, self._chunk_size)
+        if into == 0:  # a part's first bytes (again, when it is fetched again)
+            self._md5_of[file.path, index] = hashlib.md5(usedforsecurity=False)
+        self._md5_of[file.path, index].update(data)
+
     async def write_chunk(
-        self, file: WeightsFile, index: int, chunk_size: int, data: bytearray
+        self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
     ) -> None:
         del chunk_size
         ledger = self._ledger_of[file.path]
@@ -129,7 +150,12 @@ class S3Sink:
                 self._s3.start_upload(self.key(file), metadata={"sha256": file.sha256 or ""})
             )
             await self._ledgers.set_upload(ledger, ledger.upload_id)
-        await _s3_call(self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, data))
+        md5 = self._md5_of[file.path, index].digest()
+        # A view of the chunk buffer: aiohttp sends it as is (a bytearray it would copy).
+        await _s3_call(
+            self._s3.upload_part(self.key(file), ledger.upload_id, index + 1, data, md5=md5)
+        )
+        del self._md5_of[file.path, index]
 
     async def record_chunks(self, file: WeightsFile, chunks: set[int], chunk_size: int) -> None:
         del file, chunks, chunk_size  # S3 itself is the sidecar: ListParts says what is there

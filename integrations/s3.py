@@ -1,23 +1,27 @@
-"""S3 access with aioboto3: one session, clients opened per use and always closed.
+"""S3 access with aioboto3: one session, clients opened per use and always closed, or one
+client kept open for the calls made inside :meth:`S3Client.connected` (a download: creating a
+client, its connector and its TLS context costs far more than a part upload's request).
 
 Endpoints, regions and keys come from the caller (a target's settings), never from the
 environment, so one process can talk to several buckets. Checksums are computed only when
 required: S3-compatible servers (MinIO, Ceph, older gateways) do not all accept the newer
-default CRC headers.
+default CRC headers. Part uploads carry a Content-MD5 the caller computed (in a worker thread)
+instead of botocore hashing the body for its signature on the event loop: S3 checks the MD5.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aioboto3
-from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
+    import aioboto3
     from types_aiobotocore_s3 import S3Client as BotoS3Client
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
@@ -44,17 +48,44 @@ class S3Client:
     """Small async S3 surface used by the downloader and the pre-flight checks."""
 
     def __init__(self, location: S3Location) -> None:
+        import aioboto3  # noqa: PLC0415  lazy: a process that never talks to S3 starts faster
+        from aiobotocore.config import AioConfig  # noqa: PLC0415
+
         self.location = location
-        self._session = aioboto3.Session()
+        self._session: aioboto3.Session = aioboto3.Session()
         self._config = AioConfig(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             retries={"max_attempts": 3, "mode": "standard"},
-            s3={"addressing_style": "path"},
+            # botocore's client-side check would refuse a memoryview body; S3 checks requests.
+            parameter_validation=False,
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
         )
+        self._shared: BotoS3Client | None = None
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """Share one client (and its pool of connections) among the calls made inside."""
+        if self._shared is not None:
+            yield
+            return
+        async with self._open() as client:
+            self._shared = client
+            try:
+                yield
+            finally:
+                self._shared = None
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[BotoS3Client]:
+        if self._shared is not None:
+            yield self._shared
+            return
+        async with self._open() as client:
+            yield client
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[BotoS3Client]:
         async with self._session.client(
             "s3",
             endpoint_url=self.location.endpoint,
@@ -73,6 +104,9 @@ class S3Client:
                     Bucket=self.location.bucket,
                     Key=key,
                     Body=data,
+                    ContentMD5=base64.b64encode(
+                        hashlib.md5(data, usedforsecurity=False).digest()
+                    ).decode(),
                     ContentType=content_type or "application/octet-stream",
                 )
         return result["ETag"].strip('"')
@@ -119,9 +153,15 @@ class S3Client:
         return result["UploadId"]
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        md5: bytes,
     ) -> str:
-        """Upload part ``number`` (1-based); returns its ETag."""
+        """Upload part ``number`` (1-based) whose MD5 digest is ``md5``; returns its ETag."""
         with _s3_errors(f"upload part {number} of {key}"):
             async with self._client() as s3:
                 result = await s3.upload_part(
@@ -129,7 +169,8 @@ class S3Client:
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=data,  # type: ignore[arg-type]  # bytearray is accepted (no copy)
+                    Body=data,  # type: ignore[arg-type]  # any buffer (validation off)
+                    ContentMD5=base64.b64encode(md5).decode(),
                 )
         return result["ETag"]
 
