@@ -65,9 +65,9 @@ DATABASE = "fanout"
 ORG = "org-bench"
 MODEL_ID = "model-fanout"
 WRITE_MODELS = 8  # the API writer spreads updates over models (one model's writes serialise)
-SUBSCRIPTION = """subscription Fanout($modelId: ID) {
+SUBSCRIPTION = """subscription Fanout($modelId: ID, $after: String) {
   # modelId null: every model of the organisation (the events scenario writes to several)
-  modelEvents(modelId: $modelId) { cursor type at progress { bytesDone } }
+  modelEvents(modelId: $modelId, after: $after) { cursor type at progress { bytesDone } }
 }"""
 UPDATE = """mutation Touch($id: ID!, $label: String!) {
   updateModel(id: $id, input: {label: $label}) { __typename }
@@ -80,18 +80,38 @@ UPDATE = """mutation Touch($id: ID!, $label: String!) {
 async def _subscriber(
     url: str, token: str, model_id: str | None, ready: asyncio.Event, out: dict[str, Any]
 ) -> None:
+    """Subscribe; on OVERFLOW resubscribe with ``after`` (what a real client does), so
+    ``cursors`` ends up holding every event this subscriber ever received."""
+    after: str | None = None
+    while True:
+        after = await _subscribe_once(url, token, model_id, after=after, ready=ready, out=out)
+        if after is None:
+            return
+        out["overflows"] += 1
+
+
+async def _subscribe_once(
+    url: str,
+    token: str,
+    model_id: str | None,
+    *,
+    after: str | None,
+    ready: asyncio.Event,
+    out: dict[str, Any],
+) -> str | None:
     async with websockets.connect(
         url, subprotocols=[Subprotocol("graphql-transport-ws")], max_queue=None
     ) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": token}}))
         if json.loads(await ws.recv())["type"] != "connection_ack":
             raise RuntimeError("the server refused connection_init")
+        variables = {"modelId": model_id, "after": after}
         await ws.send(
             json.dumps(
                 {
                     "id": "1",
                     "type": "subscribe",
-                    "payload": {"query": SUBSCRIPTION, "variables": {"modelId": model_id}},
+                    "payload": {"query": SUBSCRIPTION, "variables": variables},
                 }
             )
         )
@@ -100,20 +120,20 @@ async def _subscriber(
             received = time.time()
             message = json.loads(raw)
             if message["type"] != "next":
-                break
+                return None
             event = message["payload"]["data"]["modelEvents"]
             if event["type"] == "OVERFLOW":
-                out["overflows"] += 1
-                break
+                return str(event["cursor"])
             if event["type"] == "RESYNC_REQUIRED":
                 out["resyncs"] += 1
                 continue
-            out["count"] += 1
-            if event["at"]:
+            out["cursors"].add(int(event["cursor"]))
+            if event["at"] and after is None:  # replayed events are late by design
                 at = datetime.fromisoformat(event["at"]).timestamp()
                 out["latencies"].append(received - at)
             if event["progress"] is not None:
                 out["last_progress"] = event["progress"]["bytesDone"]
+    return None
 
 
 async def client_main(
@@ -121,7 +141,7 @@ async def client_main(
 ) -> None:
     """One client process: ``count`` subscribers; prints JSON per subscriber at the end."""
     outs: list[dict[str, Any]] = [
-        {"count": 0, "latencies": [], "overflows": 0, "resyncs": 0, "last_progress": None}
+        {"cursors": set(), "latencies": [], "overflows": 0, "resyncs": 0, "last_progress": None}
         for _ in range(count)
     ]
     readies = [asyncio.Event() for _ in range(count)]
@@ -136,6 +156,8 @@ async def client_main(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for out in outs:
+        out["count"] = len(out.pop("cursors"))
     print(json.dumps(outs), flush=True)
 
 
@@ -322,7 +344,11 @@ def _report_events(results: list[dict[str, Any]], written: int, seconds: float) 
             f"  latency p50 {statistics.median(latencies):.1f} ms, "
             f"p99 {_percentile(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
         )
-    print(f"  events lost {lost}, OVERFLOW markers {overflows}; target p99 <= 100 ms, 0 lost")
+    print(
+        f"  events not received {lost} (after resuming every OVERFLOW with `after`), "
+        f"OVERFLOW markers {overflows}; target p99 <= 100 ms, 0 lost"
+    )
+    print("  (latency counts live deliveries only; events replayed after an OVERFLOW are late)")
 
 
 def _report_progress(
