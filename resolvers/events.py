@@ -97,6 +97,12 @@ async def _until_expiry(
         yield item
 
 
+AfterArgument = Annotated[
+    str | None,
+    strawberry.argument(description="Resume after this cursor (from an earlier event)."),
+]
+
+
 def _subscriber(info: Info) -> Principal:
     principal = info.context.require_principal()
     principal.require(Role.VIEWER)
@@ -109,10 +115,7 @@ async def stream_model_events(
         strawberry.ID | None,
         strawberry.argument(description="Only this model (and its downloads); null: every model."),
     ] = None,
-    after: Annotated[
-        str | None,
-        strawberry.argument(description="Resume after this cursor (from an earlier event)."),
-    ] = None,
+    after: AfterArgument = None,
 ) -> AsyncGenerator[Event, None]:
     """Model and download events of the caller's organisation."""
     principal = _subscriber(info)
@@ -136,10 +139,7 @@ async def stream_inference_events(
         strawberry.ID | None,
         strawberry.argument(description="Only this inference; null: every inference."),
     ] = None,
-    after: Annotated[
-        str | None,
-        strawberry.argument(description="Resume after this cursor (from an earlier event)."),
-    ] = None,
+    after: AfterArgument = None,
 ) -> AsyncGenerator[Event, None]:
     """Inference events of the caller's organisation."""
     principal = _subscriber(info)
