@@ -69,6 +69,7 @@ RECENT_SLOTS = 128
 RECENT_MARGIN = 16
 LOCAL_BUFFER = 4096
 BACKSTOP_SECONDS = 10.0
+CATCH_UP_LIMIT = 20_000
 DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
 DEFAULT_POLL_INTERVAL = 0.05
 MAX_APPEND_ATTEMPTS = 100
@@ -416,13 +417,17 @@ class EventLog:
                 batch: list[Event] | None = None
                 if head > last:
                     batch = await self._recent_after(last, head)
+                limit = self._poll_limit
                 if batch is None and (head > last or now >= backstop):
                     backstop = now + self._backstop_seconds
-                    batch = await self.after(last, limit=self._poll_limit)
+                    # Every read costs a whole-log scan on FerretDB: when far behind, take
+                    # everything missed (bounded) in one read instead of pages of poll_limit.
+                    limit = max(self._poll_limit, min(head - last, CATCH_UP_LIMIT))
+                    batch = await self.after(last, limit=limit)
                 for event in batch or []:
                     last = event.cursor
                     yield event
-                if batch is not None and len(batch) == self._poll_limit:
+                if batch is not None and len(batch) == limit:
                     continue
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the waker, and the tail would never stop.
