@@ -171,27 +171,34 @@ async def stream_download_progress(
             field="modelId",
         )
     event_filter = EventFilter(organization_id=principal.organization_id, model_id=model.id)
-    # Subscribe first, then read: a change between the read and the subscription is not lost.
-    async with services.broker.subscribe(event_filter) as stream:
-        last: tuple[object, ...] | None = None
-        events = _until_expiry(info, principal, aiter(stream))
-        while True:
-            current = await services.models.get(principal, model.id)
-            weights = (
-                await services.weights.get(principal, current.weights_id)
-                if current is not None and current.weights_id
-                else None
-            )
-            if weights is not None:
-                seen = (weights.revision, weights.progress)
-                if seen != last:
-                    last = seen
-                    yield Weights.from_document(weights)
-                if weights.state in FINAL_STATES:
+    last: tuple[object, ...] | None = None
+    while True:
+        # Subscribe first, then read: a change between the read and the subscription is not
+        # lost. Every event only means "read again", so a stream that ended with OVERFLOW is
+        # simply opened again (the read that follows catches up); it never ends this one.
+        async with services.broker.subscribe(event_filter) as stream:
+            events = _until_expiry(info, principal, aiter(stream))
+            while True:
+                current = await services.models.get(principal, model.id)
+                weights = (
+                    await services.weights.get(principal, current.weights_id)
+                    if current is not None and current.weights_id
+                    else None
+                )
+                if weights is not None:
+                    seen = (weights.revision, weights.progress)
+                    if seen != last:
+                        last = seen
+                        yield Weights.from_document(weights)
+                    if weights.state in FINAL_STATES:
+                        return
+                if current is None or current.is_deleted:
                     return
-            if current is None or current.is_deleted:
-                return
-            try:
-                await anext(events)
-            except StopAsyncIteration:
-                return
+                try:
+                    item = await anext(events)
+                except StopAsyncIteration:
+                    break  # the broker ended this stream (overflow, or it is closing)
+                if isinstance(item, Marker) and item.kind is MarkerKind.OVERFLOW:
+                    break
+        if not services.broker.running:
+            return

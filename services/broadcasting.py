@@ -317,7 +317,7 @@ class Broker:
 
         Raises ``RuntimeError`` unless the broker is running.
         """
-        if self._task is None or self._task.done() or self._closed:
+        if not self.running:
             raise RuntimeError("broker is not running")
         subscription = Subscription(
             self,
@@ -333,6 +333,11 @@ class Broker:
     def detach(self, subscription: Subscription) -> None:
         """Stop offering events to ``subscription`` (it ended or overflowed)."""
         self._subscriptions.discard(subscription)
+
+    @property
+    def running(self) -> bool:
+        """True while the tail runs and new subscriptions are accepted."""
+        return self._task is not None and not self._task.done() and not self._closed
 
     @property
     def subscribers(self) -> int:

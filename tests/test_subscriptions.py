@@ -5,15 +5,18 @@ sharing one MongoDB, token expiry (4401) and bad input."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+from bson.int64 import Int64
+from pymongo.errors import BulkWriteError
 
 from storage.client import Client
-from storage.documents import Role
+from storage.documents import Role, utcnow
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import Subscription, run
@@ -206,3 +209,44 @@ async def test_subscribers_leave_no_queue_behind(running_app: RunningApp) -> Non
             break
         await asyncio.sleep(0.05)
     assert broker.subscribers == before
+
+
+async def test_download_progress_outlives_an_overflow(running_app: RunningApp) -> None:
+    """A burst of events larger than a subscriber's queue ends its broker stream with OVERFLOW;
+    downloadProgress opens a new one and still ends on READY (it never completes early)."""
+    created = await _create(running_app, "tiny-org/tiny-model")
+    token = running_app.token(role=Role.VIEWER, organization="org-a")
+    database = running_app.resources.database
+    seen: list[dict[str, Any]] = []
+    async with Subscription(
+        running_app.ws_url, "DownloadProgress", {"modelId": created["id"]}, token=token
+    ) as subscription:
+        first = await subscription.next()
+        assert first is not None
+        seen.append(first["downloadProgress"])
+        # 400 events for the model at once, as another process would append them.
+        head = await database["event_head"].find_one({"_id": "head"})
+        start = int(head["cursor"]) + 1 if head else 1
+        burst = [
+            {
+                "_id": Int64(cursor),
+                "organization_id": "org-a",
+                "resource_kind": "MODEL",
+                "resource_id": created["id"],
+                "model_ids": [created["id"]],
+                "type": "UPDATED",
+                "phase": "PULLING",
+                "message": None,
+                "progress": None,
+                "at": utcnow(),
+            }
+            for cursor in range(start, start + 400)
+        ]
+        with contextlib.suppress(BulkWriteError):  # a concurrent append may own a cursor
+            await database["events"].insert_many(burst, ordered=False)
+        await database["event_head"].update_one(
+            {"_id": "head"}, {"$max": {"cursor": Int64(start + 399)}}, upsert=True
+        )
+        while (data := await subscription.next()) is not None:
+            seen.append(data["downloadProgress"])
+    assert seen[-1]["state"] == "READY", seen[-1]
