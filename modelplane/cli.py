@@ -41,6 +41,9 @@ async def _serve(settings: Settings) -> int:
                 port=settings.port,
                 log_config=None,
                 ws="websockets-sansio",
+                # Compressing each subscription message for each subscriber costs CPU that
+                # fan-out needs; the messages are small JSON.
+                ws_per_message_deflate=False,
                 lifespan="on",
             )
             server = uvicorn.Server(config)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 
 from controllers.runtimes import Runtime
 from integrations.huggingface import HubClient
+from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
 from services.broadcasting import Broker
 from services.models import ModelService
@@ -34,6 +35,8 @@ class Services:
     started_at: datetime
     local_roots: tuple[Path, ...] = ()
     """Directories LOCAL download targets must resolve inside (from the settings)."""
+    event_views: EventViews = field(default_factory=EventViews)
+    """Shared API views of recent events (one per event for all its subscribers)."""
 
 
 class Context(BaseContext):

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import strawberry
 from starlette.websockets import WebSocket, WebSocketState
 
 from resolvers.context import Info
 from schema.building import ExpectedError
-from schema.events import Event, EventTypeEnum, ResourceKindEnum
+from schema.events import Event
 from schema.weights import Weights
 from services.broadcasting import EventFilter, Marker, MarkerKind
 from services.principals import Principal
@@ -28,29 +28,6 @@ from storage.events import InvalidCursor, ResourceKind, parse_cursor
 
 TOKEN_EXPIRED = 4401
 FINAL_STATES = frozenset({WeightsState.READY, WeightsState.FAILED, WeightsState.CANCELLED})
-
-T = TypeVar("T")
-
-
-def _view(item: StoredEvent | Marker) -> Event:
-    if isinstance(item, Marker):
-        kind = (
-            EventTypeEnum.OVERFLOW
-            if item.kind is MarkerKind.OVERFLOW
-            else EventTypeEnum.RESYNC_REQUIRED
-        )
-        return Event.marker(kind, item.token)
-    return Event(
-        cursor=item.token,
-        type=EventTypeEnum(item.type.value),
-        resource_kind=ResourceKindEnum(item.resource_kind.value),
-        resource_id=strawberry.ID(item.resource_id),
-        model_ids=[strawberry.ID(m) for m in item.model_ids],
-        phase=item.phase,
-        message=item.message,
-        progress=Event.progress_view(item.progress),
-        at=item.at,
-    )
 
 
 def _after(after: str | None) -> int | None:
@@ -78,23 +55,29 @@ def _seconds_left(principal: Principal) -> float | None:
     return None if expires is None else (expires - utcnow()).total_seconds()
 
 
-async def _until_expiry(
-    info: Info, principal: Principal, items: AsyncIterator[T]
-) -> AsyncGenerator[T, None]:
-    """Yield from ``items`` until the caller's token expires, then close with 4401."""
-    while True:
-        left = _seconds_left(principal)
-        if left is not None and left <= 0:
+@contextlib.asynccontextmanager
+async def _closing_at_expiry(info: Info, principal: Principal) -> AsyncIterator[None]:
+    """Close the socket with 4401 when the caller's token expires: one watchdog task per
+    subscription (owned here, cancelled on the way out), so delivering an event costs no timer."""
+    left = _seconds_left(principal)
+    if left is None:
+        yield
+        return
+    if left <= 0:
+        await _expire(info, principal)
+
+    async def watchdog() -> None:
+        await asyncio.sleep(left)
+        with contextlib.suppress(ExpectedError):
             await _expire(info, principal)
-        try:
-            async with asyncio.timeout(left):  # not wait_for: it can swallow a cancellation
-                item = await anext(items)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            await _expire(info, principal)
-            return
-        yield item
+
+    task = asyncio.create_task(watchdog(), name="token-expiry")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 AfterArgument = Annotated[
@@ -126,11 +109,15 @@ async def stream_model_events(
         organization_id=principal.organization_id,
         model_id=str(model_id) if model_id is not None else None,
     )
-    async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
-        async for item in _until_expiry(info, principal, aiter(stream)):
+    views = info.context.services.event_views
+    async with (
+        _closing_at_expiry(info, principal),
+        info.context.services.broker.subscribe(event_filter, after=position) as stream,
+    ):
+        async for item in stream:
             if isinstance(item, StoredEvent) and item.resource_kind is ResourceKind.INFERENCE:
                 continue
-            yield _view(item)
+            yield views.view(item)
 
 
 async def stream_inference_events(
@@ -149,9 +136,13 @@ async def stream_inference_events(
         resource_kind=ResourceKind.INFERENCE,
         resource_id=str(inference_id) if inference_id is not None else None,
     )
-    async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
-        async for item in _until_expiry(info, principal, aiter(stream)):
-            yield _view(item)
+    views = info.context.services.event_views
+    async with (
+        _closing_at_expiry(info, principal),
+        info.context.services.broker.subscribe(event_filter, after=position) as stream,
+    ):
+        async for item in stream:
+            yield views.view(item)
 
 
 async def stream_download_progress(
@@ -176,8 +167,11 @@ async def stream_download_progress(
         # Subscribe first, then read: a change between the read and the subscription is not
         # lost. Every event only means "read again", so a stream that ended with OVERFLOW is
         # simply opened again (the read that follows catches up); it never ends this one.
-        async with services.broker.subscribe(event_filter) as stream:
-            events = _until_expiry(info, principal, aiter(stream))
+        async with (
+            _closing_at_expiry(info, principal),
+            services.broker.subscribe(event_filter) as stream,
+        ):
+            events = aiter(stream)
             while True:
                 current = await services.models.get(principal, model.id)
                 weights = (

@@ -18,6 +18,7 @@ from strawberry.types import ExecutionContext
 
 from graphql import GraphQLError
 from schema.scalars import SCALAR_MAP
+from schema.sharing import SharingExecutor
 
 
 class ExpectedError(Exception):
@@ -54,6 +55,16 @@ def _should_mask(error: GraphQLError) -> bool:
     return not isinstance(original, ExpectedError)
 
 
+class _MaskErrors(MaskErrors):
+    """strawberry's MaskErrors with a plain attribute check: its ``isinstance`` against a
+    runtime-checkable Protocol cost about 14 % of the server's CPU when fanning out events."""
+
+    def _process_result(self, result: object) -> None:
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]  # checked above
+
+
 class _Schema(strawberry.Schema):
     """Logs only unexpected errors (with traceback); expected ones are the caller's business."""
 
@@ -80,5 +91,6 @@ def build_schema(
         subscription=subscription,
         types=list(types),
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
-        extensions=[*extensions, lambda: MaskErrors(should_mask_error=_should_mask)],
+        extensions=[*extensions, lambda: _MaskErrors(should_mask_error=_should_mask)],
+        execution_context_class=SharingExecutor,
     )

@@ -7,6 +7,7 @@ from enum import Enum
 
 import strawberry
 
+from schema.sharing import SharedPayload
 from schema.weights import DownloadProgress
 from storage.documents import Progress
 
@@ -49,8 +50,9 @@ class ResourceKindEnum(Enum):
     description="One entry of the event log (or a stream marker), with the cursor to resume "
     "after it."
 )
-class Event:
-    """A change, as delivered to subscribers."""
+class Event(SharedPayload):
+    """A change, as delivered to subscribers (one object per stored event, shared by every
+    subscriber it reaches, so each selection over it executes once)."""
 
     cursor: str = strawberry.field(
         description="Opaque position in the log: pass it as `after` when resubscribing."

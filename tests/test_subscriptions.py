@@ -250,3 +250,32 @@ async def test_download_progress_outlives_an_overflow(running_app: RunningApp) -
         while (data := await subscription.next()) is not None:
             seen.append(data["downloadProgress"])
     assert seen[-1]["state"] == "READY", seen[-1]
+
+
+async def test_subscribers_of_one_event_share_one_execution(running_app: RunningApp) -> None:
+    """Two subscribers with the same selection get one shared view per event, executed once;
+    a third with other variables gets its own execution over the same view."""
+    token = running_app.token(role=Role.VIEWER, organization="org-a")
+    url = running_app.ws_url
+    async with (
+        Subscription(url, "ModelEvents", {}, token=token) as one,
+        Subscription(url, "ModelEvents", {}, token=token) as two,
+        Subscription(url, "ModelEvents", {"after": None, "modelId": None}, token=token) as three,
+    ):
+        created = await _create(running_app, "tiny-org/tiny-model")
+        got = [await s.next() for s in (one, two, three)]
+    events = [g["modelEvents"] for g in got if g is not None]
+    assert [e["resourceId"] for e in events] == [created["id"]] * 3
+    assert events[0] == events[1] == events[2]
+    views = running_app.resources.services.event_views
+    view = views.view(await _stored(running_app, int(events[0]["cursor"])))
+    assert len(view.shared_results) == 2  # {} and {after: null, modelId: null}
+
+
+async def _stored(app: RunningApp, cursor: int) -> Any:
+    (event,) = [
+        e
+        for e in await app.resources.services.broker.log.after(cursor - 1, limit=1)
+        if e.cursor == cursor
+    ]
+    return event

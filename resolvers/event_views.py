@@ -1,0 +1,56 @@
+"""API views of stored events, made once per event and shared by every subscriber it reaches
+(so :class:`~schema.sharing.SharingExecutor` executes each selection over it once)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+
+import strawberry
+
+from schema.events import Event, EventTypeEnum, ResourceKindEnum
+from services.broadcasting import Marker, MarkerKind
+from storage.events import Event as StoredEvent
+
+
+class EventViews:
+    """The API view of each recent stored event, made once and shared by every subscriber it
+    reaches (so :class:`~schema.sharing.SharingExecutor` executes each selection once)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._views: OrderedDict[tuple[int, datetime, str], Event] = OrderedDict()
+
+    def view(self, item: StoredEvent | Marker) -> Event:
+        """The shared view of a stored event (markers are per subscriber: never shared)."""
+        if isinstance(item, Marker):
+            return event_view(item)
+        key = (item.cursor, item.at, item.resource_id)  # a reset log reuses cursors
+        found = self._views.get(key)
+        if found is None:
+            found = self._views[key] = event_view(item)
+            if len(self._views) > self._size:
+                self._views.popitem(last=False)
+        return found
+
+
+def event_view(item: StoredEvent | Marker) -> Event:
+    """A new API view of a stored event or a marker."""
+    if isinstance(item, Marker):
+        kind = (
+            EventTypeEnum.OVERFLOW
+            if item.kind is MarkerKind.OVERFLOW
+            else EventTypeEnum.RESYNC_REQUIRED
+        )
+        return Event.marker(kind, item.token)
+    return Event(
+        cursor=item.token,
+        type=EventTypeEnum(item.type.value),
+        resource_kind=ResourceKindEnum(item.resource_kind.value),
+        resource_id=strawberry.ID(item.resource_id),
+        model_ids=[strawberry.ID(m) for m in item.model_ids],
+        phase=item.phase,
+        message=item.message,
+        progress=Event.progress_view(item.progress),
+        at=item.at,
+    )
