@@ -11,6 +11,7 @@ everything hangs off the app built here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -86,6 +87,7 @@ from storage.repositories import (
 log = logging.getLogger(__name__)
 
 DEFAULT_ORGANIZATION = "default"
+ENCODED_RESULTS = 1024  # subscription payloads whose JSON is kept for their other subscribers
 
 
 class StartupError(Exception):
@@ -352,9 +354,31 @@ class _Metrics:
 
 
 class _Router(GraphQLRouter[Context, None]):
-    """GraphQL router that authenticates WebSocket connections in ``connection_init``."""
+    """GraphQL router that authenticates WebSocket connections in ``connection_init`` and
+    encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
+    each ``next`` message is the subscriber's id spliced around the shared payload's JSON."""
 
     verifier_getter: Callable[[], TokenVerifier]
+    _encoded: dict[int, tuple[object, str]]
+
+    def encode_json(self, data: object) -> str | bytes:
+        if isinstance(data, dict) and data.get("type") == "next":
+            payload = data.get("payload")
+            if isinstance(payload, dict) and payload.keys() == {"data"}:
+                return self._encode_next(data["id"], payload)
+        return super().encode_json(data)
+
+    def _encode_next(self, operation_id: object, payload: dict[str, object]) -> str:
+        shared = payload["data"]
+        cache = self.__dict__.setdefault("_encoded", {})
+        found = cache.get(id(shared))
+        if found is None or found[0] is not shared:  # the entry holds the object: no id reuse
+            found = (shared, json.dumps(payload, separators=(",", ":")))
+            cache[id(shared)] = found
+            if len(cache) > ENCODED_RESULTS:
+                del cache[next(iter(cache))]
+        prefix = json.dumps({"id": operation_id, "type": "next"}, separators=(",", ":"))
+        return f'{prefix[:-1]},"payload":{found[1]}}}'
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params if isinstance(context.connection_params, dict) else {}

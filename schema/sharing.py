@@ -67,6 +67,18 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
         return outcome
 
 
+class _Executed:
+    """Stands in for a per-event executor whose result another subscriber already produced
+    (``execute_subscription_event`` only calls ``execute_operation`` on it)."""
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self._result = result
+
+    def execute_operation(self, serially: bool | None = None) -> ExecutionResult:
+        del serially
+        return self._result
+
+
 async def _store_later(
     outcome: Awaitable[Any], results: dict[str, ExecutionResult], key: str
 ) -> Any:
