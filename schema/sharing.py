@@ -42,11 +42,16 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
     _share_key: str | None = None
 
     def build_per_event_executor(self, payload: Any) -> Any:
-        """Compute the sharing key once per subscription, before the per-event copies."""
+        """Compute the sharing key once per subscription, before the per-event copies; when
+        another subscriber already executed this selection over this payload, skip the copy."""
         if self._share_key is None:
             fragments = "".join(print_ast(f.definition) for _, f in sorted(self.fragments.items()))
             variables = json.dumps(self.variable_values, sort_keys=True, default=str)
             self._share_key = f"{print_ast(self.operation)}{fragments}\0{variables}"
+        if isinstance(payload, SharedPayload):
+            cached = payload.shared_results.get(self._share_key)
+            if cached is not None:
+                return _Executed(cached)
         return super().build_per_event_executor(payload)
 
     def execute_operation(self, serially: bool | None = None) -> Any:

@@ -15,6 +15,7 @@ import websockets
 from bson.int64 import Int64
 from pymongo.errors import BulkWriteError
 
+from schema import sharing
 from storage.client import Client
 from storage.documents import Role, utcnow
 from testbed.hub import RunningHub
@@ -252,9 +253,21 @@ async def test_download_progress_outlives_an_overflow(running_app: RunningApp) -
     assert seen[-1]["state"] == "READY", seen[-1]
 
 
-async def test_subscribers_of_one_event_share_one_execution(running_app: RunningApp) -> None:
-    """Two subscribers with the same selection get one shared view per event, executed once;
-    a third with other variables gets its own execution over the same view."""
+async def test_subscribers_of_one_event_share_one_execution(
+    running_app: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscribers with the same selection get one shared view per event, executed once (the
+    others reuse the result without a per-event executor); other variables execute apart."""
+    reused: list[str] = []
+    original = sharing.SharingExecutor.build_per_event_executor
+
+    def counting(self: sharing.SharingExecutor, payload: Any) -> Any:
+        built = original(self, payload)
+        if isinstance(built, sharing._Executed):
+            reused.append(str(self._share_key))
+        return built
+
+    monkeypatch.setattr(sharing.SharingExecutor, "build_per_event_executor", counting)
     token = running_app.token(role=Role.VIEWER, organization="org-a")
     url = running_app.ws_url
     async with (
@@ -270,6 +283,8 @@ async def test_subscribers_of_one_event_share_one_execution(running_app: Running
     views = running_app.resources.services.event_views
     view = views.view(await _stored(running_app, int(events[0]["cursor"])))
     assert len(view.shared_results) == 2  # {} and {after: null, modelId: null}
+    assert len(reused) >= 1  # the second `{}` subscriber reused the first one's result
+    assert len(set(reused)) == 1
 
 
 async def _stored(app: RunningApp, cursor: int) -> Any:
