@@ -152,7 +152,8 @@ async def client_main(
             await asyncio.sleep(0.05)  # do not stampede the server's accept queue
     await asyncio.gather(*(r.wait() for r in readies))
     print("READY", flush=True)
-    await asyncio.sleep(seconds)
+    del seconds  # the parent closes our stdin once its writer finished and deliveries drained
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -201,6 +202,7 @@ def _start_clients(
     children = [
         subprocess.Popen(
             [sys.executable, __file__, "--client", url, token, str(n), str(seconds), model_id],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -218,7 +220,11 @@ def _start_clients(
 def _collect(children: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for child in children:
-        out, _ = child.communicate(timeout=600)
+        if child.stdin is not None:
+            child.stdin.close()  # the client's signal to stop and report
+    for child in children:
+        out = child.stdout.read() if child.stdout is not None else ""
+        child.wait(timeout=600)
         results.extend(json.loads(out.strip().splitlines()[-1]))
     return results
 
@@ -435,7 +441,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             f"Bearer {token}",
             subscribers,
             processes=args.client_processes,
-            seconds=seconds + 15,
+            seconds=seconds,
             model_id="" if scenario == "events" else MODEL_ID,
         )
         cpu_before = _cpu_seconds(server.pid)
@@ -444,19 +450,22 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
         began = time.perf_counter()
         sampler = asyncio.create_task(_sample_rss(server.pid, samples, began))
         written = await _write(args, scenario, base=base, token=token, uri=ferret.uri)
+        writing = time.perf_counter() - began
+        await asyncio.sleep(args.drain_seconds)  # let deliveries still queued arrive
         elapsed = time.perf_counter() - began
         cpu = _cpu_seconds(server.pid) - cpu_before
         results = await asyncio.to_thread(_collect, children)
         sampler.cancel()
         peak = max(rss for _, rss in samples)
         print(
-            f"  server: CPU {cpu:.1f} s over {elapsed:.1f} s ({100 * cpu / elapsed:.0f}% of a "
-            f"core), RSS {rss_before:.0f} MB before, peak {peak:.0f} MB"
+            f"  writing took {writing:.1f} s, then {args.drain_seconds:g} s to drain; server: "
+            f"CPU {cpu:.1f} s over {elapsed:.1f} s ({100 * cpu / elapsed:.0f}% of a core), "
+            f"RSS {rss_before:.0f} MB before, peak {peak:.0f} MB"
         )
         if scenario == "events":
-            _report_events(results, written, seconds)
+            _report_events(results, written, writing)
         else:
-            _report_progress(results, written, seconds, samples, elapsed)
+            _report_progress(results, written, writing, samples, elapsed)
     finally:
         if server is not None:
             server.terminate()
@@ -481,6 +490,9 @@ def main() -> int:
     parser.add_argument("--progress-subscribers", type=int, default=200)
     parser.add_argument("--progress-rate", type=int, default=5000)
     parser.add_argument("--progress-seconds", type=float, default=20)
+    parser.add_argument(
+        "--drain-seconds", type=float, default=20, help="wait after the writer before counting"
+    )
     args = parser.parse_args()
     for scenario in ("events", "progress") if args.scenario == "both" else (args.scenario,):
         asyncio.run(run_scenario(args, scenario))
