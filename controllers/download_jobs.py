@@ -141,27 +141,49 @@ def render_job(
         "volumeMounts": mounts,
         "securityContext": CONTAINER_SECURITY,
     }
+    return _job_manifest(
+        name=job_name(weights.id, weights.attempt),
+        namespace=namespace,
+        labels=labels,
+        container=container,
+        volumes=volumes,
+        backoff_limit=template.backoff_limit,
+        deadline_seconds=template.deadline_seconds,
+        ttl_seconds=FINISHED_TTL_SECONDS,
+        service_account=template.service_account,
+    )
+
+
+def _job_manifest(
+    *,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    backoff_limit: int,
+    deadline_seconds: int,
+    ttl_seconds: int,
+    service_account: str | None = None,
+) -> dict[str, Any]:
+    """A one-container, never-restarting, non-root Job with no service-account token."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # the pod talks to MongoDB and the hub only
+        "automountServiceAccountToken": False,  # our pods talk to MongoDB and the hub only
         "containers": [container],
         "volumes": volumes,
         "securityContext": POD_SECURITY,
     }
-    if template.service_account:
-        pod_spec["serviceAccountName"] = template.service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": job_name(weights.id, weights.attempt),
-            "namespace": namespace,
-            "labels": labels,
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "backoffLimit": template.backoff_limit,
-            "activeDeadlineSeconds": template.deadline_seconds,
-            "ttlSecondsAfterFinished": FINISHED_TTL_SECONDS,
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": deadline_seconds,
+            "ttlSecondsAfterFinished": ttl_seconds,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
@@ -214,42 +236,27 @@ def render_clean_job(
     if partials_only:
         command.append("--partials-only")
     what = "partials" if partials_only else "all"
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"clean-{weights.id}-{weights.attempt}-{what}"[:63].rstrip("-"),
-            "namespace": namespace,
-            "labels": labels,
-        },
-        "spec": {
-            "backoffLimit": template.backoff_limit,
-            "activeDeadlineSeconds": 600,
-            "ttlSecondsAfterFinished": 600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "clean",
-                            "image": template.image,
-                            "imagePullPolicy": template.image_pull_policy,
-                            "command": command,
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "64Mi"},
-                                "limits": {"cpu": "500m", "memory": "256Mi"},
-                            },
-                            "volumeMounts": mounts,
-                            "securityContext": CONTAINER_SECURITY,
-                        }
-                    ],
-                    "volumes": volumes,
-                    "securityContext": POD_SECURITY,
-                },
+    return _job_manifest(
+        name=f"clean-{weights.id}-{weights.attempt}-{what}"[:63].rstrip("-"),
+        namespace=namespace,
+        labels=labels,
+        container={
+            "name": "clean",
+            "image": template.image,
+            "imagePullPolicy": template.image_pull_policy,
+            "command": command,
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "64Mi"},
+                "limits": {"cpu": "500m", "memory": "256Mi"},
             },
+            "volumeMounts": mounts,
+            "securityContext": CONTAINER_SECURITY,
         },
-    }
+        volumes=volumes,
+        backoff_limit=template.backoff_limit,
+        deadline_seconds=600,
+        ttl_seconds=600,
+    )
 
 
 def render_claim(weights: WeightsDocument, *, namespace: str) -> dict[str, Any] | None:

@@ -23,7 +23,6 @@ from schema.weights import Weights
 from services.broadcasting import EventFilter, Marker, MarkerKind
 from services.principals import Principal
 from storage.documents import AccessMode, Role, WeightsState, utcnow
-from storage.events import Event as StoredEvent
 from storage.events import InvalidCursor, ResourceKind, parse_cursor
 
 TOKEN_EXPIRED = 4401
@@ -107,17 +106,12 @@ async def stream_model_events(
         raise ExpectedError(f"model {model_id} not found", code="NOT_FOUND", field="modelId")
     event_filter = EventFilter(
         organization_id=principal.organization_id,
+        resource_kind=frozenset({ResourceKind.MODEL, ResourceKind.WEIGHTS}),
         model_id=str(model_id) if model_id is not None else None,
     )
-    views = info.context.services.event_views
-    async with (
-        _closing_at_expiry(info, principal),
-        info.context.services.broker.subscribe(event_filter, after=position) as stream,
-    ):
-        async for item in stream:
-            if isinstance(item, StoredEvent) and item.resource_kind is ResourceKind.INFERENCE:
-                continue
-            yield views.view(item)
+    async with contextlib.aclosing(_events(info, principal, event_filter, position)) as events:
+        async for event in events:  # closed with this stream: the subscription goes too
+            yield event
 
 
 async def stream_inference_events(
@@ -136,6 +130,15 @@ async def stream_inference_events(
         resource_kind=ResourceKind.INFERENCE,
         resource_id=str(inference_id) if inference_id is not None else None,
     )
+    async with contextlib.aclosing(_events(info, principal, event_filter, position)) as events:
+        async for event in events:  # closed with this stream: the subscription goes too
+            yield event
+
+
+async def _events(
+    info: Info, principal: Principal, event_filter: EventFilter, position: int | None
+) -> AsyncGenerator[Event, None]:
+    """The broker's stream for a filter, as shared API views, closed when the token expires."""
     views = info.context.services.event_views
     async with (
         _closing_at_expiry(info, principal),

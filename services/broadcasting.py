@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import Self
@@ -57,19 +57,24 @@ class EventFilter:
     """Which events a subscriber wants; the organisation is mandatory."""
 
     organization_id: str
-    resource_kind: ResourceKind | None = None
+    resource_kind: ResourceKind | frozenset[ResourceKind] | None = None
+    """One kind, several, or any."""
     resource_id: str | None = None
     model_id: str | None = None
+    kinds: frozenset[ResourceKind] | None = field(init=False, default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.organization_id:
             raise ValueError("an event filter needs an organisation")
+        kind = self.resource_kind
+        kinds = None if kind is None else kind if isinstance(kind, frozenset) else frozenset({kind})
+        object.__setattr__(self, "kinds", kinds)
 
     def matches(self, event: Event) -> bool:
         """True when the event belongs to the organisation and every set field agrees."""
         return (
             event.organization_id == self.organization_id
-            and (self.resource_kind is None or event.resource_kind == self.resource_kind)
+            and (self.kinds is None or event.resource_kind in self.kinds)
             and (self.resource_id is None or event.resource_id == self.resource_id)
             and (
                 self.model_id is None
