@@ -8,6 +8,7 @@ something is missing and says so on stderr, since a cold build takes minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import ssl
@@ -16,10 +17,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -103,6 +105,11 @@ class _Child:
                     f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}"
                 )
             time.sleep(0.2)
+
+    def terminate(self) -> None:
+        """Ask the process to stop without waiting (so that several can stop at once)."""
+        if self.process.poll() is None:
+            self.process.terminate()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -277,3 +284,272 @@ def minio(workdir: Path, *, binary: Path) -> Iterator[S3Server]:
         yield process.server
     finally:
         process.stop()
+
+
+KWOK_STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+# The controllers a workload needs to go from a Deployment or Job to pods and back: owners make
+# their children, the garbage collector and the namespace controller delete them, the
+# serviceaccount controller gives each namespace its ``default`` account, endpoint slices follow
+# Services, and the pod GC removes pods bound to nodes that are gone. Node lifecycle (taints and
+# evictions for silent nodes) stays off: kwok's nodes are Ready for as long as they exist.
+KUBE_CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "job-controller",
+    "ttl-after-finished-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "pod-garbage-collector-controller",
+)
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """For probing the self-signed health endpoints of the control-plane components."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True)
+class KubeControlPlane(KubeCluster):
+    """A whole control plane: :class:`KubeCluster` plus controllers, a scheduler and kwok.
+
+    Nodes exist only once a test adds them (:meth:`add_node`, :meth:`add_gpu_node`); kwok plays
+    their kubelets, driven by ``testbed/kwok-stages.yaml`` (which also documents the pod
+    behaviours a test can ask for).
+    """
+
+    ca: Path
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One call to the API server as the admin; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310  the loopback API server
+            f"{self.server}{path}",
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
+        context = ssl.create_default_context(cafile=str(self.ca))
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+            raise TestbedError(f"{method} {path}: {error.code} {detail}") from error
+
+    def add_node(
+        self,
+        name: str,
+        *,
+        cpu: str = "32",
+        memory: str = "256Gi",
+        pods: int = 110,
+        extended: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
+        wait_ready: float = 30,
+    ) -> dict[str, Any]:
+        """Create a node kwok manages and (unless ``wait_ready`` is 0) wait until it is Ready.
+
+        ``extended`` adds resources to capacity and allocatable (``{"nvidia.com/gpu": "2"}``);
+        ``taints`` are ``{"key", "value", "effect"}`` mappings. Returns the node as created.
+        """
+        resources = {"cpu": cpu, "memory": memory, "pods": str(pods), **(extended or {})}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    KWOK_NODE_ANNOTATION: "fake",
+                    "node.alpha.kubernetes.io/ttl": "0",
+                },
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    **(labels or {}),
+                },
+            },
+            "spec": {"taints": [dict(taint) for taint in taints]},
+            "status": {"capacity": resources, "allocatable": resources},
+        }
+        created: dict[str, Any] = self.request("POST", "/api/v1/nodes", node)
+        if wait_ready:
+            self.wait_node_ready(name, timeout=wait_ready)
+        return created
+
+    def add_gpu_node(
+        self,
+        name: str,
+        gpus: int,
+        *,
+        gpu_product: str = "NVIDIA-A100-SXM4-80GB",
+        gpu_memory_mib: int = 81920,
+        cpu: str = "32",
+        memory: str = "256Gi",
+        labels: Mapping[str, str] | None = None,
+        taints: Sequence[Mapping[str, str]] = (),
+        wait_ready: float = 30,
+    ) -> dict[str, Any]:
+        """A node with ``gpus`` NVIDIA GPUs, labelled the way GPU feature discovery labels one.
+
+        ``nvidia.com/gpu`` is in capacity and allocatable (the device plugin's resource), and the
+        labels carry product, memory per GPU (MiB) and count.
+        """
+        return self.add_node(
+            name,
+            cpu=cpu,
+            memory=memory,
+            extended={"nvidia.com/gpu": str(gpus)},
+            labels={
+                "nvidia.com/gpu.present": "true",
+                "nvidia.com/gpu.product": gpu_product,
+                "nvidia.com/gpu.memory": str(gpu_memory_mib),
+                "nvidia.com/gpu.count": str(gpus),
+                **(labels or {}),
+            },
+            taints=taints,
+            wait_ready=wait_ready,
+        )
+
+    def delete_node(self, name: str) -> None:
+        """Delete a node; the pod garbage collector then removes the pods bound to it."""
+        self.request("DELETE", f"/api/v1/nodes/{name}")
+
+    def wait_node_ready(self, name: str, *, timeout: float = 30) -> None:
+        """Poll until kwok has reported the node Ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            node = self.request("GET", f"/api/v1/nodes/{name}")
+            conditions = node.get("status", {}).get("conditions") or []
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return
+            if time.monotonic() > deadline:
+                raise TestbedError(f"node {name} not Ready after {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def wait_controllers(self, *, timeout: float = 60) -> None:
+        """Poll until the controller manager works: the ``default`` namespace has its account."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            except TestbedError:
+                if time.monotonic() > deadline:
+                    raise TestbedError(
+                        f"kube-controller-manager not working after {timeout:.0f} s; "
+                        f"see {self.workdir / 'kube-controller-manager.log'}"
+                    ) from None
+                time.sleep(0.1)
+            else:
+                return
+
+
+@contextmanager
+def kube_control_plane(
+    workdir: Path,
+    *,
+    binaries: Mapping[str, Path],
+    stages: Path = KWOK_STAGES,
+) -> Iterator[KubeControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback.
+
+    ``binaries`` maps the names ``build.sh --print`` uses to paths. The three components all talk
+    to the API server with the admin token of the cluster's kubeconfig (the controllers with
+    their own credentials, ``--use-service-account-credentials=false``), elect no leader and serve
+    their health endpoints on loopback only. Stopped in reverse order on exit.
+    """
+    with kube_apiserver(
+        workdir, etcd=binaries["etcd"], apiserver=binaries["kube-apiserver"]
+    ) as cluster:
+        kubeconfig = str(cluster.kubeconfig)
+        kcm_port, scheduler_port, kwok_port = free_port(), free_port(), free_port()
+        children: list[_Child] = []
+        try:
+            children.append(
+                _Child(
+                    "kube-controller-manager",
+                    [
+                        str(binaries["kube-controller-manager"]),
+                        f"--kubeconfig={kubeconfig}",
+                        "--bind-address=127.0.0.1",
+                        f"--secure-port={kcm_port}",
+                        "--leader-elect=false",
+                        "--use-service-account-credentials=false",
+                        f"--controllers={','.join(KUBE_CONTROLLERS)}",
+                        "--kube-api-qps=200",
+                        "--kube-api-burst=400",
+                        "--v=1",
+                    ],
+                    workdir=workdir,
+                    env={},
+                )
+            )
+            children.append(
+                _Child(
+                    "kube-scheduler",
+                    [
+                        str(binaries["kube-scheduler"]),
+                        f"--kubeconfig={kubeconfig}",
+                        "--bind-address=127.0.0.1",
+                        f"--secure-port={scheduler_port}",
+                        "--leader-elect=false",
+                        "--v=1",
+                    ],
+                    workdir=workdir,
+                    env={},
+                )
+            )
+            children.append(
+                _Child(
+                    "kwok",
+                    [
+                        str(binaries["kwok"]),
+                        f"--kubeconfig={kubeconfig}",
+                        f"--config={stages}",
+                        "--manage-all-nodes=false",
+                        f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                        f"--server-address=127.0.0.1:{kwok_port}",
+                        "--cidr=10.244.0.0/16",
+                        "--node-ip=10.96.0.1",
+                    ],
+                    workdir=workdir,
+                    # kwok looks for ~/.kwok; keep it inside the work directory.
+                    env={"HOME": str(workdir)},
+                )
+            )
+            kcm, scheduler, kwok = children
+            insecure = _insecure_context()
+            kcm.wait_until(f"https://127.0.0.1:{kcm_port}/healthz", timeout=60, context=insecure)
+            scheduler.wait_until(
+                f"https://127.0.0.1:{scheduler_port}/readyz", timeout=60, context=insecure
+            )
+            kwok.wait_until(f"http://127.0.0.1:{kwok_port}/healthz", timeout=60)
+            plane = KubeControlPlane(
+                server=cluster.server,
+                token=cluster.token,
+                kubeconfig=cluster.kubeconfig,
+                workdir=cluster.workdir,
+                ca=cluster.workdir / "certs" / "apiserver.crt",
+            )
+            plane.wait_controllers()
+            yield plane
+        finally:
+            for child in children:
+                child.terminate()
+            for child in reversed(children):
+                child.stop()

@@ -25,6 +25,8 @@ from storage.documents import Role
 from testbed import servers
 from testbed.hub import LocalHub, RunningHub, running_hub
 
+pytest_plugins = ["tests.cluster_fixtures"]
+
 HUB_TOKEN = "hf_testbedgrantedtoken0001"
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

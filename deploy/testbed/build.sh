@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the servers the test suite talks to -- FerretDB, etcd, kube-apiserver and MinIO --
+# Build the servers the test suite talks to -- FerretDB, etcd, MinIO, the Kubernetes control
+# plane (kube-apiserver, kube-controller-manager, kube-scheduler) and kwok's fake kubelets --
 # from the Go module proxy into a cache outside the repository.
 #
 #   deploy/testbed/build.sh            build whatever is missing
@@ -15,6 +16,7 @@ FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20251015172955-9e49d5e7a648}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 
 CACHE="${MODELPLANE_TESTBED_CACHE:-$HOME/.cache/modelplane/testbed}"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -29,6 +31,9 @@ if [[ "${1:-}" == "--print" ]]; then
   printf 'etcd=%s/bin/etcd\n' "$(dest etcd "$ETCD_VERSION")"
   printf 'kube-apiserver=%s/bin/kube-apiserver\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
   printf 'minio=%s/bin/minio\n' "$(dest minio "$MINIO_VERSION")"
+  printf 'kube-controller-manager=%s/bin/kube-controller-manager\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
+  printf 'kube-scheduler=%s/bin/kube-scheduler\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
+  printf 'kwok=%s/bin/kwok\n' "$(dest kwok "$KWOK_VERSION")"
   exit 0
 fi
 
@@ -89,12 +94,16 @@ GO
   go build -trimpath -o "$target" .
 }
 
-build_kube_apiserver() {
-  local version="$1" target="$2"
-  go mod init local/kube-apiserver >/dev/null 2>&1
+# kube_wrapper_module VERSION: turn the current (empty) folder into a module that requires
+# k8s.io/kubernetes@VERSION and can build its commands. k8s.io/kubernetes requires its staging
+# modules at v0.0.0 and replaces them with local folders; derive the list from that version's
+# go.mod and point each at the published tag. tools.go names every command built from here so
+# that all of them resolve against one and the same module graph (and so share the Go build
+# cache package for package).
+kube_wrapper_module() {
+  local version="$1"
+  go mod init local/kubernetes >/dev/null 2>&1
   local staging="v0.${version#v1.}"
-  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local
-  # folders; derive the list from that version's go.mod and point each at the published tag.
   local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
   [[ -f "$gomod" ]] || { log "could not download k8s.io/kubernetes@$version"; return 1; }
   local mods; mods="$(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u)"
@@ -107,12 +116,45 @@ build_kube_apiserver() {
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+)
 GO
   go mod tidy
+}
+
+# build_kube_command COMMAND VERSION TARGET: one command of k8s.io/kubernetes, stamped with
+# VERSION the way the release build does (clients and kwok read it from /version).
+build_kube_command() {
+  local command="$1" version="$2" target="$3"
+  kube_wrapper_module "$version"
   go build -trimpath \
     -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$version")" \
-    -o "$target" k8s.io/kubernetes/cmd/kube-apiserver
+    -o "$target" "k8s.io/kubernetes/cmd/$command"
+}
+
+build_kube_apiserver() { build_kube_command kube-apiserver "$@"; }
+build_kube_controller_manager() { build_kube_command kube-controller-manager "$@"; }
+build_kube_scheduler() { build_kube_command kube-scheduler "$@"; }
+
+# kwok (fake kubelets driven by Stage resources) is an ordinary module without replace
+# directives, so a wrapper that requires it builds it with exactly its own dependency versions.
+build_kwok() {
+  local version="$1" target="$2"
+  go mod init local/kwok >/dev/null 2>&1
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "sigs.k8s.io/kwok/cmd/kwok"
+GO
+  go get "sigs.k8s.io/kwok@$version"
+  go mod tidy
+  go build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${version#v}" \
+    -o "$target" sigs.k8s.io/kwok/cmd/kwok
 }
 
 build_minio() {
@@ -136,5 +178,8 @@ build_one ferretdb "$FERRETDB_VERSION" ferretdb build_ferretdb || status=1
 build_one etcd "$ETCD_VERSION" etcd build_etcd || status=1
 build_one minio "$MINIO_VERSION" minio build_minio || status=1
 build_one kubernetes "$KUBERNETES_VERSION" kube-apiserver build_kube_apiserver || status=1
+build_one kubernetes "$KUBERNETES_VERSION" kube-controller-manager build_kube_controller_manager || status=1
+build_one kubernetes "$KUBERNETES_VERSION" kube-scheduler build_kube_scheduler || status=1
+build_one kwok "$KWOK_VERSION" kwok build_kwok || status=1
 log "done in $((SECONDS - total_started)) s (status $status)"
 exit $status
