@@ -292,9 +292,12 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # The controllers a workload needs to go from a Deployment or Job to pods and back: owners make
 # their children, the garbage collector and the namespace controller delete them, the
 # serviceaccount controller gives each namespace its ``default`` account, endpoint slices follow
-# Services, and the pod GC removes pods bound to nodes that are gone. Node lifecycle (taints and
-# evictions for silent nodes) stays off: kwok's nodes are Ready for as long as they exist.
+# Services, and the pod GC removes pods bound to nodes that are gone. The node lifecycle
+# controller lifts the ``node.kubernetes.io/not-ready`` taint the API server puts on every new
+# node once kwok reports it Ready (and would taint a node whose lease kwok stopped renewing);
+# taint-based eviction stays off.
 KUBE_CONTROLLERS = (
+    "node-lifecycle-controller",
     "deployment-controller",
     "replicaset-controller",
     "statefulset-controller",
@@ -431,12 +434,16 @@ class KubeControlPlane(KubeCluster):
         self.request("DELETE", f"/api/v1/nodes/{name}")
 
     def wait_node_ready(self, name: str, *, timeout: float = 30) -> None:
-        """Poll until kwok has reported the node Ready."""
+        """Poll until kwok has reported the node Ready and it takes pods (no not-ready taint)."""
         deadline = time.monotonic() + timeout
         while True:
             node = self.request("GET", f"/api/v1/nodes/{name}")
             conditions = node.get("status", {}).get("conditions") or []
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            taints = {t["key"] for t in node.get("spec", {}).get("taints") or []}
+            if (
+                any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+                and "node.kubernetes.io/not-ready" not in taints
+            ):
                 return
             if time.monotonic() > deadline:
                 raise TestbedError(f"node {name} not Ready after {timeout:.0f} s")

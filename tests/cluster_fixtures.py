@@ -19,6 +19,7 @@ A pod asking for two GPUs therefore never fits, which is what the unschedulable 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 import uuid
@@ -70,11 +71,36 @@ async def control_plane_api(
 
 @pytest.fixture
 async def gpu_namespace(control_plane_api: k8s.ApiClient) -> AsyncIterator[str]:
-    """A fresh namespace on the control plane; deleted (with all it holds) after the test."""
+    """A fresh namespace on the control plane, deleted after the test with all it holds.
+
+    The namespace controller waits five seconds before it acts on a deleted namespace, so the
+    teardown first deletes the workloads and force-deletes their pods itself and waits until no
+    pod is left (the next test then finds every GPU free); the namespace is deleted last and not
+    waited for.
+    """
     name = f"gpu-{uuid.uuid4().hex[:8]}"
     core = k8s.CoreV1Api(control_plane_api)
     await core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     try:
         yield name
     finally:
+        await empty_namespace(control_plane_api, name)
         await core.delete_namespace(name)
+
+
+async def empty_namespace(api: k8s.ApiClient, namespace: str, *, timeout: float = 60) -> None:
+    """Delete the workloads of ``namespace`` and force-delete its pods; wait until none is left."""
+    apps, batch, core = k8s.AppsV1Api(api), k8s.BatchV1Api(api), k8s.CoreV1Api(api)
+    for delete in (
+        apps.delete_collection_namespaced_deployment,
+        apps.delete_collection_namespaced_replica_set,
+        apps.delete_collection_namespaced_stateful_set,
+        batch.delete_collection_namespaced_job,
+    ):
+        await delete(namespace, propagation_policy="Background")
+    deadline = time.monotonic() + timeout
+    while (await core.list_namespaced_pod(namespace)).items:
+        await core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+        if time.monotonic() > deadline:
+            pytest.fail(f"pods of namespace {namespace} still there after {timeout:.0f} s")
+        await asyncio.sleep(0.1)
