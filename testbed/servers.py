@@ -1,5 +1,9 @@
 """Start the test servers as child processes and wait until each answers.
 
+Two flavours of Kubernetes: :func:`kube_apiserver` is envtest-style (etcd and the API server,
+nothing acts on what is stored), :func:`kube_control_plane` adds the controller manager, the
+scheduler and kwok so that workloads really become pods on fake (GPU) nodes.
+
 Each server gets a free loopback port and a directory of its own, is polled until its
 readiness endpoint answers, and is stopped (SIGTERM, then SIGKILL) on exit. Binaries come from
 the cache that ``deploy/testbed/build.sh`` fills; :func:`ensure_built` runs that script when
@@ -53,7 +57,7 @@ def ensure_built() -> dict[str, Path]:
     if missing:
         sys.stderr.write(
             f"\n[testbed] building {', '.join(missing)} from the Go module proxy "
-            "(cold build: about 10 minutes on 2 cores; cached afterwards)\n"
+            "(cold build of everything: about 20 minutes on 2 cores; cached afterwards)\n"
         )
         sys.stderr.flush()
         started = time.monotonic()
@@ -119,6 +123,14 @@ class _Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """For probing the self-signed health endpoints of the control-plane components."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @dataclass(frozen=True)
@@ -193,14 +205,11 @@ def kube_apiserver(workdir: Path, *, etcd: Path, apiserver: Path) -> Iterator[Ku
             workdir=workdir,
             env={},
         )
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
         server = f"https://127.0.0.1:{api_port}"
         api_proc.wait_until(
             f"{server}/readyz",
             timeout=90,
-            context=insecure,
+            context=_insecure_context(),
             headers={"Authorization": f"Bearer {token}"},
         )
         ca = workdir / "certs" / "apiserver.crt"
@@ -310,14 +319,6 @@ KUBE_CONTROLLERS = (
     "endpointslice-controller",
     "pod-garbage-collector-controller",
 )
-
-
-def _insecure_context() -> ssl.SSLContext:
-    """For probing the self-signed health endpoints of the control-plane components."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 from kubernetes_asyncio import client as k8s
 
+from testbed.servers import KubeControlPlane
 from tests.cluster_fixtures import CPU_NODES, GPU_NODES
 
 pytestmark = pytest.mark.slow
@@ -280,3 +281,35 @@ async def test_job_pod_completes_and_the_job_succeeds(
 
     found = await eventually(complete, what="the Job to complete")
     assert found.status.succeeded == 1
+
+
+async def test_pending_pod_is_scheduled_once_a_big_enough_node_joins(
+    kube_control_plane: KubeControlPlane, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    core = k8s.CoreV1Api(control_plane_api)
+    await core.create_namespaced_pod(gpu_namespace, pod("waits", "vllm/vllm-openai", gpus=2))
+
+    async def unschedulable() -> bool | None:
+        found = await core.read_namespaced_pod("waits", gpu_namespace)
+        scheduled = condition(found, "PodScheduled")
+        return True if scheduled is not None and scheduled.reason == "Unschedulable" else None
+
+    await eventually(unschedulable, what="the scheduler to give up on the pod")
+    node = f"gpu-h100-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(
+        kube_control_plane.add_gpu_node,
+        node,
+        2,
+        gpu_product="NVIDIA-H100-80GB-HBM3",
+        gpu_memory_mib=81559,
+    )
+    try:
+
+        async def running() -> k8s.V1Pod | None:
+            found = await core.read_namespaced_pod("waits", gpu_namespace)
+            return found if found.status.phase == "Running" else None
+
+        found = await eventually(running, what="the pod to run on the new node")
+        assert found.spec.node_name == node
+    finally:
+        await asyncio.to_thread(kube_control_plane.delete_node, node)
