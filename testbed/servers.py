@@ -533,6 +533,9 @@ def kube_control_plane(
                         f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                         f"--server-address=127.0.0.1:{kwok_port}",
                         "--cidr=10.244.0.0/16",
+                        # renew a Lease per node, the heartbeat the node lifecycle controller
+                        # reads (without it every node would flap to Unknown after 50 s)
+                        "--node-lease-duration-seconds=40",
                         "--node-ip=10.96.0.1",
                     ],
                     workdir=workdir,

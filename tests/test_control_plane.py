@@ -313,3 +313,21 @@ async def test_pending_pod_is_scheduled_once_a_big_enough_node_joins(
         assert found.spec.node_name == node
     finally:
         await asyncio.to_thread(kube_control_plane.delete_node, node)
+
+
+async def test_ready_after_annotation_delays_running(
+    control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    core = k8s.CoreV1Api(control_plane_api)
+    started = time.monotonic()
+    await core.create_namespaced_pod(
+        gpu_namespace,
+        pod("slow", "vllm/vllm-openai", annotations={"modelplane.test/ready-after": "1500ms"}),
+    )
+
+    async def running() -> k8s.V1Pod | None:
+        found = await core.read_namespaced_pod("slow", gpu_namespace)
+        return found if found.status.phase == "Running" else None
+
+    await eventually(running, what="the pod to run")
+    assert time.monotonic() - started >= 1.5
