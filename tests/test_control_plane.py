@@ -258,29 +258,50 @@ async def test_deleting_a_deployment_removes_its_pods(
     await eventually(all_gone, what="the garbage collector to remove the ReplicaSet and pods")
 
 
-async def test_job_pod_completes_and_the_job_succeeds(
-    control_plane_api: k8s.ApiClient, gpu_namespace: str
-) -> None:
-    batch = k8s.BatchV1Api(control_plane_api)
-    name = f"download-{uuid.uuid4().hex[:6]}"
-    job = k8s.V1Job(
+def job(name: str, image: str) -> k8s.V1Job:
+    return k8s.V1Job(
         metadata=k8s.V1ObjectMeta(name=name),
         spec=k8s.V1JobSpec(
             backoff_limit=0,
             template=k8s.V1PodTemplateSpec(
-                spec=k8s.V1PodSpec(restart_policy="Never", containers=[container("modelplane:dev")])
+                spec=k8s.V1PodSpec(restart_policy="Never", containers=[container(image)])
             ),
         ),
     )
-    await batch.create_namespaced_job(gpu_namespace, job)
 
-    async def complete() -> k8s.V1Job | None:
-        found = await batch.read_namespaced_job_status(name, gpu_namespace)
+
+async def finished_job(batch: k8s.BatchV1Api, namespace: str, name: str, kind: str) -> k8s.V1Job:
+    async def finished() -> k8s.V1Job | None:
+        found = await batch.read_namespaced_job_status(name, namespace)
         conditions = {c.type: c.status for c in found.status.conditions or []}
-        return found if conditions.get("Complete") == "True" else None
+        return found if conditions.get(kind) == "True" else None
 
-    found = await eventually(complete, what="the Job to complete")
+    return await eventually(finished, what=f"the Job to be {kind}")
+
+
+async def test_job_pod_completes_and_the_job_succeeds(
+    control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    batch = k8s.BatchV1Api(control_plane_api)
+    await batch.create_namespaced_job(gpu_namespace, job("download", "modelplane:dev"))
+    found = await finished_job(batch, gpu_namespace, "download", "Complete")
     assert found.status.succeeded == 1
+
+
+async def test_job_whose_image_exits_1_fails(
+    control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    batch, core = k8s.BatchV1Api(control_plane_api), k8s.CoreV1Api(control_plane_api)
+    await batch.create_namespaced_job(
+        gpu_namespace, job("download", "registry.example/modelplane-exits-1:dev")
+    )
+    found = await finished_job(batch, gpu_namespace, "download", "Failed")
+    assert found.status.failed == 1
+    pods = await core.list_namespaced_pod(gpu_namespace, label_selector="job-name=download")
+    [failed] = pods.items
+    assert failed.status.phase == "Failed"
+    [status] = failed.status.container_statuses
+    assert (status.state.terminated.exit_code, status.state.terminated.reason) == (1, "Error")
 
 
 async def test_pending_pod_is_scheduled_once_a_big_enough_node_joins(
