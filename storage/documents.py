@@ -390,7 +390,13 @@ class InferenceSpec(BaseModel):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     port: int = 8000
+    health_path: str | None = None
+    """Readiness path; None: the engine's own (``/health`` for vLLM)."""
     initial_delay_seconds: int = 60
+    ollama_model: str | None = None
+    """What Ollama pulls; None: ``hf.co/<repo>`` of the model."""
+    upstream_timeout_seconds: float | None = None
+    """The gateway's upstream timeout for this inference; None: the server default."""
     env: list[EnvVarSpec] = Field(default_factory=list)
     autoscaling: AutoscalingSpec | None = None
     litellm: LiteLLMSpec | None = None
