@@ -386,12 +386,12 @@ class KubernetesInferenceExecutor:
         if not pods:
             return []
         pod = pods[-1]
+        options: dict[str, Any] = {"tail_lines": tail}
+        if inference.managed:
+            options["container"] = ENGINE_CONTAINER
         try:
             text = await self._core.read_namespaced_pod_log(
-                pod["metadata"]["name"],
-                self._namespace,
-                container=ENGINE_CONTAINER if inference.managed else None,
-                tail_lines=tail,
+                pod["metadata"]["name"], self._namespace, **options
             )
         except ApiException as exc:
             if exc.status in {400, 404}:

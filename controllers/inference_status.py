@@ -245,7 +245,7 @@ def derive_status(  # noqa: PLR0911  checks in the docstring order, one return e
     desired = int(wanted if wanted is not None else 1)
     ready = int(_get(deployment, "status", "readyReplicas") or 0)
     mine = current_pods(pods, generation)
-    counts = {"replicas": desired, "ready_replicas": ready}
+    counts = (desired, ready)
     up_to_date = int(_get(deployment, "status", "observedGeneration") or 0) >= int(
         _get(deployment, "metadata", "generation") or 0
     )
@@ -256,20 +256,20 @@ def derive_status(  # noqa: PLR0911  checks in the docstring order, one return e
         if c.get("type") == "Ready" and c.get("status") == "True"
     )
     if desired > 0 and ready >= desired and up_to_date and ready_now >= desired:
-        return Observed(InferencePhase.RUNNING, None, f"{ready}/{desired} replicas ready", **counts)
+        return Observed(InferencePhase.RUNNING, None, f"{ready}/{desired} replicas ready", *counts)
     for check in (_container_failure(mine), _init_state_failure(mine)):
         if check is not None:
             return _with(check, counts)
     unschedulable = _unschedulable(mine, events, requested_gpus, largest_free_gpus)
     if unschedulable is not None:
-        return Observed(InferencePhase.PENDING, *unschedulable, **counts)
+        return Observed(InferencePhase.PENDING, *unschedulable, *counts)
     for event in reversed(events):
         if (
             _get(event, "involvedObject", "kind") == "ReplicaSet"
             and event.get("reason") == "FailedCreate"
         ):
             return Observed(
-                InferencePhase.FAILED, "FailedCreate", str(event.get("message")), **counts
+                InferencePhase.FAILED, "FailedCreate", str(event.get("message")), *counts
             )
     for condition in _get(deployment, "status", "conditions") or []:
         if condition.get("reason") == "ProgressDeadlineExceeded":
@@ -277,7 +277,7 @@ def derive_status(  # noqa: PLR0911  checks in the docstring order, one return e
                 InferencePhase.FAILED,
                 "ProgressDeadlineExceeded",
                 str(condition.get("message") or "the rollout did not progress in time"),
-                **counts,
+                *counts,
             )
     initializing = _init_state(mine)
     if initializing is not None:
@@ -292,5 +292,5 @@ def _init_state_failure(pods: list[Obj]) -> Observed | None:
     return None
 
 
-def _with(observed: Observed, counts: dict[str, int]) -> Observed:
-    return Observed(observed.phase, observed.reason, observed.message, **counts)
+def _with(observed: Observed, counts: tuple[int, int]) -> Observed:
+    return Observed(observed.phase, observed.reason, observed.message, *counts)
