@@ -142,7 +142,8 @@ async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
     assert result["started"] is True
     inference = result["inference"]
     assert inference["spec"]["engine"] == "VLLM"
-    assert inference["spec"]["gpu"] == 1 and inference["spec"]["cpu"] == "1"
+    assert inference["spec"]["gpu"] == 1
+    assert inference["spec"]["cpu"] == "1"
     assert inference["spec"]["memory"] == "2Gi"
 
     running = await wait_inference(local_app, inference["id"], {"RUNNING", "FAILED"})
@@ -181,7 +182,9 @@ async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
     final = await wait_inference(local_app, inference["id"], {"STOPPED"})
     assert final["endpoint"] is None
     phases = [entry["phase"] for entry in final["phaseHistory"]]
-    assert phases[0] == "PENDING" and "RUNNING" in phases and phases[-1] == "STOPPED"
+    assert phases[0] == "PENDING"
+    assert "RUNNING" in phases
+    assert phases[-1] == "STOPPED"
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{endpoint}/models")
@@ -194,7 +197,8 @@ async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
         e["phase"]
         async for e in events.find({"resource_kind": "INFERENCE", "resource_id": inference["id"]})
     ]
-    assert "RUNNING" in kinds and kinds[-1] == "STOPPED"
+    assert "RUNNING" in kinds
+    assert kinds[-1] == "STOPPED"
 
     # Starting again after a stop re-enables the same inference.
     restarted = await start(local_app, model["id"])
@@ -259,7 +263,8 @@ async def test_dry_run_plans_without_writing(local_app: RunningApp) -> None:
     result = await start(local_app, model["id"], None, dryRun=True)
     assert result["__typename"] == "InferencePayload", result
     assert result["dryRun"] is True
-    assert "vllm" in result["manifests"][0] and "--served-model-name" in result["manifests"][0]
+    assert "vllm" in result["manifests"][0]
+    assert "--served-model-name" in result["manifests"][0]
     assert await local_app.resources.database["inferences"].count_documents({}) == 0
 
 
