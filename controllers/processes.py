@@ -17,8 +17,13 @@ a pod's container, and borrows its vocabulary so both runtimes report alike:
   initial delay: the first 2xx makes the process ready, ``ready_failure_threshold`` failures in
   a row make it unready again (it is not restarted for that: there is no liveness probe). A
   process that never becomes ready within ``startup_timeout_seconds`` is terminated and counts
-  as an exit. Before spawning, the port is checked: an engine orphaned by an earlier server (it
-  survives in its own session) would otherwise answer the new engine's health checks.
+  as an exit.
+- **Orphans.** A child survives a server that dies without closing the supervisor (it runs in
+  its own session). Each running child is recorded in ``<log_dir>/<key>.pid`` with its kernel
+  start time; the first start of a key stops a recorded process that still runs with that
+  start time (so a reused pid is never hit; Linux only, elsewhere there is no record). And
+  every spawn first checks the port: anything else listening there would answer the new
+  engine's health checks, so the start waits in backoff (reason ``PortInUse``) instead.
 - **Restarts** follow Kubernetes' ``restartPolicy: Always``: every exit (even code 0) restarts
   after a jittered exponential backoff. ``crash_loop_after`` exits within
   ``crash_loop_window`` seconds, or as many in a row without ever becoming ready, make the
@@ -271,8 +276,22 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def live_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of ``/proc/<pid>/stat``), which tells it
+    from a later process reusing the pid; None when it is gone, a zombie, or there is no
+    ``/proc`` (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if len(fields) < 20 or fields[0] in {"Z", "X"}:
+        return None
+    return fields[19]
+
+
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Signal a process group; one that is gone already is fine."""
+    """Signal a process group; one that is gone already is fine. (After the leader is reaped
+    its pid stays reserved while any member lives; an empty group answers ESRCH.)"""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -536,6 +555,7 @@ class ProcessSupervisor:
             if self._entries.get(key) is entry:
                 del self._entries[key]
             entry.file.remove()
+            self._pid_path(key).unlink(missing_ok=True)
 
     def status(self, key: str) -> ProcessStatus | None:
         """The current status of ``key``, or None for a key never ensured (or removed)."""
@@ -660,6 +680,7 @@ class ProcessSupervisor:
     async def _supervise(self, entry: _Entry, program: str) -> None:
         """Run, wait for the exit, back off, run again; ends only on a permanent failure or
         cancellation."""
+        await self._stop_orphan(entry)
         while True:
             try:
                 ended = await self._run_once(entry, program)
@@ -699,6 +720,7 @@ class ProcessSupervisor:
             self._fail(entry, "StartError", text)
             return None
         run = _Run(started=loop.time())
+        self._record_pid(entry.key, proc.pid)
         entry.phase = ProcessPhase.STARTING
         entry.ready = False
         entry.pid = proc.pid
@@ -707,7 +729,7 @@ class ProcessSupervisor:
         entry.message = (
             None
             if entry.last_exit_text is None
-            else f"restarted {entry.restarts} times; last: {entry.last_exit_text}"
+            else f"restart {entry.restarts} after: {entry.last_exit_text}"
         )
         self._publish(entry)
         log.info(
@@ -754,7 +776,61 @@ class ProcessSupervisor:
                 for task in (prober, waiter, *pumps):
                     task.cancel()
                 await _cancel_all([waiter])
+                if proc.returncode is not None:
+                    self._pid_path(entry.key).unlink(missing_ok=True)
         return self._exit_report(spec, run, proc.returncode, timed_out=timed_out, now=loop.time())
+
+    # -- pid records (orphans of an earlier server) ------------------------------------------
+
+    def _pid_path(self, key: str) -> Path:
+        return self._log_dir / f"{key}.pid"
+
+    def _record_pid(self, key: str, pid: int) -> None:
+        """Note a running child and its start time, for a later server to find."""
+        started = live_start_time(pid)
+        if started is None:
+            return
+        path = self._pid_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(f"{pid} {started}\n")
+        except OSError:
+            log.warning("cannot record the process id", extra={"key": key}, exc_info=True)
+
+    def _recorded_orphan(self, key: str) -> tuple[int, str] | None:
+        """The recorded process of ``key`` if it still runs (same pid, same start time)."""
+        path = self._pid_path(key)
+        try:
+            pid_text, started = path.read_text().split()
+            pid = int(pid_text)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            return None
+        if pid in {0, 1, os.getpid(), os.getpgrp()} or live_start_time(pid) != started:
+            path.unlink(missing_ok=True)
+            return None
+        return pid, started
+
+    async def _stop_orphan(self, entry: _Entry) -> None:
+        """Stop a process a previous server left running for this key: SIGTERM to its
+        group, SIGKILL after the spec's grace, then wait (5 s at most) until it is gone."""
+        found = self._recorded_orphan(entry.key)
+        if found is None:
+            return
+        pid, started = found
+        log.warning(
+            "stopping a process left running by an earlier server",
+            extra={"key": entry.key, "pid": pid},
+        )
+        _signal_group(pid, signal.SIGTERM)
+        await _until_gone(pid, started, seconds=entry.spec.stop_grace_seconds)
+        _signal_group(pid, signal.SIGKILL)
+        await _until_gone(pid, started, seconds=5.0)
+        self._pid_path(entry.key).unlink(missing_ok=True)
 
     def _exit_report(
         self, spec: ProcessSpec, run: _Run, code: int | None, *, timed_out: bool, now: float
@@ -832,7 +908,8 @@ class ProcessSupervisor:
         entry.ready = False
         entry.pid = None
         entry.started_at = None
-        entry.last_exit_code = ended.code
+        if ended.code is not None:  # a start that failed before a process existed
+            entry.last_exit_code = ended.code
         entry.last_exit_text = ended.summary()
         self._publish(entry)
         log.warning(
@@ -931,6 +1008,15 @@ class ProcessSupervisor:
         if response.is_success:
             return None
         return f"HTTP {response.status_code}"
+
+
+async def _until_gone(pid: int, started: str, *, seconds: float) -> None:
+    """Poll until ``pid`` (started at ``started``) is gone, for ``seconds`` at most. An orphan
+    is not our child: there is nothing to wait on but its ``/proc`` entry."""
+    for _ in range(max(1, round(seconds / 0.05))):
+        if live_start_time(pid) != started:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
