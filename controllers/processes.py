@@ -587,7 +587,8 @@ class ProcessSupervisor:
         await asyncio.gather(*(self.stop(entry.key) for entry in entries))
         for entry in entries:
             entry.file.close()
-        await self._http.aclose()
+        if not self._http.is_closed:
+            await self._http.aclose()
 
     # -- lifecycle of one key -----------------------------------------------------------------
 
@@ -603,6 +604,7 @@ class ProcessSupervisor:
 
     def _start(self, entry: _Entry) -> None:
         """Check the spec, then start the key's supervising task (or fail for good)."""
+        self._retire(entry)
         entry.reset_history()
         spec = entry.spec
         problem = spec_problem(spec)
@@ -632,13 +634,7 @@ class ProcessSupervisor:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error(
-                "process supervision failed",
-                extra={"key": entry.key},
-                exc_info=task.exception(),
-            )
-        entry.task = None
+        self._retire(entry)
         entry.phase = ProcessPhase.STOPPED
         entry.reason = None
         entry.message = "stopped"
@@ -646,6 +642,16 @@ class ProcessSupervisor:
         entry.pid = None
         entry.started_at = None
         self._publish(entry)
+
+    @staticmethod
+    def _retire(entry: _Entry) -> None:
+        """Forget the key's finished task, logging how it failed if it did (a bug: the task
+        handles every failure of the process itself)."""
+        task, entry.task = entry.task, None
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                log.error("process supervision failed", extra={"key": entry.key}, exc_info=error)
 
     def _fail(self, entry: _Entry, reason: str, message: str) -> None:
         entry.phase = ProcessPhase.FAILED

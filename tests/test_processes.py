@@ -368,6 +368,11 @@ async def test_crashing_program_backs_off_then_crash_loops(
     assert first_backoff.reason == "Error"
     assert first_backoff.message is not None
     assert first_backoff.message.startswith("exited with code 1; restarting in ")
+    restarted = next(s for k, s in recorder.seen if s.phase is ProcessPhase.STARTING and s.pid)
+    assert restarted.restarts == 0  # the first start
+    again = next(s for k, s in recorder.seen if s.restarts == 1 and s.pid)
+    assert again.phase is ProcessPhase.STARTING
+    assert again.message == "restart 1 after: exited with code 1: boom: config missing"
     # it keeps retrying, as Kubernetes does
     restarts = looping.restarts
     await eventually(lambda: status_of(supervisor, "crasher").restarts > restarts, "a retry")
