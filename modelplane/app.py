@@ -68,6 +68,7 @@ from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.broadcasting import Broker
+from services.cluster import ClusterService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
@@ -204,6 +205,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
+            cluster=ClusterService(
+                runtime=runtime,
+                hub=hub,
+                models=models,
+                secrets=secrets,
+                hub_endpoint=settings.hf_endpoint,
+            ),
             broker=broker,
             version=modelplane_version(),
             started_at=utcnow(),

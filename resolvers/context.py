@@ -14,6 +14,7 @@ from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
 from services.broadcasting import Broker
+from services.cluster import ClusterService
 from services.models import ModelService
 from services.principals import Principal
 from services.weights import WeightsService
@@ -30,6 +31,7 @@ class Services:
     hub: HubClient
     models: ModelService
     weights: WeightsService
+    cluster: ClusterService
     broker: Broker
     version: str
     started_at: datetime

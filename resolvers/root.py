@@ -14,10 +14,12 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import cluster as cluster_resolvers
 from resolvers import events as event_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
+from schema.cluster import ClusterStatus, GpuFitResult
 from schema.enums import RoleEnum
 from schema.events import Event
 from schema.models import (
@@ -136,6 +138,8 @@ class Query:
         resolver=weights_resolvers.resolve_weights_usage,
         description="used / free / total bytes of each allowed local root.",
     )
+    cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
+    gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")

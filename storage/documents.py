@@ -107,6 +107,15 @@ class TargetKind(StrEnum):
     S3 = "S3"
 
 
+class InferenceEngine(StrEnum):
+    """What serves a model: an engine on GPUs, or a proxy to a remote API (no GPU)."""
+
+    VLLM = "VLLM"
+    OLLAMA = "OLLAMA"
+    LITELLM_PROXY = "LITELLM_PROXY"
+    CUSTOM = "CUSTOM"
+
+
 class ModelSource(BaseModel):
     """Where a model comes from. The token itself lives in the secret store, never here."""
 
