@@ -198,9 +198,12 @@ async def _list_raw(call: Any, **kwargs: Any) -> list[dict[str, Any]]:
         extra = {"_continue": token} if token else {}
         response = await call(limit=PAGE_SIZE, _preload_content=False, **kwargs, **extra)
         try:
-            body = json.loads(await response.read())
+            data = await response.read()
         finally:
             response.release()
+        if not 200 <= response.status <= 299:  # unchecked without preloading: check it here
+            raise ApiException(status=response.status, reason=response.reason)
+        body = json.loads(data)
         items.extend(body.get("items") or [])
         token = (body.get("metadata") or {}).get("continue")
         if not token:

@@ -226,15 +226,18 @@ def _weight_file_bytes(files: Sequence[HubFile]) -> int | None:
 
 def _offers(inventory: ClusterInventory, gpu_type: str | None) -> tuple[list[GpuOffer], list[str]]:
     """GPU types to fit on: those in the cluster (most free on one node each), else the
-    catalogue; only the requested one when ``gpu_type`` is given."""
-    notes: list[str] = []
+    catalogue; only the requested one when ``gpu_type`` is given. The notes say what of the
+    inventory could not be read or used."""
+    notes: list[str] = list(inventory.problems)
     present: dict[str, GpuOffer] = {}
     for node in inventory.nodes:
         if node.memory_bytes_per_gpu is None:
-            notes.append(
-                f"node {node.name}: GPU memory unknown (no nvidia.com/gpu.memory label and "
-                f"an unknown product {node.gpu_type!r}); left out"
+            why = (
+                "no nvidia.com/gpu.product or nvidia.com/gpu.memory label"
+                if node.gpu_type == "unknown"
+                else f"unknown product {node.gpu_type!r} and no nvidia.com/gpu.memory label"
             )
+            notes.append(f"node {node.name}: GPU memory unknown ({why}); left out")
             continue
         seen = present.get(node.gpu_type)
         present[node.gpu_type] = GpuOffer(

@@ -12,14 +12,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from controllers.inventory import read_inventory
 from controllers.runtimes import KubernetesRuntime
 from storage.documents import Role
+from testbed.servers import KubeCluster
 from tests.conftest import RunningApp
 from tests.graphql_client import run
 
@@ -336,3 +339,33 @@ async def test_an_installed_crd_turns_its_integration_on(kube_app: RunningApp) -
             if exc.status != 404:
                 raise
     assert await _service_monitor_flag(kube_app, False)
+
+
+async def test_a_service_account_without_the_cluster_role_is_told_what_is_missing(
+    kube_app: RunningApp, kube: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    """No grant at all: the version and discovery still answer, the node list is refused."""
+    core = k8s.CoreV1Api(_api(kube_app))
+    account: dict[str, Any] = {"metadata": {"name": "no-grants"}}
+    await core.create_namespaced_service_account(kube_namespace, account)  # type: ignore[arg-type]  # a dict body is accepted and serialised as is
+    request: dict[str, Any] = {"spec": {"expirationSeconds": 600}}
+    issued = await core.create_namespaced_service_account_token(
+        "no-grants",
+        kube_namespace,
+        request,  # type: ignore[arg-type]  # a dict body is accepted and serialised as is
+    )
+    kubeconfig = tmp_path / "no-grants.kubeconfig"
+    kubeconfig.write_text(kube.kubeconfig.read_text().replace(kube.token, issued.status.token))
+    runtime = KubernetesRuntime(kubeconfig=kubeconfig, namespace=kube_namespace)
+    await runtime.start()
+    try:
+        inventory = await read_inventory(runtime)
+    finally:
+        await runtime.close()
+    assert inventory.version is not None
+    assert inventory.version.startswith("v1.")
+    assert inventory.nodes == ()
+    assert inventory.problems == (
+        "GPU nodes could not be listed: forbidden "
+        "(the service account needs the chart's read-only ClusterRole)",
+    )

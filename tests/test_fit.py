@@ -464,3 +464,23 @@ async def test_a_remote_api_model_is_only_proxied(running_app: RunningApp) -> No
     proxied = await gpu_fit(running_app, modelId=model_id, engine="LITELLM_PROXY")
     assert proxied["fits"]
     assert proxied["gpusNeeded"] == 0
+
+
+async def test_a_model_whose_repo_left_the_hub_uses_the_recorded_facts(
+    running_app: RunningApp, hub: RunningHub
+) -> None:
+    model_id = await create_local(running_app, SHAPED_REPO)
+    repo = hub.hub.repos.pop(SHAPED_REPO)
+    try:
+        fit = await gpu_fit(running_app, modelId=model_id, gpuType="A100-80GB")
+    finally:
+        hub.hub.add_repo(repo)
+    assert fit["__typename"] == "GpuFit", fit
+    assert fit["parameters"] == LLAMA2_7B_PARAMETERS
+    assert fit["requiredBytes"]["weightsBytes"] == 2 * LLAMA2_7B_PARAMETERS
+    assert fit["requiredBytes"]["kvCacheBytes"] == 0
+    assert fit["notes"] == [
+        f"the hub could not be asked ({SHAPED_REPO} was not found on the hub): recorded facts used",
+        "the weights' dtype is unknown; assumed 2 bytes per parameter",
+        "the config does not give layers and heads: the KV cache is not counted",
+    ]
