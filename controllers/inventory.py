@@ -42,6 +42,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 MEMORY_LABEL = "nvidia.com/gpu.memory"
 PAGE_SIZE = 500
+REQUEST_TIMEOUT = 10.0
 NVIDIA_SMI_TIMEOUT = 5.0
 
 
@@ -196,7 +197,13 @@ async def _list_raw(call: Any, **kwargs: Any) -> list[dict[str, Any]]:
     token: str | None = None
     while True:
         extra = {"_continue": token} if token else {}
-        response = await call(limit=PAGE_SIZE, _preload_content=False, **kwargs, **extra)
+        response = await call(
+            limit=PAGE_SIZE,
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+            **kwargs,
+            **extra,
+        )
         try:
             data = await response.read()
         finally:
@@ -288,14 +295,16 @@ def _count(value: object) -> int:
 
 
 async def _integrations(api: k8s.ApiClient) -> Integrations:
-    groups = await k8s.ApisApi(api).get_api_versions()
+    groups = await k8s.ApisApi(api).get_api_versions(_request_timeout=REQUEST_TIMEOUT)
     versions = {group.name: [v.version for v in group.versions or []] for group in groups.groups}
     custom = k8s.CustomObjectsApi(api)
     found: dict[str, bool] = {}
     for flag, (group, plural) in INTEGRATION_RESOURCES.items():
         found[flag] = False
         for version in versions.get(group, []):
-            resources = await custom.get_api_resources(group, version)
+            resources = await custom.get_api_resources(
+                group, version, _request_timeout=REQUEST_TIMEOUT
+            )
             if any(r.name == plural for r in resources.resources or []):
                 found[flag] = True
                 break

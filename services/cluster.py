@@ -110,7 +110,7 @@ class ClusterService:
         if engine is InferenceEngine.LITELLM_PROXY:
             shape = ModelShape()
         else:
-            shape = await self._repo_shape(repo, revision=revision, token=None)
+            shape = await self._repo_shape(repo, revision=revision, token=None, notes=notes)
         return _estimate(
             shape,
             engine=engine,
@@ -168,7 +168,9 @@ class ClusterService:
         revision = (facts.commit_sha if facts else None) or model.source.revision
         token = await self._token(model)
         try:
-            return await self._repo_shape(model.source.url, revision=revision, token=token)
+            return await self._repo_shape(
+                model.source.url, revision=revision, token=token, notes=notes
+            )
         except (InvalidInput, Missing) as exc:
             notes.append(f"the hub could not be asked ({exc.message}): recorded facts used")
         return ModelShape(
@@ -177,7 +179,7 @@ class ClusterService:
         )
 
     async def _repo_shape(
-        self, repo_id: str, *, revision: str | None, token: str | None
+        self, repo_id: str, *, revision: str | None, token: str | None, notes: list[str]
     ) -> ModelShape:
         try:
             found = await self._hub.model(repo_id, revision=revision, token=token)
@@ -190,6 +192,9 @@ class ClusterService:
         except HubError as exc:
             raise InvalidInput("repoId", f"the hub could not be asked: {exc}") from None
         config = await self._hub.json_file(repo_id, sha=found.sha, path="config.json", token=token)
+        if config is None:
+            gated = " (a gated repo needs a token with access)" if found.gated else ""
+            notes.append(f"config.json could not be read{gated}")
         return ModelShape.from_config(
             config,
             parameters_by_dtype=found.parameters_by_dtype,

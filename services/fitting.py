@@ -394,7 +394,7 @@ def estimate(
     weights = weight_bytes(shape, engine, notes)
     kv_value = _kv_bytes_per_value(shape, engine, notes)
     if kv_cache_per_gpu(shape, gpus=1, context=1, batch=1, bytes_per_value=1) is None:
-        notes.append("the config does not give layers and heads: the KV cache is not counted")
+        notes.append("layers and KV heads are unknown: the KV cache is not counted")
 
     def need(gpus: int) -> MemoryNeed:
         per_gpu = kv_cache_per_gpu(

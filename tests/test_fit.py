@@ -157,7 +157,7 @@ def test_unknown_dtypes_count_two_bytes_and_are_noted() -> None:
 def test_weights_from_whatever_is_known(shape: ModelShape, weights: int, note: str | None) -> None:
     fit = estimate(shape, engine=InferenceEngine.VLLM, offers=catalogue())
     assert fit.need.weights == weights
-    assert "the config does not give layers and heads: the KV cache is not counted" in fit.notes
+    assert "layers and KV heads are unknown: the KV cache is not counted" in fit.notes
     assert fit.need.kv_cache == 0
     if note is not None:
         assert any(n.startswith(note) for n in fit.notes), fit.notes
@@ -482,5 +482,18 @@ async def test_a_model_whose_repo_left_the_hub_uses_the_recorded_facts(
     assert fit["notes"] == [
         f"the hub could not be asked ({SHAPED_REPO} was not found on the hub): recorded facts used",
         "the weights' dtype is unknown; assumed 2 bytes per parameter",
-        "the config does not give layers and heads: the KV cache is not counted",
+        "layers and KV heads are unknown: the KV cache is not counted",
+    ]
+
+
+async def test_a_gated_repo_without_a_token_is_fitted_without_its_config(
+    running_app: RunningApp,
+) -> None:
+    fit = await gpu_fit(running_app, repoId="gated-org/gated-model", gpuType="L4")
+    assert fit["__typename"] == "GpuFit", fit
+    assert fit["parameters"] > 0  # the hub's safetensors summary is public metadata
+    assert fit["requiredBytes"]["kvCacheBytes"] == 0
+    assert fit["notes"] == [
+        "config.json could not be read (a gated repo needs a token with access)",
+        "layers and KV heads are unknown: the KV cache is not counted",
     ]
