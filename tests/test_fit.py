@@ -497,3 +497,24 @@ async def test_a_gated_repo_without_a_token_is_fitted_without_its_config(
         "config.json could not be read (a gated repo needs a token with access)",
         "layers and KV heads are unknown: the KV cache is not counted",
     ]
+
+
+def test_a_multimodal_config_is_read_from_its_text_config() -> None:
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "torch_dtype": "bfloat16",
+        "text_config": {
+            "num_hidden_layers": 34,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+            "head_dim": 256,
+            "hidden_size": 2560,
+            "max_position_embeddings": 131072,
+        },
+    }
+    shape = ModelShape.from_config(config, parameters_by_dtype={"BF16": 4_300_000_000})
+    assert (shape.layers, shape.kv_heads, shape.head_dim) == (34, 4, 256)
+    assert shape.torch_dtype == "bfloat16"
+    fit = estimate(shape, engine=InferenceEngine.VLLM, offers=catalogue())
+    assert fit.context_length == 4096
+    assert fit.need.kv_cache == 2 * 34 * 4 * 256 * 4096 * 2
