@@ -98,17 +98,3 @@ class StorageKindEnum(Enum):
     PVC = strawberry.enum_value(
         "PVC", description="A PersistentVolumeClaim, as its last download pod measured it."
     )
-
-
-@strawberry.enum(name="InferenceEngine", description="What serves a model.")
-class InferenceEngineEnum(Enum):
-    """Inference engines modelplane can run (or proxy through)."""
-
-    VLLM = strawberry.enum_value(
-        "VLLM", description="vLLM's OpenAI-compatible server, on one or more GPUs."
-    )
-    OLLAMA = strawberry.enum_value("OLLAMA", description="Ollama (llama.cpp), on GPUs or CPU.")
-    LITELLM_PROXY = strawberry.enum_value(
-        "LITELLM_PROXY", description="A LiteLLM proxy to a remote API; needs no GPU."
-    )
-    CUSTOM = strawberry.enum_value("CUSTOM", description="A container image of your own.")
