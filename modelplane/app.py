@@ -51,6 +51,8 @@ from controllers.inference import (
     KubernetesInferenceExecutor,
     LocalInferenceExecutor,
 )
+from controllers.inference_manifests import Integrations
+from controllers.inventory import ClusterInventory, read_inventory
 from controllers.processes import ProcessSupervisor
 from controllers.runtimes import (
     KubernetesRuntime,
@@ -214,6 +216,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             )
             inference_controller.start()
             stack.push_async_callback(inference_controller.stop)
+        cluster = ClusterService(
+            runtime=runtime,
+            hub=hub,
+            models=models,
+            secrets=secrets,
+            hub_endpoint=settings.hf_endpoint,
+        )
         inference = InferenceService(
             inferences=InferenceRepository(database),
             models=ModelRepository(database),
@@ -223,6 +232,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
             free_port=free_port,
+            cluster=cluster,
         )
         weights = WeightsService(
             weights=WeightsRepository(database),
@@ -238,13 +248,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
-            cluster=ClusterService(
-                runtime=runtime,
-                hub=hub,
-                models=models,
-                secrets=secrets,
-                hub_endpoint=settings.hf_endpoint,
-            ),
+            cluster=cluster,
             inference=inference,
             broker=broker,
             version=modelplane_version(),
@@ -356,7 +360,22 @@ def _inference_controller(
     """The inference controller, with Deployments or supervised processes per the runtime."""
     executor: InferenceExecutor
     if isinstance(runtime, KubernetesRuntime):
-        executor = KubernetesInferenceExecutor(runtime.api, namespace=runtime.namespace)
+        inventory = _Cached(lambda: read_inventory(runtime), seconds=10.0)
+
+        async def largest_free() -> int | None:
+            nodes = (await inventory()).nodes
+            return max((node.free for node in nodes), default=0)
+
+        async def integrations() -> Integrations:
+            found = (await inventory()).integrations
+            return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
+
+        executor = KubernetesInferenceExecutor(
+            runtime.api,
+            namespace=runtime.namespace,
+            largest_free_gpus=largest_free,
+            integrations=integrations,
+        )
     else:
         notify = _Forward()
         executor = LocalInferenceExecutor(
@@ -387,6 +406,24 @@ def _inference_controller(
     if not isinstance(runtime, KubernetesRuntime):
         notify.target = controller.notify
     return controller
+
+
+class _Cached:
+    """The last answer of an async call, reused for ``seconds`` (cluster discovery and GPU
+    inventory are asked for per reconcile only while something is unschedulable or applied)."""
+
+    def __init__(self, call: Callable[[], Awaitable[ClusterInventory]], *, seconds: float) -> None:
+        self._call = call
+        self._seconds = seconds
+        self._value: ClusterInventory | None = None
+        self._at = 0.0
+
+    async def __call__(self) -> ClusterInventory:
+        now = time.monotonic()
+        if self._value is None or now - self._at > self._seconds:
+            self._value = await self._call()
+            self._at = time.monotonic()
+        return self._value
 
 
 class _Forward:

@@ -8,8 +8,8 @@ import strawberry
 
 from resolvers.context import Info
 from schema.cluster import ClusterStatus, GpuFit, GpuFitResult
+from schema.enums import InferenceEngineEnum
 from schema.errors import NotFoundError, ValidationError
-from schema.inference import InferenceEngineEnum
 from services.errors import InvalidInput, Missing
 from storage.documents import InferenceEngine
 

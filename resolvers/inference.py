@@ -10,6 +10,7 @@ import yaml
 from resolvers.context import Info
 from resolvers.errors import forbidden
 from schema.building import ExpectedError
+from schema.cluster import GpuFit
 from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.inference import (
     Inference,
@@ -98,6 +99,7 @@ def _payload(outcome: StartOutcome) -> InferencePayload:
         message=outcome.message,
         dry_run=outcome.dry_run,
         manifests=[yaml.safe_dump(obj, sort_keys=False) for obj in outcome.manifests],
+        fit=GpuFit.from_estimate(outcome.fit) if outcome.fit is not None else None,
     )
 
 

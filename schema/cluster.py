@@ -8,8 +8,8 @@ import strawberry
 
 from controllers.inventory import ClusterInventory
 from controllers.inventory import GpuNode as GpuNodeFacts
+from schema.enums import InferenceEngineEnum
 from schema.errors import NotFoundError, ValidationError
-from schema.inference import InferenceEngineEnum
 from schema.scalars import BigInt, big
 from services.fitting import FitEstimate, FitRow
 

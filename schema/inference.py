@@ -8,29 +8,10 @@ from typing import Annotated
 
 import strawberry
 
+from schema.cluster import GpuFit
+from schema.enums import InferenceEngineEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from storage.documents import InferenceDocument
-
-
-@strawberry.enum(
-    name="InferenceEngine",
-    description="What serves a model. REMOTE_API models take no engine (a gateway route).",
-)
-class InferenceEngineEnum(Enum):
-    """Engines modelplane knows how to run."""
-
-    VLLM = strawberry.enum_value(
-        "VLLM",
-        description="vLLM's OpenAI server: `vllm serve <weights> --served-model-name <name>`.",
-    )
-    OLLAMA = strawberry.enum_value(
-        "OLLAMA", description="Ollama: pulls `hf.co/<repo>` (or `ollamaModel`) then serves it."
-    )
-    LITELLM_PROXY = strawberry.enum_value(
-        "LITELLM_PROXY",
-        description="A hosted LiteLLM proxy in front of a REMOTE_API model (or your config).",
-    )
-    CUSTOM = strawberry.enum_value("CUSTOM", description="Your image and command.")
 
 
 @strawberry.enum(
@@ -384,6 +365,9 @@ class InferencePayload:
     dry_run: bool = strawberry.field(description="True when nothing was written.")
     manifests: list[str] = strawberry.field(
         description="Dry run: the objects that would be applied, one YAML document each."
+    )
+    fit: GpuFit | None = strawberry.field(
+        description="Dry run: the GPU memory estimate against the cluster's GPUs."
     )
 
 

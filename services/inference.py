@@ -25,7 +25,9 @@ from controllers.inference import InferenceController
 from controllers.inference_manifests import MODEL_ID
 from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from services import validation as v
+from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
+from services.fitting import FitEstimate
 from services.principals import Principal
 from storage.documents import (
     AccessMode,
@@ -98,6 +100,8 @@ class StartOutcome:
     started: bool = True
     dry_run: bool = False
     manifests: list[dict[str, Any]] = field(default_factory=list)
+    fit: FitEstimate | None = None
+    """Dry run: whether the model fits the cluster's GPUs."""
 
 
 class InferenceService:
@@ -114,6 +118,7 @@ class InferenceService:
         local_roots: tuple[Path, ...],
         recorder: Recorder | None = None,
         free_port: Any = None,
+        cluster: ClusterService | None = None,
     ) -> None:
         self._inferences = inferences
         self._models = models
@@ -123,6 +128,7 @@ class InferenceService:
         self._roots = local_roots
         self._record = recorder or Recorder(None)
         self._free_port = free_port
+        self._cluster = cluster
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -272,7 +278,13 @@ class InferenceService:
             )
         manifests = await self._check_plan(doc, model)
         if dry_run:
+            fit = None
+            if self._cluster is not None and spec.engine is not None:
+                fit = await self._cluster.fit_for_model(
+                    principal, model, engine=spec.engine, gpu_type=spec.gpu_type
+                )
             return StartOutcome(
+                fit=fit,
                 inference=doc,
                 dry_run=True,
                 manifests=manifests,

@@ -276,6 +276,7 @@ async def test_dry_run_plans_without_writing(local_app: RunningApp) -> None:
     assert result["dryRun"] is True
     assert "vllm" in result["manifests"][0]
     assert "--served-model-name" in result["manifests"][0]
+    assert result["fit"]["summary"]
     assert await local_app.resources.database["inferences"].count_documents({}) == 0
 
 
