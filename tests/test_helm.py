@@ -10,8 +10,13 @@ apiserver, asked as the chart's service account, says what the chart grants. Thr
   bindings already gets, equals the tables exactly (nothing missing, nothing extra);
 - each call in the tables, made for real with that token (server-side apply under the
   field manager ``modelplane``, list, watch, get, delete), is not refused;
-- a handful of calls outside the tables (another namespace, cluster objects, ``create`` and
-  ``update`` where only apply is granted) are refused with 403.
+- a handful of calls outside the tables (another namespace, cluster objects, ``update``,
+  subresources, collections) are refused with 403;
+- the service's own Kubernetes code (runtime, Secret store, download Job executor) runs a
+  full cycle on the account's token.
+
+An apply that creates an object is authorized as ``create`` as well as ``patch`` (found
+here: with ``patch`` alone the apiserver refuses it), so applied resources carry both.
 
 Authorization runs before the object is looked up, so a 404 on ``get`` of an absent pod or
 node proves the call was allowed. The test server runs no controllers, so Deployments make no
@@ -35,6 +40,17 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from controllers.download_jobs import JobExecutor, JobTemplate
+from controllers.runtimes import KubernetesRuntime, OwnedObject
+from controllers.secrets import KubernetesSecretStore
+from storage.documents import (
+    AccessMode,
+    DownloadTarget,
+    ModelDocument,
+    ModelSource,
+    TargetKind,
+    WeightsDocument,
+)
 from testbed.servers import REPO_ROOT, KubeCluster
 
 CHART = REPO_ROOT / "deploy" / "helm" / "modelplane"
@@ -462,7 +478,8 @@ class Installed:
     release_namespace: str
     workload_namespace: str
     manifests: list[Manifest]
-    service: k8s.ApiClient  # the chart's service account
+    token: str  # the chart's service account's
+    service: k8s.ApiClient  # acting as the chart's service account
     nobody: k8s.ApiClient  # a service account with no bindings: the baseline
 
 
@@ -504,10 +521,11 @@ async def installed(
         admin, "POST", f"/api/v1/namespaces/{release_ns}/serviceaccounts", body=nobody
     )
     assert reply.status == 201, reply
-    service = client_for(kube, await service_account_token(admin, release_ns, RELEASE))
+    token = await service_account_token(admin, release_ns, RELEASE)
+    service = client_for(kube, token)
     baseline = client_for(kube, await service_account_token(admin, release_ns, "nobody"))
     try:
-        yield Installed(release_ns, workload_ns, manifests, service, baseline)
+        yield Installed(release_ns, workload_ns, manifests, token, service, baseline)
     finally:
         await service.close()
         await baseline.close()
@@ -886,3 +904,93 @@ async def test_call_outside_the_rbac_is_forbidden(case: Refused, installed: Inst
         content_type=case.content_type,
     )
     assert reply.status == 403, reply
+
+
+# -- the service's own code under the chart's RBAC -----------------------------------------
+
+
+def _kubeconfig(kube: KubeCluster, token: str, path: Path) -> Path:
+    """A kubeconfig for the service account, as in-cluster configuration would give it."""
+    ca = kube.workdir / "certs" / "apiserver.crt"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "testbed",
+                        "cluster": {"server": kube.server, "certificate-authority": str(ca)},
+                    }
+                ],
+                "users": [{"name": "modelplane", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "sa", "context": {"cluster": "testbed", "user": "modelplane"}}
+                ],
+                "current-context": "sa",
+            }
+        )
+    )
+    return path
+
+
+async def test_the_service_code_runs_under_the_chart_rbac(
+    kube: KubeCluster, installed: Installed, tmp_path: Path
+) -> None:
+    """The runtime, the Secret store and the download Job executor, on the service account's
+    token, each through a full cycle: nothing they call is refused."""
+    namespace = installed.workload_namespace
+    runtime = KubernetesRuntime(
+        kubeconfig=_kubeconfig(kube, installed.token, tmp_path / "kubeconfig"),
+        namespace=namespace,
+    )
+    await runtime.start()
+    try:
+        await runtime.check()  # /version
+        assert (await runtime.describe()).namespace == namespace
+
+        store = KubernetesSecretStore(runtime.api, namespace=namespace)
+        ref = await store.put(organization_id="org", owner_id="model-rbac", values={"t": "v"})
+        assert await store.get(ref) == {"t": "v"}
+        assert await store.delete(ref)
+        ref = await store.put(organization_id="org", owner_id="model-rbac", values={"t": "w"})
+
+        model = ModelDocument(
+            id="model-rbac",
+            organization_id="org",
+            name="rbac",
+            name_key="rbac",
+            display_name="RBAC",
+            source=ModelSource(url="org/rbac", access_mode=AccessMode.LOCAL),
+        )
+        weights = WeightsDocument(
+            id="weights-rbac",
+            organization_id="org",
+            repo_id="org/rbac",
+            commit_sha="c" * 40,
+            target=DownloadTarget(kind=TargetKind.PVC, claim_name="weights-rbac", size_gi=1),
+            location="pvc://weights-rbac",
+            attempt=1,
+        )
+        executor = JobExecutor(
+            runtime.api,
+            namespace=namespace,
+            template=JobTemplate(
+                image="modelplane:test",
+                hf_endpoint="http://hub.invalid",
+                mongodb_database="modelplane",
+                mongodb_secret="modelplane-mongodb",
+            ),
+        )
+        assert await executor.launch(model, weights) is None  # claim + Job applied
+        assert (await executor.observe(weights)).active
+        weights = weights.model_copy(update={"attempt": 2})
+        assert await executor.launch(model, weights) is None  # attempt 1's Job deleted
+        await executor.halt(weights.id)
+        assert await executor.clean(weights, partials_only=False)  # our claim: deleted
+        assert not (await executor.observe(weights)).active
+
+        removed = await runtime.delete_owned("model-rbac")
+        assert removed == [OwnedObject(kind="Secret", name=ref)]
+    finally:
+        await runtime.close()
