@@ -649,6 +649,32 @@ async def test_every_rendered_object_passes_server_side_dry_run(
             await call(admin, "DELETE", f"/api/v1/namespaces/{name}")
 
 
+async def test_helm_installs_and_uninstalls_the_release(
+    kube: KubeCluster, admin: k8s.ApiClient, helm_binary: Path, tmp_path: Path
+) -> None:
+    """``helm install`` itself (server-side apply, the release record as a Secret) works on
+    the chart; nothing waits for the pod, which this control plane never runs."""
+    namespace = f"install-{uuid.uuid4().hex[:6]}"
+    await _namespace(admin, namespace)
+    kubeconfig = ("--kubeconfig", str(kube.kubeconfig), "--namespace", namespace)
+    try:
+        installed = helm(
+            helm_binary, tmp_path, "install", "inst", str(CHART), *kubeconfig,
+            "--set", f"oidc.issuer={ISSUER}", "--wait=hookOnly", "--timeout", "60s",
+        )  # fmt: skip
+        assert installed.returncode == 0, installed.stderr
+        cluster_role = f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{namespace}-inst-read"
+        for path in (f"{DEPLOYMENTS.collection(namespace)}/inst", cluster_role):
+            reply = await call(admin, "GET", path)
+            assert reply.status == 200, reply
+        removed = helm(helm_binary, tmp_path, "uninstall", "inst", *kubeconfig, "--wait=hookOnly")
+        assert removed.returncode == 0, removed.stderr
+        reply = await call(admin, "GET", cluster_role)
+        assert reply.status == 404, reply  # cluster-scoped objects go with the release
+    finally:
+        await call(admin, "DELETE", f"/api/v1/namespaces/{namespace}")
+
+
 # -- exactly the service's calls -----------------------------------------------------------
 
 
