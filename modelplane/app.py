@@ -44,6 +44,14 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
 from controllers.download_jobs import JobExecutor, JobTemplate
+from controllers.engines import EngineImages
+from controllers.inference import (
+    InferenceController,
+    InferenceExecutor,
+    KubernetesInferenceExecutor,
+    LocalInferenceExecutor,
+)
+from controllers.processes import ProcessSupervisor
 from controllers.runtimes import (
     KubernetesRuntime,
     LocalRuntime,
@@ -62,12 +70,18 @@ from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
-from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
+from modelplane.embedded import (
+    EmbeddedError,
+    FerretDBProcess,
+    default_ferretdb_binary,
+    free_port,
+)
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.broadcasting import Broker
+from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
@@ -75,6 +89,7 @@ from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import EventLogNotCapped, Recorder
 from storage.repositories import (
+    InferenceRepository,
     LeaseRepository,
     LedgerRepository,
     ModelRepository,
@@ -115,6 +130,7 @@ class Resources:
     dev_key: OctKey | None
     services: Services
     downloads: DownloadController | None
+    inference_controller: InferenceController | None = None
 
 
 @asynccontextmanager
@@ -193,6 +209,23 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             on_change=controller.notify if controller is not None else None,
             recorder=recorder,
         )
+        inference_controller: InferenceController | None = None
+        if settings.run_controllers:
+            inference_controller = _inference_controller(
+                settings, runtime, database, secrets=secrets, recorder=recorder
+            )
+            inference_controller.start()
+            stack.push_async_callback(inference_controller.stop)
+        inference = InferenceService(
+            inferences=InferenceRepository(database),
+            models=ModelRepository(database),
+            controller=inference_controller,
+            runtime_kind=runtime.kind,
+            namespace=runtime.namespace if isinstance(runtime, KubernetesRuntime) else None,
+            local_roots=tuple(settings.local_roots),
+            recorder=recorder,
+            free_port=free_port,
+        )
         weights = WeightsService(
             weights=WeightsRepository(database),
             models=ModelRepository(database),
@@ -207,6 +240,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
+            inference=inference,
             broker=broker,
             version=modelplane_version(),
             started_at=utcnow(),
@@ -222,6 +256,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             dev_key=dev_key,
             services=services,
             downloads=controller,
+            inference_controller=inference_controller,
         )
 
 
@@ -303,6 +338,61 @@ def _download_controller(
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
     )
+
+
+def _inference_controller(
+    settings: Settings,
+    runtime: Runtime,
+    database: Database,
+    *,
+    secrets: SecretStore,
+    recorder: Recorder,
+) -> InferenceController:
+    """The inference controller, with Deployments or supervised processes per the runtime."""
+    executor: InferenceExecutor
+    if isinstance(runtime, KubernetesRuntime):
+        executor = KubernetesInferenceExecutor(runtime.api, namespace=runtime.namespace)
+    else:
+        notify = _Forward()
+        executor = LocalInferenceExecutor(
+            supervisor=ProcessSupervisor(
+                log_dir=(settings.state_dir / "engines" / "logs").resolve(),
+                on_change=notify,
+                backoff_max=settings.engine_restart_max_seconds,
+            ),
+            work_dir=(settings.state_dir / "engines").resolve(),
+        )
+    controller = InferenceController(
+        inferences=InferenceRepository(database),
+        models=ModelRepository(database),
+        weights=WeightsRepository(database),
+        secrets=secrets,
+        executor=executor,
+        images=EngineImages(
+            vllm=settings.vllm_image,
+            ollama=settings.ollama_image,
+            litellm=settings.litellm_image,
+            s3_sync=settings.s3_sync_image,
+        ),
+        pvc_mount_path=str(settings.pvc_mount_path),
+        recorder=recorder,
+        leases=LeaseRepository(database),
+        holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
+    if not isinstance(runtime, KubernetesRuntime):
+        notify.target = controller.notify
+    return controller
+
+
+class _Forward:
+    """Calls the controller's notify once it exists (the supervisor is built first)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[str], None] | None = None
+
+    def __call__(self, key: str) -> None:
+        if self.target is not None:
+            self.target(key)
 
 
 def _secret_store(settings: Settings, runtime: Runtime, database: Database) -> SecretStore:
