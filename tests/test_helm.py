@@ -41,11 +41,17 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from controllers.download_jobs import JobExecutor, JobTemplate
+from controllers.engines import EngineImages, plan_engine
+from controllers.inference import KubernetesInferenceExecutor, WorkloadPlan
+from controllers.inference_manifests import ENGINE_CONTAINER, Integrations, labels_for
 from controllers.runtimes import KubernetesRuntime, OwnedObject
 from controllers.secrets import KubernetesSecretStore
 from storage.documents import (
     AccessMode,
+    AutoscalingSpec,
     DownloadTarget,
+    InferenceDocument,
+    InferenceSpec,
     ModelDocument,
     ModelSource,
     TargetKind,
@@ -1020,3 +1026,89 @@ async def test_the_service_code_runs_under_the_chart_rbac(
         assert removed == [OwnedObject(kind="Secret", name=ref)]
     finally:
         await runtime.close()
+
+
+async def _until(predicate: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_inference_executor_runs_under_the_chart_rbac(
+    kube: KubeCluster, admin: k8s.ApiClient, installed: Installed, tmp_path: Path
+) -> None:
+    """The Kubernetes inference executor on the service account's token: its informers list
+    and watch, it applies every object kind it renders (with and without the optional CRDs),
+    reads an engine's log and removes it all. Its deletes of optional objects swallow errors,
+    so the admin checks afterwards that they really went."""
+    namespace = installed.workload_namespace
+    runtime = KubernetesRuntime(
+        kubeconfig=_kubeconfig(kube, installed.token, tmp_path / "kubeconfig"),
+        namespace=namespace,
+    )
+    found = Integrations(service_monitor=True, aibrix=True)
+
+    async def integrations() -> Integrations:
+        return found
+
+    spec = InferenceSpec(gpu=0, autoscaling=AutoscalingSpec(min_replicas=1, max_replicas=2))
+    inference = InferenceDocument(
+        id="inf-rbac1",
+        organization_id="org",
+        model_id="model-rbac",
+        model_name="rbac",
+        name="inf-rbac1",
+        active_key="model-rbac",
+        runtime="kubernetes",
+        spec=spec,
+    )
+    model = ModelDocument(
+        id="model-rbac",
+        organization_id="org",
+        name="rbac",
+        name_key="rbac",
+        display_name="RBAC",
+        source=ModelSource(url="org/rbac", access_mode=AccessMode.LOCAL),
+        download_target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/data/models/rbac"),
+    )
+    plan = WorkloadPlan(
+        engine=plan_engine(spec, model, None, local=False, images=EngineImages(), secret_name=None),
+        port=8000,
+    )
+    # A pod of the inference (this control plane has no controllers to make one).
+    pod = PODS.manifest(f"{inference.name}-5d8f-x1", namespace)
+    pod["metadata"]["labels"] = labels_for(inference)
+    pod["spec"] = {"containers": [{"name": ENGINE_CONTAINER, "image": "engine:1"}]}
+    assert (await apply(admin, PODS, pod)).status == 201
+
+    await runtime.start()
+    executor = KubernetesInferenceExecutor(
+        runtime.api, namespace=namespace, integrations=integrations
+    )
+    try:
+        executor.watch(lambda _key: None)
+        await _until(lambda: bool(executor.pods.items), "the pod informer to list the pod")
+        assert await executor.ready()
+
+        await executor.apply(inference, plan)  # Deployment, Service, ServiceMonitor, AIBrix
+        found = Integrations()
+        await executor.apply(inference, plan)  # ... and a HorizontalPodAutoscaler instead
+        await _until(
+            lambda: inference.name in executor.deployments.items,
+            "the Deployment informer to see the applied Deployment",
+        )
+        for resource in (DEPLOYMENTS, SERVICES, HPAS, SERVICE_MONITORS, POD_AUTOSCALERS):
+            reply = await call(admin, "GET", f"{resource.collection(namespace)}/{inference.name}")
+            assert reply.status == 200, (resource.plural, reply)
+        # The pod was never scheduled: no log lines, but the read is allowed (it raises on 403).
+        assert isinstance(await executor.logs(inference, 10), list)
+
+        found = Integrations(service_monitor=True, aibrix=True)
+        await executor.remove(inference)
+    finally:
+        await executor.close()
+        await runtime.close()
+    for resource in (DEPLOYMENTS, SERVICES, HPAS, SERVICE_MONITORS, POD_AUTOSCALERS):
+        reply = await call(admin, "GET", f"{resource.collection(namespace)}/{inference.name}")
+        assert reply.status == 404, (resource.plural, reply)
