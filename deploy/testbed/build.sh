@@ -134,8 +134,9 @@ GO
 
 build_helm() {
   local version="$1" target="$2"
-  # Only `helm template` is used (tests/test_helm.py renders the chart); the module has no
-  # replace directives, so a wrapper module that requires it builds the command as released.
+  # tests/test_helm.py renders, lints and installs the chart with it. The module has no
+  # replace directives, so a wrapper module that requires it builds the command as released;
+  # the version is stamped as the release Makefile does (`helm version` reports it).
   local major="${version%%.*}"
   go mod init local/helm >/dev/null 2>&1
   cat > tools.go <<GO
