@@ -4,7 +4,7 @@ renders, and its RBAC grants the service account exactly the calls the service m
 Why a real server: a rule too narrow shows up only in production, as a 403 inside a
 reconcile; a rule too wide is a privilege nobody notices. The tables below say what the
 service calls (written from the controllers' code, not copied from ``rbac.yaml``); the
-apiserver, asked as the chart's service account, says what the chart grants. Three checks:
+apiserver, asked as the chart's service account, says what the chart grants. The checks:
 
 - ``SelfSubjectRulesReview`` under the account's token, minus what an account with no
   bindings already gets, equals the tables exactly (nothing missing, nothing extra);
@@ -12,8 +12,11 @@ apiserver, asked as the chart's service account, says what the chart grants. Thr
   field manager ``modelplane``, list, watch, get, delete), is not refused;
 - a handful of calls outside the tables (another namespace, cluster objects, ``update``,
   subresources, collections) are refused with 403;
-- the service's own Kubernetes code (runtime, Secret store, download Job executor) runs a
-  full cycle on the account's token.
+- the service's own Kubernetes code (runtime, Secret store, download Job executor,
+  inference executor) runs a full cycle on the account's token.
+
+Before that, the chart renders with default and non-default values (checked in the
+Deployment's env), lints clean, passes a server-side dry run, and installs with Helm.
 
 An apply that creates an object is authorized as ``create`` as well as ``patch`` (found
 here: with ``patch`` alone the apiserver refuses it), so applied resources carry both.
