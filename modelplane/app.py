@@ -81,6 +81,7 @@ from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.broadcasting import Broker
+from services.cluster import ClusterService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
@@ -240,6 +241,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
+            cluster=ClusterService(
+                runtime=runtime,
+                hub=hub,
+                models=models,
+                secrets=secrets,
+                hub_endpoint=settings.hf_endpoint,
+            ),
             inference=inference,
             broker=broker,
             version=modelplane_version(),

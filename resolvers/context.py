@@ -14,6 +14,7 @@ from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
 from services.broadcasting import Broker
+from services.cluster import ClusterService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
@@ -31,6 +32,7 @@ class Services:
     hub: HubClient
     models: ModelService
     weights: WeightsService
+    cluster: ClusterService
     inference: InferenceService
     broker: Broker
     version: str

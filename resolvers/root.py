@@ -14,11 +14,13 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import cluster as cluster_resolvers
 from resolvers import events as event_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
+from schema.cluster import ClusterStatus, GpuFitResult
 from schema.enums import RoleEnum
 from schema.events import Event
 from schema.inference import (
@@ -159,6 +161,8 @@ class Query:
         resolver=inference_resolvers.resolve_inference_logs,
         description="The engine's last log lines (newest pod, or the local process).",
     )
+    cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
+    gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")

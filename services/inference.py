@@ -266,6 +266,8 @@ class InferenceService:
                 runtime=self._runtime_kind,
                 spec=spec,
                 created_by=principal.subject,
+                reason="Accepted",
+                message="accepted; the controller will start it",
                 phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
             )
         manifests = await self._check_plan(doc, model)

@@ -243,13 +243,24 @@ async def test_crash_looping_engine_is_reported_with_its_output(local_app: Runni
 async def test_start_before_weights_are_ready_waits_then_runs(
     local_app: RunningApp, hub: RunningHub
 ) -> None:
-    hub.hub.faults.throttle("tiny-org/tiny-model/*", 200_000, times=None)
+    hub.hub.faults.throttle("tiny-org/tiny-model/*", 50_000, times=None)
     created = await create_local(local_app, "tiny-org/tiny-model")
     result = await start(local_app, created["id"])
     assert result["__typename"] == "InferencePayload", result
-    pending = await wait_inference(local_app, result["inference"]["id"], {"PENDING", "RUNNING"})
-    if pending["phase"] == "PENDING":
-        assert pending["reason"] == "WaitingForWeights", pending
+    deadline = time.monotonic() + 20
+    while True:
+        data = await run(
+            local_app.graphql_url,
+            "Inference",
+            {"id": result["inference"]["id"]},
+            token=editor(local_app),
+        )
+        if data["inference"]["reason"] == "WaitingForWeights":
+            break
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.05)
+    assert data["inference"]["phase"] == "PENDING"
+    assert "PULLING" in data["inference"]["message"] or "PENDING" in data["inference"]["message"]
     running = await wait_inference(local_app, result["inference"]["id"], {"RUNNING"}, timeout=60)
     assert running["readyReplicas"] == 1
     await run(
