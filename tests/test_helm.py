@@ -12,8 +12,8 @@ apiserver, asked as the chart's service account, says what the chart grants. The
   field manager ``modelplane``, list, watch, get, delete), is not refused;
 - a handful of calls outside the tables (another namespace, cluster objects, ``update``,
   subresources, collections) are refused with 403;
-- the service's own Kubernetes code (runtime, Secret store, download Job executor,
-  inference executor) runs a full cycle on the account's token.
+- the service's own Kubernetes code (runtime, Secret store, download Job executor, inference
+  executor, cluster inventory) runs a full cycle on the account's token.
 
 Before that, the chart renders with default and non-default values (checked in the
 Deployment's env), lints clean, passes a server-side dry run, and installs with Helm.
@@ -47,6 +47,7 @@ from controllers.download_jobs import JobExecutor, JobTemplate
 from controllers.engines import EngineImages, plan_engine
 from controllers.inference import KubernetesInferenceExecutor, WorkloadPlan
 from controllers.inference_manifests import ENGINE_CONTAINER, Integrations, labels_for
+from controllers.inventory import read_inventory
 from controllers.runtimes import KubernetesRuntime, OwnedObject
 from controllers.secrets import KubernetesSecretStore
 from storage.documents import (
@@ -1120,3 +1121,59 @@ async def test_the_inference_executor_runs_under_the_chart_rbac(
     for resource in (DEPLOYMENTS, SERVICES, HPAS, SERVICE_MONITORS, POD_AUTOSCALERS):
         reply = await call(admin, "GET", f"{resource.collection(namespace)}/{inference.name}")
         assert reply.status == 404, (resource.plural, reply)
+
+
+async def test_the_cluster_inventory_reads_under_the_chart_rbac(
+    kube: KubeCluster, admin: k8s.ApiClient, installed: Installed, tmp_path: Path
+) -> None:
+    """clusterStatus / gpuFit's inventory on the service account's token: GPU nodes, the GPUs
+    pods in every namespace request on them (here a pod outside the workload namespace), and
+    the optional integrations from discovery. It reports a refusal as a problem, not an
+    error, so the test asserts there are none and that the numbers arrived."""
+    node = f"gpu-node-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node, "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+    }
+    assert (await call(admin, "POST", "/api/v1/nodes", body=body)).status == 201
+    status = {
+        "status": {
+            "capacity": {"nvidia.com/gpu": "4"},
+            "allocatable": {"nvidia.com/gpu": "4"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+    }
+    reply = await call(
+        admin,
+        "PATCH",
+        f"/api/v1/nodes/{node}/status",
+        body=status,
+        content_type="application/merge-patch+json",
+    )
+    assert reply.status == 200, reply
+    # Another tenant's pod on that node, in a namespace the Role does not cover.
+    pod = PODS.manifest("tenant-job", installed.release_namespace)
+    gpu = {"nvidia.com/gpu": "3"}
+    pod["spec"] = {
+        "nodeName": node,
+        "containers": [
+            {"name": "c", "image": "x:1", "resources": {"requests": gpu, "limits": gpu}}
+        ],
+    }
+    assert (await apply(admin, PODS, pod)).status == 201
+    runtime = KubernetesRuntime(
+        kubeconfig=_kubeconfig(kube, installed.token, tmp_path / "kubeconfig"),
+        namespace=installed.workload_namespace,
+    )
+    await runtime.start()
+    try:
+        inventory = await read_inventory(runtime)
+    finally:
+        await runtime.close()
+        await call(admin, "DELETE", f"/api/v1/nodes/{node}")
+    assert inventory.problems == ()
+    (gpu_node,) = [n for n in inventory.nodes if n.name == node]
+    assert (gpu_node.allocatable, gpu_node.requested, gpu_node.free) == (4, 3, 1)
+    assert inventory.integrations.service_monitor
+    assert inventory.integrations.pod_autoscaler
