@@ -193,8 +193,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             )
             controller.start()
             stack.push_async_callback(controller.stop)
-        for root in settings.local_roots:
-            root.mkdir(parents=True, exist_ok=True)
+        if settings.runtime is RuntimeKind.LOCAL:
+            # On the kubernetes runtime the roots are node paths (hostPath volumes of download
+            # pods), not this container's: creating them here fails on a read-only root.
+            for root in settings.local_roots:
+                root.mkdir(parents=True, exist_ok=True)
         models = ModelService(
             models=ModelRepository(database),
             secrets=secrets,

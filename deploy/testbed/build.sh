@@ -15,6 +15,7 @@ FERRETDB_VERSION="${FERRETDB_VERSION:-v1.24.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20251015172955-9e49d5e7a648}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
 
 CACHE="${MODELPLANE_TESTBED_CACHE:-$HOME/.cache/modelplane/testbed}"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -29,6 +30,7 @@ if [[ "${1:-}" == "--print" ]]; then
   printf 'etcd=%s/bin/etcd\n' "$(dest etcd "$ETCD_VERSION")"
   printf 'kube-apiserver=%s/bin/kube-apiserver\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
   printf 'minio=%s/bin/minio\n' "$(dest minio "$MINIO_VERSION")"
+  printf 'helm=%s/bin/helm\n' "$(dest helm "$HELM_VERSION")"
   exit 0
 fi
 
@@ -130,11 +132,33 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$target" github.com/minio/minio
 }
 
+build_helm() {
+  local version="$1" target="$2"
+  # tests/test_helm.py renders, lints and installs the chart with it. The module has no
+  # replace directives, so a wrapper module that requires it builds the command as released;
+  # the version is stamped as the release Makefile does (`helm version` reports it).
+  local major="${version%%.*}"
+  go mod init local/helm >/dev/null 2>&1
+  cat > tools.go <<GO
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/$major/cmd/helm"
+GO
+  go get "helm.sh/helm/$major@$version"
+  go mod tidy
+  go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$version" \
+    -o "$target" "helm.sh/helm/$major/cmd/helm"
+}
+
 total_started=$SECONDS
 status=0
 build_one ferretdb "$FERRETDB_VERSION" ferretdb build_ferretdb || status=1
 build_one etcd "$ETCD_VERSION" etcd build_etcd || status=1
 build_one minio "$MINIO_VERSION" minio build_minio || status=1
 build_one kubernetes "$KUBERNETES_VERSION" kube-apiserver build_kube_apiserver || status=1
+build_one helm "$HELM_VERSION" helm build_helm || status=1
 log "done in $((SECONDS - total_started)) s (status $status)"
 exit $status
