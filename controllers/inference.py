@@ -397,6 +397,8 @@ class KubernetesInferenceExecutor:
             if exc.status in {400, 404}:
                 return []  # the container has not started, or the pod is gone
             raise
+        if not text:
+            return []
         return str(text).splitlines()[-tail:]
 
     def unmanaged(self) -> list[Obj]:

@@ -29,6 +29,10 @@ OnEvent = Callable[[str, Obj], None]
 WATCH_SECONDS = 300
 
 
+class ListFailed(Exception):
+    """The API server refused a list or watch (the status is in the message)."""
+
+
 class _Gone(Exception):
     """The watch's resourceVersion is too old: list again."""
 
@@ -102,7 +106,10 @@ class Informer:
         self.requests += 1
         response = await self._list_fn(self._namespace, _preload_content=False, **self._selectors)
         try:
-            body = json.loads(await response.read())
+            raw = await response.read()
+            if response.status >= 300:
+                raise ListFailed(f"listing {self.kind} answered {response.status}: {raw[:200]!r}")
+            body = json.loads(raw)
         finally:
             response.release()
         fresh = {
@@ -132,6 +139,10 @@ class Informer:
             **self._selectors,
         )
         try:
+            if response.status >= 300:
+                if response.status == 410:
+                    raise _Gone
+                raise ListFailed(f"watching {self.kind} answered {response.status}")
             while True:
                 line = await response.content.readline()
                 if not line:
