@@ -211,7 +211,9 @@ function setNote(modelId, note) {
 /** A failed mutation's note: the union member's type and message. */
 function failureNote(result, expected) {
   const failure = userError(result, expected);
-  return failure ? { text: `${result?.__typename ?? 'Error'}: ${failure}`, kind: 'error', type: result?.__typename } : null;
+  if (!failure) return null;
+  const type = result?.__typename ?? 'Error';
+  return { text: `${type}: ${failure}`, kind: 'error', type };
 }
 
 /** `startInference` with `input` (null: the defaults); the outcome shows in the row and pane. */

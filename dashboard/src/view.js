@@ -125,11 +125,12 @@ function actionsCell(model, { act, canEdit }) {
       label,
     );
   const startBlocker = cannotStart(model);
+  const serving = model.inference?.enabled === true;
   return h(
     'td.actions',
     {},
-    button('start', 'Start', startBlocker === null, startBlocker ?? 'serve it with the defaults (or choose in its details)'),
-    button('stop', 'Stop', Boolean(model.inference?.enabled), model.inference?.enabled ? null : 'nothing is serving it'),
+    button('start', 'Start', startBlocker === null, startBlocker ?? 'serve it with the defaults; options in details'),
+    button('stop', 'Stop', serving, serving ? null : 'nothing is serving it'),
     button('cancel', 'Cancel', downloading),
     button('retry', 'Retry', retryable),
     button('delete', 'Delete', true),

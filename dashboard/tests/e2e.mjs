@@ -293,7 +293,8 @@ async function serve(page, modelId) {
   const readyText = await row.locator('td.inference').innerText();
   check(readyText.includes('1/1 ready'), `the row does not show the ready replicas: ${readyText}`);
 
-  const timelinePhases = () => pane.locator('#pane-timeline li').evaluateAll((items) => items.map((li) => li.dataset.phase));
+  const timelinePhases = () =>
+    pane.locator('#pane-timeline li').evaluateAll((items) => items.map((li) => li.dataset.phase));
   const running = await until(
     'the pane timeline to reach RUNNING',
     async () => {
