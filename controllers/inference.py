@@ -818,7 +818,7 @@ class InferenceController:
             "message": observed.message,
             "replicas": observed.replicas,
             "ready_replicas": observed.ready_replicas,
-            "endpoint": endpoint if observed.phase is not InferencePhase.STOPPED else None,
+            "endpoint": endpoint if observed.phase is InferencePhase.RUNNING else None,
         }
         for name, value in fields.items():
             if getattr(inference, name) != value:
