@@ -17,7 +17,6 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from pathlib import Path
 
 from controllers.downloading import (
@@ -28,6 +27,7 @@ from controllers.downloading import (
     Sink,
 )
 from controllers.executions import Execution, Executor
+from controllers.leading import Leadership
 from controllers.s3_sink import MIN_PART as S3_MIN_PART
 from controllers.s3_sink import S3Sink, object_prefix
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
@@ -346,11 +346,6 @@ class DownloadController:
         holder: str = "",
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
-        self._leases = leases
-        self._holder = holder or f"controller-{id(self):x}"
-        self._lease_seconds = lease_seconds
-        self._leading = leases is None
-        self._leadership: asyncio.Task[None] | None = None
         self._models = models
         self._weights = weights
         self._ledgers = ledgers
@@ -367,6 +362,14 @@ class DownloadController:
         )
         self._queue = WorkQueue(self.reconcile, name="downloads")
         self._resync: asyncio.Task[None] | None = None
+        self._leadership = Leadership(
+            leases,
+            name=LEASE_NAME,
+            holder=holder or f"controller-{id(self):x}",
+            seconds=lease_seconds,
+            on_gain=self.resync,
+            on_loss=self._executor.release_all,
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -375,41 +378,16 @@ class DownloadController:
         self._queue.start()
         self._executor.watch(self.notify)
         self._resync = asyncio.create_task(self._resync_loop(), name="downloads-resync")
-        if self._leases is not None:
-            self._leadership = asyncio.create_task(self._lead(), name="downloads-lease")
+        self._leadership.start()
 
     @property
     def leading(self) -> bool:
         """True while this replica holds the controllers' lease (or runs without leases)."""
-        return self._leading
-
-    async def _lead(self) -> None:
-        """Take or renew the lease every third of its duration; follow when it is lost."""
-        assert self._leases is not None  # noqa: S101  only started with leases
-        while True:
-            held = await self._leases.try_acquire(
-                LEASE_NAME, holder=self._holder, duration=timedelta(seconds=self._lease_seconds)
-            )
-            if held and not self._leading:
-                self._leading = True
-                log.info("leading the download controller", extra={"holder": self._holder})
-                await self.resync()
-            elif not held and self._leading:
-                self._leading = False
-                log.warning("lost the controller lease; stopping downloads here")
-                await self._executor.release_all()
-            await asyncio.sleep(self._lease_seconds / 3)
+        return self._leadership.leading
 
     async def stop(self) -> None:
         """Cancel everything this controller started; downloads resume on the next start."""
-        if self._leadership is not None:
-            self._leadership.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leadership
-            self._leadership = None
-            if self._leases is not None and self._leading:
-                await self._leases.release(LEASE_NAME, holder=self._holder)
-            self._leading = self._leases is None
+        await self._leadership.stop()
         if self._resync is not None:
             self._resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -438,7 +416,7 @@ class DownloadController:
 
     async def reconcile(self, model_id: str) -> float | None:
         """Re-read, plan, apply. Returns when to look again, if ever."""
-        if not self._leading:
+        if not self.leading:
             return None  # the leader's resync picks the model up
         model = await self._models.get(model_id)
         weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
@@ -632,7 +610,7 @@ class DownloadController:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_SECONDS)
-            if self._leading:
+            if self.leading:
                 await self.resync()
 
     async def resync(self) -> None:

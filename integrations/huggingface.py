@@ -64,6 +64,8 @@ class HubModel:
     license: str | None
     parameters: int | None
     architectures: list[str]
+    parameters_by_dtype: dict[str, int] = field(default_factory=dict)
+    """The hub's safetensors summary: dtype (``BF16``) -> parameters stored in it."""
     card_tags: list[str] = field(default_factory=list)
     files: list[HubFile] = field(default_factory=list)
     summary: str | None = None
@@ -161,6 +163,27 @@ class HubClient:
             raise HubError(f"the hub answered {status or 'nothing'} to a search") from exc
         return [_to_model(info) for info in found]
 
+    async def json_file(
+        self, repo_id: str, *, sha: str, path: str, token: str | None
+    ) -> dict[str, Any] | None:
+        """A small JSON file of the repo at ``sha`` (``config.json``); None when it is absent,
+        unreadable with this token, or not a JSON object. Read over HTTP, not through
+        ``hf_hub_download``, so nothing is written to the local hub cache."""
+        url = f"{self.endpoint}/{repo_id}/resolve/{sha}/{path}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=True) as http:
+                response = await http.get(url, headers=headers)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
     async def _card_summary(self, repo_id: str, sha: str, token: str | None) -> str | None:
         url = f"{self.endpoint}/{repo_id}/resolve/{sha}/README.md"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -225,6 +248,9 @@ def _to_model(info: Any) -> HubModel:
         license=license_value if isinstance(license_value, str) else None,
         parameters=info.safetensors.total if info.safetensors is not None else None,
         architectures=list(config.get("architectures") or []),
+        parameters_by_dtype=dict(info.safetensors.parameters or {})
+        if info.safetensors is not None
+        else {},
         card_tags=[t for t in card.get("tags") or [] if isinstance(t, str)],
         files=files,
     )

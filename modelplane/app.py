@@ -44,6 +44,16 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
 from controllers.download_jobs import JobExecutor, JobTemplate
+from controllers.engines import EngineImages
+from controllers.inference import (
+    InferenceController,
+    InferenceExecutor,
+    KubernetesInferenceExecutor,
+    LocalInferenceExecutor,
+)
+from controllers.inference_manifests import Integrations
+from controllers.inventory import ClusterInventory, read_inventory
+from controllers.processes import ProcessSupervisor
 from controllers.runtimes import (
     KubernetesRuntime,
     LocalRuntime,
@@ -62,12 +72,19 @@ from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
-from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
+from modelplane.embedded import (
+    EmbeddedError,
+    FerretDBProcess,
+    default_ferretdb_binary,
+    free_port,
+)
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.broadcasting import Broker
+from services.cluster import ClusterService
+from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
@@ -75,6 +92,7 @@ from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import EventLogNotCapped, Recorder
 from storage.repositories import (
+    InferenceRepository,
     LeaseRepository,
     LedgerRepository,
     ModelRepository,
@@ -115,6 +133,7 @@ class Resources:
     dev_key: OctKey | None
     services: Services
     downloads: DownloadController | None
+    inference_controller: InferenceController | None = None
 
 
 @asynccontextmanager
@@ -174,8 +193,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             )
             controller.start()
             stack.push_async_callback(controller.stop)
-        for root in settings.local_roots:
-            root.mkdir(parents=True, exist_ok=True)
+        if settings.runtime is RuntimeKind.LOCAL:
+            # On the kubernetes runtime the roots are node paths (hostPath volumes of download
+            # pods), not this container's: creating them here fails on a read-only root.
+            for root in settings.local_roots:
+                root.mkdir(parents=True, exist_ok=True)
         models = ModelService(
             models=ModelRepository(database),
             secrets=secrets,
@@ -189,6 +211,31 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ),
             on_change=controller.notify if controller is not None else None,
             recorder=recorder,
+        )
+        inference_controller: InferenceController | None = None
+        if settings.run_controllers:
+            inference_controller = _inference_controller(
+                settings, runtime, database, secrets=secrets, recorder=recorder
+            )
+            inference_controller.start()
+            stack.push_async_callback(inference_controller.stop)
+        cluster = ClusterService(
+            runtime=runtime,
+            hub=hub,
+            models=models,
+            secrets=secrets,
+            hub_endpoint=settings.hf_endpoint,
+        )
+        inference = InferenceService(
+            inferences=InferenceRepository(database),
+            models=ModelRepository(database),
+            controller=inference_controller,
+            runtime_kind=runtime.kind,
+            namespace=runtime.namespace if isinstance(runtime, KubernetesRuntime) else None,
+            local_roots=tuple(settings.local_roots),
+            recorder=recorder,
+            free_port=free_port,
+            cluster=cluster,
         )
         weights = WeightsService(
             weights=WeightsRepository(database),
@@ -204,6 +251,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             hub=hub,
             models=models,
             weights=weights,
+            cluster=cluster,
+            inference=inference,
             broker=broker,
             version=modelplane_version(),
             started_at=utcnow(),
@@ -219,6 +268,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             dev_key=dev_key,
             services=services,
             downloads=controller,
+            inference_controller=inference_controller,
         )
 
 
@@ -300,6 +350,94 @@ def _download_controller(
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
     )
+
+
+def _inference_controller(
+    settings: Settings,
+    runtime: Runtime,
+    database: Database,
+    *,
+    secrets: SecretStore,
+    recorder: Recorder,
+) -> InferenceController:
+    """The inference controller, with Deployments or supervised processes per the runtime."""
+    executor: InferenceExecutor
+    if isinstance(runtime, KubernetesRuntime):
+        inventory = _Cached(lambda: read_inventory(runtime), seconds=10.0)
+
+        async def largest_free() -> int | None:
+            nodes = (await inventory()).nodes
+            return max((node.free for node in nodes), default=0)
+
+        async def integrations() -> Integrations:
+            found = (await inventory()).integrations
+            return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
+
+        executor = KubernetesInferenceExecutor(
+            runtime.api,
+            namespace=runtime.namespace,
+            largest_free_gpus=largest_free,
+            integrations=integrations,
+        )
+    else:
+        notify = _Forward()
+        executor = LocalInferenceExecutor(
+            supervisor=ProcessSupervisor(
+                log_dir=(settings.state_dir / "engines" / "logs").resolve(),
+                on_change=notify,
+                backoff_max=settings.engine_restart_max_seconds,
+            ),
+            work_dir=(settings.state_dir / "engines").resolve(),
+        )
+    controller = InferenceController(
+        inferences=InferenceRepository(database),
+        models=ModelRepository(database),
+        weights=WeightsRepository(database),
+        secrets=secrets,
+        executor=executor,
+        images=EngineImages(
+            vllm=settings.vllm_image,
+            ollama=settings.ollama_image,
+            litellm=settings.litellm_image,
+            s3_sync=settings.s3_sync_image,
+        ),
+        pvc_mount_path=str(settings.pvc_mount_path),
+        recorder=recorder,
+        leases=LeaseRepository(database),
+        holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
+    if not isinstance(runtime, KubernetesRuntime):
+        notify.target = controller.notify
+    return controller
+
+
+class _Cached:
+    """The last answer of an async call, reused for ``seconds`` (cluster discovery and GPU
+    inventory are asked for per reconcile only while something is unschedulable or applied)."""
+
+    def __init__(self, call: Callable[[], Awaitable[ClusterInventory]], *, seconds: float) -> None:
+        self._call = call
+        self._seconds = seconds
+        self._value: ClusterInventory | None = None
+        self._at = 0.0
+
+    async def __call__(self) -> ClusterInventory:
+        now = time.monotonic()
+        if self._value is None or now - self._at > self._seconds:
+            self._value = await self._call()
+            self._at = time.monotonic()
+        return self._value
+
+
+class _Forward:
+    """Calls the controller's notify once it exists (the supervisor is built first)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[str], None] | None = None
+
+    def __call__(self, key: str) -> None:
+        if self.target is not None:
+            self.target(key)
 
 
 def _secret_store(settings: Settings, runtime: Runtime, database: Database) -> SecretStore:

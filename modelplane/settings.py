@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     log per query), none on MongoDB."""
     events_poll_seconds: float = Field(default=0.05, gt=0, le=5)
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
+    vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", min_length=1)
+    """Default image of VLLM inferences (kubernetes runtime)."""
+    ollama_image: str = Field(default="ollama/ollama:0.12.6", min_length=1)
+    """Default image of OLLAMA inferences."""
+    litellm_image: str = Field(default="ghcr.io/berriai/litellm:main-v1.78.5-stable", min_length=1)
+    """Default image of LITELLM_PROXY inferences."""
+    s3_sync_image: str = Field(default="amazon/aws-cli:2.31.18", min_length=1)
+    """Image of the init step that copies S3 weights into an inference pod."""
+    engine_restart_max_seconds: float = Field(default=300.0, gt=0)
+    """Longest backoff between restarts of a local engine process."""
     pvc_mount_path: Path = Path("/weights")
     """Where download pods mount a PVC target (and where ``modelplane download`` finds it)."""
     dashboard_dir: Path | None = None

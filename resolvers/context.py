@@ -14,11 +14,13 @@ from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
 from services.broadcasting import Broker
+from services.cluster import ClusterService
+from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
 from services.weights import WeightsService
 from storage.client import Database
-from storage.documents import WeightsDocument
+from storage.documents import InferenceDocument, WeightsDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class Services:
     hub: HubClient
     models: ModelService
     weights: WeightsService
+    cluster: ClusterService
+    inference: InferenceService
     broker: Broker
     version: str
     started_at: datetime
@@ -53,6 +57,12 @@ class Context(BaseContext):
         if self.principal is None:
             return None
         return await self.services.weights.get(self.principal, weights_id)
+
+    async def load_model_inference(self, model_id: str) -> InferenceDocument | None:
+        """The live inference of a model in the caller's organisation (None without a caller)."""
+        if self.principal is None:
+            return None
+        return await self.services.inference.for_model(self.principal, model_id)
 
     def require_principal(self) -> Principal:
         """The caller, or :class:`NotAuthenticated` if the request carried no valid token."""

@@ -14,12 +14,22 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import cluster as cluster_resolvers
 from resolvers import events as event_resolvers
+from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
+from schema.cluster import ClusterStatus, GpuFitResult
 from schema.enums import RoleEnum
 from schema.events import Event
+from schema.inference import (
+    Inference,
+    InferenceLogs,
+    InferencePage,
+    StartInferenceResult,
+    StopInferenceResult,
+)
 from schema.models import (
     CreateModelResult,
     DeleteModelResult,
@@ -136,6 +146,23 @@ class Query:
         resolver=weights_resolvers.resolve_weights_usage,
         description="used / free / total bytes of each allowed local root.",
     )
+    inference: Inference | None = strawberry.field(
+        resolver=inference_resolvers.resolve_inference,
+        description="One inference service; null when absent or in another organisation.",
+    )
+    inferences: InferencePage = strawberry.field(
+        resolver=inference_resolvers.resolve_inferences,
+        description=(
+            "Inference services, managed and unmanaged (manifests, and Deployments found in the "
+            "namespace with modelplane's labels but no record), newest first."
+        ),
+    )
+    inference_logs: InferenceLogs | None = strawberry.field(
+        resolver=inference_resolvers.resolve_inference_logs,
+        description="The engine's last log lines (newest pod, or the local process).",
+    )
+    cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
+    gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")
@@ -167,6 +194,34 @@ class Mutation:
         description=(
             "Soft-delete a model: hide it, remove its credentials and every object it owns. "
             "Deleting twice is not an error."
+        ),
+    )
+    start_inference: StartInferenceResult = strawberry.field(
+        resolver=inference_resolvers.start_inference,
+        description=(
+            "Serve a model. One active inference per model: starting it again returns the "
+            "existing one with a message. `dryRun` returns the planned objects and creates "
+            "nothing. REMOTE_API models become a gateway route (no workload)."
+        ),
+    )
+    stop_inference: StopInferenceResult = strawberry.field(
+        resolver=inference_resolvers.stop_inference,
+        description="Stop a model's inference: objects removed, model and weights kept.",
+    )
+    stop_inference_by_id: StopInferenceResult = strawberry.field(
+        resolver=inference_resolvers.stop_inference_by_id,
+        description="Stop an inference by its id (for unmanaged ones, which have no model).",
+    )
+    toggle_inference: StartInferenceResult = strawberry.field(
+        resolver=inference_resolvers.toggle_inference,
+        description="The one-switch form of start/stop (on reuses the last spec).",
+    )
+    create_inference_from_manifest: StartInferenceResult = strawberry.field(
+        resolver=inference_resolvers.create_inference_from_manifest,
+        description=(
+            "Apply your own Deployment (+ Service) as an unmanaged inference after checks: "
+            "only those kinds, our namespace, nothing privileged, hostPath only under the "
+            "allowed roots."
         ),
     )
 

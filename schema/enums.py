@@ -98,3 +98,24 @@ class StorageKindEnum(Enum):
     PVC = strawberry.enum_value(
         "PVC", description="A PersistentVolumeClaim, as its last download pod measured it."
     )
+
+
+@strawberry.enum(
+    name="InferenceEngine",
+    description="What serves a model. REMOTE_API models take no engine (a gateway route).",
+)
+class InferenceEngineEnum(Enum):
+    """Engines modelplane knows how to run."""
+
+    VLLM = strawberry.enum_value(
+        "VLLM",
+        description="vLLM's OpenAI server: `vllm serve <weights> --served-model-name <name>`.",
+    )
+    OLLAMA = strawberry.enum_value(
+        "OLLAMA", description="Ollama: pulls `hf.co/<repo>` (or `ollamaModel`) then serves it."
+    )
+    LITELLM_PROXY = strawberry.enum_value(
+        "LITELLM_PROXY",
+        description="A hosted LiteLLM proxy in front of a REMOTE_API model (or your config).",
+    )
+    CUSTOM = strawberry.enum_value("CUSTOM", description="Your image and command.")

@@ -14,6 +14,7 @@ from storage.documents import DownloadTarget as TargetDocument
 from storage.documents import ModelDocument, TargetKind
 
 if TYPE_CHECKING:
+    from schema.inference import Inference
     from schema.weights import Weights
 
 
@@ -113,6 +114,18 @@ async def resolve_model_weights(
     return WeightsView.from_document(document)
 
 
+async def resolve_model_inference(
+    root: strawberry.Parent[Model], info: strawberry.Info
+) -> Annotated[Inference, strawberry.lazy("schema.inference")] | None:
+    """The model's live inference, read through the request's organisation scope."""
+    document = await info.context.load_model_inference(str(root.id))
+    if document is None:
+        return None
+    from schema.inference import Inference as InferenceView  # noqa: PLC0415  circular at import
+
+    return InferenceView.from_document(document)
+
+
 @strawberry.type(description="A model in your organisation's catalogue.")
 class Model:
     """Catalogue entry: desired state and observed status."""
@@ -147,6 +160,10 @@ class Model:
     weights: Annotated[Weights, strawberry.lazy("schema.weights")] | None = strawberry.field(
         resolver=resolve_model_weights,
         description="The model's downloaded weights and live progress (LOCAL models).",
+    )
+    inference: Annotated[Inference, strawberry.lazy("schema.inference")] | None = strawberry.field(
+        resolver=resolve_model_inference,
+        description="The model's live inference service (running, pending or stopped), if any.",
     )
 
     @classmethod

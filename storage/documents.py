@@ -302,3 +302,147 @@ class LedgerDocument(Document):
     chunks: list[int] = Field(default_factory=list)
     upload_id: str | None = None
     """S3 multipart upload id, resumed with ListParts."""
+
+
+class InferenceEngine(StrEnum):
+    """What serves a model: an engine image we know how to run, or a command of the user's."""
+
+    VLLM = "VLLM"
+    OLLAMA = "OLLAMA"
+    LITELLM_PROXY = "LITELLM_PROXY"
+    CUSTOM = "CUSTOM"
+
+
+class InferencePhase(StrEnum):
+    """Where an inference service stands.
+
+    ::
+
+        (start) --> PENDING --> CREATING --> RUNNING <--> CRASH_LOOP_BACK_OFF
+                       |           |            |              |
+                       +-----------+------------+--------------+--> FAILED
+        (stop)  --> any phase --> STOPPED --(start)--> PENDING
+
+    PENDING: accepted, or waiting for something outside our control (no GPU free, image pull).
+    CREATING: objects written / process launched, not ready yet. FAILED: will not come up
+    without a change (bad image, missing secret, program not found).
+    """
+
+    PENDING = "PENDING"
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    CRASH_LOOP_BACK_OFF = "CRASH_LOOP_BACK_OFF"
+
+
+class EnvVarSpec(BaseModel):
+    """One environment variable: a literal value or a reference to a Secret key."""
+
+    name: str
+    value: str | None = None
+    secret_name: str | None = None
+    secret_key: str | None = None
+
+
+class Toleration(BaseModel):
+    """A Kubernetes toleration, as given by the user."""
+
+    key: str | None = None
+    operator: str = "Equal"
+    value: str | None = None
+    effect: str | None = None
+
+
+class AutoscalingSpec(BaseModel):
+    """Replica bounds and the metric that moves between them."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_metric: str = "cpu"
+    target_value: int = 80
+
+
+class LiteLLMSpec(BaseModel):
+    """How a LITELLM_PROXY inference routes: every model, one model, or a full config."""
+
+    mode: str = "WILDCARD"
+    """WILDCARD (``*`` to the upstream), SINGLE (the model's name only) or CONFIG (as given)."""
+    config_yaml: str | None = None
+    api_key_secret_name: str | None = None
+    api_key_secret_key: str | None = None
+
+
+class InferenceSpec(BaseModel):
+    """What to run. Defaults follow the organisation API: 1 GPU, cpu 1, memory 2Gi, port 8000."""
+
+    engine: InferenceEngine | None = InferenceEngine.VLLM
+    """None for a REMOTE_API model: a gateway route, no workload."""
+    image: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    command: list[str] | None = None
+    args: list[str] | None = None
+    replicas: int = 1
+    cpu: str = "1"
+    memory: str = "2Gi"
+    gpu: int = 1
+    gpu_type: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    port: int = 8000
+    health_path: str | None = None
+    """Readiness path; None: the engine's own (``/health`` for vLLM)."""
+    initial_delay_seconds: int = 60
+    ollama_model: str | None = None
+    """What Ollama pulls; None: ``hf.co/<repo>`` of the model."""
+    upstream_timeout_seconds: float | None = None
+    """The gateway's upstream timeout for this inference; None: the server default."""
+    env: list[EnvVarSpec] = Field(default_factory=list)
+    autoscaling: AutoscalingSpec | None = None
+    litellm: LiteLLMSpec | None = None
+
+
+class PhaseEntry(BaseModel):
+    """One entry of an inference's phase history."""
+
+    phase: InferencePhase
+    entered_at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+    message: str | None = None
+
+
+class InferenceDocument(Document):
+    """An inference service: desired state (``enabled``, ``spec``) and observed status.
+
+    Managed inferences belong to a model (one live inference per model, unique on
+    ``active_key``); unmanaged ones were created from a user's manifest or found in the
+    namespace with our labels, and carry the manifest they run.
+    """
+
+    organization_id: str
+    model_id: str | None = None
+    model_name: str
+    """The name clients use (the gateway routes on it; vLLM's ``--served-model-name``)."""
+    name: str
+    """Kubernetes object name / local process key (``inf-<id>``)."""
+    active_key: str
+    """``model_id`` (or the id) while the document lives; ``<id>#deleted`` once deleted."""
+    managed: bool = True
+    runtime: str = "local"
+    enabled: bool = True
+    generation: int = 1
+    """Bumped by every start with a new spec; status older than it is stale."""
+    spec: InferenceSpec = Field(default_factory=InferenceSpec)
+    manifest: list[dict[str, Any]] | None = None
+    """The applied objects of an unmanaged inference (Deployment and optional Service)."""
+    phase: InferencePhase = InferencePhase.PENDING
+    reason: str | None = None
+    message: str | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+    endpoint: str | None = None
+    """OpenAI-compatible base URL (ends in ``/v1``) where the service answers once RUNNING."""
+    phase_history: list[PhaseEntry] = Field(default_factory=list)
+    observed_generation: int = 0
+    created_by: str | None = None
+    is_deleted: bool = False

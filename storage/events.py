@@ -56,7 +56,7 @@ from pymongo import ASCENDING, DESCENDING, CursorType
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
 from storage.client import Database
-from storage.documents import ModelDocument, WeightsDocument, utcnow
+from storage.documents import InferenceDocument, ModelDocument, WeightsDocument, utcnow
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -491,6 +491,18 @@ class Recorder:
             phase=weights.state.value,
             message=weights.message,
             progress=progress,
+        )
+
+    async def inference(self, inference: InferenceDocument, type: EventType) -> Event | None:
+        """A change of an inference service (its phase, replicas or message), for its model."""
+        return await self._append(
+            organization_id=inference.organization_id,
+            resource_kind=ResourceKind.INFERENCE,
+            resource_id=inference.id,
+            type=type,
+            model_ids=(inference.model_id,) if inference.model_id else (),
+            phase=inference.phase.value,
+            message=inference.message,
         )
 
     async def _append(self, **fields: Any) -> Event | None:

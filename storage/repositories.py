@@ -25,6 +25,8 @@ from storage.documents import (
     AccessMode,
     Document,
     EncryptedSecretDocument,
+    InferenceDocument,
+    InferencePhase,
     LeaseDocument,
     LedgerDocument,
     ModelDocument,
@@ -422,6 +424,58 @@ class LedgerRepository(Repository[LedgerDocument]):
             await self._collection.delete_one({"_id": self.key(weights_id, path)})
 
 
+@dataclass(frozen=True, slots=True)
+class InferenceFilter:
+    """What ``inferences(filter:)`` may ask for; every field optional."""
+
+    managed: bool | None = None
+    phase: InferencePhase | None = None
+    model_id: str | None = None
+
+
+class InferenceRepository(Repository[InferenceDocument]):
+    """Inference services; one live inference per model (unique ``active_key``)."""
+
+    collection_name = "inferences"
+    document_type = InferenceDocument
+    indexes = (
+        IndexModel([("active_key", ASCENDING)], unique=True, name="active_unique"),
+        IndexModel(
+            [("organization_id", ASCENDING), ("is_deleted", ASCENDING), ("model_name", ASCENDING)],
+            name="org_live_name",
+        ),
+        IndexModel([("organization_id", ASCENDING), ("created_at", DESCENDING)], name="org_newest"),
+    )
+    unique_fields = ("active_key",)
+
+    @staticmethod
+    def where(organization_id: str, inference_filter: InferenceFilter) -> dict[str, Any]:
+        """The MongoDB filter for a listing of live inferences."""
+        query: dict[str, Any] = {"organization_id": organization_id, "is_deleted": False}
+        if inference_filter.managed is not None:
+            query["managed"] = inference_filter.managed
+        if inference_filter.phase is not None:
+            query["phase"] = inference_filter.phase.value
+        if inference_filter.model_id is not None:
+            query["model_id"] = inference_filter.model_id
+        return query
+
+    async def for_model(self, model_id: str) -> InferenceDocument | None:
+        """The live inference of a model, or None."""
+        return await self.find_one(where={"active_key": model_id, "is_deleted": False})
+
+    async def by_model_name(self, *, organization_id: str, name: str) -> InferenceDocument | None:
+        """The live inference serving the model called ``name`` in the organisation."""
+        return await self.find_one(
+            where={"organization_id": organization_id, "is_deleted": False, "model_name": name}
+        )
+
+    async def live_ids(self) -> list[str]:
+        """Ids of every live inference, for the controller's resync."""
+        cursor = self._collection.find({"is_deleted": False}, {"_id": 1})
+        return [str(raw["_id"]) async for raw in cursor]
+
+
 def all_repositories(database: Database) -> list[Repository[Any]]:
     """Every repository, for index creation at start-up."""
     return [
@@ -431,6 +485,7 @@ def all_repositories(database: Database) -> list[Repository[Any]]:
         SecretRepository(database),
         WeightsRepository(database),
         LedgerRepository(database),
+        InferenceRepository(database),
     ]
 
 

@@ -79,8 +79,14 @@ def safetensors_bytes(
     *,
     seed: str,
     metadata: Mapping[str, str] | None = None,
+    header_only: bool = False,
 ) -> bytes:
-    """Serialise ``tensors`` as a safetensors file whose data are pseudo-random bytes."""
+    """Serialise ``tensors`` as a safetensors file whose data are pseudo-random bytes.
+
+    With ``header_only`` the file stops after its header: a truncated checkpoint whose header
+    (dtypes, shapes, offsets) describes tensors far larger than a test can hold. Metadata
+    readers (the hub's safetensors summary, ``get_safetensors_metadata``) read it as the full
+    file; loading its tensors would fail."""
     header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     for tensor in tensors:
@@ -94,7 +100,7 @@ def safetensors_bytes(
         offset += tensor.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    data = hashlib.shake_256(seed.encode()).digest(offset) if offset else b""
+    data = hashlib.shake_256(seed.encode()).digest(offset) if offset and not header_only else b""
     return struct.pack("<Q", len(encoded)) + encoded + data
 
 
@@ -484,3 +490,21 @@ def sample_repos(
             "gated-org/gated-model", weights_bytes=gated_bytes, gated="manual", downloads=42
         ),
     ]
+
+
+def shaped_repo(repo_id: str, *, config: Mapping[str, Any]) -> HubRepo:
+    """A Llama-style repo of any size, say a 7B one: ``config.json`` as given and a header-only
+    ``model.safetensors`` (see :func:`safetensors_bytes`) declaring the tensors the config
+    implies, so the hub reports its true parameter counts while the repo stays a few KiB.
+    ``config`` needs ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
+    ``num_attention_heads``, ``num_key_value_heads`` and ``vocab_size``."""
+    (tensors,) = _llama_shards(config, 1)
+    files = [
+        _json_file("config.json", dict(config)),
+        _readme(repo_id, {"license": "apache-2.0", "pipeline_tag": "text-generation"}),
+        HubFile.of(
+            "model.safetensors",
+            safetensors_bytes(tensors, seed=f"{repo_id}/model", header_only=True),
+        ),
+    ]
+    return HubRepo(repo_id, tuple(files))

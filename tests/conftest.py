@@ -141,8 +141,11 @@ class RunningApp:
 
 
 @asynccontextmanager
-async def serve_app(settings: Settings, mongo_client: Client) -> AsyncIterator[RunningApp]:
-    """Run modelplane with ``settings`` on a free port until the block exits."""
+async def serve_app(
+    settings: Settings, mongo_client: Client, *, keep_database: bool = False
+) -> AsyncIterator[RunningApp]:
+    """Run modelplane with ``settings`` on a free port until the block exits (then drop its
+    database, unless another instance goes on with it: ``keep_database``)."""
     async with open_resources(settings) as resources:
         app = create_app(settings, resources=resources)
         port = free_port()
@@ -165,7 +168,8 @@ async def serve_app(settings: Settings, mongo_client: Client) -> AsyncIterator[R
         finally:
             server.should_exit = True
             await task
-    await mongo_client.drop_database(settings.mongodb_database)
+    if not keep_database:
+        await mongo_client.drop_database(settings.mongodb_database)
 
 
 @pytest.fixture

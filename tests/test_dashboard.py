@@ -1,6 +1,8 @@
 """The operator dashboard: served at ``/`` (503 with a hint until it is built), its assets under
 ``/static/``, and the real page in headless Chromium following a download live across a cut
-WebSocket (``dashboard/tests/e2e.mjs``, driven by playwright-core)."""
+WebSocket, then starting, watching and stopping the model's inference on the local runtime
+(``dashboard/tests/e2e.mjs``, driven by playwright-core; the engine is the stand-in ``vllm`` of
+tests/test_inference_local.py, first on PATH)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import asyncio
 import json
 import os
 import shutil
+import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +26,13 @@ from storage.documents import Role
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp
 from tests.graphql_client import execute
+from tests.test_inference_local import FAKE_VLLM
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 E2E_SCRIPT = REPO_ROOT / "dashboard" / "tests" / "e2e.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "tests" / "artifacts" / "dashboard.png"
+INFERENCE_SCREENSHOT = SCREENSHOT.with_name("dashboard-inference.png")
 KiB = 1024
 
 
@@ -96,6 +102,18 @@ def throttled_hub(hub: RunningHub) -> Iterator[None]:
     hub.hub.faults.clear()
 
 
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in ``vllm`` first on PATH: the in-process modelplane's local runtime runs it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vllm = bin_dir / "vllm"
+    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
+    vllm.chmod(vllm.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return bin_dir
+
+
 def _browser_prerequisites() -> str:
     """The node binary; fails the test (never skips it) naming what is missing and the fix."""
     problems: list[str] = []
@@ -115,8 +133,8 @@ def _browser_prerequisites() -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.usefixtures("throttled_hub")
-async def test_dashboard_follows_a_download_across_a_cut_websocket(
+@pytest.mark.usefixtures("throttled_hub", "fake_vllm")
+async def test_dashboard_follows_a_download_across_a_cut_websocket_then_serves_it(
     running_app: RunningApp,
 ) -> None:
     node = _browser_prerequisites()
@@ -144,13 +162,24 @@ async def test_dashboard_follows_a_download_across_a_cut_websocket(
     assert summary["progress"] == sorted(summary["progress"])
     assert int(summary["resumedAfterCursor"]) > 0
     assert SCREENSHOT.is_file()
+    phases = summary["inferencePhases"]
+    assert phases.index("RUNNING") < phases.index("STOPPED"), phases
+    assert summary["timeline"][0] == "PENDING"
+    assert summary["timeline"][-2:] == ["RUNNING", "STOPPED"]
+    assert summary["logLines"] >= 1
+    assert INFERENCE_SCREENSHOT.is_file()
 
     body = await execute(
         running_app.graphql_url,
-        f'{{ model(id: "{summary["modelId"]}") {{ phase weights {{ state }} }} }}',
+        f'{{ model(id: "{summary["modelId"]}") {{ phase weights {{ state }} '
+        "inference { phase enabled } } }",
         token=running_app.token(role=Role.VIEWER),
     )
-    assert body["data"]["model"] == {"phase": "READY", "weights": {"state": "READY"}}
+    assert body["data"]["model"] == {
+        "phase": "READY",
+        "weights": {"state": "READY"},
+        "inference": {"phase": "STOPPED", "enabled": False},
+    }
 
 
 def test_the_token_in_the_dashboard_url_never_reaches_the_logs() -> None:

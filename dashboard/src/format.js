@@ -52,3 +52,10 @@ export function clock(iso) {
   if (!iso) return '';
   return new Date(iso).toLocaleTimeString([], { hour12: false });
 }
+
+/** Time from one ISO timestamp to another (or to now): tenths under 10 s, then `duration`. */
+export function elapsed(fromIso, toIso = null) {
+  const ms = (toIso ? Date.parse(toIso) : Date.now()) - Date.parse(fromIso);
+  if (!Number.isFinite(ms)) return '—';
+  return ms < 10_000 ? `${(Math.max(0, ms) / 1000).toFixed(1)} s` : duration(ms / 1000);
+}

@@ -41,3 +41,32 @@ export function userError(result, expected) {
   const field = result.field ?? result.conflictField;
   return field ? `${result.errorMessage} (${field})` : (result.errorMessage ?? result.__typename);
 }
+
+/**
+ * Wraps `load(key)` so that at most one run per key is under way. A call made meanwhile is
+ * answered by one more run after the current one: the last answer is never older than the last
+ * call, and two answers for a key never land out of order.
+ */
+export function coalesce(load) {
+  const running = new Map();
+  return (key) => {
+    const current = running.get(key);
+    if (current) {
+      current.again = true;
+      return current.done;
+    }
+    const state = { again: false, done: null };
+    running.set(key, state);
+    state.done = (async () => {
+      try {
+        do {
+          state.again = false;
+          await load(key);
+        } while (state.again);
+      } finally {
+        running.delete(key);
+      }
+    })();
+    return state.done;
+  };
+}

@@ -1,23 +1,31 @@
-// The live feed: the `ModelEvents` subscription over graphql-transport-ws, kept alive across
-// lost connections without losing an event.
+// The live feed: the `ModelEvents` and `InferenceEvents` subscriptions over
+// graphql-transport-ws (two streams on one socket), kept alive across lost connections without
+// losing an event.
 //
 // Each connection attempt gets its own graphql-ws client with retries switched off, so this
-// module alone decides what happens when a socket goes away: it remembers the cursor of the
-// last event it delivered and subscribes again with `after: <cursor>`, which makes the server
-// replay whatever was appended in between before going live. (graphql-ws's own retry would
-// resend the original subscription, with the original cursor.) The stream ending normally
-// means OVERFLOW: subscribe again at once, also with `after`.
+// module alone decides what happens when a socket goes away: it remembers, per stream, the
+// cursor of the last event it delivered and subscribes again with `after: <cursor>`, which
+// makes the server replay whatever was appended in between before going live. (graphql-ws's own
+// retry would resend the original subscriptions, with the original cursors.) A stream that has
+// delivered nothing yet resumes after the first cursor any stream delivered: both read one log,
+// so its events since then are replayed. A stream ending normally means OVERFLOW: connect again
+// at once, also with `after`.
 //
 // A socket that stops answering is noticed by the keep-alive: when a ping gets no pong within
 // PONG_TIMEOUT_MS the socket is terminated and the feed reconnects.
 
 import { createClient } from 'graphql-ws';
+import InferenceEvents from '@operations/InferenceEvents.graphql';
 import ModelEvents from '@operations/ModelEvents.graphql';
 
 const PING_INTERVAL_MS = 10_000;
 const PONG_TIMEOUT_MS = 5_000;
 const FIRST_RETRY_MS = 500;
 const MAX_RETRY_MS = 8_000;
+const STREAMS = [
+  { query: ModelEvents, field: 'modelEvents' },
+  { query: InferenceEvents, field: 'inferenceEvents' },
+];
 /** Close codes after which retrying with the same token cannot help. */
 const REJECTED = new Map([
   [4400, 'bad request'],
@@ -27,7 +35,7 @@ const REJECTED = new Map([
 
 /**
  * Starts the feed. Callbacks:
- * - `onEvent(event)` for every event and marker, in cursor order;
+ * - `onEvent(event)` for every event and marker, in cursor order within each stream;
  * - `onStatus({state, cursor, reason})` with state `connecting`, `live`, `resumed` (connected
  *   again with `after: cursor`), `reconnecting` or `rejected`;
  * - `onFreshStart()` when a connection started without a cursor, so nothing can be replayed and
@@ -35,7 +43,10 @@ const REJECTED = new Map([
  * Returns `{ stop() }`.
  */
 export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
+  /** The last cursor delivered (any stream), the first one, and each stream's last. */
   let cursor = null;
+  let first = null;
+  const cursors = new Map();
   let attempt = 0;
   let failures = 0;
   let stopped = false;
@@ -45,7 +56,7 @@ export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
   function connect() {
     attempt += 1;
     const id = attempt;
-    const after = cursor;
+    const resuming = cursor !== null;
     let finished = false;
     let pongTimer = null;
 
@@ -59,11 +70,11 @@ export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
       on: {
         connected: () => {
           failures = 0;
-          if (after === null) {
+          if (resuming) {
+            onStatus({ state: 'resumed', cursor });
+          } else {
             onStatus({ state: 'live', cursor: null });
             onFreshStart();
-          } else {
-            onStatus({ state: 'resumed', cursor: after });
           }
         },
         ping: (received) => {
@@ -78,20 +89,25 @@ export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
       },
     });
 
-    const unsubscribe = client.subscribe(
-      { query: ModelEvents, variables: after === null ? {} : { after } },
-      {
-        next: (result) => {
-          const event = result.data?.modelEvents;
-          if (!event || stopped || id !== attempt) return;
-          cursor = event.cursor;
-          onEvent(event);
+    const unsubscribes = STREAMS.map(({ query, field }) => {
+      const after = resuming ? (cursors.get(field) ?? first) : null;
+      return client.subscribe(
+        { query, variables: after === null ? {} : { after } },
+        {
+          next: (result) => {
+            const event = result.data?.[field];
+            if (!event || stopped || id !== attempt) return;
+            cursor = event.cursor;
+            first ??= event.cursor;
+            cursors.set(field, event.cursor);
+            onEvent(event);
+          },
+          error: (error) => finish(error),
+          complete: () => finish(null),
         },
-        error: (error) => finish(error),
-        complete: () => finish(null),
-      },
-    );
-    current = { client, unsubscribe };
+      );
+    });
+    current = { client, unsubscribes };
 
     function finish(reason) {
       if (finished || id !== attempt) return;
@@ -105,7 +121,7 @@ export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
         return;
       }
       if (reason === null) {
-        connect(); // the server ended the stream (OVERFLOW): continue after the cursor at once
+        connect(); // the server ended a stream (OVERFLOW): continue after the cursors at once
         return;
       }
       failures += 1;
@@ -121,7 +137,7 @@ export function startLiveFeed({ url, token, onEvent, onStatus, onFreshStart }) {
       stopped = true;
       clearTimeout(retryTimer);
       if (current) {
-        current.unsubscribe();
+        for (const unsubscribe of current.unsubscribes) unsubscribe();
         current.client.dispose();
       }
     },

@@ -1,5 +1,5 @@
 // The operator dashboard: boots the page, keeps the token, loads the models, follows the live
-// feed and wires the add form and the row buttons to the GraphQL mutations.
+// feed and wires the add form, the row buttons and the inference pane to the GraphQL mutations.
 
 import './style.css';
 import CancelDownload from '@operations/CancelDownload.graphql';
@@ -10,9 +10,12 @@ import DashboardModels from '@operations/DashboardModels.graphql';
 import DeleteModel from '@operations/DeleteModel.graphql';
 import HuggingFaceModel from '@operations/HuggingFaceModel.graphql';
 import RetryDownload from '@operations/RetryDownload.graphql';
+import StartInference from '@operations/StartInference.graphql';
+import StopInference from '@operations/StopInference.graphql';
 import { $, fill } from './dom.js';
-import { ApiError, request, userError } from './graphql.js';
+import { ApiError, coalesce, request, userError } from './graphql.js';
 import { startLiveFeed } from './live.js';
+import { createInferencePane } from './pane.js';
 import { ModelStore } from './store.js';
 import { addActivity, addNote, modelRow, renderConnection, renderPreview } from './view.js';
 
@@ -30,7 +33,17 @@ const page = {
   /** Events that arrive while the models are being (re)loaded, applied afterwards. */
   pending: null,
   rows: new Map(),
+  /** model id → `{ text, kind, type }`: what the last Start or Stop of its inference said. */
+  notes: new Map(),
 };
+const pane = createInferencePane({
+  query: (operation, variables) => request(operation, variables, page.token),
+  model: (id) => store.models.get(id),
+  start: startInference,
+  stop: stopInference,
+  canEdit: () => handlers().canEdit,
+  noteFor: (id) => page.notes.get(id),
+});
 
 // ---- token ------------------------------------------------------------------------------
 
@@ -73,7 +86,12 @@ function wireTokenPanel() {
 // ---- models -----------------------------------------------------------------------------
 
 function handlers() {
-  return { act: runAction, canEdit: page.viewer !== null && page.viewer.role !== 'VIEWER' };
+  return {
+    act: runAction,
+    open: (model) => pane.open(model.id),
+    noteFor: (id) => page.notes.get(id),
+    canEdit: page.viewer !== null && page.viewer.role !== 'VIEWER',
+  };
 }
 
 /** Draws the rows named in `ids` (all rows when omitted), keeping the table newest first. */
@@ -123,7 +141,8 @@ async function loadModels() {
   }
 }
 
-async function refetchModel(id) {
+/** Reads one model again; calls made while it is under way are answered by one more read. */
+const refetchModel = coalesce(async (id) => {
   try {
     const data = await request(DashboardModel, { id }, page.token);
     if (data.model) store.upsert(data.model);
@@ -132,7 +151,7 @@ async function refetchModel(id) {
   } catch (error) {
     flash(`Could not read model ${id}: ${error.message}`, 'error');
   }
-}
+});
 
 function handleEvent(event) {
   if (page.pending !== null) {
@@ -148,9 +167,14 @@ function handleEvent(event) {
   }
   if (changed.size > 0) renderModels(changed);
   for (const id of refetch) refetchModel(id);
+  if (event.type !== 'PROGRESS') {
+    for (const id of new Set([...changed, ...refetch])) pane.changed(id);
+  }
 }
 
 async function runAction(kind, model) {
+  if (kind === 'start') return startInference(model, null);
+  if (kind === 'stop') return stopInference(model);
   try {
     if (kind === 'cancel') {
       const data = await request(CancelDownload, { modelId: model.id }, page.token);
@@ -172,6 +196,56 @@ async function runAction(kind, model) {
     flash(error.message, 'error');
   }
   refetchModel(model.id);
+}
+
+// ---- inference ---------------------------------------------------------------------------
+
+/** Remembers (or, with null, forgets) what Start or Stop said about a model, shown inline. */
+function setNote(modelId, note) {
+  if (note) page.notes.set(modelId, note);
+  else page.notes.delete(modelId);
+  renderModels(new Set([modelId]));
+  pane.noteChanged(modelId);
+}
+
+/** A failed mutation's note: the union member's type and message. */
+function failureNote(result, expected) {
+  const failure = userError(result, expected);
+  if (!failure) return null;
+  const type = result?.__typename ?? 'Error';
+  return { text: `${type}: ${failure}`, kind: 'error', type };
+}
+
+/** `startInference` with `input` (null: the defaults); the outcome shows in the row and pane. */
+async function startInference(model, input) {
+  try {
+    const data = await request(StartInference, { modelId: model.id, input }, page.token);
+    const result = data.startInference;
+    const failure = failureNote(result, 'InferencePayload');
+    if (failure) setNote(model.id, failure);
+    else if (!result.started) setNote(model.id, { text: result.message ?? 'not started', kind: 'warn' });
+    else {
+      setNote(model.id, null);
+      flash(`Starting ${model.name} (${result.inference.spec.engine ?? 'gateway route'})`);
+    }
+  } catch (error) {
+    setNote(model.id, { text: error.message, kind: 'error' });
+  }
+  refetchModel(model.id);
+  pane.changed(model.id);
+}
+
+async function stopInference(model) {
+  try {
+    const data = await request(StopInference, { modelId: model.id }, page.token);
+    const failure = failureNote(data.stopInference, 'Inference');
+    setNote(model.id, failure);
+    if (!failure) flash(`Stopping ${model.name}`);
+  } catch (error) {
+    setNote(model.id, { text: error.message, kind: 'error' });
+  }
+  refetchModel(model.id);
+  pane.changed(model.id);
 }
 
 function reportOutcome(failure, success) {
@@ -288,6 +362,8 @@ function stop() {
 
 async function start(token) {
   stop();
+  pane.close();
+  page.notes.clear();
   page.token = token;
   page.pending = [];
   store.replaceAll([]);

@@ -2,8 +2,8 @@
 //
 // Events carry the new phase or the download progress but not whole resources, so `applyEvent`
 // updates what it can in place and names the models to read again with the `DashboardModel`
-// query when an event says more changed than it carries (created, updated, or a model the page
-// has not seen yet).
+// query when an event says more changed than it carries (created, updated, an inference's
+// reason and replicas, or a model the page has not seen yet).
 
 /** Weights states in which a download is still under way. */
 export const ACTIVE_DOWNLOAD = new Set(['PENDING', 'PULLING']);
@@ -80,6 +80,18 @@ export class ModelStore {
         } else {
           refetch.add(id);
         }
+      }
+    } else if (event.resourceKind === 'INFERENCE') {
+      for (const id of event.modelIds) {
+        // The badge moves at once; the reason, replicas and `enabled` come with the re-read.
+        const inference = this.models.get(id)?.inference;
+        if (event.type === 'PHASE_CHANGED' && inference?.id === event.resourceId) {
+          inference.phase = event.phase;
+          inference.reason = null;
+          inference.message = event.message;
+          changed.add(id);
+        }
+        refetch.add(id);
       }
     }
     return { changed, refetch, resync: false };

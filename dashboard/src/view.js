@@ -1,11 +1,10 @@
-// Drawing: table rows, the download cell, the connection indicator, the hub preview and the
-// activity list. Functions here only build DOM from data; main.js decides when to call them.
+// Drawing: table rows, the download and inference cells, the connection indicator, the hub
+// preview, the inference pane's parts and the activity list. Functions here only build DOM from
+// data; main.js and pane.js decide when to call them.
 
 import { fill, h } from './dom.js';
-import { bytes, clock, duration, parameters, percent, rate } from './format.js';
+import { bytes, clock, duration, elapsed, parameters, percent, rate } from './format.js';
 import { ACTIVE_DOWNLOAD } from './store.js';
-
-export const INFERENCE_UNAVAILABLE = 'inference: not available yet';
 
 const CONNECTION_LABELS = {
   idle: () => 'not connected',
@@ -85,37 +84,53 @@ export function downloadCell(model) {
   return h('td.download', {}, h('span.error', { title: weights.message ?? '' }, weights.message ?? weights.state));
 }
 
+/** Why a model cannot be started now, or null when it can. */
+export function cannotStart(model) {
+  if (model.inference?.enabled) return 'already serving: stop it first';
+  if (model.source?.accessMode === 'LOCAL' && model.phase !== 'READY') return 'the weights are not downloaded yet';
+  return null;
+}
+
+/** The inference cell: phase badge, reason and replicas under it, a link to the pane, a note. */
+function inferenceCell(model, { open, noteFor }) {
+  const inference = model.inference;
+  const note = noteFor(model.id);
+  const up = inference && inference.phase !== 'STOPPED';
+  return h(
+    'td.inference',
+    {},
+    inference ? phaseBadge(inference.phase, inference.message ?? inference.reason) : h('span.muted.none', {}, '—'),
+    inference?.reason ? h('div.sub.reason', { title: inference.message ?? '' }, inference.reason) : null,
+    up ? h('div.sub', {}, `${inference.readyReplicas}/${inference.replicas} ready`) : null,
+    h('button.link', { type: 'button', dataset: { action: 'inference' }, onclick: () => open(model) }, 'details'),
+    note ? h(`div.sub.note.${note.kind}`, { dataset: { errorType: note.type ?? '' } }, note.text) : null,
+  );
+}
+
 /** The action buttons; `act(kind, model)` runs one. `canEdit` is false for viewers. */
 function actionsCell(model, { act, canEdit }) {
   const state = model.weights?.state;
   const downloading = ACTIVE_DOWNLOAD.has(state);
   const retryable = state === 'FAILED' || state === 'CANCELLED' || (model.phase === 'FAILED' && !downloading);
-  const editTitle = canEdit ? null : 'needs the editor role';
-  const button = (kind, label, enabled, extra = {}) =>
+  const button = (kind, label, enabled, why = null) =>
     h(
       `button.small${kind === 'delete' ? '.danger' : ''}`,
       {
         type: 'button',
         dataset: { action: kind },
         disabled: !enabled || !canEdit,
-        title: extra.title ?? editTitle,
+        title: canEdit ? why : 'needs the editor role',
         onclick: () => act(kind, model),
       },
       label,
     );
+  const startBlocker = cannotStart(model);
+  const serving = model.inference?.enabled === true;
   return h(
     'td.actions',
     {},
-    h(
-      'button.small',
-      { type: 'button', disabled: true, title: INFERENCE_UNAVAILABLE, dataset: { action: 'start' } },
-      'Start',
-    ),
-    h(
-      'button.small',
-      { type: 'button', disabled: true, title: INFERENCE_UNAVAILABLE, dataset: { action: 'stop' } },
-      'Stop',
-    ),
+    button('start', 'Start', startBlocker === null, startBlocker ?? 'serve it with the defaults; options in details'),
+    button('stop', 'Stop', serving, serving ? null : 'nothing is serving it'),
     button('cancel', 'Cancel', downloading),
     button('retry', 'Retry', retryable),
     button('delete', 'Delete', true),
@@ -127,7 +142,16 @@ export function modelRow(model, handlers) {
   const size = model.weights?.sizeBytes ?? model.hub?.weightBytes ?? null;
   return h(
     'tr',
-    { dataset: { modelId: model.id, name: model.name, phase: model.phase } },
+    {
+      dataset: {
+        modelId: model.id,
+        name: model.name,
+        phase: model.phase,
+        inferencePhase: model.inference?.phase ?? '',
+      },
+      // A click on the row (not on one of its buttons) opens the inference pane.
+      onclick: (event) => event.target.closest('button') === null && handlers.open(model),
+    },
     h(
       'td.name',
       {},
@@ -137,11 +161,86 @@ export function modelRow(model, handlers) {
     ),
     sourceCell(model),
     h('td.phase', {}, phaseBadge(model.phase, model.message)),
-    h('td.inference', { title: INFERENCE_UNAVAILABLE }, h('span.muted', {}, model.inferencePhase ?? '—')),
+    inferenceCell(model, handlers),
     h('td.num', {}, bytes(size)),
     downloadCell(model),
     actionsCell(model, handlers),
   );
+}
+
+/** The pane's facts about an inference: where it answers, what it runs. */
+export function renderInferenceSummary(element, model, inference) {
+  if (!inference) {
+    fill(
+      element,
+      h('p.muted', {}, `${model.name} has no inference yet: Start in its row uses the defaults, or choose below.`),
+    );
+    return;
+  }
+  const spec = inference.spec;
+  const facts = [
+    ['phase', phaseBadge(inference.phase, inference.message)],
+    ['endpoint', inference.endpoint ? h('span.mono', {}, inference.endpoint) : '—'],
+    ['replicas', `${inference.readyReplicas} ready / ${inference.replicas} wanted`],
+    ['engine', spec.engine ?? 'gateway route'],
+    ['image', spec.image ?? 'engine default'],
+    ['GPUs', spec.gpuType ? `${spec.gpu} × ${spec.gpuType}` : String(spec.gpu)],
+    ['cpu', spec.cpu],
+    ['memory', spec.memory],
+    ['port', String(spec.port)],
+    ['served as', h('span.mono', {}, inference.modelName)],
+    ['id', h('span.mono', {}, inference.id)],
+    ['runtime', inference.runtime],
+  ];
+  fill(
+    element,
+    inference.reason || inference.message
+      ? h(
+          `p.why${inference.phase === 'FAILED' || inference.phase === 'CRASH_LOOP_BACK_OFF' ? '.error' : ''}`,
+          {},
+          inference.reason ? h('strong', {}, inference.reason) : null,
+          inference.reason && inference.message ? ': ' : null,
+          inference.message,
+        )
+      : null,
+    h(
+      'dl.facts',
+      {},
+      facts.map(([term, value]) => h('div', { dataset: { fact: term } }, h('dt', {}, term), h('dd', {}, value))),
+    ),
+  );
+}
+
+/** The phase timeline, oldest first: when each phase began and how long it lasted. */
+export function renderTimeline(list, inference) {
+  const history = inference?.phaseHistory ?? [];
+  fill(
+    list,
+    history.map((entry, index) => {
+      const next = history[index + 1];
+      let spent = null;
+      if (next) spent = elapsed(entry.enteredAt, next.enteredAt);
+      else if (entry.phase !== 'STOPPED') spent = `${elapsed(entry.enteredAt)} so far`;
+      return h(
+        'li',
+        { dataset: { phase: entry.phase } },
+        h('span.time.mono', { title: entry.enteredAt }, clock(entry.enteredAt)),
+        phaseBadge(entry.phase, entry.message),
+        spent ? h('span.spent.muted', {}, spent) : null,
+        entry.reason ? h('span.chip', {}, entry.reason) : null,
+        entry.message ? h('div.sub', {}, entry.message) : null,
+      );
+    }),
+  );
+  if (history.length === 0) list.append(h('li.muted', {}, 'no phases yet'));
+}
+
+/** The engine's last lines; stays scrolled to the end unless the reader scrolled up. */
+export function renderLogs(pre, lines) {
+  const atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
+  pre.textContent = lines.length ? lines.join('\n') : '(no lines yet)';
+  pre.dataset.lines = String(lines.length);
+  if (atEnd) pre.scrollTop = pre.scrollHeight;
 }
 
 /** The hub metadata card shown under the add form. */

@@ -10,6 +10,11 @@
 // the completion live; it must get it from the replay when it reconnects with `after: <last
 // cursor>`. Nothing in the page is stubbed or hooked.
 //
+// Then it serves the model: Start in the row (after a refused start with 0 replicas from the
+// inference pane's form), the row's inference badge following PENDING → … → RUNNING live, the
+// pane's phase timeline and the engine's log lines (modelplane must run with a `vllm` on PATH:
+// tests/test_dashboard.py puts a stand-in there), then Stop and the badge reaching STOPPED.
+//
 // Prints one JSON summary line on success; exits 1 with the reason otherwise. The token is
 // read from the environment and never printed.
 
@@ -199,6 +204,7 @@ async function run(browser, proxy) {
     50,
   );
   check(seen[1] > seen[0], `progress went backwards: ${seen}`);
+  check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled during the download');
   await page.screenshot({ path: options.screenshot.replace(/\.png$/, '-progress.png') });
   log(`progress advanced ${seen.join(' -> ')} bytes; cutting the WebSocket`);
 
@@ -228,17 +234,114 @@ async function run(browser, proxy) {
   const resumedAt = history.findIndex((label) => label.startsWith('resumed after cursor'));
   check(reconnectingAt >= 0 && resumedAt > reconnectingAt, `indicator history: ${JSON.stringify(history)}`);
   check(loads === 1, `the page was reloaded (${loads} loads)`);
-  check(
-    (await row.locator('td.inference').innerText()).trim() === '—',
-    'the inference column pretends to know a phase',
-  );
-  check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled');
+  check((await row.locator('td.inference .badge').count()) === 0, 'the inference column pretends to know a phase');
+  check(await row.locator('button[data-action="start"]').isEnabled(), 'Start is disabled on a READY model');
+  check(await row.locator('button[data-action="stop"]').isDisabled(), 'Stop is enabled with nothing serving');
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
 
   await page.mouse.move(0, 0);
   await page.screenshot({ path: options.screenshot, fullPage: true });
   log(`row READY after ${resumedMatch[0]}; screenshot ${options.screenshot}`);
-  return { modelId, progress: seen, resumedAfterCursor: resumedMatch[1], indicatorHistory: history };
+
+  const served = await serve(page, modelId);
+  check(loads === 1, `the page was reloaded (${loads} loads)`);
+  check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+  return { modelId, progress: seen, resumedAfterCursor: resumedMatch[1], indicatorHistory: history, ...served };
+}
+
+/** The row's inference badge, the pane's timeline, its logs, Start and Stop. */
+async function serve(page, modelId) {
+  const rowSelector = `#models tr[data-model-id="${modelId}"]`;
+  const row = page.locator(rowSelector);
+  const pane = page.locator('#inference-pane');
+  await page.evaluate((selector) => {
+    // Record every inference phase the row shows, however briefly (rows are redrawn, not edited).
+    window.inferencePhases = [];
+    const record = () => {
+      const phase = document.querySelector(selector)?.dataset.inferencePhase;
+      if (phase && phase !== window.inferencePhases.at(-1)) window.inferencePhases.push(phase);
+    };
+    new MutationObserver(record).observe(document.querySelector('#models'), {
+      childList: true,
+      subtree: true,
+      attributes: true,
+      attributeFilter: ['data-inference-phase'],
+    });
+  }, rowSelector);
+
+  log('opening the inference pane; starting with 0 replicas must be refused');
+  await row.locator('button[data-action="inference"]').click();
+  await pane.locator('#start-form').waitFor({ state: 'visible', timeout: 10_000 });
+  check((await pane.getAttribute('data-model-id')) === modelId, 'the pane shows another model');
+  await page.fill('#start-replicas', '0');
+  await page.click('#start-submit');
+  const refused = page.locator('#pane-message[data-kind="error"]');
+  await refused.waitFor({ timeout: 10_000 });
+  const refusal = await refused.innerText();
+  check(/ValidationError: .*replicas/.test(refusal), `the pane does not show the ValidationError: ${refusal}`);
+  const rowNote = await row.locator('td.inference .note').innerText();
+  check(rowNote === refusal, `the row does not show the refusal inline: ${rowNote}`);
+  check((await row.getAttribute('data-inference-phase')) === '', 'a refused start made an inference');
+  await page.fill('#start-replicas', '');
+
+  log(`refused inline (${refusal}); clicking Start in the row`);
+  await row.locator('button[data-action="start"]').click();
+  await page.locator(`${rowSelector}[data-inference-phase="RUNNING"]`).waitFor({ timeout: 30_000 });
+  check((await row.locator('td.inference .note').count()) === 0, 'the refusal stayed after a good start');
+  check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled while serving');
+  check(await row.locator('button[data-action="stop"]').isEnabled(), 'Stop is disabled while serving');
+  const readyText = await row.locator('td.inference').innerText();
+  check(readyText.includes('1/1 ready'), `the row does not show the ready replicas: ${readyText}`);
+
+  const timelinePhases = () =>
+    pane.locator('#pane-timeline li').evaluateAll((items) => items.map((li) => li.dataset.phase));
+  const running = await until(
+    'the pane timeline to reach RUNNING',
+    async () => {
+      const phases = await timelinePhases();
+      return phases.at(-1) === 'RUNNING' ? phases : null;
+    },
+    15,
+  );
+  check(running[0] === 'PENDING', `the timeline does not start with PENDING: ${running}`);
+  const endpoint = await pane.locator('[data-fact="endpoint"] dd').innerText();
+  check(/^http:\/\/127\.0\.0\.1:\d+\/v1$/.test(endpoint), `the pane shows no endpoint: ${endpoint}`);
+  const engine = await pane.locator('[data-fact="engine"] dd').innerText();
+  check(engine === 'VLLM', `the pane shows engine ${engine}`);
+  const logs = await until(
+    'a log line from the engine in the pane',
+    async () => {
+      const text = await pane.locator('#pane-logs').innerText();
+      return /loaded \d+ files/.test(text) ? text : null;
+    },
+    15,
+    250,
+  );
+  check(await pane.locator('#start-form').isHidden(), 'the start form is shown while serving');
+
+  await page.mouse.move(0, 0);
+  const shot = options.screenshot.replace(/\.png$/, '-inference.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  log(`RUNNING (${running.join(' -> ')}) at ${endpoint}; screenshot ${shot}; clicking Stop`);
+
+  await row.locator('button[data-action="stop"]').click();
+  await page.locator(`${rowSelector}[data-inference-phase="STOPPED"]`).waitFor({ timeout: 30_000 });
+  const stopped = await until(
+    'the pane timeline to reach STOPPED',
+    async () => {
+      const phases = await timelinePhases();
+      return phases.at(-1) === 'STOPPED' ? phases : null;
+    },
+    15,
+  );
+  await until('Start to be enabled again', () => row.locator('button[data-action="start"]').isEnabled(), 10);
+  const rowPhases = await page.evaluate(() => window.inferencePhases);
+  check(
+    rowPhases.indexOf('RUNNING') >= 0 && rowPhases.indexOf('RUNNING') < rowPhases.indexOf('STOPPED'),
+    `the row's inference phases: ${rowPhases}`,
+  );
+  log(`STOPPED; the row showed ${rowPhases.join(' -> ')}`);
+  return { inferencePhases: rowPhases, timeline: stopped, logLines: logs.split('\n').length, endpoint };
 }
 
 async function main() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build the servers the test suite talks to -- FerretDB, etcd, MinIO, the Kubernetes control
-# plane (kube-apiserver, kube-controller-manager, kube-scheduler) and kwok's fake kubelets --
-# from the Go module proxy into a cache outside the repository.
+# Build the servers and tools the test suite uses -- FerretDB, etcd, MinIO, the Kubernetes
+# control plane (kube-apiserver, kube-controller-manager, kube-scheduler), kwok's fake kubelets
+# and Helm -- from the Go module proxy into a cache outside the repository.
 #
 #   deploy/testbed/build.sh            build whatever is missing
 #   deploy/testbed/build.sh --print    print the path of each pinned server binary
@@ -17,6 +17,7 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.36.3}"
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20251015172955-9e49d5e7a648}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
 
 CACHE="${MODELPLANE_TESTBED_CACHE:-$HOME/.cache/modelplane/testbed}"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -34,6 +35,7 @@ if [[ "${1:-}" == "--print" ]]; then
   printf 'kube-controller-manager=%s/bin/kube-controller-manager\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
   printf 'kube-scheduler=%s/bin/kube-scheduler\n' "$(dest kubernetes "$KUBERNETES_VERSION")"
   printf 'kwok=%s/bin/kwok\n' "$(dest kwok "$KWOK_VERSION")"
+  printf 'helm=%s/bin/helm\n' "$(dest helm "$HELM_VERSION")"
   exit 0
 fi
 
@@ -172,6 +174,27 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$target" github.com/minio/minio
 }
 
+build_helm() {
+  local version="$1" target="$2"
+  # tests/test_helm.py renders, lints and installs the chart with it. The module has no
+  # replace directives, so a wrapper module that requires it builds the command as released;
+  # the version is stamped as the release Makefile does (`helm version` reports it).
+  local major="${version%%.*}"
+  go mod init local/helm >/dev/null 2>&1
+  cat > tools.go <<GO
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/$major/cmd/helm"
+GO
+  go get "helm.sh/helm/$major@$version"
+  go mod tidy
+  go build -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$version" \
+    -o "$target" "helm.sh/helm/$major/cmd/helm"
+}
+
 total_started=$SECONDS
 status=0
 build_one ferretdb "$FERRETDB_VERSION" ferretdb build_ferretdb || status=1
@@ -181,5 +204,6 @@ build_one kubernetes "$KUBERNETES_VERSION" kube-apiserver build_kube_apiserver |
 build_one kubernetes "$KUBERNETES_VERSION" kube-controller-manager build_kube_controller_manager || status=1
 build_one kubernetes "$KUBERNETES_VERSION" kube-scheduler build_kube_scheduler || status=1
 build_one kwok "$KWOK_VERSION" kwok build_kwok || status=1
+build_one helm "$HELM_VERSION" helm build_helm || status=1
 log "done in $((SECONDS - total_started)) s (status $status)"
 exit $status

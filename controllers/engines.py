@@ -1,0 +1,476 @@
+"""What an inference runs: the engine planner, one pure function for both runtimes.
+
+:func:`plan_engine` turns an inference's spec, its model and the model's weights into an
+:class:`EnginePlan`: the image, the command, the port and health path, the environment, where
+the weights are and how they get there (a PVC or hostPath mount, or an init step that syncs
+an S3 prefix), and any config file the engine reads. The Kubernetes renderer
+(:mod:`controllers.inference_manifests`) wraps the plan in a Deployment; the local runtime runs
+the same command as a supervised subprocess, bound to loopback.
+
+Engines:
+
+* **VLLM** ``vllm serve <weights> --served-model-name <model name> --port <port>`` (with
+  ``--tensor-parallel-size`` for several GPUs). A user-supplied command must carry
+  ``--served-model-name <name>``: the gateway routes on that name.
+* **OLLAMA** serves ``hf.co/<repo>`` (or the tag the user names): an init step pulls it and
+  copies it to the model's name, so clients ask for the same name on every engine.
+* **LITELLM_PROXY** a LiteLLM proxy in front of an OpenAI-compatible upstream (a REMOTE_API
+  model's URL, key from the model's Secret): every model (WILDCARD), only this model's name
+  (SINGLE), or the user's own config (CONFIG). Needs no GPU.
+* **CUSTOM** the user's image and command.
+
+Invalid combinations raise :class:`EnginePlanError` naming the input field, so the same checks
+answer ``startInference`` (as a ValidationError) and the controller (as FAILED).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import yaml
+
+from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
+from storage.documents import (
+    AccessMode,
+    EnvVarSpec,
+    InferenceEngine,
+    InferenceSpec,
+    ModelDocument,
+    TargetKind,
+    WeightsDocument,
+)
+
+WEIGHTS_MOUNT = "/weights"
+CONFIG_MOUNT = "/etc/modelplane"
+OLLAMA_HOME = "/root/.ollama"
+SERVED_NAME_FLAG = "--served-model-name"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+
+
+class EnginePlanError(Exception):
+    """The inference cannot be planned as asked; ``field`` names the input to change."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EngineImages:
+    """Default images per engine (settings ``MODELPLANE_*_IMAGE``)."""
+
+    vllm: str = "vllm/vllm-openai:v0.11.0"
+    ollama: str = "ollama/ollama:0.12.6"
+    litellm: str = "ghcr.io/berriai/litellm:main-v1.78.5-stable"
+    s3_sync: str = "amazon/aws-cli:2.31.18"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightsPlacement:
+    """Where the engine finds the weights, and what brings them there."""
+
+    kind: TargetKind
+    path: str
+    """The directory the engine reads (container path on Kubernetes, local path locally)."""
+    claim_name: str | None = None
+    mount_path: str | None = None
+    """Where a PVC is mounted (the root the downloader wrote under)."""
+    host_path: str | None = None
+    s3_uri: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareStep:
+    """Something to run to completion before the engine starts (an init container)."""
+
+    name: str
+    image: str
+    command: list[str]
+    env: list[EnvVarSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePlan:
+    """Everything both runtimes need to start one replica of an engine."""
+
+    engine: InferenceEngine
+    image: str | None
+    command: list[str]
+    args: list[str]
+    port: int
+    health_path: str
+    env: list[EnvVarSpec]
+    gpu: int
+    weights: WeightsPlacement | None = None
+    prepare: list[PrepareStep] = field(default_factory=list)
+    config_files: dict[str, str] = field(default_factory=dict)
+    """File name -> content, mounted read-only under :data:`CONFIG_MOUNT` (a ConfigMap)."""
+    secret_name: str | None = None
+    """The model's credentials Secret, referenced by env entries (never copied)."""
+
+    @property
+    def argv(self) -> list[str]:
+        """Command and args together, as a local process runs them."""
+        return [*self.command, *self.args]
+
+
+def default_engine(model: ModelDocument) -> InferenceEngine | None:
+    """VLLM for downloaded models; None (a gateway route) for REMOTE_API models."""
+    return None if model.source.access_mode is AccessMode.REMOTE_API else InferenceEngine.VLLM
+
+
+def check_env(env: list[EnvVarSpec]) -> None:
+    """Each variable is a literal or a Secret reference, with a proper name, at most once."""
+    seen: set[str] = set()
+    for index, var in enumerate(env):
+        where = f"input.env[{index}]"
+        if not _ENV_NAME.match(var.name):
+            raise EnginePlanError(
+                f"{where}.name", f"{var.name!r} is not a valid environment variable name"
+            )
+        if var.name in seen:
+            raise EnginePlanError(f"{where}.name", f"{var.name} is given twice")
+        if var.name in _RESERVED_ENV:
+            raise EnginePlanError(f"{where}.name", f"{var.name} is set by modelplane")
+        seen.add(var.name)
+        has_ref = var.secret_name is not None or var.secret_key is not None
+        if (var.value is None) == (not has_ref):
+            raise EnginePlanError(
+                where, f"{var.name}: give either value or secretName and secretKey, not both"
+            )
+        if has_ref and not (var.secret_name and var.secret_key):
+            raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
+
+
+def served_name_in(argv: list[str]) -> str | None:
+    """The value of ``--served-model-name`` in a command line, if present."""
+    for index, token in enumerate(argv):
+        if token == SERVED_NAME_FLAG and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(SERVED_NAME_FLAG + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def plan_engine(
+    spec: InferenceSpec,
+    model: ModelDocument,
+    weights: WeightsDocument | None,
+    *,
+    local: bool,
+    images: EngineImages,
+    secret_name: str | None,
+    pvc_mount_path: str = WEIGHTS_MOUNT,
+    config_dir: str = CONFIG_MOUNT,
+) -> EnginePlan:
+    """The engine to run for ``spec`` (see the module docstring); raises EnginePlanError."""
+    check_env(spec.env)
+    engine = spec.engine
+    if engine is None:
+        raise EnginePlanError("input.engine", "a route has no engine to plan")
+    remote = model.source.access_mode is AccessMode.REMOTE_API
+    if remote and engine is not InferenceEngine.LITELLM_PROXY:
+        raise EnginePlanError(
+            "input.engine",
+            f"{model.name} is a REMOTE_API model: leave engine empty for a gateway route, or "
+            "use LITELLM_PROXY for a hosted proxy",
+        )
+    if engine is InferenceEngine.LITELLM_PROXY:
+        return _litellm(
+            spec, model, local=local, images=images, secret_name=secret_name, config_dir=config_dir
+        )
+    placement = _placement(model, weights, local=local, pvc_mount_path=pvc_mount_path)
+    if engine is InferenceEngine.VLLM:
+        return _vllm(spec, model, placement, local=local, images=images, secret_name=secret_name)
+    if engine is InferenceEngine.OLLAMA:
+        return _ollama(spec, model, placement, local=local, images=images, secret_name=secret_name)
+    return _custom(spec, placement, local=local, secret_name=secret_name)
+
+
+def _host(local: bool) -> str:
+    return "127.0.0.1" if local else "0.0.0.0"  # noqa: S104  a pod listens on its own IP
+
+
+def _placement(
+    model: ModelDocument,
+    weights: WeightsDocument | None,
+    *,
+    local: bool,
+    pvc_mount_path: str,
+) -> WeightsPlacement | None:
+    target = model.download_target
+    if target is None:
+        return None
+    if target.kind is TargetKind.LOCAL:
+        path = target.local_path or (weights.location if weights else "")
+        return WeightsPlacement(kind=TargetKind.LOCAL, path=path, host_path=path)
+    if local:
+        raise EnginePlanError(
+            "modelId",
+            f"the local runtime cannot serve weights stored on a {target.kind.value} target; "
+            "add the model with a LOCAL target",
+        )
+    if target.kind is TargetKind.PVC:
+        path = str(PurePosixPath(pvc_mount_path) / (target.sub_path or ""))
+        return WeightsPlacement(
+            kind=TargetKind.PVC,
+            path=path,
+            claim_name=target.claim_name,
+            mount_path=pvc_mount_path,
+        )
+    return WeightsPlacement(
+        kind=TargetKind.S3,
+        path=WEIGHTS_MOUNT,
+        s3_uri=weights.location if weights else None,
+        s3_endpoint=target.endpoint,
+        s3_region=target.region,
+        s3_access_key_id=target.access_key_id,
+    )
+
+
+def _prepare_s3(
+    placement: WeightsPlacement | None, images: EngineImages, secret_name: str | None
+) -> list[PrepareStep]:
+    """An init step copying the S3 prefix into the pod's weights volume."""
+    if placement is None or placement.kind is not TargetKind.S3:
+        return []
+    if not placement.s3_uri:
+        raise EnginePlanError("modelId", "the model's weights have no S3 location yet")
+    command = ["aws", "s3", "sync", "--only-show-errors", placement.s3_uri, placement.path]
+    if placement.s3_endpoint:
+        command += ["--endpoint-url", placement.s3_endpoint]
+    env = [EnvVarSpec(name="AWS_ACCESS_KEY_ID", value=placement.s3_access_key_id or "")]
+    if secret_name:
+        env.append(
+            EnvVarSpec(
+                name="AWS_SECRET_ACCESS_KEY", secret_name=secret_name, secret_key=S3_SECRET_KEY
+            )
+        )
+    if placement.s3_region:
+        env.append(EnvVarSpec(name="AWS_DEFAULT_REGION", value=placement.s3_region))
+    return [PrepareStep(name="sync-weights", image=images.s3_sync, command=command, env=env)]
+
+
+def _vllm(
+    spec: InferenceSpec,
+    model: ModelDocument,
+    placement: WeightsPlacement | None,
+    *,
+    local: bool,
+    images: EngineImages,
+    secret_name: str | None,
+) -> EnginePlan:
+    if spec.command or spec.args:
+        argv = [*(spec.command or []), *(spec.args or [])]
+        expected = f"{SERVED_NAME_FLAG} {model.name}"
+        if served_name_in(argv) != model.name:
+            raise EnginePlanError(
+                "input.command",
+                f"a vLLM command must serve the model under its name: add {expected!r}",
+            )
+        command, args = list(spec.command or []), list(spec.args or [])
+    else:
+        if placement is None:
+            raise EnginePlanError("modelId", f"{model.name} has no weights to serve")
+        command = ["vllm", "serve"]
+        args = [
+            placement.path,
+            SERVED_NAME_FLAG,
+            model.name,
+            "--host",
+            _host(local),
+            "--port",
+            str(spec.port),
+        ]
+        if spec.gpu > 1:
+            args += ["--tensor-parallel-size", str(spec.gpu)]
+    return EnginePlan(
+        engine=InferenceEngine.VLLM,
+        image=spec.image or images.vllm,
+        command=command,
+        args=args,
+        port=spec.port,
+        health_path=spec.health_path or "/health",
+        env=[*spec.env, EnvVarSpec(name="HF_HUB_OFFLINE", value="1")],
+        gpu=spec.gpu,
+        weights=placement,
+        prepare=_prepare_s3(placement, images, secret_name),
+        secret_name=secret_name,
+    )
+
+
+def _ollama(
+    spec: InferenceSpec,
+    model: ModelDocument,
+    placement: WeightsPlacement | None,
+    *,
+    local: bool,
+    images: EngineImages,
+    secret_name: str | None,
+) -> EnginePlan:
+    source = spec.ollama_model or f"hf.co/{model.source.url}"
+    name = shlex.quote(model.name)
+    pull = f"ollama pull {shlex.quote(source)} && ollama cp {shlex.quote(source)} {name}"
+    host = f"{_host(local)}:{spec.port}"
+    env = [*spec.env, EnvVarSpec(name="OLLAMA_HOST", value=host)]
+    if local:
+        # One process: serve in the background, pull and alias, then wait on the server.
+        script = (
+            f"ollama serve & server=$!; "
+            f"until ollama list >/dev/null 2>&1; do sleep 1; done; "
+            f"{pull} || {{ kill $server; exit 1; }}; wait $server"
+        )
+        return EnginePlan(
+            engine=InferenceEngine.OLLAMA,
+            image=None,
+            command=spec.command or ["sh", "-c", script],
+            args=spec.args or [],
+            port=spec.port,
+            health_path="/api/version",
+            env=env,
+            gpu=spec.gpu,
+            weights=placement,
+            secret_name=secret_name,
+        )
+    image = spec.image or images.ollama
+    init_script = (
+        "ollama serve & server=$!; until ollama list >/dev/null 2>&1; do sleep 1; done; "
+        f"{pull}; status=$?; kill $server; exit $status"
+    )
+    prepare = PrepareStep(
+        name="pull-model",
+        image=image,
+        command=["sh", "-c", init_script],
+        env=[EnvVarSpec(name="OLLAMA_HOST", value="127.0.0.1:11434")],
+    )
+    return EnginePlan(
+        engine=InferenceEngine.OLLAMA,
+        image=image,
+        command=spec.command or ["ollama", "serve"],
+        args=spec.args or [],
+        port=spec.port,
+        health_path="/api/version",
+        env=env,
+        gpu=spec.gpu,
+        weights=None,
+        prepare=[prepare],
+        secret_name=secret_name,
+    )
+
+
+def litellm_config(spec: InferenceSpec, model: ModelDocument) -> str:
+    """The proxy's config file for the spec's mode (CONFIG: the user's, checked)."""
+    litellm = spec.litellm
+    mode = litellm.mode if litellm else "WILDCARD"
+    if mode == "CONFIG":
+        text = litellm.config_yaml if litellm else None
+        if not text:
+            raise EnginePlanError("input.litellm.configYaml", "CONFIG mode needs configYaml")
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise EnginePlanError(
+                "input.litellm.configYaml", f"not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("model_list"), list):
+            raise EnginePlanError(
+                "input.litellm.configYaml", "a LiteLLM config needs a model_list list"
+            )
+        return text
+    if model.source.access_mode is not AccessMode.REMOTE_API:
+        raise EnginePlanError(
+            "input.litellm.mode",
+            f"{mode} proxies a REMOTE_API model's upstream; {model.name} is downloaded: use "
+            "CONFIG with your own model_list, or another engine",
+        )
+    params: dict[str, object] = {"api_base": model.source.url}
+    if model.source.has_token:
+        params["api_key"] = "os.environ/UPSTREAM_API_KEY"
+    if mode == "WILDCARD":
+        entries = [{"model_name": "*", "litellm_params": {"model": "openai/*", **params}}]
+    elif mode == "SINGLE":
+        entries = [
+            {
+                "model_name": model.name,
+                "litellm_params": {"model": f"openai/{model.name}", **params},
+            }
+        ]
+    else:
+        raise EnginePlanError("input.litellm.mode", f"unknown mode {mode!r}")
+    return yaml.safe_dump({"model_list": entries}, sort_keys=False)
+
+
+def _litellm(
+    spec: InferenceSpec,
+    model: ModelDocument,
+    *,
+    local: bool,
+    images: EngineImages,
+    secret_name: str | None,
+    config_dir: str,
+) -> EnginePlan:
+    config = litellm_config(spec, model)
+    env = list(spec.env)
+    if model.source.has_token and secret_name:
+        env.append(
+            EnvVarSpec(name="UPSTREAM_API_KEY", secret_name=secret_name, secret_key=HF_TOKEN_KEY)
+        )
+    litellm = spec.litellm
+    if litellm and litellm.api_key_secret_name:
+        env.append(
+            EnvVarSpec(
+                name="LITELLM_MASTER_KEY",
+                secret_name=litellm.api_key_secret_name,
+                secret_key=litellm.api_key_secret_key or "api-key",
+            )
+        )
+    config_path = str(PurePosixPath(config_dir) / "litellm.yaml")
+    return EnginePlan(
+        engine=InferenceEngine.LITELLM_PROXY,
+        image=spec.image or images.litellm,
+        command=spec.command or ["litellm"],
+        args=spec.args
+        or ["--config", config_path, "--host", _host(local), "--port", str(spec.port)],
+        port=spec.port,
+        health_path="/health/liveliness",
+        env=env,
+        gpu=0,
+        config_files={"litellm.yaml": config},
+        secret_name=secret_name,
+    )
+
+
+def _custom(
+    spec: InferenceSpec,
+    placement: WeightsPlacement | None,
+    *,
+    local: bool,
+    secret_name: str | None,
+) -> EnginePlan:
+    if local and not spec.command:
+        raise EnginePlanError("input.command", "CUSTOM on the local runtime needs a command")
+    if not local and not spec.image:
+        raise EnginePlanError("input.image", "CUSTOM needs an image")
+    env = list(spec.env)
+    if placement is not None and all(var.name != "MODEL_PATH" for var in env):
+        env.append(EnvVarSpec(name="MODEL_PATH", value=placement.path))
+    return EnginePlan(
+        engine=InferenceEngine.CUSTOM,
+        image=spec.image,
+        command=list(spec.command or []),
+        args=list(spec.args or []),
+        port=spec.port,
+        health_path=spec.health_path or "/health",
+        env=env,
+        gpu=spec.gpu,
+        weights=placement,
+        secret_name=secret_name,
+    )

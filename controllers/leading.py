@@ -1,0 +1,75 @@
+"""Leader election over a MongoDB lease document (ARCHITECTURE.md decision 4).
+
+One replica leads each controller: it takes the lease, renews it every third of its duration,
+and gives it up on shutdown. Losing it (a pause longer than the lease, a partition) calls
+``on_loss`` so the controller stops what would otherwise run twice; gaining it calls
+``on_gain`` (a resync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from storage.repositories import LeaseRepository
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    """Holds one named lease for this replica while it can; without leases it always leads."""
+
+    def __init__(
+        self,
+        leases: LeaseRepository | None,
+        *,
+        name: str,
+        holder: str,
+        seconds: float,
+        on_gain: Callable[[], Awaitable[None]],
+        on_loss: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._leases = leases
+        self._name = name
+        self._holder = holder
+        self._seconds = seconds
+        self._on_gain = on_gain
+        self._on_loss = on_loss
+        self.leading = leases is None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start competing for the lease (no-op without leases)."""
+        if self._leases is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"lease-{self._name}")
+
+    async def _run(self) -> None:
+        assert self._leases is not None  # noqa: S101  only started with leases
+        while True:
+            held = await self._leases.try_acquire(
+                self._name, holder=self._holder, duration=timedelta(seconds=self._seconds)
+            )
+            if held and not self.leading:
+                self.leading = True
+                log.info("leading", extra={"lease": self._name, "holder": self._holder})
+                await self._on_gain()
+            elif not held and self.leading:
+                self.leading = False
+                log.warning("lost the lease", extra={"lease": self._name})
+                await self._on_loss()
+            await asyncio.sleep(self._seconds / 3)
+
+    async def stop(self) -> None:
+        """Stop competing and release the lease if held; idempotent."""
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if self._leases is not None and self.leading:
+            await self._leases.release(self._name, holder=self._holder)
+        self.leading = self._leases is None

@@ -1,0 +1,690 @@
+"""Inference use cases: start, stop, toggle, list, logs, and manifests of the user's own.
+
+Every input is checked here before anything is written: quantities, replica bounds, ports,
+env (values or Secret references only), autoscaling bounds, and the engine plan itself (the
+same pure planner the controller uses, so a vLLM command without ``--served-model-name`` is a
+ValidationError now, not a FAILED inference later). One live inference per model: starting a
+running one returns it with a message; starting a stopped one re-enables it with the new spec
+(a new ``generation``, so the controller re-applies). ``dryRun`` renders the objects and
+writes nothing. Manifests (kubernetes runtime only) are checked against an allow-list of
+kinds and a pod-security floor, namespaced to ours, relabelled as an unmanaged inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controllers.engines import EnginePlanError, default_engine
+from controllers.inference import InferenceController
+from controllers.inference_manifests import MODEL_ID
+from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
+from services import validation as v
+from services.cluster import ClusterService
+from services.errors import Conflict, InvalidInput, Missing
+from services.fitting import FitEstimate
+from services.principals import Principal
+from storage.documents import (
+    AccessMode,
+    AutoscalingSpec,
+    EnvVarSpec,
+    InferenceDocument,
+    InferenceEngine,
+    InferencePhase,
+    InferenceSpec,
+    LiteLLMSpec,
+    ModelDocument,
+    PhaseEntry,
+    Role,
+    Toleration,
+    new_id,
+)
+from storage.errors import DuplicateKey, RevisionConflict
+from storage.events import EventType, Recorder
+from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
+
+log = logging.getLogger(__name__)
+
+MAX_REPLICAS = 64
+MAX_PAGE = 100
+MAX_LOG_LINES = 5000
+MAX_MANIFEST_BYTES = 256 * 1024
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+LITELLM_MODES = ("WILDCARD", "SINGLE", "CONFIG")
+_IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_.-])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """``InferenceInput`` as the resolver hands it over; None means "the default"."""
+
+    engine: InferenceEngine | None = None
+    image: str | None = None
+    image_pull_policy: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    replicas: int | None = None
+    cpu: str | None = None
+    memory: str | None = None
+    gpu: int | None = None
+    gpu_type: str | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+    port: int | None = None
+    health_path: str | None = None
+    initial_delay_seconds: int | None = None
+    env: list[EnvVarSpec] = field(default_factory=list)
+    autoscaling: AutoscalingSpec | None = None
+    litellm: LiteLLMSpec | None = None
+    ollama_model: str | None = None
+    upstream_timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """What ``startInference`` answers: the inference, a note, and (dry run) its objects."""
+
+    inference: InferenceDocument
+    message: str | None = None
+    started: bool = True
+    dry_run: bool = False
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    fit: FitEstimate | None = None
+    """Dry run: whether the model fits the cluster's GPUs."""
+
+
+class InferenceService:
+    """Inference use cases for one runtime."""
+
+    def __init__(
+        self,
+        *,
+        inferences: InferenceRepository,
+        models: ModelRepository,
+        controller: InferenceController | None,
+        runtime_kind: str,
+        namespace: str | None,
+        local_roots: tuple[Path, ...],
+        recorder: Recorder | None = None,
+        free_port: Any = None,
+        cluster: ClusterService | None = None,
+    ) -> None:
+        self._inferences = inferences
+        self._models = models
+        self._controller = controller
+        self._runtime_kind = runtime_kind
+        self._namespace = namespace
+        self._roots = local_roots
+        self._record = recorder or Recorder(None)
+        self._free_port = free_port
+        self._cluster = cluster
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, principal: Principal, inference_id: str) -> InferenceDocument | None:
+        """One live inference of the caller's organisation."""
+        principal.require(Role.VIEWER)
+        doc = await self._inferences.get(inference_id, scope=principal.scope)
+        return None if doc is None or doc.is_deleted else doc
+
+    async def for_model(self, principal: Principal, model_id: str) -> InferenceDocument | None:
+        """The live inference of a model, if any."""
+        principal.require(Role.VIEWER)
+        doc = await self._inferences.for_model(model_id)
+        return doc if doc is not None and doc.organization_id == principal.organization_id else None
+
+    async def page(
+        self,
+        principal: Principal,
+        inference_filter: InferenceFilter,
+        *,
+        limit: int,
+        offset: int,
+    ) -> Page[InferenceDocument]:
+        """Stored inferences (newest first), then labelled Deployments without a document."""
+        principal.require(Role.VIEWER)
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"limit must be between 0 and {MAX_PAGE}")
+        if offset < 0:
+            raise InvalidInput("offset", "offset must not be negative")
+        where = InferenceRepository.where(principal.organization_id, inference_filter)
+        stored = await self._inferences.find(
+            where=where, limit=limit, offset=offset, sort=(("created_at", -1), ("_id", -1))
+        )
+        found = await self._discovered(principal, inference_filter)
+        items = list(stored.items)
+        start = max(0, offset - stored.total)
+        room = limit - len(items)
+        if room > 0:
+            items += found[start : start + room]
+        return Page(items=items, total=stored.total + len(found))
+
+    async def _discovered(
+        self, principal: Principal, inference_filter: InferenceFilter
+    ) -> list[InferenceDocument]:
+        """Deployments in the namespace with our labels whose owner has no document."""
+        if self._controller is None or inference_filter.managed is True:
+            return []
+        if inference_filter.model_id is not None:
+            return []
+        found: list[InferenceDocument] = []
+        for deployment in self._controller.executor.unmanaged():
+            meta = deployment.get("metadata", {})
+            labels = meta.get("labels") or {}
+            if labels.get(ORGANIZATION_ID) != principal.organization_id:
+                continue
+            owner = labels.get(OWNER_ID) or meta.get("name")
+            if owner and await self._inferences.get(owner) is not None:
+                continue
+            wanted = int(deployment.get("spec", {}).get("replicas") or 0)
+            ready = int(deployment.get("status", {}).get("readyReplicas") or 0)
+            phase = (
+                InferencePhase.RUNNING if wanted and ready >= wanted else InferencePhase.CREATING
+            )
+            if inference_filter.phase is not None and inference_filter.phase is not phase:
+                continue
+            found.append(
+                InferenceDocument(
+                    id=str(owner),
+                    organization_id=principal.organization_id,
+                    model_id=labels.get(MODEL_ID),
+                    model_name=str(meta.get("name")),
+                    name=str(meta.get("name")),
+                    active_key=str(owner),
+                    managed=False,
+                    runtime=self._runtime_kind,
+                    phase=phase,
+                    reason="NoDocument",
+                    message="found in the namespace with modelplane's labels but no document",
+                    replicas=wanted,
+                    ready_replicas=ready,
+                )
+            )
+        return found
+
+    async def logs(self, principal: Principal, inference_id: str, tail: int) -> list[str]:
+        """The engine's last ``tail`` lines."""
+        principal.require(Role.VIEWER)
+        if not 1 <= tail <= MAX_LOG_LINES:
+            raise InvalidInput("tail", f"tail must be between 1 and {MAX_LOG_LINES}")
+        doc = await self.get(principal, inference_id)
+        if doc is None:
+            raise Missing(inference_id)
+        if self._controller is None:
+            return []
+        return await self._controller.logs(doc, tail)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def start(
+        self,
+        principal: Principal,
+        model_id: str,
+        request: InferenceRequest,
+        *,
+        dry_run: bool = False,
+    ) -> StartOutcome:
+        """Start (or re-enable) the model's inference; see the module docstring."""
+        principal.require(Role.EDITOR)
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None or model.is_deleted:
+            raise Missing(model_id)
+        existing = await self._inferences.for_model(model.id)
+        if existing is not None and existing.enabled and not dry_run:
+            return StartOutcome(
+                inference=existing,
+                started=False,
+                message=(
+                    f"{model.name} already has an inference ({existing.phase.value}); "
+                    "stop it first to start it with another spec"
+                ),
+            )
+        spec = self._spec(model, request)
+        if existing is not None:
+            doc = existing.model_copy(
+                update={
+                    "spec": spec,
+                    "enabled": True,
+                    "generation": existing.generation + 1,
+                    "model_name": model.name,
+                }
+            )
+        else:
+            inference_id = new_id("inf")
+            doc = InferenceDocument(
+                id=inference_id,
+                organization_id=principal.organization_id,
+                model_id=model.id,
+                model_name=model.name,
+                name=inference_id,
+                active_key=model.id,
+                runtime=self._runtime_kind,
+                spec=spec,
+                created_by=principal.subject,
+                reason="Accepted",
+                message="accepted; the controller will start it",
+                phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
+            )
+        manifests = await self._check_plan(doc, model)
+        if dry_run:
+            fit = None
+            if self._cluster is not None and spec.engine is not None:
+                fit = await self._cluster.fit_for_model(
+                    principal, model, engine=spec.engine, gpu_type=spec.gpu_type
+                )
+            return StartOutcome(
+                fit=fit,
+                inference=doc,
+                dry_run=True,
+                manifests=manifests,
+                message="dry run: nothing was created",
+            )
+        written = await self._store(doc, existing)
+        self._notify(written.id)
+        log.info(
+            "inference started",
+            extra={"inference_id": written.id, "model_id": model.id, "engine": spec.engine},
+        )
+        return StartOutcome(inference=written, manifests=[])
+
+    async def _store(
+        self, doc: InferenceDocument, existing: InferenceDocument | None
+    ) -> InferenceDocument:
+        if existing is None:
+            try:
+                written = await self._inferences.insert(doc)
+            except DuplicateKey:
+                raise Conflict(
+                    "modelId", "another request started this model's inference first"
+                ) from None
+            await self._record.inference(written, EventType.CREATED)
+            return written
+        history = [
+            *existing.phase_history,
+            PhaseEntry(phase=InferencePhase.PENDING, reason="Started"),
+        ][-50:]
+        try:
+            written = await self._inferences.update(
+                existing.id,
+                expected_revision=existing.revision,
+                changes={
+                    "spec": doc.spec.model_dump(),
+                    "enabled": True,
+                    "generation": doc.generation,
+                    "model_name": doc.model_name,
+                    "phase": InferencePhase.PENDING,
+                    "reason": "Started",
+                    "message": None,
+                    "phase_history": [entry.model_dump() for entry in history],
+                },
+            )
+        except RevisionConflict:
+            raise Conflict("modelId", "the inference changed meanwhile; try again") from None
+        await self._record.inference(written, EventType.PHASE_CHANGED)
+        return written
+
+    async def stop(self, principal: Principal, model_id: str) -> InferenceDocument:
+        """Stop the model's inference (its objects go; the document, model and weights stay)."""
+        principal.require(Role.EDITOR)
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None or model.is_deleted:
+            raise Missing(model_id)
+        existing = await self._inferences.for_model(model.id)
+        if existing is None:
+            raise Missing(model_id, f"{model.name} has no inference to stop")
+        return await self._disable(existing)
+
+    async def stop_inference(self, principal: Principal, inference_id: str) -> InferenceDocument:
+        """Stop an inference by its own id (unmanaged ones have no model)."""
+        principal.require(Role.EDITOR)
+        existing = await self.get(principal, inference_id)
+        if existing is None:
+            raise Missing(inference_id)
+        return await self._disable(existing)
+
+    async def _disable(self, existing: InferenceDocument) -> InferenceDocument:
+        if not existing.enabled:
+            return existing
+        try:
+            written = await self._inferences.update(
+                existing.id,
+                expected_revision=existing.revision,
+                changes={"enabled": False, "reason": "Stopping", "message": "stopping"},
+            )
+        except RevisionConflict:
+            fresh = await self._inferences.get(existing.id)
+            if fresh is None:
+                raise Missing(existing.id) from None
+            return await self._disable(fresh)
+        await self._record.inference(written, EventType.UPDATED)
+        self._notify(written.id)
+        return written
+
+    async def toggle(self, principal: Principal, model_id: str, *, enabled: bool) -> StartOutcome:
+        """The one-switch form: on starts with defaults (or the last spec), off stops."""
+        if not enabled:
+            return StartOutcome(inference=await self.stop(principal, model_id), started=False)
+        principal.require(Role.EDITOR)
+        existing = await self._inferences.for_model(model_id)
+        request = InferenceRequest()
+        if existing is not None and existing.organization_id == principal.organization_id:
+            request = _request_from(existing.spec)
+        return await self.start(principal, model_id, request)
+
+    # -- manifests -----------------------------------------------------------------------
+
+    async def create_from_manifest(
+        self, principal: Principal, text: str, *, dry_run: bool = False
+    ) -> StartOutcome:
+        """Apply the user's Deployment (+ Service) as an unmanaged inference."""
+        principal.require(Role.EDITOR)
+        if self._runtime_kind != "kubernetes" or self._namespace is None:
+            raise InvalidInput("manifest", "manifests need the kubernetes runtime")
+        if len(text.encode()) > MAX_MANIFEST_BYTES:
+            raise InvalidInput("manifest", f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
+        inference_id = new_id("inf")
+        objects, model_name, port = check_manifest(
+            text, namespace=self._namespace, roots=self._roots, name=inference_id
+        )
+        labels = owned_labels(inference_id, principal.organization_id, component="inference")
+        for obj in objects:
+            obj["metadata"].setdefault("labels", {}).update(labels)
+            if obj["kind"] == "Deployment":
+                template = obj["spec"]["template"].setdefault("metadata", {})
+                template.setdefault("labels", {}).update(labels)
+        doc = InferenceDocument(
+            id=inference_id,
+            organization_id=principal.organization_id,
+            model_name=model_name,
+            name=inference_id,
+            active_key=inference_id,
+            managed=False,
+            runtime=self._runtime_kind,
+            spec=InferenceSpec(engine=InferenceEngine.CUSTOM, port=port, gpu=_gpus(objects)),
+            manifest=objects,
+            created_by=principal.subject,
+            phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
+        )
+        if dry_run:
+            return StartOutcome(
+                inference=doc,
+                dry_run=True,
+                manifests=objects,
+                message="dry run: nothing was created",
+            )
+        written = await self._inferences.insert(doc)
+        await self._record.inference(written, EventType.CREATED)
+        self._notify(written.id)
+        return StartOutcome(inference=written)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _notify(self, inference_id: str) -> None:
+        if self._controller is not None:
+            self._controller.notify(inference_id)
+
+    async def _check_plan(
+        self, doc: InferenceDocument, model: ModelDocument
+    ) -> list[dict[str, Any]]:
+        """Plan (and render) the inference as the controller will; errors are the caller's."""
+        if self._controller is None or doc.spec.engine is None:
+            return []
+        try:
+            plan = await self._controller.workload_plan(doc, model)
+        except EnginePlanError as exc:
+            raise InvalidInput(exc.field, exc.message) from None
+        return await self._controller.executor.render(doc, plan)
+
+    def _spec(self, model: ModelDocument, request: InferenceRequest) -> InferenceSpec:
+        engine = request.engine if request.engine is not None else default_engine(model)
+        if model.source.access_mode is AccessMode.REMOTE_API and engine not in {
+            None,
+            InferenceEngine.LITELLM_PROXY,
+        }:
+            raise InvalidInput(
+                "input.engine",
+                f"{model.name} is a REMOTE_API model: leave engine empty for a gateway route, "
+                "or use LITELLM_PROXY for a hosted proxy",
+            )
+        _check_scalars(request)
+        _check_placement(request)
+        default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
+        port = request.port
+        if port is None:
+            port = self._free_port() if self._runtime_kind == "local" and self._free_port else 8000
+        return InferenceSpec(
+            engine=engine,
+            image=request.image,
+            image_pull_policy=request.image_pull_policy or "IfNotPresent",
+            command=request.command,
+            args=request.args,
+            replicas=request.replicas or 1,
+            cpu=v.check_cpu("input.resources.cpu", request.cpu) or "1",
+            memory=v.check_memory("input.resources.memory", request.memory) or "2Gi",
+            gpu=v.check_gpu("input.resources.gpu", request.gpu)
+            if request.gpu is not None
+            else default_gpu,
+            gpu_type=request.gpu_type,
+            node_selector=dict(request.node_selector or {}),
+            tolerations=list(request.tolerations or []),
+            port=port,
+            health_path=request.health_path,
+            initial_delay_seconds=request.initial_delay_seconds
+            if request.initial_delay_seconds is not None
+            else 60,
+            env=list(request.env),
+            autoscaling=request.autoscaling,
+            litellm=request.litellm,
+            ollama_model=request.ollama_model,
+            upstream_timeout_seconds=request.upstream_timeout_seconds,
+        )
+
+
+def _check_scalars(request: InferenceRequest) -> None:
+    """Replicas, port, delay, image, pull policy, health path and timeout."""
+    if request.replicas is not None and not 1 <= request.replicas <= MAX_REPLICAS:
+        raise InvalidInput("input.replicas", f"replicas must be between 1 and {MAX_REPLICAS}")
+    if request.port is not None and not 1 <= request.port <= 65535:
+        raise InvalidInput("input.port", "port must be between 1 and 65535")
+    if request.initial_delay_seconds is not None and not 0 <= request.initial_delay_seconds <= 3600:
+        raise InvalidInput("input.initialDelaySeconds", "initialDelaySeconds must be 0 to 3600")
+    if request.image is not None and not _IMAGE.match(request.image):
+        raise InvalidInput("input.image", f"{request.image!r} is not an image reference")
+    if request.image_pull_policy is not None and request.image_pull_policy not in PULL_POLICIES:
+        raise InvalidInput(
+            "input.imagePullPolicy",
+            f"imagePullPolicy must be one of {', '.join(PULL_POLICIES)}",
+        )
+    if request.health_path is not None and not request.health_path.startswith("/"):
+        raise InvalidInput("input.healthPath", "healthPath must start with /")
+    if (
+        request.upstream_timeout_seconds is not None
+        and not 0 < request.upstream_timeout_seconds <= 3600
+    ):
+        raise InvalidInput(
+            "input.upstreamTimeoutSeconds",
+            "upstreamTimeoutSeconds must be over 0 and at most 3600",
+        )
+
+
+def _check_placement(request: InferenceRequest) -> None:
+    """Node selector, tolerations, autoscaling bounds and the LiteLLM mode."""
+    for key in request.node_selector or {}:
+        if not _LABEL_KEY.match(key):
+            raise InvalidInput("input.nodeSelector", f"{key!r} is not a label key")
+    for index, toleration in enumerate(request.tolerations or []):
+        if toleration.operator not in TOLERATION_OPERATORS:
+            raise InvalidInput(
+                f"input.tolerations[{index}].operator", "operator must be Equal or Exists"
+            )
+        if toleration.effect is not None and toleration.effect not in TOLERATION_EFFECTS:
+            raise InvalidInput(
+                f"input.tolerations[{index}].effect",
+                f"effect must be one of {', '.join(TOLERATION_EFFECTS)}",
+            )
+    scaling = request.autoscaling
+    if scaling is not None:
+        if (
+            scaling.min_replicas < 1
+            or scaling.max_replicas > MAX_REPLICAS
+            or scaling.min_replicas > scaling.max_replicas
+        ):
+            raise InvalidInput(
+                "input.autoscaling", f"need 1 <= minReplicas <= maxReplicas <= {MAX_REPLICAS}"
+            )
+        if not scaling.target_metric or scaling.target_value <= 0:
+            raise InvalidInput(
+                "input.autoscaling.targetValue",
+                "targetMetric and a positive targetValue are required",
+            )
+    if request.litellm is not None and request.litellm.mode not in LITELLM_MODES:
+        raise InvalidInput("input.litellm.mode", f"mode must be one of {', '.join(LITELLM_MODES)}")
+
+
+def _request_from(spec: InferenceSpec) -> InferenceRequest:
+    """The request that reproduces a stored spec (toggling back on)."""
+    return InferenceRequest(
+        engine=spec.engine,
+        image=spec.image,
+        image_pull_policy=spec.image_pull_policy,
+        command=spec.command,
+        args=spec.args,
+        replicas=spec.replicas,
+        cpu=spec.cpu,
+        memory=spec.memory,
+        gpu=spec.gpu,
+        gpu_type=spec.gpu_type,
+        node_selector=spec.node_selector,
+        tolerations=spec.tolerations,
+        port=spec.port,
+        health_path=spec.health_path,
+        initial_delay_seconds=spec.initial_delay_seconds,
+        env=spec.env,
+        autoscaling=spec.autoscaling,
+        litellm=spec.litellm,
+        ollama_model=spec.ollama_model,
+        upstream_timeout_seconds=spec.upstream_timeout_seconds,
+    )
+
+
+def _gpus(objects: list[dict[str, Any]]) -> int:
+    total = 0
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        for container in obj["spec"]["template"]["spec"].get("containers") or []:
+            limits = (container.get("resources") or {}).get("limits") or {}
+            total += int(str(limits.get("nvidia.com/gpu", 0)) or 0)
+    return total
+
+
+def check_manifest(
+    text: str, *, namespace: str, roots: tuple[Path, ...], name: str
+) -> tuple[list[dict[str, Any]], str, int]:
+    """Parse and police a user's manifest: one Deployment, at most one Service, nothing
+    privileged, no host namespaces, hostPath only under the allowed roots. Objects are renamed
+    to ``name`` and forced into ``namespace``. Returns the objects, the served model's name
+    (annotation ``modelplane.io/model-name``, else the Deployment's name) and the port."""
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidInput("manifest", f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    allowed = {("apps/v1", "Deployment"), ("v1", "Service")}
+    deployments: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []
+    for index, doc in enumerate(documents):
+        if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
+            raise InvalidInput(
+                f"manifest[{index}]", "each document must be an object with metadata"
+            )
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key not in allowed:
+            raise InvalidInput(
+                f"manifest[{index}].kind",
+                f"{doc.get('kind')} ({doc.get('apiVersion')}) is not allowed; only apps/v1 "
+                "Deployment and v1 Service",
+            )
+        (deployments if key[1] == "Deployment" else services).append(doc)
+    if len(deployments) != 1:
+        raise InvalidInput(
+            "manifest", f"exactly one Deployment is needed; found {len(deployments)}"
+        )
+    if len(services) > 1:
+        raise InvalidInput("manifest", f"at most one Service is allowed; found {len(services)}")
+    deployment = deployments[0]
+    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec")
+    if not isinstance(pod, dict) or not pod.get("containers"):
+        raise InvalidInput("manifest.spec.template.spec", "the Deployment has no containers")
+    _police_pod(pod, roots)
+    original = str(deployment["metadata"].get("name") or "")
+    annotations = deployment["metadata"].get("annotations") or {}
+    model_name = str(annotations.get("modelplane.io/model-name") or original)
+    if not model_name:
+        raise InvalidInput("manifest.metadata.name", "the Deployment needs a name")
+    for obj in (deployment, *services):
+        obj["metadata"]["name"] = name
+        obj["metadata"]["namespace"] = namespace
+        obj["metadata"].pop("resourceVersion", None)
+        obj["metadata"].pop("uid", None)
+        obj.pop("status", None)
+    port = _port_of(pod, services)
+    return [deployment, *services], model_name, port
+
+
+def _port_of(pod: dict[str, Any], services: list[dict[str, Any]]) -> int:
+    """The Service's first port, else the first container port, else 8000."""
+    port = 8000
+    if services:
+        ports = (services[0].get("spec") or {}).get("ports") or []
+        if ports and isinstance(ports[0], dict) and isinstance(ports[0].get("port"), int):
+            port = int(ports[0]["port"])
+    else:
+        container_ports = pod["containers"][0].get("ports") or []
+        if container_ports and isinstance(container_ports[0].get("containerPort"), int):
+            port = int(container_ports[0]["containerPort"])
+    return port
+
+
+def _police_pod(pod: dict[str, Any], roots: tuple[Path, ...]) -> None:
+    where = "manifest.spec.template.spec"
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            raise InvalidInput(f"{where}.{flag}", f"{flag} is not allowed")
+    for kind in ("containers", "initContainers", "ephemeralContainers"):
+        for index, container in enumerate(pod.get(kind) or []):
+            context = (container or {}).get("securityContext") or {}
+            if context.get("privileged"):
+                raise InvalidInput(
+                    f"{where}.{kind}[{index}].securityContext.privileged",
+                    "privileged containers are not allowed",
+                )
+            added = ((context.get("capabilities") or {}).get("add")) or []
+            if any(str(cap).upper() in {"SYS_ADMIN", "ALL", "NET_ADMIN"} for cap in added):
+                raise InvalidInput(
+                    f"{where}.{kind}[{index}].securityContext.capabilities",
+                    f"adding {', '.join(map(str, added))} is not allowed",
+                )
+    for index, volume in enumerate(pod.get("volumes") or []):
+        host = (volume or {}).get("hostPath")
+        if host is None:
+            continue
+        path = str(host.get("path") or "")
+        try:
+            v.check_local_path(f"{where}.volumes[{index}].hostPath.path", path, roots=roots)
+        except InvalidInput:
+            raise InvalidInput(
+                f"{where}.volumes[{index}].hostPath.path",
+                f"hostPath {path!r} is outside the allowed roots "
+                f"({', '.join(str(r) for r in roots) or 'none configured'})",
+            ) from None

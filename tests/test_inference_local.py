@@ -1,0 +1,395 @@
+"""Inference on the local runtime: engines as supervised processes, through the API.
+
+The engine is a stand-in ``vllm`` program put first on PATH: a small HTTP server that takes
+vLLM's command line (``serve <weights> --served-model-name <name> --host --port``), refuses to
+start without the weights directory, and answers ``/health`` and ``/v1/models`` with the
+served name. So the planner's real command line, the supervisor, the readiness check, the
+status writes, the events and the logs are all exercised; only the GPU maths is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from storage.client import Client
+from storage.documents import Role
+from testbed.hub import RunningHub
+from tests.conftest import RunningApp, make_settings, serve_app
+from tests.graphql_client import run
+from tests.test_weights_api import create_local, ready, wait_model
+
+FAKE_VLLM = '''#!{python}
+"""A stand-in for vLLM's OpenAI server: same command line, same endpoints we use."""
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+args = sys.argv[1:]
+assert args[0] == "serve", args
+weights = args[1]
+def flag(name):
+    return args[args.index(name) + 1]
+name, host, port = flag("--served-model-name"), flag("--host"), int(flag("--port"))
+if not os.path.isdir(weights):
+    print(f"error: no weights at {{weights}}", file=sys.stderr, flush=True)
+    sys.exit(2)
+print(f"loaded {{len(os.listdir(weights))}} files from {{weights}} as {{name}}", flush=True)
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        if self.path == "/health":
+            self._send({{}})
+        elif self.path == "/v1/models":
+            self._send({{"object": "list", "data": [{{"id": name, "object": "model"}}]}})
+        else:
+            self.send_error(404)
+
+ThreadingHTTPServer((host, port), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def fake_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``vllm`` on PATH that behaves like vLLM's server for our purposes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vllm = bin_dir / "vllm"
+    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
+    vllm.chmod(vllm.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return bin_dir
+
+
+@pytest.fixture
+async def local_app(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    fake_engines: Path,
+) -> AsyncIterator[RunningApp]:
+    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint)
+    async with serve_app(settings, mongo_client) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def clean_hub(hub: RunningHub) -> Iterator[None]:
+    hub.hub.faults.clear()
+    yield
+    hub.hub.faults.clear()
+
+
+def editor(app: RunningApp) -> str:
+    return app.token(role=Role.EDITOR, organization="org-a")
+
+
+async def start(
+    app: RunningApp, model_id: str, value: dict[str, Any] | None = None, **variables: Any
+) -> dict[str, Any]:
+    data = await run(
+        app.graphql_url,
+        "StartInference",
+        {"modelId": model_id, "input": value, **variables},
+        token=editor(app),
+    )
+    result: dict[str, Any] = data["startInference"]
+    return result
+
+
+async def wait_inference(
+    app: RunningApp, inference_id: str, phases: set[str], *, timeout: float = 30
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = await run(app.graphql_url, "Inference", {"id": inference_id}, token=editor(app))
+        inference: dict[str, Any] = data["inference"]
+        if inference["phase"] in phases:
+            return inference
+        assert time.monotonic() < deadline, f"timed out waiting for {phases}; last {inference}"
+        await asyncio.sleep(0.1)
+
+
+async def ready_model(app: RunningApp) -> dict[str, Any]:
+    created = await create_local(app, "tiny-org/tiny-model")
+    model = await wait_model(app, created["id"], ready)
+    assert model["phase"] == "READY", model
+    return model
+
+
+async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
+    model = await ready_model(local_app)
+    result = await start(local_app, model["id"])
+    assert result["__typename"] == "InferencePayload", result
+    assert result["started"] is True
+    inference = result["inference"]
+    assert inference["spec"]["engine"] == "VLLM"
+    assert inference["spec"]["gpu"] == 1
+    assert inference["spec"]["cpu"] == "1"
+    assert inference["spec"]["memory"] == "2Gi"
+
+    running = await wait_inference(local_app, inference["id"], {"RUNNING", "FAILED"})
+    assert running["phase"] == "RUNNING", running
+    assert running["readyReplicas"] == 1
+    endpoint = running["endpoint"]
+    assert endpoint == f"http://127.0.0.1:{running['spec']['port']}/v1"
+    async with httpx.AsyncClient() as client:
+        models = (await client.get(f"{endpoint}/models")).json()
+    assert [m["id"] for m in models["data"]] == [model["name"]]
+
+    logs = await run(
+        local_app.graphql_url, "InferenceLogs", {"id": inference["id"]}, token=editor(local_app)
+    )
+    assert any(
+        "loaded" in line and model["name"] in line for line in logs["inferenceLogs"]["lines"]
+    )
+
+    # One active inference per model: a second start returns the same one with a message.
+    again = await start(local_app, model["id"])
+    assert again["__typename"] == "InferencePayload"
+    assert again["started"] is False
+    assert again["inference"]["id"] == inference["id"]
+    assert "already has an inference" in again["message"]
+
+    seen = await run(
+        local_app.graphql_url, "ModelInference", {"id": model["id"]}, token=editor(local_app)
+    )
+    assert seen["model"]["inferencePhase"] == "RUNNING"
+    assert seen["model"]["inference"]["id"] == inference["id"]
+
+    stopped = await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    assert stopped["stopInference"]["__typename"] == "Inference"
+    final = await wait_inference(local_app, inference["id"], {"STOPPED"})
+    assert final["endpoint"] is None
+    phases = [entry["phase"] for entry in final["phaseHistory"]]
+    assert phases[0] == "PENDING"
+    assert "RUNNING" in phases
+    assert phases[-1] == "STOPPED"
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"{endpoint}/models")
+    # The model and its weights stay.
+    after = await wait_model(local_app, model["id"], lambda m: m["phase"] == "READY")
+    assert after["weights"]["state"] == "READY"
+
+    events = local_app.resources.database["events"]
+    kinds = [
+        e["phase"]
+        async for e in events.find({"resource_kind": "INFERENCE", "resource_id": inference["id"]})
+    ]
+    assert "RUNNING" in kinds
+    assert kinds[-1] == "STOPPED"
+
+    # Starting again after a stop re-enables the same inference.
+    restarted = await start(local_app, model["id"])
+    assert restarted["started"] is True
+    assert restarted["inference"]["id"] == inference["id"]
+    await wait_inference(local_app, inference["id"], {"RUNNING"})
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, inference["id"], {"STOPPED"})
+
+
+async def test_crash_looping_engine_is_reported_with_its_output(local_app: RunningApp) -> None:
+    model = await ready_model(local_app)
+    script = (
+        "import sys; print('engine exploded: CUDA out of memory', file=sys.stderr); sys.exit(3)"
+    )
+    result = await start(
+        local_app,
+        model["id"],
+        {"engine": "CUSTOM", "command": [sys.executable, "-c", script]},
+    )
+    assert result["__typename"] == "InferencePayload", result
+    inference = await wait_inference(
+        local_app, result["inference"]["id"], {"CRASH_LOOP_BACK_OFF"}, timeout=60
+    )
+    assert inference["reason"] == "CrashLoopBackOff"
+    assert "CUDA out of memory" in inference["message"]
+    logs = await run(
+        local_app.graphql_url,
+        "InferenceLogs",
+        {"id": inference["id"], "tail": 5},
+        token=editor(local_app),
+    )
+    assert any("CUDA out of memory" in line for line in logs["inferenceLogs"]["lines"])
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, inference["id"], {"STOPPED"})
+
+
+async def test_start_before_weights_are_ready_waits_then_runs(
+    local_app: RunningApp, hub: RunningHub
+) -> None:
+    hub.hub.faults.throttle("tiny-org/tiny-model/*", 50_000, times=None)
+    created = await create_local(local_app, "tiny-org/tiny-model")
+    result = await start(local_app, created["id"])
+    assert result["__typename"] == "InferencePayload", result
+    deadline = time.monotonic() + 20
+    while True:
+        data = await run(
+            local_app.graphql_url,
+            "Inference",
+            {"id": result["inference"]["id"]},
+            token=editor(local_app),
+        )
+        if data["inference"]["reason"] == "WaitingForWeights":
+            break
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.05)
+    assert data["inference"]["phase"] == "PENDING"
+    assert "PULLING" in data["inference"]["message"] or "PENDING" in data["inference"]["message"]
+    running = await wait_inference(local_app, result["inference"]["id"], {"RUNNING"}, timeout=60)
+    assert running["readyReplicas"] == 1
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": created["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, running["id"], {"STOPPED"})
+
+
+async def test_dry_run_plans_without_writing(local_app: RunningApp) -> None:
+    model = await ready_model(local_app)
+    result = await start(local_app, model["id"], None, dryRun=True)
+    assert result["__typename"] == "InferencePayload", result
+    assert result["dryRun"] is True
+    assert "vllm" in result["manifests"][0]
+    assert "--served-model-name" in result["manifests"][0]
+    assert result["fit"]["summary"]
+    assert await local_app.resources.database["inferences"].count_documents({}) == 0
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "vllm-command-without-served-name",
+        {"command": ["vllm", "serve", "/w"]},
+        "input.command",
+        "--served-model-name",
+    ),
+    ("zero-replicas", {"replicas": 0}, "input.replicas", "between 1 and"),
+    ("port-out-of-range", {"port": 70000}, "input.port", "between 1 and 65535"),
+    (
+        "env-value-and-secret",
+        {"env": [{"name": "A", "value": "1", "secretName": "s", "secretKey": "k"}]},
+        "input.env[0]",
+        "either value or",
+    ),
+    ("env-bad-name", {"env": [{"name": "1A", "value": "x"}]}, "input.env[0].name", "not a valid"),
+    ("bad-cpu", {"resources": {"cpu": "lots"}}, "input.resources.cpu", "CPU quantity"),
+    ("custom-without-command", {"engine": "CUSTOM"}, "input.command", "needs a command"),
+    (
+        "autoscaling-bounds",
+        {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}},
+        "input.autoscaling",
+        "minReplicas",
+    ),
+    (
+        "litellm-for-downloaded-model",
+        {"engine": "LITELLM_PROXY"},
+        "input.litellm.mode",
+        "REMOTE_API",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "words"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
+async def test_bad_input_is_refused_and_nothing_is_written(
+    local_app: RunningApp, value: dict[str, Any], field: str, words: str
+) -> None:
+    model = await ready_model(local_app)
+    result = await start(local_app, model["id"], value)
+    assert result["__typename"] == "ValidationError", result
+    assert result["field"] == field
+    assert words in result["errorMessage"]
+    assert await local_app.resources.database["inferences"].count_documents({}) == 0
+    seen = await run(
+        local_app.graphql_url, "ModelInference", {"id": model["id"]}, token=editor(local_app)
+    )
+    assert seen["model"]["inferencePhase"] is None
+
+
+async def test_unknown_model_viewer_and_manifest_on_local_are_refused(
+    local_app: RunningApp,
+) -> None:
+    missing = await start(local_app, "model-nope1")
+    assert missing["__typename"] == "NotFoundError"
+    model = await ready_model(local_app)
+    viewer = local_app.token(role=Role.VIEWER, organization="org-a")
+    refused = await run(
+        local_app.graphql_url, "StartInference", {"modelId": model["id"]}, token=viewer
+    )
+    assert refused["startInference"]["__typename"] == "ForbiddenError"
+    other_org = local_app.token(role=Role.EDITOR, organization="org-b")
+    hidden = await run(
+        local_app.graphql_url, "StartInference", {"modelId": model["id"]}, token=other_org
+    )
+    assert hidden["startInference"]["__typename"] == "NotFoundError"
+    manifest = await run(
+        local_app.graphql_url,
+        "CreateInferenceFromManifest",
+        {"yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n"},
+        token=editor(local_app),
+    )
+    assert manifest["createInferenceFromManifest"]["__typename"] == "ValidationError"
+    assert "kubernetes runtime" in manifest["createInferenceFromManifest"]["errorMessage"]
+    assert await local_app.resources.database["inferences"].count_documents({}) == 0
+
+
+async def test_toggle_uses_the_last_spec(local_app: RunningApp) -> None:
+    model = await ready_model(local_app)
+    on = await run(
+        local_app.graphql_url,
+        "ToggleInference",
+        {"modelId": model["id"], "enabled": True},
+        token=editor(local_app),
+    )
+    payload = on["toggleInference"]
+    assert payload["__typename"] == "InferencePayload", payload
+    inference_id = payload["inference"]["id"]
+    port = payload["inference"]["spec"]["port"]
+    await wait_inference(local_app, inference_id, {"RUNNING"})
+    off = await run(
+        local_app.graphql_url,
+        "ToggleInference",
+        {"modelId": model["id"], "enabled": False},
+        token=editor(local_app),
+    )
+    assert off["toggleInference"]["__typename"] == "InferencePayload"
+    await wait_inference(local_app, inference_id, {"STOPPED"})
+    on_again = await run(
+        local_app.graphql_url,
+        "ToggleInference",
+        {"modelId": model["id"], "enabled": True},
+        token=editor(local_app),
+    )
+    assert on_again["toggleInference"]["inference"]["spec"]["port"] == port
+    await wait_inference(local_app, inference_id, {"RUNNING"})
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, inference_id, {"STOPPED"})
