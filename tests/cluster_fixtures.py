@@ -15,6 +15,11 @@ that adds a node of its own deletes it again):
 * ``cpu-0``: no GPU, 8 CPUs, 32Gi.
 
 A pod asking for two GPUs therefore never fits, which is what the unschedulable tests rely on.
+``kube_control_plane.add_gpu_node`` / ``add_node`` / ``delete_node`` are synchronous (urllib);
+from an async test call them through ``asyncio.to_thread``.
+
+``control_plane_api`` is a kubernetes_asyncio ``ApiClient`` for the control plane (one per
+test), ``gpu_namespace`` a fresh namespace per test whose pods are gone before the next test.
 """
 
 from __future__ import annotations
