@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections import OrderedDict, deque
@@ -245,7 +246,8 @@ class KubernetesInferenceExecutor:
 
     async def render(self, inference: InferenceDocument, plan: WorkloadPlan) -> list[Obj]:
         if plan.engine is None:
-            return [dict(obj) for obj in inference.manifest or []]
+            objects: list[Obj] = json.loads(inference.manifest or "[]")
+            return objects
         integrations = await self._integrations() if self._integrations else Integrations()
         return render_all(
             inference, plan.engine, namespace=self._namespace, integrations=integrations
@@ -852,7 +854,7 @@ class InferenceController:
                     "reason": written.reason,
                 },
             )
-            await self._mirror(written)
+        await self._mirror(written)
 
     async def _mirror(self, inference: InferenceDocument) -> None:
         """The model's ``inference_phase`` follows its inference's phase."""

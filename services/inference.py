@@ -12,6 +12,7 @@ kinds and a pod-security floor, namespaced to ours, relabelled as an unmanaged i
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -412,7 +413,7 @@ class InferenceService:
             managed=False,
             runtime=self._runtime_kind,
             spec=InferenceSpec(engine=InferenceEngine.CUSTOM, port=port, gpu=_gpus(objects)),
-            manifest=objects,
+            manifest=json.dumps(objects),
             created_by=principal.subject,
             phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
         )

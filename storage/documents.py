@@ -433,8 +433,9 @@ class InferenceDocument(Document):
     generation: int = 1
     """Bumped by every start with a new spec; status older than it is stale."""
     spec: InferenceSpec = Field(default_factory=InferenceSpec)
-    manifest: list[dict[str, Any]] | None = None
-    """The applied objects of an unmanaged inference (Deployment and optional Service)."""
+    manifest: str | None = None
+    """The applied objects of an unmanaged inference (Deployment and optional Service), as a
+    JSON list: label keys contain dots, which MongoDB-compatible servers refuse as field names."""
     phase: InferencePhase = InferencePhase.PENDING
     reason: str | None = None
     message: str | None = None

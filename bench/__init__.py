@@ -1,0 +1,1 @@
+"""Benchmark scripts (run as files: ``uv run python bench/<name>.py``); see README.md."""

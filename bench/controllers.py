@@ -1,0 +1,233 @@
+"""Benchmark: the inference controller at scale on a real control plane with fake GPU nodes.
+
+Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (the testbed's
+``kube_control_plane``), adds ``--nodes`` fake nodes with ``--gpus-per-node`` A100s each,
+starts FerretDB and modelplane on the kubernetes runtime *in this process* (so its Kubernetes
+requests can be counted at the client and its memory is this process's), seeds ``--count``
+READY models and starts one 1-GPU vLLM inference for each through the service. Then prints:
+
+* seconds from the first start until every inference is RUNNING;
+* modelplane's kube-apiserver requests during ``--steady`` seconds of steady state, split into
+  reads/writes and watch (re)connections -- the target is 0 polling: informers only;
+* the process's RSS (current and peak).
+
+    uv run python bench/controllers.py [--count 1000] [--nodes 100] [--gpus-per-node 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from modelplane.app import open_resources  # noqa: E402
+from modelplane.embedded import FerretDBProcess, default_ferretdb_binary  # noqa: E402
+from modelplane.settings import load_settings  # noqa: E402
+from services.inference import InferenceRequest  # noqa: E402
+from services.principals import Principal  # noqa: E402
+from storage.documents import (  # noqa: E402
+    AccessMode,
+    DownloadTarget,
+    ModelDocument,
+    ModelPhase,
+    ModelSource,
+    Role,
+    TargetKind,
+    WeightsDocument,
+    WeightsState,
+    new_id,
+)
+from testbed import servers  # noqa: E402
+
+ORG = "bench"
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RequestCounter:
+    """Counts the Kubernetes requests of one ApiClient by verb and resource."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def wrap(self, api: Any) -> None:
+        original = api.rest_client.request
+
+        async def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            query = kwargs.get("query_params") or []
+            watch = any(k == "watch" and v for k, v in query)
+            path = url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
+            kind = "WATCH" if watch else method
+            self.counts[f"{kind} /{_shape(path)}"] += 1
+            return await original(method, url, *args, **kwargs)
+
+        api.rest_client.request = counted
+
+    def snapshot(self) -> collections.Counter[str]:
+        return collections.Counter(self.counts)
+
+
+def _shape(path: str) -> str:
+    """``api/v1/namespaces/x/pods/inf-abc`` -> ``api/v1/namespaces/*/pods/*``."""
+    parts = path.split("/")
+    for index, part in enumerate(parts):
+        if index > 0 and parts[index - 1] in {"namespaces", "pods", "deployments", "services"}:
+            parts[index] = "*"
+        if part.startswith("inf-"):
+            parts[index] = "*"
+    return "/".join(parts)
+
+
+async def seed(database: Any, count: int) -> list[str]:
+    """``count`` READY models with weights on a PVC; returns their ids."""
+    models, weights = [], []
+    for index in range(count):
+        model_id = new_id("model", 8)
+        name = f"m{index:05d}"
+        target = DownloadTarget(kind=TargetKind.PVC, claim_name="models", sub_path=name)
+        weight = WeightsDocument(
+            id=new_id("weights", 8),
+            organization_id=ORG,
+            repo_id="bench/tiny",
+            commit_sha="b" * 40,
+            target=target,
+            location=f"pvc://models/{name}",
+            state=WeightsState.READY,
+            model_ids=[model_id],
+        )
+        weights.append(weight.to_mongo())
+        models.append(
+            ModelDocument(
+                id=model_id,
+                organization_id=ORG,
+                name=name,
+                name_key=name,
+                display_name=name,
+                source=ModelSource(url="bench/tiny", access_mode=AccessMode.LOCAL),
+                download_target=target,
+                weights_id=weight.id,
+                phase=ModelPhase.READY,
+            ).to_mongo()
+        )
+    await database["weights"].insert_many(weights)
+    await database["models"].insert_many(models)
+    return [str(m["_id"]) for m in models]
+
+
+async def main(args: argparse.Namespace) -> None:
+    binaries = servers.ensure_built()
+    work = Path(tempfile.mkdtemp(prefix="bench-controllers-"))
+    with servers.kube_control_plane(work / "cluster", binaries=binaries) as plane:
+        started = time.monotonic()
+        for index in range(args.nodes):
+            plane.add_gpu_node(
+                f"gpu-{index:03d}", args.gpus_per_node, cpu="64", memory="512Gi", wait_ready=0
+            )
+        for index in range(args.nodes):
+            plane.wait_node_ready(f"gpu-{index:03d}", timeout=120)
+        print(
+            f"{args.nodes} nodes x {args.gpus_per_node} GPUs ready in "
+            f"{time.monotonic() - started:.1f} s",
+            flush=True,
+        )
+        namespace = f"bench-{uuid.uuid4().hex[:6]}"
+        plane.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+        ferret = FerretDBProcess(binary=default_ferretdb_binary(), data_dir=work / "ferretdb")
+        ferret.start()
+        try:
+            await ferret.wait_ready()
+            settings = load_settings(
+                mongodb_uri=ferret.uri,
+                mongodb_database="bench",
+                state_dir=work / "state",
+                secret_key="bench-secret-key-that-is-long-enough-0123456789",  # noqa: S106  a throwaway key
+                runtime="kubernetes",
+                kubeconfig=plane.kubeconfig,
+                namespace=namespace,
+                log_level="WARNING",
+            )
+            await run(args, settings)
+        finally:
+            ferret.stop()
+
+
+async def run(args: argparse.Namespace, settings: Any) -> None:
+    async with open_resources(settings) as resources:
+        counter = RequestCounter()
+        counter.wrap(resources.runtime.api)  # type: ignore[attr-defined]
+        database = resources.database
+        model_ids = await seed(database, args.count)
+        principal = Principal(subject="bench", organization_id=ORG, role=Role.ADMIN)
+        service = resources.services.inference
+        rss_before = rss_mib()
+        started = time.monotonic()
+        for model_id in model_ids:
+            await service.start(principal, model_id, InferenceRequest())
+        accepted = time.monotonic() - started
+        print(f"{args.count} startInference calls accepted in {accepted:.1f} s", flush=True)
+        inferences = database["inferences"]
+        last = -1
+        while True:
+            running = await inferences.count_documents({"phase": "RUNNING"})
+            if running != last:
+                print(f"  {time.monotonic() - started:6.1f} s: {running} RUNNING", flush=True)
+                last = running
+            if running >= args.count:
+                break
+            if time.monotonic() - started > args.timeout:
+                phases = collections.Counter(
+                    [d["phase"] async for d in inferences.find({}, {"phase": 1})]
+                )
+                print(f"timed out; phases {dict(phases)}")
+                break
+            await asyncio.sleep(1.0)
+        all_running = time.monotonic() - started
+        await asyncio.sleep(args.settle)
+        before = counter.snapshot()
+        await asyncio.sleep(args.steady)
+        during = counter.snapshot() - before
+        per_minute = 60.0 / args.steady
+        watches = sum(v for k, v in during.items() if k.startswith("WATCH"))
+        others = sum(v for k, v in during.items() if not k.startswith("WATCH"))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print()
+        print(f"inferences:                         {args.count} on {args.nodes} nodes")
+        print(f"seconds until all RUNNING:          {all_running:.1f}")
+        print(
+            f"steady-state requests per minute:   {others * per_minute:.1f} "
+            f"(non-watch), {watches * per_minute:.1f} watch (re)connections"
+        )
+        for key, value in sorted(during.items()):
+            print(f"    {key}: {value}")
+        print(f"total requests during the run:      {sum(counter.counts.values())}")
+        print(
+            f"RSS: {rss_mib():.0f} MiB now, {peak:.0f} MiB peak "
+            f"({rss_before:.0f} MiB before starting inferences)"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--gpus-per-node", type=int, default=10)
+    parser.add_argument("--steady", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=20.0)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    asyncio.run(main(parser.parse_args()))
