@@ -95,19 +95,20 @@ def _shape(path: str) -> str:
 
 
 async def seed(database: Any, count: int) -> list[str]:
-    """``count`` READY models with weights on a PVC; returns their ids."""
+    """``count`` READY models with weights in a node directory; returns their ids."""
     models, weights = [], []
     for index in range(count):
         model_id = new_id("model", 8)
         name = f"m{index:05d}"
-        target = DownloadTarget(kind=TargetKind.PVC, claim_name="models", sub_path=name)
+        # A node directory (hostPath): the testbed runs no volume provisioner for PVCs.
+        target = DownloadTarget(kind=TargetKind.LOCAL, local_path=f"/data/models/{name}")
         weight = WeightsDocument(
             id=new_id("weights", 8),
             organization_id=ORG,
             repo_id="bench/tiny",
             commit_sha="b" * 40,
             target=target,
-            location=f"pvc://models/{name}",
+            location=f"/data/models/{name}",
             state=WeightsState.READY,
             model_ids=[model_id],
         )
@@ -186,7 +187,10 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         while True:
             running = await inferences.count_documents({"phase": "RUNNING"})
             if running != last:
-                print(f"  {time.monotonic() - started:6.1f} s: {running} RUNNING", flush=True)
+                phases = collections.Counter(
+                    [d["phase"] async for d in inferences.find({}, {"phase": 1})]
+                )
+                print(f"  {time.monotonic() - started:6.1f} s: {dict(phases)}", flush=True)
                 last = running
             if running >= args.count:
                 break
