@@ -197,15 +197,13 @@ WRITE = ("get", "list", "apply", "delete")
 NAMESPACED_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
     (JOBS, (*READ, "apply", "delete")),  # download/cleanup Jobs; delete_owned
     (DEPLOYMENTS, (*READ, "apply", "delete")),  # inference Deployments
-    (REPLICASETS, READ),  # rollout revision of inference pods
     (SERVICES, (*READ, "apply", "delete")),  # inference Services
     (SECRETS, WRITE),  # KubernetesSecretStore put/get/delete; delete_owned
     (CLAIMS, WRITE),  # weights claims; delete_owned
     (CONFIGMAPS, WRITE),  # engine configuration; delete_owned
     (PODS, READ),  # download and inference pods
     (POD_LOGS, ("get",)),  # a failed pod's log tail
-    (EVENTS, READ),
-    (EVENTS_V1, READ),
+    (EVENTS, ("list", "watch")),  # the inference controller's event informer
     (HPAS, WRITE),
     (SERVICE_MONITORS, WRITE),
     (POD_AUTOSCALERS, WRITE),
@@ -213,9 +211,8 @@ NAMESPACED_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
 """Calls in the workload namespace (the Role)."""
 
 CLUSTER_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
-    (NODES, READ),  # GPU inventory
-    (PODS, ("list", "watch")),  # GPU requests of every pod, for free counts
-    (CRDS, ("get", "list")),  # are the ServiceMonitor / PodAutoscaler CRDs installed?
+    (NODES, ("list",)),  # GPU inventory
+    (PODS, ("list",)),  # GPU requests of every pod, for free counts
 ]
 """Calls across the cluster (the ClusterRole); read only."""
 
