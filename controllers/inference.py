@@ -68,9 +68,12 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "inference-controller"
 LEASE_SECONDS = 15.0
-RESYNC_SECONDS = 15.0
+RESYNC_SECONDS = 60.0
+"""A backstop only: watches (or the supervisor) report every change as it happens."""
 ROUTE_RECHECK_SECONDS = 30.0
 HISTORY_LIMIT = 50
+MODEL_KEY = "model:"
+"""Queue keys of model changes, resolved to the model's inference by the reconcile."""
 INFERENCE_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT}=inference"
 
 
@@ -88,6 +91,8 @@ class WorkloadPlan:
 
     engine: EnginePlan | None
     port: int
+    gpu: int = 0
+    """GPUs per replica (what an unschedulable message says is needed)."""
 
 
 class InferenceExecutor(Protocol):
@@ -331,7 +336,7 @@ class KubernetesInferenceExecutor:
                 }
                 for p in pods
             ]
-        requested = plan.engine.gpu if plan.engine is not None else 0
+        requested = plan.gpu
         short = self._unschedulable(pods) or any(
             "Insufficient nvidia.com/gpu" in str(e.get("message")) for e in events
         )
@@ -619,6 +624,10 @@ class InferenceController:
         """An inference (or its workload) changed: look at it soon."""
         self._queue.add(inference_id)
 
+    def notify_model(self, model_id: str) -> None:
+        """A model changed (its weights became READY, it was deleted): look at its inference."""
+        self._queue.add(MODEL_KEY + model_id)
+
     async def wait_idle(self) -> None:
         """For tests: until the queue has drained."""
         await self._queue.wait_idle()
@@ -642,7 +651,7 @@ class InferenceController:
     ) -> WorkloadPlan:
         """The engine plan (managed) or the manifest (unmanaged); raises EnginePlanError."""
         if not inference.managed or model is None:
-            return WorkloadPlan(engine=None, port=inference.spec.port)
+            return WorkloadPlan(engine=None, port=inference.spec.port, gpu=inference.spec.gpu)
         weights = await self._weights.get(model.weights_id) if model.weights_id else None
         engine = plan_engine(
             inference.spec,
@@ -653,7 +662,7 @@ class InferenceController:
             secret_name=model.secret_ref if self.executor.kind == "kubernetes" else None,
             pvc_mount_path=self._pvc_mount_path,
         )
-        return WorkloadPlan(engine=engine, port=engine.port)
+        return WorkloadPlan(engine=engine, port=engine.port, gpu=engine.gpu)
 
     async def _local_env(self, inference: InferenceDocument, plan: EnginePlan) -> dict[str, str]:
         """Literal values, and secret references resolved from the model's stored secret."""
@@ -675,9 +684,14 @@ class InferenceController:
 
     # -- reconcile -----------------------------------------------------------------------
 
-    async def reconcile(self, inference_id: str) -> float | None:  # noqa: PLR0911  one return per outcome
+    async def reconcile(self, inference_id: str) -> float | None:
         """Re-read, plan, apply when needed, observe, write status on change."""
         if not self.leading:
+            return None
+        if inference_id.startswith(MODEL_KEY):
+            found = await self._inferences.for_model(inference_id.removeprefix(MODEL_KEY))
+            if found is not None:
+                self._queue.add(found.id)
             return None
         if not await self.executor.ready():
             return 1.0
@@ -685,16 +699,24 @@ class InferenceController:
         if inference is None:
             return None
         if inference.is_deleted or not inference.enabled:
-            gone = await self.executor.remove(inference)
-            if inference.is_deleted:
-                return None
-            observed = (
-                Observed(InferencePhase.STOPPED, "Stopped", "stopped; its objects are removed")
-                if gone
-                else Observed(inference.phase, "Stopping", "waiting for the engine to end")
-            )
-            await self._write(inference, observed, endpoint=None)
-            return None if gone else 2.0
+            return await self._reconcile_stopped(inference)
+        return await self._reconcile_enabled(inference)
+
+    async def _reconcile_stopped(self, inference: InferenceDocument) -> float | None:
+        """Remove the workload; STOPPED once nothing of it is left."""
+        gone = await self.executor.remove(inference)
+        if inference.is_deleted:
+            return None
+        observed = (
+            Observed(InferencePhase.STOPPED, "Stopped", "stopped; its objects are removed")
+            if gone
+            else Observed(inference.phase, "Stopping", "waiting for the engine to end")
+        )
+        await self._write(inference, observed, endpoint=None)
+        return None if gone else 2.0
+
+    async def _reconcile_enabled(self, inference: InferenceDocument) -> float | None:
+        """Plan, apply when needed, observe, write."""
         model = await self._models.get(inference.model_id) if inference.model_id else None
         if inference.managed and (model is None or model.is_deleted):
             await self.executor.remove(inference)
@@ -710,18 +732,21 @@ class InferenceController:
         if waiting is not None:
             await self._write(inference, waiting, endpoint=None)
             return None
-        try:
-            plan = await self.workload_plan(inference, model)
-        except EnginePlanError as exc:
-            await self._write(
-                inference,
-                Observed(InferencePhase.FAILED, "InvalidSpec", exc.message),
-                endpoint=None,
-            )
-            return None
-        if inference.observed_generation != inference.generation or not await self.executor.present(
+        if inference.observed_generation == inference.generation and await self.executor.present(
             inference
         ):
+            # Applied already: observe only (no weights read, no API request).
+            plan = WorkloadPlan(engine=None, port=inference.spec.port, gpu=inference.spec.gpu)
+        else:
+            try:
+                plan = await self.workload_plan(inference, model)
+            except EnginePlanError as exc:
+                await self._write(
+                    inference,
+                    Observed(InferencePhase.FAILED, "InvalidSpec", exc.message),
+                    endpoint=None,
+                )
+                return None
             await self.executor.apply(inference, plan)
             inference = await self._set_applied(inference)
         observed = await self.executor.observe(inference, plan)

@@ -90,7 +90,7 @@ from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
-from storage.events import EventLogNotCapped, Recorder
+from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
 from storage.repositories import (
     InferenceRepository,
     LeaseRepository,
@@ -212,13 +212,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             on_change=controller.notify if controller is not None else None,
             recorder=recorder,
         )
-        inference_controller: InferenceController | None = None
-        if settings.run_controllers:
-            inference_controller = _inference_controller(
-                settings, runtime, database, secrets=secrets, recorder=recorder
-            )
-            inference_controller.start()
-            stack.push_async_callback(inference_controller.stop)
+        inference_controller = _start_inference_controller(
+            stack, settings, runtime, database, secrets=secrets, recorder=recorder, broker=broker
+        )
         cluster = ClusterService(
             runtime=runtime,
             hub=hub,
@@ -409,6 +405,44 @@ def _inference_controller(
     if not isinstance(runtime, KubernetesRuntime):
         notify.target = controller.notify
     return controller
+
+
+def _start_inference_controller(
+    stack: AsyncExitStack,
+    settings: Settings,
+    runtime: Runtime,
+    database: Database,
+    *,
+    secrets: SecretStore,
+    recorder: Recorder,
+    broker: Broker,
+) -> InferenceController | None:
+    """The inference controller, started (stopped with the stack) and fed by the event log;
+    None when this process runs no controllers."""
+    if not settings.run_controllers:
+        return None
+    controller = _inference_controller(
+        settings, runtime, database, secrets=secrets, recorder=recorder
+    )
+    controller.start()
+    stack.push_async_callback(controller.stop)
+    broker.listen(_model_changes_to(controller))
+    return controller
+
+
+def _model_changes_to(controller: InferenceController) -> Callable[[Event], None]:
+    """Feed the inference controller from the event log: a model's phase change (its weights
+    became READY or FAILED, from this process or a download Job's pod) or its deletion."""
+
+    def listener(event: Event) -> None:
+        if event.resource_kind is ResourceKind.MODEL and event.type in {
+            EventType.PHASE_CHANGED,
+            EventType.DELETED,
+        }:
+            for model_id in event.model_ids:
+                controller.notify_model(model_id)
+
+    return listener
 
 
 class _Cached:

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -282,6 +283,13 @@ class Broker:
         self._position = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener`` with every event of every organisation as the tail reads it
+        (controllers are fed this way, ARCHITECTURE.md decision 4). It must be cheap and must
+        not raise; a failure is logged and the event still reaches the subscribers."""
+        self._listeners.append(listener)
 
     @property
     def position(self) -> int:
@@ -374,6 +382,11 @@ class Broker:
                                 event.cursor - 1,
                             )
                         self._position = event.cursor
+                        for listener in self._listeners:
+                            try:
+                                listener(event)
+                            except Exception:
+                                logger.exception("event listener failed")
                         for subscription in list(self._subscriptions):
                             subscription.offer(event)
             except PyMongoError as exc:
