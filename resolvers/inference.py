@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 import strawberry
 import yaml
@@ -11,7 +12,7 @@ from resolvers.context import Info
 from resolvers.errors import forbidden
 from schema.building import ExpectedError
 from schema.cluster import GpuFit
-from schema.errors import ConflictError, NotFoundError, ValidationError
+from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.inference import (
     Inference,
     InferenceFilterInput,
@@ -28,12 +29,15 @@ from services.principals import Forbidden
 from storage.documents import (
     AutoscalingSpec,
     EnvVarSpec,
+    InferenceDocument,
     InferenceEngine,
     InferencePhase,
     LiteLLMSpec,
     Toleration,
 )
 from storage.repositories import InferenceFilter
+
+T = TypeVar("T")
 
 ModelIdArg = Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 
@@ -103,6 +107,31 @@ def _payload(outcome: StartOutcome) -> InferencePayload:
     )
 
 
+UserError = ValidationError | NotFoundError | ConflictError | ForbiddenError
+
+
+async def _attempt(call: Awaitable[T]) -> T | UserError:
+    """Await a service call, turning its expected failures into union members."""
+    try:
+        return await call
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return forbidden(exc)
+
+
+def _started(result: StartOutcome | UserError) -> InferencePayload | UserError:
+    return _payload(result) if isinstance(result, StartOutcome) else result
+
+
+def _stopped(result: InferenceDocument | UserError) -> Inference | UserError:
+    return Inference.from_document(result) if isinstance(result, InferenceDocument) else result
+
+
 async def start_inference(
     info: Info,
     model_id: ModelIdArg,
@@ -116,31 +145,19 @@ async def start_inference(
 ) -> StartInferenceResult:
     """Start serving a model (one active inference per model)."""
     principal = info.context.require_principal()
-    try:
-        outcome = await info.context.services.inference.start(
-            principal, str(model_id), request_from_input(input), dry_run=dry_run
+    service = info.context.services.inference
+    return _started(
+        await _attempt(
+            service.start(principal, str(model_id), request_from_input(input), dry_run=dry_run)
         )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return _payload(outcome)
+    )
 
 
 async def stop_inference(info: Info, model_id: ModelIdArg) -> StopInferenceResult:
     """Stop a model's inference: its objects go; the model and its weights stay."""
     principal = info.context.require_principal()
-    try:
-        doc = await info.context.services.inference.stop(principal, str(model_id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Forbidden as exc:
-        return forbidden(exc)
-    return Inference.from_document(doc)
+    service = info.context.services.inference
+    return _stopped(await _attempt(service.stop(principal, str(model_id))))
 
 
 async def stop_inference_by_id(
@@ -149,13 +166,8 @@ async def stop_inference_by_id(
 ) -> StopInferenceResult:
     """Stop an inference by its id (unmanaged ones from manifests have no model)."""
     principal = info.context.require_principal()
-    try:
-        doc = await info.context.services.inference.stop_inference(principal, str(id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Forbidden as exc:
-        return forbidden(exc)
-    return Inference.from_document(doc)
+    service = info.context.services.inference
+    return _stopped(await _attempt(service.stop_inference(principal, str(id))))
 
 
 async def toggle_inference(
@@ -165,19 +177,8 @@ async def toggle_inference(
 ) -> StartInferenceResult:
     """The one-switch form: on starts with the last spec (or defaults), off stops."""
     principal = info.context.require_principal()
-    try:
-        outcome = await info.context.services.inference.toggle(
-            principal, str(model_id), enabled=enabled
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return _payload(outcome)
+    service = info.context.services.inference
+    return _started(await _attempt(service.toggle(principal, str(model_id), enabled=enabled)))
 
 
 async def create_inference_from_manifest(
@@ -195,15 +196,10 @@ async def create_inference_from_manifest(
 ) -> StartInferenceResult:
     """Apply your own Deployment as an unmanaged inference (kubernetes runtime)."""
     principal = info.context.require_principal()
-    try:
-        outcome = await info.context.services.inference.create_from_manifest(
-            principal, yaml_text, dry_run=dry_run
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return _payload(outcome)
+    service = info.context.services.inference
+    return _started(
+        await _attempt(service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
+    )
 
 
 async def resolve_inference(

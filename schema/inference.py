@@ -376,7 +376,7 @@ StartInferenceResult = Annotated[
     strawberry.union("StartInferenceResult", description="startInference's outcome."),
 ]
 StopInferenceResult = Annotated[
-    Inference | NotFoundError | ConflictError | ForbiddenError,
+    Inference | ValidationError | NotFoundError | ConflictError | ForbiddenError,
     strawberry.union("StopInferenceResult", description="stopInference's outcome."),
 ]
 

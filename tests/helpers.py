@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
@@ -11,6 +14,7 @@ from integrations.s3 import S3Client, S3Location
 from storage.documents import WeightsFile
 from testbed.repos import HubRepo
 from testbed.servers import S3Server
+from tests.graphql_client import run
 
 
 async def bucket_on(server: S3Server) -> S3Client:
@@ -41,3 +45,17 @@ def files_of(repo: HubRepo) -> list[WeightsFile]:
         WeightsFile(path=f.path, size=f.size, sha256=f.sha256 if f.lfs else None, blob_id=f.blob_id)
         for f in repo.files
     ]
+
+
+async def wait_inference(
+    graphql_url: str, token: str, inference_id: str, phases: set[str], *, timeout: float = 60
+) -> dict[str, Any]:
+    """Poll ``inference(id)`` until its phase is one of ``phases`` (fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = await run(graphql_url, "Inference", {"id": inference_id}, token=token)
+        inference: dict[str, Any] = data["inference"]
+        if inference["phase"] in phases:
+            return inference
+        assert time.monotonic() < deadline, f"timed out waiting for {phases}; last {inference}"
+        await asyncio.sleep(0.1)

@@ -38,6 +38,7 @@ from storage.documents import (
 )
 from testbed import servers
 from testbed.hub import RunningHub
+from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 
@@ -122,14 +123,9 @@ async def start(
 async def wait_inference(
     app: RunningApp, inference_id: str, phases: set[str], *, timeout: float = 60
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        data = await run(app.graphql_url, "Inference", {"id": inference_id}, token=editor(app))
-        inference: dict[str, Any] = data["inference"]
-        if inference["phase"] in phases:
-            return inference
-        assert time.monotonic() < deadline, f"timed out waiting for {phases}; last {inference}"
-        await asyncio.sleep(0.2)
+    return await helpers.wait_inference(
+        app.graphql_url, editor(app), inference_id, phases, timeout=timeout
+    )
 
 
 async def wait_gone(apps: k8s.AppsV1Api, core: k8s.CoreV1Api, ns: str, name: str) -> None:

@@ -24,6 +24,7 @@ import pytest
 from storage.client import Client
 from storage.documents import Role
 from testbed.hub import RunningHub
+from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 from tests.test_weights_api import create_local, ready, wait_model
@@ -118,14 +119,9 @@ async def start(
 async def wait_inference(
     app: RunningApp, inference_id: str, phases: set[str], *, timeout: float = 30
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        data = await run(app.graphql_url, "Inference", {"id": inference_id}, token=editor(app))
-        inference: dict[str, Any] = data["inference"]
-        if inference["phase"] in phases:
-            return inference
-        assert time.monotonic() < deadline, f"timed out waiting for {phases}; last {inference}"
-        await asyncio.sleep(0.1)
+    return await helpers.wait_inference(
+        app.graphql_url, editor(app), inference_id, phases, timeout=timeout
+    )
 
 
 async def ready_model(app: RunningApp) -> dict[str, Any]:
