@@ -4,8 +4,9 @@
 client, the token verifier) and raises :class:`StartupError` with one readable line naming the
 setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
 GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz``, ``/metrics``
-and the operator dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons:
-everything hangs off the app built here.
+the OpenAI-compatible gateway at ``/v1`` (:mod:`modelplane.gateway_http`) and the operator
+dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons: everything hangs
+off the app built here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from joserfc.jwk import OctKey
@@ -60,14 +62,17 @@ from controllers.secrets import (
 from controllers.weights import DownloadController, WeightsRuntimeConfig
 from integrations.huggingface import HubClient
 from modelplane import logs
-from modelplane.auth import AuthError, TokenVerifier, load_dev_key
+from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
+from modelplane.gateway_http import gateway_router
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
+from services.api_keys import ApiKeyService
 from services.broadcasting import Broker
+from services.gateway import Gateway
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
@@ -75,6 +80,8 @@ from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import EventLogNotCapped, Recorder
 from storage.repositories import (
+    ApiKeyRepository,
+    InferenceRepository,
     LeaseRepository,
     LedgerRepository,
     ModelRepository,
@@ -115,6 +122,11 @@ class Resources:
     dev_key: OctKey | None
     services: Services
     downloads: DownloadController | None
+    authenticator: Authenticator
+    """Bearer JWTs and organisation API keys, for GraphQL and ``/v1`` alike."""
+    gateway: Gateway
+    upstream: httpx.AsyncClient
+    """The gateway's connection pool to upstreams (closed with the resources)."""
 
 
 @asynccontextmanager
@@ -198,6 +210,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
         )
+        api_keys = ApiKeyService(ApiKeyRepository(database))
+        gateway = Gateway(
+            inferences=InferenceRepository(database),
+            models=ModelRepository(database),
+            secrets=secrets,
+            limits=settings.gateway_limits(),
+        )
+        upstream = _upstream_client()
+        stack.push_async_callback(upstream.aclose)
         services = Services(
             database=database,
             runtime=runtime,
@@ -205,6 +226,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             models=models,
             weights=weights,
             broker=broker,
+            api_keys=api_keys,
             version=modelplane_version(),
             started_at=utcnow(),
             local_roots=tuple(settings.local_roots),
@@ -219,7 +241,21 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             dev_key=dev_key,
             services=services,
             downloads=controller,
+            authenticator=Authenticator(verifier, api_keys),
+            gateway=gateway,
+            upstream=upstream,
         )
+
+
+def _upstream_client() -> httpx.AsyncClient:
+    """One pool for every upstream: generous limits (streams hold a connection for their whole
+    life), no environment proxies (the upstreams are in-cluster or chosen by the model's
+    owner), timeouts set per request from the route."""
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+        trust_env=False,
+        follow_redirects=False,
+    )
 
 
 async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
@@ -358,7 +394,7 @@ class _Router(GraphQLRouter[Context, None]):
     encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
     each ``next`` message is the subscriber's id spliced around the shared payload's JSON."""
 
-    verifier_getter: Callable[[], TokenVerifier]
+    verifier_getter: Callable[[], Authenticator]
     _encoded: dict[int, tuple[object, str]]
 
     def encode_json(self, data: object) -> str | bytes:
@@ -416,9 +452,10 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
         docs_url=None,
         redoc_url=None,
     )
-    _install_observability(app, _Metrics())
+    _install_observability(app, _Metrics(), current)
     _install_health(app, current)
     app.include_router(_graphql_router(current), prefix="/graphql")
+    app.include_router(gateway_router(current), prefix="/v1")
     install_dashboard(app, settings.dashboard_dir)
     return app
 
@@ -430,7 +467,7 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         header = connection.headers.get("authorization")
         if header and connection.scope["type"] == "http":
             try:
-                principal = await res.verifier.verify(header)
+                principal = await res.authenticator.verify(header)
             except AuthError as exc:
                 log.info("rejected bearer token: %s", exc)
         return Context(
@@ -446,11 +483,13 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         connection_init_wait_timeout=timedelta(seconds=10),
     )
-    router.verifier_getter = lambda: current().verifier
+    router.verifier_getter = lambda: current().authenticator
     return router
 
 
-def _install_observability(app: FastAPI, metrics: _Metrics) -> None:
+def _install_observability(
+    app: FastAPI, metrics: _Metrics, current: Callable[[], Resources]
+) -> None:
     @app.middleware("http")
     async def request_ids(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -472,9 +511,10 @@ def _install_observability(app: FastAPI, metrics: _Metrics) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(
-            generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST
+        text = generate_latest(metrics.registry) + generate_latest(
+            current().gateway.metrics.registry
         )
+        return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:

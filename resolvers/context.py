@@ -13,6 +13,7 @@ from controllers.runtimes import Runtime
 from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
+from services.api_keys import ApiKeyService
 from services.broadcasting import Broker
 from services.models import ModelService
 from services.principals import Principal
@@ -31,6 +32,7 @@ class Services:
     models: ModelService
     weights: WeightsService
     broker: Broker
+    api_keys: ApiKeyService
     version: str
     started_at: datetime
     local_roots: tuple[Path, ...] = ()

@@ -14,10 +14,12 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import api_keys as api_key_resolvers
 from resolvers import events as event_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
+from schema.api_keys import ApiKeyPage, CreateApiKeyResult, RevokeApiKeyResult
 from schema.enums import RoleEnum
 from schema.events import Event
 from schema.models import (
@@ -136,6 +138,10 @@ class Query:
         resolver=weights_resolvers.resolve_weights_usage,
         description="used / free / total bytes of each allowed local root.",
     )
+    api_keys: ApiKeyPage = strawberry.field(
+        resolver=api_key_resolvers.resolve_api_keys,
+        description="Your organisation's API keys, newest first (prefixes only; admin role).",
+    )
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")
@@ -168,6 +174,17 @@ class Mutation:
             "Soft-delete a model: hide it, remove its credentials and every object it owns. "
             "Deleting twice is not an error."
         ),
+    )
+    create_api_key: CreateApiKeyResult = strawberry.field(
+        resolver=api_key_resolvers.create_api_key,
+        description=(
+            "Create an organisation API key for `/v1` and this API (admin role; the key's role "
+            "at most yours). The key is in the result once and is never shown again."
+        ),
+    )
+    revoke_api_key: RevokeApiKeyResult = strawberry.field(
+        resolver=api_key_resolvers.revoke_api_key,
+        description="Revoke an API key at once (admin role). Revoking twice is not an error.",
     )
 
 
