@@ -264,6 +264,10 @@ class InFlight:
         """Requests of the identity in flight now."""
         return self._counts.get(identity, 0)
 
+    def total(self) -> int:
+        """Requests in flight now, of every identity."""
+        return sum(self._counts.values())
+
 
 class Admission:
     """A request's concurrency slot; :meth:`release` is idempotent, so whichever part of the
@@ -438,6 +442,10 @@ class Gateway:
             )
         self._in_flight.acquire(identity)
         return Admission(self._in_flight, identity)
+
+    def requests_in_flight(self) -> int:
+        """Gateway requests (streams included) not finished yet, in this process."""
+        return self._in_flight.total()
 
     async def route(self, principal: Principal, model_name: str) -> Route:
         """Where a request for ``model_name`` goes, or why it cannot go anywhere."""
