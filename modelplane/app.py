@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,8 +38,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -216,6 +217,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             models=ModelRepository(database),
             secrets=secrets,
             limits=settings.gateway_limits(),
+            route_cache_seconds=settings.gateway_route_cache_seconds,
         )
         upstream = _upstream_client()
         stack.push_async_callback(upstream.aclose)
@@ -487,27 +489,54 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
     return router
 
 
+class _Observability:
+    """Pure ASGI middleware: a request id per request (the caller's ``X-Request-Id`` when it is
+    a short alphanumeric string), in the log context for the whole exchange and echoed in the
+    response; request count and time to response headers per route.
+
+    Not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware moves every chunk of a
+    streamed body through a memory stream between two tasks, which the gateway's streams
+    would pay for per token.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        rid = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
+        started = time.perf_counter()
+        metrics = self._metrics
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                method = scope["method"]
+                metrics.requests.labels(method, path, str(message["status"])).inc()
+                metrics.latency.labels(method, path).observe(time.perf_counter() - started)
+                MutableHeaders(scope=message).append("x-request-id", rid)
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            await self._app(scope, receive, send_with_id)
+        finally:
+            logs.request_id.reset(token)
+
+
 def _install_observability(
     app: FastAPI, metrics: _Metrics, current: Callable[[], Resources]
 ) -> None:
-    @app.middleware("http")
-    async def request_ids(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        rid = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
-        token = logs.request_id.set(rid)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            logs.request_id.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(_Observability, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:

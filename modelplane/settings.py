@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     """How long ``/v1`` waits for an upstream's response headers, then between two chunks of
     its body (504 before the headers; an error event mid-stream). An inference's
     ``gateway_timeout_seconds`` overrides it."""
+    gateway_route_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long ``/v1`` keeps a resolved route (model name to endpoint and key) before
+    reading the inference again; 0 reads it per request. A stopped model stays routed to its
+    old endpoint for up to this long."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""

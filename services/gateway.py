@@ -16,6 +16,12 @@ Where a request goes:
 * anything else: the inference's ``endpoint`` (a Kubernetes Service or a local engine's port),
   with no credential.
 
+A route that resolved (RUNNING) is kept for ``route_cache_seconds`` (default 2 s): the two
+lookups cost FerretDB/MongoDB round trips on every request otherwise, which is most of what the
+gateway adds to the first token. The price is that a model stopped or moved is still routed to
+its old endpoint for up to that long (the client gets the upstream's answer, or a 502). Failed
+resolutions (404, 409) are never cached, so a model that just became RUNNING is reachable at once.
+
 Limits are in memory, per process: a sliding one-minute window of request times and a count of
 requests in flight, each per credential (an API key, or a token's subject). With N replicas a
 caller can reach N times the configured figures; a shared store would be needed for exact
@@ -41,6 +47,7 @@ from storage.repositories import InferenceFilter, InferenceRepository, ModelRepo
 
 UPSTREAM_KEY_SECONDS = 30.0
 UPSTREAM_KEY_ENTRIES = 1024
+ROUTE_ENTRIES = 4096
 MAX_SERVED_MODELS = 1000
 WINDOW_SECONDS = 60.0
 IDLE_SWEEP_EVERY = 1024
@@ -414,8 +421,11 @@ class Gateway:
         secrets: SecretStore,
         limits: GatewayLimits,
         metrics: GatewayMetrics | None = None,
+        route_cache_seconds: float = 2.0,
     ) -> None:
         self.limits = limits
+        self._route_seconds = route_cache_seconds
+        self._routes: OrderedDict[tuple[str, str], tuple[float, Route]] = OrderedDict()
         self.metrics = metrics or GatewayMetrics()
         self._inferences = inferences
         self._models = models
@@ -449,7 +459,20 @@ class Gateway:
 
     async def route(self, principal: Principal, model_name: str) -> Route:
         """Where a request for ``model_name`` goes, or why it cannot go anywhere."""
-        organization = principal.organization_id
+        key = (principal.organization_id, model_name)
+        now = time.monotonic()
+        cached = self._routes.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        route = await self._resolve(principal.organization_id, model_name)
+        if self._route_seconds > 0:
+            self._routes[key] = (now + self._route_seconds, route)
+            self._routes.move_to_end(key)
+            while len(self._routes) > ROUTE_ENTRIES:
+                self._routes.popitem(last=False)
+        return route
+
+    async def _resolve(self, organization: str, model_name: str) -> Route:
         inference, model = await asyncio.gather(
             self._inferences.by_model_name(organization_id=organization, name=model_name),
             self._models.by_name(organization_id=organization, name=model_name),
