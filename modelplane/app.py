@@ -66,7 +66,7 @@ from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
-from modelplane.gateway_http import gateway_router
+from modelplane.gateway_http import gateway_router, upstream_client
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
@@ -219,7 +219,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limits=settings.gateway_limits(),
             route_cache_seconds=settings.gateway_route_cache_seconds,
         )
-        upstream = _upstream_client()
+        upstream = upstream_client()
         stack.push_async_callback(upstream.aclose)
         services = Services(
             database=database,
@@ -247,17 +247,6 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             gateway=gateway,
             upstream=upstream,
         )
-
-
-def _upstream_client() -> httpx.AsyncClient:
-    """One pool for every upstream: generous limits (streams hold a connection for their whole
-    life), no environment proxies (the upstreams are in-cluster or chosen by the model's
-    owner), timeouts set per request from the route."""
-    return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-        trust_env=False,
-        follow_redirects=False,
-    )
 
 
 async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from services import validation as v
+from services.caching import ExpiringCache
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Forbidden, Principal
 from storage.documents import ApiKeyDocument, Role, new_id, utcnow
@@ -66,8 +65,9 @@ class ApiKeyService:
 
     def __init__(self, keys: ApiKeyRepository, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self._keys = keys
-        self._cache_seconds = cache_seconds
-        self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._cache: ExpiringCache[str, Principal] = ExpiringCache(
+            ttl=cache_seconds, size=CACHE_ENTRIES
+        )
 
     async def create(self, principal: Principal, *, name: str, role: Role) -> CreatedKey:
         """A new key of ``role`` (at most the caller's own) named ``name``."""
@@ -121,7 +121,7 @@ class ApiKeyService:
             found = await self._keys.get(key_id, scope=principal.scope)
             if found is None:
                 raise Missing(key_id, f"API key {key_id} not found")
-            self._forget(found.key_hash)
+            self._cache.forget(found.key_hash)
             if found.revoked_at is not None:
                 return found
             try:
@@ -135,6 +135,7 @@ class ApiKeyService:
                 continue
             except NotFound:
                 raise Missing(key_id, f"API key {key_id} not found") from None
+            self._cache.forget(found.key_hash)  # again: an authentication may have raced us
             log.info("API key revoked", extra={"key_id": key_id, "by": principal.subject})
             return revoked
         raise Conflict(None, f"API key {key_id} is changing too fast; try again")
@@ -144,24 +145,15 @@ class ApiKeyService:
         if not looks_like_key(key) or len(key) > 128:
             raise InvalidApiKey("invalid API key")
         digest = hash_key(key)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        document = await self._keys.by_hash(digest)
-        if document is None or document.revoked_at is not None:
-            self._forget(digest)
-            raise InvalidApiKey("invalid or revoked API key")
-        principal = Principal(
-            subject=f"{SUBJECT_PREFIX}{document.id}",
-            organization_id=document.organization_id,
-            role=document.role,
-        )
-        self._cache[digest] = (now + self._cache_seconds, principal)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
-        return principal
 
-    def _forget(self, digest: str) -> None:
-        self._cache.pop(digest, None)
+        async def load() -> Principal:
+            document = await self._keys.by_hash(digest)
+            if document is None or document.revoked_at is not None:
+                raise InvalidApiKey("invalid or revoked API key")
+            return Principal(
+                subject=f"{SUBJECT_PREFIX}{document.id}",
+                organization_id=document.organization_id,
+                role=document.role,
+            )
+
+        return await self._cache.get(digest, load)

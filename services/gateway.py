@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +41,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from services.caching import ExpiringCache
 from services.principals import Principal
 from storage.documents import AccessMode, InferencePhase, ModelDocument, utcnow
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository
@@ -384,30 +385,26 @@ class UpstreamKeys:
 
     def __init__(self, store: SecretStore, *, ttl_seconds: float = UPSTREAM_KEY_SECONDS) -> None:
         self._store = store
-        self._ttl = ttl_seconds
-        self._cache: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        self._cache: ExpiringCache[tuple[str, str], str | None] = ExpiringCache(
+            ttl=ttl_seconds, size=UPSTREAM_KEY_ENTRIES
+        )
 
     async def key_for(self, model: ModelDocument) -> str | None:
         """The model's upstream key, or None when it has none."""
-        if model.secret_ref is None or not model.source.has_token:
+        ref = model.secret_ref
+        if ref is None or not model.source.has_token:
             return None
-        cache_key = f"{model.id}\x00{model.secret_ref}"
-        now = time.monotonic()
-        cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        try:
-            values = await self._store.get(model.secret_ref)
-        except SecretStoreError:
-            raise UpstreamUnavailable(
-                f"the credentials of model {model.name!r} cannot be read right now"
-            ) from None
-        key = values.get(HF_TOKEN_KEY)
-        self._cache[cache_key] = (now + self._ttl, key)
-        self._cache.move_to_end(cache_key)
-        while len(self._cache) > UPSTREAM_KEY_ENTRIES:
-            self._cache.popitem(last=False)
-        return key
+
+        async def read() -> str | None:
+            try:
+                values = await self._store.get(ref)
+            except SecretStoreError:
+                raise UpstreamUnavailable(
+                    f"the credentials of model {model.name!r} cannot be read right now"
+                ) from None
+            return values.get(HF_TOKEN_KEY)
+
+        return await self._cache.get((model.id, ref), read)
 
 
 class Gateway:
@@ -424,8 +421,9 @@ class Gateway:
         route_cache_seconds: float = 2.0,
     ) -> None:
         self.limits = limits
-        self._route_seconds = route_cache_seconds
-        self._routes: OrderedDict[tuple[str, str], tuple[float, Route]] = OrderedDict()
+        self._routes: ExpiringCache[tuple[str, str], Route] = ExpiringCache(
+            ttl=route_cache_seconds, size=ROUTE_ENTRIES
+        )
         self.metrics = metrics or GatewayMetrics()
         self._inferences = inferences
         self._models = models
@@ -459,18 +457,10 @@ class Gateway:
 
     async def route(self, principal: Principal, model_name: str) -> Route:
         """Where a request for ``model_name`` goes, or why it cannot go anywhere."""
-        key = (principal.organization_id, model_name)
-        now = time.monotonic()
-        cached = self._routes.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        route = await self._resolve(principal.organization_id, model_name)
-        if self._route_seconds > 0:
-            self._routes[key] = (now + self._route_seconds, route)
-            self._routes.move_to_end(key)
-            while len(self._routes) > ROUTE_ENTRIES:
-                self._routes.popitem(last=False)
-        return route
+        organization = principal.organization_id
+        return await self._routes.get(
+            (organization, model_name), lambda: self._resolve(organization, model_name)
+        )
 
     async def _resolve(self, organization: str, model_name: str) -> Route:
         inference, model = await asyncio.gather(
