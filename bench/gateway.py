@@ -134,48 +134,94 @@ class Figures:
         return ttft[max(0, int(len(ttft) * quantile) - 1)] * 1000 if ttft else float("nan")
 
 
+class StreamClient:
+    """A minimal keep-alive HTTP/1.1 client for chunked SSE answers: the load generator shares
+    two cores with both servers, so it must cost as little as possible (an httpx client with 64
+    connections spent more CPU than the gateway it measured)."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
+        self._port = port
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def stream(self, body: bytes) -> tuple[float, int]:
+        """POST ``body``; return seconds to the first body chunk and the ``data:`` events."""
+        if self._reader is None or self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = self._reader, self._writer
+        started = time.perf_counter()
+        writer.write(
+            f"POST {self._path} HTTP/1.1\r\nhost: 127.0.0.1:{self._port}\r\n{self._head}"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200 or b"chunked" not in head.lower():
+            await self.close()
+            raise OSError(f"HTTP {status}")
+        first = 0.0
+        events = 0
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                return first, events
+            if not first:
+                first = time.perf_counter() - started
+            events += data.count(b"data:")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
 async def drive(
-    url: str, headers: dict[str, str], figures: Figures, *, streams: int, seconds: float
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    figures: Figures,
+    *,
+    streams: int,
+    seconds: float,
+    spread: float,
 ) -> None:
     """``streams`` workers each streaming one chat completion after another for ``seconds``."""
     body = json.dumps(
         {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     ).encode()
-    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
-    headers = {**headers, "content-type": "application/json"}
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+    clients = [StreamClient(port, path, headers) for _ in range(streams)]
+    # Warm-up: open the connections, all at once (one by one, the first would sit idle past
+    # the servers' keep-alive timeout before the run starts).
+    await asyncio.gather(*(client.stream(body) for client in clients))
+    deadline = time.perf_counter() + seconds
 
-        async def one() -> tuple[float, int]:
-            started = time.perf_counter()
-            first = 0.0
-            chunks = 0
-            async with http.stream("POST", url, content=body, headers=headers) as response:
-                if response.status_code != 200:
-                    raise httpx.HTTPError(f"HTTP {response.status_code}")
-                async for data in response.aiter_bytes():
-                    if not first:
-                        first = time.perf_counter() - started
-                    chunks += data.count(b"data:")
-            return first, chunks
+    async def worker(client: StreamClient, offset: float) -> None:
+        await asyncio.sleep(offset)
+        while time.perf_counter() < deadline:
+            try:
+                first, chunks = await client.stream(body)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                figures.errors += 1
+                await client.close()
+                continue
+            figures.first_token.append(first)
+            figures.streams += 1
+            figures.chunks += chunks
 
-        for _ in range(streams):  # warm-up: open the connections
-            await one()
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                try:
-                    first, chunks = await one()
-                except httpx.HTTPError:
-                    figures.errors += 1
-                    continue
-                figures.first_token.append(first)
-                figures.streams += 1
-                figures.chunks += chunks
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(streams)))
-        figures.seconds += time.perf_counter() - began
+    began = time.perf_counter()
+    # Clients spread over one chunk interval, as independent callers are: started together,
+    # every stream's chunk would arrive in the same instant, 64 at a time.
+    await asyncio.gather(
+        *(worker(client, spread * index / streams) for index, client in enumerate(clients))
+    )
+    figures.seconds += time.perf_counter() - began
+    for client in clients:
+        await client.close()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -187,8 +233,6 @@ def cpu_seconds(pid: int) -> float:
 async def contest(
     api_port: int, upstream_port: int, api_pid: int, args: argparse.Namespace
 ) -> None:
-    direct_url = f"http://127.0.0.1:{upstream_port}/bench/v1/chat/completions"
-    gateway_url = f"http://127.0.0.1:{api_port}/v1/chat/completions"
     direct, gateway = Figures(), Figures()
     print(
         f"streaming chat completions, {args.streams} concurrent streams, {args.chunks} chunks "
@@ -196,14 +240,24 @@ async def contest(
     )
     gateway_cpu = 0.0
     for _ in range(args.rounds):
-        await drive(direct_url, {}, direct, streams=args.streams, seconds=args.seconds)
+        await drive(
+            upstream_port,
+            "/bench/v1/chat/completions",
+            {},
+            direct,
+            streams=args.streams,
+            seconds=args.seconds,
+            spread=args.delay,
+        )
         before = cpu_seconds(api_pid)
         await drive(
-            gateway_url,
-            {"Authorization": f"Bearer {API_KEY}"},
+            api_port,
+            "/v1/chat/completions",
+            {"authorization": f"Bearer {API_KEY}"},
             gateway,
             streams=args.streams,
             seconds=args.seconds,
+            spread=args.delay,
         )
         gateway_cpu += cpu_seconds(api_pid) - before
     print(direct.line("direct"))
