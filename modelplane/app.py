@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from joserfc.jwk import OctKey
@@ -66,7 +66,7 @@ from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary
-from modelplane.gateway_http import gateway_router, upstream_client
+from modelplane.gateway_http import gateway_router, upstream_session
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
@@ -126,7 +126,7 @@ class Resources:
     authenticator: Authenticator
     """Bearer JWTs and organisation API keys, for GraphQL and ``/v1`` alike."""
     gateway: Gateway
-    upstream: httpx.AsyncClient
+    upstream: aiohttp.ClientSession
     """The gateway's connection pool to upstreams (closed with the resources)."""
 
 
@@ -219,8 +219,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limits=settings.gateway_limits(),
             route_cache_seconds=settings.gateway_route_cache_seconds,
         )
-        upstream = upstream_client()
-        stack.push_async_callback(upstream.aclose)
+        upstream = upstream_session()
+        stack.push_async_callback(upstream.close)
         services = Services(
             database=database,
             runtime=runtime,
