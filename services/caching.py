@@ -5,8 +5,11 @@ resolution is a database (or Secret) read; with a cache the read happens once pe
 ``ttl`` — and, because concurrent misses of one key share a single load, an expiry under load
 costs one read, not one per request in flight at that moment.
 
+A value in the second half of its life is reloaded by the first caller to see it while the others
+keep using it, so busy keys are refreshed before they expire and nobody waits for them.
+
 Only successful loads are kept. A failed load's exception reaches every caller that was waiting
-for it, and the next call loads again.
+for it (a failed refresh drops the value), and the next call loads again.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ class ExpiringCache(Generic[K, V]):
         """The cached value, or ``await load()`` (shared with concurrent callers)."""
         while True:
             found = self._values.get(key)
-            if found is not None and found[0] > self._clock():
+            now = self._clock()
+            if found is not None and found[0] > now:
+                if found[0] - now < self._ttl / 2 and key not in self._pending:
+                    return await self._refresh(key, load)
                 return found[1]
             pending = self._pending.get(key)
             if pending is None:
@@ -54,6 +60,16 @@ class ExpiringCache(Generic[K, V]):
     def forget(self, key: K) -> None:
         """Drop a key (after a change known here, such as a revocation)."""
         self._values.pop(key, None)
+
+    async def _refresh(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """Reload a value in the second half of its life, in this caller only: the others keep
+        getting the current value meanwhile, so an expiry under load never makes every request
+        in flight wait for the same read."""
+        try:
+            return await self._load(key, load)
+        except Exception:
+            self.forget(key)  # what it says now (gone, refused) is what everyone must hear
+            raise
 
     async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()

@@ -89,3 +89,30 @@ async def test_waiters_load_themselves_when_the_loading_caller_is_cancelled() ->
     with pytest.raises(asyncio.CancelledError):
         await first
     assert await second == 3
+
+
+async def test_a_value_is_refreshed_by_one_caller_before_it_expires() -> None:
+    clock = Clock()
+    cache: ExpiringCache[str, int] = ExpiringCache(ttl=10, size=10, clock=clock)
+    release = asyncio.Event()
+    values = iter([1, 2])
+
+    async def load() -> int:
+        if value := next(values, None):
+            if value == 2:
+                await release.wait()
+            return value
+        raise LookupError("gone")
+
+    assert await cache.get("k", load) == 1
+    clock.now += 6  # second half of its life
+    refreshing = asyncio.create_task(cache.get("k", load))
+    await asyncio.sleep(0)
+    assert await cache.get("k", load) == 1  # the others are not held up meanwhile
+    release.set()
+    assert await refreshing == 2
+    clock.now += 6
+    with pytest.raises(LookupError):  # the refresh failed: the value is dropped for everyone
+        await cache.get("k", load)
+    with pytest.raises(LookupError):
+        await cache.get("k", load)
