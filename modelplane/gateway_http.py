@@ -27,6 +27,7 @@ token counts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -50,6 +51,7 @@ from services.gateway import (
     Endpoint,
     Gateway,
     GatewayError,
+    ModelNotFound,
     ModelNotRunning,
     Route,
     Unauthenticated,
@@ -62,6 +64,8 @@ from services.principals import Principal
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+CLIENT_CLOSED = 499
+"""Status recorded (nginx's convention) when the client left before the upstream answered."""
 MAX_PENDING_EVENT = 1024 * 1024
 """An "event" longer than this without a blank line is passed on as it is (not SSE, then)."""
 REDACTED = b"[REDACTED]"
@@ -134,17 +138,7 @@ def gateway_router(current: Callable[[], GatewayParts]) -> APIRouter:
             if m.name == name:
                 body = {"id": m.name, "object": "model", "created": m.created}
                 return _json(200, {**body, "owned_by": m.organization_id})
-        return _json(
-            404,
-            {
-                "error": {
-                    "message": f"The model `{name}` does not exist",
-                    "type": "invalid_request_error",
-                    "param": "model",
-                    "code": "model_not_found",
-                }
-            },
-        )
+        return _error_response(ModelNotFound(f"The model `{name}` does not exist", param="model"))
 
     router.add_route("/models", list_models, methods=["GET"], include_in_schema=False)
     router.add_route("/models/{model}", retrieve_model, methods=["GET"], include_in_schema=False)
@@ -165,11 +159,12 @@ def _forwarder(
         parts = current()
         call = _Call(parts.gateway, endpoint)
         try:
-            call.principal = await _principal(request, parts.authenticator)
+            principal = await _principal(request, parts.authenticator)
         except GatewayError as exc:
             return _error_response(exc)
+        call.principal = principal
         try:
-            return await _forward(request, parts, call)
+            return await _forward(request, parts, call, principal)
         except GatewayError as exc:
             call.finish(exc.status)
             return _error_response(exc)
@@ -265,28 +260,68 @@ async def _principal(request: Request, authenticator: Authenticator) -> Principa
         raise Unauthenticated(str(exc)) from None
 
 
-async def _forward(request: Request, parts: GatewayParts, call: _Call) -> Response:
+async def _forward(
+    request: Request, parts: GatewayParts, call: _Call, principal: Principal
+) -> Response:
     gateway = parts.gateway
     limit = gateway.limits.max_body_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"The request body is {declared} bytes; at most {limit} are accepted")
-    assert call.principal is not None  # noqa: S101  set by the caller before this runs
-    call.admission = gateway.admit(call.principal)
+    call.admission = gateway.admit(principal)
     body = await _read_body(request, limit)
     model, stream = _parse(body)
     try:
-        route = await gateway.route(call.principal, model)
+        route = await gateway.route(principal, model)
     except ModelNotRunning:
         call.model = model  # it exists in the caller's organisation: a bounded label
         raise
     call.model = route.model_name
-    upstream = await _send(parts.upstream, route, call, body)
+    answered = await _unless_disconnected(
+        request, _exchange(parts.upstream, route, call, body, stream=stream)
+    )
+    if answered is None:
+        call.finish(CLIENT_CLOSED)
+        return Response(status_code=CLIENT_CLOSED)
+    return answered
+
+
+async def _exchange(
+    session: aiohttp.ClientSession, route: Route, call: _Call, body: bytes, *, stream: bool
+) -> Response:
+    """Send to the upstream; a stream is handed on once its headers are in, anything else is
+    read whole first."""
+    upstream = await _send(session, route, call, body)
     media = upstream.headers.get("content-type", "")
     if stream and upstream.status == 200 and media.startswith("text/event-stream"):
         call.streaming = True
         return _RelayResponse(_Relay(upstream, route, call))
     return await _whole(upstream, route, call)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Response]) -> Response | None:
+    """``work``'s response, or None if the client went away first — then ``work`` is cancelled,
+    which closes the upstream connection, so the upstream stops working for nobody. (Once a
+    stream's body is flowing, Starlette watches the client and :class:`_RelayResponse` closes
+    the upstream.)"""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler itself is cancelled
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed its connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -349,20 +384,11 @@ async def _send(
 async def _whole(upstream: aiohttp.ClientResponse, route: Route, call: _Call) -> Response:
     """A response read whole: status and body passed through."""
     try:
-        content = await upstream.read()
-    except TimeoutError:
-        call.upstream_error("timeout")
-        raise UpstreamTimeout(
-            f"The upstream of `{route.model_name}` stopped sending its answer for "
-            f"{route.timeout_seconds:g} s"
-        ) from None
-    except aiohttp.ClientError as exc:
-        call.upstream_error("broken")
-        raise UpstreamUnavailable(
-            f"The upstream of `{route.model_name}` broke off its answer ({type(exc).__name__})"
-        ) from None
-    finally:
-        upstream.release()
+        content = await _read_whole(upstream, route, call)
+    except BaseException:
+        upstream.close()  # unfinished: the connection cannot be reused
+        raise
+    upstream.release()
     content = _scrub(content, route)
     status = upstream.status
     headers = {k: v for k in PASSED_HEADERS if (v := upstream.headers.get(k)) is not None}
@@ -381,6 +407,22 @@ async def _whole(upstream: aiohttp.ClientResponse, route: Route, call: _Call) ->
             headers["content-type"] = "application/json"
     call.finish(status)
     return Response(content, status_code=status, headers=headers)
+
+
+async def _read_whole(upstream: aiohttp.ClientResponse, route: Route, call: _Call) -> bytes:
+    try:
+        return await upstream.read()
+    except TimeoutError:
+        call.upstream_error("timeout")
+        raise UpstreamTimeout(
+            f"The upstream of `{route.model_name}` stopped sending its answer for "
+            f"{route.timeout_seconds:g} s"
+        ) from None
+    except aiohttp.ClientError as exc:
+        call.upstream_error("broken")
+        raise UpstreamUnavailable(
+            f"The upstream of `{route.model_name}` broke off its answer ({type(exc).__name__})"
+        ) from None
 
 
 class _Relay:

@@ -16,7 +16,8 @@ chunk every 20 ms until the client leaves); ``break`` (stream two chunks, then d
 connection); ``stall`` (stream one chunk, then nothing for ``slow_seconds``).
 
 Every request is logged (:attr:`FakeUpstream.seen`) with its Authorization header; a stream
-whose client went away before its end sets :attr:`FakeUpstream.closed`.
+whose client went away before its end, or a ``slow`` request whose client left while it
+waited, sets :attr:`FakeUpstream.closed`.
 
 ``python -m testbed.openai_upstream --port N --chunks 32 --delay 0.005`` serves the ``normal``
 behaviour for the benchmark (``bench/gateway.py``).
@@ -92,7 +93,12 @@ class FakeUpstream:
     async def _common(self, request: Request, behaviour: str) -> Response | None:
         """The behaviours every operation shares; None means answer normally."""
         if behaviour == "slow":
-            await asyncio.sleep(self.slow_seconds)
+            deadline = asyncio.get_running_loop().time() + self.slow_seconds
+            while asyncio.get_running_loop().time() < deadline:
+                if await request.is_disconnected():
+                    self.closed.set()
+                    return Response(status_code=499)
+                await asyncio.sleep(0.02)
         if behaviour == "fail":
             return JSONResponse(
                 {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}},

@@ -159,7 +159,7 @@ async def create_key(
 
 def client(app: RunningApp, key: str, **options: Any) -> AsyncOpenAI:
     return AsyncOpenAI(
-        base_url=f"{app.base_url}/v1", api_key=key, max_retries=0, timeout=15, **options
+        base_url=f"{app.base_url}/v1", api_key=key, **{"max_retries": 0, "timeout": 15, **options}
     )
 
 
@@ -456,6 +456,29 @@ async def test_client_disconnect_closes_the_upstream_request(
     text = await metrics_text(app)
     labels = {"organization": ORG_A, "model": "alpha", "endpoint": "chat/completions"}
     assert metric(text, "modelplane_gateway_requests_total", **labels, status="200") == 1
+
+
+async def test_a_client_giving_up_before_the_answer_cancels_the_upstream_request(
+    app: RunningApp, upstream: Upstream
+) -> None:
+    await serve(app, organization=ORG_A, name="alpha", endpoint=upstream.endpoint("a"))
+    key = (await create_key(app))["key"]
+    async with client(app, key, timeout=0.5) as caller:
+        with pytest.raises(openai.APITimeoutError):
+            await caller.chat.completions.create(
+                model="alpha", messages=[], extra_body={"behaviour": "slow"}
+            )
+    # The upstream would answer after 3 s; it sees its connection closed long before.
+    await asyncio.wait_for(upstream.fake.closed.wait(), timeout=2)
+    gateway = app.resources.gateway
+    for _ in range(100):
+        if gateway.requests_in_flight() == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert gateway.requests_in_flight() == 0
+    text = await metrics_text(app)
+    labels = {"organization": ORG_A, "model": "alpha", "endpoint": "chat/completions"}
+    assert metric(text, "modelplane_gateway_requests_total", **labels, status="499") == 1
 
 
 # -- tenancy and credentials ------------------------------------------------------------------
