@@ -16,10 +16,10 @@ Where a request goes:
 * anything else: the inference's ``endpoint`` (a Kubernetes Service or a local engine's port),
   with no credential.
 
-A route that resolved (RUNNING) is kept for ``route_cache_seconds`` (default 2 s): the two
-lookups cost FerretDB/MongoDB round trips on every request otherwise, which is most of what the
-gateway adds to the first token. The price is that a model stopped or moved is still routed to
-its old endpoint for up to that long (the client gets the upstream's answer, or a 502). Failed
+A route that resolved (RUNNING) is kept for ``route_cache_seconds`` (default 2 s, refreshed by
+one request in its second half, see :mod:`services.caching`), sparing every request two
+database round trips. The price is that a model stopped or moved is still routed to its old
+endpoint for up to that long (the client gets the upstream's answer, or a 502). Failed
 resolutions (404, 409) are never cached, so a model that just became RUNNING is reachable at once.
 
 Limits are in memory, per process: a sliding one-minute window of request times and a count of
