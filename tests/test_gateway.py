@@ -24,6 +24,7 @@ import uvicorn
 from openai import AsyncOpenAI
 
 from modelplane.embedded import free_port
+from modelplane.logs import redact
 from storage.client import Client
 from storage.documents import (
     AccessMode,
@@ -688,6 +689,8 @@ async def test_api_keys_are_listed_by_prefix_and_work_as_graphql_credentials(
     stored = await app.resources.database["api_keys"].find_one({"_id": created["apiKey"]["id"]})
     assert stored is not None
     assert key not in str(stored)
+
+    assert key not in redact(f"called with {key}")  # even a stray log line would not show it
 
     viewer = await run(app.graphql_url, "Viewer", token=key)
     assert viewer["viewer"]["role"] == "VIEWER"
