@@ -212,6 +212,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             recorder=recorder,
         )
         api_keys = ApiKeyService(ApiKeyRepository(database))
+        stack.push_async_callback(api_keys.close)
         gateway = Gateway(
             inferences=InferenceRepository(database),
             models=ModelRepository(database),
@@ -219,6 +220,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             limits=settings.gateway_limits(),
             route_cache_seconds=settings.gateway_route_cache_seconds,
         )
+        stack.push_async_callback(gateway.close)
         upstream = upstream_session()
         stack.push_async_callback(upstream.close)
         services = Services(

@@ -140,6 +140,10 @@ class ApiKeyService:
             return revoked
         raise Conflict(None, f"API key {key_id} is changing too fast; try again")
 
+    async def close(self) -> None:
+        """Stop the cache's background refreshes (at shutdown)."""
+        await self._cache.close()
+
     async def authenticate(self, key: str) -> Principal:
         """The principal a key stands for, or :class:`InvalidApiKey`."""
         if not looks_like_key(key) or len(key) > 128:

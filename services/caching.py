@@ -5,11 +5,13 @@ resolution is a database (or Secret) read; with a cache the read happens once pe
 ``ttl`` — and, because concurrent misses of one key share a single load, an expiry under load
 costs one read, not one per request in flight at that moment.
 
-A value in the second half of its life is reloaded by the first caller to see it while the others
-keep using it, so busy keys are refreshed before they expire and nobody waits for them.
+A value in the second half of its life is reloaded in the background when a caller sees it
+(that caller, and all others, still get the current value), so busy keys are refreshed before
+they expire and no request waits for them. :meth:`ExpiringCache.close` cancels refreshes still
+running.
 
 Only successful loads are kept. A failed load's exception reaches every caller that was waiting
-for it (a failed refresh drops the value), and the next call loads again.
+for it; a failed refresh drops the value, so the next caller loads again and hears the failure.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ExpiringCache(Generic[K, V]):
         self._clock = clock
         self._values: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._pending: dict[K, asyncio.Future[V]] = {}
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         """The cached value, or ``await load()`` (shared with concurrent callers)."""
@@ -47,11 +50,11 @@ class ExpiringCache(Generic[K, V]):
             now = self._clock()
             if found is not None and found[0] > now:
                 if found[0] - now < self._ttl / 2 and key not in self._pending:
-                    return await self._refresh(key, load)
+                    self._start_refresh(key, load)
                 return found[1]
             pending = self._pending.get(key)
             if pending is None:
-                return await self._load(key, load)
+                return await self._load(key, load, self._begin(key))
             try:
                 return await asyncio.shield(pending)
             except _LoaderCancelled:
@@ -61,19 +64,39 @@ class ExpiringCache(Generic[K, V]):
         """Drop a key (after a change known here, such as a revocation)."""
         self._values.pop(key, None)
 
-    async def _refresh(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        """Reload a value in the second half of its life, in this caller only: the others keep
-        getting the current value meanwhile, so an expiry under load never makes every request
-        in flight wait for the same read."""
-        try:
-            return await self._load(key, load)
-        except Exception:
-            self.forget(key)  # what it says now (gone, refused) is what everyone must hear
-            raise
+    async def close(self) -> None:
+        """Cancel the background refreshes still running."""
+        for task in list(self._refreshes):
+            task.cancel()
+        await asyncio.gather(*self._refreshes, return_exceptions=True)
 
-    async def _load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+    def _start_refresh(self, key: K, load: Callable[[], Awaitable[V]]) -> None:
+        future = self._begin(key)  # registered now: later callers do not start another
+
+        async def refresh() -> None:
+            try:
+                await self._load(key, load, future)
+            except Exception:  # noqa: BLE001  the next caller loads again and gets the error
+                self.forget(key)
+
+        def settle(task: asyncio.Task[None]) -> None:
+            self._refreshes.discard(task)
+            if not future.done():  # cancelled before it ran: let waiters load themselves
+                future.set_exception(_LoaderCancelled())
+                future.exception()
+                if self._pending.get(key) is future:
+                    del self._pending[key]
+
+        task = asyncio.create_task(refresh(), name="cache-refresh")
+        self._refreshes.add(task)
+        task.add_done_callback(settle)
+
+    def _begin(self, key: K) -> asyncio.Future[V]:
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
+        return future
+
+    async def _load(self, key: K, load: Callable[[], Awaitable[V]], future: asyncio.Future[V]) -> V:
         try:
             value = await load()
         except asyncio.CancelledError:

@@ -406,6 +406,10 @@ class UpstreamKeys:
 
         return await self._cache.get((model.id, ref), read)
 
+    async def close(self) -> None:
+        """Stop background refreshes."""
+        await self._cache.close()
+
 
 class Gateway:
     """Routing and admission for ``/v1``; one per process, built in the app's lifespan."""
@@ -450,6 +454,11 @@ class Gateway:
             )
         self._in_flight.acquire(identity)
         return Admission(self._in_flight, identity)
+
+    async def close(self) -> None:
+        """Stop the caches' background refreshes (at shutdown)."""
+        await self._routes.close()
+        await self._keys.close()
 
     def requests_in_flight(self) -> int:
         """Gateway requests (streams included) not finished yet, in this process."""
