@@ -79,7 +79,7 @@ pytest: setup testbed dashboard browser
 test: setup testbed dashboard browser lint typecheck imports schema-check pytest
 
 bench: setup testbed
-	@for script in bench/api.py bench/download.py bench/fanout.py; do echo "== $$script"; $(RUN) python "$$script" || exit 1; done
+	@for script in bench/api.py bench/download.py bench/fanout.py bench/gateway.py; do echo "== $$script"; $(RUN) python "$$script" || exit 1; done
 
 clean:
 	rm -rf .state .mypy_cache .ruff_cache .pytest_cache tests/artifacts modelplane/static dashboard/node_modules

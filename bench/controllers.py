@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -178,8 +179,13 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         service = resources.services.inference
         rss_before = rss_mib()
         started = time.monotonic()
-        for model_id in model_ids:
-            await service.start(principal, model_id, InferenceRequest())
+        gate = asyncio.Semaphore(args.concurrency)
+
+        async def start_one(model_id: str) -> None:
+            async with gate:
+                await service.start(principal, model_id, InferenceRequest())
+
+        await asyncio.gather(*(start_one(model_id) for model_id in model_ids))
         accepted = time.monotonic() - started
         print(f"{args.count} startInference calls accepted in {accepted:.1f} s", flush=True)
         inferences = database["inferences"]
@@ -226,7 +232,13 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    del signum, frame
+    raise SystemExit(143)  # unwinds the context managers: the test servers are stopped
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=100)
@@ -234,4 +246,5 @@ if __name__ == "__main__":
     parser.add_argument("--steady", type=float, default=60.0)
     parser.add_argument("--settle", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--concurrency", type=int, default=16, help="startInference in flight")
     asyncio.run(main(parser.parse_args()))

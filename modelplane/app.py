@@ -4,8 +4,9 @@
 client, the token verifier) and raises :class:`StartupError` with one readable line naming the
 setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
 GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz``, ``/metrics``
-and the operator dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons:
-everything hangs off the app built here.
+the OpenAI-compatible gateway at ``/v1`` (:mod:`modelplane.gateway_http`) and the operator
+dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons: everything hangs
+off the app built here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from joserfc.jwk import OctKey
@@ -36,8 +38,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -70,7 +73,7 @@ from controllers.secrets import (
 from controllers.weights import DownloadController, WeightsRuntimeConfig
 from integrations.huggingface import HubClient
 from modelplane import logs
-from modelplane.auth import AuthError, TokenVerifier, load_dev_key
+from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
 from modelplane.embedded import (
     EmbeddedError,
@@ -78,12 +81,15 @@ from modelplane.embedded import (
     default_ferretdb_binary,
     free_port,
 )
+from modelplane.gateway_http import gateway_router, upstream_session
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
+from services.api_keys import ApiKeyService
 from services.broadcasting import Broker
 from services.cluster import ClusterService
+from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
@@ -92,6 +98,7 @@ from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
 from storage.repositories import (
+    ApiKeyRepository,
     InferenceRepository,
     LeaseRepository,
     LedgerRepository,
@@ -133,6 +140,11 @@ class Resources:
     dev_key: OctKey | None
     services: Services
     downloads: DownloadController | None
+    authenticator: Authenticator
+    """Bearer JWTs and organisation API keys, for GraphQL and ``/v1`` alike."""
+    gateway: Gateway
+    upstream: aiohttp.ClientSession
+    """The gateway's connection pool to upstreams (closed with the resources)."""
     inference_controller: InferenceController | None = None
 
 
@@ -241,6 +253,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
         )
+        api_keys, gateway, upstream = _open_gateway(stack, settings, database, secrets=secrets)
         services = Services(
             database=database,
             runtime=runtime,
@@ -250,6 +263,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             cluster=cluster,
             inference=inference,
             broker=broker,
+            api_keys=api_keys,
             version=modelplane_version(),
             started_at=utcnow(),
             local_roots=tuple(settings.local_roots),
@@ -265,7 +279,29 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             services=services,
             downloads=controller,
             inference_controller=inference_controller,
+            authenticator=Authenticator(verifier, api_keys),
+            gateway=gateway,
+            upstream=upstream,
         )
+
+
+def _open_gateway(
+    stack: AsyncExitStack, settings: Settings, database: Database, *, secrets: SecretStore
+) -> tuple[ApiKeyService, Gateway, aiohttp.ClientSession]:
+    """API keys, the ``/v1`` gateway and its upstream connection pool (closed with the stack)."""
+    api_keys = ApiKeyService(ApiKeyRepository(database))
+    stack.push_async_callback(api_keys.close)
+    gateway = Gateway(
+        inferences=InferenceRepository(database),
+        models=ModelRepository(database),
+        secrets=secrets,
+        limits=settings.gateway_limits(),
+        route_cache_seconds=settings.gateway_route_cache_seconds,
+    )
+    stack.push_async_callback(gateway.close)
+    upstream = upstream_session()
+    stack.push_async_callback(upstream.close)
+    return api_keys, gateway, upstream
 
 
 async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
@@ -530,7 +566,7 @@ class _Router(GraphQLRouter[Context, None]):
     encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
     each ``next`` message is the subscriber's id spliced around the shared payload's JSON."""
 
-    verifier_getter: Callable[[], TokenVerifier]
+    verifier_getter: Callable[[], Authenticator]
     _encoded: dict[int, tuple[object, str]]
 
     def encode_json(self, data: object) -> str | bytes:
@@ -588,9 +624,10 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
         docs_url=None,
         redoc_url=None,
     )
-    _install_observability(app, _Metrics())
+    _install_observability(app, _Metrics(), current)
     _install_health(app, current)
     app.include_router(_graphql_router(current), prefix="/graphql")
+    app.include_router(gateway_router(current), prefix="/v1")
     install_dashboard(app, settings.dashboard_dir)
     return app
 
@@ -602,7 +639,7 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         header = connection.headers.get("authorization")
         if header and connection.scope["type"] == "http":
             try:
-                principal = await res.verifier.verify(header)
+                principal = await res.authenticator.verify(header)
             except AuthError as exc:
                 log.info("rejected bearer token: %s", exc)
         return Context(
@@ -618,35 +655,65 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         connection_init_wait_timeout=timedelta(seconds=10),
     )
-    router.verifier_getter = lambda: current().verifier
+    router.verifier_getter = lambda: current().authenticator
     return router
 
 
-def _install_observability(app: FastAPI, metrics: _Metrics) -> None:
-    @app.middleware("http")
-    async def request_ids(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get("x-request-id", "")
+class _Observability:
+    """Pure ASGI middleware: a request id per request (the caller's ``X-Request-Id`` when it is
+    a short alphanumeric string), in the log context for the whole exchange and echoed in the
+    response; request count and time to response headers per route.
+
+    Not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware moves every chunk of a
+    streamed body through a memory stream between two tasks, which the gateway's streams
+    would pay for per token.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
         rid = incoming if incoming.isalnum() and len(incoming) <= 64 else uuid.uuid4().hex
-        token = logs.request_id.set(rid)
         started = time.perf_counter()
+        metrics = self._metrics
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                method = scope["method"]
+                metrics.requests.labels(method, path, str(message["status"])).inc()
+                metrics.latency.labels(method, path).observe(time.perf_counter() - started)
+                MutableHeaders(scope=message).append("x-request-id", rid)
+            await send(message)
+
+        token = logs.request_id.set(rid)
         try:
-            response = await call_next(request)
+            await self._app(scope, receive, send_with_id)
         finally:
             logs.request_id.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        response.headers["x-request-id"] = rid
-        return response
+
+
+def _install_observability(
+    app: FastAPI, metrics: _Metrics, current: Callable[[], Resources]
+) -> None:
+    app.add_middleware(_Observability, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(
-            generate_latest(metrics.registry).decode(), media_type=CONTENT_TYPE_LATEST
+        text = generate_latest(metrics.registry) + generate_latest(
+            current().gateway.metrics.registry
         )
+        return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:

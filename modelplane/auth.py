@@ -32,6 +32,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OctKey
 from joserfc.jwt import ClaimsOption
 
+from services.api_keys import ApiKeyService, InvalidApiKey, looks_like_key
 from services.principals import Principal
 from storage.documents import Role
 
@@ -189,6 +190,28 @@ class TokenVerifier:
         finally:
             if self._http is None:
                 await client.aclose()
+
+
+class Authenticator:
+    """Either credential a caller may present as ``Authorization: Bearer``: a JWT (checked by
+    :class:`TokenVerifier`) or an organisation API key (``mp_...``, checked by
+    :class:`ApiKeyService`). Used by GraphQL (HTTP and ``connection_init``) and ``/v1``."""
+
+    def __init__(self, tokens: TokenVerifier, keys: ApiKeyService) -> None:
+        self._tokens = tokens
+        self._keys = keys
+
+    async def verify(self, credential: str) -> Principal:
+        """The caller, or :class:`AuthError` with a message safe to return."""
+        value = credential.strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if looks_like_key(value):
+            try:
+                return await self._keys.authenticate(value)
+            except InvalidApiKey as exc:
+                raise AuthError(str(exc)) from None
+        return await self._tokens.verify(value)
 
 
 def _peek_issuer(token: str) -> str | None:

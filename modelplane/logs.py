@@ -2,9 +2,9 @@
 
 Ids travel in context variables, so any log call made while serving a request (or running a
 reconcile) carries them without threading them through every signature. A redaction filter
-scrubs anything shaped like a bearer token, a Hugging Face token or an AWS secret from the
-message and its arguments before a handler sees it: secrets must never reach a log line
-(ARCHITECTURE.md decision 6), even by accident.
+scrubs anything shaped like a bearer token, a Hugging Face token, a modelplane API key or an
+AWS secret from the message and its arguments before a handler sees it: secrets must never
+reach a log line (ARCHITECTURE.md decision 6), even by accident.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bhf_[A-Za-z0-9]{8,}"),
+    re.compile(r"\bmp_[A-Za-z0-9_-]{16,}"),  # modelplane API keys (services/api_keys.py)
     re.compile(
         r"(?i)([\w-]*(?:secret|token|password|passwd|api[_-]?key)[\w-]*[\"']?\s*[:=]\s*[\"']?)"
         r"[^\s\"',}]+"

@@ -21,6 +21,7 @@ from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from controllers.downloading import DownloadOptions
+from services.gateway import GatewayLimits
 
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -131,6 +132,22 @@ class Settings(BaseSettings):
     """Longest backoff between restarts of a local engine process."""
     pvc_mount_path: Path = Path("/weights")
     """Where download pods mount a PVC target (and where ``modelplane download`` finds it)."""
+    gateway_rpm: int = Field(default=600, ge=0)
+    """Requests per minute one credential (API key or token subject) may send to ``/v1``;
+    0 for no limit. Counted per process."""
+    gateway_concurrency: int = Field(default=32, ge=0)
+    """Requests one credential may have in flight on ``/v1`` (streams count until they end);
+    0 for no limit. Counted per process."""
+    gateway_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body ``/v1`` accepts (413 beyond it)."""
+    gateway_upstream_timeout_seconds: float = Field(default=300.0, gt=0)
+    """How long ``/v1`` waits for an upstream's response headers, then between two chunks of
+    its body (504 before the headers; an error event mid-stream). An inference's
+    ``upstream_timeout_seconds`` (startInference input ``upstreamTimeoutSeconds``) overrides it."""
+    gateway_route_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long ``/v1`` keeps a resolved route (model name to endpoint and key) before
+    reading the inference again; 0 reads it per request. A stopped model stays routed to its
+    old endpoint for up to this long."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
@@ -149,6 +166,15 @@ class Settings(BaseSettings):
             ("MODELPLANE_DOWNLOAD_CHUNK_MIB", str(self.download_chunk_mib)),
             ("MODELPLANE_DOWNLOAD_STALL_SECONDS", f"{self.download_stall_seconds:g}"),
             ("MODELPLANE_DOWNLOAD_MAX_RETRIES", str(self.download_max_retries)),
+        )
+
+    def gateway_limits(self) -> GatewayLimits:
+        """The gateway's limits from the settings."""
+        return GatewayLimits(
+            requests_per_minute=self.gateway_rpm,
+            concurrency=self.gateway_concurrency,
+            max_body_bytes=self.gateway_max_body_bytes,
+            upstream_timeout_seconds=self.gateway_upstream_timeout_seconds,
         )
 
     def download_options(self) -> DownloadOptions:

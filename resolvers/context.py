@@ -13,6 +13,7 @@ from controllers.runtimes import Runtime
 from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
+from services.api_keys import ApiKeyService
 from services.broadcasting import Broker
 from services.cluster import ClusterService
 from services.inference import InferenceService
@@ -35,6 +36,7 @@ class Services:
     cluster: ClusterService
     inference: InferenceService
     broker: Broker
+    api_keys: ApiKeyService
     version: str
     started_at: datetime
     local_roots: tuple[Path, ...] = ()

@@ -14,12 +14,14 @@ from typing import Annotated
 import strawberry
 
 from controllers.runtimes import RuntimeUnavailable
+from resolvers import api_keys as api_key_resolvers
 from resolvers import cluster as cluster_resolvers
 from resolvers import events as event_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
+from schema.api_keys import ApiKeyPage, CreateApiKeyResult, RevokeApiKeyResult
 from schema.cluster import ClusterStatus, GpuFitResult
 from schema.enums import RoleEnum
 from schema.events import Event
@@ -163,6 +165,10 @@ class Query:
     )
     cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
     gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
+    api_keys: ApiKeyPage = strawberry.field(
+        resolver=api_key_resolvers.resolve_api_keys,
+        description="Your organisation's API keys, newest first (prefixes only; admin role).",
+    )
 
 
 @strawberry.type(description="Change the catalogue, the weights, the inference services.")
@@ -223,6 +229,17 @@ class Mutation:
             "only those kinds, our namespace, nothing privileged, hostPath only under the "
             "allowed roots."
         ),
+    )
+    create_api_key: CreateApiKeyResult = strawberry.field(
+        resolver=api_key_resolvers.create_api_key,
+        description=(
+            "Create an organisation API key for `/v1` and this API (admin role; the key's role "
+            "at most yours). The key is in the result once and is never shown again."
+        ),
+    )
+    revoke_api_key: RevokeApiKeyResult = strawberry.field(
+        resolver=api_key_resolvers.revoke_api_key,
+        description="Revoke an API key at once (admin role). Revoking twice is not an error.",
     )
 
 

@@ -50,8 +50,11 @@ class NotAuthenticated(ExpectedError):
 
 def _should_mask(error: GraphQLError) -> bool:
     original = error.original_error
-    if original is None:
-        return False  # validation and syntax errors are about the query itself
+    if original is None or error.path is None:
+        # Syntax, validation and variable errors (an unknown enum value, say) are about the
+        # request itself and carry no path; only errors raised while resolving a field can
+        # hide a server fault.
+        return False
     return not isinstance(original, ExpectedError)
 
 

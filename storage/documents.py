@@ -396,7 +396,8 @@ class InferenceSpec(BaseModel):
     ollama_model: str | None = None
     """What Ollama pulls; None: ``hf.co/<repo>`` of the model."""
     upstream_timeout_seconds: float | None = None
-    """The gateway's upstream timeout for this inference; None: the server default."""
+    """How long the ``/v1`` gateway waits for this inference's response headers, and then
+    between two chunks of its body; None means ``MODELPLANE_GATEWAY_UPSTREAM_TIMEOUT_SECONDS``."""
     env: list[EnvVarSpec] = Field(default_factory=list)
     autoscaling: AutoscalingSpec | None = None
     litellm: LiteLLMSpec | None = None
@@ -447,3 +448,21 @@ class InferenceDocument(Document):
     observed_generation: int = 0
     created_by: str | None = None
     is_deleted: bool = False
+
+
+class ApiKeyDocument(Document):
+    """An organisation API key: only its SHA-256 is stored, the key itself is shown once.
+
+    Keys are 32 random bytes, so a fast hash is enough (nothing to brute-force); ``prefix`` is
+    the key's first characters, kept so people can tell their keys apart in a listing.
+    """
+
+    organization_id: str
+    name: str
+    role: Role
+    prefix: str
+    key_hash: str
+    """Hex SHA-256 of the whole key (unique)."""
+    created_by: str | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None

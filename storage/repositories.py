@@ -23,6 +23,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from storage.client import Database
 from storage.documents import (
     AccessMode,
+    ApiKeyDocument,
     Document,
     EncryptedSecretDocument,
     InferenceDocument,
@@ -476,6 +477,34 @@ class InferenceRepository(Repository[InferenceDocument]):
         return [str(raw["_id"]) async for raw in cursor]
 
 
+class ApiKeyRepository(Repository[ApiKeyDocument]):
+    """Organisation API keys, found by the hash of the key a request presents."""
+
+    collection_name = "api_keys"
+    document_type = ApiKeyDocument
+    indexes = (
+        IndexModel([("key_hash", ASCENDING)], unique=True, name="key_hash_unique"),
+        IndexModel(
+            [("organization_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+            name="org_newest",
+        ),
+    )
+    unique_fields = ("key_hash",)
+
+    async def by_hash(self, key_hash: str) -> ApiKeyDocument | None:
+        """The key with that hash, revoked or not (the caller decides)."""
+        return await self.find_one(where={"key_hash": key_hash})
+
+    async def list_page(
+        self, *, organization_id: str, include_revoked: bool, limit: int, offset: int
+    ) -> Page[ApiKeyDocument]:
+        """The organisation's keys, newest first, with the total."""
+        query: dict[str, Any] = {"organization_id": organization_id}
+        if not include_revoked:
+            query["revoked_at"] = None
+        return await self.find(where=query, limit=limit, offset=offset, sort=LIST_SORT)
+
+
 def all_repositories(database: Database) -> list[Repository[Any]]:
     """Every repository, for index creation at start-up."""
     return [
@@ -486,6 +515,7 @@ def all_repositories(database: Database) -> list[Repository[Any]]:
         WeightsRepository(database),
         LedgerRepository(database),
         InferenceRepository(database),
+        ApiKeyRepository(database),
     ]
 
 

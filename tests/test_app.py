@@ -155,10 +155,14 @@ async def test_unexpected_errors_are_masked_and_expected_ones_are_not() -> None:
     def guarded() -> int:
         raise NotAuthenticated("authentication required")
 
+    def echo(n: int) -> int:
+        return n
+
     @strawberry.type(description="test root")
     class Query:
         broken_field: int = strawberry.field(resolver=broken, name="broken")
         guarded_field: int = strawberry.field(resolver=guarded, name="guarded")
+        echo_field: int = strawberry.field(resolver=echo, name="echo")
 
     schema = build_schema(query=Query)
     masked = await schema.execute("{ broken }")
@@ -167,3 +171,7 @@ async def test_unexpected_errors_are_masked_and_expected_ones_are_not() -> None:
     passed = await schema.execute("{ guarded }")
     assert passed.errors is not None
     assert passed.errors[0].message == "authentication required"
+    # A variable of the wrong type is the caller's mistake: said as it is, not masked.
+    refused = await schema.execute("query ($n: Int!) { echo(n: $n) }", variable_values={"n": "x"})
+    assert refused.errors is not None
+    assert "Int cannot represent" in refused.errors[0].message

@@ -1,0 +1,87 @@
+"""Resolvers of organisation API keys: call ApiKeyService, map outcomes to union members."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from resolvers.context import Info
+from resolvers.errors import forbidden
+from schema.api_keys import (
+    ApiKey,
+    ApiKeyPage,
+    CreateApiKeyResult,
+    CreatedApiKey,
+    RevokeApiKeyResult,
+)
+from schema.building import ExpectedError
+from schema.enums import RoleEnum
+from schema.errors import ConflictError, NotFoundError, ValidationError
+from services.errors import Conflict, InvalidInput, Missing
+from services.principals import Forbidden
+from storage.documents import Role
+
+
+async def resolve_api_keys(
+    info: Info,
+    limit: Annotated[int, strawberry.argument(description="Page size, 0 to 100.")] = 20,
+    offset: Annotated[int, strawberry.argument(description="Matches to skip.")] = 0,
+    include_revoked: Annotated[
+        bool, strawberry.argument(description="Also list revoked keys.")
+    ] = False,
+) -> ApiKeyPage:
+    """A page of the organisation's API keys (admin only)."""
+    principal = info.context.require_principal()
+    try:
+        page = await info.context.services.api_keys.page(
+            principal, include_revoked=include_revoked, limit=limit, offset=offset
+        )
+    except Forbidden as exc:
+        raise ExpectedError(str(exc), code="FORBIDDEN") from None
+    except InvalidInput as exc:
+        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
+    return ApiKeyPage(
+        total=page.total,
+        items=[ApiKey.from_document(doc) for doc in page.items],
+        limit=limit,
+        offset=offset,
+    )
+
+
+async def create_api_key(
+    info: Info,
+    name: Annotated[str, strawberry.argument(description="What the key is for (1-100 chars).")],
+    role: Annotated[
+        RoleEnum,
+        strawberry.argument(description="The key's role; at most the caller's own."),
+    ],
+) -> CreateApiKeyResult:
+    """Create a key; the key itself is in the result and nowhere else, ever."""
+    principal = info.context.require_principal()
+    try:
+        created = await info.context.services.api_keys.create(
+            principal, name=name, role=Role[role.name]
+        )
+    except InvalidInput as exc:
+        return ValidationError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return forbidden(exc)
+    return CreatedApiKey(api_key=ApiKey.from_document(created.document), key=created.key)
+
+
+async def revoke_api_key(
+    info: Info,
+    id: Annotated[strawberry.ID, strawberry.argument(description="Key id.")],
+) -> RevokeApiKeyResult:
+    """Revoke a key: requests made with it are refused from now on."""
+    principal = info.context.require_principal()
+    try:
+        revoked = await info.context.services.api_keys.revoke(principal, str(id))
+    except Missing as exc:
+        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    except Conflict as exc:
+        return ConflictError(message=exc.message, field=exc.field)
+    except Forbidden as exc:
+        return forbidden(exc)
+    return ApiKey.from_document(revoked)

@@ -1,0 +1,163 @@
+"""Organisation API keys: created by admins, shown once, stored as a hash, revocable.
+
+A key is ``mp_`` followed by 43 URL-safe characters (32 random bytes). Only its SHA-256 is
+stored; a salted slow hash would buy nothing against 256 bits of entropy and would cost every
+gateway request a KDF. The first :data:`PREFIX_LENGTH` characters are kept in clear so a listing
+can tell keys apart without revealing them.
+
+A key authenticates as a :class:`Principal` of its organisation with the role it was created
+with (subject ``apikey:<id>``), on ``/v1`` and on GraphQL alike. Verified keys are cached in
+this process for :data:`CACHE_SECONDS` (bounded), so a busy client costs one database read per
+key per few seconds; revoking through this process drops the entry at once, other replicas
+stop accepting the key within the cache lifetime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from services import validation as v
+from services.caching import ExpiringCache
+from services.errors import Conflict, InvalidInput, Missing
+from services.principals import Forbidden, Principal
+from storage.documents import ApiKeyDocument, Role, new_id, utcnow
+from storage.errors import NotFound, RevisionConflict
+from storage.repositories import ApiKeyRepository, Page
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "mp_"
+PREFIX_LENGTH = 11  # "mp_" and 8 random characters: enough to tell keys apart, useless to guess
+MAX_NAME = 100
+MAX_PAGE = 100
+CACHE_SECONDS = 10.0
+CACHE_ENTRIES = 4096
+SUBJECT_PREFIX = "apikey:"
+
+
+class InvalidApiKey(Exception):
+    """The presented key is unknown, revoked or malformed; the message is safe to return."""
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def looks_like_key(credential: str) -> bool:
+    """True when a bearer credential is one of our API keys rather than a JWT."""
+    return credential.startswith(KEY_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A new key: the stored document and the key itself, which is never available again."""
+
+    document: ApiKeyDocument
+    key: str
+
+
+class ApiKeyService:
+    """Create, list, revoke and verify organisation API keys."""
+
+    def __init__(self, keys: ApiKeyRepository, *, cache_seconds: float = CACHE_SECONDS) -> None:
+        self._keys = keys
+        self._cache: ExpiringCache[str, Principal] = ExpiringCache(
+            ttl=cache_seconds, size=CACHE_ENTRIES
+        )
+
+    async def create(self, principal: Principal, *, name: str, role: Role) -> CreatedKey:
+        """A new key of ``role`` (at most the caller's own) named ``name``."""
+        principal.require(Role.ADMIN)
+        if not principal.role.allows(role):
+            raise Forbidden(
+                f"a key cannot have a higher role ({role.value}) than its creator's "
+                f"({principal.role.value})",
+                required=role,
+            )
+        clean = v.require_text("name", name, limit=MAX_NAME)
+        if any(not ch.isprintable() for ch in clean):
+            raise InvalidInput("name", "name must not contain control characters")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        document = ApiKeyDocument(
+            id=new_id("key", 8),
+            organization_id=principal.organization_id,
+            name=clean,
+            role=role,
+            prefix=key[:PREFIX_LENGTH],
+            key_hash=hash_key(key),
+            created_by=principal.subject,
+        )
+        await self._keys.insert(document)
+        log.info(
+            "API key created",
+            extra={"key_id": document.id, "role": role.value, "by": principal.subject},
+        )
+        return CreatedKey(document=document, key=key)
+
+    async def page(
+        self, principal: Principal, *, include_revoked: bool, limit: int, offset: int
+    ) -> Page[ApiKeyDocument]:
+        """The organisation's keys, newest first (admins only: keys are credentials)."""
+        principal.require(Role.ADMIN)
+        if not 0 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"limit must be between 0 and {MAX_PAGE}")
+        if offset < 0:
+            raise InvalidInput("offset", "offset must not be negative")
+        return await self._keys.list_page(
+            organization_id=principal.organization_id,
+            include_revoked=include_revoked,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def revoke(self, principal: Principal, key_id: str) -> ApiKeyDocument:
+        """Revoke a key of the caller's organisation; revoking twice changes nothing."""
+        principal.require(Role.ADMIN)
+        for _ in range(3):
+            found = await self._keys.get(key_id, scope=principal.scope)
+            if found is None:
+                raise Missing(key_id, f"API key {key_id} not found")
+            self._cache.forget(found.key_hash)
+            if found.revoked_at is not None:
+                return found
+            try:
+                revoked = await self._keys.update(
+                    key_id,
+                    expected_revision=found.revision,
+                    changes={"revoked_at": utcnow(), "revoked_by": principal.subject},
+                    scope=principal.scope,
+                )
+            except RevisionConflict:
+                continue
+            except NotFound:
+                raise Missing(key_id, f"API key {key_id} not found") from None
+            self._cache.forget(found.key_hash)  # again: an authentication may have raced us
+            log.info("API key revoked", extra={"key_id": key_id, "by": principal.subject})
+            return revoked
+        raise Conflict(None, f"API key {key_id} is changing too fast; try again")
+
+    async def close(self) -> None:
+        """Stop the cache's background refreshes (at shutdown)."""
+        await self._cache.close()
+
+    async def authenticate(self, key: str) -> Principal:
+        """The principal a key stands for, or :class:`InvalidApiKey`."""
+        if not looks_like_key(key) or len(key) > 128:
+            raise InvalidApiKey("invalid API key")
+        digest = hash_key(key)
+
+        async def load() -> Principal:
+            document = await self._keys.by_hash(digest)
+            if document is None or document.revoked_at is not None:
+                raise InvalidApiKey("invalid or revoked API key")
+            return Principal(
+                subject=f"{SUBJECT_PREFIX}{document.id}",
+                organization_id=document.organization_id,
+                role=document.role,
+            )
+
+        return await self._cache.get(digest, load)
