@@ -577,7 +577,8 @@ class InferenceController:
         self._pvc_mount_path = pvc_mount_path
         self._record = recorder or Recorder(None)
         self._resync_seconds = resync_seconds
-        self._queue = WorkQueue(self.reconcile, name="inference")
+        # Reconciles wait on MongoDB and the API server, not the CPU: several run at once.
+        self._queue = WorkQueue(self.reconcile, name="inference", workers=8)
         self._resync: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._leadership = Leadership(
