@@ -215,6 +215,16 @@ class FakeUpstream:
 
     async def _models(self, request: Request) -> Response:
         tenant = request.path_params["tenant"]
+        if self.record:
+            self.seen.append(
+                Seen(
+                    tenant=tenant,
+                    path=request.url.path,
+                    authorization=request.headers.get("authorization"),
+                    body={},
+                    headers=dict(request.headers),
+                )
+            )
         return JSONResponse(
             {"object": "list", "data": [{"id": tenant, "object": "model", "owned_by": tenant}]}
         )
