@@ -292,6 +292,8 @@ def _vllm(
         ]
         if spec.gpu > 1:
             args += ["--tensor-parallel-size", str(spec.gpu)]
+        if spec.context_length:
+            args += ["--max-model-len", str(spec.context_length)]
     return EnginePlan(
         engine=InferenceEngine.VLLM,
         image=spec.image or images.vllm,

@@ -93,6 +93,7 @@ def request_from_input(data: InferenceInput | None) -> InferenceRequest:
         ),
         ollama_model=data.ollama_model,
         upstream_timeout_seconds=data.upstream_timeout_seconds,
+        context_length=data.context_length,
     )
 
 

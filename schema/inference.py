@@ -339,6 +339,13 @@ class InferenceInput:
     ollama_model: str | None = strawberry.field(
         default=None, description="OLLAMA: what to pull (default `hf.co/<repo>`)."
     )
+    context_length: int | None = strawberry.field(
+        default=None,
+        description=(
+            "VLLM: `--max-model-len`, the longest context served (default: the model's whole "
+            "context); the dry run's GPU fit sizes the KV cache for it."
+        ),
+    )
     upstream_timeout_seconds: float | None = strawberry.field(
         default=None,
         description="The gateway's upstream timeout for this model (default server's).",

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_REPLICAS = 64
 MAX_PAGE = 100
 MAX_LOG_LINES = 5000
+MAX_CONTEXT = 10_000_000
 MAX_MANIFEST_BYTES = 256 * 1024
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Equal", "Exists")
@@ -90,6 +91,7 @@ class InferenceRequest:
     litellm: LiteLLMSpec | None = None
     ollama_model: str | None = None
     upstream_timeout_seconds: float | None = None
+    context_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +284,11 @@ class InferenceService:
             fit = None
             if self._cluster is not None and spec.engine is not None:
                 fit = await self._cluster.fit_for_model(
-                    principal, model, engine=spec.engine, gpu_type=spec.gpu_type
+                    principal,
+                    model,
+                    engine=spec.engine,
+                    gpu_type=spec.gpu_type,
+                    context_length=spec.context_length,
                 )
             return StartOutcome(
                 fit=fit,
@@ -489,6 +495,7 @@ class InferenceService:
             litellm=request.litellm,
             ollama_model=request.ollama_model,
             upstream_timeout_seconds=request.upstream_timeout_seconds,
+            context_length=request.context_length,
         )
 
 
@@ -509,6 +516,10 @@ def _check_scalars(request: InferenceRequest) -> None:
         )
     if request.health_path is not None and not request.health_path.startswith("/"):
         raise InvalidInput("input.healthPath", "healthPath must start with /")
+    if request.context_length is not None and not 1 <= request.context_length <= MAX_CONTEXT:
+        raise InvalidInput(
+            "input.contextLength", f"contextLength must be between 1 and {MAX_CONTEXT:,}"
+        )
     if (
         request.upstream_timeout_seconds is not None
         and not 0 < request.upstream_timeout_seconds <= 3600
@@ -576,6 +587,7 @@ def _request_from(spec: InferenceSpec) -> InferenceRequest:
         litellm=spec.litellm,
         ollama_model=spec.ollama_model,
         upstream_timeout_seconds=spec.upstream_timeout_seconds,
+        context_length=spec.context_length,
     )
 
 

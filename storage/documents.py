@@ -395,6 +395,9 @@ class InferenceSpec(BaseModel):
     initial_delay_seconds: int = 60
     ollama_model: str | None = None
     """What Ollama pulls; None: ``hf.co/<repo>`` of the model."""
+    context_length: int | None = None
+    """vLLM's ``--max-model-len`` (and the context gpuFit sizes the KV cache for); None: the
+    engine's default, the model's whole context."""
     upstream_timeout_seconds: float | None = None
     """How long the ``/v1`` gateway waits for this inference's response headers, and then
     between two chunks of its body; None means ``MODELPLANE_GATEWAY_UPSTREAM_TIMEOUT_SECONDS``."""

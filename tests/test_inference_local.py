@@ -284,6 +284,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
         "--served-model-name",
     ),
     ("zero-replicas", {"replicas": 0}, "input.replicas", "between 1 and"),
+    ("zero-context", {"contextLength": 0}, "input.contextLength", "between 1 and"),
     ("port-out-of-range", {"port": 70000}, "input.port", "between 1 and 65535"),
     (
         "env-value-and-secret",

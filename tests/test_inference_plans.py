@@ -87,6 +87,16 @@ def test_vllm_command_serves_the_model_under_its_name_with_tensor_parallelism() 
     assert served_name_in(plan.argv) == "qwen-small"
     assert plan.argv[plan.argv.index("--host") + 1] == "0.0.0.0"  # noqa: S104  the pod binds all interfaces
     assert plan.argv[plan.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert "--max-model-len" not in plan.argv
+    sized = plan_engine(
+        InferenceSpec(context_length=8192),
+        model(),
+        None,
+        local=False,
+        images=IMAGES,
+        secret_name=None,
+    )
+    assert sized.argv[sized.argv.index("--max-model-len") + 1] == "8192"
     local = plan_engine(InferenceSpec(), model(), None, local=True, images=IMAGES, secret_name=None)
     assert local.argv[local.argv.index("--host") + 1] == "127.0.0.1"
     assert "--tensor-parallel-size" not in local.argv
