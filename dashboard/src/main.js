@@ -8,6 +8,7 @@ import DashboardInfo from '@operations/DashboardInfo.graphql';
 import DashboardModel from '@operations/DashboardModel.graphql';
 import DashboardModels from '@operations/DashboardModels.graphql';
 import DeleteModel from '@operations/DeleteModel.graphql';
+import GpuFit from '@operations/GpuFit.graphql';
 import HuggingFaceModel from '@operations/HuggingFaceModel.graphql';
 import RetryDownload from '@operations/RetryDownload.graphql';
 import StartInference from '@operations/StartInference.graphql';
@@ -17,7 +18,7 @@ import { ApiError, coalesce, request, userError } from './graphql.js';
 import { startLiveFeed } from './live.js';
 import { createInferencePane } from './pane.js';
 import { ModelStore } from './store.js';
-import { addActivity, addNote, modelRow, renderConnection, renderPreview } from './view.js';
+import { addActivity, addNote, modelRow, renderConnection, renderFit, renderPreview } from './view.js';
 
 const TOKEN_KEY = 'modelplane.token';
 const PAGE_SIZE = 100;
@@ -301,11 +302,24 @@ function wireAddForm() {
       } else {
         preview.dataset.state = 'ready';
         renderPreview(preview, data.huggingFaceModel);
+        showFit(repoId, rev, mine);
       }
     } catch (error) {
       if (mine !== sequence) return;
       preview.dataset.state = 'error';
       fill(preview, error.message);
+    }
+  }
+
+  // The GPU fit of the previewed repo for vLLM, against the cluster's GPUs (or a catalogue).
+  async function showFit(repoId, rev, mine) {
+    try {
+      const data = await request(GpuFit, { repoId, revision: rev }, page.token);
+      if (mine !== sequence) return;
+      renderFit(preview, data.gpuFit);
+    } catch (error) {
+      if (mine !== sequence) return;
+      renderFit(preview, { __typename: 'Error', errorMessage: error.message });
     }
   }
 

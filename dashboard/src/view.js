@@ -275,6 +275,21 @@ export function renderPreview(element, info) {
   element.hidden = false;
 }
 
+/** Appends the GPU fit (a `GpuFit` or a user error) to the hub preview. */
+export function renderFit(element, fit) {
+  element.querySelector('.preview-fit')?.remove();
+  const line =
+    fit.__typename === 'GpuFit'
+      ? h(
+          'p.preview-fit',
+          { dataset: { fits: String(fit.fits) }, title: (fit.notes ?? []).join('\n') },
+          h('strong', {}, 'GPU fit (vLLM): '),
+          fit.summary,
+        )
+      : h('p.preview-fit.muted', { dataset: { fits: 'unknown' } }, 'GPU fit: ', fit.errorMessage ?? fit.__typename);
+  element.append(line);
+}
+
 /** Prepends one line to the activity list, keeping the latest `keep`. */
 export function addActivity(list, event, modelName, keep = 12) {
   const what =

@@ -178,6 +178,11 @@ async function run(browser, proxy) {
   check(/\d/.test(previewSize), `the hub preview shows no size: ${previewSize}`);
   const placeholder = await page.locator('#local-path').getAttribute('placeholder');
   check(placeholder.endsWith(`/${REPO}`), `the local path does not default to <root>/<repo>: ${placeholder}`);
+  const fit = page.locator('#preview .preview-fit');
+  await fit.waitFor({ timeout: 15_000 });
+  const fitText = await fit.innerText();
+  check(/GPU fit \(vLLM\): (needs \d+ x |does not fit|no GPU type)/.test(fitText), `the preview shows no GPU fit: ${fitText}`);
+  log(`preview fit: ${fitText}`);
   log(`preview shows ${previewSize}; default path ${placeholder}`);
 
   await page.click('#add-submit');
