@@ -360,21 +360,21 @@ class KubernetesInferenceExecutor:
         )
 
     async def remove(self, inference: InferenceDocument) -> bool:
-        for kind in ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler"):
-            await self._delete_quietly(
-                kind, inference.name if kind != "ConfigMap" else f"{inference.name}-config"
-            )
-        for plural, group, version in (
-            ("servicemonitors", "monitoring.coreos.com", "v1"),
-            ("podautoscalers", "autoscaling.aibrix.ai", "v1alpha1"),
+        for kind, name in (
+            ("Deployment", inference.name),
+            ("Service", inference.name),
+            ("ConfigMap", f"{inference.name}-config"),
+            ("HorizontalPodAutoscaler", inference.name),
         ):
-            if self._integrations is None:
-                break
-            found = await self._integrations()
-            if (plural == "servicemonitors" and found.service_monitor) or (
-                plural == "podautoscalers" and found.aibrix
-            ):
-                with contextlib.suppress(ApiException):
+            await self._delete_quietly(kind, name)
+        found = await self._integrations() if self._integrations else Integrations()
+        optional = (
+            (found.service_monitor, "monitoring.coreos.com", "v1", "servicemonitors"),
+            (found.aibrix, "autoscaling.aibrix.ai", "v1alpha1", "podautoscalers"),
+        )
+        for served, group, version, plural in optional:
+            if served:
+                with contextlib.suppress(ApiException):  # absent already: nothing to remove
                     await self._custom.delete_namespaced_custom_object(
                         group, version, self._namespace, plural, inference.name
                     )

@@ -182,14 +182,19 @@ class InferenceService:
         if inference_filter.model_id is not None:
             return []
         found: list[InferenceDocument] = []
-        for deployment in self._controller.executor.unmanaged():
+        mine = [
+            deployment
+            for deployment in self._controller.executor.unmanaged()
+            if (deployment.get("metadata", {}).get("labels") or {}).get(ORGANIZATION_ID)
+            == principal.organization_id
+        ]
+        owners = [_owner_of(deployment) for deployment in mine]
+        recorded = await self._inferences.existing_ids(owners)  # one query, not one per object
+        for deployment, owner in zip(mine, owners, strict=True):
+            if owner in recorded:
+                continue
             meta = deployment.get("metadata", {})
             labels = meta.get("labels") or {}
-            if labels.get(ORGANIZATION_ID) != principal.organization_id:
-                continue
-            owner = labels.get(OWNER_ID) or meta.get("name")
-            if owner and await self._inferences.get(owner) is not None:
-                continue
             wanted = int(deployment.get("spec", {}).get("replicas") or 0)
             ready = int(deployment.get("status", {}).get("readyReplicas") or 0)
             phase = (
@@ -562,6 +567,12 @@ def _check_placement(request: InferenceRequest) -> None:
             )
     if request.litellm is not None and request.litellm.mode not in LITELLM_MODES:
         raise InvalidInput("input.litellm.mode", f"mode must be one of {', '.join(LITELLM_MODES)}")
+
+
+def _owner_of(deployment: dict[str, Any]) -> str:
+    """The inference id a labelled Deployment belongs to (its owner label, else its name)."""
+    meta = deployment.get("metadata", {})
+    return str((meta.get("labels") or {}).get(OWNER_ID) or meta.get("name"))
 
 
 def _request_from(spec: InferenceSpec) -> InferenceRequest:

@@ -471,6 +471,13 @@ class InferenceRepository(Repository[InferenceDocument]):
             where={"organization_id": organization_id, "is_deleted": False, "model_name": name}
         )
 
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a document (deleted ones included)."""
+        if not ids:
+            return set()
+        cursor = self._collection.find({"_id": {"$in": list(ids)}}, {"_id": 1})
+        return {str(raw["_id"]) async for raw in cursor}
+
     async def live_ids(self) -> list[str]:
         """Ids of every live inference, for the controller's resync."""
         cursor = self._collection.find({"is_deleted": False}, {"_id": 1})
