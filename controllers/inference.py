@@ -17,7 +17,6 @@ key, which the gateway then uses.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -317,25 +316,7 @@ class KubernetesInferenceExecutor:
         names = {p["metadata"]["name"] for p in pods}
         names.update({name.rsplit("-", 1)[0] for name in names})  # their ReplicaSets
         events = [e for name in names for e in self._events.get(name, ())]
-        generation = inference.generation
-        if not inference.managed and deployment is not None:
-            template = deployment.get("spec", {}).get("template", {})
-            generation = int(
-                (template.get("metadata", {}).get("annotations") or {}).get(GENERATION, 0) or 0
-            )
-            pods = [
-                {
-                    **p,
-                    "metadata": {
-                        **p["metadata"],
-                        "annotations": {
-                            **(p["metadata"].get("annotations") or {}),
-                            GENERATION: str(generation),
-                        },
-                    },
-                }
-                for p in pods
-            ]
+        generation = inference.generation if inference.managed else None
         requested = plan.gpu
         short = self._unschedulable(pods) or any(
             "Insufficient nvidia.com/gpu" in str(e.get("message")) for e in events
@@ -576,17 +557,16 @@ class InferenceController:
         self._images = images
         self._pvc_mount_path = pvc_mount_path
         self._record = recorder or Recorder(None)
-        self._resync_seconds = resync_seconds
         # Reconciles wait on MongoDB and the API server, not the CPU: several run at once.
         self._queue = WorkQueue(self.reconcile, name="inference", workers=8)
-        self._resync: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._leadership = Leadership(
             leases,
             name=LEASE_NAME,
             holder=holder or f"inference-{uuid.uuid4().hex[:8]}",
             seconds=lease_seconds,
-            on_gain=self.resync,
+            resync=self.resync,
+            resync_seconds=resync_seconds,
             on_loss=self.executor.release_all,
         )
         if isinstance(executor, LocalInferenceExecutor):
@@ -599,7 +579,6 @@ class InferenceController:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
         self._queue.start()
         self.executor.watch(self.notify)
-        self._resync = asyncio.create_task(self._resync_loop(), name="inference-resync")
         self._leadership.start()
 
     @property
@@ -610,11 +589,6 @@ class InferenceController:
     async def stop(self) -> None:
         """Cancel everything started here; cluster workloads keep running."""
         await self._leadership.stop()
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
-            self._resync = None
         await self._queue.stop()
         await self.executor.close()
         if self._http is not None:
@@ -632,11 +606,6 @@ class InferenceController:
     async def wait_idle(self) -> None:
         """For tests: until the queue has drained."""
         await self._queue.wait_idle()
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._resync_seconds)
-            await self.resync()
 
     async def resync(self) -> None:
         """Queue every live inference (reconciles read caches; no API requests)."""

@@ -59,13 +59,14 @@ def _get(obj: Obj | None, *path: str) -> Any:
     return cur
 
 
-def current_pods(pods: list[Obj], generation: int) -> list[Obj]:
-    """Pods of the current generation that are not being deleted."""
-    wanted = str(generation)
+def current_pods(pods: list[Obj], generation: int | None) -> list[Obj]:
+    """Pods of the current generation (every pod when ``generation`` is None: an unmanaged
+    Deployment carries no generation of ours) that are not being deleted."""
+    wanted = None if generation is None else str(generation)
     return [
         pod
         for pod in pods
-        if _get(pod, "metadata", "annotations", GENERATION) == wanted
+        if (wanted is None or _get(pod, "metadata", "annotations", GENERATION) == wanted)
         and not _get(pod, "metadata", "deletionTimestamp")
     ]
 
@@ -233,7 +234,7 @@ def derive_status(  # noqa: PLR0911  checks in the docstring order, one return e
     pods: list[Obj],
     events: list[Obj],
     *,
-    generation: int,
+    generation: int | None,
     requested_gpus: int,
     initial_delay: int,
     largest_free_gpus: int | None = None,

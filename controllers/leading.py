@@ -1,9 +1,10 @@
-"""Leader election over a MongoDB lease document (ARCHITECTURE.md decision 4).
+"""Leader election over a MongoDB lease document, and the periodic resync (decision 4).
 
 One replica leads each controller: it takes the lease, renews it every third of its duration,
 and gives it up on shutdown. Losing it (a pause longer than the lease, a partition) calls
 ``on_loss`` so the controller stops what would otherwise run twice; gaining it calls
-``on_gain`` (a resync).
+``resync``, which also runs every ``resync_seconds`` while this replica leads -- the backstop
+behind the watches and the event log.
 """
 
 from __future__ import annotations
@@ -29,22 +30,33 @@ class Leadership:
         name: str,
         holder: str,
         seconds: float,
-        on_gain: Callable[[], Awaitable[None]],
+        resync: Callable[[], Awaitable[None]],
+        resync_seconds: float,
         on_loss: Callable[[], Awaitable[None]],
     ) -> None:
         self._leases = leases
         self._name = name
         self._holder = holder
         self._seconds = seconds
-        self._on_gain = on_gain
+        self._resync = resync
+        self._resync_seconds = resync_seconds
         self._on_loss = on_loss
         self.leading = leases is None
         self._task: asyncio.Task[None] | None = None
+        self._resyncing: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start competing for the lease (no-op without leases)."""
+        """Start competing for the lease (always leading without leases) and resyncing."""
         if self._leases is not None and self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"lease-{self._name}")
+        if self._resyncing is None:
+            self._resyncing = asyncio.create_task(self._resync_loop(), name=f"resync-{self._name}")
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_seconds)
+            if self.leading:
+                await self._resync()
 
     async def _run(self) -> None:
         assert self._leases is not None  # noqa: S101  only started with leases
@@ -55,7 +67,7 @@ class Leadership:
             if held and not self.leading:
                 self.leading = True
                 log.info("leading", extra={"lease": self._name, "holder": self._holder})
-                await self._on_gain()
+                await self._resync()
             elif not held and self.leading:
                 self.leading = False
                 log.warning("lost the lease", extra={"lease": self._name})
@@ -63,13 +75,16 @@ class Leadership:
             await asyncio.sleep(self._seconds / 3)
 
     async def stop(self) -> None:
-        """Stop competing and release the lease if held; idempotent."""
+        """Stop resyncing and competing, and release the lease if held; idempotent."""
+        for task in (self._resyncing, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._resyncing = None
         if self._task is None:
             return
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._task = None
         if self._leases is not None and self.leading:
             await self._leases.release(self._name, holder=self._holder)
         self.leading = self._leases is None

@@ -361,13 +361,13 @@ class DownloadController:
             recorder=self._record,
         )
         self._queue = WorkQueue(self.reconcile, name="downloads")
-        self._resync: asyncio.Task[None] | None = None
         self._leadership = Leadership(
             leases,
             name=LEASE_NAME,
             holder=holder or f"controller-{id(self):x}",
             seconds=lease_seconds,
-            on_gain=self.resync,
+            resync=self.resync,
+            resync_seconds=RESYNC_SECONDS,
             on_loss=self._executor.release_all,
         )
 
@@ -377,7 +377,6 @@ class DownloadController:
         """Start workers, the watch, the resync loop and (with leases) the leadership loop."""
         self._queue.start()
         self._executor.watch(self.notify)
-        self._resync = asyncio.create_task(self._resync_loop(), name="downloads-resync")
         self._leadership.start()
 
     @property
@@ -388,11 +387,6 @@ class DownloadController:
     async def stop(self) -> None:
         """Cancel everything this controller started; downloads resume on the next start."""
         await self._leadership.stop()
-        if self._resync is not None:
-            self._resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync
-            self._resync = None
         await self._queue.stop()
         await self._executor.close()
 
@@ -606,12 +600,6 @@ class DownloadController:
             await self._weights.update(
                 weights.id, expected_revision=weights.revision, changes={"model_ids": remaining}
             )
-
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RESYNC_SECONDS)
-            if self.leading:
-                await self.resync()
 
     async def resync(self) -> None:
         """Enqueue every LOCAL model that is not settled."""

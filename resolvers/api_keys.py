@@ -7,7 +7,7 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
-from resolvers.errors import forbidden
+from resolvers.errors import forbidden, query_errors
 from schema.api_keys import (
     ApiKey,
     ApiKeyPage,
@@ -15,7 +15,6 @@ from schema.api_keys import (
     CreatedApiKey,
     RevokeApiKeyResult,
 )
-from schema.building import ExpectedError
 from schema.enums import RoleEnum
 from schema.errors import ConflictError, NotFoundError, ValidationError
 from services.errors import Conflict, InvalidInput, Missing
@@ -33,14 +32,10 @@ async def resolve_api_keys(
 ) -> ApiKeyPage:
     """A page of the organisation's API keys (admin only)."""
     principal = info.context.require_principal()
-    try:
+    with query_errors():
         page = await info.context.services.api_keys.page(
             principal, include_revoked=include_revoked, limit=limit, offset=offset
         )
-    except Forbidden as exc:
-        raise ExpectedError(str(exc), code="FORBIDDEN") from None
-    except InvalidInput as exc:
-        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
     return ApiKeyPage(
         total=page.total,
         items=[ApiKey.from_document(doc) for doc in page.items],

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 import strawberry
 import yaml
 
 from resolvers.context import Info
-from resolvers.errors import forbidden
-from schema.building import ExpectedError
+from resolvers.errors import UserError, attempt, query_errors
 from schema.cluster import GpuFit
-from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.inference import (
     Inference,
     InferenceFilterInput,
@@ -23,9 +20,8 @@ from schema.inference import (
     StartInferenceResult,
     StopInferenceResult,
 )
-from services.errors import Conflict, InvalidInput, Missing
+from services.errors import Missing
 from services.inference import InferenceRequest, StartOutcome
-from services.principals import Forbidden
 from storage.documents import (
     AutoscalingSpec,
     EnvVarSpec,
@@ -108,23 +104,6 @@ def _payload(outcome: StartOutcome) -> InferencePayload:
     )
 
 
-UserError = ValidationError | NotFoundError | ConflictError | ForbiddenError
-
-
-async def _attempt(call: Awaitable[T]) -> T | UserError:
-    """Await a service call, turning its expected failures into union members."""
-    try:
-        return await call
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-
-
 def _started(result: StartOutcome | UserError) -> InferencePayload | UserError:
     return _payload(result) if isinstance(result, StartOutcome) else result
 
@@ -148,7 +127,7 @@ async def start_inference(
     principal = info.context.require_principal()
     service = info.context.services.inference
     return _started(
-        await _attempt(
+        await attempt(
             service.start(principal, str(model_id), request_from_input(input), dry_run=dry_run)
         )
     )
@@ -158,7 +137,7 @@ async def stop_inference(info: Info, model_id: ModelIdArg) -> StopInferenceResul
     """Stop a model's inference: its objects go; the model and its weights stay."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _stopped(await _attempt(service.stop(principal, str(model_id))))
+    return _stopped(await attempt(service.stop(principal, str(model_id))))
 
 
 async def stop_inference_by_id(
@@ -168,7 +147,7 @@ async def stop_inference_by_id(
     """Stop an inference by its id (unmanaged ones from manifests have no model)."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _stopped(await _attempt(service.stop_inference(principal, str(id))))
+    return _stopped(await attempt(service.stop_inference(principal, str(id))))
 
 
 async def toggle_inference(
@@ -179,7 +158,7 @@ async def toggle_inference(
     """The one-switch form: on starts with the last spec (or defaults), off stops."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _started(await _attempt(service.toggle(principal, str(model_id), enabled=enabled)))
+    return _started(await attempt(service.toggle(principal, str(model_id), enabled=enabled)))
 
 
 async def create_inference_from_manifest(
@@ -199,7 +178,7 @@ async def create_inference_from_manifest(
     principal = info.context.require_principal()
     service = info.context.services.inference
     return _started(
-        await _attempt(service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
+        await attempt(service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
     )
 
 
@@ -223,7 +202,7 @@ async def resolve_inferences(
     """Managed and unmanaged inferences, including labelled Deployments without a record."""
     principal = info.context.require_principal()
     f = filter or InferenceFilterInput()
-    try:
+    with query_errors():
         page = await info.context.services.inference.page(
             principal,
             InferenceFilter(
@@ -234,8 +213,6 @@ async def resolve_inferences(
             limit=limit,
             offset=offset,
         )
-    except InvalidInput as exc:
-        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
     return InferencePage(
         total=page.total, items=[Inference.from_document(doc) for doc in page.items]
     )
@@ -249,11 +226,10 @@ async def resolve_inference_logs(
     """The engine's last log lines; null when the inference is absent."""
     principal = info.context.require_principal()
     try:
-        lines = await info.context.services.inference.logs(principal, str(id), tail)
+        with query_errors():
+            lines = await info.context.services.inference.logs(principal, str(id), tail)
     except Missing:
         return None
-    except InvalidInput as exc:
-        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
     return InferenceLogs(inference_id=id, lines=lines)
 
 

@@ -12,8 +12,7 @@ import strawberry
 
 from integrations.huggingface import HubModel
 from resolvers.context import Info
-from resolvers.errors import forbidden
-from schema.building import ExpectedError
+from resolvers.errors import forbidden, query_errors
 from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.models import (
     CreateModelInput,
@@ -123,14 +122,10 @@ async def resolve_models(
         search=f.search,
         include_deleted=f.include_deleted,
     )
-    try:
+    with query_errors():
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset
         )
-    except Forbidden as exc:
-        raise ExpectedError(str(exc), code="FORBIDDEN") from None
-    except InvalidInput as exc:
-        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
     return ModelPage(
         total=page.total,
         items=[Model.from_document(doc) for doc in page.items],

@@ -8,8 +8,7 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
-from resolvers.errors import forbidden
-from schema.building import ExpectedError
+from resolvers.errors import forbidden, query_errors
 from schema.enums import StorageKindEnum
 from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.scalars import BigInt
@@ -42,10 +41,8 @@ async def resolve_weights_list(
 ) -> WeightsPage:
     """The organisation's weights, newest first."""
     principal = info.context.require_principal()
-    try:
+    with query_errors():
         page = await info.context.services.weights.page(principal, limit=limit, offset=offset)
-    except InvalidInput as exc:
-        raise ExpectedError(exc.message, code="BAD_USER_INPUT", field=exc.field) from None
     return WeightsPage(total=page.total, items=[Weights.from_document(d) for d in page.items])
 
 
