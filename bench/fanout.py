@@ -195,13 +195,45 @@ async def _seed(uri: str) -> None:
     await client.close()
 
 
+GO_CLIENT_SOURCE = ROOT / "bench" / "fanout_client"
+GO_CLIENT_BINARY = Path.home() / ".cache" / "modelplane" / "bench" / "fanoutclient"
+
+
+def _go_client() -> Path:
+    """Build the Go subscriber process (``bench/fanout_client``) when missing or stale."""
+    sources = [*GO_CLIENT_SOURCE.glob("*.go"), GO_CLIENT_SOURCE / "go.mod"]
+    binary = GO_CLIENT_BINARY
+    if not binary.exists() or binary.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building the Go client into {binary}", flush=True)
+        go = shutil.which("go")
+        if go is None:
+            raise RuntimeError("the Go client needs `go` on PATH (or run with --clients python)")
+        subprocess.run([go, "build", "-o", str(binary), "."], cwd=GO_CLIENT_SOURCE, check=True)
+    return binary
+
+
 def _start_clients(
-    url: str, token: str, total: int, *, processes: int, seconds: float, model_id: str
+    url: str,
+    token: str,
+    total: int,
+    *,
+    processes: int,
+    seconds: float,
+    model_id: str,
+    clients: str,
 ) -> list[subprocess.Popen[str]]:
     per = [total // processes + (1 if i < total % processes else 0) for i in range(processes)]
+    binary = _go_client() if clients == "go" else None
+
+    def command(n: int) -> list[str]:
+        if binary is not None:
+            return [str(binary), url, token, str(n), model_id, SUBSCRIPTION]
+        return [sys.executable, __file__, "--client", url, token, str(n), str(seconds), model_id]
+
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--client", url, token, str(n), str(seconds), model_id],
+            command(n),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -435,7 +467,10 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
         else:
             subscribers, seconds = args.progress_subscribers, args.progress_seconds
         writer = args.writer if scenario == "events" else "log (batched)"
-        print(f"\n== {scenario}: {subscribers} subscribers, writer {writer}")
+        print(
+            f"\n== {scenario}: {subscribers} subscribers ({args.clients} clients in "
+            f"{args.client_processes} processes), writer {writer}"
+        )
         children = _start_clients(
             ws_url,
             f"Bearer {token}",
@@ -443,6 +478,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             processes=args.client_processes,
             seconds=seconds,
             model_id="" if scenario == "events" else MODEL_ID,
+            clients=args.clients,
         )
         cpu_before = _cpu_seconds(server.pid)
         rss_before = _rss_mb(server.pid)
@@ -483,6 +519,12 @@ def main() -> int:
     parser.add_argument("--scenario", choices=["events", "progress", "both"], default="both")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--client-processes", type=int, default=4)
+    parser.add_argument(
+        "--clients",
+        choices=["go", "python"],
+        default="go",
+        help="subscriber processes: Go (cheap to run beside the server) or Python websockets",
+    )
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--interval-ms", type=float, default=10)
     parser.add_argument("--writer", choices=["api", "log"], default="api")

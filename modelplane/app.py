@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +38,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -75,6 +77,7 @@ from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
+from modelplane.direct import TransportHandler, capture_connection, next_message, next_prefix
 from modelplane.embedded import (
     EmbeddedError,
     FerretDBProcess,
@@ -564,10 +567,12 @@ class _Metrics:
 class _Router(GraphQLRouter[Context, None]):
     """GraphQL router that authenticates WebSocket connections in ``connection_init`` and
     encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
-    each ``next`` message is the subscriber's id spliced around the shared payload's JSON."""
+    each ``next`` message is the subscriber's id spliced around the shared payload's JSON. Its
+    WebSocket handler offers event subscriptions the fast lane of ``modelplane/direct.py``."""
 
     verifier_getter: Callable[[], Authenticator]
     _encoded: dict[int, tuple[object, str]]
+    graphql_transport_ws_handler_class = TransportHandler
 
     def encode_json(self, data: object) -> str | bytes:
         if isinstance(data, dict) and data.get("type") == "next":
@@ -585,8 +590,7 @@ class _Router(GraphQLRouter[Context, None]):
             cache[id(shared)] = found
             if len(cache) > ENCODED_RESULTS:
                 del cache[next(iter(cache))]
-        prefix = json.dumps({"id": operation_id, "type": "next"}, separators=(",", ":"))
-        return f'{prefix[:-1]},"payload":{found[1]}}}'
+        return next_message(next_prefix(str(operation_id)), found[1])
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
@@ -675,6 +679,8 @@ class _Observability:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                capture_connection(scope, send)  # for subscriptions' fast lane (direct.py)
             await self._app(scope, receive, send)
             return
         incoming = ""
@@ -703,10 +709,36 @@ class _Observability:
             logs.request_id.reset(token)
 
 
+class _SubscriptionCollector(Collector):
+    """Subscription figures read from the broker at scrape time."""
+
+    def __init__(self, current: Callable[[], Resources]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            broker = self._current().services.broker
+        except KeyError:  # before the lifespan opened the resources
+            return
+        events = CounterMetricFamily(
+            "modelplane_subscription_events",
+            "Events handed to subscribers, by path: direct (written to the subscriber's "
+            "connection by the event-log tail) or queued (delivered by the subscriber's task).",
+            labels=["path"],
+        )
+        events.add_metric(["direct"], broker.direct_deliveries)
+        events.add_metric(["queued"], broker.queued_deliveries)
+        yield events
+        yield GaugeMetricFamily(
+            "modelplane_subscribers", "Live subscriptions in this process.", broker.subscribers
+        )
+
+
 def _install_observability(
     app: FastAPI, metrics: _Metrics, current: Callable[[], Resources]
 ) -> None:
     app.add_middleware(_Observability, metrics=metrics)
+    metrics.registry.register(_SubscriptionCollector(current))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:

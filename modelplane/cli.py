@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from modelplane.auth import issue_dev_token, load_dev_key
 from modelplane.logs import configure_logging
@@ -29,24 +30,29 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+def server_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
+    """How ``serve`` (and the tests) run the app under uvicorn."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        # The protocol whose connections the subscriptions' fast lane writes to (direct.py).
+        ws="websockets-sansio",
+        # Compressing each subscription message for each subscriber costs CPU that fan-out
+        # needs (the messages are small JSON), and the fast lane writes uncompressed frames.
+        ws_per_message_deflate=False,
+        lifespan="on",
+    )
+
+
 async def _serve(settings: Settings) -> int:
     from modelplane.app import StartupError, create_app, open_resources  # noqa: PLC0415  lazy
 
     try:
         async with open_resources(settings) as resources:
             app = create_app(settings, resources=resources)
-            config = uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                log_config=None,
-                ws="websockets-sansio",
-                # Compressing each subscription message for each subscriber costs CPU that
-                # fan-out needs; the messages are small JSON.
-                ws_per_message_deflate=False,
-                lifespan="on",
-            )
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(server_config(app, host=settings.host, port=settings.port))
             if resources.dev_key is not None:
                 token = issue_dev_token(
                     resources.dev_key,

@@ -10,17 +10,63 @@ executor fills it, the others reuse the result.
 
 Only results without errors are shared (error masking may rewrite errors per request), and only
 for payloads that opt in; everything else executes as before.
+
+Direct delivery (the fan-out fast lane). Even with one execution per event, handing each event
+to each subscriber through its own task, strawberry's result pipeline and one socket write per
+message cost tens of microseconds per subscriber, so one process could not feed 1,000
+subscribers 100 events a second. The transport (``modelplane/direct.py``) therefore offers a
+:class:`DirectChannel` per operation; a resolver that can render its events synchronously asks
+for :func:`direct_delivery` and, when both a channel and this subscription's executor are
+there, gets a function that writes a shared payload straight to the subscriber's connection as
+a ``next`` message (the JSON is encoded once per event and selection; the transport batches a
+connection's frames into one write). Anything it cannot render the same way (an error, an
+awaitable) is left to the ordinary path, which stays the reference behaviour.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from graphql import ExecutionResult, print_ast
+from graphql import ExecutionResult, OperationType, execute_subscription_event, print_ast
+
+
+class DirectChannel(Protocol):
+    """Where a subscription operation's ``next`` messages can be written without its task."""
+
+    def write_next(self, payload_json: str) -> bool:
+        """Send ``{"id": <this operation>, "type": "next", "payload": <payload_json>}``; False
+        when the connection cannot take it now (closing, or its buffer is backlogged)."""
+        ...
+
+
+_channel: ContextVar[DirectChannel | None] = ContextVar("direct_channel", default=None)
+_executor: ContextVar[SharingExecutor | None] = ContextVar("subscription_executor", default=None)
+
+
+def offer_direct_channel(channel: DirectChannel) -> None:
+    """Called by the transport in an operation's task before the operation executes."""
+    _channel.set(channel)
+
+
+def direct_delivery() -> Callable[[SharedPayload], bool] | None:
+    """For a subscription resolver: a function writing a shared payload straight to this
+    operation's subscriber (True when written), or None when the transport offers no channel.
+    """
+    channel = _channel.get()
+    executor = _executor.get()
+    if channel is None or executor is None:
+        return None
+
+    def deliver(payload: SharedPayload) -> bool:
+        encoded = executor.encoded(payload)
+        return encoded is not None and channel.write_next(encoded)
+
+    return deliver
 
 
 class SharedPayload:
@@ -35,21 +81,58 @@ class SharedPayload:
             self.__dict__["_shared_results"] = found
         return found
 
+    @property
+    def shared_texts(self) -> dict[str, str]:
+        """The JSON of ``{"data": ...}`` for each selection, by document and variables."""
+        found: dict[str, str] | None = self.__dict__.get("_shared_texts")
+        if found is None:
+            found = {}
+            self.__dict__["_shared_texts"] = found
+        return found
+
 
 class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's executor, reusing per-event results for :class:`SharedPayload` events."""
 
     _share_key: str | None = None
 
-    def build_per_event_executor(self, payload: Any) -> Any:
-        """Compute the sharing key once per subscription, before the per-event copies; when
-        another subscriber already executed this selection over this payload, skip the copy."""
+    @classmethod
+    def build(cls, *args: Any, **kwargs: Any) -> Any:
+        """Build as graphql-core does; a subscription's executor is also remembered in the
+        operation's context, where :func:`direct_delivery` finds it."""
+        built = super().build(*args, **kwargs)
+        if isinstance(built, SharingExecutor) and (
+            built.operation.operation is OperationType.SUBSCRIPTION
+        ):
+            _executor.set(built)
+        return built
+
+    def encoded(self, payload: SharedPayload) -> str | None:
+        """The JSON of ``{"data": ...}`` for this selection over ``payload``, encoded once per
+        payload and selection; None when it cannot be shared (errors, or not synchronous)."""
+        key = self._key()
+        texts = payload.shared_texts
+        text = texts.get(key)
+        if text is None:
+            outcome = execute_subscription_event(self.build_per_event_executor(payload))
+            if not isinstance(outcome, ExecutionResult) or outcome.errors or outcome.extensions:
+                return None  # the ordinary path executes and masks it (our fields never await)
+            text = texts[key] = json.dumps({"data": outcome.data}, separators=(",", ":"))
+        return text
+
+    def _key(self) -> str:
         if self._share_key is None:
             fragments = "".join(print_ast(f.definition) for _, f in sorted(self.fragments.items()))
             variables = json.dumps(self.variable_values, sort_keys=True, default=str)
             self._share_key = f"{print_ast(self.operation)}{fragments}\0{variables}"
+        return self._share_key
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        """Compute the sharing key once per subscription, before the per-event copies; when
+        another subscriber already executed this selection over this payload, skip the copy."""
+        key = self._key()
         if isinstance(payload, SharedPayload):
-            cached = payload.shared_results.get(self._share_key)
+            cached = payload.shared_results.get(key)
             if cached is not None:
                 return _Executed(cached)
         return super().build_per_event_executor(payload)

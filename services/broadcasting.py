@@ -22,6 +22,13 @@ the log has them. Why this has no gap: the tail only offers events already visib
 so any event dropped from the queue was visible before the next replay read started; the replay
 ends only after a read that returned nothing and during which nothing was dropped.
 
+Direct delivery: a subscriber whose transport can write an event synchronously (see
+``schema/sharing.py``) hands the subscription a *sink*. While the consumer is parked waiting,
+live and with nothing queued, an offered event goes straight to the sink instead of the queue:
+no task wakes for it. Whenever that is not so (replaying, events queued, the consumer busy, or
+the sink refusing because the connection is backlogged) the event takes the queue as above, and
+the queue drains before the sink is used again, so the order never changes.
+
 "Older than held": after each replay page, ``oldest`` (the oldest cursor still held) is read;
 if ``oldest > last + 1`` the events between were trimmed by the capped collection, and the
 subscriber gets a ``RESYNC_REQUIRED`` marker (cursor = ``oldest``) and continues from there.
@@ -143,6 +150,8 @@ class Subscription:
         self._overflowed = False
         self._closed = False
         self._wake = asyncio.Event()
+        self._sink: Callable[[Event], bool] | None = None
+        self._parked = False
 
     @property
     def last_delivered(self) -> int:
@@ -150,14 +159,31 @@ class Subscription:
         return self._last
 
     @property
+    def waiting(self) -> bool:
+        """True while the consumer waits for live events with nothing queued (the state in which
+        a sink given to :meth:`deliver_directly` takes them)."""
+        return self._parked and not self._queue and not self._replaying
+
+    @property
     def queued(self) -> int:
         """Events waiting in the live queue (for tests and metrics)."""
         return len(self._queue)
+
+    def deliver_directly(self, sink: Callable[[Event], bool]) -> None:
+        """Hand live events to ``sink`` while the consumer is idle (see the module docstring);
+        ``sink`` returns False when it cannot take an event now, which then queues."""
+        self._sink = sink
 
     def offer(self, event: Event) -> None:
         """Queue a live event if it matches; never awaits (called by the broker's tail)."""
         if self._closed or self._overflowed or not self.filter.matches(event):
             return
+        sink = self._sink
+        if sink is not None and self.waiting and sink(event):
+            self._last = event.cursor
+            self._broker.direct_deliveries += 1
+            return
+        self._broker.queued_deliveries += 1
         key = (event.resource_kind, event.resource_id)
         if event.type == EventType.PROGRESS:
             waiting = self._progress.pop(key, None)
@@ -224,7 +250,11 @@ class Subscription:
                 self.end()
                 return Marker(MarkerKind.OVERFLOW, self._last)
             self._wake.clear()
-            await self._wake.wait()
+            self._parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._parked = False
         raise StopAsyncIteration
 
     async def _next_replayed(self) -> Item | None:
@@ -284,6 +314,10 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._listeners: list[Callable[[Event], None]] = []
+        self.direct_deliveries = 0
+        """Events written to a subscriber's connection by the tail itself (the fast lane)."""
+        self.queued_deliveries = 0
+        """Events put in a subscriber's queue, for its own task to deliver."""
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener`` with every event of every organisation as the tail reads it

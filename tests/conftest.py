@@ -18,6 +18,7 @@ import uvicorn
 
 from modelplane.app import Resources, create_app, open_resources
 from modelplane.auth import issue_dev_token
+from modelplane.cli import server_config
 from modelplane.embedded import FerretDBProcess, free_port
 from modelplane.settings import Settings, load_settings
 from storage.client import Client, Database, make_client
@@ -149,15 +150,7 @@ async def serve_app(
     async with open_resources(settings) as resources:
         app = create_app(settings, resources=resources)
         port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            ws="websockets-sansio",
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
         task = asyncio.create_task(server.serve(), name="uvicorn-test-server")
         while not server.started:
             if task.done():

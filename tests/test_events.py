@@ -435,3 +435,69 @@ async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) 
         (got,) = await take(sub, 1, timeout=5)
     assert isinstance(got, Event)
     assert got.cursor == stray.cursor
+
+
+async def test_a_sink_takes_idle_live_events_and_the_queue_keeps_their_order(
+    log: EventLog,
+) -> None:
+    """The fast lane: while the consumer is parked, events go to the sink; one it refuses
+    queues, and until the consumer has delivered it nothing else goes to the sink (order)."""
+    delivered: list[tuple[str, int]] = []
+    refuse = {5, 6, 12}
+
+    def sink(event: Event) -> bool:
+        if event.cursor in refuse:
+            return False
+        delivered.append(("direct", event.cursor))
+        return True
+
+    async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as subscription:
+        subscription.deliver_directly(sink)
+
+        async def consume() -> None:
+            async for item in subscription:
+                assert isinstance(item, Event)
+                delivered.append(("queued", item.cursor))
+
+        consumer = asyncio.create_task(consume())
+        try:
+            written = [await append(log) for _ in range(20)]
+            await wait_until(lambda: len(delivered) == 20)
+        finally:
+            consumer.cancel()
+    assert [cursor for _, cursor in delivered] == [event.cursor for event in written]
+    queued = {cursor for path, cursor in delivered if path == "queued"}
+    assert refuse <= queued
+    assert {cursor for path, cursor in delivered if path == "direct"}, "the sink took events"
+    assert broker.direct_deliveries == 20 - len(queued)
+    assert subscription.last_delivered == written[-1].cursor
+
+
+async def test_a_sink_is_not_used_while_replaying(log: EventLog) -> None:
+    old = [await append(log) for _ in range(5)]
+    direct: list[int] = []
+    queued: list[int] = []
+
+    def sink(event: Event) -> bool:
+        direct.append(event.cursor)
+        return True
+
+    async with running_broker(log, replay_page=2) as broker:
+        subscription = broker.subscribe(EventFilter(ORG_A), after=old[0].cursor)
+        subscription.deliver_directly(sink)
+
+        async def consume() -> None:
+            async for item in subscription:
+                assert isinstance(item, Event)
+                queued.append(item.cursor)
+
+        async with subscription:
+            consumer = asyncio.create_task(consume())
+            try:
+                await wait_until(lambda: len(queued) == 4)
+                await wait_until(lambda: subscription.waiting)  # replay over, waiting live
+                new = await append(log)
+                await wait_until(lambda: direct == [new.cursor])
+            finally:
+                consumer.cancel()
+    assert queued == [event.cursor for event in old[1:]]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from bson.int64 import Int64
@@ -257,14 +258,15 @@ async def test_subscribers_of_one_event_share_one_execution(
     running_app: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Subscribers with the same selection get one shared view per event, executed once (the
-    others reuse the result without a per-event executor); other variables execute apart."""
-    reused: list[str] = []
+    others reuse the result or its JSON); other variables execute apart."""
+    executed: dict[tuple[str, int], int] = {}
     original = sharing.SharingExecutor.build_per_event_executor
 
     def counting(self: sharing.SharingExecutor, payload: Any) -> Any:
         built = original(self, payload)
-        if isinstance(built, sharing._Executed):
-            reused.append(str(self._share_key))
+        if not isinstance(built, sharing._Executed):  # a real execution over this payload
+            key = (str(self._share_key), id(payload))
+            executed[key] = executed.get(key, 0) + 1
         return built
 
     monkeypatch.setattr(sharing.SharingExecutor, "build_per_event_executor", counting)
@@ -283,8 +285,8 @@ async def test_subscribers_of_one_event_share_one_execution(
     views = running_app.resources.services.event_views
     view = views.view(await _stored(running_app, int(events[0]["cursor"])))
     assert len(view.shared_results) == 2  # {} and {after: null, modelId: null}
-    assert len(reused) >= 1  # the second `{}` subscriber reused the first one's result
-    assert len(set(reused)) == 1
+    mine = {key: count for key, count in executed.items() if key[1] == id(view)}
+    assert sorted(mine.values()) == [1, 1], executed  # once per selection, not per subscriber
 
 
 async def _stored(app: RunningApp, cursor: int) -> Any:
@@ -294,3 +296,31 @@ async def _stored(app: RunningApp, cursor: int) -> Any:
         if e.cursor == cursor
     ]
     return event
+
+
+def _direct_deliveries(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith('modelplane_subscription_events_total{path="direct"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no direct delivery counter in /metrics")
+
+
+async def test_live_events_take_the_fast_lane_in_order(running_app: RunningApp) -> None:
+    """Idle live subscribers get events written to their connection by the broker (the fast
+    lane of modelplane/direct.py): identical streams, in cursor order, and counted as such."""
+    token = running_app.token(role=Role.VIEWER, organization="org-a")
+    url = running_app.ws_url
+    async with httpx.AsyncClient(base_url=running_app.base_url) as http:
+        before = _direct_deliveries((await http.get("/metrics")).text)
+        async with (
+            Subscription(url, "ModelEvents", {}, token=token) as one,
+            Subscription(url, "ModelEvents", {}, token=token) as two,
+        ):
+            await _create(running_app, "tiny-org/tiny-model")
+            first = await _events_until(one, _model_ready)
+            second = await _events_until(two, _model_ready)
+        after = _direct_deliveries((await http.get("/metrics")).text)
+    assert first == second
+    cursors = [int(e["cursor"]) for e in first]
+    assert cursors == sorted(set(cursors))
+    assert after - before >= len(first), (before, after)
