@@ -77,7 +77,13 @@ from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
-from modelplane.direct import TransportHandler, capture_connection, next_message, next_prefix
+from modelplane.direct import (
+    Flusher,
+    TransportHandler,
+    capture_connection,
+    next_message,
+    next_prefix,
+)
 from modelplane.embedded import (
     EmbeddedError,
     FerretDBProcess,
@@ -628,7 +634,7 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
         docs_url=None,
         redoc_url=None,
     )
-    _install_observability(app, _Metrics(), current)
+    _install_observability(app, settings, _Metrics(), current)
     _install_health(app, current)
     app.include_router(_graphql_router(current), prefix="/graphql")
     app.include_router(gateway_router(current), prefix="/v1")
@@ -673,14 +679,16 @@ class _Observability:
     would pay for per token.
     """
 
-    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: _Metrics, flusher: Flusher) -> None:
         self._app = app
         self._metrics = metrics
+        self._flusher = flusher
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                capture_connection(scope, send)  # for subscriptions' fast lane (direct.py)
+                # for the subscriptions' fast lane (direct.py)
+                capture_connection(scope, send, self._flusher)
             await self._app(scope, receive, send)
             return
         incoming = ""
@@ -735,9 +743,10 @@ class _SubscriptionCollector(Collector):
 
 
 def _install_observability(
-    app: FastAPI, metrics: _Metrics, current: Callable[[], Resources]
+    app: FastAPI, settings: Settings, metrics: _Metrics, current: Callable[[], Resources]
 ) -> None:
-    app.add_middleware(_Observability, metrics=metrics)
+    flusher = Flusher(settings.subscription_flush_ms / 1000)
+    app.add_middleware(_Observability, metrics=metrics, flusher=flusher)
     metrics.registry.register(_SubscriptionCollector(current))
 
     @app.get("/metrics", include_in_schema=False)

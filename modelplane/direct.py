@@ -12,7 +12,8 @@ found behind the ASGI ``send`` callable by :func:`capture_connection`). A ``next
 framed here (a server's text frame is a two- to ten-byte header and the UTF-8 payload, RFC 6455
 section 5.2; no extension is negotiated because ``modelplane serve`` turns per-message deflate
 off, and a connection that negotiated one is not captured) and appended to the connection's
-pending bytes; one ``transport.write`` at the end of the loop iteration sends them all.
+pending bytes; one ``transport.write`` sends them all, at the end of the loop iteration or, while
+events keep coming, once per flush interval (:class:`Flusher`; ``subscription_flush_ms``).
 
 Order: every message the ordinary path sends (``connection_ack``, ``pong``, ``complete``,
 ``error``, and ``next`` messages of queued events) first flushes the pending frames
@@ -68,18 +69,52 @@ def text_frame(data: bytes) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + data
 
 
-class FrameWriter:
-    """Direct text frames for one WebSocket connection, flushed once per loop iteration."""
+class Flusher:
+    """Writes the pending frames of every connection that has some, once per loop iteration,
+    and no more often than every ``interval`` seconds: while events keep coming, a connection
+    gets one ``write`` per interval carrying all of them (each ``write`` on loopback costs the
+    sender the receiver's TCP work too, and it was the largest cost left per delivery); after a
+    quiet interval the next event is written at once."""
 
-    def __init__(self, connection: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._dirty: list[FrameWriter] = []
+        self._scheduled = False
+        self._last = float("-inf")
+
+    def add(self, writer: FrameWriter) -> None:
+        """Flush ``writer`` with the next batch."""
+        self._dirty.append(writer)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = asyncio.get_running_loop()
+            delay = self._last + self._interval - loop.time()
+            if delay > 0:
+                loop.call_later(delay, self.run)
+            else:
+                loop.call_soon(self.run)
+
+    def run(self) -> None:
+        """Write every pending frame now."""
+        self._scheduled = False
+        self._last = asyncio.get_running_loop().time()
+        dirty, self._dirty = self._dirty, []
+        for writer in dirty:
+            writer.flush()
+
+
+class FrameWriter:
+    """Direct text frames for one WebSocket connection, written by its :class:`Flusher`."""
+
+    def __init__(self, connection: WebSocketsSansIOProtocol, flusher: Flusher) -> None:
         self._connection = connection
+        self._flusher = flusher
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._scheduled = False
 
     def write_text(self, text: str) -> bool:
-        """Queue a text frame for this iteration's write; False (nothing queued) when the
-        connection is closing, paused for a slow reader, or holds too much already."""
+        """Queue a text frame for the next flush; False (nothing queued) when the connection
+        is closing, paused for a slow reader, or holds too much already."""
         connection = self._connection
         if (
             connection.close_sent
@@ -90,16 +125,14 @@ class FrameWriter:
         ):
             return False
         frame = text_frame(text.encode())
+        if not self._pending:
+            self._flusher.add(self)
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
         return True
 
     def flush(self) -> None:
         """Write the pending frames now (dropped if a close frame already went out)."""
-        self._scheduled = False
         if not self._pending:
             return
         data = b"".join(self._pending)
@@ -111,7 +144,7 @@ class FrameWriter:
         connection.transport.write(data)
 
 
-def capture_connection(scope: Scope, send: Send) -> None:
+def capture_connection(scope: Scope, send: Send, flusher: Flusher) -> None:
     """Remember the uvicorn connection behind a WebSocket's ``send`` in its scope, when it is
     one this module can write to (the ``websockets-sansio`` protocol, without extensions)."""
     connection = getattr(send, "__self__", None)
@@ -119,7 +152,7 @@ def capture_connection(scope: Scope, send: Send) -> None:
         isinstance(connection, WebSocketsSansIOProtocol)
         and not connection.config.ws_per_message_deflate
     ):
-        scope[SCOPE_KEY] = FrameWriter(connection)
+        scope[SCOPE_KEY] = FrameWriter(connection, flusher)
 
 
 def frame_writer(scope: Scope) -> FrameWriter | None:

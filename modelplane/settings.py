@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     log per query), none on MongoDB."""
     events_poll_seconds: float = Field(default=0.05, gt=0, le=5)
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
+    subscription_flush_ms: float = Field(default=20.0, ge=0, le=1000)
+    """While events keep coming, write each subscriber connection at most this often (all its
+    pending messages in one write); 0: write at the end of every event-loop iteration."""
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", min_length=1)
     """Default image of VLLM inferences (kubernetes runtime)."""
     ollama_image: str = Field(default="ollama/ollama:0.12.6", min_length=1)

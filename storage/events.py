@@ -215,6 +215,7 @@ class EventLog:
         self._backstop_seconds = backstop_seconds
         self._recent = database[RECENT_COLLECTION]
         self._append_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
         self._fallback_logged = False
         self._next_hint = 0
         self._local: deque[Event] = deque(maxlen=LOCAL_BUFFER)
@@ -263,9 +264,16 @@ class EventLog:
         message: str | None = None,
         progress: Mapping[str, Any] | None = None,
     ) -> Event:
-        """Store an event under the next cursor and return it as stored."""
+        """Store an event under the next cursor and return it as stored.
+
+        Two stages, so this process's appends overlap: the insert (which fixes the cursor and
+        hands the event to this process's tails at once) under one lock, then the ring slot
+        and the head (which let other processes see it) under another, taken in insert order.
+        The cursor tried first follows this process's last append, without reading the head;
+        a duplicate key means another process appended meanwhile, and the head says how far.
+        """
         async with self._append_lock:  # writers of this process do not race each other
-            candidate = max(await self.head_cursor(), self._next_hint) + 1
+            candidate = (self._next_hint or await self.head_cursor()) + 1
             for _ in range(MAX_APPEND_ATTEMPTS):
                 event = Event(
                     cursor=candidate,
@@ -282,16 +290,25 @@ class EventLog:
                 try:
                     await self._collection.insert_one(event.to_mongo())
                 except DuplicateKeyError:
-                    candidate += 1  # another process took that number: the next one is free
+                    # another process took that number: skip to the head (it may have
+                    # appended many), or to the next number while its head update trails
+                    candidate = max(candidate, await self.head_cursor()) + 1
                     continue
                 self._next_hint = candidate
-                await self._remember(event)
-                await self._raise_head(candidate)
                 self._local.append(event)
                 for waker in self._wakers:
                     waker.set()
-                return event
-        raise StorageError(f"no event cursor after {MAX_APPEND_ATTEMPTS} attempts (contention)")
+                break
+            else:
+                raise StorageError(
+                    f"no event cursor after {MAX_APPEND_ATTEMPTS} attempts (contention)"
+                )
+        # No await between releasing the insert lock and queueing for this one (asyncio locks
+        # are FIFO), so events are published in the order they were inserted.
+        async with self._publish_lock:
+            await self._remember(event)
+            await self._raise_head(candidate)
+        return event
 
     async def head_cursor(self) -> int:
         """The newest cursor as the head document records it (one tiny-collection read; it may
@@ -404,15 +421,24 @@ class EventLog:
         far behind) and as a backstop every ten seconds in case a head update was lost."""
         waker = asyncio.Event()
         self._wakers.add(waker)
-        backstop = asyncio.get_running_loop().time() + self._backstop_seconds
+        loop = asyncio.get_running_loop()
+        backstop = loop.time() + self._backstop_seconds
+        next_read = loop.time()  # when to look at the database again
         try:
             while True:
                 waker.clear()
-                for event in list(self._local):
-                    if event.cursor == last + 1:
-                        last = event.cursor
-                        yield event
-                now = asyncio.get_running_loop().time()
+                for event in self._local_after(last):
+                    if event.cursor != last + 1:
+                        break  # another process holds the next cursor: the database has it
+                    last = event.cursor
+                    yield event
+                now = loop.time()
+                if now < next_read:  # woken by an append of this process: nothing to read
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(next_read - now):
+                            await waker.wait()
+                    continue
+                next_read = now + self._poll_interval
                 head = await self.head_cursor()
                 batch: list[Event] | None = None
                 if head > last:
@@ -425,17 +451,30 @@ class EventLog:
                     limit = max(self._poll_limit, min(head - last, CATCH_UP_LIMIT))
                     batch = await self.after(last, limit=limit)
                 for event in batch or []:
-                    last = event.cursor
-                    yield event
+                    if event.cursor > last:  # this process's own may have come from memory
+                        last = event.cursor
+                        yield event
                 if batch is not None and len(batch) == limit:
+                    next_read = now  # more to read at once
                     continue
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that races with the waker, and the tail would never stop.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_interval):
+                    async with asyncio.timeout(max(0.0, next_read - loop.time())):
                         await waker.wait()
         finally:
             self._wakers.discard(waker)
+
+    def _local_after(self, last: int) -> list[Event]:
+        """This process's recent appends with a cursor above ``last``, oldest first (read from
+        the newest end, so a tail that keeps up looks at one or two of them)."""
+        fresh: list[Event] = []
+        for event in reversed(self._local):
+            if event.cursor <= last:
+                break
+            fresh.append(event)
+        fresh.reverse()
+        return fresh
 
     async def _edge(self, direction: int) -> int | None:
         raw = await self._collection.find_one({}, {"_id": 1}, sort=[("_id", direction)])
