@@ -64,7 +64,7 @@ SECRET = "benchmark-secret-key-0123456789-abcdefghij"  # noqa: S105  a throwaway
 DATABASE = "fanout"
 ORG = "org-bench"
 MODEL_ID = "model-fanout"
-WRITE_MODELS = 8  # the API writer spreads updates over models (one model's writes serialise)
+WRITE_MODELS = 64  # the API writer spreads updates over models (one model's writes serialise)
 SUBSCRIPTION = """subscription Fanout($modelId: ID, $after: String) {
   # modelId null: every model of the organisation (the events scenario writes to several)
   modelEvents(modelId: $modelId, after: $after) { cursor type at progress { bytesDone } }
@@ -128,6 +128,7 @@ async def _subscribe_once(
                 out["resyncs"] += 1
                 continue
             out["cursors"].add(int(event["cursor"]))
+            out["received"] += 1
             if event["at"] and after is None:  # replayed events are late by design
                 at = datetime.fromisoformat(event["at"]).timestamp()
                 out["latencies"].append(received - at)
@@ -141,7 +142,14 @@ async def client_main(
 ) -> None:
     """One client process: ``count`` subscribers; prints JSON per subscriber at the end."""
     outs: list[dict[str, Any]] = [
-        {"cursors": set(), "latencies": [], "overflows": 0, "resyncs": 0, "last_progress": None}
+        {
+            "cursors": set(),
+            "received": 0,
+            "latencies": [],
+            "overflows": 0,
+            "resyncs": 0,
+            "last_progress": None,
+        }
         for _ in range(count)
     ]
     readies = [asyncio.Event() for _ in range(count)]
@@ -382,9 +390,12 @@ def _report_events(results: list[dict[str, Any]], written: int, seconds: float) 
             f"  latency p50 {statistics.median(latencies):.1f} ms, "
             f"p99 {_percentile(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
         )
+    duplicates = sum(r["received"] - r["count"] for r in results)
+    extra = sum(max(0, r["count"] - written) for r in results)
     print(
         f"  events not received {lost} (after resuming every OVERFLOW with `after`), "
-        f"OVERFLOW markers {overflows}; target p99 <= 100 ms, 0 lost"
+        f"duplicates {duplicates}, unknown cursors {extra}, OVERFLOW markers {overflows}; "
+        "target p99 <= 100 ms, 0 lost"
     )
     print("  (latency counts live deliveries only; events replayed after an OVERFLOW are late)")
 

@@ -408,6 +408,9 @@ class Broker:
                 async with contextlib.aclosing(self.log.tail(self._position)) as events:
                     async for event in events:
                         failures = 0
+                        if event.cursor <= self._position:
+                            logger.warning("event log: the tail repeated cursor %d", event.cursor)
+                            continue
                         if event.cursor > self._position + 1:
                             logger.warning(
                                 "event log: the tail skipped cursors %d..%d (trimmed before "

@@ -26,11 +26,18 @@ Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data
 1.24 closes a tailable cursor whenever its first batch is not full (``msg_find.go``), so the
 cursor is dead right after the first (empty or short) batch. :meth:`EventLog.tail` therefore
 tries the tailable cursor and, when the server ended it at once while the log holds events, falls
-back to polling (logged once). Polling is made cheap: events this process appended are handed
-to its tail from memory at once; events of other processes are read from a 128-slot ring
-collection (``event_recent``, slot = cursor mod 128, written before the head is raised) whose
-scan costs the same whatever the log's size; the log itself is read only when a tail is too far
-behind for the ring, and as a backstop every ten seconds.
+back to polling (logged once). It also falls back when a tailable cursor hands back an event at
+or below one it already returned, which FerretDB's did under load in ``bench/fanout.py`` (a
+range of several hundred old events, again and again); MongoDB's never do.
+
+Polling is made cheap. Events this process appended are handed to its tail from memory at once.
+Events of other processes are read from a 128-slot ring collection (``event_ring``, written
+before the head is raised), one ``find_one`` per new event by its slot's *string* ``_id``
+(``"017"`` for cursor 145): FerretDB 1.24 pushes an ``_id`` equality down to SQLite for a
+string but not for a number, so these cost about 1 ms of FerretDB CPU each, against 4 to 6 ms
+for an integer-keyed slot and 190 ms for ``find_one`` by cursor in a 5,000-event log (measured
+here, ``bench/fanout.py`` and ad-hoc timings). The log itself is read only when a tail is too
+far behind for the ring, and as a backstop every ten seconds.
 
 Known FerretDB 1.24 limits (SQLite backend), measured on 30,000 events: it pushes down neither
 ``_id`` ranges nor sorts, so each query reads the whole log (about 2 s at that size). Capped
@@ -64,7 +71,8 @@ logger = logging.getLogger(__name__)
 COLLECTION = "events"
 HEAD_COLLECTION = "event_head"
 HEAD_ID = "head"
-RECENT_COLLECTION = "event_recent"
+RECENT_COLLECTION = "event_ring"
+LEGACY_RECENT_COLLECTION = "event_recent"  # integer slots: dropped by ensure()
 RECENT_SLOTS = 128
 RECENT_MARGIN = 16
 LOCAL_BUFFER = 4096
@@ -186,6 +194,11 @@ class Event:
         )
 
 
+def _slot(cursor: int) -> str:
+    """The ring slot of a cursor, as a string ``_id`` (see the module docstring)."""
+    return f"{cursor % RECENT_SLOTS:03d}"
+
+
 class EventLog:
     """Append to and read the capped ``events`` collection of one database."""
 
@@ -251,6 +264,10 @@ class EventLog:
         newest = await self.latest_cursor()
         if newest is not None:
             await self._raise_head(newest)  # repairs a head left behind by a crash
+        if LEGACY_RECENT_COLLECTION in await self._database.list_collection_names(
+            filter={"name": LEGACY_RECENT_COLLECTION}
+        ):
+            await self._database.drop_collection(LEGACY_RECENT_COLLECTION)  # a cache only
 
     async def append(
         self,
@@ -319,7 +336,7 @@ class EventLog:
     async def _remember(self, event: Event) -> None:
         """Copy the event into its slot of the small ring other processes poll (written
         before the head is raised, so a head value promises its ring entry, barring a crash)."""
-        document = {**event.to_mongo(), "_id": event.cursor % RECENT_SLOTS}
+        document = {**event.to_mongo(), "_id": _slot(event.cursor)}
         document["cursor"] = Int64(event.cursor)
         for _ in range(2):
             try:
@@ -333,15 +350,16 @@ class EventLog:
         (too far behind, or a slot not written yet): then the log itself is read."""
         if head - last > RECENT_SLOTS - RECENT_MARGIN:
             return None
-        found: dict[int, Event] = {}
-        async for raw in self._recent.find({}):
-            cursor = int(raw["cursor"])
-            if last < cursor <= head:
-                found[cursor] = Event.from_mongo({**raw, "_id": cursor})
         wanted = range(last + 1, head + 1)
-        if any(cursor not in found for cursor in wanted):
-            return None
-        return [found[cursor] for cursor in wanted]
+        found = await asyncio.gather(
+            *(self._recent.find_one({"_id": _slot(cursor)}) for cursor in wanted)
+        )
+        events: list[Event] = []
+        for cursor, raw in zip(wanted, found, strict=True):
+            if raw is None or int(raw["cursor"]) != cursor:
+                return None  # not written yet, or already overwritten by a newer event
+            events.append(Event.from_mongo({**raw, "_id": cursor}))
+        return events
 
     async def _raise_head(self, cursor: int) -> None:
         for _ in range(2):
@@ -401,6 +419,12 @@ class EventLog:
                         awaits = True  # an empty batch and a live cursor: the server waits
                         continue
                     event = Event.from_mongo(raw)
+                    if event.cursor <= last:
+                        # MongoDB's tailable cursors only move forward; FerretDB's was seen
+                        # handing back hundreds of old events under load: poll instead.
+                        awaits = False
+                        self._log_fallback("handed back an old event")
+                        break
                     last = event.cursor
                     yield event
             finally:
@@ -409,14 +433,14 @@ class EventLog:
                 # MongoDB only kills a tailable cursor on an empty collection; this server
                 # ended it on a non-empty log, so it cannot wait for data.
                 awaits = False
-                self._log_fallback()
-            else:
+                self._log_fallback("ended a tailable awaitData cursor at once")
+            elif awaits is not False:
                 await asyncio.sleep(self._poll_interval)  # empty log: nothing to tail yet
 
     async def _poll(self, last: int) -> AsyncGenerator[Event, None]:
         """Tail without server-side waiting, cheaply on FerretDB (which scans the whole log for
         any query): events this process appended are delivered from memory at once; events
-        from other processes come from the small ring (``event_recent``, 128 slots) when the
+        from other processes come from the small ring (``event_ring``, 128 slots) when the
         head document shows them; the log itself is read only when the ring cannot serve (too
         far behind) and as a backstop every ten seconds in case a head update was lost."""
         waker = asyncio.Event()
@@ -480,12 +504,12 @@ class EventLog:
         raw = await self._collection.find_one({}, {"_id": 1}, sort=[("_id", direction)])
         return None if raw is None else int(raw["_id"])
 
-    def _log_fallback(self) -> None:
+    def _log_fallback(self, why: str) -> None:
         if not self._fallback_logged:
             self._fallback_logged = True
             logger.info(
-                "event log: the server ended a tailable awaitData cursor at once; "
-                "polling every %.0f ms instead",
+                "event log: the server %s; polling every %.0f ms instead",
+                why,
                 self._poll_interval * 1000,
             )
 

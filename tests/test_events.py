@@ -377,6 +377,38 @@ async def test_two_brokers_on_two_clients_both_deliver(database: Database, mongo
         await other_client.close()
 
 
+async def test_another_process_reads_new_events_from_the_ring_not_the_log(
+    database: Database, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events appended by another process reach a polling tail through the ring's string-keyed
+    slots (cheap on FerretDB), not through a read of the log, however many arrive."""
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        writer = EventLog(other_client[database.name], poll_interval=POLL)
+        reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+        await writer.ensure()
+        log_reads: list[int] = []
+        read_log = reader.after
+
+        async def counting(cursor: int, *, limit: int, organization_id: str | None = None) -> Any:
+            log_reads.append(cursor)
+            return await read_log(cursor, limit=limit, organization_id=organization_id)
+
+        monkeypatch.setattr(reader, "after", counting)
+        async with (
+            running_broker(reader) as broker,
+            broker.subscribe(EventFilter(ORG_A)) as subscription,
+        ):
+            written = [await append(writer, resource_id=f"model-{i}") for i in range(30)]
+            assert await take(subscription, 30) == written
+        assert log_reads == []
+        slots = await database["event_ring"].distinct("_id")
+        assert slots
+        assert all(isinstance(slot, str) for slot in slots)
+    finally:
+        await other_client.close()
+
+
 async def test_close_ends_subscriptions_and_leaves_no_task(log: EventLog) -> None:
     broker = Broker(log)
     await broker.start()

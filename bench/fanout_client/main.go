@@ -11,7 +11,8 @@
 // live deliveries. On OVERFLOW a subscriber reconnects with `after` set to the marker's
 // cursor, as a real client does; replayed events count as received but not for latency. When
 // stdin closes it prints one JSON line: a list with, per subscriber, count (distinct cursors),
-// latencies (seconds), overflows, resyncs and last_progress.
+// received (events, duplicates included), latencies (seconds), overflows, resyncs and
+// last_progress.
 package main
 
 import (
@@ -46,6 +47,7 @@ type message struct {
 
 type result struct {
 	Count        int       `json:"count"`
+	Received     int       `json:"received"`
 	Latencies    []float64 `json:"latencies"`
 	Overflows    int       `json:"overflows"`
 	Resyncs      int       `json:"resyncs"`
@@ -192,6 +194,7 @@ func subscribeOnce(
 				return nil, err
 			}
 			r.cursors[cursor] = struct{}{}
+			r.Received++
 			if ev.At != nil && after == nil { // replayed events are late by design
 				at, err := time.Parse(time.RFC3339Nano, *ev.At)
 				if err != nil {
