@@ -91,6 +91,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     settings.check_serving()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
+    if settings.event_loop == "uvloop":
+        import uvloop  # noqa: PLC0415  only when asked for
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(settings))
     return asyncio.run(_serve(settings))
 
 

@@ -59,14 +59,13 @@ def next_message(prefix: str, payload_json: str) -> str:
     return f'{prefix},"payload":{payload_json}}}'
 
 
-def text_frame(data: bytes) -> bytes:
-    """An unmasked, final text frame header for ``data`` (RFC 6455 section 5.2), then ``data``."""
-    size = len(data)
+def frame_header(size: int) -> bytes:
+    """The header of an unmasked, final text frame of ``size`` payload bytes (RFC 6455 5.2)."""
     if size < 126:
-        return bytes((0x81, size)) + data
+        return bytes((0x81, size))
     if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + data
-    return b"\x81\x7f" + size.to_bytes(8, "big") + data
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
 class Flusher:
@@ -112,9 +111,10 @@ class FrameWriter:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
-    def write_text(self, text: str) -> bool:
-        """Queue a text frame for the next flush; False (nothing queued) when the connection
-        is closing, paused for a slow reader, or holds too much already."""
+    def write_parts(self, *parts: bytes) -> bool:
+        """Queue one text frame whose UTF-8 payload is ``parts`` joined, for the next flush;
+        False (nothing queued) when the connection is closing, paused for a slow reader, or
+        holds too much already. The parts are not copied here: the flush joins them once."""
         connection = self._connection
         if (
             connection.close_sent
@@ -124,11 +124,12 @@ class FrameWriter:
             or self._pending_bytes > PENDING_LIMIT
         ):
             return False
-        frame = text_frame(text.encode())
+        size = sum(map(len, parts))
         if not self._pending:
             self._flusher.add(self)
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
+        self._pending.append(frame_header(size))
+        self._pending.extend(parts)
+        self._pending_bytes += size
         return True
 
     def flush(self) -> None:
@@ -167,12 +168,12 @@ class _OperationChannel:
     def __init__(self, writer: FrameWriter, operation: Operation[Context, None]) -> None:
         self._writer = writer
         self._operation = operation
-        self._prefix = next_prefix(operation.id)
+        self._prefix = f'{next_prefix(operation.id)},"payload":'.encode()
 
-    def write_next(self, payload_json: str) -> bool:
+    def write_next(self, payload_json: bytes) -> bool:
         if self._operation.completed:
             return False
-        return self._writer.write_text(next_message(self._prefix, payload_json))
+        return self._writer.write_parts(self._prefix, payload_json, b"}")
 
 
 class TransportHandler(BaseGraphQLTransportWSHandler[Context, None]):

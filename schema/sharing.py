@@ -38,9 +38,9 @@ from graphql import ExecutionResult, OperationType, execute_subscription_event, 
 class DirectChannel(Protocol):
     """Where a subscription operation's ``next`` messages can be written without its task."""
 
-    def write_next(self, payload_json: str) -> bool:
-        """Send ``{"id": <this operation>, "type": "next", "payload": <payload_json>}``; False
-        when the connection cannot take it now (closing, or its buffer is backlogged)."""
+    def write_next(self, payload_json: bytes) -> bool:
+        """Send ``{"id": <this operation>, "type": "next", "payload": <payload_json>}`` (UTF-8);
+        False when the connection cannot take it now (closing, or its buffer is backlogged)."""
         ...
 
 
@@ -62,9 +62,15 @@ def direct_delivery() -> Callable[[SharedPayload], bool] | None:
     if channel is None or executor is None:
         return None
 
+    key = executor.share_key
+    write = channel.write_next
+
     def deliver(payload: SharedPayload) -> bool:
-        encoded = executor.encoded(payload)
-        return encoded is not None and channel.write_next(encoded)
+        found = payload.__dict__.get("_shared_texts")  # the common case, inlined: a hit
+        text = found.get(key) if found is not None else None
+        if text is None:
+            text = executor.encoded(payload)
+        return text is not None and write(text)
 
     return deliver
 
@@ -82,9 +88,9 @@ class SharedPayload:
         return found
 
     @property
-    def shared_texts(self) -> dict[str, str]:
-        """The JSON of ``{"data": ...}`` for each selection, by document and variables."""
-        found: dict[str, str] | None = self.__dict__.get("_shared_texts")
+    def shared_texts(self) -> dict[str, bytes]:
+        """The JSON of ``{"data": ...}`` for each selection (UTF-8), by document and variables."""
+        found: dict[str, bytes] | None = self.__dict__.get("_shared_texts")
         if found is None:
             found = {}
             self.__dict__["_shared_texts"] = found
@@ -107,9 +113,14 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
             _executor.set(built)
         return built
 
-    def encoded(self, payload: SharedPayload) -> str | None:
-        """The JSON of ``{"data": ...}`` for this selection over ``payload``, encoded once per
-        payload and selection; None when it cannot be shared (errors, or not synchronous)."""
+    @property
+    def share_key(self) -> str:
+        """This selection's key in the shared caches: printed document and variables."""
+        return self._key()
+
+    def encoded(self, payload: SharedPayload) -> bytes | None:
+        """The JSON of ``{"data": ...}`` for this selection over ``payload`` (UTF-8), encoded
+        once per payload and selection; None when it cannot be shared (errors, not sync)."""
         key = self._key()
         texts = payload.shared_texts
         text = texts.get(key)
@@ -117,7 +128,7 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
             outcome = execute_subscription_event(self.build_per_event_executor(payload))
             if not isinstance(outcome, ExecutionResult) or outcome.errors or outcome.extensions:
                 return None  # the ordinary path executes and masks it (our fields never await)
-            text = texts[key] = json.dumps({"data": outcome.data}, separators=(",", ":"))
+            text = texts[key] = json.dumps({"data": outcome.data}, separators=(",", ":")).encode()
         return text
 
     def _key(self) -> str:

@@ -9,7 +9,11 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from modelplane.direct import next_message, next_prefix, text_frame
+from modelplane.direct import frame_header, next_message, next_prefix
+
+
+def text_frame(data: bytes) -> bytes:
+    return frame_header(len(data)) + data
 
 
 def _parse(data: bytes) -> tuple[Frame, bytes]:

@@ -4,7 +4,7 @@
 // the server rather than its clients (Python clients spent more CPU receiving than the server
 // spent sending).
 //
-// Usage: fanoutclient URL TOKEN COUNT MODEL_ID QUERY
+// Usage: fanoutclient URL TOKEN COUNT MODEL_ID QUERY (a modelEvents subscription)
 //
 // It prints READY once every subscriber has sent `subscribe`, then records each event: the
 // cursor, and the latency (receipt time minus the event's `at`, same machine, same clock) of
@@ -41,7 +41,9 @@ type event struct {
 type message struct {
 	Type    string `json:"type"`
 	Payload struct {
-		Data map[string]event `json:"data"`
+		Data struct {
+			ModelEvents *event `json:"modelEvents"`
+		} `json:"data"`
 	} `json:"payload"`
 }
 
@@ -180,7 +182,7 @@ func subscribeOnce(
 		if msg.Type != "next" {
 			return nil, nil // complete or error: the stream ended
 		}
-		for _, ev := range msg.Payload.Data {
+		if ev := msg.Payload.Data.ModelEvents; ev != nil {
 			switch ev.Type {
 			case "OVERFLOW":
 				cursor := ev.Cursor
