@@ -492,6 +492,9 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             clients=args.clients,
         )
         cpu_before = _cpu_seconds(server.pid)
+        ferret_pid = ferret.pid
+        ferret_before = _cpu_seconds(ferret_pid) if ferret_pid else 0.0
+        clients_before = sum(_cpu_seconds(child.pid) for child in children)
         rss_before = _rss_mb(server.pid)
         samples: list[tuple[float, float]] = []
         began = time.perf_counter()
@@ -501,6 +504,8 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
         await asyncio.sleep(args.drain_seconds)  # let deliveries still queued arrive
         elapsed = time.perf_counter() - began
         cpu = _cpu_seconds(server.pid) - cpu_before
+        ferret_cpu = (_cpu_seconds(ferret_pid) - ferret_before) if ferret_pid else 0.0
+        clients_cpu = sum(_cpu_seconds(child.pid) for child in children) - clients_before
         results = await asyncio.to_thread(_collect, children)
         sampler.cancel()
         peak = max(rss for _, rss in samples)
@@ -508,6 +513,10 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             f"  writing took {writing:.1f} s, then {args.drain_seconds:g} s to drain; server: "
             f"CPU {cpu:.1f} s over {elapsed:.1f} s ({100 * cpu / elapsed:.0f}% of a core), "
             f"RSS {rss_before:.0f} MB before, peak {peak:.0f} MB"
+        )
+        print(
+            f"  beside it on the same cores: FerretDB {100 * ferret_cpu / elapsed:.0f}% of a "
+            f"core, the subscriber processes {100 * clients_cpu / elapsed:.0f}%"
         )
         if scenario == "events":
             _report_events(results, written, writing)

@@ -130,6 +130,11 @@ class FerretDBProcess:
         finally:
             await client.close()
 
+    @property
+    def pid(self) -> int | None:
+        """The running FerretDB's process id (None when not started or stopped)."""
+        return None if self._process is None else self._process.pid
+
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the process and reap it; idempotent."""
         process, self._process = self._process, None

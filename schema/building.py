@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import strawberry
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import MaskErrors, ParserCache, SchemaExtension, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
@@ -79,6 +79,10 @@ class _Schema(strawberry.Schema):
             super().process_errors(unexpected, execution_context)
 
 
+DOCUMENT_CACHE_SIZE = 512
+"""Distinct operation documents whose parse and validation results are kept."""
+
+
 def build_schema(
     *,
     query: type[Any],
@@ -94,6 +98,13 @@ def build_schema(
         subscription=subscription,
         types=list(types),
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
-        extensions=[*extensions, lambda: _MaskErrors(should_mask_error=_should_mask)],
+        extensions=[
+            *extensions,
+            # Parsing and validating a document cost more than running a small mutation; the
+            # same operations come again and again (dashboards, scripts), so keep the results.
+            lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
+            lambda: _MaskErrors(should_mask_error=_should_mask),
+        ],
         execution_context_class=SharingExecutor,
     )
