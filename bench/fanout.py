@@ -464,6 +464,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             "MODELPLANE_PORT": str(port),
             "MODELPLANE_LOG_LEVEL": "WARNING",
             "MODELPLANE_EVENTS_MAX": str(args.events_max),
+            "MODELPLANE_EVENT_LOOP": args.event_loop,
         }
         server = subprocess.Popen([sys.executable, "-m", "modelplane", "serve"], env=env, cwd=ROOT)
         base = f"http://127.0.0.1:{port}"
@@ -480,7 +481,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
         writer = args.writer if scenario == "events" else "log (batched)"
         print(
             f"\n== {scenario}: {subscribers} subscribers ({args.clients} clients in "
-            f"{args.client_processes} processes), writer {writer}"
+            f"{args.client_processes} processes), writer {writer}, {args.event_loop} loop"
         )
         children = _start_clients(
             ws_url,
@@ -491,10 +492,12 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             model_id="" if scenario == "events" else MODEL_ID,
             clients=args.clients,
         )
-        cpu_before = _cpu_seconds(server.pid)
-        ferret_pid = ferret.pid
-        ferret_before = _cpu_seconds(ferret_pid) if ferret_pid else 0.0
-        clients_before = sum(_cpu_seconds(child.pid) for child in children)
+        meters = {
+            "server": [server.pid],
+            "ferretdb": [ferret.pid] if ferret.pid else [],
+            "clients": [child.pid for child in children],
+        }
+        cpu_before = {name: sum(map(_cpu_seconds, pids)) for name, pids in meters.items()}
         rss_before = _rss_mb(server.pid)
         samples: list[tuple[float, float]] = []
         began = time.perf_counter()
@@ -503,9 +506,8 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
         writing = time.perf_counter() - began
         await asyncio.sleep(args.drain_seconds)  # let deliveries still queued arrive
         elapsed = time.perf_counter() - began
-        cpu = _cpu_seconds(server.pid) - cpu_before
-        ferret_cpu = (_cpu_seconds(ferret_pid) - ferret_before) if ferret_pid else 0.0
-        clients_cpu = sum(_cpu_seconds(child.pid) for child in children) - clients_before
+        used = {n: sum(map(_cpu_seconds, pids)) - cpu_before[n] for n, pids in meters.items()}
+        cpu = used["server"]
         results = await asyncio.to_thread(_collect, children)
         sampler.cancel()
         peak = max(rss for _, rss in samples)
@@ -515,8 +517,8 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             f"RSS {rss_before:.0f} MB before, peak {peak:.0f} MB"
         )
         print(
-            f"  beside it on the same cores: FerretDB {100 * ferret_cpu / elapsed:.0f}% of a "
-            f"core, the subscriber processes {100 * clients_cpu / elapsed:.0f}%"
+            f"  beside it on the same cores: FerretDB {100 * used['ferretdb'] / elapsed:.0f}% "
+            f"of a core, the subscriber processes {100 * used['clients'] / elapsed:.0f}%"
         )
         if scenario == "events":
             _report_events(results, written, writing)
@@ -548,6 +550,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--interval-ms", type=float, default=10)
     parser.add_argument("--writer", choices=["api", "log"], default="api")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="uvloop")
     parser.add_argument("--events-max", type=int, default=5000)
     parser.add_argument("--progress-subscribers", type=int, default=200)
     parser.add_argument("--progress-rate", type=int, default=5000)

@@ -3,13 +3,16 @@ own frame parser, which is what the server's other frames come from."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+import uvloop
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from modelplane.direct import frame_header, next_message, next_prefix
+from modelplane.settings import load_settings
 
 
 def text_frame(data: bytes) -> bytes:
@@ -53,3 +56,8 @@ def test_two_frames_in_one_write_parse_one_after_the_other() -> None:
 def test_next_message_is_the_protocol_message() -> None:
     text = next_message(next_prefix('id "1"'), '{"data":{"x":[1,2]}}')
     assert json.loads(text) == {"id": 'id "1"', "type": "next", "payload": {"data": {"x": [1, 2]}}}
+
+
+async def test_the_suite_runs_on_the_loop_serve_uses() -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert load_settings().event_loop == "uvloop"
