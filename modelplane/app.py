@@ -737,6 +737,12 @@ class _SubscriptionCollector(Collector):
         events.add_metric(["direct"], broker.direct_deliveries)
         events.add_metric(["queued"], broker.queued_deliveries)
         yield events
+        yield CounterMetricFamily(
+            "modelplane_subscription_progress_coalesced",
+            "PROGRESS events offered to no subscriber because a later PROGRESS of the same "
+            "resource arrived in the same read of the event log.",
+            broker.coalesced,
+        )
         yield GaugeMetricFamily(
             "modelplane_subscribers", "Live subscriptions in this process.", broker.subscribers
         )

@@ -318,6 +318,8 @@ class Broker:
         """Events written to a subscriber's connection by the tail itself (the fast lane)."""
         self.queued_deliveries = 0
         """Events put in a subscriber's queue, for its own task to deliver."""
+        self.coalesced = 0
+        """PROGRESS events offered to no subscriber: a later one of the same batch replaced it."""
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener`` with every event of every organisation as the tail reads it
@@ -401,31 +403,48 @@ class Broker:
             for subscription in list(self._subscriptions):
                 subscription.end()
 
+    def _dispatch(self, batch: list[Event]) -> None:
+        """Hand a batch read from the log to the listeners (every event) and the subscribers
+        (every event, except a PROGRESS that a later PROGRESS of the same resource in this
+        batch supersedes: a queue would coalesce them anyway, and a burst of progress costs
+        one delivery per subscriber instead of one per event)."""
+        newest_progress: dict[tuple[ResourceKind, str], int] = {}
+        for event in batch:
+            if event.type == EventType.PROGRESS:
+                newest_progress[(event.resource_kind, event.resource_id)] = event.cursor
+        for event in batch:
+            if event.cursor <= self._position:
+                logger.warning("event log: the tail repeated cursor %d", event.cursor)
+                continue
+            if event.cursor > self._position + 1:
+                logger.warning(
+                    "event log: the tail skipped cursors %d..%d (trimmed before they were read)",
+                    self._position + 1,
+                    event.cursor - 1,
+                )
+            self._position = event.cursor
+            for listener in self._listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("event listener failed")
+            if (
+                event.type == EventType.PROGRESS
+                and newest_progress[(event.resource_kind, event.resource_id)] != event.cursor
+            ):
+                self.coalesced += 1
+                continue
+            for subscription in list(self._subscriptions):
+                subscription.offer(event)
+
     async def _follow(self) -> None:
         failures = 0
         while True:
             try:
-                async with contextlib.aclosing(self.log.tail(self._position)) as events:
-                    async for event in events:
+                async with contextlib.aclosing(self.log.tail_batches(self._position)) as batches:
+                    async for batch in batches:
                         failures = 0
-                        if event.cursor <= self._position:
-                            logger.warning("event log: the tail repeated cursor %d", event.cursor)
-                            continue
-                        if event.cursor > self._position + 1:
-                            logger.warning(
-                                "event log: the tail skipped cursors %d..%d (trimmed before "
-                                "they were read)",
-                                self._position + 1,
-                                event.cursor - 1,
-                            )
-                        self._position = event.cursor
-                        for listener in self._listeners:
-                            try:
-                                listener(event)
-                            except Exception:
-                                logger.exception("event listener failed")
-                        for subscription in list(self._subscriptions):
-                            subscription.offer(event)
+                        self._dispatch(batch)
             except PyMongoError as exc:
                 delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
                 failures += 1

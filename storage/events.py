@@ -395,6 +395,15 @@ class EventLog:
         Runs until the caller stops iterating (close it with ``aclose``). Database errors are
         raised; the caller may resume with the last cursor it saw.
         """
+        async with contextlib.aclosing(self.tail_batches(after)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def tail_batches(self, after: int | None = None) -> AsyncGenerator[list[Event], None]:
+        """Like :meth:`tail`, in the batches the events arrived in (oldest first, never empty),
+        so a reader can see that a later event of a batch supersedes an earlier one. Polling
+        yields what each read returned; a tailable cursor one event at a time."""
         last = after if after is not None else (await self.latest_cursor() or 0)
         awaits: bool | None = {
             TailStrategy.AUTO: None,
@@ -403,8 +412,9 @@ class EventLog:
         }[self._strategy]
         while True:
             if awaits is False:
-                async for event in self._poll(last):
-                    yield event
+                async with contextlib.aclosing(self._poll(last)) as polled:
+                    async for batch in polled:
+                        yield batch
                 return  # _poll only returns when its caller stops iterating
             cursor = self._collection.find(
                 {"_id": {"$gt": Int64(last)}}, cursor_type=CursorType.TAILABLE_AWAIT
@@ -426,7 +436,7 @@ class EventLog:
                         self._log_fallback("handed back an old event")
                         break
                     last = event.cursor
-                    yield event
+                    yield [event]
             finally:
                 await cursor.close()
             if awaits is None and (last > 0 or await self.latest_cursor() is not None):
@@ -437,7 +447,7 @@ class EventLog:
             elif awaits is not False:
                 await asyncio.sleep(self._poll_interval)  # empty log: nothing to tail yet
 
-    async def _poll(self, last: int) -> AsyncGenerator[Event, None]:
+    async def _poll(self, last: int) -> AsyncGenerator[list[Event], None]:
         """Tail without server-side waiting, cheaply on FerretDB (which scans the whole log for
         any query): events this process appended are delivered from memory at once; events
         from other processes come from the small ring (``event_ring``, 128 slots) when the
@@ -451,11 +461,14 @@ class EventLog:
         try:
             while True:
                 waker.clear()
+                local: list[Event] = []
                 for event in self._local_after(last):
                     if event.cursor != last + 1:
                         break  # another process holds the next cursor: the database has it
                     last = event.cursor
-                    yield event
+                    local.append(event)
+                if local:
+                    yield local
                 now = loop.time()
                 if now < next_read:  # woken by an append of this process: nothing to read
                     with contextlib.suppress(TimeoutError):
@@ -474,10 +487,10 @@ class EventLog:
                     # everything missed (bounded) in one read instead of pages of poll_limit.
                     limit = max(self._poll_limit, min(head - last, CATCH_UP_LIMIT))
                     batch = await self.after(last, limit=limit)
-                for event in batch or []:
-                    if event.cursor > last:  # this process's own may have come from memory
-                        last = event.cursor
-                        yield event
+                fresh = [event for event in batch or [] if event.cursor > last]
+                if fresh:  # (this process's own may have come from memory already)
+                    last = fresh[-1].cursor
+                    yield fresh
                 if batch is not None and len(batch) == limit:
                     next_read = now  # more to read at once
                     continue

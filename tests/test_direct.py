@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import pytest
 import uvloop
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from modelplane.direct import frame_header, next_message, next_prefix
+from modelplane.direct import Flusher, FrameWriter, frame_header, next_message, next_prefix
 from modelplane.settings import load_settings
 
 
@@ -61,3 +62,33 @@ def test_next_message_is_the_protocol_message() -> None:
 async def test_the_suite_runs_on_the_loop_serve_uses() -> None:
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
     assert load_settings().event_loop == "uvloop"
+
+
+class _Recorder:
+    """Stands in for a FrameWriter: records when the flusher flushes it."""
+
+    def __init__(self) -> None:
+        self.flushed: list[float] = []
+
+    def flush(self) -> None:
+        self.flushed.append(asyncio.get_running_loop().time())
+
+
+async def test_a_flusher_writes_at_once_after_quiet_and_then_once_per_interval() -> None:
+    loop = asyncio.get_running_loop()
+    flusher = Flusher(0.05)
+    first, second = _Recorder(), _Recorder()
+    started = loop.time()
+    flusher.add(cast("FrameWriter", first))
+    flusher.add(cast("FrameWriter", second))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(first.flushed) == 1  # quiet before: flushed at the end of the iteration
+    assert len(second.flushed) == 1  # in the same batch
+    assert first.flushed[0] - started < 0.04
+    flusher.add(cast("FrameWriter", first))  # busy now: waits for the interval
+    await asyncio.sleep(0.01)
+    assert len(first.flushed) == 1
+    await asyncio.sleep(0.08)
+    assert len(first.flushed) == 2
+    assert first.flushed[1] - first.flushed[0] >= 0.049
