@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import Scope, Send
@@ -111,10 +112,11 @@ class FrameWriter:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
 
-    def write_parts(self, *parts: bytes) -> bool:
-        """Queue one text frame whose UTF-8 payload is ``parts`` joined, for the next flush;
-        False (nothing queued) when the connection is closing, paused for a slow reader, or
-        holds too much already. The parts are not copied here: the flush joins them once."""
+    def write_messages(self, prefix: bytes, payloads: Sequence[bytes], suffix: bytes) -> bool:
+        """Queue one text frame per payload, each ``prefix + payload + suffix`` (UTF-8), for
+        the next flush; False (nothing queued) when the connection is closing, paused for a
+        slow reader, or holds too much already. Parts are not copied here: the flush joins
+        them once."""
         connection = self._connection
         if (
             connection.close_sent
@@ -124,12 +126,14 @@ class FrameWriter:
             or self._pending_bytes > PENDING_LIMIT
         ):
             return False
-        size = sum(map(len, parts))
         if not self._pending:
             self._flusher.add(self)
-        self._pending.append(frame_header(size))
-        self._pending.extend(parts)
-        self._pending_bytes += size
+        pending = self._pending
+        fixed = len(prefix) + len(suffix)
+        for payload in payloads:
+            size = fixed + len(payload)
+            pending.extend((frame_header(size), prefix, payload, suffix))
+            self._pending_bytes += size
         return True
 
     def flush(self) -> None:
@@ -170,10 +174,10 @@ class _OperationChannel:
         self._operation = operation
         self._prefix = f'{next_prefix(operation.id)},"payload":'.encode()
 
-    def write_next(self, payload_json: bytes) -> bool:
+    def write_next(self, payloads: Sequence[bytes]) -> bool:
         if self._operation.completed:
             return False
-        return self._writer.write_parts(self._prefix, payload_json, b"}")
+        return self._writer.write_messages(self._prefix, payloads, b"}")
 
 
 class TransportHandler(BaseGraphQLTransportWSHandler[Context, None]):

@@ -26,7 +26,7 @@ awaitable) is left to the ordinary path, which stays the reference behaviour.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -38,9 +38,10 @@ from graphql import ExecutionResult, OperationType, execute_subscription_event, 
 class DirectChannel(Protocol):
     """Where a subscription operation's ``next`` messages can be written without its task."""
 
-    def write_next(self, payload_json: bytes) -> bool:
-        """Send ``{"id": <this operation>, "type": "next", "payload": <payload_json>}`` (UTF-8);
-        False when the connection cannot take it now (closing, or its buffer is backlogged)."""
+    def write_next(self, payloads: Sequence[bytes]) -> bool:
+        """Send ``{"id": <this operation>, "type": "next", "payload": <payload>}`` for each
+        payload (UTF-8 JSON), all or none; False (none sent) when the connection cannot take
+        them now (closing, or its buffer is backlogged)."""
         ...
 
 
@@ -53,24 +54,28 @@ def offer_direct_channel(channel: DirectChannel) -> None:
     _channel.set(channel)
 
 
-def direct_delivery() -> Callable[[SharedPayload], bool] | None:
-    """For a subscription resolver: a function writing a shared payload straight to this
-    operation's subscriber (True when written), or None when the transport offers no channel.
-    """
+def direct_delivery() -> Callable[[Sequence[SharedPayload]], int] | None:
+    """For a subscription resolver: a function writing shared payloads straight to this
+    operation's subscriber, returning how many of the first ones it wrote; None when the
+    transport offers no channel."""
     channel = _channel.get()
     executor = _executor.get()
     if channel is None or executor is None:
         return None
-
     key = executor.share_key
     write = channel.write_next
 
-    def deliver(payload: SharedPayload) -> bool:
-        found = payload.__dict__.get("_shared_texts")  # the common case, inlined: a hit
-        text = found.get(key) if found is not None else None
-        if text is None:
-            text = executor.encoded(payload)
-        return text is not None and write(text)
+    def deliver(payloads: Sequence[SharedPayload]) -> int:
+        texts: list[bytes] = []
+        for payload in payloads:
+            found = payload.__dict__.get("_shared_texts")  # the common case, inlined: a hit
+            text = found.get(key) if found is not None else None
+            if text is None:
+                text = executor.encoded(payload)
+                if text is None:
+                    break  # this one takes the ordinary path, and so does what follows it
+            texts.append(text)
+        return len(texts) if texts and write(texts) else 0
 
     return deliver
 

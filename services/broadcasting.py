@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -150,7 +150,7 @@ class Subscription:
         self._overflowed = False
         self._closed = False
         self._wake = asyncio.Event()
-        self._sink: Callable[[Event], bool] | None = None
+        self._sink: Callable[[Sequence[Event]], int] | None = None
         self._parked = False
 
     @property
@@ -169,20 +169,34 @@ class Subscription:
         """Events waiting in the live queue (for tests and metrics)."""
         return len(self._queue)
 
-    def deliver_directly(self, sink: Callable[[Event], bool]) -> None:
-        """Hand live events to ``sink`` while the consumer is idle (see the module docstring);
-        ``sink`` returns False when it cannot take an event now, which then queues."""
+    def deliver_directly(self, sink: Callable[[Sequence[Event]], int]) -> None:
+        """Hand live events to ``sink`` while the consumer is idle (see the module docstring).
+        ``sink`` takes events in cursor order and returns how many of the first ones it
+        delivered; the rest (it could not take them now) queue."""
         self._sink = sink
 
     def offer(self, event: Event) -> None:
         """Queue a live event if it matches; never awaits (called by the broker's tail)."""
-        if self._closed or self._overflowed or not self.filter.matches(event):
+        if self.filter.matches(event):
+            self.offer_matching([event])
+
+    def offer_matching(self, events: Sequence[Event]) -> None:
+        """Take live events already known to match the filter, in cursor order."""
+        if self._closed or self._overflowed:
             return
         sink = self._sink
-        if sink is not None and self.waiting and sink(event):
-            self._last = event.cursor
-            self._broker.direct_deliveries += 1
-            return
+        if sink is not None and self.waiting:
+            taken = sink(events)
+            if taken:
+                self._last = events[taken - 1].cursor
+                self._broker.direct_deliveries += taken
+                events = events[taken:]
+        for event in events:
+            self._enqueue(event)
+            if self._overflowed:
+                return
+
+    def _enqueue(self, event: Event) -> None:
         self._broker.queued_deliveries += 1
         key = (event.resource_kind, event.resource_id)
         if event.type == EventType.PROGRESS:
@@ -409,6 +423,7 @@ class Broker:
         batch supersedes: a queue would coalesce them anyway, and a burst of progress costs
         one delivery per subscriber instead of one per event)."""
         newest_progress: dict[tuple[ResourceKind, str], int] = {}
+        offered: list[Event] = []
         for event in batch:
             if event.type == EventType.PROGRESS:
                 newest_progress[(event.resource_kind, event.resource_id)] = event.cursor
@@ -434,8 +449,20 @@ class Broker:
             ):
                 self.coalesced += 1
                 continue
-            for subscription in list(self._subscriptions):
-                subscription.offer(event)
+            offered.append(event)
+        if offered:
+            self._fan_out(offered)
+
+    def _fan_out(self, offered: list[Event]) -> None:
+        # Subscribers with equal filters (a thousand dashboards) share one matching pass.
+        matching: dict[EventFilter, list[Event]] = {}
+        for subscription in list(self._subscriptions):
+            wanted = matching.get(subscription.filter)
+            if wanted is None:
+                wanted = [event for event in offered if subscription.filter.matches(event)]
+                matching[subscription.filter] = wanted
+            if wanted:
+                subscription.offer_matching(wanted)
 
     async def _follow(self) -> None:
         failures = 0

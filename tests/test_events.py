@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -349,9 +349,9 @@ async def test_a_progress_burst_costs_an_idle_subscriber_one_delivery(database: 
     log = EventLog(database, poll_interval=POLL, poll_limit=2500, strategy=TailStrategy.POLL)
     delivered: list[Event] = []
 
-    def sink(event: Event) -> bool:
-        delivered.append(event)
-        return True
+    def sink(events: Sequence[Event]) -> int:
+        delivered.extend(events)
+        return len(events)
 
     async with running_broker(log) as broker:
         subscription = broker.subscribe(EventFilter(ORG_A, model_id="model-1"))
@@ -511,11 +511,12 @@ async def test_a_sink_takes_idle_live_events_and_the_queue_keeps_their_order(
     delivered: list[tuple[str, int]] = []
     refuse = {5, 6, 12}
 
-    def sink(event: Event) -> bool:
-        if event.cursor in refuse:
-            return False
-        delivered.append(("direct", event.cursor))
-        return True
+    def sink(events: Sequence[Event]) -> int:
+        for taken, event in enumerate(events):
+            if event.cursor in refuse:
+                return taken
+            delivered.append(("direct", event.cursor))
+        return len(events)
 
     async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as subscription:
         subscription.deliver_directly(sink)
@@ -544,9 +545,9 @@ async def test_a_sink_is_not_used_while_replaying(log: EventLog) -> None:
     direct: list[int] = []
     queued: list[int] = []
 
-    def sink(event: Event) -> bool:
-        direct.append(event.cursor)
-        return True
+    def sink(events: Sequence[Event]) -> int:
+        direct.extend(event.cursor for event in events)
+        return len(events)
 
     async with running_broker(log, replay_page=2) as broker:
         subscription = broker.subscribe(EventFilter(ORG_A), after=old[0].cursor)
