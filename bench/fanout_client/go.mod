@@ -1,5 +1,5 @@
 module modelplane/bench/fanoutclient
 
-go 1.26
+go 1.24
 
 require github.com/gorilla/websocket v1.5.3
