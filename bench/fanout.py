@@ -550,7 +550,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--interval-ms", type=float, default=10)
     parser.add_argument("--writer", choices=["api", "log"], default="api")
-    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--events-max", type=int, default=5000)
     parser.add_argument("--progress-subscribers", type=int, default=200)
     parser.add_argument("--progress-rate", type=int, default=5000)

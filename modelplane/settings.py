@@ -120,9 +120,9 @@ class Settings(BaseSettings):
     log per query), none on MongoDB."""
     events_poll_seconds: float = Field(default=0.05, gt=0, le=5)
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
-    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
-    """The event loop ``serve`` runs on (the test suite runs on uvloop too); uvloop's C
-    transports and callbacks make subscription fan-out cheaper (``bench/fanout.py``)."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop ``serve`` runs on. uvloop makes subscription fan-out cheaper
+    (``bench/fanout.py``) but is not the default: the test suite runs on asyncio."""
     subscription_flush_ms: float = Field(default=20.0, ge=0, le=1000)
     """While events keep coming, write each subscriber connection at most this often (all its
     pending messages in one write); 0: write at the end of every event-loop iteration."""

@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-import uvloop
 
 from modelplane.app import Resources, create_app, open_resources
 from modelplane.auth import issue_dev_token
@@ -34,14 +33,6 @@ HUB_TOKEN = "hf_testbedgrantedtoken0001"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
 os.environ.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """The suite runs on uvloop, the loop ``modelplane serve`` runs on by default."""
-    del config, item
-    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -127,13 +127,18 @@ def test_invalid_settings_are_one_line(
     assert_one_clear_line(result, needle)
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 def test_serve_on_embedded_defaults_answers_graphql(
-    tmp_path: Path, testbed_binaries: dict[str, Path]
+    tmp_path: Path, testbed_binaries: dict[str, Path], event_loop: str
 ) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "modelplane", "serve", "--port", str(port)],
-        env={**BASE_ENV, "MODELPLANE_STATE_DIR": str(tmp_path / "state")},
+        env={
+            **BASE_ENV,
+            "MODELPLANE_STATE_DIR": str(tmp_path / "state"),
+            "MODELPLANE_EVENT_LOOP": event_loop,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

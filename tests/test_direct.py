@@ -8,12 +8,10 @@ import json
 from typing import cast
 
 import pytest
-import uvloop
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from modelplane.direct import Flusher, FrameWriter, frame_header, next_message, next_prefix
-from modelplane.settings import load_settings
 
 
 def text_frame(data: bytes) -> bytes:
@@ -57,11 +55,6 @@ def test_two_frames_in_one_write_parse_one_after_the_other() -> None:
 def test_next_message_is_the_protocol_message() -> None:
     text = next_message(next_prefix('id "1"'), '{"data":{"x":[1,2]}}')
     assert json.loads(text) == {"id": 'id "1"', "type": "next", "payload": {"data": {"x": [1, 2]}}}
-
-
-async def test_the_suite_runs_on_the_loop_serve_uses() -> None:
-    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
-    assert load_settings().event_loop == "uvloop"
 
 
 class _Recorder:
