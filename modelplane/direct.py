@@ -50,14 +50,19 @@ PENDING_LIMIT = 1024 * 1024
 """Bytes of direct frames one connection may hold between flushes before it refuses more."""
 
 
+NEXT_SUFFIX = "}"
+
+
 def next_prefix(operation_id: str) -> str:
-    """``{"id":…,"type":"next"`` — a ``next`` message up to its payload (add ``,"payload":…}``)."""
-    return json.dumps({"id": operation_id, "type": "next"}, separators=(",", ":"))[:-1]
+    """``{"id":…,"type":"next","payload":`` — a ``next`` message up to its payload's JSON
+    (which :data:`NEXT_SUFFIX` follows)."""
+    head = json.dumps({"id": operation_id, "type": "next"}, separators=(",", ":"))
+    return f'{head[:-1]},"payload":'
 
 
 def next_message(prefix: str, payload_json: str) -> str:
     """The ``next`` message text from :func:`next_prefix` and the payload's JSON."""
-    return f'{prefix},"payload":{payload_json}}}'
+    return prefix + payload_json + NEXT_SUFFIX
 
 
 def frame_header(size: int) -> bytes:
@@ -117,12 +122,9 @@ class FrameWriter:
         the next flush; False (nothing queued) when the connection is closing, paused for a
         slow reader, or holds too much already. Parts are not copied here: the flush joins
         them once."""
-        connection = self._connection
         if (
-            connection.close_sent
-            or connection.disconnected
-            or not connection.writable.is_set()
-            or connection.transport.is_closing()
+            self._closing()
+            or not self._connection.writable.is_set()
             or self._pending_bytes > PENDING_LIMIT
         ):
             return False
@@ -143,10 +145,12 @@ class FrameWriter:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
+        if not self._closing():
+            self._connection.transport.write(data)
+
+    def _closing(self) -> bool:
         connection = self._connection
-        if connection.close_sent or connection.disconnected or connection.transport.is_closing():
-            return
-        connection.transport.write(data)
+        return connection.close_sent or connection.disconnected or connection.transport.is_closing()
 
 
 def capture_connection(scope: Scope, send: Send, flusher: Flusher) -> None:
@@ -166,18 +170,21 @@ def frame_writer(scope: Scope) -> FrameWriter | None:
     return found if isinstance(found, FrameWriter) else None
 
 
+_SUFFIX = NEXT_SUFFIX.encode()
+
+
 class _OperationChannel:
     """One operation's :class:`~schema.sharing.DirectChannel`."""
 
     def __init__(self, writer: FrameWriter, operation: Operation[Context, None]) -> None:
         self._writer = writer
         self._operation = operation
-        self._prefix = f'{next_prefix(operation.id)},"payload":'.encode()
+        self._prefix = next_prefix(operation.id).encode()
 
     def write_next(self, payloads: Sequence[bytes]) -> bool:
         if self._operation.completed:
             return False
-        return self._writer.write_messages(self._prefix, payloads, b"}")
+        return self._writer.write_messages(self._prefix, payloads, _SUFFIX)
 
 
 class TransportHandler(BaseGraphQLTransportWSHandler[Context, None]):

@@ -20,22 +20,17 @@ class EventViews:
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._views: OrderedDict[tuple[int, datetime, str], Event] = OrderedDict()
-        self._last_item: StoredEvent | None = None
-        self._last_view: Event | None = None
 
     def view(self, item: StoredEvent | Marker) -> Event:
         """The shared view of a stored event (markers are per subscriber: never shared)."""
         if isinstance(item, Marker):
             return event_view(item)
-        if item is self._last_item and self._last_view is not None:
-            return self._last_view  # fan-out asks for one event's view once per subscriber
         key = (item.cursor, item.at, item.resource_id)  # a reset log reuses cursors
         found = self._views.get(key)
         if found is None:
             found = self._views[key] = event_view(item)
             if len(self._views) > self._size:
                 self._views.popitem(last=False)
-        self._last_item, self._last_view = item, found
         return found
 
 

@@ -45,6 +45,9 @@ class DirectChannel(Protocol):
         ...
 
 
+RESULTS_ATTRIBUTE = "_shared_results"
+TEXTS_ATTRIBUTE = "_shared_texts"
+
 _channel: ContextVar[DirectChannel | None] = ContextVar("direct_channel", default=None)
 _executor: ContextVar[SharingExecutor | None] = ContextVar("subscription_executor", default=None)
 
@@ -68,7 +71,7 @@ def direct_delivery() -> Callable[[Sequence[SharedPayload]], int] | None:
     def deliver(payloads: Sequence[SharedPayload]) -> int:
         texts: list[bytes] = []
         for payload in payloads:
-            found = payload.__dict__.get("_shared_texts")  # the common case, inlined: a hit
+            found = payload.__dict__.get(TEXTS_ATTRIBUTE)  # the common case, inlined: a hit
             text = found.get(key) if found is not None else None
             if text is None:
                 text = executor.encoded(payload)
@@ -86,19 +89,17 @@ class SharedPayload:
     @property
     def shared_results(self) -> dict[str, ExecutionResult]:
         """Results of executing a selection over this payload, by document and variables."""
-        found: dict[str, ExecutionResult] | None = self.__dict__.get("_shared_results")
-        if found is None:
-            found = {}
-            self.__dict__["_shared_results"] = found
-        return found
+        return self._shared(RESULTS_ATTRIBUTE)
 
     @property
     def shared_texts(self) -> dict[str, bytes]:
         """The JSON of ``{"data": ...}`` for each selection (UTF-8), by document and variables."""
-        found: dict[str, bytes] | None = self.__dict__.get("_shared_texts")
+        return self._shared(TEXTS_ATTRIBUTE)
+
+    def _shared(self, attribute: str) -> dict[str, Any]:
+        found: dict[str, Any] | None = self.__dict__.get(attribute)
         if found is None:
-            found = {}
-            self.__dict__["_shared_texts"] = found
+            found = self.__dict__[attribute] = {}
         return found
 
 
@@ -121,12 +122,16 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
     @property
     def share_key(self) -> str:
         """This selection's key in the shared caches: printed document and variables."""
-        return self._key()
+        if self._share_key is None:
+            fragments = "".join(print_ast(f.definition) for _, f in sorted(self.fragments.items()))
+            variables = json.dumps(self.variable_values, sort_keys=True, default=str)
+            self._share_key = f"{print_ast(self.operation)}{fragments}\0{variables}"
+        return self._share_key
 
     def encoded(self, payload: SharedPayload) -> bytes | None:
         """The JSON of ``{"data": ...}`` for this selection over ``payload`` (UTF-8), encoded
         once per payload and selection; None when it cannot be shared (errors, not sync)."""
-        key = self._key()
+        key = self.share_key
         texts = payload.shared_texts
         text = texts.get(key)
         if text is None:
@@ -136,17 +141,10 @@ class SharingExecutor(StrawberryGraphQLCoreExecutionContext):
             text = texts[key] = json.dumps({"data": outcome.data}, separators=(",", ":")).encode()
         return text
 
-    def _key(self) -> str:
-        if self._share_key is None:
-            fragments = "".join(print_ast(f.definition) for _, f in sorted(self.fragments.items()))
-            variables = json.dumps(self.variable_values, sort_keys=True, default=str)
-            self._share_key = f"{print_ast(self.operation)}{fragments}\0{variables}"
-        return self._share_key
-
     def build_per_event_executor(self, payload: Any) -> Any:
         """Compute the sharing key once per subscription, before the per-event copies; when
         another subscriber already executed this selection over this payload, skip the copy."""
-        key = self._key()
+        key = self.share_key
         if isinstance(payload, SharedPayload):
             cached = payload.shared_results.get(key)
             if cached is not None:

@@ -175,13 +175,9 @@ class Subscription:
         delivered; the rest (it could not take them now) queue."""
         self._sink = sink
 
-    def offer(self, event: Event) -> None:
-        """Queue a live event if it matches; never awaits (called by the broker's tail)."""
-        if self.filter.matches(event):
-            self.offer_matching([event])
-
     def offer_matching(self, events: Sequence[Event]) -> None:
-        """Take live events already known to match the filter, in cursor order."""
+        """Take live events already known to match the filter, in cursor order; never awaits
+        (called by the broker's tail)."""
         if self._closed or self._overflowed:
             return
         sink = self._sink
