@@ -230,6 +230,7 @@ def _start_clients(
     seconds: float,
     model_id: str,
     clients: str,
+    metrics: str,
 ) -> list[subprocess.Popen[str]]:
     per = [total // processes + (1 if i < total % processes else 0) for i in range(processes)]
     binary = _go_client() if clients == "go" else None
@@ -254,6 +255,7 @@ def _start_clients(
         line = child.stdout.readline().strip() if child.stdout is not None else ""
         if line != "READY":
             raise RuntimeError(f"a client process failed to subscribe: {line!r}")
+    _wait_subscribed(metrics, total)
     return children
 
 
@@ -435,6 +437,26 @@ def _wait_ready(url: str) -> None:
     raise RuntimeError(f"{url} did not become ready")
 
 
+def _wait_subscribed(metrics: str, count: int, within: float = 120.0) -> None:
+    """Wait until the server reports ``count`` live subscriptions (``/metrics``): the clients
+    say READY once they sent ``subscribe``, but the server may still be setting them up, and
+    events written meanwhile would measure connection set-up rather than delivery."""
+    began = time.perf_counter()
+    live = 0.0
+    while time.perf_counter() - began < within:
+        text = httpx.get(metrics, timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("modelplane_subscribers "):
+                live = float(line.split()[1])
+        if live >= count:
+            print(
+                f"  all {count} subscriptions live {time.perf_counter() - began:.1f} s after READY"
+            )
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"only {live:.0f} of {count} subscriptions live after {within:.0f} s")
+
+
 async def _write(
     args: argparse.Namespace, scenario: str, *, base: str, token: str, uri: str
 ) -> int:
@@ -491,6 +513,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str) -> None:
             seconds=seconds,
             model_id="" if scenario == "events" else MODEL_ID,
             clients=args.clients,
+            metrics=f"{base}/metrics",
         )
         meters = {
             "server": [server.pid],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -46,6 +47,18 @@ def server_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
     )
 
 
+def _freeze_startup_heap() -> None:
+    """Move what start-up built (modules, the schema, clients) out of the collector's sight.
+
+    Those objects live as long as the process, yet every full collection walks them: about
+    160,000 objects and 80 ms on this machine, paid again each time subscriptions or requests
+    grow the heap (``bench/fanout.py`` saw full collections of 100 to 225 ms while 1,000
+    subscribers connected). Collecting first leaves no garbage among the frozen objects.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(settings: Settings) -> int:
     from modelplane.app import StartupError, create_app, open_resources  # noqa: PLC0415  lazy
 
@@ -75,6 +88,7 @@ async def _serve(settings: Settings) -> int:
             received: list[int] = []
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, _frame: received.append(signum))
+            _freeze_startup_heap()
             await server.serve()
     except StartupError as exc:
         _say(f"modelplane: {exc}")

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     events_max: int | None = Field(default=None, ge=100)
     """Also cap the log by count; unset: 5,000 on the embedded FerretDB (which scans the whole
     log per query), none on MongoDB."""
-    events_poll_seconds: float = Field(default=0.05, gt=0, le=5)
+    events_poll_seconds: float = Field(default=0.02, gt=0, le=5)
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     """The event loop ``serve`` runs on. uvloop makes subscription fan-out cheaper

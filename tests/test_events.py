@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from services.broadcasting import Broker, EventFilter, Item, Marker, MarkerKind,
 from storage.client import Database, make_client
 from storage.documents import utcnow
 from storage.events import (
+    READ_AHEAD,
     Event,
     EventLog,
     EventLogNotCapped,
@@ -25,6 +26,7 @@ from storage.events import (
     TailStrategy,
     format_cursor,
     parse_cursor,
+    read_ahead,
 )
 
 ORG_A = "org-a"
@@ -568,3 +570,75 @@ async def test_a_sink_is_not_used_while_replaying(log: EventLog) -> None:
             finally:
                 consumer.cancel()
     assert queued == [event.cursor for event in old[1:]]
+
+
+def _plain(cursor: int) -> Event:
+    return Event(
+        cursor=cursor,
+        organization_id=ORG_A,
+        resource_kind=ResourceKind.MODEL,
+        resource_id="model-1",
+        type=EventType.UPDATED,
+        at=utcnow(),
+    )
+
+
+async def test_read_ahead_reads_while_the_caller_works_and_joins_what_it_missed() -> None:
+    read: list[int] = []
+    more = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def source() -> AsyncGenerator[list[Event], None]:
+        try:
+            read.append(1)
+            yield [_plain(1)]
+            await more.wait()
+            for cursor in range(2, 6):
+                read.append(cursor)
+                yield [_plain(cursor)]
+            await asyncio.Event().wait()  # a tail: never ends by itself
+        finally:
+            closed.set()
+
+    ahead = read_ahead(source())
+    try:
+        assert [e.cursor for e in await anext(ahead)] == [1]
+        more.set()
+        await asyncio.sleep(0.01)  # the caller is busy: the reader goes on meanwhile
+        assert read == [1, 2, 3, 4, 5]
+        assert [e.cursor for e in await anext(ahead)] == [2, 3, 4, 5]  # handed over as one
+    finally:
+        await ahead.aclose()
+    assert closed.is_set()  # closing the caller's side stops the reader and its source
+
+
+async def test_read_ahead_hands_over_what_was_read_then_raises_the_readers_error() -> None:
+    async def source() -> AsyncGenerator[list[Event], None]:
+        yield [_plain(1)]
+        yield [_plain(2)]
+        raise ConnectionError("database gone")
+
+    ahead = read_ahead(source())
+    await asyncio.sleep(0.01)
+    assert [e.cursor for e in await anext(ahead)] == [1, 2]
+    with pytest.raises(ConnectionError, match="database gone"):
+        await anext(ahead)
+
+
+async def test_read_ahead_holds_a_bounded_number_of_reads() -> None:
+    read: list[int] = []
+
+    async def source() -> AsyncGenerator[list[Event], None]:
+        for cursor in range(1, 1000):
+            read.append(cursor)
+            yield [_plain(cursor)]
+
+    ahead = read_ahead(source())
+    try:
+        first = await anext(ahead)
+        await asyncio.sleep(0.01)  # the caller is busy: the reader stops when READ_AHEAD wait
+        assert len(read) <= len(first) + READ_AHEAD + 1  # (the last one waits to be queued)
+        taken = [e.cursor for e in first + await anext(ahead)]
+        assert taken == list(range(1, len(taken) + 1))  # nothing lost or reordered
+    finally:
+        await ahead.aclose()
