@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import datetime
 
 import strawberry
@@ -20,6 +21,18 @@ class EventViews:
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._views: OrderedDict[tuple[int, datetime, str], Event] = OrderedDict()
+        self._batch: Sequence[StoredEvent] = ()
+        self._batch_views: list[Event] = []
+
+    def views(self, items: Sequence[StoredEvent]) -> list[Event]:
+        """The shared views of a batch of stored events, as one list made once per batch: the
+        broker hands the same list to every subscriber whose filter it matched, so from the
+        second subscriber on this is one comparison, and the list itself is shared too (which
+        lets :func:`~schema.sharing.direct_delivery` reuse its encoding per batch)."""
+        if items is not self._batch:  # (holding the batch keeps its identity from reuse)
+            self._batch_views = [self.view(item) for item in items]
+            self._batch = items
+        return self._batch_views
 
     def view(self, item: StoredEvent | Marker) -> Event:
         """The shared view of a stored event (markers are per subscriber: never shared)."""

@@ -147,7 +147,7 @@ async def _events(
     ):
         deliver = direct_delivery()
         if deliver is not None:  # the fast lane: the broker writes idle subscribers' events
-            stream.deliver_directly(lambda events: deliver([views.view(e) for e in events]))
+            stream.deliver_directly(lambda events: deliver(views.views(events)))
         async for item in stream:
             yield views.view(item)
 

@@ -69,18 +69,43 @@ def direct_delivery() -> Callable[[Sequence[SharedPayload]], int] | None:
     write = channel.write_next
 
     def deliver(payloads: Sequence[SharedPayload]) -> int:
-        texts: list[bytes] = []
-        for payload in payloads:
-            found = payload.__dict__.get(TEXTS_ATTRIBUTE)  # the common case, inlined: a hit
-            text = found.get(key) if found is not None else None
-            if text is None:
-                text = executor.encoded(payload)
+        memo = _last_batch
+        if memo.payloads is payloads and memo.key == key:  # the subscriber before had it
+            texts = memo.texts
+        else:
+            texts = []
+            for payload in payloads:
+                found = payload.__dict__.get(TEXTS_ATTRIBUTE)  # the common case, inlined
+                text = found.get(key) if found is not None else None
                 if text is None:
-                    break  # this one takes the ordinary path, and so does what follows it
-            texts.append(text)
+                    text = executor.encoded(payload)
+                    if text is None:
+                        break  # this one takes the ordinary path, and so does what follows
+                texts.append(text)
+            memo.payloads, memo.key, memo.texts = payloads, key, texts
         return len(texts) if texts and write(texts) else 0
 
     return deliver
+
+
+class _BatchTexts:
+    """The encodings of the last batch of payloads a subscriber was handed, for one selection.
+
+    The broker hands one batch (one list, see ``EventViews.views``) to every subscriber whose
+    filter it matched, one after the other, and subscribers of one dashboard share a
+    selection: the second subscriber on reuses the first one's list instead of looking each
+    payload up again. The batch is held, so its identity cannot be reused while remembered.
+    """
+
+    __slots__ = ("key", "payloads", "texts")
+
+    def __init__(self) -> None:
+        self.payloads: Sequence[SharedPayload] = ()
+        self.key = ""
+        self.texts: list[bytes] = []
+
+
+_last_batch = _BatchTexts()
 
 
 class SharedPayload:
