@@ -24,11 +24,15 @@ next append probes past it; :meth:`EventLog.ensure` repairs it at start-up.
 
 Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data arrives. FerretDB
 1.24 closes a tailable cursor whenever its first batch is not full (``msg_find.go``), so the
-cursor is dead right after the first (empty or short) batch. :meth:`EventLog.tail` therefore
-tries the tailable cursor and, when the server ended it at once while the log holds events, falls
-back to polling (logged once). It also falls back when a tailable cursor hands back an event at
-or below one it already returned, which FerretDB's did under load in ``bench/fanout.py`` (a
-range of several hundred old events, again and again); MongoDB's never do.
+cursor is dead right after the first (empty or short) batch. :meth:`EventLog.ensure` therefore
+asks the server (``buildInfo``) and polls on FerretDB from the start; on other servers
+:meth:`EventLog.tail` tries the tailable cursor and, when the server ended it at once while the
+log holds events, falls back to polling (logged once). It also falls back when a tailable
+cursor hands back an event at or below one it already returned, which FerretDB's did under load
+in ``bench/fanout.py`` (a range of several hundred old events, again and again); MongoDB's never
+do. (Before the ``buildInfo`` check, a FerretDB cursor that stayed open also handed a burst of
+5,000 PROGRESS events/s over one at a time, and subscribers had not reached the final value
+when the benchmark stopped.)
 
 Polling is made cheap. Events this process appended are handed to its tail from memory at once.
 Events of other processes are read from a 128-slot ring collection (``event_ring``, written
@@ -77,6 +81,7 @@ RECENT_SLOTS = 128
 RECENT_MARGIN = 16
 LOCAL_BUFFER = 4096
 BACKSTOP_SECONDS = 10.0
+GAP_PATIENCE = 1.0
 CATCH_UP_LIMIT = 20_000
 DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
 DEFAULT_POLL_INTERVAL = 0.05
@@ -106,9 +111,10 @@ class EventType(StrEnum):
 class TailStrategy(StrEnum):
     """How :meth:`EventLog.tail` follows the log.
 
-    ``AUTO`` tries a tailable awaitData cursor and switches to ``POLL`` for good once the server
-    ends such a cursor at once on a non-empty log (FerretDB). ``TAILABLE`` never polls, ``POLL``
-    never opens a tailable cursor.
+    ``AUTO`` polls on a server that says it is FerretDB (``buildInfo``, checked by
+    :meth:`EventLog.ensure`); elsewhere it tries a tailable awaitData cursor and switches to
+    ``POLL`` for good once the server ends such a cursor at once on a non-empty log, or hands
+    back an old event. ``TAILABLE`` never polls, ``POLL`` never opens a tailable cursor.
     """
 
     AUTO = "AUTO"
@@ -231,9 +237,15 @@ class EventLog:
         self._append_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self._fallback_logged = False
+        self._poll_reason: str | None = None
         self._next_hint = 0
         self._local: deque[Event] = deque(maxlen=LOCAL_BUFFER)
         self._wakers: set[asyncio.Event] = set()
+
+    @property
+    def strategy(self) -> TailStrategy:
+        """How tails follow the log (``AUTO`` becomes ``POLL`` in :meth:`ensure` on FerretDB)."""
+        return self._strategy
 
     @property
     def poll_interval(self) -> float:
@@ -265,6 +277,13 @@ class EventLog:
         newest = await self.latest_cursor()
         if newest is not None:
             await self._raise_head(newest)  # repairs a head left behind by a crash
+        if self._strategy is TailStrategy.AUTO:
+            build = await self._database.command("buildInfo")
+            if "ferretdbVersion" in build:
+                # Known not to await data; and a tailable cursor it kept open was seen handing
+                # events over one at a time, too slowly for a burst of progress: never try one.
+                self._strategy = TailStrategy.POLL
+                self._poll_reason = f"is FerretDB {build['ferretdbVersion']}"  # said by tails
         if LEGACY_RECENT_COLLECTION in await self._database.list_collection_names(
             filter={"name": LEGACY_RECENT_COLLECTION}
         ):
@@ -346,9 +365,11 @@ class EventLog:
                 continue  # two first upserts of a slot raced; it exists now
             return
 
-    async def _recent_after(self, last: int, head: int) -> list[Event] | None:
-        """Events ``last+1 .. head`` from the ring, or None when it cannot serve them all
-        (too far behind, or a slot not written yet): then the log itself is read."""
+    async def _recent_after(self, last: int, head: int) -> tuple[list[Event], bool] | None:
+        """Events ``last+1 ..`` from the ring, and whether they reach ``head``: it stops at a
+        slot not written yet (another process's append between its insert and its ring write,
+        or a writer that died there). None when the tail is too far behind for the ring (a
+        slot already holds a newer event): then the log itself must be read."""
         if head - last > RECENT_SLOTS - RECENT_MARGIN:
             return None
         wanted = range(last + 1, head + 1)
@@ -357,10 +378,12 @@ class EventLog:
         )
         events: list[Event] = []
         for cursor, raw in zip(wanted, found, strict=True):
-            if raw is None or int(raw["cursor"]) != cursor:
-                return None  # not written yet, or already overwritten by a newer event
+            if raw is None or int(raw["cursor"]) < cursor:
+                return events, False  # not written yet
+            if int(raw["cursor"]) > cursor:
+                return None  # overwritten: too far behind
             events.append(Event.from_mongo({**raw, "_id": cursor}))
-        return events
+        return events, True
 
     async def _raise_head(self, cursor: int) -> None:
         for _ in range(2):
@@ -413,6 +436,8 @@ class EventLog:
         }[self._strategy]
         while True:
             if awaits is False:
+                if self._poll_reason is not None:
+                    self._log_fallback(self._poll_reason)
                 async with contextlib.aclosing(read_ahead(self._poll(last))) as polled:
                     async for batch in polled:
                         yield batch
@@ -452,23 +477,25 @@ class EventLog:
         """Tail without server-side waiting, cheaply on FerretDB (which scans the whole log for
         any query): events this process appended are delivered from memory at once; events
         from other processes come from the small ring (``event_ring``, 128 slots) when the
-        head document shows them; the log itself is read only when the ring cannot serve (too
-        far behind) and as a backstop every ten seconds in case a head update was lost."""
+        head document shows them. The log itself is read only when the ring cannot serve: the
+        tail is too far behind, or a slot the head promised stayed empty for
+        :data:`GAP_PATIENCE` (a writer died between its insert and its ring write; a slot
+        written a moment late by a racing writer is simply read at the next poll); and, as a
+        backstop in case a head update was lost, after ten seconds without a new event. (A
+        backstop on a timer regardless of traffic cost a whole-log scan in the middle of busy
+        polling: ``bench/fanout.py`` saw deliveries stall 200 to 370 ms when one landed.)"""
         waker = asyncio.Event()
         self._wakers.add(waker)
         loop = asyncio.get_running_loop()
         backstop = loop.time() + self._backstop_seconds
         next_read = loop.time()  # when to look at the database again
+        gap_since: float | None = None  # when the ring first lacked an event the head promised
         try:
             while True:
                 waker.clear()
-                local: list[Event] = []
-                for event in self._local_after(last):
-                    if event.cursor != last + 1:
-                        break  # another process holds the next cursor: the database has it
-                    last = event.cursor
-                    local.append(event)
+                local = self._local_after(last)
                 if local:
+                    last = local[-1].cursor
                     yield local
                 now = loop.time()
                 if now < next_read:  # woken by an append of this process: nothing to read
@@ -478,12 +505,23 @@ class EventLog:
                     continue
                 next_read = now + self._poll_interval
                 head = await self.head_cursor()
-                batch: list[Event] | None = None
+                batch: list[Event] | None = []
                 if head > last:
-                    batch = await self._recent_after(last, head)
+                    backstop = now + self._backstop_seconds  # the head moves: a gap would show
+                    found = await self._recent_after(last, head)
+                    batch = None if found is None else found[0]
+                    if found is None or found[1]:
+                        gap_since = None
+                    elif gap_since is None:
+                        gap_since = now
+                read_log = (
+                    batch is None  # too far behind for the ring
+                    or (gap_since is not None and now - gap_since >= GAP_PATIENCE)
+                    or (head <= last and now >= backstop)
+                )
                 limit = self._poll_limit
-                if batch is None and (head > last or now >= backstop):
-                    backstop = now + self._backstop_seconds
+                if read_log:
+                    backstop, gap_since = now + self._backstop_seconds, None
                     # Every read costs a whole-log scan on FerretDB: when far behind, take
                     # everything missed (bounded) in one read instead of pages of poll_limit.
                     limit = max(self._poll_limit, min(head - last, CATCH_UP_LIMIT))
@@ -492,7 +530,7 @@ class EventLog:
                 if fresh:  # (this process's own may have come from memory already)
                     last = fresh[-1].cursor
                     yield fresh
-                if batch is not None and len(batch) == limit:
+                if read_log and batch is not None and len(batch) == limit:
                     next_read = now  # more to read at once
                     continue
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -504,14 +542,18 @@ class EventLog:
             self._wakers.discard(waker)
 
     def _local_after(self, last: int) -> list[Event]:
-        """This process's recent appends with a cursor above ``last``, oldest first (read from
-        the newest end, so a tail that keeps up looks at one or two of them)."""
+        """This process's recent appends ``last+1, last+2, ...``, oldest first, up to the first
+        cursor another process holds (the database has that one). Read from the newest end,
+        so a tail that keeps up looks at one or two of them."""
         fresh: list[Event] = []
         for event in reversed(self._local):
             if event.cursor <= last:
                 break
             fresh.append(event)
         fresh.reverse()
+        for taken, event in enumerate(fresh):
+            if event.cursor != last + 1 + taken:
+                return fresh[:taken]
         return fresh
 
     async def _edge(self, direction: int) -> int | None:

@@ -13,6 +13,7 @@ from bson.int64 import Int64
 from pymongo import CursorType
 
 from services.broadcasting import Broker, EventFilter, Item, Marker, MarkerKind, Subscription
+from storage import events as events_module
 from storage.client import Database, make_client
 from storage.documents import utcnow
 from storage.events import (
@@ -182,10 +183,35 @@ async def test_ferretdb_tailable_cursor_does_not_wait(log: EventLog, database: D
     assert asyncio.get_running_loop().time() - started < 1.0
 
 
-async def test_tail_falls_back_to_polling_and_says_so_once(
-    log: EventLog, caplog: pytest.LogCaptureFixture
+async def test_ensure_on_ferretdb_polls_from_the_start_and_says_so(
+    database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="storage.events")
+    log = EventLog(database, poll_interval=POLL)
+    before = log.strategy
+    await log.ensure()
+    assert [before, log.strategy] == [TailStrategy.AUTO, TailStrategy.POLL]  # it is FerretDB
+    await append(log)
+    assert [e.cursor async for e in _first(log.tail(after=0), 1)] == [1]
+    (said,) = [r.getMessage() for r in caplog.records if "polling every" in r.getMessage()]
+    assert "FerretDB" in said  # when a tail starts (start-up errors stay one line)
+
+
+async def _first(tail: AsyncGenerator[Event, None], count: int) -> AsyncIterator[Event]:
+    try:
+        async with asyncio.timeout(5):
+            for _ in range(count):
+                yield await anext(tail)
+    finally:
+        await tail.aclose()
+
+
+async def test_tail_falls_back_to_polling_and_says_so_once(
+    log: EventLog, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that ends tailable cursors at once, not known by name: the tail finds out."""
+    caplog.set_level(logging.INFO, logger="storage.events")
+    log = EventLog(database, poll_interval=POLL)  # not ensure()d: it tries a tailable cursor
     await append(log)
     seen: list[int] = []
     tail = log.tail(after=0)
@@ -503,6 +529,100 @@ async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) 
         (got,) = await take(sub, 1, timeout=5)
     assert isinstance(got, Event)
     assert got.cursor == stray.cursor
+
+
+def _counting_log_reads(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record when ``log`` reads the log itself (a whole-log scan on FerretDB)."""
+    reads: list[float] = []
+    read_log = log.after
+
+    async def counting(cursor: int, *, limit: int, organization_id: str | None = None) -> Any:
+        reads.append(asyncio.get_running_loop().time())
+        return await read_log(cursor, limit=limit, organization_id=organization_id)
+
+    monkeypatch.setattr(log, "after", counting)
+    return reads
+
+
+async def _event_without_ring_slot(database: Database, cursor: int) -> Event:
+    """Insert an event as a writer does, up to (not including) its ring slot and head."""
+    event = Event(
+        cursor=cursor,
+        organization_id=ORG_A,
+        resource_kind=ResourceKind.MODEL,
+        resource_id="model-gap",
+        type=EventType.CREATED,
+        at=utcnow(),
+    )
+    await database["events"].insert_one(event.to_mongo())
+    return event
+
+
+async def test_a_ring_slot_written_late_is_waited_for_not_read_from_the_log(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers race: the later one's slot and head land first. The tail waits for the
+    earlier slot (read at a following poll) instead of scanning the log."""
+    writer = EventLog(database, poll_interval=POLL)
+    reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+    log_reads = _counting_log_reads(reader, monkeypatch)
+    async with running_broker(reader) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
+        first = await append(writer)
+        assert await take(sub, 1) == [first]
+        slow = await _event_without_ring_slot(database, first.cursor + 1)
+        fast = await append(writer)  # probes past the slow one: its slot and head land first
+        assert fast.cursor == slow.cursor + 1
+        await asyncio.sleep(5 * POLL)  # the tail sees the head, and a hole in the ring
+        slot = {**slow.to_mongo(), "_id": f"{slow.cursor % 128:03d}", "cursor": slow.cursor}
+        await database["event_ring"].replace_one({"_id": slot["_id"]}, slot, upsert=True)
+        assert await take(sub, 2) == [slow, fast]
+    assert log_reads == []
+
+
+async def test_a_ring_slot_never_written_is_read_from_the_log_after_a_patience(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that died between its insert and its ring write leaves a hole the head
+    promised: after GAP_PATIENCE the tail reads the log, in order, nothing lost."""
+    monkeypatch.setattr(events_module, "GAP_PATIENCE", 0.3)
+    writer = EventLog(database, poll_interval=POLL)
+    reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+    log_reads = _counting_log_reads(reader, monkeypatch)
+    async with running_broker(reader) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
+        first = await append(writer)
+        assert await take(sub, 1) == [first]
+        dead = await _event_without_ring_slot(database, first.cursor + 1)
+        after = await append(writer)
+        seen_at = asyncio.get_running_loop().time()
+        assert await take(sub, 2) == [dead, after]
+    assert log_reads, "the hole was never read from the log"
+    assert log_reads[0] - seen_at >= 0.3 - 2 * POLL
+
+
+async def test_no_backstop_scan_while_events_keep_coming(
+    database: Database, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backstop (a whole-log scan on FerretDB) is for a quiet log: while another process
+    keeps appending, the tail never scans, however long it runs."""
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        writer = EventLog(other_client[database.name], poll_interval=POLL)
+        reader = EventLog(
+            database, poll_interval=POLL, strategy=TailStrategy.POLL, backstop_seconds=0.2
+        )
+        await writer.ensure()
+        log_reads = _counting_log_reads(reader, monkeypatch)
+        async with running_broker(reader) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
+            written = []
+            for _ in range(20):  # 1 s of traffic, five backstop periods
+                written.append(await append(writer))
+                await asyncio.sleep(0.05)
+            assert await take(sub, 20) == written
+            assert log_reads == []
+            await asyncio.sleep(0.5)  # quiet now: the backstop reads the log again
+            assert log_reads
+    finally:
+        await other_client.close()
 
 
 async def test_a_sink_takes_idle_live_events_and_the_queue_keeps_their_order(
