@@ -24,6 +24,8 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 FERRETDB_VERSION = "v1.24.2"
+CAPPED_CLEANUP_SECONDS = 5
+"""How often the embedded FerretDB trims capped collections (its default: every 60 s)."""
 
 
 class EmbeddedError(Exception):
@@ -96,6 +98,10 @@ class FerretDBProcess:
                     f"--debug-addr=127.0.0.1:{free_port()}",
                     "--log-level=warn",
                     "--telemetry=disable",
+                    # FerretDB trims capped collections on a timer, not on insert (1 minute by
+                    # default): between trims a busy event log grows past its cap, and every
+                    # read of it scans it whole (see storage/events.py).
+                    f"--test-capped-cleanup-interval={CAPPED_CLEANUP_SECONDS}s",
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

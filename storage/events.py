@@ -41,12 +41,14 @@ before the head is raised), one ``find_one`` per new event by its slot's *string
 string but not for a number, so these cost about 1 ms of FerretDB CPU each, against 4 to 6 ms
 for an integer-keyed slot and 190 ms for ``find_one`` by cursor in a 5,000-event log (measured
 here, ``bench/fanout.py`` and ad-hoc timings). The log itself is read only when a tail is too
-far behind for the ring, and as a backstop every ten seconds.
+far behind for the ring, and as a backstop after ten quiet seconds (see :meth:`EventLog._poll`).
 
 Known FerretDB 1.24 limits (SQLite backend), measured on 30,000 events: it pushes down neither
 ``_id`` ranges nor sorts, so each query reads the whole log (about 2 s at that size). Capped
-size is enforced by a background sweep once a minute (or on ``compact``), not on insert.
-Production deployments with busy logs want MongoDB; the embedded default should keep the log
+size is enforced by a background sweep (or on ``compact``), not on insert: once a minute by
+default, every 5 s on the embedded server (``modelplane/embedded.py``), because a burst of 5,000
+events/s grew the log to 100,000 events between minute sweeps and each catch-up read then took
+7 s. Production deployments with busy logs want MongoDB; the embedded default keeps the log
 small.
 """
 
