@@ -47,7 +47,7 @@ def server_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
     )
 
 
-FULL_COLLECTION_EVERY = 1000
+FULL_COLLECTION_EVERY = 100
 """Young collections between full ones (CPython's default is 10; see :func:`_tune_collector`)."""
 
 
