@@ -22,6 +22,7 @@ from pymongo.uri_parser import parse_uri
 
 from controllers.downloading import DownloadOptions
 from services.gateway import GatewayLimits
+from storage.events import DEFAULT_POLL_INTERVAL
 
 MIN_SECRET_KEY_LENGTH = 32
 
@@ -118,7 +119,7 @@ class Settings(BaseSettings):
     events_max: int | None = Field(default=None, ge=100)
     """Also cap the log by count; unset: 5,000 on the embedded FerretDB (which scans the whole
     log per query), none on MongoDB."""
-    events_poll_seconds: float = Field(default=0.02, gt=0, le=5)
+    events_poll_seconds: float = Field(default=DEFAULT_POLL_INTERVAL, gt=0, le=5)
     """Polling interval of the log tail where the server cannot await data (FerretDB)."""
     event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     """The event loop ``serve`` runs on. uvloop makes subscription fan-out cheaper

@@ -42,6 +42,26 @@ from storage.locks import document_lock
 D = TypeVar("D", bound=Document)
 Filter = Mapping[str, Any]
 
+
+def _plain(scope: Filter) -> bool:
+    """Whether ``scope`` only pins top-level fields to strings, which :func:`_matches` checks
+    exactly as the server would (no operators or dotted paths to interpret)."""
+    return all(
+        isinstance(value, str) and not key.startswith("$") and "." not in key
+        for key, value in scope.items()
+    )
+
+
+def _matches(raw: Mapping[str, Any], scope: Filter) -> bool:
+    """Whether a stored document lies inside a :func:`_plain` scope (an array field matches
+    when it holds the value, as in a MongoDB equality filter)."""
+    for key, value in scope.items():
+        held = raw.get(key)
+        if held != value and not (isinstance(held, list) and value in held):
+            return False
+    return True
+
+
 _DUP_FIELD = re.compile(r"index: (?:\S+\.\$)?(\w+?)(?:_-?1)*(?:_\w+)? dup key|dup key: \{ ?(\w+):")
 
 
@@ -87,8 +107,19 @@ class Repository(Generic[D]):
         return document
 
     async def get(self, document_id: str, *, scope: Filter | None = None) -> D | None:
-        """The document with that id inside ``scope``, or None."""
-        raw = await self._collection.find_one({**(scope or {}), "_id": document_id})
+        """The document with that id inside ``scope``, or None.
+
+        A scope of plain field values is checked here, after a read by ``_id`` alone: FerretDB
+        1.24 hands only a bare ``_id`` filter down to SQLite, so with the scope's fields in the
+        query each get read the whole collection (about 11 ms of FerretDB CPU at 1,000
+        documents, against 1 ms by ``_id``). MongoDB uses the ``_id`` index either way.
+        """
+        if scope and not _plain(scope):
+            raw = await self._collection.find_one({**scope, "_id": document_id})
+        else:
+            raw = await self._collection.find_one({"_id": document_id})
+            if raw is not None and scope and not _matches(raw, scope):
+                raw = None
         return None if raw is None else self.document_type.from_mongo(raw)
 
     async def require(self, document_id: str, *, scope: Filter | None = None) -> D:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from storage.client import Database
-from storage.documents import OrganizationDocument, new_id
+from storage.documents import (
+    AccessMode,
+    ModelDocument,
+    ModelSource,
+    OrganizationDocument,
+    new_id,
+)
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
-from storage.repositories import LeaseRepository, OrganizationRepository, ensure_indexes
+from storage.repositories import (
+    LeaseRepository,
+    ModelRepository,
+    OrganizationRepository,
+    ensure_indexes,
+)
 
 
 @pytest.fixture
@@ -83,6 +95,45 @@ async def test_scope_hides_documents_of_other_organisations(
     await orgs.insert(OrganizationDocument(id="org-s", name="s"))
     assert await orgs.get("org-s", scope={"name": "other"}) is None
     assert await orgs.get("org-s", scope={"name": "s"}) is not None
+
+
+async def test_scoped_get_agrees_with_the_server_on_every_kind_of_scope(
+    database: Database,
+) -> None:
+    """A plain scope is checked in Python after a read by ``_id`` (FerretDB pushes only that
+    down); other scopes go to the server. Either way the answer is the server's own."""
+    models = ModelRepository(database)
+    await models.insert(
+        ModelDocument(
+            id="model-s",
+            organization_id="org-1",
+            name="s",
+            name_key="s",
+            display_name="S",
+            tags=["gpu", "chat"],
+            source=ModelSource(url="org/s", access_mode=AccessMode.LOCAL),
+        )
+    )
+    scopes: list[dict[str, Any]] = [
+        {"organization_id": "org-1"},
+        {"organization_id": "org-2"},
+        {"organization_id": "org-1", "name": "s"},
+        {"organization_id": "org-1", "name": "t"},
+        {"tags": "chat"},  # an array field holding the value
+        {"tags": "vision"},
+        {"label": "none"},  # a field the document does not have
+        {"source.url": "org/s"},  # dotted: asked of the server
+        {"source.url": "org/t"},
+        {"organization_id": {"$in": ["org-1", "org-3"]}},  # an operator: asked of the server
+        {"organization_id": {"$in": ["org-3"]}},
+        {"is_deleted": False},  # not a string: asked of the server
+    ]
+    raw = database[ModelRepository.collection_name]
+    for scope in scopes:
+        expected = await raw.find_one({**scope, "_id": "model-s"}) is not None
+        found = await models.get("model-s", scope=scope)
+        assert (found is not None) == expected, scope
+    assert await models.get("model-x", scope={"organization_id": "org-1"}) is None
 
 
 async def test_find_pages_with_total(orgs: OrganizationRepository) -> None:
