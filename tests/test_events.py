@@ -510,6 +510,25 @@ async def test_append_probes_past_a_head_left_behind(database: Database, mongo_u
         await other_client.close()
 
 
+def _event(cursor: int, resource_id: str = "model-1") -> Event:
+    """An UPDATED event of organisation A, made by hand (not appended)."""
+    return Event(
+        cursor=cursor,
+        organization_id=ORG_A,
+        resource_kind=ResourceKind.MODEL,
+        resource_id=resource_id,
+        type=EventType.UPDATED,
+        at=utcnow(),
+    )
+
+
+async def _event_without_ring_slot(database: Database, cursor: int) -> Event:
+    """Insert an event as a writer does, up to (not including) its ring slot and head."""
+    event = _event(cursor, "model-gap")
+    await database["events"].insert_one(event.to_mongo())
+    return event
+
+
 async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) -> None:
     """An event inserted without its head update (a writer that died in between) still reaches
     a polling tail, through the periodic backstop read."""
@@ -517,15 +536,7 @@ async def test_a_lost_head_update_is_caught_by_the_backstop(database: Database) 
     await log.ensure()
     first = await append(log)
     async with running_broker(log) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
-        stray = Event(
-            cursor=first.cursor + 1,
-            organization_id=ORG_A,
-            resource_kind=ResourceKind.MODEL,
-            resource_id="model-2",
-            type=EventType.CREATED,
-            at=utcnow(),
-        )
-        await database["events"].insert_one(stray.to_mongo())
+        stray = await _event_without_ring_slot(database, first.cursor + 1)
         (got,) = await take(sub, 1, timeout=5)
     assert isinstance(got, Event)
     assert got.cursor == stray.cursor
@@ -544,46 +555,14 @@ def _counting_log_reads(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> list[
     return reads
 
 
-async def _event_without_ring_slot(database: Database, cursor: int) -> Event:
-    """Insert an event as a writer does, up to (not including) its ring slot and head."""
-    event = Event(
-        cursor=cursor,
-        organization_id=ORG_A,
-        resource_kind=ResourceKind.MODEL,
-        resource_id="model-gap",
-        type=EventType.CREATED,
-        at=utcnow(),
-    )
-    await database["events"].insert_one(event.to_mongo())
-    return event
-
-
-async def test_a_ring_slot_written_late_is_waited_for_not_read_from_the_log(
-    database: Database, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("filled", [True, False], ids=["slot-written-late", "slot-never-written"])
+async def test_a_hole_in_the_ring_is_waited_for_then_read_from_the_log(
+    database: Database, monkeypatch: pytest.MonkeyPatch, filled: bool
 ) -> None:
-    """Two writers race: the later one's slot and head land first. The tail waits for the
-    earlier slot (read at a following poll) instead of scanning the log."""
-    writer = EventLog(database, poll_interval=POLL)
-    reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
-    log_reads = _counting_log_reads(reader, monkeypatch)
-    async with running_broker(reader) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
-        first = await append(writer)
-        assert await take(sub, 1) == [first]
-        slow = await _event_without_ring_slot(database, first.cursor + 1)
-        fast = await append(writer)  # probes past the slow one: its slot and head land first
-        assert fast.cursor == slow.cursor + 1
-        await asyncio.sleep(5 * POLL)  # the tail sees the head, and a hole in the ring
-        slot = {**slow.to_mongo(), "_id": f"{slow.cursor % 128:03d}", "cursor": slow.cursor}
-        await database["event_ring"].replace_one({"_id": slot["_id"]}, slot, upsert=True)
-        assert await take(sub, 2) == [slow, fast]
-    assert log_reads == []
-
-
-async def test_a_ring_slot_never_written_is_read_from_the_log_after_a_patience(
-    database: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A writer that died between its insert and its ring write leaves a hole the head
-    promised: after GAP_PATIENCE the tail reads the log, in order, nothing lost."""
+    """A hole the head promised: two writers raced (the later one's slot and head landed
+    first), or a writer died between its insert and its ring write. The tail waits for the slot
+    (read at a following poll, no log scan); only after GAP_PATIENCE does it read the log, in
+    order, nothing lost."""
     monkeypatch.setattr(events_module, "GAP_PATIENCE", 0.3)
     writer = EventLog(database, poll_interval=POLL)
     reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
@@ -591,12 +570,20 @@ async def test_a_ring_slot_never_written_is_read_from_the_log_after_a_patience(
     async with running_broker(reader) as broker, broker.subscribe(EventFilter(ORG_A)) as sub:
         first = await append(writer)
         assert await take(sub, 1) == [first]
-        dead = await _event_without_ring_slot(database, first.cursor + 1)
-        after = await append(writer)
+        gap = await _event_without_ring_slot(database, first.cursor + 1)
+        later = await append(writer)  # probes past the gap: its slot and head land first
+        assert later.cursor == gap.cursor + 1
         seen_at = asyncio.get_running_loop().time()
-        assert await take(sub, 2) == [dead, after]
-    assert log_reads, "the hole was never read from the log"
-    assert log_reads[0] - seen_at >= 0.3 - 2 * POLL
+        if filled:
+            await asyncio.sleep(5 * POLL)  # the tail sees the head, and a hole in the ring
+            slot = {**gap.to_mongo(), "_id": f"{gap.cursor % 128:03d}", "cursor": gap.cursor}
+            await database["event_ring"].replace_one({"_id": slot["_id"]}, slot, upsert=True)
+        assert await take(sub, 2) == [gap, later]
+    if filled:
+        assert log_reads == []
+    else:
+        assert log_reads, "the hole was never read from the log"
+        assert log_reads[0] - seen_at >= 0.3 - 2 * POLL
 
 
 async def test_no_backstop_scan_while_events_keep_coming(
@@ -692,17 +679,6 @@ async def test_a_sink_is_not_used_while_replaying(log: EventLog) -> None:
     assert queued == [event.cursor for event in old[1:]]
 
 
-def _plain(cursor: int) -> Event:
-    return Event(
-        cursor=cursor,
-        organization_id=ORG_A,
-        resource_kind=ResourceKind.MODEL,
-        resource_id="model-1",
-        type=EventType.UPDATED,
-        at=utcnow(),
-    )
-
-
 async def test_read_ahead_reads_while_the_caller_works_and_joins_what_it_missed() -> None:
     read: list[int] = []
     more = asyncio.Event()
@@ -711,11 +687,11 @@ async def test_read_ahead_reads_while_the_caller_works_and_joins_what_it_missed(
     async def source() -> AsyncGenerator[list[Event], None]:
         try:
             read.append(1)
-            yield [_plain(1)]
+            yield [_event(1)]
             await more.wait()
             for cursor in range(2, 6):
                 read.append(cursor)
-                yield [_plain(cursor)]
+                yield [_event(cursor)]
             await asyncio.Event().wait()  # a tail: never ends by itself
         finally:
             closed.set()
@@ -734,8 +710,8 @@ async def test_read_ahead_reads_while_the_caller_works_and_joins_what_it_missed(
 
 async def test_read_ahead_hands_over_what_was_read_then_raises_the_readers_error() -> None:
     async def source() -> AsyncGenerator[list[Event], None]:
-        yield [_plain(1)]
-        yield [_plain(2)]
+        yield [_event(1)]
+        yield [_event(2)]
         raise ConnectionError("database gone")
 
     ahead = read_ahead(source())
@@ -751,7 +727,7 @@ async def test_read_ahead_holds_a_bounded_number_of_reads() -> None:
     async def source() -> AsyncGenerator[list[Event], None]:
         for cursor in range(1, 1000):
             read.append(cursor)
-            yield [_plain(cursor)]
+            yield [_event(cursor)]
 
     ahead = read_ahead(source())
     try:
