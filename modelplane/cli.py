@@ -48,7 +48,8 @@ def server_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
 
 
 FULL_COLLECTION_EVERY = 100
-"""Young collections between full ones (CPython's default is 10; see :func:`_tune_collector`)."""
+"""Middle-generation collections between full ones (CPython's default is 10; see
+:func:`_tune_collector`)."""
 
 
 def _tune_collector() -> None:
@@ -64,7 +65,7 @@ def _tune_collector() -> None:
       CPython ran a full collection every 30 s or so, each finding 0 to 5 garbage objects
       (reference counting frees nearly everything; cycles are rare). Deliveries in flight
       stalled for its length, which was most of the latency tail. A full collection now waits
-      for :data:`FULL_COLLECTION_EVERY` younger ones (several minutes at that load), so cyclic
+      for :data:`FULL_COLLECTION_EVERY` middle-generation ones (minutes at that load), so cyclic
       garbage that survives to the oldest generation is freed later, not never.
     """
     gc.collect()
