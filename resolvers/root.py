@@ -260,9 +260,10 @@ class Subscription:
             "Every change of your organisation's models and their downloads (phase changes, "
             "progress at most once per second per download), live. With `after`, first what "
             "the log still holds after that cursor, then live, with no gap: a RESYNC_REQUIRED "
-            "event says the cursor is older than the log; OVERFLOW ends a stream that fell "
-            "behind (resubscribe with its cursor). The socket closes with 4401 when the token "
-            "expires."
+            "event says events were trimmed from the log before they reached you (the cursor "
+            "is older than the log, or a burst outran this server), so re-read with queries; "
+            "OVERFLOW ends a stream that fell behind (resubscribe with its cursor). The socket "
+            "closes with 4401 when the token expires."
         ),
     )
     inference_events: AsyncGenerator[Event, None] = strawberry.subscription(

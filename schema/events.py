@@ -27,8 +27,10 @@ class EventTypeEnum(Enum):
     )
     RESYNC_REQUIRED = strawberry.enum_value(
         "RESYNC_REQUIRED",
-        description="Marker: `after` is older than the log still holds. Re-read the resources "
-        "with queries; the stream goes on from `cursor` (the oldest event held).",
+        description="Marker: events were trimmed from the log before they reached you (`after` "
+        "is older than the log still holds, or a burst outran this server's reading). Re-read "
+        "the resources with queries; the stream goes on after `cursor`, which is also the "
+        "`after` to resubscribe with.",
     )
     OVERFLOW = strawberry.enum_value(
         "OVERFLOW",

@@ -31,10 +31,17 @@ the queue drains before the sink is used again, so the order never changes.
 
 "Older than held": after each replay page, ``oldest`` (the oldest cursor still held) is read;
 if ``oldest > last + 1`` the events between were trimmed by the capped collection, and the
-subscriber gets a ``RESYNC_REQUIRED`` marker (cursor = ``oldest``) and continues from there.
-Cursors are dense (max + 1 allocation), so that test is exact. An empty log holds nothing; a
-cursor above the newest (or any cursor on an empty log) belongs to a log that was reset, which
-also gets ``RESYNC_REQUIRED`` (cursor 0 when empty) and then everything held.
+subscriber gets a ``RESYNC_REQUIRED`` marker (cursor = ``oldest - 1``: the stream goes on after
+it, so it is also the ``after`` to resubscribe with) and continues from there. Cursors are
+dense (max + 1 allocation), so that test is exact. An empty log holds nothing; a cursor above
+the newest (or any cursor on an empty log) belongs to a log that was reset, which also gets
+``RESYNC_REQUIRED`` (cursor 0 when empty) and then everything held.
+
+Trimmed before the tail read them: if this process's tail itself falls so far behind that the
+capped collection drops events before it reads them (a burst of thousands of events a second on
+a small log), it cannot know what the lost ones were or whom they concerned. Every live
+subscriber then gets ``RESYNC_REQUIRED`` (cursor = the last lost one) in its place in the stream,
+after the events before the hole and before those after it; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -145,7 +152,7 @@ class Subscription:
         self._checked_future = False
         self._replay_buffer: list[Item] = []
         self._dropped_during_replay = False
-        self._queue: OrderedDict[int, Event] = OrderedDict()
+        self._queue: OrderedDict[int, Item] = OrderedDict()  # by cursor (a marker's is unused)
         self._progress: dict[tuple[ResourceKind, str], int] = {}
         self._overflowed = False
         self._closed = False
@@ -192,10 +199,22 @@ class Subscription:
             if self._overflowed:
                 return
 
-    def _enqueue(self, event: Event) -> None:
+    def offer_resync(self, resume_after: int) -> None:
+        """The tail found the cursors up to ``resume_after`` trimmed before this process read
+        them: tell the subscriber in their place (see the module docstring). A replaying
+        subscription reads the log itself and finds the trim there."""
+        if self._closed or self._overflowed or self._replaying:
+            return
+        self._enqueue(Marker(MarkerKind.RESYNC_REQUIRED, resume_after))
+
+    def _enqueue(self, item: Item) -> None:
         self._broker.queued_deliveries += 1
-        key = (event.resource_kind, event.resource_id)
-        if event.type == EventType.PROGRESS:
+        key = (  # only PROGRESS coalesces, per resource
+            (item.resource_kind, item.resource_id)
+            if isinstance(item, Event) and item.type == EventType.PROGRESS
+            else None
+        )
+        if key is not None:
             waiting = self._progress.pop(key, None)
             if waiting is not None:
                 self._queue.pop(waiting, None)
@@ -210,9 +229,9 @@ class Subscription:
                 self._broker.detach(self)
                 self._wake.set()
                 return
-        self._queue[event.cursor] = event
-        if event.type == EventType.PROGRESS:
-            self._progress[key] = event.cursor
+        self._queue[item.cursor] = item
+        if key is not None:
+            self._progress[key] = item.cursor
         self._wake.set()
 
     def end(self) -> None:
@@ -250,6 +269,9 @@ class Subscription:
                 continue
             while self._queue:
                 cursor, event = self._queue.popitem(last=False)
+                if isinstance(event, Marker):
+                    self._last = max(self._last, cursor)
+                    return event
                 key = (event.resource_kind, event.resource_id)
                 if self._progress.get(key) == cursor:
                     del self._progress[key]
@@ -293,8 +315,9 @@ class Subscription:
             resync_at = oldest  # a cursor beyond the newest event: from a log since reset
         self._checked_future = True
         if resync_at is not None:
-            self._replay_buffer = [Marker(MarkerKind.RESYNC_REQUIRED, resync_at)]
-            self._replay_position = self._last = max(resync_at - 1, 0)
+            resume_after = max(resync_at - 1, 0)
+            self._replay_buffer = [Marker(MarkerKind.RESYNC_REQUIRED, resume_after)]
+            self._replay_position = self._last = resume_after
             return None
         if page:
             self._replay_buffer = [event for event in page if self.filter.matches(event)]
@@ -429,10 +452,16 @@ class Broker:
                 continue
             if event.cursor > self._position + 1:
                 logger.warning(
-                    "event log: the tail skipped cursors %d..%d (trimmed before they were read)",
+                    "event log: cursors %d..%d were trimmed before the tail read them; "
+                    "every live subscriber is told RESYNC_REQUIRED",
                     self._position + 1,
                     event.cursor - 1,
                 )
+                if offered:  # what came before the hole goes first
+                    self._fan_out(offered)
+                    offered = []
+                for subscription in list(self._subscriptions):
+                    subscription.offer_resync(event.cursor - 1)
             self._position = event.cursor
             for listener in self._listeners:
                 try:

@@ -260,11 +260,58 @@ async def test_capped_log_trims_oldest_and_resync_is_required(database: Database
         broker.subscribe(EventFilter(ORG_A), after=1) as subscription,
     ):
         items = await take(subscription, 1 + 31 - oldest)
-        assert items[0] == Marker(MarkerKind.RESYNC_REQUIRED, oldest)
+        # The marker's cursor is where the stream goes on after: resubscribing with it as
+        # `after` needs no resync and loses nothing.
+        assert items[0] == Marker(MarkerKind.RESYNC_REQUIRED, oldest - 1)
         assert cursors(items) == list(range(oldest, 31))
-        # A cursor still covered (its successor is the oldest held) needs no resync.
-        async with broker.subscribe(EventFilter(ORG_A), after=oldest - 1) as covered:
+        async with broker.subscribe(EventFilter(ORG_A), after=items[0].cursor) as covered:
             assert cursors(await take(covered, 31 - oldest)) == list(range(oldest, 31))
+
+
+async def test_events_trimmed_before_the_tail_read_them_are_a_resync_in_place(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capped log drops events this process's tail never read (it fell too far behind):
+    nothing is lost silently. Live subscribers get RESYNC_REQUIRED between what came before
+    the hole and what follows, and resubscribing after the marker's cursor needs no resync."""
+    writer = EventLog(database, size_bytes=64 * 1024, max_events=10, poll_interval=POLL)
+    await writer.ensure()
+    reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+    stalled = asyncio.Event()  # while set, the reader sees no new head: it falls behind
+    real_head = reader.head_cursor
+    seen_head = 0
+
+    async def head() -> int:
+        nonlocal seen_head
+        if not stalled.is_set():
+            seen_head = await real_head()
+        return seen_head
+
+    monkeypatch.setattr(reader, "head_cursor", head)
+    async with running_broker(reader) as broker:
+        async with (
+            broker.subscribe(EventFilter(ORG_A)) as everything,
+            broker.subscribe(EventFilter(ORG_A, model_id="model-x")) as one_model,
+        ):
+            first = await append(writer)
+            assert await take(everything, 1) == [first]
+            stalled.set()
+            await asyncio.sleep(3 * POLL)  # a poll in flight finishes
+            for index in range(200):  # more than the ring's 128 slots
+                await append(writer, resource_id=f"model-{index}")
+            await database.command("compact", "events")  # FerretDB trims in a sweep
+            oldest = await writer.oldest_cursor()
+            assert oldest is not None
+            assert oldest > first.cursor + 128
+            stalled.clear()
+            items = await take(everything, 1 + 202 - oldest)
+            assert items[0] == Marker(MarkerKind.RESYNC_REQUIRED, oldest - 1)
+            assert cursors(items) == list(range(oldest, 202))
+            # A subscriber none of whose events were seen is told too: whose were lost is
+            # unknowable.
+            assert await take(one_model, 1) == [Marker(MarkerKind.RESYNC_REQUIRED, oldest - 1)]
+        async with broker.subscribe(EventFilter(ORG_A), after=oldest - 1) as again:
+            assert cursors(await take(again, 202 - oldest)) == list(range(oldest, 202))
 
 
 async def test_resync_for_a_cursor_beyond_the_log(log: EventLog) -> None:
@@ -276,7 +323,7 @@ async def test_resync_for_a_cursor_beyond_the_log(log: EventLog) -> None:
             assert await take(subscription, 1) == [first]
         async with broker.subscribe(EventFilter(ORG_A), after=99) as subscription:
             items = await take(subscription, 2)
-        assert items == [Marker(MarkerKind.RESYNC_REQUIRED, 1), first]
+        assert items == [Marker(MarkerKind.RESYNC_REQUIRED, 0), first]
 
 
 async def test_replay_then_live_without_gap_or_duplicate(log: EventLog) -> None:
