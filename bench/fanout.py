@@ -403,7 +403,8 @@ def _report_events(
     extra = sum(max(0, r["count"] - written) for r in results)
     print(
         f"  events not received {lost} (after resuming every OVERFLOW with `after`), "
-        f"duplicates {duplicates}, unknown cursors {extra}, OVERFLOW markers {overflows}; "
+        f"duplicates {duplicates}, unknown cursors {extra}, OVERFLOW markers {overflows}, "
+        f"RESYNC_REQUIRED markers {sum(r['resyncs'] for r in results)}; "
         "target p99 <= 100 ms, 0 lost"
     )
     print("  (latency counts live deliveries only; events replayed after an OVERFLOW are late)")
@@ -425,7 +426,8 @@ def _report_progress(
     print(
         f"  subscribers ending on the final value {on_final} of {len(results)}; events "
         f"received per subscriber min {min(counts)}, median {statistics.median(counts):.0f}, "
-        f"max {max(counts)} (coalesced)"
+        f"max {max(counts)} (coalesced); RESYNC_REQUIRED markers "
+        f"{sum(r['resyncs'] for r in results)} (events trimmed before the server read them)"
     )
     print(
         f"  server RSS first half max {max(first, default=0):.0f} MB, "
