@@ -140,10 +140,16 @@ async def test_pod_asking_for_more_gpus_than_a_node_has_stays_pending(
         )
         return events.items[0] if events.items else None
 
+    async def marked_unschedulable() -> k8s.V1Pod | None:
+        # The scheduler records the event and patches the pod's condition in separate calls,
+        # in no guaranteed order: the event can be listed before the condition is set.
+        found = await core.read_namespaced_pod("too-big", gpu_namespace)
+        return found if condition(found, "PodScheduled") is not None else None
+
     event = await eventually(failed_scheduling, what="a FailedScheduling event")
     assert event.type == "Warning"
     assert "Insufficient nvidia.com/gpu" in event.message
-    found = await core.read_namespaced_pod("too-big", gpu_namespace)
+    found = await eventually(marked_unschedulable, what="the pod's PodScheduled condition")
     assert found.status.phase == "Pending"
     assert found.spec.node_name is None
     scheduled = condition(found, "PodScheduled")
