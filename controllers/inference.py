@@ -599,6 +599,11 @@ class InferenceController:
         """An inference (or its workload) changed: look at it soon."""
         self._queue.add(inference_id)
 
+    def resync_soon(self) -> None:
+        """Events this controller is fed were lost (trimmed from the log before they were
+        read): look at every live inference now instead of at the next periodic resync."""
+        self._leadership.resync_soon()
+
     def notify_model(self, model_id: str) -> None:
         """A model changed (its weights became READY, it was deleted): look at its inference."""
         self._queue.add(MODEL_KEY + model_id)

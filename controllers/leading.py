@@ -44,6 +44,7 @@ class Leadership:
         self.leading = leases is None
         self._task: asyncio.Task[None] | None = None
         self._resyncing: asyncio.Task[None] | None = None
+        self._resync_now = asyncio.Event()
 
     def start(self) -> None:
         """Start competing for the lease (always leading without leases) and resyncing."""
@@ -52,9 +53,17 @@ class Leadership:
         if self._resyncing is None:
             self._resyncing = asyncio.create_task(self._resync_loop(), name=f"resync-{self._name}")
 
+    def resync_soon(self) -> None:
+        """Resync now rather than at the end of the period (the event log lost events this
+        controller would have been fed; see ``Broker.on_trimmed``). Never awaits."""
+        self._resync_now.set()
+
     async def _resync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._resync_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._resync_seconds):
+                    await self._resync_now.wait()
+            self._resync_now.clear()
             if self.leading:
                 await self._resync()
 

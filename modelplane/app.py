@@ -472,6 +472,7 @@ def _start_inference_controller(
     controller.start()
     stack.push_async_callback(controller.stop)
     broker.listen(_model_changes_to(controller))
+    broker.on_trimmed(controller.resync_soon)  # it may have missed a model's phase change
     return controller
 
 

@@ -41,7 +41,8 @@ Trimmed before the tail read them: if this process's tail itself falls so far be
 capped collection drops events before it reads them (a burst of thousands of events a second on
 a small log), it cannot know what the lost ones were or whom they concerned. Every live
 subscriber then gets ``RESYNC_REQUIRED`` (cursor = the last lost one) in its place in the stream,
-after the events before the hole and before those after it; nothing is dropped silently.
+after the events before the hole and before those after it, and :meth:`Broker.on_trimmed`
+callbacks run (the inference controller resyncs); nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -347,6 +348,7 @@ class Broker:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._listeners: list[Callable[[Event], None]] = []
+        self._trim_listeners: list[Callable[[], None]] = []
         self.direct_deliveries = 0
         """Events written to a subscriber's connection by the tail itself (the fast lane)."""
         self.queued_deliveries = 0
@@ -359,6 +361,12 @@ class Broker:
         (controllers are fed this way, ARCHITECTURE.md decision 4). It must be cheap and must
         not raise; a failure is logged and the event still reaches the subscribers."""
         self._listeners.append(listener)
+
+    def on_trimmed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the tail finds events trimmed from the log before it read
+        them, so a listener that missed some can look again (a controller resyncs). Same rules
+        as :meth:`listen`: cheap, and a failure is only logged."""
+        self._trim_listeners.append(callback)
 
     @property
     def position(self) -> int:
@@ -451,17 +459,10 @@ class Broker:
                 logger.warning("event log: the tail repeated cursor %d", event.cursor)
                 continue
             if event.cursor > self._position + 1:
-                logger.warning(
-                    "event log: cursors %d..%d were trimmed before the tail read them; "
-                    "every live subscriber is told RESYNC_REQUIRED",
-                    self._position + 1,
-                    event.cursor - 1,
-                )
                 if offered:  # what came before the hole goes first
                     self._fan_out(offered)
                     offered = []
-                for subscription in list(self._subscriptions):
-                    subscription.offer_resync(event.cursor - 1)
+                self._trimmed(self._position + 1, event.cursor - 1)
             self._position = event.cursor
             for listener in self._listeners:
                 try:
@@ -477,6 +478,23 @@ class Broker:
             offered.append(event)
         if offered:
             self._fan_out(offered)
+
+    def _trimmed(self, first: int, last: int) -> None:
+        """Cursors ``first..last`` were trimmed before the tail read them: tell every live
+        subscriber in their place, and the trim listeners (see the module docstring)."""
+        logger.warning(
+            "event log: cursors %d..%d were trimmed before the tail read them; "
+            "every live subscriber is told RESYNC_REQUIRED",
+            first,
+            last,
+        )
+        for subscription in list(self._subscriptions):
+            subscription.offer_resync(last)
+        for callback in self._trim_listeners:
+            try:
+                callback()
+            except Exception:
+                logger.exception("trim listener failed")
 
     def _fan_out(self, offered: list[Event]) -> None:
         # Subscribers with equal filters (a thousand dashboards) share one matching pass.

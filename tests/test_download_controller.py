@@ -9,6 +9,7 @@ import pytest
 
 from controllers.downloading import DownloadOptions
 from controllers.executions import Execution
+from controllers.leading import Leadership
 from controllers.secrets import EncryptedSecretStore, fernet_for
 from controllers.weights import (
     Action,
@@ -73,6 +74,33 @@ async def test_exactly_one_replica_leads_and_the_other_takes_over(database: Data
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_resync_soon_resyncs_at_once_instead_of_at_the_period() -> None:
+    """The event log lost events (trimmed before they were read): a controller asks its
+    leadership to resync now, not an hour later."""
+    resynced = asyncio.Event()
+
+    async def resync() -> None:
+        resynced.set()
+
+    async def nothing() -> None:
+        return None
+
+    leadership = Leadership(
+        None, name="t", holder="h", seconds=15, resync=resync, resync_seconds=3600, on_loss=nothing
+    )
+    leadership.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert not resynced.is_set()
+        leadership.resync_soon()
+        await asyncio.wait_for(resynced.wait(), timeout=5)
+        resynced.clear()
+        await asyncio.sleep(0.1)
+        assert not resynced.is_set(), "one request, one resync"
+    finally:
+        await leadership.stop()
 
 
 def _model(**overrides: Any) -> ModelDocument:

@@ -293,6 +293,8 @@ async def test_events_trimmed_before_the_tail_read_them_are_a_resync_in_place(
             broker.subscribe(EventFilter(ORG_A)) as everything,
             broker.subscribe(EventFilter(ORG_A, model_id="model-x")) as one_model,
         ):
+            trims: list[int] = []
+            broker.on_trimmed(lambda: trims.append(broker.position))
             first = await append(writer)
             assert await take(everything, 1) == [first]
             stalled.set()
@@ -310,6 +312,7 @@ async def test_events_trimmed_before_the_tail_read_them_are_a_resync_in_place(
             # A subscriber none of whose events were seen is told too: whose were lost is
             # unknowable.
             assert await take(one_model, 1) == [Marker(MarkerKind.RESYNC_REQUIRED, oldest - 1)]
+            assert trims == [first.cursor], "trim listeners are told once, before the hole"
         async with broker.subscribe(EventFilter(ORG_A), after=oldest - 1) as again:
             assert cursors(await take(again, 202 - oldest)) == list(range(oldest, 202))
 
