@@ -102,6 +102,15 @@ class EventFilter:
         )
 
 
+def _call_each(callbacks: Sequence[Callable[..., None]], *args: object) -> None:
+    """Call every listener; one that fails is logged and the others still run."""
+    for callback in callbacks:
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("event log listener %r failed", callback)
+
+
 class MarkerKind(StrEnum):
     """Out-of-band news for a subscriber."""
 
@@ -269,16 +278,14 @@ class Subscription:
                     return item
                 continue
             while self._queue:
-                cursor, event = self._queue.popitem(last=False)
-                if isinstance(event, Marker):
-                    self._last = max(self._last, cursor)
-                    return event
-                key = (event.resource_kind, event.resource_id)
-                if self._progress.get(key) == cursor:
-                    del self._progress[key]
-                if cursor > self._last:
+                cursor, queued = self._queue.popitem(last=False)
+                if isinstance(queued, Event):
+                    key = (queued.resource_kind, queued.resource_id)
+                    if self._progress.get(key) == cursor:
+                        del self._progress[key]
+                if cursor > self._last:  # (a marker's cursor, a lost one, always is)
                     self._last = cursor
-                    return event
+                    return queued
             if self._overflowed:
                 self.end()
                 return Marker(MarkerKind.OVERFLOW, self._last)
@@ -464,11 +471,7 @@ class Broker:
                     offered = []
                 self._trimmed(self._position + 1, event.cursor - 1)
             self._position = event.cursor
-            for listener in self._listeners:
-                try:
-                    listener(event)
-                except Exception:
-                    logger.exception("event listener failed")
+            _call_each(self._listeners, event)
             if (
                 event.type == EventType.PROGRESS
                 and newest_progress[(event.resource_kind, event.resource_id)] != event.cursor
@@ -490,11 +493,7 @@ class Broker:
         )
         for subscription in list(self._subscriptions):
             subscription.offer_resync(last)
-        for callback in self._trim_listeners:
-            try:
-                callback()
-            except Exception:
-                logger.exception("trim listener failed")
+        _call_each(self._trim_listeners)
 
     def _fan_out(self, offered: list[Event]) -> None:
         # Subscribers with equal filters (a thousand dashboards) share one matching pass.
