@@ -49,6 +49,28 @@ OLLAMA_HOME = "/root/.ollama"
 SERVED_NAME_FLAG = "--served-model-name"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+PROGRAM_ENV = frozenset(
+    {
+        "PATH",
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "IFS",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "VLLM_PLUGINS",
+        "HOME",
+    }
+)
+"""Variables that make an engine run or load a program other than its own (the local runtime
+treats them like a command)."""
+PROGRAM_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GCONV_", "BASH_FUNC_")
 
 
 class EnginePlanError(Exception):
@@ -148,6 +170,27 @@ def check_env(env: list[EnvVarSpec]) -> None:
             )
         if has_ref and not (var.secret_name and var.secret_key):
             raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
+
+
+def host_program_field(spec: InferenceSpec) -> str | None:
+    """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
+    command, args (without a command they are the command line), or an environment variable
+    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`).
+    On the local runtime such a program runs on the control-plane host. A route (no engine)
+    runs nothing."""
+    if spec.engine is None:
+        return None
+    if spec.engine is InferenceEngine.CUSTOM:
+        return "input.engine"
+    if spec.command:
+        return "input.command"
+    if spec.args:
+        return "input.args"
+    for index, var in enumerate(spec.env):
+        name = var.name.upper()
+        if name in PROGRAM_ENV or name.startswith(PROGRAM_ENV_PREFIXES):
+            return f"input.env[{index}].name"
+    return None
 
 
 def served_name_in(argv: list[str]) -> str | None:

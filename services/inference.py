@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controllers.engines import EnginePlanError, default_engine
+from controllers.engines import EnginePlanError, default_engine, host_program_field
 from controllers.inference import InferenceController
 from controllers.inference_manifests import MODEL_ID
 from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
@@ -29,7 +29,7 @@ from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
 from services.fitting import FitEstimate
-from services.principals import Principal
+from services.principals import Forbidden, Principal
 from storage.documents import (
     AccessMode,
     AutoscalingSpec,
@@ -122,7 +122,10 @@ class InferenceService:
         recorder: Recorder | None = None,
         free_port: Any = None,
         cluster: ClusterService | None = None,
+        allow_host_commands: bool = False,
     ) -> None:
+        """``allow_host_commands`` (setting ``MODELPLANE_ALLOW_HOST_COMMANDS``): on the local
+        runtime, ADMINs may run programs of their choice (see :meth:`_check_host_program`)."""
         self._inferences = inferences
         self._models = models
         self._controller = controller
@@ -132,6 +135,7 @@ class InferenceService:
         self._record = recorder or Recorder(None)
         self._free_port = free_port
         self._cluster = cluster
+        self._allow_host_commands = allow_host_commands
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -259,6 +263,7 @@ class InferenceService:
                 ),
             )
         spec = self._spec(model, request)
+        self._check_host_program(principal, spec)
         if existing is not None:
             doc = existing.model_copy(
                 update={
@@ -441,6 +446,30 @@ class InferenceService:
         return StartOutcome(inference=written)
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _check_host_program(self, principal: Principal, spec: InferenceSpec) -> None:
+        """On the local runtime a CUSTOM engine, a command, args or a program-loading variable
+        run a program of the caller's choice on this host (as the engine user): only an
+        ADMIN may, and only when the server allows it. Checked before anything is written."""
+        if self._runtime_kind != "local":
+            return
+        where = host_program_field(spec)
+        if where is None:
+            return
+        if not self._allow_host_commands:
+            raise InvalidInput(
+                where,
+                f"{where}: on the local runtime this runs a program of your choice on the "
+                "server's host, which this server does not allow "
+                "(MODELPLANE_ALLOW_HOST_COMMANDS is off); use a built-in engine's defaults",
+            )
+        if not principal.role.allows(Role.ADMIN):
+            raise Forbidden(
+                f"{where}: on the local runtime this runs a program of your choice on the "
+                f"server's host, which needs the {Role.ADMIN.value} role; you are "
+                f"{principal.role.value}",
+                required=Role.ADMIN,
+            )
 
     def _notify(self, inference_id: str) -> None:
         if self._controller is not None:
