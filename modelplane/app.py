@@ -261,6 +261,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             free_port=free_port,
             cluster=cluster,
             allow_host_commands=settings.allow_host_commands,
+            allow_external_services=settings.manifest_allow_external_services,
         )
         weights = WeightsService(
             weights=WeightsRepository(database),

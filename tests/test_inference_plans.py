@@ -582,7 +582,7 @@ spec:
 
 
 def test_manifest_is_renamed_and_namespaced() -> None:
-    objects, name, port = check_manifest(GOOD, namespace="ns", roots=(), name="inf-aaaaa")
+    objects, name, port = check_manifest(GOOD, namespace="ns", name="inf-aaaaa")
     assert [o["metadata"]["name"] for o in objects] == ["inf-aaaaa", "inf-aaaaa"]
     assert {o["metadata"]["namespace"] for o in objects} == {"ns"}
     assert (name, port) == ("my-llm-model", 80)
@@ -610,7 +610,7 @@ def test_manifest_is_renamed_and_namespaced() -> None:
                 "      volumes: [{name: v, hostPath: {path: /etc}}]\n      containers:",
             ),
             "hostPath",
-            "outside the allowed roots",
+            "outside your organisation's weights",
         ),
         (GOOD.split("---")[1], "manifest", "exactly one Deployment"),
         ("{not yaml", "manifest", "not valid YAML"),
@@ -628,6 +628,6 @@ def test_manifest_is_renamed_and_namespaced() -> None:
 )
 def test_manifest_refusals(text: str, field: str, words: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        check_manifest(text, namespace="ns", roots=(), name="inf-aaaaa")
+        check_manifest(text, namespace="ns", name="inf-aaaaa")
     assert field in caught.value.field
     assert words in caught.value.message

@@ -213,3 +213,115 @@ def test_production_refuses_the_local_runtime_unless_allowed(tmp_path: Path) -> 
     # Past the settings check, it stops at the unreachable database instead.
     assert allowed.returncode == 1, allowed.stderr
     assert_one_clear_line(allowed, "MODELPLANE_MONGODB_URI")
+
+
+# -- #5, #6, #9: manifests on the kubernetes runtime --------------------------------------
+
+
+def manifest_cases() -> list[tuple[str, str, str]]:
+    """Each item of finding #5, plus billion laughs (#6) and malformed documents (#9)."""
+    from tests.test_manifests import DANGEROUS, MALFORMED, WRONG_TYPES
+
+    picked = {
+        "secret-volume",
+        "secret-key-ref",
+        "env-from",
+        "service-account",
+        "automount-token",
+        "capability-cap_sys_admin",
+        "capability-sys_module",
+        "capability-sys_ptrace",
+        "capability-dac_read_search",
+        "capability-bpf",
+        "capability-sys_rawio",
+        "sysctls",
+        "external-ips",
+        "node-port",
+        "host-network",
+        "privileged",
+        "aliases",
+        "a-list",
+        "not-yaml",
+        "config-map",
+        "non-string-key",
+        "containers-map",
+        "gpu-word",
+        "huge-integer",
+    }
+    cases = [case for case in DANGEROUS + MALFORMED + WRONG_TYPES if case[0] in picked]
+    assert len(cases) == len(picked)
+    return [(name, text, field) for name, text, field, _ in cases]
+
+
+async def test_dangerous_and_malformed_manifests_are_refused_and_nothing_is_created(
+    kube_app: RunningApp, kube_namespace: str
+) -> None:
+    from kubernetes_asyncio import client as k8s
+
+    root = kube_app.resources.settings.local_roots[0]
+    cases = [
+        *manifest_cases(),
+        (
+            "host-path-root",
+            MANIFEST_WITH_HOST_PATH.format(path=root),
+            "manifest[0].spec.template.spec.volumes[0].hostPath.path",
+        ),
+    ]
+    for name, text, field in cases:
+        for dry_run in (False, True):
+            data = await run(
+                kube_app.graphql_url,
+                "CreateInferenceFromManifest",
+                {"yaml": text, "dryRun": dry_run},
+                token=token(kube_app, Role.ADMIN),
+            )
+            result = data["createInferenceFromManifest"]
+            assert result["__typename"] == "ValidationError", (name, result)
+            assert result["field"] == field, (name, result)
+    await assert_nothing_written(kube_app)
+    config = k8s.Configuration()
+    from kubernetes_asyncio import config as k8s_config
+
+    await k8s_config.load_kube_config(
+        config_file=str(kube_app.resources.settings.kubeconfig), client_configuration=config
+    )
+    async with k8s.ApiClient(config) as api:
+        deployments = await k8s.AppsV1Api(api).list_namespaced_deployment(kube_namespace)
+        services = await k8s.CoreV1Api(api).list_namespaced_service(kube_namespace)
+    assert deployments.items == []
+    assert services.items == []
+
+
+MANIFEST_WITH_HOST_PATH = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: srv}}
+spec:
+  selector: {{matchLabels: {{app: srv}}}}
+  template:
+    metadata: {{labels: {{app: srv}}}}
+    spec:
+      volumes: [{{name: w, hostPath: {{path: "{path}"}}}}]
+      containers:
+        - name: server
+          image: registry.example.com/server:1
+          volumeMounts: [{{name: w, mountPath: /w, readOnly: true}}]
+"""
+
+
+async def test_billion_laughs_is_refused_at_once(kube_app: RunningApp) -> None:
+    from tests.test_manifests import BILLION_LAUGHS
+
+    started = time.monotonic()
+    data = await run(
+        kube_app.graphql_url,
+        "CreateInferenceFromManifest",
+        {"yaml": BILLION_LAUGHS},
+        token=token(kube_app, Role.EDITOR),
+    )
+    print(f"billion laughs refused in {time.monotonic() - started:.3f} s")  # noqa: T201
+    result = data["createInferenceFromManifest"]
+    assert result["__typename"] == "ValidationError", result
+    assert result["field"] == "manifest"
+    assert "aliases are not allowed" in result["errorMessage"]
+    await assert_nothing_written(kube_app)
