@@ -172,6 +172,27 @@ def check_env(env: list[EnvVarSpec]) -> None:
             raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
 
 
+def check_secret_refs(spec: InferenceSpec, model: ModelDocument) -> None:
+    """Secret references name only the model's own Secret: any other Secret of the namespace
+    (the database URI's, another organisation's credentials) would reach a container whose
+    image and command the user chooses."""
+    own = model.secret_ref
+    for index, var in enumerate(spec.env):
+        if var.secret_name is not None and var.secret_name != own:
+            raise EnginePlanError(
+                f"input.env[{index}].secretName",
+                f"{var.name}: only the model's own Secret may be referenced"
+                + (f" ({own})" if own else "; this model has none"),
+            )
+    litellm = spec.litellm
+    if litellm is not None and litellm.api_key_secret_name not in {None, own}:
+        raise EnginePlanError(
+            "input.litellm.masterKeySecretName",
+            "only the model's own Secret may be referenced"
+            + (f" ({own})" if own else "; this model has none"),
+        )
+
+
 def host_program_field(spec: InferenceSpec) -> str | None:
     """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
     command, args (without a command they are the command line), or an environment variable
@@ -216,6 +237,7 @@ def plan_engine(
 ) -> EnginePlan:
     """The engine to run for ``spec`` (see the module docstring); raises EnginePlanError."""
     check_env(spec.env)
+    check_secret_refs(spec, model)
     engine = spec.engine
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")
