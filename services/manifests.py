@@ -36,15 +36,17 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
-from yaml.composer import ComposerError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
 from yaml.nodes import Node
+from yaml.resolver import Resolver
 
 from services import validation as v
 from services.errors import InvalidInput
 
 MAX_DOCUMENTS = 8
-MAX_NODES = 20_000
+MAX_NODES = 5_000
 MAX_DEPTH = 40
 MAX_CONTAINERS = 8
 MAX_LIST = 64
@@ -60,20 +62,40 @@ _CAPABILITY = re.compile(r"^[A-Z_]{1,64}$")
 _GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
 
+try:
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover  PyYAML built without libyaml: the pure Python parser
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _Parser(Reader, Scanner, Parser):  # type: ignore[no-redef]  # the same interface
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+
+
 class ManifestYAMLError(yaml.YAMLError):
     """The YAML itself is refused (an alias, too many nodes, too deep)."""
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors and aliases and bounds the node count and depth."""
+class _BoundedLoader(Composer, _Parser, SafeConstructor, Resolver):
+    """A safe loader that refuses anchors and aliases and bounds the node count and depth.
+
+    Events come from libyaml when PyYAML has it (``CParser``: five times faster than the pure
+    Python scanner; 5,000 nodes take about 60 ms), composed here so every node is counted."""
 
     def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
         self._nodes = 0
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        event = self.peek_event()
         if isinstance(event, AliasEvent) or (
             isinstance(event, (ScalarEvent, CollectionStartEvent)) and event.anchor is not None
         ):
@@ -96,7 +118,21 @@ class _BoundedLoader(yaml.SafeLoader):
 def parse_documents(text: str) -> list[Any]:
     """The non-empty YAML documents of ``text``; InvalidInput("manifest") if it is not
     valid, uses anchors or aliases, or is too large once composed."""
-    loader = _BoundedLoader(text)
+    try:
+        return _load_all(text)
+    except ManifestYAMLError as exc:
+        raise InvalidInput("manifest", str(exc)) from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInput("manifest", f"not valid YAML: {first}") from None
+    except UnicodeError:
+        raise InvalidInput("manifest", "not valid text (a lone surrogate?)") from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5,000-digit integer
+        raise InvalidInput("manifest", f"not valid YAML: {type(exc).__name__}") from None
+
+
+def _load_all(text: str) -> list[Any]:
+    loader = _BoundedLoader(text)  # the reader checks the characters here
     documents: list[Any] = []
     try:
         while loader.check_data():  # type: ignore[no-untyped-call]  # untyped in the stubs
@@ -105,13 +141,6 @@ def parse_documents(text: str) -> list[Any]:
             document = loader.get_data()
             if document is not None:
                 documents.append(document)
-    except ManifestYAMLError as exc:
-        raise InvalidInput("manifest", str(exc)) from None
-    except (yaml.YAMLError, ComposerError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidInput("manifest", f"not valid YAML: {first}") from None
-    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5,000-digit integer
-        raise InvalidInput("manifest", f"not valid YAML: {type(exc).__name__}") from None
     finally:
         loader.dispose()
     return documents
