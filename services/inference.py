@@ -6,8 +6,16 @@ same pure planner the controller uses, so a vLLM command without ``--served-mode
 ValidationError now, not a FAILED inference later). One live inference per model: starting a
 running one returns it with a message; starting a stopped one re-enables it with the new spec
 (a new ``generation``, so the controller re-applies). ``dryRun`` renders the objects and
-writes nothing. Manifests (kubernetes runtime only) are checked against an allow-list of
-kinds and a pod-security floor, namespaced to ours, relabelled as an unmanaged inference.
+writes nothing. Manifests (kubernetes runtime only) are parsed and checked field by field
+against an allow-list (:mod:`services.manifests`), namespaced to ours, relabelled as an
+unmanaged inference.
+
+Who may choose the program: on the local runtime an engine runs on the control-plane host, so
+a CUSTOM engine, a command, args or a program-loading environment variable (``PATH``,
+``LD_PRELOAD``, ``PYTHONPATH``...) needs the ADMIN role and the setting
+``MODELPLANE_ALLOW_HOST_COMMANDS`` (off by default); refused before anything is written, dry
+runs and toggles included. On Kubernetes they run inside the pod, an editor's right.
+Secret references name only the model's own Secret (the planner checks it).
 """
 
 from __future__ import annotations

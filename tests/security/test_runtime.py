@@ -134,7 +134,8 @@ echo "uid=$(id -u)"
 cat "$STATE/keys/secret-key"
 cat "$STATE/keys/dev-signing-key"
 cat "/proc/$PPID/environ"
-test -r "$MODEL_PATH/config.json" && echo weights-readable
+config="$(find "$MODEL_PATH" -name config.json | head -n 1)"
+test -n "$config" && cat "$config" >/dev/null && echo weights-readable
 echo engine-done
 exec sleep 600
 """
@@ -177,6 +178,14 @@ async def test_an_admins_engine_cannot_read_the_keys_but_reads_the_weights(
             result["inference"]["id"],
             {"STOPPED"},
         )
+        # Switching the admin's command back on is starting it: an editor may not.
+        toggled = await run(
+            app.graphql_url,
+            "ToggleInference",
+            {"modelId": model["id"], "enabled": True},
+            token=token(app, Role.EDITOR),
+        )
+        assert toggled["toggleInference"]["__typename"] == "ForbiddenError", toggled
 
 
 async def engine_output(app: RunningApp, inference_id: str) -> list[str]:
