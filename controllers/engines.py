@@ -195,23 +195,28 @@ def check_secret_refs(spec: InferenceSpec, model: ModelDocument) -> None:
 
 def host_program_field(spec: InferenceSpec) -> str | None:
     """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
-    command, args (without a command they are the command line), or an environment variable
+    command, args (without a command they are the command line), a LiteLLM config of the
+    user's own (callbacks and ``custom_auth`` name code to import), or an environment variable
     that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`).
     On the local runtime such a program runs on the control-plane host. A route (no engine)
     runs nothing."""
     if spec.engine is None:
         return None
-    if spec.engine is InferenceEngine.CUSTOM:
-        return "input.engine"
-    if spec.command:
-        return "input.command"
-    if spec.args:
-        return "input.args"
-    for index, var in enumerate(spec.env):
-        name = var.name.upper()
-        if name in PROGRAM_ENV or name.startswith(PROGRAM_ENV_PREFIXES):
-            return f"input.env[{index}].name"
-    return None
+    chosen = (
+        (spec.engine is InferenceEngine.CUSTOM, "input.engine"),
+        (bool(spec.command), "input.command"),
+        (bool(spec.args), "input.args"),
+        (spec.litellm is not None and spec.litellm.mode == "CONFIG", "input.litellm.configYaml"),
+        *(
+            (
+                var.name.upper() in PROGRAM_ENV
+                or var.name.upper().startswith(PROGRAM_ENV_PREFIXES),
+                f"input.env[{index}].name",
+            )
+            for index, var in enumerate(spec.env)
+        ),
+    )
+    return next((where for picked, where in chosen if picked), None)
 
 
 def served_name_in(argv: list[str]) -> str | None:

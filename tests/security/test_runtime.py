@@ -97,6 +97,11 @@ HOST_PROGRAMS: list[tuple[str, dict[str, Any], str]] = [
     ("path-variable", {"env": [{"name": "PATH", "value": "/srv/evil"}]}, "input.env[0].name"),
     ("ld-preload", {"env": [{"name": "LD_PRELOAD", "value": "/x.so"}]}, "input.env[0].name"),
     ("python-startup", {"env": [{"name": "PYTHONPATH", "value": "/x"}]}, "input.env[0].name"),
+    (
+        "litellm-config",
+        {"engine": "LITELLM_PROXY", "litellm": {"mode": "CONFIG", "configYaml": "model_list: []"}},
+        "input.litellm.configYaml",
+    ),
 ]
 
 
