@@ -49,6 +49,28 @@ OLLAMA_HOME = "/root/.ollama"
 SERVED_NAME_FLAG = "--served-model-name"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
+PROGRAM_ENV = frozenset(
+    {
+        "PATH",
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "IFS",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "VLLM_PLUGINS",
+        "HOME",
+    }
+)
+"""Variables that make an engine run or load a program other than its own (the local runtime
+treats them like a command)."""
+PROGRAM_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GCONV_", "BASH_FUNC_")
 
 
 class EnginePlanError(Exception):
@@ -150,6 +172,53 @@ def check_env(env: list[EnvVarSpec]) -> None:
             raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
 
 
+def check_secret_refs(spec: InferenceSpec, model: ModelDocument) -> None:
+    """Secret references name only the model's own Secret: any other Secret of the namespace
+    (the database URI's, another organisation's credentials) would reach a container whose
+    image and command the user chooses."""
+    own = model.secret_ref
+    for index, var in enumerate(spec.env):
+        if var.secret_name is not None and var.secret_name != own:
+            raise EnginePlanError(
+                f"input.env[{index}].secretName",
+                f"{var.name}: only the model's own Secret may be referenced"
+                + (f" ({own})" if own else "; this model has none"),
+            )
+    litellm = spec.litellm
+    if litellm is not None and litellm.api_key_secret_name not in {None, own}:
+        raise EnginePlanError(
+            "input.litellm.masterKeySecretName",
+            "only the model's own Secret may be referenced"
+            + (f" ({own})" if own else "; this model has none"),
+        )
+
+
+def host_program_field(spec: InferenceSpec) -> str | None:
+    """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
+    command, args (without a command they are the command line), a LiteLLM config of the
+    user's own (callbacks and ``custom_auth`` name code to import), or an environment variable
+    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`).
+    On the local runtime such a program runs on the control-plane host. A route (no engine)
+    runs nothing."""
+    if spec.engine is None:
+        return None
+    chosen = (
+        (spec.engine is InferenceEngine.CUSTOM, "input.engine"),
+        (bool(spec.command), "input.command"),
+        (bool(spec.args), "input.args"),
+        (spec.litellm is not None and spec.litellm.mode == "CONFIG", "input.litellm.configYaml"),
+        *(
+            (
+                var.name.upper() in PROGRAM_ENV
+                or var.name.upper().startswith(PROGRAM_ENV_PREFIXES),
+                f"input.env[{index}].name",
+            )
+            for index, var in enumerate(spec.env)
+        ),
+    )
+    return next((where for picked, where in chosen if picked), None)
+
+
 def served_name_in(argv: list[str]) -> str | None:
     """The value of ``--served-model-name`` in a command line, if present."""
     for index, token in enumerate(argv):
@@ -173,6 +242,7 @@ def plan_engine(
 ) -> EnginePlan:
     """The engine to run for ``spec`` (see the module docstring); raises EnginePlanError."""
     check_env(spec.env)
+    check_secret_refs(spec, model)
     engine = spec.engine
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")

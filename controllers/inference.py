@@ -31,7 +31,13 @@ import httpx
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.engines import EngineImages, EnginePlan, EnginePlanError, plan_engine
+from controllers.engines import (
+    EngineImages,
+    EnginePlan,
+    EnginePlanError,
+    host_program_field,
+    plan_engine,
+)
 from controllers.inference_manifests import (
     ENGINE_CONTAINER,
     GENERATION,
@@ -548,8 +554,10 @@ class InferenceController:
         holder: str = "",
         lease_seconds: float = LEASE_SECONDS,
         resync_seconds: float = RESYNC_SECONDS,
+        allow_host_commands: bool = False,
     ) -> None:
         self._inferences = inferences
+        self._allow_host_commands = allow_host_commands
         self._models = models
         self._weights = weights
         self._secrets = secrets
@@ -627,12 +635,19 @@ class InferenceController:
         """The engine plan (managed) or the manifest (unmanaged); raises EnginePlanError."""
         if not inference.managed or model is None:
             return WorkloadPlan(engine=None, port=inference.spec.port, gpu=inference.spec.gpu)
+        local = self.executor.kind == "local"
+        where = host_program_field(inference.spec) if local else None
+        if where is not None and not self._allow_host_commands:
+            # Stored before the setting was turned off: the service refuses new ones.
+            raise EnginePlanError(
+                where, f"{where}: programs of the user's choice are not allowed on this host"
+            )
         weights = await self._weights.get(model.weights_id) if model.weights_id else None
         engine = plan_engine(
             inference.spec,
             model,
             weights,
-            local=self.executor.kind == "local",
+            local=local,
             images=self._images,
             secret_name=model.secret_ref if self.executor.kind == "kubernetes" else None,
             pvc_mount_path=self._pvc_mount_path,

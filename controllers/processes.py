@@ -45,6 +45,17 @@ a pod's container, and borrows its vocabulary so both runtimes report alike:
   secrets (``MODELPLANE_SECRET_KEY``, database credentials) which an engine must not see.
   ``PYTHONUNBUFFERED=1`` is added unless the spec sets it, so Python engines' logs arrive as
   they are written rather than in 8 KiB blocks.
+- **The engine user.** A server running as root runs its engines as another user
+  (:class:`EngineUser`, setting ``MODELPLANE_ENGINE_USER``, default ``nobody``): its uid, its
+  primary group and no supplementary groups, ``HOME`` set to the engine's working directory,
+  which is handed to that user. So an engine cannot read what only root may: the state
+  directory's keys (``keys/`` is 0700, see :mod:`modelplane.keyfiles`), the server's
+  environment (``/proc/<pid>/environ``) or memory. Weights stay readable: the downloader writes
+  them world-readable. A server that is not root cannot switch users; its engines run as its
+  own user, and :func:`protect_server_process` makes the server non-dumpable so a same-user
+  engine cannot read its environment (``MODELPLANE_SECRET_KEY``, the database URI) or memory
+  through ``/proc``. Key files generated in development stay readable to such engines: set
+  ``MODELPLANE_SECRET_KEY`` (production requires it) so none exists.
 - **Changes are announced** by calling ``on_change(key)`` whenever :meth:`status` would answer
   something different; the inference controller enqueues the key. The callback must be cheap;
   its exceptions are logged and dropped.
@@ -215,16 +226,67 @@ def child_environment(
     parent: Mapping[str, str],
     inherit: Iterable[str] = DEFAULT_INHERITED_ENV,
 ) -> dict[str, str]:
-    """The allow-listed part of ``parent``, ``PYTHONUNBUFFERED=1``, then ``spec_env``."""
+    """The allow-listed part of ``parent`` (never a ``MODELPLANE_*`` variable),
+    ``PYTHONUNBUFFERED=1``, then ``spec_env``."""
     allowed = frozenset(inherit)
     env = {
         name: value
         for name, value in parent.items()
-        if name in allowed or name.startswith(INHERITED_ENV_PREFIXES)
+        if (name in allowed or name.startswith(INHERITED_ENV_PREFIXES))
+        and not name.upper().startswith("MODELPLANE_")  # the server's own, secrets among them
     }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(spec_env)
     return env
+
+
+@dataclass(frozen=True, slots=True)
+class EngineUser:
+    """Who engine processes run as when the server is root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+class EngineUserError(Exception):
+    """The configured engine user does not exist on this host."""
+
+
+def engine_user(name: str | None) -> EngineUser | None:
+    """The user engines run as: ``name`` when this process is root, else None (engines run
+    as the server's own user: only root can switch). Raises EngineUserError for an unknown
+    name."""
+    if name is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import pwd  # noqa: PLC0415  POSIX only, and only here
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise EngineUserError(f"no user named {name!r} on this host") from None
+    if entry.pw_uid == 0:
+        return None  # "root" asked for: nothing to drop
+    return EngineUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def protect_server_process() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): processes of the
+    same user without CAP_SYS_PTRACE can then neither read ``/proc/<pid>/environ`` and
+    ``mem`` nor attach to it. Engines started later are dumpable again (``execve`` resets it).
+    False where it is not available."""
+    import ctypes  # noqa: PLC0415  Linux only, and only here
+    import ctypes.util  # noqa: PLC0415
+
+    name = ctypes.util.find_library("c")
+    if name is None or not os.path.exists("/proc/self"):
+        return False
+    pr_set_dumpable = 4
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        return int(libc.prctl(pr_set_dumpable, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def spec_problem(spec: ProcessSpec) -> str | None:
@@ -474,10 +536,12 @@ class ProcessSupervisor:
         drain_seconds: float = 2.0,
         inherit_env: Iterable[str] = DEFAULT_INHERITED_ENV,
         parent_env: Mapping[str, str] | None = None,
+        run_as: EngineUser | None = None,
     ) -> None:
         """``parent_env`` is the environment children inherit from (``os.environ`` by
         default, read at each spawn); ``drain_seconds`` bounds the wait for a dead process's
-        last output (a daemonised grandchild may hold the pipes open)."""
+        last output (a daemonised grandchild may hold the pipes open); ``run_as`` is the user
+        children run as (see :func:`engine_user`), None for this process's own."""
         self._log_dir = log_dir
         self._on_change = on_change
         self._max_log_lines = max_log_lines
@@ -493,6 +557,7 @@ class ProcessSupervisor:
         self._drain_seconds = drain_seconds
         self._inherit_env = frozenset(inherit_env)
         self._parent_env = parent_env
+        self._run_as = run_as
         self._entries: dict[str, _Entry] = {}
         self._closed = False
         # No keep-alive: a pooled connection to an engine that restarted would fail one probe.
@@ -668,7 +733,21 @@ class ProcessSupervisor:
 
     def _environment(self, spec: ProcessSpec) -> dict[str, str]:
         parent = os.environ if self._parent_env is None else self._parent_env
-        return child_environment(spec.env, parent=parent, inherit=self._inherit_env)
+        env = child_environment(spec.env, parent=parent, inherit=self._inherit_env)
+        if self._run_as is not None:
+            # The server's HOME is root's; the engine's caches go to its own directory.
+            env["HOME"] = spec.env.get("HOME", str(spec.cwd))
+            env["USER"] = env["LOGNAME"] = self._run_as.name
+        return env
+
+    def _identity(self, spec: ProcessSpec) -> dict[str, Any]:
+        """``create_subprocess_exec`` arguments that drop to the engine user (and hand it the
+        working directory); none when children run as this process's user."""
+        user = self._run_as
+        if user is None:
+            return {}
+        os.chown(spec.cwd, user.uid, user.gid)
+        return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
     def _publish(self, entry: _Entry) -> None:
         """Call ``on_change`` when the status differs from the last one announced."""
@@ -714,6 +793,7 @@ class ProcessSupervisor:
                 *spec.argv[1:],
                 cwd=spec.cwd,
                 env=self._environment(spec),
+                **self._identity(spec),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

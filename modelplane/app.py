@@ -58,7 +58,13 @@ from controllers.inference import (
 )
 from controllers.inference_manifests import Integrations
 from controllers.inventory import ClusterInventory, read_inventory
-from controllers.processes import ProcessSupervisor
+from controllers.processes import (
+    EngineUser,
+    EngineUserError,
+    ProcessSupervisor,
+    engine_user,
+    protect_server_process,
+)
 from controllers.runtimes import (
     KubernetesRuntime,
     LocalRuntime,
@@ -91,6 +97,7 @@ from modelplane.embedded import (
     free_port,
 )
 from modelplane.gateway_http import gateway_router, upstream_session
+from modelplane.keyfiles import read_or_create
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
@@ -253,6 +260,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             recorder=recorder,
             free_port=free_port,
             cluster=cluster,
+            allow_host_commands=settings.allow_host_commands,
+            allow_external_services=settings.manifest_allow_external_services,
         )
         weights = WeightsService(
             weights=WeightsRepository(database),
@@ -427,6 +436,7 @@ def _inference_controller(
                 log_dir=(settings.state_dir / "engines" / "logs").resolve(),
                 on_change=notify,
                 backoff_max=settings.engine_restart_max_seconds,
+                run_as=_engine_user(settings),
             ),
             work_dir=(settings.state_dir / "engines").resolve(),
         )
@@ -446,10 +456,30 @@ def _inference_controller(
         recorder=recorder,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        allow_host_commands=settings.allow_host_commands,
     )
     if not isinstance(runtime, KubernetesRuntime):
         notify.target = controller.notify
     return controller
+
+
+def _engine_user(settings: Settings) -> EngineUser | None:
+    """Who local engines run as (see :mod:`controllers.processes`); protects this process's
+    environment and memory from same-user engines; says what it decided."""
+    try:
+        user = engine_user(settings.engine_user)
+    except EngineUserError as exc:
+        raise StartupError(f"MODELPLANE_ENGINE_USER: {exc}") from None
+    protected = protect_server_process()
+    if user is not None:
+        log.info("local engines run as another user", extra={"engine_user": user.name})
+    elif settings.allow_host_commands:
+        log.warning(
+            "local engines run as the server's own user: a command an admin starts can read "
+            "what the server's user can (key files in the state directory among them)",
+            extra={"server_dumpable": not protected},
+        )
+    return user
 
 
 def _start_inference_controller(
@@ -532,13 +562,13 @@ def _secret_store(settings: Settings, runtime: Runtime, database: Database) -> S
 
 
 def _generated_secret(state_dir: Path) -> str:
-    """Development only: a secret key generated once and kept in the state directory."""
-    path = state_dir / "secret-key"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """Development only: a secret key generated once and kept in the state directory's
+    key directory (mode 0700, the file 0600: see :mod:`modelplane.keyfiles`)."""
+    return (
+        read_or_create(state_dir, "secret-key", lambda: secrets.token_urlsafe(48).encode())
+        .decode()
+        .strip()
+    )
 
 
 async def _ensure_organization(database: Database, organization_id: str) -> None:

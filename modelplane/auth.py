@@ -32,6 +32,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, OctKey
 from joserfc.jwt import ClaimsOption
 
+from modelplane.keyfiles import read_or_create
 from services.api_keys import ApiKeyService, InvalidApiKey, looks_like_key
 from services.principals import Principal
 from storage.documents import Role
@@ -53,12 +54,8 @@ def load_dev_key(*, secret_key: str | None, state_dir: Path) -> OctKey:
     if secret_key is not None:
         material = hashlib.sha256(b"modelplane-dev-token\x00" + secret_key.encode()).digest()
         return OctKey.import_key(material)
-    path = state_dir / "dev-signing-key"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
-    return OctKey.import_key(path.read_bytes())
+    material = read_or_create(state_dir, "dev-signing-key", lambda: secrets.token_bytes(32))
+    return OctKey.import_key(material)
 
 
 def issue_dev_token(

@@ -85,6 +85,7 @@ class FerretDBProcess:
             )
         sqlite_dir = self.data_dir / "sqlite"
         sqlite_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # the database is the server's alone, not engines'
         log_path = self.data_dir / "ferretdb.log"
         env = {**os.environ, "FERRETDB_TELEMETRY": "disable"}
         with log_path.open("ab") as log_file:

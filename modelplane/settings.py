@@ -155,6 +155,21 @@ class Settings(BaseSettings):
     """How long ``/v1`` keeps a resolved route (model name to endpoint and key) before
     reading the inference again; 0 reads it per request. A stopped model stays routed to its
     old endpoint for up to this long."""
+    # security: runtime
+    allow_local_runtime_in_production: bool = False
+    """Production refuses the ``local`` runtime (engines run on the control-plane host, for one
+    trusted operator) unless this is true."""
+    allow_host_commands: bool = False
+    """On the local runtime, let ADMINs start CUSTOM engines or give any engine a command,
+    args or program-loading environment variable (``PATH``, ``LD_*``, ``PYTHON*``...): these
+    run programs of their choice on this host. Off: refused for everyone."""
+    engine_user: str | None = "nobody"
+    """When the server runs as root, local engine processes run as this user (its primary
+    group, no supplementary groups, ``HOME`` set to the engine's work directory); empty: as
+    root (not recommended). A server that is not root cannot switch: engines run as its user."""
+    manifest_allow_external_services: bool = False
+    """Let ``createInferenceFromManifest`` Services be NodePort or LoadBalancer or carry
+    ``externalIPs``; off: ClusterIP only."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
@@ -199,6 +214,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("engine_user", mode="before")
+    @classmethod
+    def _empty_user(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("allowed_remote_hosts", mode="before")
     @classmethod
@@ -250,6 +270,11 @@ class Settings(BaseSettings):
                 raise SettingsError("MODELPLANE_SECRET_KEY is required in production")
             if self.oidc_issuer is None:
                 raise SettingsError("MODELPLANE_OIDC_ISSUER is required in production")
+            if self.runtime is RuntimeKind.LOCAL and not self.allow_local_runtime_in_production:
+                raise SettingsError(
+                    "MODELPLANE_RUNTIME=local runs engines on this host for one trusted operator; "
+                    "production refuses it unless MODELPLANE_ALLOW_LOCAL_RUNTIME_IN_PRODUCTION=true"
+                )
 
     @property
     def embedded_database(self) -> bool:

@@ -6,8 +6,16 @@ same pure planner the controller uses, so a vLLM command without ``--served-mode
 ValidationError now, not a FAILED inference later). One live inference per model: starting a
 running one returns it with a message; starting a stopped one re-enables it with the new spec
 (a new ``generation``, so the controller re-applies). ``dryRun`` renders the objects and
-writes nothing. Manifests (kubernetes runtime only) are checked against an allow-list of
-kinds and a pod-security floor, namespaced to ours, relabelled as an unmanaged inference.
+writes nothing. Manifests (kubernetes runtime only) are parsed and checked field by field
+against an allow-list (:mod:`services.manifests`), namespaced to ours, relabelled as an
+unmanaged inference.
+
+Who may choose the program: on the local runtime an engine runs on the control-plane host, so
+a CUSTOM engine, a command, args or a program-loading environment variable (``PATH``,
+``LD_PRELOAD``, ``PYTHONPATH``...) needs the ADMIN role and the setting
+``MODELPLANE_ALLOW_HOST_COMMANDS`` (off by default); refused before anything is written, dry
+runs and toggles included. On Kubernetes they run inside the pod, an editor's right.
+Secret references name only the model's own Secret (the planner checks it).
 """
 
 from __future__ import annotations
@@ -16,12 +24,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from controllers.engines import EnginePlanError, default_engine
+from controllers.engines import EnginePlanError, default_engine, host_program_field
 from controllers.inference import InferenceController
 from controllers.inference_manifests import MODEL_ID
 from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
@@ -29,7 +35,8 @@ from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
 from services.fitting import FitEstimate
-from services.principals import Principal
+from services.manifests import ManifestPolicy, check_document, parse_documents
+from services.principals import Forbidden, Principal
 from storage.documents import (
     AccessMode,
     AutoscalingSpec,
@@ -42,6 +49,7 @@ from storage.documents import (
     ModelDocument,
     PhaseEntry,
     Role,
+    TargetKind,
     Toleration,
     new_id,
 )
@@ -122,7 +130,13 @@ class InferenceService:
         recorder: Recorder | None = None,
         free_port: Any = None,
         cluster: ClusterService | None = None,
+        allow_host_commands: bool = False,
+        allow_external_services: bool = False,
     ) -> None:
+        """``allow_host_commands`` (setting ``MODELPLANE_ALLOW_HOST_COMMANDS``): on the local
+        runtime, ADMINs may run programs of their choice (see :meth:`_check_host_program`);
+        ``allow_external_services`` (``MODELPLANE_MANIFEST_ALLOW_EXTERNAL_SERVICES``): manifest
+        Services may be NodePort or LoadBalancer, with externalIPs."""
         self._inferences = inferences
         self._models = models
         self._controller = controller
@@ -132,6 +146,8 @@ class InferenceService:
         self._record = recorder or Recorder(None)
         self._free_port = free_port
         self._cluster = cluster
+        self._allow_host_commands = allow_host_commands
+        self._allow_external_services = allow_external_services
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -259,6 +275,7 @@ class InferenceService:
                 ),
             )
         spec = self._spec(model, request)
+        self._check_host_program(principal, spec)
         if existing is not None:
             doc = existing.model_copy(
                 update={
@@ -403,11 +420,14 @@ class InferenceService:
         principal.require(Role.EDITOR)
         if self._runtime_kind != "kubernetes" or self._namespace is None:
             raise InvalidInput("manifest", "manifests need the kubernetes runtime")
-        if len(text.encode()) > MAX_MANIFEST_BYTES:
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_MANIFEST_BYTES:
             raise InvalidInput("manifest", f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
         inference_id = new_id("inf")
         objects, model_name, port = check_manifest(
-            text, namespace=self._namespace, roots=self._roots, name=inference_id
+            text,
+            namespace=self._namespace,
+            name=inference_id,
+            policy=await self._manifest_policy(principal),
         )
         labels = owned_labels(inference_id, principal.organization_id, component="inference")
         for obj in objects:
@@ -441,6 +461,57 @@ class InferenceService:
         return StartOutcome(inference=written)
 
     # -- helpers --------------------------------------------------------------------------
+
+    async def _manifest_policy(self, principal: Principal) -> ManifestPolicy:
+        """What the organisation's manifests may mount: its LOCAL weights directories (inside
+        the allowed roots) and its PVC targets' claims."""
+        found = await self._models.find(
+            where={"organization_id": principal.organization_id, "is_deleted": {"$ne": True}},
+            limit=1000,
+        )
+        dirs: list[PurePosixPath] = []
+        claims: set[str] = set()
+        for model in found.items:
+            target = model.download_target
+            if target is None:
+                continue
+            if target.kind is TargetKind.LOCAL and target.local_path:
+                path = PurePosixPath(target.local_path)
+                if any(
+                    PurePosixPath(root) in path.parents for root in self._roots
+                ):  # never a root itself
+                    dirs.append(path)
+            elif target.kind is TargetKind.PVC and target.claim_name:
+                claims.add(target.claim_name)
+        return ManifestPolicy(
+            weights_dirs=tuple(dirs),
+            claims=frozenset(claims),
+            allow_external_services=self._allow_external_services,
+        )
+
+    def _check_host_program(self, principal: Principal, spec: InferenceSpec) -> None:
+        """On the local runtime a CUSTOM engine, a command, args or a program-loading variable
+        run a program of the caller's choice on this host (as the engine user): only an
+        ADMIN may, and only when the server allows it. Checked before anything is written."""
+        if self._runtime_kind != "local":
+            return
+        where = host_program_field(spec)
+        if where is None:
+            return
+        if not self._allow_host_commands:
+            raise InvalidInput(
+                where,
+                f"{where}: on the local runtime this runs a program of your choice on the "
+                "server's host, which this server does not allow "
+                "(MODELPLANE_ALLOW_HOST_COMMANDS is off); use a built-in engine's defaults",
+            )
+        if not principal.role.allows(Role.ADMIN):
+            raise Forbidden(
+                f"{where}: on the local runtime this runs a program of your choice on the "
+                f"server's host, which needs the {Role.ADMIN.value} role; you are "
+                f"{principal.role.value}",
+                required=Role.ADMIN,
+            )
 
     def _notify(self, inference_id: str) -> None:
         if self._controller is not None:
@@ -614,32 +685,19 @@ def _gpus(objects: list[dict[str, Any]]) -> int:
 
 
 def check_manifest(
-    text: str, *, namespace: str, roots: tuple[Path, ...], name: str
+    text: str, *, namespace: str, name: str, policy: ManifestPolicy | None = None
 ) -> tuple[list[dict[str, Any]], str, int]:
-    """Parse and police a user's manifest: one Deployment, at most one Service, nothing
-    privileged, no host namespaces, hostPath only under the allowed roots. Objects are renamed
-    to ``name`` and forced into ``namespace``. Returns the objects, the served model's name
-    (annotation ``modelplane.io/model-name``, else the Deployment's name) and the port."""
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise InvalidInput("manifest", f"not valid YAML: {str(exc).splitlines()[0]}") from None
-    allowed = {("apps/v1", "Deployment"), ("v1", "Service")}
+    """Parse and police a user's manifest (:mod:`services.manifests`): one Deployment, at most
+    one Service, only allow-listed fields. Objects are renamed to ``name``, forced into
+    ``namespace`` and never mount a service account token. Returns the objects, the served
+    model's name (annotation ``modelplane.io/model-name``, else the Deployment's name) and
+    the port."""
+    policy = policy or ManifestPolicy()
     deployments: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
-    for index, doc in enumerate(documents):
-        if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
-            raise InvalidInput(
-                f"manifest[{index}]", "each document must be an object with metadata"
-            )
-        key = (doc.get("apiVersion"), doc.get("kind"))
-        if key not in allowed:
-            raise InvalidInput(
-                f"manifest[{index}].kind",
-                f"{doc.get('kind')} ({doc.get('apiVersion')}) is not allowed; only apps/v1 "
-                "Deployment and v1 Service",
-            )
-        (deployments if key[1] == "Deployment" else services).append(doc)
+    for index, doc in enumerate(parse_documents(text)):
+        kind = check_document(doc, index, policy)
+        (deployments if kind == "Deployment" else services).append(doc)
     if len(deployments) != 1:
         raise InvalidInput(
             "manifest", f"exactly one Deployment is needed; found {len(deployments)}"
@@ -647,10 +705,8 @@ def check_manifest(
     if len(services) > 1:
         raise InvalidInput("manifest", f"at most one Service is allowed; found {len(services)}")
     deployment = deployments[0]
-    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec")
-    if not isinstance(pod, dict) or not pod.get("containers"):
-        raise InvalidInput("manifest.spec.template.spec", "the Deployment has no containers")
-    _police_pod(pod, roots)
+    pod = deployment["spec"]["template"]["spec"]
+    pod["automountServiceAccountToken"] = False
     original = str(deployment["metadata"].get("name") or "")
     annotations = deployment["metadata"].get("annotations") or {}
     model_name = str(annotations.get("modelplane.io/model-name") or original)
@@ -678,37 +734,3 @@ def _port_of(pod: dict[str, Any], services: list[dict[str, Any]]) -> int:
         if container_ports and isinstance(container_ports[0].get("containerPort"), int):
             port = int(container_ports[0]["containerPort"])
     return port
-
-
-def _police_pod(pod: dict[str, Any], roots: tuple[Path, ...]) -> None:
-    where = "manifest.spec.template.spec"
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(flag):
-            raise InvalidInput(f"{where}.{flag}", f"{flag} is not allowed")
-    for kind in ("containers", "initContainers", "ephemeralContainers"):
-        for index, container in enumerate(pod.get(kind) or []):
-            context = (container or {}).get("securityContext") or {}
-            if context.get("privileged"):
-                raise InvalidInput(
-                    f"{where}.{kind}[{index}].securityContext.privileged",
-                    "privileged containers are not allowed",
-                )
-            added = ((context.get("capabilities") or {}).get("add")) or []
-            if any(str(cap).upper() in {"SYS_ADMIN", "ALL", "NET_ADMIN"} for cap in added):
-                raise InvalidInput(
-                    f"{where}.{kind}[{index}].securityContext.capabilities",
-                    f"adding {', '.join(map(str, added))} is not allowed",
-                )
-    for index, volume in enumerate(pod.get("volumes") or []):
-        host = (volume or {}).get("hostPath")
-        if host is None:
-            continue
-        path = str(host.get("path") or "")
-        try:
-            v.check_local_path(f"{where}.volumes[{index}].hostPath.path", path, roots=roots)
-        except InvalidInput:
-            raise InvalidInput(
-                f"{where}.volumes[{index}].hostPath.path",
-                f"hostPath {path!r} is outside the allowed roots "
-                f"({', '.join(str(r) for r in roots) or 'none configured'})",
-            ) from None

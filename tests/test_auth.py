@@ -143,7 +143,7 @@ async def test_rotated_key_is_fetched_once(issuer: Issuer) -> None:
 async def test_development_tokens(tmp_path: Path, issuer: Issuer) -> None:
     key = load_dev_key(secret_key=None, state_dir=tmp_path)
     assert load_dev_key(secret_key=None, state_dir=tmp_path).as_dict() == key.as_dict()
-    assert (tmp_path / "dev-signing-key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "dev-signing-key").stat().st_mode & 0o777 == 0o600
     token = issue_dev_token(
         key, subject="admin", organization_id="default", role=Role.ADMIN, ttl_seconds=60
     )

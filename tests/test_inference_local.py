@@ -87,7 +87,12 @@ async def local_app(
     hub: RunningHub,
     fake_engines: Path,
 ) -> AsyncIterator[RunningApp]:
-    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint)
+    # Admins may run commands here (the CUSTOM tests), as the server's user: the fake engines
+    # run the test's Python, which lives under /root (tests/security/test_runtime.py covers
+    # the engine user).
+    settings = make_settings(
+        tmp_path, mongo_uri, hf_endpoint=hub.endpoint, allow_host_commands=True, engine_user=""
+    )
     async with serve_app(settings, mongo_client) as running:
         yield running
 
@@ -103,14 +108,23 @@ def editor(app: RunningApp) -> str:
     return app.token(role=Role.EDITOR, organization="org-a")
 
 
+def admin(app: RunningApp) -> str:
+    return app.token(role=Role.ADMIN, organization="org-a")
+
+
 async def start(
     app: RunningApp, model_id: str, value: dict[str, Any] | None = None, **variables: Any
 ) -> dict[str, Any]:
+    """An editor starts it; an admin when the input runs a command of its own (only admins
+    may on the local runtime)."""
+    own_program = (bool(value) and any((value or {}).get(key) for key in ("command", "args"))) or (
+        value or {}
+    ).get("engine") == "CUSTOM"
     data = await run(
         app.graphql_url,
         "StartInference",
         {"modelId": model_id, "input": value, **variables},
-        token=editor(app),
+        token=admin(app) if own_program else editor(app),
     )
     result: dict[str, Any] = data["startInference"]
     return result

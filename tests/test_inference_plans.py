@@ -228,6 +228,10 @@ def test_litellm_modes_and_the_key_stays_a_secret_reference() -> None:
         ([EnvVarSpec(name="UPSTREAM_API_KEY", value="x")], "input.env[0].name"),
         ([EnvVarSpec(name="A", secret_name="s")], "input.env[0]"),
         ([EnvVarSpec(name="A")], "input.env[0]"),
+        (
+            [EnvVarSpec(name="URI", secret_name="modelplane-mongodb", secret_key="uri")],
+            "input.env[0].secretName",
+        ),
     ],
 )
 def test_env_entries_are_values_or_complete_secret_references(
@@ -254,7 +258,9 @@ def test_rendered_objects_carry_labels_gpus_probes_and_no_token() -> None:
         ],
     )
     doc = inference(spec, generation=3)
-    plan = plan_engine(spec, model(), None, local=False, images=IMAGES, secret_name=None)
+    plan = plan_engine(
+        spec, model(has_token=True), None, local=False, images=IMAGES, secret_name=None
+    )
     objects = render_all(doc, plan, namespace="ns", integrations=Integrations())
     assert [o["kind"] for o in objects] == ["Deployment", "Service"]
     deployment = objects[0]
@@ -582,7 +588,7 @@ spec:
 
 
 def test_manifest_is_renamed_and_namespaced() -> None:
-    objects, name, port = check_manifest(GOOD, namespace="ns", roots=(), name="inf-aaaaa")
+    objects, name, port = check_manifest(GOOD, namespace="ns", name="inf-aaaaa")
     assert [o["metadata"]["name"] for o in objects] == ["inf-aaaaa", "inf-aaaaa"]
     assert {o["metadata"]["namespace"] for o in objects} == {"ns"}
     assert (name, port) == ("my-llm-model", 80)
@@ -610,7 +616,7 @@ def test_manifest_is_renamed_and_namespaced() -> None:
                 "      volumes: [{name: v, hostPath: {path: /etc}}]\n      containers:",
             ),
             "hostPath",
-            "outside the allowed roots",
+            "outside your organisation's weights",
         ),
         (GOOD.split("---")[1], "manifest", "exactly one Deployment"),
         ("{not yaml", "manifest", "not valid YAML"),
@@ -628,6 +634,6 @@ def test_manifest_is_renamed_and_namespaced() -> None:
 )
 def test_manifest_refusals(text: str, field: str, words: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        check_manifest(text, namespace="ns", roots=(), name="inf-aaaaa")
+        check_manifest(text, namespace="ns", name="inf-aaaaa")
     assert field in caught.value.field
     assert words in caught.value.message
