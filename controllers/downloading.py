@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,11 +38,13 @@ import aiohttp
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # re-exported lazily
 
+from controllers import locations
 from storage.documents import (
     FileProgress,
     FileState,
     LedgerDocument,
     Progress,
+    WeightsDocument,
     WeightsFile,
     WeightsStage,
     utcnow,
@@ -52,7 +53,7 @@ from storage.repositories import LedgerRepository
 
 log = logging.getLogger(__name__)
 
-SIDECAR = ".modelplane-partial"
+SIDECAR = locations.SIDECAR
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -80,6 +81,11 @@ class MissingChunks(DownloadError):
 
 class SinkUnavailable(DownloadError):
     """The target failed in a way that may pass (a storage server restarting): retried."""
+
+
+class CleanupRefused(DownloadError):
+    """Removing a download's files was refused (a symlink on the way, another download's
+    directory): nothing was removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +260,27 @@ class Sink(Protocol):
 @dataclass
 class LocalSink:
     """Writes into ``directory``: parts and ledgers under ``.modelplane-partial``, verified
-    files renamed into place. Blocking file work runs in worker threads."""
+    files renamed into place. Blocking file work runs in worker threads. With ``weights_id``
+    the directory carries a marker of what the download created and wrote, and removal
+    (:meth:`remove_all`) touches only that (:mod:`controllers.locations`)."""
 
     directory: Path
+    weights_id: str | None = None
+    files: tuple[str, ...] | None = None
+    """The recorded files (None: the marker's, as a cleanup Job without a database reads)."""
     sidecar: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.sidecar = self.directory / SIDECAR
+
+    @classmethod
+    def for_weights(cls, weights: WeightsDocument, directory: Path | None = None) -> LocalSink:
+        """The sink of a LOCAL (or, with ``directory``, PVC) download."""
+        return cls(
+            directory if directory is not None else Path(weights.location),
+            weights_id=weights.id,
+            files=tuple(f.path for f in weights.files),
+        )
 
     def describe(self) -> str:
         return str(self.directory)
@@ -287,10 +307,18 @@ class LocalSink:
     def _preflight(self, needed: int) -> None:
         """Writable, and enough free space for what is still missing."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / ".modelplane-write-probe"
+            if self.weights_id is None:
+                locations.check_reachable(self.directory)
+                self.directory.mkdir(parents=True, exist_ok=True)
+            else:
+                locations.prepare_directory(
+                    self.directory, weights_id=self.weights_id, files=self.files or ()
+                )
+            probe = self.directory / locations.PROBE
             probe.write_bytes(b"")
             probe.unlink()
+        except locations.UnsafeLocation as exc:
+            raise PreflightError(f"target refused: {exc}") from None
         except OSError as exc:
             raise PreflightError(
                 f"target {self.directory} is not writable: {exc.strerror}"
@@ -405,13 +433,39 @@ class LocalSink:
 
     async def discard_partials(self, ledgers: list[LedgerDocument]) -> None:
         del ledgers  # every partial of this target lives in the sidecar
-        await asyncio.to_thread(shutil.rmtree, self.sidecar, ignore_errors=True)
+        try:
+            await asyncio.to_thread(locations.remove_partials, self.directory)
+        except locations.UnsafeLocation as exc:
+            raise CleanupRefused(str(exc)) from None
 
     async def finish(self) -> None:
         await self.discard_partials([])
 
     async def remove_all(self) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.directory, ignore_errors=True)
+        """Remove the recorded files, the partials and the directories the download created;
+        nothing else (see :func:`controllers.locations.remove_weights`)."""
+        try:
+            removal = await asyncio.to_thread(
+                locations.remove_weights,
+                self.directory,
+                weights_id=self.weights_id,
+                files=self.files,
+            )
+        except locations.UnsafeLocation as exc:
+            raise CleanupRefused(str(exc)) from None
+        except OSError as exc:
+            raise CleanupRefused(
+                f"cannot remove files at {self.directory}: {exc.strerror}"
+            ) from exc
+        log.info(
+            "weights files removed",
+            extra={
+                "directory": str(self.directory),
+                "files": removal.removed_files,
+                "kept": len(removal.kept),
+                "directories": removal.removed_directories,
+            },
+        )
 
 
 class ChecksumMismatch(DownloadError):

@@ -354,7 +354,12 @@ class LocalTargetInput:
     """LOCAL target."""
 
     local_path: str = strawberry.field(
-        description="Absolute path inside one of the configured allowed roots; no `..`."
+        description=(
+            "Absolute path of a directory strictly inside your organisation's area under one "
+            "of the allowed roots (`serverInfo.localRoots`); no `..`. It must not be, contain "
+            "or lie inside another download's directory. Deleting the weights removes only "
+            "the files the download wrote there."
+        )
     )
 
 

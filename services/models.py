@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from controllers import locations
 from controllers.runtimes import OwnedObject, Runtime
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import (
@@ -46,7 +47,7 @@ from storage.documents import (
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
 from storage.events import EventType, Recorder
-from storage.repositories import ModelFilter, ModelRepository, Page
+from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ class ModelService:
         policy: ModelPolicy,
         on_change: Callable[[str], None] | None = None,
         recorder: Recorder | None = None,
+        weights: WeightsRepository | None = None,
     ) -> None:
+        self._weights = weights
         self._on_change = on_change or (lambda _model_id: None)
         self._record = recorder or Recorder(None)
         self._models = models
@@ -374,8 +377,9 @@ class ModelService:
         revision = v.check_revision("source.revision", source.revision)
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
-        target = self._target(spec.download_target)
+        target = self._target(spec.download_target, principal.organization_id)
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
+        await self._check_location_free(principal, target, repo_id, hub.sha)
         final_name = name or v.derive_name(repo_id)
         return ModelDocument(
             **common,
@@ -423,11 +427,14 @@ class ModelService:
         except HubError as exc:
             raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
 
-    def _target(self, spec: TargetSpec) -> DownloadTarget:
+    def _target(self, spec: TargetSpec, organization_id: str) -> DownloadTarget:
         prefix = "downloadTarget"
         if spec.kind is TargetKind.LOCAL:
-            path = v.check_local_path(
-                f"{prefix}.local.localPath", spec.local_path or "", roots=self._policy.local_roots
+            path = v.check_weights_directory(
+                f"{prefix}.local.localPath",
+                spec.local_path or "",
+                roots=self._policy.local_roots,
+                organization_id=organization_id,
             )
             return DownloadTarget(kind=TargetKind.LOCAL, local_path=path)
         if spec.kind is TargetKind.PVC:
@@ -464,6 +471,52 @@ class ModelService:
             )
             is not None,
         )
+
+    async def _check_location_free(
+        self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
+    ) -> None:
+        """A LOCAL directory may hold one download: refuse one that is, contains or lies inside
+        another download's directory, unless it is the same repo at the same commit (reused).
+        Other organisations' areas were refused already; this guards the caller's own."""
+        if target.kind is not TargetKind.LOCAL or self._weights is None:
+            return
+        path = target.local_path or ""
+        where = {**principal.scope, "target.kind": TargetKind.LOCAL.value}
+        existing = await self._weights.find(where=where, limit=10_000)
+        taken = [
+            w.location
+            for w in existing.items
+            if locations.overlaps(w.location, path)
+            and not (w.location == path and w.repo_id == repo_id and w.commit_sha == commit_sha)
+        ]
+        pending = await self._models.find(
+            where={
+                **principal.scope,
+                "is_deleted": False,
+                "weights_id": None,
+                "download_target.kind": TargetKind.LOCAL.value,
+                "phase": {"$in": [ModelPhase.PENDING.value, ModelPhase.PULLING.value]},
+            },
+            limit=10_000,
+        )
+        taken += [
+            m.download_target.local_path or ""
+            for m in pending.items
+            if m.download_target is not None
+            and locations.overlaps(m.download_target.local_path or "", path)
+            and not (
+                m.download_target.local_path == path
+                and m.source.url == repo_id
+                and m.hub is not None
+                and m.hub.commit_sha == commit_sha
+            )
+        ]
+        if taken:
+            raise InvalidInput(
+                "downloadTarget.local.localPath",
+                f"downloadTarget.local.localPath {path} overlaps the directory of other "
+                f"weights ({taken[0]}); choose a directory of its own",
+            )
 
     async def _check_resolved_host(self, field_name: str, url: str) -> None:
         host = urlsplit(url).hostname or ""

@@ -17,6 +17,7 @@ from storage.documents import Role
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp
 from tests.graphql_client import run
+from tests.helpers import weights_area
 
 MiB = 1024 * 1024
 
@@ -36,7 +37,7 @@ def editor(app: RunningApp, organization: str = "org-a") -> str:
 async def create_local(
     app: RunningApp, repo: str, *, name: str | None = None, path: Path | None = None
 ) -> dict[str, Any]:
-    root = app.resources.settings.local_roots[0]
+    root = weights_area(app.resources.settings.local_roots)
     value: dict[str, Any] = {
         "source": {"url": repo, "accessMode": "LOCAL"},
         "downloadTarget": {"local": {"localPath": str(path or root / repo.replace("/", "--"))}},
@@ -159,7 +160,7 @@ async def test_cancel_keeps_nothing_in_flight_and_retry_resumes(
 async def test_preflight_failure_is_reported_on_the_model(
     running_app: RunningApp, tmp_path: Path
 ) -> None:
-    small = running_app.resources.settings.local_roots[0] / "small"
+    small = weights_area(running_app.resources.settings.local_roots) / "small"
     small.mkdir(parents=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
