@@ -146,12 +146,7 @@ class WeightsService:
         updated = await self._set(
             weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
         )
-        if self._controller is not None:
-            await self._controller.cancel_runner(weights.id)
-            await self._controller.discard_partials(weights)
-        else:
-            await LocalSink.for_weights(weights).discard_partials([])
-        await self._ledgers.forget(weights.id)
+        await self._discard_partials(weights)
         await self._record.weights(updated, EventType.PHASE_CHANGED)
         self._notify(model)
         return updated
@@ -206,6 +201,24 @@ class WeightsService:
         for model in users:
             await self._detach(model)
         return [m.id for m in users]
+
+    async def _discard_partials(self, weights: WeightsDocument) -> None:
+        """Stop the runner and drop in-flight parts. A target that cannot be reached keeps its
+        parts and the ledgers that name them (a retry resumes or aborts them): the cancel
+        itself, already recorded, stands."""
+        try:
+            if self._controller is not None:
+                await self._controller.cancel_runner(weights.id)
+                await self._controller.discard_partials(weights)
+            else:
+                await LocalSink.for_weights(weights).discard_partials([])
+        except DownloadError as exc:
+            log.warning(
+                "partial downloads could not be discarded",
+                extra={"weights_id": weights.id, "reason": str(exc)},
+            )
+            return
+        await self._ledgers.forget(weights.id)
 
     async def _remove_files(self, weights: WeightsDocument) -> None:
         """Stop the download and remove its files first: when the target refuses or cannot be

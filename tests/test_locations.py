@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,19 @@ async def test_preflight_refuses_a_path_through_a_symlink(tmp_path: Path) -> Non
     with pytest.raises(PreflightError, match="symlink"):
         await sink.preflight(needed=0)
     assert list(victim.iterdir()) == []
+
+
+async def test_the_cleanup_command_removes_only_what_the_marker_names(tmp_path: Path) -> None:
+    """What a kubernetes cleanup Job runs on a PVC or hostPath volume (no database there)."""
+    directory = tmp_path / "volume" / "sub"
+    await _download(LocalSink.for_weights(_weights(directory, "weights-9")))
+    (directory / "someone-elses.bin").write_bytes(b"kept")
+    command = [sys.executable, "-m", "modelplane", "clean", "--dir", str(directory)]
+    refused = subprocess.run(
+        [*command, "--weights-id", "weights-8"], capture_output=True, check=False
+    )
+    assert refused.returncode != 0
+    assert (directory / "model.safetensors").exists()
+    done = subprocess.run([*command, "--weights-id", "weights-9"], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in directory.rglob("*")) == ["someone-elses.bin"]
