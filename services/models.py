@@ -52,6 +52,8 @@ from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepo
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+LocationUser = tuple[str, tuple[str, str] | None, str, str | None]
+"""(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
 UPDATE_ATTEMPTS = 5
 
@@ -475,48 +477,73 @@ class ModelService:
     async def _check_location_free(
         self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
     ) -> None:
-        """A LOCAL directory may hold one download: refuse one that is, contains or lies inside
-        another download's directory, unless it is the same repo at the same commit (reused).
-        Other organisations' areas were refused already; this guards the caller's own."""
-        if target.kind is not TargetKind.LOCAL or self._weights is None:
+        """A directory holds one download: refuse one that is, contains or lies inside another
+        download's directory on the same volume, unless it is the same repo at the same commit
+        (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
+        one organisation only (its sub-paths are checked like LOCAL directories)."""
+        place = _place(target)
+        if place is None or self._weights is None:
             return
-        path = target.local_path or ""
-        where = {**principal.scope, "target.kind": TargetKind.LOCAL.value}
-        existing = await self._weights.find(where=where, limit=10_000)
-        taken = [
-            w.location
-            for w in existing.items
-            if locations.overlaps(w.location, path)
-            and not (w.location == path and w.repo_id == repo_id and w.commit_sha == commit_sha)
-        ]
-        pending = await self._models.find(
+        for organization, other, repo, commit in await self._location_users(principal, target):
+            if organization != principal.organization_id:
+                raise InvalidInput(
+                    "downloadTarget.pvc.claimName",
+                    f"claim {target.claim_name!r} holds another organisation's weights",
+                )
+            if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
+                continue
+            if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
+                continue  # the same weights: reused, not downloaded twice
+            field = (
+                "downloadTarget.local.localPath"
+                if target.kind is TargetKind.LOCAL
+                else "downloadTarget.pvc.subPath"
+            )
+            raise InvalidInput(
+                field,
+                f"{field} {place[1]} overlaps the directory of other weights ({other[1]}); "
+                "choose a directory of its own",
+            )
+
+    async def _location_users(
+        self, principal: Principal, target: DownloadTarget
+    ) -> list[LocationUser]:
+        """(organisation, place, repo, commit) of the weights, and of the models about to
+        create weights, that may share the target's volume: the caller's LOCAL ones, or every
+        organisation's on the same PVC claim."""
+        assert self._weights is not None  # noqa: S101  checked by the caller
+        if target.kind is TargetKind.PVC:
+            scope: dict[str, str] = {}
+            volume = {"kind": TargetKind.PVC.value, "claim_name": target.claim_name or ""}
+        else:
+            scope = dict(principal.scope)
+            volume = {"kind": TargetKind.LOCAL.value}
+        weights = await self._weights.find(
+            where={**scope, **{f"target.{k}": v for k, v in volume.items()}}, limit=10_000
+        )
+        models = await self._models.find(
             where={
-                **principal.scope,
+                **scope,
+                **{f"download_target.{k}": v for k, v in volume.items()},
                 "is_deleted": False,
                 "weights_id": None,
-                "download_target.kind": TargetKind.LOCAL.value,
                 "phase": {"$in": [ModelPhase.PENDING.value, ModelPhase.PULLING.value]},
             },
             limit=10_000,
         )
-        taken += [
-            m.download_target.local_path or ""
-            for m in pending.items
-            if m.download_target is not None
-            and locations.overlaps(m.download_target.local_path or "", path)
-            and not (
-                m.download_target.local_path == path
-                and m.source.url == repo_id
-                and m.hub is not None
-                and m.hub.commit_sha == commit_sha
-            )
+        found: list[LocationUser] = [
+            (w.organization_id, _place(w.target), w.repo_id, w.commit_sha) for w in weights.items
         ]
-        if taken:
-            raise InvalidInput(
-                "downloadTarget.local.localPath",
-                f"downloadTarget.local.localPath {path} overlaps the directory of other "
-                f"weights ({taken[0]}); choose a directory of its own",
+        found += [
+            (
+                m.organization_id,
+                _place(m.download_target) if m.download_target else None,
+                m.source.url,
+                m.hub.commit_sha if m.hub else None,
             )
+            for m in models.items
+        ]
+        return found
 
     async def _check_resolved_host(self, field_name: str, url: str) -> None:
         host = urlsplit(url).hostname or ""
@@ -537,6 +564,15 @@ class ModelService:
             return
         with contextlib.suppress(SecretStoreError):
             await self._secrets.delete(ref)
+
+
+def _place(target: DownloadTarget) -> tuple[str, str] | None:
+    """(volume, directory) of a LOCAL or PVC target, for overlap checks; None for S3."""
+    if target.kind is TargetKind.LOCAL:
+        return "local", target.local_path or ""
+    if target.kind is TargetKind.PVC:
+        return f"pvc:{target.claim_name}", "/" + (target.sub_path or "")
+    return None
 
 
 def _secret_values(spec: CreateModelSpec) -> dict[str, str]:

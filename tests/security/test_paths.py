@@ -181,3 +181,31 @@ async def test_delete_weights_on_an_unreachable_s3_endpoint_keeps_them(
         token=editor(running_app, "org-a"),
     )
     assert after["model"]["weights"]["id"] == weights_id
+
+
+async def test_a_pvc_claim_serves_one_organisation_and_sub_paths_do_not_nest(
+    kube_app: RunningApp,
+) -> None:
+    """The kubernetes runtime's PVC targets: org B cannot write into (nor, deleting, take
+    files from) a claim holding org A's weights, and A's sub-paths do not nest."""
+
+    def pvc(sub_path: str) -> dict[str, Any]:
+        return {"pvc": {"claimName": "weights-shared", "subPath": sub_path, "sizeGi": 1}}
+
+    first = await create(kube_app, "org-a", pvc("models/a"))
+    assert first["__typename"] == "Model", first
+    for organization, sub_path, field in [
+        ("org-b", "models/b", "downloadTarget.pvc.claimName"),
+        ("org-b", "models/a", "downloadTarget.pvc.claimName"),
+        ("org-a", "models", "downloadTarget.pvc.subPath"),
+        ("org-a", "models/a/inner", "downloadTarget.pvc.subPath"),
+        ("org-a", "", "downloadTarget.pvc.subPath"),
+    ]:
+        refused = await create(kube_app, organization, pvc(sub_path), repo="tiny-org/sharded-model")
+        assert refused["__typename"] == "ValidationError", (organization, sub_path, refused)
+        assert refused["field"] == field, (organization, sub_path, refused)
+    database = kube_app.resources.database
+    assert await database["models"].count_documents({"organization_id": "org-b"}) == 0
+    assert await database["models"].count_documents({"organization_id": "org-a"}) == 1
+    beside = await create(kube_app, "org-a", pvc("models/c"), repo="tiny-org/sharded-model")
+    assert beside["__typename"] == "Model", beside
