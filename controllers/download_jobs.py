@@ -232,7 +232,14 @@ def render_clean_job(
         WEIGHTS_ID: weights.id,
     }
     volumes, mounts = _weights_volume(weights, template)
-    command = ["modelplane", "clean", "--dir", target_directory(weights, template)]
+    command = [
+        "modelplane",
+        "clean",
+        "--dir",
+        target_directory(weights, template),
+        "--weights-id",
+        weights.id,
+    ]
     if partials_only:
         command.append("--partials-only")
     what = "partials" if partials_only else "all"

@@ -140,6 +140,15 @@ class S3Sink:
             self._md5_of[file.path, index] = hashlib.md5(usedforsecurity=False)
         self._md5_of[file.path, index].update(data)
 
+    def checkpoint(self, file: WeightsFile, index: int, chunk_size: int, length: int) -> None:
+        """A part is stored whole or not at all (S3 keeps no half part): nothing to record.
+        So the resume grain is one part, at least 5 MiB (S3's minimum part size)."""
+        del file, index, chunk_size, length
+
+    async def resume_point(self, file: WeightsFile, chunk_size: int) -> tuple[int, int] | None:
+        del file, chunk_size
+        return None
+
     async def write_chunk(
         self, file: WeightsFile, index: int, chunk_size: int, data: memoryview
     ) -> None:

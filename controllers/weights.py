@@ -146,8 +146,8 @@ def make_sink(
         prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
         return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
     if target.kind is TargetKind.PVC:
-        return LocalSink(pvc_mount_path / (target.sub_path or ""))
-    return LocalSink(Path(doc.location))
+        return LocalSink.for_weights(doc, pvc_mount_path / (target.sub_path or ""))
+    return LocalSink.for_weights(doc)
 
 
 def options_for(target: DownloadTarget, options: DownloadOptions) -> DownloadOptions:

@@ -239,6 +239,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ),
             on_change=controller.notify if controller is not None else None,
             recorder=recorder,
+            weights=WeightsRepository(database),
         )
         inference_controller = _start_inference_controller(
             stack, settings, runtime, database, secrets=secrets, recorder=recorder, broker=broker

@@ -253,13 +253,14 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from controllers.downloading import LocalSink  # noqa: PLC0415  lazy: fast start
 
     directory = Path(args.dir)
-    sink = LocalSink(directory)
+    # The recorded files come from the directory's marker, which must name these weights.
+    sink = LocalSink(directory, weights_id=args.weights_id)
     if args.partials_only:
         asyncio.run(sink.discard_partials([]))
         _say(f"modelplane: removed partial downloads under {directory}")
     else:
         asyncio.run(sink.remove_all())
-        _say(f"modelplane: removed {directory}")
+        _say(f"modelplane: removed the files of {args.weights_id} under {directory}")
     return 0
 
 
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         "clean", help="remove a download's partials or files (what a cleanup Job's pod runs)"
     )
     clean.add_argument("--dir", required=True, help="the download's directory")
+    clean.add_argument(
+        "--weights-id", help="remove only what these weights wrote (their marker must agree)"
+    )
     clean.add_argument(
         "--partials-only", action="store_true", help="keep verified files (cancelDownload)"
     )

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     manifest_allow_external_services: bool = False
     """Let ``createInferenceFromManifest`` Services be NodePort or LoadBalancer or carry
     ``externalIPs``; off: ClusterIP only."""
+    # security: paths
+    download_checkpoint_mib: int = Field(default=4, ge=1, le=1024)
+    """Inside a chunk, a LOCAL or PVC download fsyncs and records its progress after this many
+    MiB, so a killed download resumes there instead of at the chunk's (or a small file's)
+    first byte. S3 targets resume by whole parts (at least 5 MiB, S3's minimum part)."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
@@ -188,6 +193,7 @@ class Settings(BaseSettings):
             ("MODELPLANE_DOWNLOAD_CHUNK_MIB", str(self.download_chunk_mib)),
             ("MODELPLANE_DOWNLOAD_STALL_SECONDS", f"{self.download_stall_seconds:g}"),
             ("MODELPLANE_DOWNLOAD_MAX_RETRIES", str(self.download_max_retries)),
+            ("MODELPLANE_DOWNLOAD_CHECKPOINT_MIB", str(self.download_checkpoint_mib)),
         )
 
     def gateway_limits(self) -> GatewayLimits:
@@ -206,6 +212,7 @@ class Settings(BaseSettings):
             chunk_size=self.download_chunk_mib * 1024 * 1024,
             stall_seconds=self.download_stall_seconds,
             max_retries=self.download_max_retries,
+            checkpoint_bytes=self.download_checkpoint_mib * 1024 * 1024,
         )
 
     @field_validator("allowed_local_roots", mode="before")

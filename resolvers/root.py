@@ -43,6 +43,7 @@ from schema.models import (
 )
 from schema.objects import Heartbeat, ServerInfo, Viewer
 from schema.weights import DeleteWeightsResult, DownloadResult, StorageUsage, Weights, WeightsPage
+from services.validation import weights_areas
 from storage.documents import utcnow
 
 MIN_HEARTBEAT_SECONDS = 0.1
@@ -69,7 +70,12 @@ async def resolve_server_info(info: Info) -> ServerInfo:
         hub_endpoint=services.hub.endpoint,
         started_at=services.started_at,
         local_roots=(
-            [str(root) for root in services.local_roots]
+            [
+                str(area)
+                for area in weights_areas(
+                    services.local_roots, info.context.principal.organization_id
+                )
+            ]
             if info.context.principal is not None
             else None
         ),

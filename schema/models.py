@@ -354,7 +354,12 @@ class LocalTargetInput:
     """LOCAL target."""
 
     local_path: str = strawberry.field(
-        description="Absolute path inside one of the configured allowed roots; no `..`."
+        description=(
+            "Absolute path of a directory strictly inside your organisation's area under one "
+            "of the allowed roots (`serverInfo.localRoots`); no `..`. It must not be, contain "
+            "or lie inside another download's directory. Deleting the weights removes only "
+            "the files the download wrote there."
+        )
     )
 
 
@@ -362,8 +367,20 @@ class LocalTargetInput:
 class PvcTargetInput:
     """PVC target."""
 
-    claim_name: str = strawberry.field(description="Claim name (created if absent).")
-    sub_path: str | None = strawberry.field(default=None, description="Directory in the volume.")
+    claim_name: str = strawberry.field(
+        description=(
+            "Claim name (created if absent). A claim holding another organisation's weights "
+            "is refused."
+        )
+    )
+    sub_path: str | None = strawberry.field(
+        default=None,
+        description=(
+            "Directory in the volume; it must not be, contain or lie inside another "
+            "download's directory on the claim. Deleting the weights removes only the files "
+            "the download wrote there."
+        ),
+    )
     storage_class: str | None = strawberry.field(
         default=None, description="StorageClass for a new claim."
     )

@@ -29,8 +29,9 @@ class ServerInfo:
     started_at: datetime = strawberry.field(description="When this process started (UTC).")
     local_roots: list[str] | None = strawberry.field(
         description=(
-            "Directories a LOCAL download target's `localPath` must resolve inside, in order "
-            "of preference (clients default a new model's path to `<first root>/<repo id>`); "
+            "The caller's organisation's area under each allowed root, in order of preference: "
+            "a LOCAL download target's `localPath` must resolve to a directory strictly inside "
+            "one of them (clients default a new model's path to `<first area>/<repo id>`); "
             "null without a valid token, so anonymous callers learn no server paths."
         )
     )

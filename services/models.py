@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from controllers import locations
 from controllers.runtimes import OwnedObject, Runtime
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import (
@@ -46,11 +47,13 @@ from storage.documents import (
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
 from storage.events import EventType, Recorder
-from storage.repositories import ModelFilter, ModelRepository, Page
+from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+LocationUser = tuple[str, tuple[str, str] | None, str, str | None]
+"""(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
 UPDATE_ATTEMPTS = 5
 
@@ -151,7 +154,9 @@ class ModelService:
         policy: ModelPolicy,
         on_change: Callable[[str], None] | None = None,
         recorder: Recorder | None = None,
+        weights: WeightsRepository | None = None,
     ) -> None:
+        self._weights = weights
         self._on_change = on_change or (lambda _model_id: None)
         self._record = recorder or Recorder(None)
         self._models = models
@@ -374,8 +379,9 @@ class ModelService:
         revision = v.check_revision("source.revision", source.revision)
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
-        target = self._target(spec.download_target)
+        target = self._target(spec.download_target, principal.organization_id)
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
+        await self._check_location_free(principal, target, repo_id, hub.sha)
         final_name = name or v.derive_name(repo_id)
         return ModelDocument(
             **common,
@@ -423,11 +429,14 @@ class ModelService:
         except HubError as exc:
             raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
 
-    def _target(self, spec: TargetSpec) -> DownloadTarget:
+    def _target(self, spec: TargetSpec, organization_id: str) -> DownloadTarget:
         prefix = "downloadTarget"
         if spec.kind is TargetKind.LOCAL:
-            path = v.check_local_path(
-                f"{prefix}.local.localPath", spec.local_path or "", roots=self._policy.local_roots
+            path = v.check_weights_directory(
+                f"{prefix}.local.localPath",
+                spec.local_path or "",
+                roots=self._policy.local_roots,
+                organization_id=organization_id,
             )
             return DownloadTarget(kind=TargetKind.LOCAL, local_path=path)
         if spec.kind is TargetKind.PVC:
@@ -465,6 +474,77 @@ class ModelService:
             is not None,
         )
 
+    async def _check_location_free(
+        self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
+    ) -> None:
+        """A directory holds one download: refuse one that is, contains or lies inside another
+        download's directory on the same volume, unless it is the same repo at the same commit
+        (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
+        one organisation only (its sub-paths are checked like LOCAL directories)."""
+        place = _place(target)
+        if place is None or self._weights is None:
+            return
+        for organization, other, repo, commit in await self._location_users(principal, target):
+            if organization != principal.organization_id:
+                raise InvalidInput(
+                    "downloadTarget.pvc.claimName",
+                    f"claim {target.claim_name!r} holds another organisation's weights",
+                )
+            if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
+                continue
+            if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
+                continue  # the same weights: reused, not downloaded twice
+            field = (
+                "downloadTarget.local.localPath"
+                if target.kind is TargetKind.LOCAL
+                else "downloadTarget.pvc.subPath"
+            )
+            raise InvalidInput(
+                field,
+                f"{field} {place[1]} overlaps the directory of other weights ({other[1]}); "
+                "choose a directory of its own",
+            )
+
+    async def _location_users(
+        self, principal: Principal, target: DownloadTarget
+    ) -> list[LocationUser]:
+        """(organisation, place, repo, commit) of the weights, and of the models about to
+        create weights, that may share the target's volume: the caller's LOCAL ones, or every
+        organisation's on the same PVC claim."""
+        assert self._weights is not None  # noqa: S101  checked by the caller
+        if target.kind is TargetKind.PVC:
+            scope: dict[str, str] = {}
+            volume = {"kind": TargetKind.PVC.value, "claim_name": target.claim_name or ""}
+        else:
+            scope = dict(principal.scope)
+            volume = {"kind": TargetKind.LOCAL.value}
+        weights = await self._weights.find(
+            where={**scope, **{f"target.{k}": v for k, v in volume.items()}}, limit=10_000
+        )
+        models = await self._models.find(
+            where={
+                **scope,
+                **{f"download_target.{k}": v for k, v in volume.items()},
+                "is_deleted": False,
+                "weights_id": None,
+                "phase": {"$in": [ModelPhase.PENDING.value, ModelPhase.PULLING.value]},
+            },
+            limit=10_000,
+        )
+        found: list[LocationUser] = [
+            (w.organization_id, _place(w.target), w.repo_id, w.commit_sha) for w in weights.items
+        ]
+        found += [
+            (
+                m.organization_id,
+                _place(m.download_target) if m.download_target else None,
+                m.source.url,
+                m.hub.commit_sha if m.hub else None,
+            )
+            for m in models.items
+        ]
+        return found
+
     async def _check_resolved_host(self, field_name: str, url: str) -> None:
         host = urlsplit(url).hostname or ""
         if host in self._policy.allowed_remote_hosts:
@@ -484,6 +564,15 @@ class ModelService:
             return
         with contextlib.suppress(SecretStoreError):
             await self._secrets.delete(ref)
+
+
+def _place(target: DownloadTarget) -> tuple[str, str] | None:
+    """(volume, directory) of a LOCAL or PVC target, for overlap checks; None for S3."""
+    if target.kind is TargetKind.LOCAL:
+        return "local", target.local_path or ""
+    if target.kind is TargetKind.PVC:
+        return f"pvc:{target.claim_name}", "/" + (target.sub_path or "")
+    return None
 
 
 def _secret_values(spec: CreateModelSpec) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Each check raises :class:`~services.errors.InvalidInput` naming the offending field with its
 path in the GraphQL input (``downloadTarget.local.localPath``) and saying what is accepted.
-Nothing here does I/O except :func:`check_local_path`, which resolves symlinks.
+Nothing here does I/O except :func:`check_local_path` and :func:`check_weights_directory`,
+which resolve symlinks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from controllers import locations
 from services.errors import InvalidInput
 
 MAX_NAME = 63
@@ -234,6 +236,33 @@ def check_local_path(field: str, value: str, *, roots: Sequence[Path]) -> str:
             return str(resolved)
     allowed = ", ".join(str(r) for r in roots)
     raise InvalidInput(field, f"{field} {text!r} is outside the allowed roots ({allowed})")
+
+
+def weights_areas(roots: Sequence[Path], organization_id: str) -> list[Path]:
+    """The organisation's area under each allowed root, in the roots' order."""
+    return [locations.organization_area(root, organization_id) for root in roots]
+
+
+def check_weights_directory(
+    field: str, value: str, *, roots: Sequence[Path], organization_id: str
+) -> str:
+    """A LOCAL download directory: resolved (symlinks followed), strictly inside the caller's
+    organisation's area under one of the roots (``<root>/<area>/...``, see
+    :mod:`controllers.locations`). The root itself, the area itself and anything outside it,
+    other organisations' areas included, are refused."""
+    path = check_local_path(field, value, roots=roots)
+    areas = weights_areas(roots, organization_id)
+    resolved = PurePosixPath(path)
+    if any(locations.inside(resolved, area) for area in areas):
+        if any(part.startswith(".modelplane") for part in resolved.parts):
+            raise InvalidInput(field, f"{field} must not name modelplane's own files")
+        return path
+    where = " or ".join(f"{area}/<directory>" for area in areas)
+    raise InvalidInput(
+        field,
+        f"{field} {value!r} (resolved: {path}) is not inside your organisation's area; "
+        f"use a directory such as {where}",
+    )
 
 
 def check_relative_path(field: str, value: str | None, *, limit: int = 512) -> str | None:

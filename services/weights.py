@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from controllers.downloading import LocalSink
+from controllers.downloading import DownloadError, LocalSink
 from controllers.weights import DownloadController
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
@@ -22,6 +23,8 @@ from storage.documents import (
 from storage.errors import RevisionConflict
 from storage.events import EventType, Recorder
 from storage.repositories import LedgerRepository, ModelRepository, Page, WeightsRepository
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
 ACTIVE_INFERENCE = frozenset({"STARTING", "RUNNING", "DEGRADED", "SCALING"})
@@ -143,12 +146,7 @@ class WeightsService:
         updated = await self._set(
             weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
         )
-        if self._controller is not None:
-            await self._controller.cancel_runner(weights.id)
-            await self._controller.discard_partials(weights)
-        else:
-            await LocalSink(Path(weights.location)).discard_partials([])
-        await self._ledgers.forget(weights.id)
+        await self._discard_partials(weights)
         await self._record.weights(updated, EventType.PHASE_CHANGED)
         self._notify(model)
         return updated
@@ -196,17 +194,49 @@ class WeightsService:
                 "force",
                 f"inference of {', '.join(serving)} uses these weights; stop it or pass force",
             )
+        await self._remove_files(weights)
         await self._weights.delete(weights.id, scope=principal.scope)
-        if self._controller is not None:
-            await self._controller.cancel_runner(weights.id)
-            await self._controller.remove_files(weights)
-        else:
-            await LocalSink(Path(weights.location)).remove_all()
         await self._ledgers.forget(weights.id)
         await self._record.weights(weights, EventType.DELETED)
         for model in users:
             await self._detach(model)
         return [m.id for m in users]
+
+    async def _discard_partials(self, weights: WeightsDocument) -> None:
+        """Stop the runner and drop in-flight parts. A target that cannot be reached keeps its
+        parts and the ledgers that name them (a retry resumes or aborts them): the cancel
+        itself, already recorded, stands."""
+        try:
+            if self._controller is not None:
+                await self._controller.cancel_runner(weights.id)
+                await self._controller.discard_partials(weights)
+            else:
+                await LocalSink.for_weights(weights).discard_partials([])
+        except DownloadError as exc:
+            log.warning(
+                "partial downloads could not be discarded",
+                extra={"weights_id": weights.id, "reason": str(exc)},
+            )
+            return
+        await self._ledgers.forget(weights.id)
+
+    async def _remove_files(self, weights: WeightsDocument) -> None:
+        """Stop the download and remove its files first: when the target refuses or cannot be
+        reached, the record stays (nothing deleted) and the caller is told which and why."""
+        try:
+            if self._controller is not None:
+                await self._controller.cancel_runner(weights.id)
+                await self._controller.remove_files(weights)
+            else:
+                await LocalSink.for_weights(weights).remove_all()
+        except DownloadError as exc:
+            log.warning(
+                "weights files could not be removed",
+                extra={"weights_id": weights.id, "reason": str(exc)},
+            )
+            raise Conflict(
+                None, f"{_where(weights)}: {exc}; the weights and their record are kept"
+            ) from None
 
     async def _detach(self, model: ModelDocument) -> None:
         for _ in range(5):
@@ -256,3 +286,11 @@ class WeightsService:
     def _notify(self, model: ModelDocument) -> None:
         if self._controller is not None:
             self._controller.notify(model.id)
+
+
+def _where(weights: WeightsDocument) -> str:
+    """Where a download's files are, for messages: the S3 endpoint too (never a key)."""
+    target = weights.target
+    if target.kind is TargetKind.S3:
+        return f"the S3 endpoint {target.endpoint or 'AWS (default)'} ({weights.location})"
+    return weights.location

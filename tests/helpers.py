@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
 
+from controllers.locations import organization_area
 from integrations.s3 import S3Client, S3Location
 from storage.documents import WeightsFile
 from testbed.repos import HubRepo
 from testbed.servers import S3Server
 from tests.graphql_client import run
+
+
+def weights_area(roots: list[Path], organization: str = "org-a") -> Path:
+    """The organisation's area under the first allowed root: where its LOCAL weights may go."""
+    return organization_area(roots[0], organization)
 
 
 async def bucket_on(server: S3Server) -> S3Client:

@@ -89,7 +89,9 @@ async def test_server_info_names_local_roots_only_to_authenticated_callers(
             )
         ).json()
     assert anonymous == {"data": {"serverInfo": {"localRoots": None}}}
-    roots = [str(root) for root in running_app.resources.settings.local_roots]
+    roots = [  # the caller's organisation's area under each root
+        str(root.resolve() / "default") for root in running_app.resources.settings.local_roots
+    ]
     assert signed_in == {"data": {"serverInfo": {"localRoots": roots}}}
 
 

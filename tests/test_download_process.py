@@ -181,3 +181,103 @@ async def test_kill_nine_five_times_then_ready(
     assert fetched_total <= total + KILLS * 4 * CHUNK_MIB * MiB
     assert not (location / ".modelplane-partial").exists()
     await mongo_client.drop_database(database_name)
+
+
+SMALL_REPO = "small-org/three-small-shards"
+SMALL_KILLS = 3
+CHECKPOINT_MIB = 4
+
+
+@pytest.fixture(scope="module")
+def small_hub() -> Iterator[RunningHub]:
+    with running_hub(
+        LocalHub(repos=[llama_repo(SMALL_REPO, weights_bytes=84 * MiB, num_shards=3)])
+    ) as h:
+        yield h
+
+
+async def wait_progress(
+    process: subprocess.Popen[bytes], weights: WeightsRepository, weights_id: str, at_least: int
+) -> None:
+    """Until the running download reports ``at_least`` bytes done (resumed bytes count)."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        doc = await weights.require(weights_id)
+        if doc.progress is not None and doc.progress.bytes_done >= at_least:
+            return
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+async def test_kill_nine_resumes_inside_files_smaller_than_a_chunk(
+    small_hub: RunningHub, mongo_uri: str, mongo_client: Client, tmp_path: Path
+) -> None:
+    """Three ~28 MiB files, one 32 MiB chunk each: before checkpoints inside a chunk, every
+    kill threw away all bytes in flight (the issue measured 61 MB for a 23.5 MB repo over three
+    kills). Killed at a quarter, half and three quarters, the download must fetch the repo
+    about once, losing at most a checkpoint (plus what was in transit) per file and kill."""
+    database_name = f"kill_small_{os.getpid()}_{random.randrange(1 << 30)}"
+    database = mongo_client[database_name]
+    await ensure_indexes(database)
+    repo = small_hub.hub.repos[SMALL_REPO]
+    shards = [f for f in repo.files if f.path.endswith(".safetensors")]
+    assert len(shards) == 3
+    assert all(20 * MiB < f.size < 32 * MiB for f in shards), [f.size for f in shards]
+    location = tmp_path / "weights"
+    weights = WeightsRepository(database)
+    await weights.insert(
+        WeightsDocument(
+            id="weights-small",
+            organization_id="org-a",
+            repo_id=SMALL_REPO,
+            commit_sha=repo.sha,
+            target=Target(kind=TargetKind.LOCAL, local_path=str(location)),
+            location=str(location),
+            files=files_of(repo),
+        )
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
+        "MODELPLANE_MONGODB_URI": mongo_uri,
+        "MODELPLANE_MONGODB_DATABASE": database_name,
+        "MODELPLANE_HF_ENDPOINT": small_hub.endpoint,
+        "MODELPLANE_DOWNLOAD_CHUNK_MIB": "32",
+        "MODELPLANE_DOWNLOAD_CHECKPOINT_MIB": str(CHECKPOINT_MIB),
+        "MODELPLANE_STATE_DIR": str(tmp_path / "state"),
+        "MODELPLANE_LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "modelplane", "download", "--weights-id", "weights-small"]
+    small_hub.hub.faults.throttle("*.safetensors", 4 * MiB)  # 3 files x 4 MiB/s: ~7 s
+    small_hub.hub.log.clear()
+    total = sum(f.size for f in repo.files)
+    try:
+        for kill in range(SMALL_KILLS):
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            await wait_progress(process, weights, "weights-small", total * (kill + 1) // 4)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        small_hub.hub.faults.clear()
+    done = await weights.require("weights-small")
+    assert done.state is WeightsState.READY, done.message
+    for f in repo.files:
+        assert (
+            hashlib.sha256((location / f.path).read_bytes()).digest()
+            == hashlib.sha256(f.content).digest()
+        ), f.path
+    # The hub logs a response when it ends: the killed runs' ended long before the last run.
+    served = sum(r.bytes_sent for r in small_hub.hub.log.records(method="GET"))
+    lost_per_file = (CHECKPOINT_MIB + 3) * MiB  # a checkpoint, a hand-off and socket buffers
+    print(  # noqa: T201  the figure the issue measured, for the record
+        f"served {served / MiB:.1f} MiB for a {total / MiB:.1f} MiB repo over {SMALL_KILLS} kills"
+    )
+    assert served <= total + SMALL_KILLS * len(shards) * lost_per_file
+    assert not (location / ".modelplane-partial").exists()
+    await mongo_client.drop_database(database_name)

@@ -24,6 +24,7 @@ from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import shaped_repo
 from tests.conftest import HUB_TOKEN, RunningApp
 from tests.graphql_client import run
+from tests.helpers import weights_area
 
 MIB = 1024 * 1024
 LLAMA2_7B_PARAMETERS = 6_738_415_616
@@ -325,7 +326,7 @@ async def gpu_fit(app: RunningApp, organization: str = "org-a", **variables: Any
 
 
 async def create_local(app: RunningApp, repo: str, organization: str = "org-a") -> str:
-    root = app.resources.settings.local_roots[0]
+    root = weights_area(app.resources.settings.local_roots, organization)
     data = await run(
         app.graphql_url,
         "CreateModel",

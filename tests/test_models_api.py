@@ -12,6 +12,7 @@ from storage.documents import Role
 from testbed.hub import RunningHub
 from tests.conftest import HUB_TOKEN, RunningApp
 from tests.graphql_client import execute, run
+from tests.helpers import weights_area
 from tests.operations import operation
 
 
@@ -30,7 +31,7 @@ def remote(**overrides: Any) -> dict[str, Any]:
 
 
 def local(app: RunningApp, repo: str = "tiny-org/tiny-model", **overrides: Any) -> dict[str, Any]:
-    root = app.resources.settings.local_roots[0]
+    root = weights_area(app.resources.settings.local_roots)
     value: dict[str, Any] = {
         "source": {"url": repo, "accessMode": "LOCAL"},
         "downloadTarget": {"local": {"localPath": str(root / repo.replace("/", "--"))}},

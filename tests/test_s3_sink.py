@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from controllers.downloading import Downloader, DownloadOptions
+from controllers.downloading import Downloader, DownloadError, DownloadOptions
 from controllers.s3_sink import S3Sink, object_prefix
 from integrations.s3 import S3Client
 from storage.client import Database
@@ -154,3 +156,38 @@ async def test_survives_an_s3_restart_mid_upload(
         await assert_objects(s3_hub, client)
     finally:
         minio.stop()
+
+
+def open_sessions() -> list[aiohttp.ClientSession]:
+    gc.collect()  # an unclosed session nobody holds is collected here, and complains
+    return [o for o in gc.get_objects() if isinstance(o, aiohttp.ClientSession) and not o.closed]
+
+
+async def test_a_failed_download_closes_every_s3_session(
+    s3_hub: RunningHub,
+    testbed_binaries: dict[str, Path],
+    ledgers: LedgerRepository,
+    tmp_path: Path,
+) -> None:
+    """Issue 15 #16: each failed S3 download left an HTTP session open (the survey's other
+    HEAD requests went on after the download had failed and its client was closed)."""
+    minio = MinioProcess(tmp_path / "minio", binary=testbed_binaries["minio"])
+    minio.start()
+    try:
+        client = await bucket_on(minio.server)
+    finally:
+        minio.stop()  # a real S3 server, stopped: every request is refused
+    loop = asyncio.get_running_loop()
+    complaints: list[str] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: complaints.append(str(context["message"])))
+    before = {id(s) for s in open_sessions()}
+    try:
+        for attempt in range(3):
+            with pytest.raises(DownloadError, match="EndpointConnectionError"):
+                await download(s3_hub, ledgers, client, weights_id=f"w-stopped-{attempt}")
+        leaked = [s for s in open_sessions() if id(s) not in before]
+    finally:
+        loop.set_exception_handler(handler)
+    assert leaked == []
+    assert [c for c in complaints if "nclosed" in c] == []

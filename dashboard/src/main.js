@@ -262,7 +262,7 @@ function flash(text, kind = 'ok') {
 // ---- add form ---------------------------------------------------------------------------
 
 function defaultLocalPath(repo) {
-  const root = page.localRoots[0];
+  const root = page.localRoots[0]; // the organisation's area under the first allowed root
   if (!root || !repo) return '';
   const name = repo.replace(/^https?:\/\/[^/]+\//, '').replace(/\/+$/, '');
   return `${root.replace(/\/+$/, '')}/${name}`;
