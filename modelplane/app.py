@@ -28,7 +28,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import aiohttp
-from fastapi import FastAPI
+from cross_web import HTTPException  # the HTTP error strawberry's views answer with
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from joserfc.jwk import OctKey
 from prometheus_client import (
@@ -91,6 +92,7 @@ from modelplane.embedded import (
     free_port,
 )
 from modelplane.gateway_http import gateway_router, upstream_session
+from modelplane.request_guard import BadRequestJSON, GraphQLRequestGuard, decode_request_json
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
@@ -103,7 +105,7 @@ from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
-from storage.documents import OrganizationDocument, utcnow
+from storage.documents import OrganizationDocument, Role, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
 from storage.repositories import (
@@ -581,6 +583,16 @@ class _Router(GraphQLRouter[Context, None]):
     _encoded: dict[int, tuple[object, str]]
     graphql_transport_ws_handler_class = TransportHandler
 
+    def decode_json(self, data: str | bytes) -> object:
+        # invalid UTF-8 and too-deep nesting are bad JSON too (they were HTTP 500s)
+        return decode_request_json(data)
+
+    def parse_json(self, data: str | bytes) -> object:
+        try:
+            return self.decode_json(data)
+        except BadRequestJSON as exc:
+            raise HTTPException(400, exc.reason) from None
+
     def encode_json(self, data: object) -> str | bytes:
         if isinstance(data, dict) and data.get("type") == "next":
             payload = data.get("payload")
@@ -637,13 +649,16 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
     )
     _install_observability(app, settings, _Metrics(), current)
     _install_health(app, current)
-    app.include_router(_graphql_router(current), prefix="/graphql")
+    app.include_router(_graphql_router(current, settings), prefix="/graphql")
+    app.add_middleware(
+        GraphQLRequestGuard, prefix="/graphql", max_body_bytes=settings.graphql_max_body_bytes
+    )
     app.include_router(gateway_router(current), prefix="/v1")
     install_dashboard(app, settings.dashboard_dir)
     return app
 
 
-def _graphql_router(current: Callable[[], Resources]) -> _Router:
+def _graphql_router(current: Callable[[], Resources], settings: Settings) -> _Router:
     async def get_context(connection: HTTPConnection) -> Context:
         res = current()
         principal = None
@@ -660,7 +675,7 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         )
 
     router = _Router(
-        make_schema(),
+        make_schema(settings.graphql_limits()),
         graphql_ide="graphiql",
         context_getter=get_context,
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -757,11 +772,46 @@ def _install_observability(
     metrics.registry.register(_SubscriptionCollector(current))
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> PlainTextResponse:
+    async def prometheus(request: Request) -> Response:
+        refusal = await _metrics_refusal(request, settings, current().authenticator)
+        if refusal is not None:
+            return refusal
         text = generate_latest(metrics.registry) + generate_latest(
             current().gateway.metrics.registry
         )
         return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _metrics_refusal(
+    request: Request, settings: Settings, authenticator: Authenticator
+) -> Response | None:
+    """None when the caller may read ``/metrics`` (its labels name every organisation's
+    models): the ``metrics_token`` setting as a bearer token, or, in development only (one
+    trusted operator), an admin's token or API key. Otherwise 401 or 403."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return _metrics_denied(401, "/metrics needs `Authorization: Bearer <metrics token>`")
+    expected = settings.metrics_token
+    if expected is not None and secrets.compare_digest(
+        credential.encode(), expected.get_secret_value().encode()
+    ):
+        return None
+    if settings.environment is not Environment.DEVELOPMENT:
+        return _metrics_denied(401, "invalid metrics token (MODELPLANE_METRICS_TOKEN)")
+    try:
+        principal = await authenticator.verify(credential)
+    except AuthError as exc:
+        return _metrics_denied(401, str(exc))
+    if principal.role is not Role.ADMIN:
+        return _metrics_denied(403, "/metrics needs the admin role or the metrics token")
+    return None
+
+
+def _metrics_denied(status: int, message: str) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
 def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:
