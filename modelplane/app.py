@@ -3,10 +3,13 @@
 :func:`open_resources` connects everything the service needs (MongoDB, the runtime, the hub
 client, the token verifier) and raises :class:`StartupError` with one readable line naming the
 setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
-GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz``, ``/metrics``
-the OpenAI-compatible gateway at ``/v1`` (:mod:`modelplane.gateway_http`) and the operator
-dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons: everything hangs
-off the app built here.
+GET, subscriptions over ``graphql-transport-ws`` only; request limits in
+``modelplane/request_guard.py`` and ``schema/limits.py``), ``/healthz``, ``/readyz``,
+``/metrics`` (the metrics token, or an admin in development: its labels name every
+organisation's models), the OpenAI-compatible gateway at ``/v1``
+(:mod:`modelplane.gateway_http`) and the operator dashboard at ``/``
+(:mod:`modelplane.dashboard`). No module-level singletons: everything hangs off the app built
+here.
 """
 
 from __future__ import annotations
@@ -647,12 +650,13 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
         docs_url=None,
         redoc_url=None,
     )
-    _install_observability(app, settings, _Metrics(), current)
-    _install_health(app, current)
-    app.include_router(_graphql_router(current, settings), prefix="/graphql")
+    # inside the observability middleware (added after it): refusals get a request id too
     app.add_middleware(
         GraphQLRequestGuard, prefix="/graphql", max_body_bytes=settings.graphql_max_body_bytes
     )
+    _install_observability(app, settings, _Metrics(), current)
+    _install_health(app, current)
+    app.include_router(_graphql_router(current, settings), prefix="/graphql")
     app.include_router(gateway_router(current), prefix="/v1")
     install_dashboard(app, settings.dashboard_dir)
     return app
