@@ -4,7 +4,9 @@ the client leaves.
 Body size: the body is read here, chunk by chunk, and refused with 413 as soon as it passes
 ``graphql_max_body_bytes`` (at once when ``Content-Length`` already says so), so an anonymous
 100 MiB body costs the server one chunk past the limit, not 100 MiB plus its JSON. The
-refusal is a GraphQL-shaped JSON error naming the setting.
+refusal is a GraphQL-shaped JSON error naming the setting. The connection is not closed with
+it: uvicorn discards the rest of a body whose response is complete as it arrives, so a client
+still sending (most do not read before they have sent) gets its 413 instead of a reset.
 
 Body text: invalid UTF-8 and JSON nested deeper than the interpreter can decode were HTTP
 500s; :func:`decode_request_json` turns them into 400s that say so (the router's
@@ -84,7 +86,6 @@ async def _too_large(send: Send, limit: int) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
             ],
         }
     )
