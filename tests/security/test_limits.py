@@ -392,7 +392,10 @@ async def _stream_body(served: Served, size: int) -> tuple[int, bytes]:
             writer.write(framed)
             await writer.drain()
             sent += len(chunk)
-        head = await asyncio.wait_for(reading, 30)
+        if not answered.is_set():  # all sent: end the JSON and the body
+            writer.write(b'3\r\n"}}\r\n0\r\n\r\n')
+            await writer.drain()
+        head = await asyncio.wait_for(reading, 60)
     finally:
         reading.cancel()
         writer.close()
