@@ -789,33 +789,40 @@ def _install_observability(
 async def _metrics_refusal(
     request: Request, settings: Settings, authenticator: Authenticator
 ) -> Response | None:
-    """None when the caller may read ``/metrics`` (its labels name every organisation's
-    models): the ``metrics_token`` setting as a bearer token, or, in development only (one
-    trusted operator), an admin's token or API key. Otherwise 401 or 403."""
-    header = request.headers.get("authorization", "")
-    scheme, _, credential = header.partition(" ")
+    """None when the caller may read ``/metrics``; otherwise the 401 or 403 to answer."""
+    denied = await _metrics_denial(request, settings, authenticator)
+    if denied is None:
+        return None
+    status, message = denied
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+async def _metrics_denial(
+    request: Request, settings: Settings, authenticator: Authenticator
+) -> tuple[int, str] | None:
+    """Who may read ``/metrics`` (its labels name every organisation's models): the
+    ``metrics_token`` setting as a bearer token, or, in development only (one trusted
+    operator), an admin's token or API key. Else the status and reason of the refusal."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
-        return _metrics_denied(401, "/metrics needs `Authorization: Bearer <metrics token>`")
+        return 401, "/metrics needs `Authorization: Bearer <metrics token>`"
     expected = settings.metrics_token
     if expected is not None and secrets.compare_digest(
         credential.encode(), expected.get_secret_value().encode()
     ):
         return None
     if settings.environment is not Environment.DEVELOPMENT:
-        return _metrics_denied(401, "invalid metrics token (MODELPLANE_METRICS_TOKEN)")
+        if expected is None:
+            return 403, "/metrics is closed: MODELPLANE_METRICS_TOKEN is not set"
+        return 401, "invalid metrics token (MODELPLANE_METRICS_TOKEN)"
     try:
         principal = await authenticator.verify(credential)
     except AuthError as exc:
-        return _metrics_denied(401, str(exc))
-    if principal.role is not Role.ADMIN:
-        return _metrics_denied(403, "/metrics needs the admin role or the metrics token")
-    return None
-
-
-def _metrics_denied(status: int, message: str) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+        return 401, str(exc)
+    admin = principal.role is Role.ADMIN
+    return None if admin else (403, "/metrics needs the admin role or the metrics token")
 
 
 def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:

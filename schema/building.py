@@ -138,7 +138,8 @@ class _Executor(SharingExecutor):
     graphql-core chains each serial field onto the previous one's coroutine
     (``async_reduce``): awaiting the last awaits the whole chain recursively, and a mutation
     of about 330 fields exceeded Python's recursion limit ("maximum recursion depth
-    exceeded"). The fields limit refuses such a document first; this removes the recursion.
+    exceeded"). The default limits refuse such a document first (its tokens and aliases);
+    this removes the recursion for any limits.
     """
 
     def execute_fields_serially(
