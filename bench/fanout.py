@@ -64,6 +64,7 @@ from storage.events import EventLog, EventType, ResourceKind  # noqa: E402
 from storage.repositories import ensure_indexes  # noqa: E402
 
 SECRET = "benchmark-secret-key-0123456789-abcdefghij"  # noqa: S105  a throwaway bench key
+METRICS_TOKEN = "bench-metrics-token"  # noqa: S105  MODELPLANE_METRICS_TOKEN, reads /metrics
 DATABASE = "fanout"
 ORG = "org-bench"
 MODEL_ID = "model-fanout"
@@ -453,7 +454,8 @@ def _wait_subscribed(metrics: str, count: int, within: float = 120.0) -> None:
     began = time.perf_counter()
     live = 0.0
     while time.perf_counter() - began < within:
-        text = httpx.get(metrics, timeout=5).text
+        answer = httpx.get(metrics, timeout=5, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        text = answer.text
         for line in text.splitlines():
             if line.startswith("modelplane_subscribers "):
                 live = float(line.split()[1])
@@ -491,6 +493,7 @@ async def run_scenario(args: argparse.Namespace, scenario: str, writer: str) -> 
             "MODELPLANE_MONGODB_URI": ferret.uri,
             "MODELPLANE_MONGODB_DATABASE": DATABASE,
             "MODELPLANE_SECRET_KEY": SECRET,
+            "MODELPLANE_METRICS_TOKEN": METRICS_TOKEN,
             "MODELPLANE_STATE_DIR": str(workdir / "state"),
             "MODELPLANE_PORT": str(port),
             "MODELPLANE_LOG_LEVEL": "WARNING",

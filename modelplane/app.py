@@ -3,10 +3,13 @@
 :func:`open_resources` connects everything the service needs (MongoDB, the runtime, the hub
 client, the token verifier) and raises :class:`StartupError` with one readable line naming the
 setting when something is wrong. :func:`create_app` mounts GraphQL at ``/graphql`` (GraphiQL on
-GET, subscriptions over ``graphql-transport-ws`` only), ``/healthz``, ``/readyz``, ``/metrics``
-the OpenAI-compatible gateway at ``/v1`` (:mod:`modelplane.gateway_http`) and the operator
-dashboard at ``/`` (:mod:`modelplane.dashboard`). No module-level singletons: everything hangs
-off the app built here.
+GET, subscriptions over ``graphql-transport-ws`` only; request limits in
+``modelplane/request_guard.py`` and ``schema/limits.py``), ``/healthz``, ``/readyz``,
+``/metrics`` (the metrics token, or an admin in development: its labels name every
+organisation's models), the OpenAI-compatible gateway at ``/v1``
+(:mod:`modelplane.gateway_http`) and the operator dashboard at ``/``
+(:mod:`modelplane.dashboard`). No module-level singletons: everything hangs off the app built
+here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import aiohttp
-from fastapi import FastAPI
+from cross_web import HTTPException  # the HTTP error strawberry's views answer with
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from joserfc.jwk import OctKey
 from prometheus_client import (
@@ -98,6 +102,7 @@ from modelplane.embedded import (
 )
 from modelplane.gateway_http import gateway_router, upstream_session
 from modelplane.keyfiles import read_or_create
+from modelplane.request_guard import BadRequestJSON, GraphQLRequestGuard, decode_request_json
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
 from modelplane.wiring import event_log_for
@@ -110,7 +115,7 @@ from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
-from storage.documents import OrganizationDocument, utcnow
+from storage.documents import OrganizationDocument, Role, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
 from storage.repositories import (
@@ -612,6 +617,16 @@ class _Router(GraphQLRouter[Context, None]):
     _encoded: dict[int, tuple[object, str]]
     graphql_transport_ws_handler_class = TransportHandler
 
+    def decode_json(self, data: str | bytes) -> object:
+        # invalid UTF-8 and too-deep nesting are bad JSON too (they were HTTP 500s)
+        return decode_request_json(data)
+
+    def parse_json(self, data: str | bytes) -> object:
+        try:
+            return self.decode_json(data)
+        except BadRequestJSON as exc:
+            raise HTTPException(400, exc.reason) from None
+
     def encode_json(self, data: object) -> str | bytes:
         if isinstance(data, dict) and data.get("type") == "next":
             payload = data.get("payload")
@@ -666,15 +681,19 @@ def create_app(settings: Settings, *, resources: Resources | None = None) -> Fas
         docs_url=None,
         redoc_url=None,
     )
+    # inside the observability middleware (added after it): refusals get a request id too
+    app.add_middleware(
+        GraphQLRequestGuard, prefix="/graphql", max_body_bytes=settings.graphql_max_body_bytes
+    )
     _install_observability(app, settings, _Metrics(), current)
     _install_health(app, current)
-    app.include_router(_graphql_router(current), prefix="/graphql")
+    app.include_router(_graphql_router(current, settings), prefix="/graphql")
     app.include_router(gateway_router(current), prefix="/v1")
     install_dashboard(app, settings.dashboard_dir)
     return app
 
 
-def _graphql_router(current: Callable[[], Resources]) -> _Router:
+def _graphql_router(current: Callable[[], Resources], settings: Settings) -> _Router:
     async def get_context(connection: HTTPConnection) -> Context:
         res = current()
         principal = None
@@ -691,7 +710,7 @@ def _graphql_router(current: Callable[[], Resources]) -> _Router:
         )
 
     router = _Router(
-        make_schema(),
+        make_schema(settings.graphql_limits()),
         graphql_ide="graphiql",
         context_getter=get_context,
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -788,11 +807,53 @@ def _install_observability(
     metrics.registry.register(_SubscriptionCollector(current))
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> PlainTextResponse:
+    async def prometheus(request: Request) -> Response:
+        refusal = await _metrics_refusal(request, settings, current().authenticator)
+        if refusal is not None:
+            return refusal
         text = generate_latest(metrics.registry) + generate_latest(
             current().gateway.metrics.registry
         )
         return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _metrics_refusal(
+    request: Request, settings: Settings, authenticator: Authenticator
+) -> Response | None:
+    """None when the caller may read ``/metrics``; otherwise the 401 or 403 to answer."""
+    denied = await _metrics_denial(request, settings, authenticator)
+    if denied is None:
+        return None
+    status, message = denied
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+async def _metrics_denial(
+    request: Request, settings: Settings, authenticator: Authenticator
+) -> tuple[int, str] | None:
+    """Who may read ``/metrics`` (its labels name every organisation's models): the
+    ``metrics_token`` setting as a bearer token, or, in development only (one trusted
+    operator), an admin's token or API key. Else the status and reason of the refusal."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return 401, "/metrics needs `Authorization: Bearer <metrics token>`"
+    expected = settings.metrics_token
+    if expected is not None and secrets.compare_digest(
+        credential.encode(), expected.get_secret_value().encode()
+    ):
+        return None
+    if settings.environment is not Environment.DEVELOPMENT:
+        if expected is None:
+            return 403, "/metrics is closed: MODELPLANE_METRICS_TOKEN is not set"
+        return 401, "invalid metrics token (MODELPLANE_METRICS_TOKEN)"
+    try:
+        principal = await authenticator.verify(credential)
+    except AuthError as exc:
+        return 401, str(exc)
+    admin = principal.role is Role.ADMIN
+    return None if admin else (403, "/metrics needs the admin role or the metrics token")
 
 
 def _install_health(app: FastAPI, current: Callable[[], Resources]) -> None:

@@ -6,11 +6,13 @@ import strawberry
 
 from resolvers.root import Mutation, Query, Subscription
 from schema.building import build_schema
+from schema.limits import GraphQLLimits
 
 
-def make_schema() -> strawberry.Schema:
-    """The executable schema of this version of modelplane."""
-    return build_schema(query=Query, mutation=Mutation, subscription=Subscription)
+def make_schema(limits: GraphQLLimits | None = None) -> strawberry.Schema:
+    """The executable schema of this version of modelplane, refusing operations over
+    ``limits`` (the settings' ``graphql_*``; defaults when None)."""
+    return build_schema(query=Query, mutation=Mutation, subscription=Subscription, limits=limits)
 
 
 def export_sdl() -> str:

@@ -21,6 +21,7 @@ from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from controllers.downloading import DownloadOptions
+from schema.limits import GraphQLLimits
 from services.gateway import GatewayLimits
 from storage.events import DEFAULT_POLL_INTERVAL
 
@@ -175,6 +176,29 @@ class Settings(BaseSettings):
     """Inside a chunk, a LOCAL or PVC download fsyncs and records its progress after this many
     MiB, so a killed download resumes there instead of at the chunk's (or a small file's)
     first byte. S3 targets resume by whole parts (at least 5 MiB, S3's minimum part)."""
+    # security: limits
+    graphql_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest ``/graphql`` HTTP request body; refused with 413 while it streams in, before it
+    is buffered (WebSocket messages have their own cap in the server)."""
+    graphql_max_document_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest GraphQL document (UTF-8 bytes), checked before it is parsed."""
+    graphql_max_tokens: int = Field(default=5_000, ge=100)
+    """Most lexical tokens (comments included) in one document; the parser stops there."""
+    graphql_max_fields: int = Field(default=500, ge=10)
+    """Most field selections in one operation, fragments expanded."""
+    graphql_max_aliases: int = Field(default=30, ge=0)
+    """Most aliased fields in one operation, fragments expanded."""
+    graphql_max_directives: int = Field(default=50, ge=0)
+    """Most directives in one operation, fragments expanded."""
+    graphql_max_cost: int = Field(default=1_000, ge=1)
+    """Highest cost of one operation: the fields' weights (gpuFit 100; clusterStatus, hub
+    look-ups 50; logs, weightsUsage 20; inferences 10; mutations and subscriptions 10; other
+    resolvers 1), a page's selection counted ``limit`` times."""
+    graphql_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    """Memory (estimated) for parsed and validated documents kept for reuse; 0 keeps none."""
+    metrics_token: SecretStr | None = None
+    """Bearer token a Prometheus scraper presents to ``/metrics``; unset: only an admin's
+    bearer token or API key reads it."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
@@ -203,6 +227,18 @@ class Settings(BaseSettings):
             concurrency=self.gateway_concurrency,
             max_body_bytes=self.gateway_max_body_bytes,
             upstream_timeout_seconds=self.gateway_upstream_timeout_seconds,
+        )
+
+    def graphql_limits(self) -> GraphQLLimits:
+        """What one GraphQL operation may ask for, from the settings."""
+        return GraphQLLimits(
+            max_document_bytes=self.graphql_max_document_bytes,
+            max_tokens=self.graphql_max_tokens,
+            max_fields=self.graphql_max_fields,
+            max_aliases=self.graphql_max_aliases,
+            max_directives=self.graphql_max_directives,
+            max_cost=self.graphql_max_cost,
+            cache_bytes=self.graphql_cache_bytes,
         )
 
     def download_options(self) -> DownloadOptions:

@@ -10,6 +10,7 @@ from resolvers.context import Info
 from schema.cluster import ClusterStatus, GpuFit, GpuFitResult
 from schema.enums import InferenceEngineEnum
 from schema.errors import NotFoundError, ValidationError
+from schema.limits import cost
 from services.errors import InvalidInput, Missing
 from storage.documents import InferenceEngine
 
@@ -78,9 +79,11 @@ CLUSTER_STATUS: ClusterStatus = strawberry.field(
     resolver=resolve_cluster_status,
     description="Runtime, Kubernetes version, namespace, optional integrations and GPU nodes "
     "with their free GPUs, read now.",
+    metadata=cost(50),  # reads the cluster's nodes, pods and CRDs
 )
 GPU_FIT: GpuFitResult = strawberry.field(
     resolver=resolve_gpu_fit,
     description="Whether a model (`modelId`) or hub repo (`repoId`) fits the cluster's GPUs: "
     "weights + KV cache + engine overhead against each GPU type, and the GPUs it needs.",
+    metadata=cost(100),  # hub metadata and config reads plus the cluster's inventory
 )

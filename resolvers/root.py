@@ -32,6 +32,7 @@ from schema.inference import (
     StartInferenceResult,
     StopInferenceResult,
 )
+from schema.limits import cost
 from schema.models import (
     CreateModelResult,
     DeleteModelResult,
@@ -137,10 +138,12 @@ class Query:
     hugging_face_model: HuggingFaceModelResult = strawberry.field(
         resolver=model_resolvers.resolve_hugging_face_model,
         description="Hub metadata (size, files, license...) for a repo, before creating a model.",
+        metadata=cost(50),  # calls the hub
     )
     hugging_face_search: HuggingFaceSearchResult = strawberry.field(
         resolver=model_resolvers.resolve_hugging_face_search,
         description="Search the Hugging Face Hub for model repositories.",
+        metadata=cost(50),  # calls the hub
     )
     weights: Weights | None = strawberry.field(
         resolver=weights_resolvers.resolve_weights,
@@ -153,6 +156,7 @@ class Query:
     weights_usage: list[StorageUsage] = strawberry.field(
         resolver=weights_resolvers.resolve_weights_usage,
         description="used / free / total bytes of each allowed local root.",
+        metadata=cost(20),  # reads the disks
     )
     inference: Inference | None = strawberry.field(
         resolver=inference_resolvers.resolve_inference,
@@ -164,10 +168,12 @@ class Query:
             "Inference services, managed and unmanaged (manifests, and Deployments found in the "
             "namespace with modelplane's labels but no record), newest first."
         ),
+        metadata=cost(10),  # lists the namespace's Deployments
     )
     inference_logs: InferenceLogs | None = strawberry.field(
         resolver=inference_resolvers.resolve_inference_logs,
         description="The engine's last log lines (newest pod, or the local process).",
+        metadata=cost(20),  # reads log files or the pod's log
     )
     cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
     gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT

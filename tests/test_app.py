@@ -124,7 +124,8 @@ async def test_health_readiness_and_metrics(running_app: RunningApp) -> None:
         assert ready.json()["status"] == "ready"
         response = await http.get("/healthz", headers={"X-Request-Id": "abc123"})
         assert response.headers["x-request-id"] == "abc123"
-        metrics = (await http.get("/metrics")).text
+        admin = {"Authorization": f"Bearer {running_app.token()}"}
+        metrics = (await http.get("/metrics", headers=admin)).text
     assert (
         'modelplane_http_requests_total{method="GET",route="/healthz",status="200"} 2.0' in metrics
     )

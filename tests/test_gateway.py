@@ -166,7 +166,8 @@ def client(app: RunningApp, key: str, **options: Any) -> AsyncOpenAI:
 
 async def metrics_text(app: RunningApp) -> str:
     async with httpx.AsyncClient() as http:
-        return (await http.get(f"{app.base_url}/metrics")).text
+        admin = {"Authorization": f"Bearer {app.token()}"}
+        return (await http.get(f"{app.base_url}/metrics", headers=admin)).text
 
 
 def metric(text: str, name: str, **labels: str) -> float:

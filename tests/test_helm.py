@@ -359,6 +359,7 @@ def custom_values(workload_namespace: str) -> dict[str, Any]:
         "allowedRemoteHosts": REMOTE_HOSTS,
         "mongodb": {"existingSecret": "mongo-conn", "database": "mp_prod"},
         "engines": {"vllmImage": "mirror.example.test/vllm:1", "s3SyncImage": "mirror/aws:2"},
+        "metrics": {"existingSecret": "scrape-token"},
     }
 
 
@@ -591,6 +592,9 @@ def test_deployment_env_carries_the_values(helm_binary: Path, tmp_path: Path) ->
     assert env["MODELPLANE_DOWNLOAD_IMAGE"] == "registry.example.test/modelplane:9.9.9"
     assert env["MODELPLANE_VLLM_IMAGE"] == "mirror.example.test/vllm:1"
     assert env["MODELPLANE_S3_SYNC_IMAGE"] == "mirror/aws:2"
+    assert env["MODELPLANE_METRICS_TOKEN"] == {
+        "secretKeyRef": {"name": "scrape-token", "key": "token"}
+    }
     assert "MODELPLANE_OLLAMA_IMAGE" not in env  # unset: the service's default
 
 
@@ -602,6 +606,7 @@ def test_defaults_put_workloads_in_the_release_namespace(helm_binary: Path, tmp_
     assert env["MODELPLANE_NAMESPACE"] == "models-system"
     assert "MODELPLANE_ALLOWED_LOCAL_ROOTS" not in env
     assert "MODELPLANE_OIDC_JWKS_URL" not in env
+    assert "MODELPLANE_METRICS_TOKEN" not in env
     assert not [name for name in env if name.endswith("_IMAGE") and "DOWNLOAD" not in name]
     (role,) = by_kind(manifests, "Role")
     assert role["metadata"]["namespace"] == "models-system"

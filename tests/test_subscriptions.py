@@ -310,7 +310,8 @@ async def test_live_events_take_the_fast_lane_in_order(running_app: RunningApp) 
     lane of modelplane/direct.py): identical streams, in cursor order, and counted as such."""
     token = running_app.token(role=Role.VIEWER, organization="org-a")
     url = running_app.ws_url
-    async with httpx.AsyncClient(base_url=running_app.base_url) as http:
+    admin = {"Authorization": f"Bearer {running_app.token()}"}
+    async with httpx.AsyncClient(base_url=running_app.base_url, headers=admin) as http:
         before = _direct_deliveries((await http.get("/metrics")).text)
         async with (
             Subscription(url, "ModelEvents", {}, token=token) as one,
