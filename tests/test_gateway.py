@@ -90,6 +90,10 @@ async def upstream() -> AsyncIterator[Upstream]:
 async def gateway_app(
     tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, **overrides: Any
 ) -> AsyncIterator[RunningApp]:
+    # No controllers: the tests write RUNNING inferences as the inference controller would,
+    # and a leader's first resync, when it ran after such a write (slow start under load),
+    # re-planned them and marked them FAILED ("alpha has no weights to serve").
+    overrides.setdefault("run_controllers", False)
     settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint, **overrides)
     async with serve_app(settings, mongo_client) as running:
         yield running
