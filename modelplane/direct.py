@@ -29,8 +29,10 @@ The transport's high-water mark is set to that limit, so the ordinary path write
 a connection found over it (when the fast lane flushes, before the ordinary path sends, and by a
 sweep once a second) is closed with 4008 and the reason. Every close this side starts
 (:meth:`FrameWriter.close`: slow reader, expired or revoked credential, protocol error) writes
-the close frame without waiting for the client to read, drops pending frames, and aborts the
-TCP connection if it has not finished closing after :data:`CLOSE_GRACE_SECONDS`; the sweep
+the close frame without waiting for the client to read, drops pending frames, and resets the
+TCP connection if it has not finished closing after :data:`CLOSE_GRACE_SECONDS` (a reset, not a
+plain close: the kernel would otherwise keep the orphaned socket and its send queue, up to
+4 MiB on Linux, while it probes a client that never reads); the sweep
 does the same for a connection uvicorn closed itself (its keepalive timeout) but that cannot
 flush. Before this, a client that never read kept its buffers (and the kernel's, 14 to 25 MiB
 a socket in the probe of issue 15) for good, even after uvicorn had "closed" it.
@@ -43,8 +45,11 @@ backpressure applies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,6 +93,7 @@ CLOSE_GRACE_SECONDS = 5.0
 """After this side sent a close frame, how long the connection may take to flush and close
 before it is aborted (its buffers dropped)."""
 SWEEP_SECONDS = 1.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 NEXT_SUFFIX = "}"
@@ -203,11 +209,6 @@ class FrameWriter:
         holds them: the transport's buffer and the pending direct frames)."""
         return self._connection.transport.get_write_buffer_size() + self._pending_bytes
 
-    @property
-    def closed(self) -> bool:
-        """True once a close frame went out or the connection is gone."""
-        return self._closing()
-
     def over_limit(self) -> bool:
         """Close the connection as a slow reader if it holds more than the limit unsent;
         True if it is closed (or closing) now."""
@@ -259,9 +260,15 @@ class FrameWriter:
         """Drop the connection and everything it holds unsent."""
         self._pending.clear()
         self._pending_bytes = 0
-        if not self._connection.disconnected:
-            log.info("aborting a WebSocket connection that does not take its data")
-            self._connection.transport.abort()
+        transport = self._connection.transport
+        if self._connection.disconnected:
+            return
+        log.info("aborting a WebSocket connection that does not take its data")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # reset, not FIN: the kernel drops its send queue at once too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     def write_messages(self, prefix: bytes, payloads: Sequence[bytes], suffix: bytes) -> bool:
         """Queue one text frame per payload, each ``prefix + payload + suffix`` (UTF-8), for
