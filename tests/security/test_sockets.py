@@ -404,6 +404,27 @@ async def test_slow_readers_are_closed_and_others_keep_answering(
     assert broker.subscribers == before, "a slow reader's subscription is still live"
 
 
+async def test_operations_per_connection_are_capped_by_a_setting(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub
+) -> None:
+    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint, ws_max_operations=2)
+    async with serve_app(settings, mongo_client) as app:
+        socket_ = await _connect(app, app.token(organization="org-a"))
+        try:
+            for operation_id in ("1", "2", "3"):
+                await _subscribe(socket_, operation_id, HEARTBEAT)
+            refused = None
+            while refused is None:  # beats of the first two arrive meanwhile
+                message = json.loads(await asyncio.wait_for(socket_.recv(), 10))
+                if message["id"] == "3":
+                    refused = message
+        finally:
+            await socket_.close()
+    assert refused["type"] == "error"
+    assert "at most 2" in refused["payload"][0]["message"]
+    assert "ws_max_operations" in refused["payload"][0]["message"]
+
+
 # --- the abuse test: 200 slow sockets against `modelplane serve` --------------------------
 
 
