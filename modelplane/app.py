@@ -601,7 +601,9 @@ class _Router(GraphQLRouter[Context, None]):
     """GraphQL router that authenticates WebSocket connections in ``connection_init`` and
     encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
     each ``next`` message is the subscriber's id spliced around the shared payload's JSON. Its
-    WebSocket handler offers event subscriptions the fast lane of ``modelplane/direct.py``."""
+    WebSocket handler offers event subscriptions the fast lane of ``modelplane/direct.py``,
+    re-checks the connection's credential and refuses malformed messages
+    (``modelplane/sockets.py``); its adapter closes without waiting for a slow client."""
 
     verifier_getter: Callable[[], Authenticator]
     sockets_getter: Callable[[], OpenSockets]
