@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import gc
 import os
 import signal
@@ -76,26 +74,6 @@ def _tune_collector() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
-MMAP_THRESHOLD = 128 * 1024
-"""Allocations from this size up get their own mapping, returned to the system when freed."""
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def _tune_allocator() -> None:
-    """Fix glibc's mmap threshold at its initial 128 KiB, so a large buffer freed is given back.
-
-    By default glibc raises the threshold to the size of each mapped block freed (up to 32
-    MiB); from then on, buffers of that size come from the heap, and freed heap memory mostly
-    stays with the process. A WebSocket's send buffer grows to a MiB or more while its client
-    reads slowly: after 200 slow sockets were dropped, the server kept 258 MiB more than before
-    with the default, 21 MiB with the threshold fixed (``tests/security/test_sockets.py``).
-    Setting the threshold switches that adjustment off. Other C libraries: nothing to do.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
 async def _serve(settings: Settings) -> int:
     from modelplane.app import StartupError, create_app, open_resources  # noqa: PLC0415  lazy
 
@@ -126,7 +104,6 @@ async def _serve(settings: Settings) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, _frame: received.append(signum))
             _tune_collector()
-            _tune_allocator()
             await server.serve()
     except StartupError as exc:
         _say(f"modelplane: {exc}")

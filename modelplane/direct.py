@@ -24,15 +24,18 @@ usual backpressure and OVERFLOW. Frames still pending when a close frame went ou
 (nothing may follow a close); the client resumes with ``after``.
 
 Slow readers: a captured connection may hold at most ``send_limit`` bytes the client has not
-taken (``ws_send_buffer_bytes``: the transport's unsent buffer and the pending direct frames).
+taken (``ws_send_buffer_bytes``: the pending direct frames, the transport's unsent buffer and
+the kernel's send queue, which on Linux grows to 4 MiB before the transport buffers anything).
 The transport's high-water mark is set to that limit, so the ordinary path writes until then;
-a connection found over it (when the fast lane flushes, before the ordinary path sends, and by a
-sweep once a second) is closed with 4008 and the reason. Every close this side starts
+a connection found over it (when the fast lane flushes and before the ordinary path sends,
+counting this process's buffers; once a second by a sweep, counting the kernel's queue too) is
+closed with 4008 and the reason. Every close this side starts
 (:meth:`FrameWriter.close`: slow reader, expired or revoked credential, protocol error) writes
 the close frame without waiting for the client to read, drops pending frames, and resets the
-TCP connection if it has not finished closing after :data:`CLOSE_GRACE_SECONDS` (a reset, not a
-plain close: the kernel would otherwise keep the orphaned socket and its send queue, up to
-4 MiB on Linux, while it probes a client that never reads); the sweep
+TCP connection unless the client answered with its close frame within
+:data:`CLOSE_GRACE_SECONDS` (a reset, not a plain close: the kernel would otherwise keep the
+orphaned socket and its send queue, up to 4 MiB on Linux, for minutes while it probes a client
+that never reads); the sweep
 does the same for a connection uvicorn closed itself (its keepalive timeout) but that cannot
 flush. Before this, a client that never read kept its buffers (and the kernel's, 14 to 25 MiB
 a socket in the probe of issue 15) for good, even after uvicorn had "closed" it.
@@ -44,12 +47,15 @@ backpressure applies.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import socket
 import struct
+import termios
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,21 +211,33 @@ class FrameWriter:
 
     @property
     def unsent(self) -> int:
-        """Bytes written for the client that it has not taken yet (as far as this process
-        holds them: the transport's buffer and the pending direct frames)."""
+        """Bytes written for the client that this process still holds (the transport's buffer
+        and the pending direct frames; the kernel's queue is :meth:`in_kernel`)."""
         return self._connection.transport.get_write_buffer_size() + self._pending_bytes
 
-    def over_limit(self) -> bool:
-        """Close the connection as a slow reader if it holds more than the limit unsent;
-        True if it is closed (or closing) now."""
+    def in_kernel(self) -> int:
+        """Bytes the kernel holds for the client, not yet acknowledged (Linux ``SIOCOUTQ``;
+        0 where that cannot be read)."""
+        sock = self._connection.transport.get_extra_info("socket")
+        if sock is None:
+            return 0
+        buffer = array.array("i", [0])
+        try:
+            fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buffer, True)
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return buffer[0]
+
+    def over_limit(self, *, kernel: bool = False) -> bool:
+        """Close the connection as a slow reader if it holds more than the limit unsent
+        (with ``kernel``, counting the kernel's send queue too: a system call, so only the
+        sweep asks); True if it is closed (or closing) now."""
         if self._closing():
             return True
-        if self.unsent <= self._limit:
+        unsent = self.unsent
+        if unsent <= self._limit and (not kernel or unsent + self.in_kernel() <= self._limit):
             return False
-        log.info(
-            "closing a slow WebSocket reader",
-            extra={"unsent_bytes": self.unsent, "limit_bytes": self._limit},
-        )
+        log.info("closing a slow WebSocket reader", extra={"limit_bytes": self._limit})
         self.close(SLOW_READER, f"slow reader: more than {self._limit} bytes unsent")
         return True
 
@@ -230,7 +248,7 @@ class FrameWriter:
         if connection.disconnected:
             return
         if not self._closing():
-            self.over_limit()
+            self.over_limit(kernel=True)
             return
         loop = asyncio.get_running_loop()
         if self._closing_since is None:
@@ -240,8 +258,8 @@ class FrameWriter:
 
     def close(self, code: int, reason: str) -> None:
         """Send a close frame now, without waiting for the client to read: the app sees the
-        disconnect at once, pending frames are dropped, the transport closes once flushed and
-        is aborted after :data:`CLOSE_GRACE_SECONDS` if it has not."""
+        disconnect at once, pending frames are dropped, the transport closes when the client
+        answers with its close frame and is reset after :data:`CLOSE_GRACE_SECONDS` if not."""
         connection = self._connection
         self._pending.clear()
         self._pending_bytes = 0
@@ -253,14 +271,23 @@ class FrameWriter:
         connection.conn.send_close(code, reason)
         connection.transport.write(b"".join(connection.conn.data_to_send()))
         connection.close_sent = True
-        connection.transport.close()
-        self._closing_since = asyncio.get_running_loop().time()
+        if connection.read_paused:  # to read the client's answering close frame
+            connection.read_paused = False
+            connection.transport.resume_reading()
+        # As uvicorn's own close does: its timer, so the transport is not closed when the app
+        # returns. Closing it then would hand a non-reader's queue to the kernel, which keeps
+        # it for minutes; the client's close frame closes the transport, the timer resets it.
+        loop = asyncio.get_running_loop()
+        connection.close_timer = loop.call_later(CLOSE_GRACE_SECONDS, self.abort)
+        self._closing_since = loop.time()
 
     def abort(self) -> None:
-        """Drop the connection and everything it holds unsent."""
+        """Reset the connection: it and everything it holds unsent (here and in the kernel)
+        are dropped."""
         self._pending.clear()
         self._pending_bytes = 0
         transport = self._connection.transport
+        self._connection.close_timer = None
         if self._connection.disconnected:
             return
         log.info("aborting a WebSocket connection that does not take its data")
