@@ -29,16 +29,16 @@ the kernel's send queue, which on Linux grows to 4 MiB before the transport buff
 The transport's high-water mark is set to that limit, so the ordinary path writes until then;
 a connection found over it (when the fast lane flushes and before the ordinary path sends,
 counting this process's buffers; once a second by a sweep, counting the kernel's queue too) is
-closed with 4008 and the reason. Every close this side starts
-(:meth:`FrameWriter.close`: slow reader, expired or revoked credential, protocol error) writes
-the close frame without waiting for the client to read, drops pending frames, and resets the
-TCP connection unless the client answered with its close frame within
-:data:`CLOSE_GRACE_SECONDS` (a reset, not a plain close: the kernel would otherwise keep the
-orphaned socket and its send queue, up to 4 MiB on Linux, for minutes while it probes a client
-that never reads); the sweep
-does the same for a connection uvicorn closed itself (its keepalive timeout) but that cannot
-flush. Before this, a client that never read kept its buffers (and the kernel's, 14 to 25 MiB
-a socket in the probe of issue 15) for good, even after uvicorn had "closed" it.
+closed with 4008 and the reason. Every close this side starts (:meth:`FrameWriter.close`: slow
+reader, expired or revoked credential, protocol error) writes the close frame without waiting
+for the client to read, drops pending frames, and resets the TCP connection unless the client
+answers with its close frame within :data:`CLOSE_GRACE_SECONDS`. A reset, not a plain close:
+the kernel would otherwise keep the orphaned socket and its send queue (up to 4 MiB) for
+minutes while it probes a client that never reads. The sweep also resets a connection uvicorn
+closed itself (its keepalive timeout) whose buffer never drains. Before this, a client that
+never read kept its buffers (14 to 25 MiB a socket in the probe of issue 15) for good, even
+after uvicorn had "closed" it; 200 such sockets are now closed within seconds and leave the
+server's memory where it was (``tests/security/test_sockets.py``).
 
 Nothing else depends on this: under another ASGI server, or with a connection that cannot be
 captured, no channel is offered, every message takes the ordinary path, and only uvicorn's own
