@@ -39,7 +39,6 @@ from storage.events import API_KEY_REVOKED, Event, ResourceKind
 
 log = logging.getLogger(__name__)
 
-BAD_REQUEST = 4400
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
 INTERNAL_ERROR = 4500
