@@ -89,10 +89,12 @@ from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_ke
 from modelplane.dashboard import install_dashboard
 from modelplane.direct import (
     Flusher,
+    SocketAdapter,
     TransportHandler,
     capture_connection,
     next_message,
     next_prefix,
+    release_connection,
 )
 from modelplane.embedded import (
     EmbeddedError,
@@ -105,6 +107,7 @@ from modelplane.keyfiles import read_or_create
 from modelplane.request_guard import BadRequestJSON, GraphQLRequestGuard, decode_request_json
 from modelplane.schema_root import make_schema
 from modelplane.settings import Environment, RuntimeKind, Settings
+from modelplane.sockets import OpenSockets, credential_of
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.api_keys import ApiKeyService
@@ -166,6 +169,8 @@ class Resources:
     gateway: Gateway
     upstream: aiohttp.ClientSession
     """The gateway's connection pool to upstreams (closed with the resources)."""
+    sockets: OpenSockets
+    """Authenticated WebSocket connections, closed when their credential is revoked."""
     inference_controller: InferenceController | None = None
 
 
@@ -277,7 +282,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
         )
-        api_keys, gateway, upstream = _open_gateway(stack, settings, database, secrets=secrets)
+        api_keys, gateway, upstream = _open_gateway(
+            stack, settings, database, secrets=secrets, recorder=recorder
+        )
+        authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
         services = Services(
             database=database,
             runtime=runtime,
@@ -303,17 +311,23 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             services=services,
             downloads=controller,
             inference_controller=inference_controller,
-            authenticator=Authenticator(verifier, api_keys),
+            authenticator=authenticator,
             gateway=gateway,
             upstream=upstream,
+            sockets=sockets,
         )
 
 
 def _open_gateway(
-    stack: AsyncExitStack, settings: Settings, database: Database, *, secrets: SecretStore
+    stack: AsyncExitStack,
+    settings: Settings,
+    database: Database,
+    *,
+    secrets: SecretStore,
+    recorder: Recorder,
 ) -> tuple[ApiKeyService, Gateway, aiohttp.ClientSession]:
     """API keys, the ``/v1`` gateway and its upstream connection pool (closed with the stack)."""
-    api_keys = ApiKeyService(ApiKeyRepository(database))
+    api_keys = ApiKeyService(ApiKeyRepository(database), recorder=recorder)
     stack.push_async_callback(api_keys.close)
     gateway = Gateway(
         inferences=InferenceRepository(database),
@@ -326,6 +340,18 @@ def _open_gateway(
     upstream = upstream_session()
     stack.push_async_callback(upstream.close)
     return api_keys, gateway, upstream
+
+
+def _open_sockets(
+    settings: Settings, broker: Broker, verifier: TokenVerifier, api_keys: ApiKeyService
+) -> tuple[Authenticator, OpenSockets]:
+    """The authenticator, and the WebSocket registry that closes sockets whose API key was
+    revoked through any replica (both fed by the event log)."""
+    authenticator = Authenticator(verifier, api_keys)
+    sockets = OpenSockets(authenticator, max_operations=settings.ws_max_operations)
+    broker.listen(api_keys.on_event)  # a key revoked through any replica: forgotten here
+    broker.listen(sockets.on_event)  # ... and the sockets using it closed
+    return authenticator, sockets
 
 
 async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
@@ -611,11 +637,15 @@ class _Router(GraphQLRouter[Context, None]):
     """GraphQL router that authenticates WebSocket connections in ``connection_init`` and
     encodes a subscription result shared by many subscribers once (see ``schema/sharing.py``):
     each ``next`` message is the subscriber's id spliced around the shared payload's JSON. Its
-    WebSocket handler offers event subscriptions the fast lane of ``modelplane/direct.py``."""
+    WebSocket handler offers event subscriptions the fast lane of ``modelplane/direct.py``,
+    re-checks the connection's credential and refuses malformed messages
+    (``modelplane/sockets.py``); its adapter closes without waiting for a slow client."""
 
     verifier_getter: Callable[[], Authenticator]
+    sockets_getter: Callable[[], OpenSockets]
     _encoded: dict[int, tuple[object, str]]
     graphql_transport_ws_handler_class = TransportHandler
+    websocket_adapter_class = SocketAdapter
 
     def decode_json(self, data: str | bytes) -> object:
         # invalid UTF-8 and too-deep nesting are bad JSON too (they were HTTP 500s)
@@ -647,8 +677,8 @@ class _Router(GraphQLRouter[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
-        token = params.get("Authorization") or params.get("authorization") or params.get("token")
-        if not isinstance(token, str):
+        token = credential_of(params)
+        if token is None:
             raise ConnectionRejectionError({"message": "connection_init needs `Authorization`"})
         try:
             context.principal = await self.verifier_getter().verify(token)
@@ -717,6 +747,7 @@ def _graphql_router(current: Callable[[], Resources], settings: Settings) -> _Ro
         connection_init_wait_timeout=timedelta(seconds=10),
     )
     router.verifier_getter = lambda: current().authenticator
+    router.sockets_getter = lambda: current().sockets
     return router
 
 
@@ -737,10 +768,15 @@ class _Observability:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                # for the subscriptions' fast lane (direct.py)
-                capture_connection(scope, send, self._flusher)
-            await self._app(scope, receive, send)
+            if scope["type"] != "websocket":
+                await self._app(scope, receive, send)
+                return
+            # for the subscriptions' fast lane and the slow-reader limit (direct.py)
+            capture_connection(scope, send, self._flusher)
+            try:
+                await self._app(scope, receive, send)
+            finally:
+                release_connection(scope, self._flusher)
             return
         incoming = ""
         for name, value in scope["headers"]:
@@ -802,7 +838,9 @@ class _SubscriptionCollector(Collector):
 def _install_observability(
     app: FastAPI, settings: Settings, metrics: _Metrics, current: Callable[[], Resources]
 ) -> None:
-    flusher = Flusher(settings.subscription_flush_ms / 1000)
+    flusher = Flusher(
+        settings.subscription_flush_ms / 1000, send_limit=settings.ws_send_buffer_bytes
+    )
     app.add_middleware(_Observability, metrics=metrics, flusher=flusher)
     metrics.registry.register(_SubscriptionCollector(current))
 

@@ -199,6 +199,13 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     """Bearer token a Prometheus scraper presents to ``/metrics``; unset: only an admin's
     bearer token or API key reads it."""
+    # security: sockets
+    ws_send_buffer_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Bytes a WebSocket connection may hold unsent (the client reads too slowly) before it is
+    closed with 4008 ("slow reader") and its buffers dropped."""
+    ws_max_operations: int = Field(default=100, ge=1, le=10_000)
+    """Operations (subscriptions, queries, mutations) one WebSocket connection may have in
+    flight; one more is answered with an error."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""

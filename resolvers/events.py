@@ -1,20 +1,18 @@
 """Subscription resolvers: the event log streamed per model, per inference, and as progress.
 
 Every stream is scoped to the caller's organisation before anything is queued (the broker's
-filter), resumes with ``after`` (replay of what the capped log holds, then live), and ends the
-socket with 4401 when the token of ``connection_init`` expires.
+filter), resumes with ``after`` (replay of what the capped log holds, then live). The
+connection's credential (expiry, revocation) is watched for every operation of the socket
+at once, in ``modelplane/sockets.py``: a stream here needs no timer of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncGenerator
 from typing import Annotated
 
 import strawberry
-from starlette.websockets import WebSocket, WebSocketState
 
 from resolvers.context import Info
 from schema.building import ExpectedError
@@ -23,10 +21,9 @@ from schema.sharing import direct_delivery
 from schema.weights import Weights
 from services.broadcasting import EventFilter, Marker, MarkerKind
 from services.principals import Principal
-from storage.documents import AccessMode, Role, WeightsState, utcnow
+from storage.documents import AccessMode, Role, WeightsState
 from storage.events import InvalidCursor, ResourceKind, parse_cursor
 
-TOKEN_EXPIRED = 4401
 FINAL_STATES = frozenset({WeightsState.READY, WeightsState.FAILED, WeightsState.CANCELLED})
 
 
@@ -37,47 +34,6 @@ def _after(after: str | None) -> int | None:
         return parse_cursor(after)
     except InvalidCursor as exc:
         raise ExpectedError(str(exc), code="BAD_USER_INPUT", field="after") from None
-
-
-async def _expire(info: Info, principal: Principal) -> None:
-    """Close the socket with 4401: the token of ``connection_init`` has expired."""
-    socket = info.context.request
-    if isinstance(socket, WebSocket) and socket.application_state is WebSocketState.CONNECTED:
-        with contextlib.suppress(RuntimeError):  # already closing
-            await socket.close(code=TOKEN_EXPIRED, reason="token expired")
-    raise ExpectedError(
-        f"the token expired at {principal.expires_at:%Y-%m-%dT%H:%M:%SZ}", code="UNAUTHENTICATED"
-    )
-
-
-def _seconds_left(principal: Principal) -> float | None:
-    expires: datetime | None = principal.expires_at
-    return None if expires is None else (expires - utcnow()).total_seconds()
-
-
-@contextlib.asynccontextmanager
-async def _closing_at_expiry(info: Info, principal: Principal) -> AsyncIterator[None]:
-    """Close the socket with 4401 when the caller's token expires: one watchdog task per
-    subscription (owned here, cancelled on the way out), so delivering an event costs no timer."""
-    left = _seconds_left(principal)
-    if left is None:
-        yield
-        return
-    if left <= 0:
-        await _expire(info, principal)
-
-    async def watchdog() -> None:
-        await asyncio.sleep(left)
-        with contextlib.suppress(ExpectedError):
-            await _expire(info, principal)
-
-    task = asyncio.create_task(watchdog(), name="token-expiry")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 AfterArgument = Annotated[
@@ -110,7 +66,7 @@ async def stream_model_events(
         resource_kind=frozenset({ResourceKind.MODEL, ResourceKind.WEIGHTS}),
         model_id=str(model_id) if model_id is not None else None,
     )
-    async with contextlib.aclosing(_events(info, principal, event_filter, position)) as events:
+    async with contextlib.aclosing(_events(info, event_filter, position)) as events:
         async for event in events:  # closed with this stream: the subscription goes too
             yield event
 
@@ -131,20 +87,17 @@ async def stream_inference_events(
         resource_kind=ResourceKind.INFERENCE,
         resource_id=str(inference_id) if inference_id is not None else None,
     )
-    async with contextlib.aclosing(_events(info, principal, event_filter, position)) as events:
+    async with contextlib.aclosing(_events(info, event_filter, position)) as events:
         async for event in events:  # closed with this stream: the subscription goes too
             yield event
 
 
 async def _events(
-    info: Info, principal: Principal, event_filter: EventFilter, position: int | None
+    info: Info, event_filter: EventFilter, position: int | None
 ) -> AsyncGenerator[Event, None]:
-    """The broker's stream for a filter, as shared API views, closed when the token expires."""
+    """The broker's stream for a filter, as shared API views."""
     views = info.context.services.event_views
-    async with (
-        _closing_at_expiry(info, principal),
-        info.context.services.broker.subscribe(event_filter, after=position) as stream,
-    ):
+    async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
         deliver = direct_delivery()
         if deliver is not None:  # the fast lane: the broker writes idle subscribers' events
             stream.deliver_directly(lambda events: deliver(views.views(events)))
@@ -174,10 +127,7 @@ async def stream_download_progress(
         # Subscribe first, then read: a change between the read and the subscription is not
         # lost. Every event only means "read again", so a stream that ended with OVERFLOW is
         # simply opened again (the read that follows catches up); it never ends this one.
-        async with (
-            _closing_at_expiry(info, principal),
-            services.broker.subscribe(event_filter) as stream,
-        ):
+        async with services.broker.subscribe(event_filter) as stream:
             events = aiter(stream)
             while True:
                 current = await services.models.get(principal, model.id)

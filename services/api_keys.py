@@ -8,8 +8,11 @@ can tell keys apart without revealing them.
 A key authenticates as a :class:`Principal` of its organisation with the role it was created
 with (subject ``apikey:<id>``), on ``/v1`` and on GraphQL alike. Verified keys are cached in
 this process for :data:`CACHE_SECONDS` (bounded), so a busy client costs one database read per
-key per few seconds; revoking through this process drops the entry at once, other replicas
-stop accepting the key within the cache lifetime.
+key per few seconds. Revoking drops the entry at once in this process and appends an
+``API_KEY`` event to the log; every replica's :meth:`ApiKeyService.on_event` drops it there as
+the tail reads the event (within a second), and the cache lifetime bounds it if that event is
+lost. (Open WebSockets that use the key are closed from the same event:
+``modelplane/sockets.py``.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Forbidden, Principal
 from storage.documents import ApiKeyDocument, Role, new_id, utcnow
 from storage.errors import NotFound, RevisionConflict
+from storage.events import API_KEY_REVOKED, Event, Recorder, ResourceKind
 from storage.repositories import ApiKeyRepository, Page
 
 log = logging.getLogger(__name__)
@@ -63,8 +67,15 @@ class CreatedKey:
 class ApiKeyService:
     """Create, list, revoke and verify organisation API keys."""
 
-    def __init__(self, keys: ApiKeyRepository, *, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(
+        self,
+        keys: ApiKeyRepository,
+        *,
+        cache_seconds: float = CACHE_SECONDS,
+        recorder: Recorder | None = None,
+    ) -> None:
         self._keys = keys
+        self._recorder = recorder or Recorder(None)
         self._cache: ExpiringCache[str, Principal] = ExpiringCache(
             ttl=cache_seconds, size=CACHE_ENTRIES
         )
@@ -137,8 +148,15 @@ class ApiKeyService:
                 raise Missing(key_id, f"API key {key_id} not found") from None
             self._cache.forget(found.key_hash)  # again: an authentication may have raced us
             log.info("API key revoked", extra={"key_id": key_id, "by": principal.subject})
+            await self._recorder.api_key_revoked(revoked)  # tells the other replicas
             return revoked
         raise Conflict(None, f"API key {key_id} is changing too fast; try again")
+
+    def on_event(self, event: Event) -> None:
+        """A listener of the event log: forget a key revoked through any replica."""
+        if event.resource_kind is ResourceKind.API_KEY and event.phase == API_KEY_REVOKED:
+            subject = f"{SUBJECT_PREFIX}{event.resource_id}"
+            self._cache.forget_where(lambda principal: principal.subject == subject)
 
     async def close(self) -> None:
         """Stop the cache's background refreshes (at shutdown)."""

@@ -64,6 +64,11 @@ class ExpiringCache(Generic[K, V]):
         """Drop a key (after a change known here, such as a revocation)."""
         self._values.pop(key, None)
 
+    def forget_where(self, predicate: Callable[[V], bool]) -> None:
+        """Drop every value ``predicate`` holds for (a change known only by the value)."""
+        for key in [key for key, (_, value) in self._values.items() if predicate(value)]:
+            del self._values[key]
+
     async def close(self) -> None:
         """Cancel the background refreshes still running."""
         for task in list(self._refreshes):

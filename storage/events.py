@@ -69,7 +69,13 @@ from pymongo import ASCENDING, DESCENDING, CursorType
 from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure, PyMongoError
 
 from storage.client import Database
-from storage.documents import InferenceDocument, ModelDocument, WeightsDocument, utcnow
+from storage.documents import (
+    ApiKeyDocument,
+    InferenceDocument,
+    ModelDocument,
+    WeightsDocument,
+    utcnow,
+)
 from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -98,6 +104,12 @@ class ResourceKind(StrEnum):
     MODEL = "MODEL"
     WEIGHTS = "WEIGHTS"
     INFERENCE = "INFERENCE"
+    API_KEY = "API_KEY"
+    """A credential, for the replicas only: no subscription's filter takes it (its phase is
+    ``REVOKED`` once revoked; each replica then closes the sockets that use it)."""
+
+
+API_KEY_REVOKED = "REVOKED"
 
 
 class EventType(StrEnum):
@@ -665,6 +677,16 @@ class Recorder:
             model_ids=(inference.model_id,) if inference.model_id else (),
             phase=inference.phase.value,
             message=inference.message,
+        )
+
+    async def api_key_revoked(self, key: ApiKeyDocument) -> Event | None:
+        """An API key was revoked: every replica closes the sockets authenticated with it."""
+        return await self._append(
+            organization_id=key.organization_id,
+            resource_kind=ResourceKind.API_KEY,
+            resource_id=key.id,
+            type=EventType.UPDATED,
+            phase=API_KEY_REVOKED,
         )
 
     async def _append(self, **fields: Any) -> Event | None:
