@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -175,15 +176,92 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+REDACTED = b"[REDACTED]"
+_HTML_NAMED = {'"': b"&quot;", "&": b"&amp;", "<": b"&lt;", ">": b"&gt;", "'": b"&#39;|&apos;"}
+
+
+def _hex(value: int, width: int) -> bytes:
+    """A regex matching ``value`` in hexadecimal, either case."""
+    digits = f"{value:0{width}x}"
+    return b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in digits)
+
+
+def _char_forms(char: str) -> bytes:
+    """A regex for one character of a secret in any form a body may carry it in."""
+    raw = char.encode("utf-8", "surrogatepass")
+    code = ord(char)
+    units = [code]
+    if code > 0xFFFF:
+        units = [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
+    forms = [
+        re.escape(raw),  # raw
+        rb"\\+" + re.escape(raw),  # JSON-escaped (\" \\ \/), at any depth
+        b"".join(rb"\\+u" + _hex(unit, 4) for unit in units),  # JSON \uXXXX, any depth
+        b"".join(b"%(?:25)*" + _hex(byte, 2) for byte in raw),  # URL-encoded, even twice
+        b"&#0*" + str(code).encode() + b";",  # HTML numeric entities
+        b"&#[xX]0*" + _hex(code, 1) + b";",
+    ]
+    if char in _HTML_NAMED:
+        forms.append(_HTML_NAMED[char])
+    if code > 0x7F:  # its UTF-8 bytes read as Latin-1 (how HTTP stacks decode header values)
+        forms.append(
+            b"".join(
+                b"(?:" + re.escape(chr(byte).encode()) + rb"|\\+u00" + _hex(byte, 2) + b")"
+                for byte in raw
+            )
+        )
+    return b"(?:" + b"|".join(forms) + b")"
+
+
+class Redactor:
+    """Removes one known secret from a body in every form it can take there: raw UTF-8,
+    JSON-escaped (``\\"``, ``\\\\``, ``\\/``, ``\\u00e9``, surrogate pairs, and those escaped
+    again when a JSON document is quoted inside another), URL-encoded (``%22``, also twice),
+    HTML entities, and non-ASCII characters' UTF-8 bytes read as Latin-1 (an upstream that
+    decodes the Authorization header so and echoes it re-encoded). Forms are matched per
+    character, so mixed encodings are caught too. A secret is sent only as a Bearer token (no
+    basic auth), so no base64 form exists."""
+
+    def __init__(self, secret: str) -> None:
+        self._raw = secret.encode("utf-8", "surrogatepass")
+        self._pattern = re.compile(b"".join(_char_forms(c) for c in secret))
+        self.longest = 64 * len(secret)
+        """An upper bound of an encoded form's length (a stream holds this much back)."""
+
+    def __call__(self, content: bytes) -> bytes:
+        """``content`` with every form of the secret replaced by ``[REDACTED]``."""
+        if not any(marker in content for marker in (b"\\", b"%", b"&")):
+            return content.replace(self._raw, REDACTED)  # only the raw form can be there
+        return self._pattern.sub(REDACTED, content)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one request goes. ``secret`` is the upstream key (kept out of ``repr``)."""
+    """Where one request goes. ``secret`` is the upstream key (kept out of ``repr``);
+    ``remote`` says the base URL is user-given (a REMOTE_API model's), so the connection goes
+    through the outbound policy's guarded pool."""
 
     organization_id: str
     model_name: str
     base_url: str
     timeout_seconds: float
     secret: str | None = field(default=None, repr=False)
+    remote: bool = False
+    redactor: Redactor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.secret:
+            object.__setattr__(self, "redactor", Redactor(self.secret))
+
+    def redact(self, content: bytes) -> bytes:
+        """``content`` without the upstream key (see :class:`Redactor`)."""
+        return self.redactor(content) if self.redactor is not None else content
+
+    @property
+    def holdback(self) -> int:
+        """Bytes of a stream to keep back when cutting it mid-event, so that a key split
+        across two cuts is still seen whole."""
+        return self.redactor.longest if self.redactor is not None else 0
 
     def url(self, endpoint: Endpoint) -> str:
         """The upstream URL of an operation."""
@@ -500,6 +578,7 @@ class Gateway:
                 base_url=model.source.url.rstrip("/"),
                 timeout_seconds=timeout,
                 secret=await self._keys.key_for(model),
+                remote=True,
             )
         if not inference.endpoint:
             raise ModelNotRunning(

@@ -10,11 +10,15 @@ from typing import Any
 import aioboto3
 from aiobotocore.config import AioConfig
 
+from integrations.addresses import OutboundPolicy
 from integrations.s3 import S3Client, S3Location
 from storage.documents import WeightsFile
 from testbed.repos import HubRepo
 from testbed.servers import S3Server
 from tests.graphql_client import run
+
+LOOPBACK_ALLOWED = OutboundPolicy.of(networks=["127.0.0.0/8"])
+"""Every test server listens on 127.0.0.1, which the default outbound policy refuses."""
 
 
 async def bucket_on(server: S3Server) -> S3Client:
@@ -35,7 +39,8 @@ async def bucket_on(server: S3Server) -> S3Client:
             bucket=name,
             access_key_id=server.access_key_id,
             secret_access_key=server.secret_access_key,
-        )
+        ),
+        outbound=LOOPBACK_ALLOWED,
     )
 
 
