@@ -186,7 +186,7 @@ def _hex(value: int, width: int) -> bytes:
     return b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in digits)
 
 
-def _char_forms(char: str) -> bytes:
+def _char_forms(char: str, *, latin1: bool = True) -> bytes:
     """A regex for one character of a secret in any form a body may carry it in."""
     raw = char.encode("utf-8", "surrogatepass")
     code = ord(char)
@@ -203,13 +203,10 @@ def _char_forms(char: str) -> bytes:
     ]
     if char in _HTML_NAMED:
         forms.append(_HTML_NAMED[char])
-    if code > 0x7F:  # its UTF-8 bytes read as Latin-1 (how HTTP stacks decode header values)
-        forms.append(
-            b"".join(
-                b"(?:" + re.escape(chr(byte).encode()) + rb"|\\+u00" + _hex(byte, 2) + b")"
-                for byte in raw
-            )
-        )
+    if latin1 and code > 0x7F:
+        # Its UTF-8 bytes read as Latin-1 characters (how HTTP stacks decode header values),
+        # each of which may then take any form above.
+        forms.append(b"".join(_char_forms(chr(byte), latin1=False) for byte in raw))
     return b"(?:" + b"|".join(forms) + b")"
 
 
@@ -230,7 +227,7 @@ class Redactor:
 
     def __call__(self, content: bytes) -> bytes:
         """``content`` with every form of the secret replaced by ``[REDACTED]``."""
-        if not any(marker in content for marker in (b"\\", b"%", b"&")):
+        if self._raw.isascii() and not any(m in content for m in (b"\\", b"%", b"&")):
             return content.replace(self._raw, REDACTED)  # only the raw form can be there
         return self._pattern.sub(REDACTED, content)
 
