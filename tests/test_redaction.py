@@ -43,7 +43,8 @@ FORMS: dict[str, Callable[[str], str]] = {
 def test_every_form_of_the_key_is_redacted(key: str, form: str) -> None:
     encoded = FORMS[form](key)
     body = '{"error": {"message": "Incorrect API key provided: Bearer ' + encoded + ' !"}}'
-    redacted = Route("o", "m", "http://x", 1.0, secret=key).redact(body.encode())
+    route = Route("o", "m", "http://x", 1.0, secret=key, redactor=Redactor(key))
+    redacted = route.redact(body.encode())
     assert encoded.encode() not in redacted
     assert b"[REDACTED]" in redacted
     assert redacted.endswith(b' !"}}')  # nothing after the key was eaten
