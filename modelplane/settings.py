@@ -177,8 +177,9 @@ class Settings(BaseSettings):
         return self.events_max
 
     def download_env(self) -> tuple[tuple[str, str], ...]:
-        """The downloader's knobs as environment for a download Job's pod."""
-        return (
+        """The downloader's knobs, and the outbound policy its S3 client connects under, as
+        environment for a download Job's pod (empty values left out: Kubernetes drops them)."""
+        knobs = (
             ("MODELPLANE_DOWNLOAD_PARALLEL_FILES", str(self.download_parallel_files)),
             ("MODELPLANE_DOWNLOAD_CHUNK_MIB", str(self.download_chunk_mib)),
             ("MODELPLANE_DOWNLOAD_STALL_SECONDS", f"{self.download_stall_seconds:g}"),
@@ -186,6 +187,7 @@ class Settings(BaseSettings):
             ("MODELPLANE_ALLOWED_REMOTE_HOSTS", ",".join(self.allowed_remote_hosts)),
             ("MODELPLANE_ALLOWED_REMOTE_NETWORKS", ",".join(self.allowed_remote_networks)),
         )
+        return tuple((name, value) for name, value in knobs if value)
 
     def outbound_policy(self) -> OutboundPolicy:
         """Where user-given URLs (REMOTE_API, S3 endpoints) may connect."""

@@ -301,7 +301,7 @@ async def test_dns_rebinding_to_loopback_is_refused_at_connect_time(
         )
         inference = started["startInference"]["inference"]
         running = await helpers.wait_inference(
-            app.graphql_url, editor(app), inference["id"], {"RUNNING", "FAILED", "PENDING"}
+            app.graphql_url, editor(app), inference["id"], {"RUNNING", "FAILED"}, timeout=10
         )
         assert running["phase"] == "RUNNING", running
         assert [s.path for s in upstream.fake.seen] == ["/tenant/v1/models"]
