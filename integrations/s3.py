@@ -100,7 +100,9 @@ class S3Client:
             try:
                 self._outbound.check_host(endpoint_host)
             except AddressRefused as exc:
-                raise S3Error(f"endpoint {endpoint_host}: {exc}") from None
+                raise S3Error(
+                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)"
+                ) from None
         async with self._session.client(
             "s3",
             endpoint_url=self.location.endpoint,
@@ -288,4 +290,17 @@ def _describe(exc: ClientError | BotoCoreError, what: str) -> str:
         code = error.get("Code", "error")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{what}: {code} (HTTP {status})"
+    refused = _refusal_in(exc)
+    if refused is not None:
+        return f"{what}: the endpoint {refused} (refused by the outbound address policy)"
     return f"{what}: {type(exc).__name__}"
+
+
+def _refusal_in(exc: BaseException) -> AddressRefused | None:
+    """The outbound policy's refusal behind a connection error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AddressRefused):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -256,7 +256,7 @@ async def test_signed_s3_requests_never_reach_a_refused_endpoint(s3_server: S3Se
                     secret_access_key=CANARY,
                 )
             )
-            with pytest.raises(S3Error):
+            with pytest.raises(S3Error, match="outbound address policy"):
                 await client.check_bucket()
         assert listener.connections == 0
     bucket = await helpers.bucket_on(s3_server)  # the same client, allowed, does reach MinIO
@@ -348,6 +348,8 @@ async def test_dns_rebinding_of_an_s3_endpoint_is_refused_when_the_download_conn
         rebinding.answer = "127.0.0.1"  # from now on: the download's connections
         failed = await _wait_model(app, created["id"], {"FAILED"})
         assert "127.0.0.1" in rebinding.answers[asked_at_creation:], failed  # it did connect
+        assert "loopback" in failed["message"], failed
+        assert CANARY not in json.dumps(failed)
     assert listener.connections == 0
 
 
