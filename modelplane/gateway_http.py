@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from integrations.addresses import GuardedConnector, OutboundPolicy
+from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError
 from services.gateway import (
@@ -400,6 +400,13 @@ async def _send(
         ) from None
     except aiohttp.ClientError as exc:
         call.upstream_error("connect")
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+            exc.os_error, AddressRefused
+        ):
+            raise UpstreamUnavailable(
+                f"The upstream of `{route.model_name}` {exc.os_error}: refused by the outbound "
+                "address policy"
+            ) from None
         raise UpstreamUnavailable(
             f"The upstream of `{route.model_name}` cannot be reached ({type(exc).__name__})"
         ) from None

@@ -314,6 +314,7 @@ async def test_dns_rebinding_to_loopback_is_refused_at_connect_time(
                 headers={"Authorization": f"Bearer {editor(app)}"},
             )
         assert answer.status_code == 502, answer.text
+        assert "outbound address policy" in answer.json()["error"]["message"]
         assert "127.0.0.1" in rebinding.answers
         assert CANARY not in answer.text
     assert listener.connections == 0
