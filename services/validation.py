@@ -36,6 +36,8 @@ MEMORY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|M|
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+AUTHORITY = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+"""A URL's host and port as every URL parser reads them alike (no userinfo, escapes, zones)."""
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 
 
@@ -191,9 +193,11 @@ def _check_outbound_url(field: str, value: str, *, outbound: OutboundPolicy) -> 
             f"{field} must not carry a query string or fragment (every viewer sees the URL; "
             "credentials go in the token field)",
         )
-    if not parts.hostname.isascii() or re.search(r"[%\s]", parts.netloc) or port == 0:
+    if not AUTHORITY.match(parts.netloc) or port == 0:
         raise InvalidInput(
-            field, f"{field} host must be plain ASCII (punycode for international names)"
+            field,
+            f"{field} must name its host plainly: letters, digits, '.', '-' (punycode for "
+            "international names) or a bracketed IPv6 address, and an optional port",
         )
     check_address(field, parts.hostname, outbound=outbound)
 
