@@ -33,6 +33,12 @@ loopback (``127.0.0.0/8``, ``::1``) and private ranges (RFC 1918, CGNAT ``100.64
 ``198.18.0.0/15``, ``192.0.0.0/24``, ULA ``fc00::/7``, site-local ``fec0::/10``, local-use
 NAT64 ``64:ff9b:1::/48``). A host named in ``allowed_hosts`` is trusted whatever it resolves
 to: the operator vouches for it (an in-cluster model server, a MinIO on a private network).
+
+What this does not reach: processes that are not modelplane's own code connect by themselves
+-- a LITELLM_PROXY engine forwarding to a REMOTE_API URL, the ``aws s3 sync`` step of an
+inference pod -- so for them only the check at creation holds (in a cluster, an egress
+NetworkPolicy is the tool). Behind an HTTP proxy (botocore honours ``HTTPS_PROXY`` for S3) the
+pool connects to the proxy, which is then the host checked (list it in ``allowed_hosts``).
 """
 
 from __future__ import annotations
