@@ -72,6 +72,7 @@ async def child(mode: str, spec_path: str) -> None:
     """Run our downloader once (``--child local|s3``)."""
     from controllers.downloading import Downloader, DownloadOptions, LocalSink
     from controllers.s3_sink import S3Sink, object_prefix
+    from integrations.addresses import OutboundPolicy
     from integrations.s3 import S3Client, S3Location
     from storage.client import make_client
     from storage.documents import Progress, WeightsFile
@@ -89,7 +90,9 @@ async def child(mode: str, spec_path: str) -> None:
     if mode == "local":
         sink: LocalSink | S3Sink = LocalSink(Path(spec["target"]))
     else:
-        s3 = S3Client(S3Location(**spec["s3"]))
+        # MinIO listens on loopback, which the default outbound policy refuses.
+        loopback = OutboundPolicy.of(networks=["127.0.0.0/8"])
+        s3 = S3Client(S3Location(**spec["s3"]), outbound=loopback)
         sink = S3Sink(
             s3,
             prefix=object_prefix("bench", REPO, spec["sha"]),

@@ -12,7 +12,9 @@ Where it runs is an :class:`InferenceExecutor`: :class:`KubernetesInferenceExecu
 (Deployments and Services, status from informer caches so a steady state makes no API
 requests) or :class:`LocalInferenceExecutor` (supervised subprocesses). A REMOTE_API model's
 inference has no workload: it is RUNNING once the remote ``/models`` answers with the stored
-key, which the gateway then uses.
+key, which the gateway then uses. That probe goes through the outbound policy's guarded pool
+(:mod:`integrations.addresses`): the address it connects to is checked, whatever the URL's name
+resolves to now.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -52,6 +54,7 @@ from controllers.leading import Leadership
 from controllers.processes import ProcessPhase, ProcessSpec, ProcessStatus, ProcessSupervisor
 from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
+from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -533,6 +536,21 @@ def process_observed(status: ProcessStatus) -> Observed:
     )
 
 
+def _unreachable(url: str, exc: BaseException) -> Observed:
+    """PENDING for a probe that got no answer; the outbound policy's refusal says so."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, AddressRefused):
+        return Observed(
+            InferencePhase.PENDING,
+            "AddressRefused",
+            f"{url} {exc.os_error}: the outbound address policy refuses it; checking again in 30 s",
+        )
+    return Observed(
+        InferencePhase.PENDING,
+        "RemoteUnreachable",
+        f"{url} did not answer ({type(exc).__name__}); checking again in 30 s",
+    )
+
+
 # -- the controller --------------------------------------------------------------------------
 
 
@@ -550,12 +568,14 @@ class InferenceController:
         images: EngineImages,
         pvc_mount_path: str = "/weights",
         recorder: Recorder | None = None,
+        outbound: OutboundPolicy | None = None,
         leases: LeaseRepository | None = None,
         holder: str = "",
         lease_seconds: float = LEASE_SECONDS,
         resync_seconds: float = RESYNC_SECONDS,
         allow_host_commands: bool = False,
     ) -> None:
+        self._outbound = outbound or OutboundPolicy()
         self._inferences = inferences
         self._allow_host_commands = allow_host_commands
         self._models = models
@@ -567,7 +587,7 @@ class InferenceController:
         self._record = recorder or Recorder(None)
         # Reconciles wait on MongoDB and the API server, not the CPU: several run at once.
         self._queue = WorkQueue(self.reconcile, name="inference", workers=8)
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._leadership = Leadership(
             leases,
             name=LEASE_NAME,
@@ -584,7 +604,11 @@ class InferenceController:
 
     def start(self) -> None:
         """Start the queue, the runtime's watches, the resync loop and the lease."""
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+        self._http = aiohttp.ClientSession(
+            connector=GuardedConnector(self._outbound),
+            timeout=aiohttp.ClientTimeout(total=5.0),
+            trust_env=False,
+        )
         self._queue.start()
         self.executor.watch(self.notify)
         self._leadership.start()
@@ -600,7 +624,7 @@ class InferenceController:
         await self._queue.stop()
         await self.executor.close()
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
             self._http = None
 
     def notify(self, inference_id: str) -> None:
@@ -796,22 +820,18 @@ class InferenceController:
                 headers["Authorization"] = f"Bearer {stored[HF_TOKEN_KEY]}"
         url = model.source.url.rstrip("/") + "/models"
         try:
-            response = await self._http.get(url, headers=headers)
-        except httpx.HTTPError as exc:
-            observed = Observed(
-                InferencePhase.PENDING,
-                "RemoteUnreachable",
-                f"{url} did not answer ({type(exc).__name__}); checking again in 30 s",
-            )
-            await self._write(inference, observed, endpoint=None)
+            async with self._http.get(url, headers=headers, allow_redirects=False) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._write(inference, _unreachable(url, exc), endpoint=None)
             return ROUTE_RECHECK_SECONDS
-        if response.status_code in {401, 403}:
+        if status in {401, 403}:
             observed = Observed(
                 InferencePhase.FAILED,
                 "RemoteRefusedKey",
-                f"{url} answered {response.status_code}: the stored API key is refused",
+                f"{url} answered {status}: the stored API key is refused",
             )
-        elif response.is_success:
+        elif 200 <= status < 300:
             observed = Observed(
                 InferencePhase.RUNNING, None, f"routing to {model.source.url}", 1, 1
             )
@@ -819,7 +839,7 @@ class InferenceController:
             observed = Observed(
                 InferencePhase.PENDING,
                 "RemoteError",
-                f"{url} answered {response.status_code}; checking again in 30 s",
+                f"{url} answered {status}; checking again in 30 s",
             )
         await self._write(inference, observed, endpoint=model.source.url.rstrip("/"))
         return None if observed.phase is not InferencePhase.PENDING else ROUTE_RECHECK_SECONDS

@@ -16,7 +16,7 @@ import enum
 import logging
 import shutil
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controllers.downloading import (
@@ -32,6 +32,7 @@ from controllers.s3_sink import MIN_PART as S3_MIN_PART
 from controllers.s3_sink import S3Sink, object_prefix
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
+from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient, HubError
 from integrations.s3 import S3Client, S3Location
 from storage.documents import (
@@ -118,6 +119,8 @@ class WeightsRuntimeConfig:
     options: DownloadOptions
     pvc_mount_path: Path = Path("/weights")
     """Where a download Job's pod has the PVC of a PVC target mounted."""
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    """Where an S3 target's endpoint may connect (checked at every connection)."""
 
 
 def make_sink(
@@ -126,6 +129,7 @@ def make_sink(
     secrets: dict[str, str],
     ledgers: LedgerRepository,
     chunk_size: int,
+    outbound: OutboundPolicy,
     pvc_mount_path: Path = Path("/weights"),
 ) -> Sink:
     """The sink a Weights' target calls for."""
@@ -141,7 +145,8 @@ def make_sink(
                 bucket=target.bucket or "",
                 access_key_id=target.access_key_id or "",
                 secret_access_key=secret,
-            )
+            ),
+            outbound=outbound,
         )
         prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
         return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
@@ -205,6 +210,7 @@ async def run_weights(
             ledgers=ledgers,
             chunk_size=options.chunk_size,
             pvc_mount_path=config.pvc_mount_path,
+            outbound=config.outbound,
         )
         await downloader.run(
             weights_id=doc.id,
@@ -569,6 +575,7 @@ class DownloadController:
                 ledgers=self._ledgers,
                 chunk_size=options_for(weights.target, self._config.options).chunk_size,
                 pvc_mount_path=self._config.pvc_mount_path,
+                outbound=self._config.outbound,
             )
         except (DownloadError, ValueError):
             return None

@@ -3,7 +3,11 @@ client kept open for the calls made inside :meth:`S3Client.connected` (a downloa
 client, its connector and its TLS context costs far more than a part upload's request).
 
 Endpoints, regions and keys come from the caller (a target's settings), never from the
-environment, so one process can talk to several buckets. Checksums are computed only when
+environment, so one process can talk to several buckets. An endpoint is user-given: every
+connection of the client's pool resolves its name with the outbound policy's
+:class:`~integrations.addresses.GuardedResolver` (no DNS cache), and an endpoint that is a
+literal address is checked whenever a client is opened, so signed requests never reach an
+address the policy refuses (:mod:`integrations.addresses`). Checksums are computed only when
 required: S3-compatible servers (MinIO, Ceph, older gateways) do not all accept the newer
 default CRC headers. Part uploads carry a Content-MD5 the caller computed (in a worker thread)
 instead of botocore hashing the body for its signature on the event loop: S3 checks the MD5.
@@ -17,8 +21,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from integrations.addresses import AddressRefused, OutboundPolicy, connector_args
 
 if TYPE_CHECKING:
     import aioboto3
@@ -47,11 +54,12 @@ class S3Location:
 class S3Client:
     """Small async S3 surface used by the downloader and the pre-flight checks."""
 
-    def __init__(self, location: S3Location) -> None:
+    def __init__(self, location: S3Location, *, outbound: OutboundPolicy | None = None) -> None:
         import aioboto3  # noqa: PLC0415  lazy: a process that never talks to S3 starts faster
         from aiobotocore.config import AioConfig  # noqa: PLC0415
 
         self.location = location
+        self._outbound = outbound or OutboundPolicy()
         self._session: aioboto3.Session = aioboto3.Session()
         self._config = AioConfig(
             request_checksum_calculation="when_required",
@@ -60,6 +68,7 @@ class S3Client:
             # botocore's client-side check would refuse a memoryview body; S3 checks requests.
             parameter_validation=False,
             s3={"addressing_style": "path", "payload_signing_enabled": False},
+            connector_args=connector_args(self._outbound),
         )
         self._shared: BotoS3Client | None = None
 
@@ -86,6 +95,14 @@ class S3Client:
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[BotoS3Client]:
+        endpoint_host = urlsplit(self.location.endpoint or "").hostname
+        if endpoint_host:
+            try:
+                self._outbound.check_host(endpoint_host)
+            except AddressRefused as exc:
+                raise S3Error(
+                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)"
+                ) from None
         async with self._session.client(
             "s3",
             endpoint_url=self.location.endpoint,
@@ -273,4 +290,17 @@ def _describe(exc: ClientError | BotoCoreError, what: str) -> str:
         code = error.get("Code", "error")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return f"{what}: {code} (HTTP {status})"
+    refused = _refusal_in(exc)
+    if refused is not None:
+        return f"{what}: the endpoint {refused} (refused by the outbound address policy)"
     return f"{what}: {type(exc).__name__}"
+
+
+def _refusal_in(exc: BaseException) -> AddressRefused | None:
+    """The outbound policy's refusal behind a connection error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AddressRefused):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

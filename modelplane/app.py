@@ -30,7 +30,6 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-import aiohttp
 from cross_web import HTTPException  # the HTTP error strawberry's views answer with
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -83,6 +82,7 @@ from controllers.secrets import (
     fernet_for,
 )
 from controllers.weights import DownloadController, WeightsRuntimeConfig
+from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
@@ -102,7 +102,7 @@ from modelplane.embedded import (
     default_ferretdb_binary,
     free_port,
 )
-from modelplane.gateway_http import gateway_router, upstream_session
+from modelplane.gateway_http import Upstreams, gateway_router
 from modelplane.keyfiles import read_or_create
 from modelplane.request_guard import BadRequestJSON, GraphQLRequestGuard, decode_request_json
 from modelplane.schema_root import make_schema
@@ -167,17 +167,23 @@ class Resources:
     authenticator: Authenticator
     """Bearer JWTs and organisation API keys, for GraphQL and ``/v1`` alike."""
     gateway: Gateway
-    upstream: aiohttp.ClientSession
-    """The gateway's connection pool to upstreams (closed with the resources)."""
+    upstream: Upstreams
+    """The gateway's connection pools to upstreams (closed with the resources)."""
     sockets: OpenSockets
     """Authenticated WebSocket connections, closed when their credential is revoked."""
     inference_controller: InferenceController | None = None
 
 
 @asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Start the embedded database if needed, connect, create indexes, start the runtime."""
+async def open_resources(
+    settings: Settings, *, outbound: OutboundPolicy | None = None
+) -> AsyncIterator[Resources]:
+    """Start the embedded database if needed, connect, create indexes, start the runtime.
+
+    ``outbound`` (where user-given URLs may connect) defaults to the settings' policy; a test
+    passes one with its own resolver."""
     logs.quiet_wire_loggers()
+    outbound = outbound or settings.outbound_policy()
     async with AsyncExitStack() as stack:
         uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
         if uri is None:
@@ -227,7 +233,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         controller: DownloadController | None = None
         if settings.run_controllers:
             controller = _download_controller(
-                settings, runtime, database, hub=hub, secrets=secrets, recorder=recorder
+                settings,
+                runtime,
+                database,
+                hub=hub,
+                secrets=secrets,
+                recorder=recorder,
+                outbound=outbound,
             )
             controller.start()
             stack.push_async_callback(controller.stop)
@@ -244,7 +256,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             policy=ModelPolicy(
                 runtime_kind=runtime.kind,
                 local_roots=tuple(settings.local_roots),
-                allowed_remote_hosts=tuple(settings.allowed_remote_hosts),
+                outbound=outbound,
                 hub_endpoint=settings.hf_endpoint,
             ),
             on_change=controller.notify if controller is not None else None,
@@ -252,7 +264,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             weights=WeightsRepository(database),
         )
         inference_controller = _start_inference_controller(
-            stack, settings, runtime, database, secrets=secrets, recorder=recorder, broker=broker
+            stack,
+            settings,
+            runtime,
+            database,
+            secrets=secrets,
+            recorder=recorder,
+            broker=broker,
+            outbound=outbound,
         )
         cluster = ClusterService(
             runtime=runtime,
@@ -283,7 +302,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             recorder=recorder,
         )
         api_keys, gateway, upstream = _open_gateway(
-            stack, settings, database, secrets=secrets, recorder=recorder
+            stack, settings, database, secrets=secrets, recorder=recorder, outbound=outbound
         )
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
         services = Services(
@@ -325,8 +344,9 @@ def _open_gateway(
     *,
     secrets: SecretStore,
     recorder: Recorder,
-) -> tuple[ApiKeyService, Gateway, aiohttp.ClientSession]:
-    """API keys, the ``/v1`` gateway and its upstream connection pool (closed with the stack)."""
+    outbound: OutboundPolicy,
+) -> tuple[ApiKeyService, Gateway, Upstreams]:
+    """API keys, the ``/v1`` gateway and its upstream connection pools (closed with the stack)."""
     api_keys = ApiKeyService(ApiKeyRepository(database), recorder=recorder)
     stack.push_async_callback(api_keys.close)
     gateway = Gateway(
@@ -337,7 +357,7 @@ def _open_gateway(
         route_cache_seconds=settings.gateway_route_cache_seconds,
     )
     stack.push_async_callback(gateway.close)
-    upstream = upstream_session()
+    upstream = Upstreams(outbound)
     stack.push_async_callback(upstream.close)
     return api_keys, gateway, upstream
 
@@ -393,12 +413,14 @@ def _download_controller(
     hub: HubClient,
     secrets: SecretStore,
     recorder: Recorder,
+    outbound: OutboundPolicy,
 ) -> DownloadController:
     """The download controller, with in-process workers or download Jobs per the runtime."""
     config = WeightsRuntimeConfig(
         hub_endpoint=settings.hf_endpoint,
         options=settings.download_options(),
         pvc_mount_path=settings.pvc_mount_path,
+        outbound=outbound,
     )
     executor = None
     if isinstance(runtime, KubernetesRuntime):
@@ -441,6 +463,7 @@ def _inference_controller(
     *,
     secrets: SecretStore,
     recorder: Recorder,
+    outbound: OutboundPolicy,
 ) -> InferenceController:
     """The inference controller, with Deployments or supervised processes per the runtime."""
     executor: InferenceExecutor
@@ -486,6 +509,7 @@ def _inference_controller(
         ),
         pvc_mount_path=str(settings.pvc_mount_path),
         recorder=recorder,
+        outbound=outbound,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         allow_host_commands=settings.allow_host_commands,
@@ -523,13 +547,14 @@ def _start_inference_controller(
     secrets: SecretStore,
     recorder: Recorder,
     broker: Broker,
+    outbound: OutboundPolicy,
 ) -> InferenceController | None:
     """The inference controller, started (stopped with the stack) and fed by the event log;
     None when this process runs no controllers."""
     if not settings.run_controllers:
         return None
     controller = _inference_controller(
-        settings, runtime, database, secrets=secrets, recorder=recorder
+        settings, runtime, database, secrets=secrets, recorder=recorder, outbound=outbound
     )
     controller.start()
     stack.push_async_callback(controller.stop)

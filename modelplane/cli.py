@@ -229,6 +229,7 @@ async def _download(settings: Settings, weights_id: str) -> int:
                 hub_endpoint=settings.hf_endpoint,
                 options=settings.download_options(),
                 pvc_mount_path=settings.pvc_mount_path,
+                outbound=settings.outbound_policy(),
             ),
         )
     finally:

@@ -4,9 +4,11 @@
 Decisions live in :mod:`services.gateway`; this module moves bytes. A request is checked in
 the order that costs least first: credential (401), declared body size (413), the credential's
 limits (429, with ``Retry-After``), the body as read (413), its JSON (400), the route (404, 409),
-then forwarded with the shared ``aiohttp`` pool (see :func:`upstream_session`). The client's
-headers are not forwarded; the upstream gets JSON, the request id, and the model's key when it
-has one.
+then forwarded with one of two shared ``aiohttp`` pools (see :class:`Upstreams`): inference
+endpoints modelplane runs itself go through the plain pool, REMOTE_API URLs (user-given) through
+the pool whose every connection is checked by the outbound policy
+(:mod:`integrations.addresses`). The client's headers are not forwarded; the upstream gets JSON,
+the request id, and the model's key when it has one.
 
 Responses:
 
@@ -20,9 +22,10 @@ Responses:
 * anything else: read whole (bodies are small), ``usage`` read from it, status and body passed
   through; a non-JSON error body is wrapped in OpenAI's error shape.
 
-The upstream key is removed from every body passed back (an upstream may echo it in an error)
-and is never logged: the only per-request log line names the model, operation, status, time and
-token counts.
+The upstream key is removed from every body and passed header of the answer, in every form it
+can take there (:class:`services.gateway.Redactor`: raw, JSON- and URL-escaped...), since an
+upstream may echo it in an error; it is never logged: the only per-request log line names the
+model, operation, status, time and token counts.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError
 from services.gateway import (
@@ -68,14 +72,14 @@ CLIENT_CLOSED = 499
 """Status recorded (nginx's convention) when the client left before the upstream answered."""
 MAX_PENDING_EVENT = 1024 * 1024
 """An "event" longer than this without a blank line is passed on as it is (not SSE, then)."""
-REDACTED = b"[REDACTED]"
+REDACT_INLINE_BYTES = 256 * 1024
 PASSED_HEADERS = ("content-type", "retry-after")
 """Upstream response headers a client gets; others (cookies, the upstream's own organisation
 and rate-limit headers) stay behind."""
 
 
-def upstream_session() -> aiohttp.ClientSession:
-    """The gateway's connection pool for every upstream (call inside the running loop).
+def upstream_session(connector: aiohttp.TCPConnector | None = None) -> aiohttp.ClientSession:
+    """A gateway connection pool (call inside the running loop).
 
     aiohttp rather than httpx for this one job, measured on the 2-core build machine: relaying
     64 streams, httpx (pure-Python parser, a timeout scope per read) cost modelplane 4.0 ms of
@@ -87,10 +91,29 @@ def upstream_session() -> aiohttp.ClientSession:
     are set per request from the route.
     """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0),
+        connector=connector or aiohttp.TCPConnector(limit=1024, limit_per_host=0),
         trust_env=False,
         raise_for_status=False,
     )
+
+
+class Upstreams:
+    """The gateway's two pools: ``internal`` for the inference endpoints modelplane runs (a
+    Service, a local engine's loopback port), ``remote`` for REMOTE_API URLs, whose every new
+    connection resolves and checks the address with the outbound policy."""
+
+    def __init__(self, policy: OutboundPolicy) -> None:
+        self.internal = upstream_session()
+        self.remote = upstream_session(GuardedConnector(policy, limit=1024, limit_per_host=0))
+
+    def for_route(self, route: Route) -> aiohttp.ClientSession:
+        """The pool a route's requests go through."""
+        return self.remote if route.remote else self.internal
+
+    async def close(self) -> None:
+        """Close both pools."""
+        await self.internal.close()
+        await self.remote.close()
 
 
 class GatewayParts(Protocol):
@@ -98,7 +121,7 @@ class GatewayParts(Protocol):
 
     authenticator: Authenticator
     gateway: Gateway
-    upstream: aiohttp.ClientSession
+    upstream: Upstreams
 
 
 def gateway_router(current: Callable[[], GatewayParts]) -> APIRouter:
@@ -279,7 +302,7 @@ async def _forward(
         raise
     call.model = route.model_name
     answered = await _unless_disconnected(
-        request, _exchange(parts.upstream, route, call, body, stream=stream)
+        request, _exchange(parts.upstream.for_route(route), route, call, body, stream=stream)
     )
     if answered is None:
         call.finish(CLIENT_CLOSED)
@@ -377,6 +400,13 @@ async def _send(
         ) from None
     except aiohttp.ClientError as exc:
         call.upstream_error("connect")
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+            exc.os_error, AddressRefused
+        ):
+            raise UpstreamUnavailable(
+                f"The upstream of `{route.model_name}` {exc.os_error}: refused by the outbound "
+                "address policy"
+            ) from None
         raise UpstreamUnavailable(
             f"The upstream of `{route.model_name}` cannot be reached ({type(exc).__name__})"
         ) from None
@@ -390,9 +420,9 @@ async def _whole(upstream: aiohttp.ClientResponse, route: Route, call: _Call) ->
         upstream.close()  # unfinished: the connection cannot be reused
         raise
     upstream.release()
-    content = _scrub(content, route)
+    content = await _redacted(content, route)
     status = upstream.status
-    headers = {k: v for k in PASSED_HEADERS if (v := upstream.headers.get(k)) is not None}
+    headers = _passed_headers(upstream, route)
     if 200 <= status < 300:
         call.first_byte()
         call.usage = usage_in(content)
@@ -446,7 +476,8 @@ class _Relay:
                 if cut == 0 and len(data) < MAX_PENDING_EVENT:
                     pending = data
                     continue
-                cut = cut or len(data)
+                # Not SSE: pass it on, but hold back enough for a split key to be seen whole.
+                cut = cut or max(1, len(data) - self.route.holdback)
                 ready, pending = data[:cut], data[cut:]
                 yield self._inspect(ready)
             self._ended = True
@@ -474,7 +505,7 @@ class _Relay:
             found = usage_in(ready)
             if found is not None:
                 self.call.usage = found
-        return _scrub(ready, self.route)
+        return self.route.redact(ready)
 
     def close(self) -> None:
         """Give a finished connection back to the pool; close an unfinished one, which is
@@ -496,7 +527,9 @@ class _RelayResponse(StreamingResponse):
             status_code=200,
             media_type=None,
             headers={
-                "content-type": relay.upstream.headers.get("content-type", "text/event-stream"),
+                "content-type": relay.route.redact(
+                    relay.upstream.headers.get("content-type", "text/event-stream").encode()
+                ).decode("utf-8", "replace"),
                 "cache-control": "no-cache",
                 "x-accel-buffering": "no",
             },
@@ -540,12 +573,17 @@ def usage_in(content: bytes) -> Usage | None:
     return Usage.parse(value)
 
 
-def _scrub(content: bytes, route: Route) -> bytes:
-    if route.secret:
-        secret = route.secret.encode()
-        if secret in content:
-            return content.replace(secret, REDACTED)
-    return content
+async def _redacted(content: bytes, route: Route) -> bytes:
+    """The body without the upstream key; a big one (an embeddings answer) is scanned in a
+    worker thread when it has escapes (80 ns a byte), so the loop keeps serving meanwhile."""
+    if len(content) > REDACT_INLINE_BYTES:
+        return await asyncio.to_thread(route.redact, content)
+    return route.redact(content)
+
+
+def _passed_headers(upstream: aiohttp.ClientResponse, route: Route) -> dict[str, str]:
+    passed = {k: v for k in PASSED_HEADERS if (v := upstream.headers.get(k)) is not None}
+    return {k: route.redact(v.encode()).decode("utf-8", "replace") for k, v in passed.items()}
 
 
 def _is_error_json(content: bytes) -> bool:

@@ -11,6 +11,7 @@ key generated into the state directory so a development admin token can be print
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -21,6 +22,7 @@ from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from controllers.downloading import DownloadOptions
+from integrations.addresses import OutboundPolicy
 from schema.limits import GraphQLLimits
 from services.gateway import GatewayLimits
 from storage.events import DEFAULT_POLL_INTERVAL
@@ -93,7 +95,9 @@ class Settings(BaseSettings):
     defaults to ``<state_dir>/models``."""
 
     allowed_remote_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Hosts REMOTE_API URLs may use even if they resolve to link-local addresses."""
+    """Host names (comma separated) REMOTE_API URLs and S3 endpoints may use whatever they
+    resolve to, even loopback, private, link-local or metadata addresses: the operator vouches
+    for them (see :mod:`integrations.addresses`)."""
 
     run_controllers: bool = True
     """Run the download controller in this process (the local runtime's downloads)."""
@@ -206,6 +210,12 @@ class Settings(BaseSettings):
     ws_max_operations: int = Field(default=100, ge=1, le=10_000)
     """Operations (subscriptions, queries, mutations) one WebSocket connection may have in
     flight; one more is answered with an error."""
+    # security: outbound
+    allowed_remote_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Loopback or private networks (CIDR, comma separated, e.g. ``10.0.0.0/8``) REMOTE_API
+    URLs and S3 endpoints may reach; empty: only public addresses. Link-local, metadata,
+    unspecified, multicast and reserved addresses stay refused whatever this says."""
+
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
@@ -218,13 +228,23 @@ class Settings(BaseSettings):
         return self.events_max
 
     def download_env(self) -> tuple[tuple[str, str], ...]:
-        """The downloader's knobs as environment for a download Job's pod."""
-        return (
+        """The downloader's knobs, and the outbound policy its S3 client connects under, as
+        environment for a download Job's pod (empty values left out: Kubernetes drops them)."""
+        knobs = (
             ("MODELPLANE_DOWNLOAD_PARALLEL_FILES", str(self.download_parallel_files)),
             ("MODELPLANE_DOWNLOAD_CHUNK_MIB", str(self.download_chunk_mib)),
             ("MODELPLANE_DOWNLOAD_STALL_SECONDS", f"{self.download_stall_seconds:g}"),
             ("MODELPLANE_DOWNLOAD_MAX_RETRIES", str(self.download_max_retries)),
             ("MODELPLANE_DOWNLOAD_CHECKPOINT_MIB", str(self.download_checkpoint_mib)),
+            ("MODELPLANE_ALLOWED_REMOTE_HOSTS", ",".join(self.allowed_remote_hosts)),
+            ("MODELPLANE_ALLOWED_REMOTE_NETWORKS", ",".join(self.allowed_remote_networks)),
+        )
+        return tuple((name, value) for name, value in knobs if value)
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """Where user-given URLs (REMOTE_API, S3 endpoints) may connect."""
+        return OutboundPolicy.of(
+            hosts=self.allowed_remote_hosts, networks=self.allowed_remote_networks
         )
 
     def gateway_limits(self) -> GatewayLimits:
@@ -276,6 +296,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("allowed_remote_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            return value
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network such as 10.0.0.0/8") from None
+        return networks
 
     @property
     def local_roots(self) -> list[Path]:

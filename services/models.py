@@ -9,10 +9,8 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from urllib.parse import urlsplit
 from controllers import locations
 from controllers.runtimes import OwnedObject, Runtime
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from integrations.addresses import OutboundPolicy
 from integrations.huggingface import (
     HubAccessDenied,
     HubClient,
@@ -128,7 +127,8 @@ class ModelPolicy:
 
     runtime_kind: str
     local_roots: tuple[Path, ...]
-    allowed_remote_hosts: tuple[str, ...] = ()
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    """Where REMOTE_API URLs and S3 endpoints may point (checked again at every connection)."""
     hub_endpoint: str = "https://huggingface.co"
 
 
@@ -354,10 +354,8 @@ class ModelService:
                 raise InvalidInput(
                     "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
                 )
-            url = v.check_remote_url(
-                "source.url", source.url, allowed_hosts=self._policy.allowed_remote_hosts
-            )
-            await self._check_resolved_host("source.url", url)
+            url = v.check_remote_url("source.url", source.url, outbound=self._policy.outbound)
+            await v.check_resolved("source.url", url, outbound=self._policy.outbound)
             final_name = name or v.derive_name(display_name)
             return ModelDocument(
                 **common,
@@ -380,6 +378,10 @@ class ModelService:
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = self._target(spec.download_target, principal.organization_id)
+        if target.endpoint is not None:
+            await v.check_resolved(
+                "downloadTarget.s3.endpoint", target.endpoint, outbound=self._policy.outbound
+            )
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
         await self._check_location_free(principal, target, repo_id, hub.sha)
         final_name = name or v.derive_name(repo_id)
@@ -463,7 +465,9 @@ class ModelService:
             )
         return DownloadTarget(
             kind=TargetKind.S3,
-            endpoint=v.check_endpoint(f"{prefix}.s3.endpoint", spec.endpoint),
+            endpoint=v.check_endpoint(
+                f"{prefix}.s3.endpoint", spec.endpoint, outbound=self._policy.outbound
+            ),
             bucket=v.check_bucket(f"{prefix}.s3.bucket", spec.bucket),
             region=v.check_region(f"{prefix}.s3.region", spec.region),
             prefix=v.check_relative_path(f"{prefix}.s3.prefix", spec.prefix),
@@ -544,20 +548,6 @@ class ModelService:
             for m in models.items
         ]
         return found
-
-    async def _check_resolved_host(self, field_name: str, url: str) -> None:
-        host = urlsplit(url).hostname or ""
-        if host in self._policy.allowed_remote_hosts:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=2
-            )
-        except (OSError, TimeoutError):
-            return  # not resolvable from here; the gateway checks again when it connects
-        for info in infos:
-            v.check_address(field_name, str(info[4][0]))
 
     async def _forget_secret(self, ref: str | None) -> None:
         if ref is None:

@@ -8,7 +8,6 @@ which resolve symlinks.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -16,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from controllers import locations
+from integrations.addresses import AddressRefused, OutboundPolicy
 from services.errors import InvalidInput
 
 MAX_NAME = 63
@@ -36,14 +36,9 @@ MEMORY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|M|
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 REGION = re.compile(r"^[a-z0-9-]{2,32}$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+AUTHORITY = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+"""A URL's host and port as every URL parser reads them alike (no userinfo, escapes, zones)."""
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
-METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.azure.internal"})
-METADATA_IPS = (
-    ipaddress.ip_network("169.254.0.0/16"),
-    ipaddress.ip_network("fe80::/10"),
-    ipaddress.ip_network("fd00:ec2::254/128"),
-    ipaddress.ip_network("100.100.100.200/32"),  # Alibaba Cloud metadata
-)
 
 
 def check_text(
@@ -147,33 +142,64 @@ def check_revision(field: str, revision: str | None) -> str | None:
     return value
 
 
-def check_remote_url(field: str, url: str, *, allowed_hosts: Sequence[str]) -> str:
-    """An http(s) base URL that does not point at link-local or cloud-metadata addresses."""
+def check_remote_url(field: str, url: str, *, outbound: OutboundPolicy) -> str:
+    """An http(s) base URL whose host the outbound policy allows (no resolution here: see
+    :func:`check_resolved`), without credentials, query string or fragment."""
     value = require_text(field, url, limit=MAX_URL)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(field, f"{field} must be an http:// or https:// URL")
-    if parts.username or parts.password:
-        raise InvalidInput(field, f"{field} must not carry credentials; use source.token")
-    host = parts.hostname.lower()
-    if host in allowed_hosts:
-        return value.rstrip("/")
-    if host in METADATA_HOSTS:
-        raise InvalidInput(field, f"{field} points at a cloud metadata service ({host})")
-    check_address(field, host)
+    _check_outbound_url(field, value, outbound=outbound)
     return value.rstrip("/")
 
 
-def check_address(field: str, host: str) -> None:
-    """Refuse a literal (or resolved) address in the link-local / metadata ranges."""
+def check_endpoint(field: str, value: str | None, *, outbound: OutboundPolicy) -> str | None:
+    """An optional http(s) S3 endpoint URL (MinIO, Ceph...); unset means AWS. Same rules as
+    :func:`check_remote_url`."""
+    text = check_text(field, value, limit=MAX_URL)
+    if text is None:
+        return None
+    _check_outbound_url(field, text, outbound=outbound)
+    return text.rstrip("/")
+
+
+def check_address(field: str, host: str, *, outbound: OutboundPolicy) -> None:
+    """Refuse a host that is a refused address in any spelling, or a metadata name."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        outbound.check_host(host)
+    except AddressRefused as exc:
+        raise InvalidInput(field, f"{field} {exc}") from None
+
+
+async def check_resolved(field: str, url: str, *, outbound: OutboundPolicy) -> None:
+    """Resolve the URL's host now and refuse it if any address is refused (the connection
+    checks again, with the same policy, whatever the name resolves to then)."""
+    try:
+        await outbound.check_url(url)
+    except AddressRefused as exc:
+        raise InvalidInput(field, f"{field} {exc}") from None
+
+
+def _check_outbound_url(field: str, value: str, *, outbound: OutboundPolicy) -> None:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
     except ValueError:
-        return
-    if any(address in network for network in METADATA_IPS):
+        raise InvalidInput(field, f"{field} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(field, f"{field} must be an http:// or https:// URL")
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise InvalidInput(field, f"{field} must not carry credentials; use the token field")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
         raise InvalidInput(
-            field, f"{field} points at a link-local or cloud metadata address ({address})"
+            field,
+            f"{field} must not carry a query string or fragment (every viewer sees the URL; "
+            "credentials go in the token field)",
         )
+    if not AUTHORITY.match(parts.netloc) or port == 0:
+        raise InvalidInput(
+            field,
+            f"{field} must name its host plainly: letters, digits, '.', '-' (punycode for "
+            "international names) or a bracketed IPv6 address, and an optional port",
+        )
+    check_address(field, parts.hostname, outbound=outbound)
 
 
 def check_cpu(field: str, value: str | None) -> str | None:
@@ -289,20 +315,6 @@ def check_region(field: str, value: str | None) -> str:
     if not REGION.match(text):
         raise InvalidInput(field, f"{field} {text!r} is not a region name such as 'eu-west-1'")
     return text
-
-
-def check_endpoint(field: str, value: str | None) -> str | None:
-    """An optional http(s) endpoint URL (MinIO, Ceph...); unset means AWS."""
-    text = check_text(field, value, limit=MAX_URL)
-    if text is None:
-        return None
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(field, f"{field} must be an http:// or https:// URL")
-    if parts.hostname.lower() in METADATA_HOSTS:
-        raise InvalidInput(field, f"{field} points at a cloud metadata service")
-    check_address(field, parts.hostname)
-    return text.rstrip("/")
 
 
 def check_secret_value(field: str, value: str | None, *, required: bool) -> str | None:

@@ -10,7 +10,10 @@ bodies unchanged; the openai client sends it with ``extra_body=``):
 
 ``normal`` (default); ``slow`` (answer after ``slow_seconds``); ``fail`` (500 with an OpenAI
 error body); ``fail-text`` (502 with an HTML body); ``echo-auth`` (200 whose content is the
-Authorization header received); ``reject-echo`` (401 whose error message quotes it);
+Authorization header received; streamed, every chunk's text is); ``reject-echo`` (401 whose
+error message quotes it); ``reject-echo-encoded`` (401 quoting it in several encodings: JSON
+with ASCII escapes, JSON inside JSON, URL-encoded, HTML-escaped); ``reject-echo-html`` (401,
+an HTML page quoting it raw);
 ``gated`` (stream: first chunk, then wait for :attr:`FakeUpstream.gate`); ``endless`` (stream a
 chunk every 20 ms until the client leaves); ``break`` (stream two chunks, then drop the
 connection); ``stall`` (stream one chunk, then nothing for ``slow_seconds``).
@@ -27,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -106,11 +111,7 @@ class FakeUpstream:
             )
         if behaviour == "fail-text":
             return Response("<html>bad gateway</html>", status_code=502, media_type="text/html")
-        if behaviour == "reject-echo":
-            received = request.headers.get("authorization")
-            error = {"message": f"Incorrect API key provided: {received}", "code": "invalid_key"}
-            return JSONResponse({"error": error}, status_code=401)
-        return None
+        return _rejection(request, behaviour)
 
     async def _chat(self, request: Request) -> Response:
         body, behaviour = await self._receive(request)
@@ -121,8 +122,9 @@ class FakeUpstream:
         model = str(body.get("model"))
         if body.get("stream") is True:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            echo = request.headers.get("authorization") if behaviour == "echo-auth" else None
             return StreamingResponse(
-                self._chunks(model, behaviour, include_usage=include_usage),
+                self._chunks(model, behaviour, include_usage=include_usage, echo=echo),
                 media_type="text/event-stream",
             )
         content = f"hello from {tenant}"
@@ -146,13 +148,13 @@ class FakeUpstream:
         )
 
     async def _chunks(
-        self, model: str, behaviour: str, *, include_usage: bool
+        self, model: str, behaviour: str, *, include_usage: bool, echo: str | None = None
     ) -> AsyncIterator[bytes]:
         finished = False
         try:
             index = 0
             while behaviour == "endless" or index < self.chunks:
-                yield _event(_chunk(model, f"w{index} "))
+                yield _event(_chunk(model, echo if echo is not None else f"w{index} "))
                 index += 1
                 if behaviour == "gated" and index == 1:
                     await self.gate.wait()
@@ -228,6 +230,28 @@ class FakeUpstream:
         return JSONResponse(
             {"object": "list", "data": [{"id": tenant, "object": "model", "owned_by": tenant}]}
         )
+
+
+def _rejection(request: Request, behaviour: str) -> Response | None:
+    """A 401 quoting the Authorization header received (raw, or in several encodings)."""
+    received = request.headers.get("authorization") or ""
+    if behaviour == "reject-echo":
+        error = {"message": f"Incorrect API key provided: {received}", "code": "invalid_key"}
+        return JSONResponse({"error": error}, status_code=401)
+    if behaviour == "reject-echo-encoded":
+        error = {
+            "message": f"Incorrect API key provided: {received}",
+            "request": json.dumps({"headers": {"authorization": received}}),
+            "url": f"https://upstream.test/?auth={quote(received, safe='')}",
+            "html": html.escape(received),
+            "code": "invalid_key",
+        }
+        body = json.dumps({"error": error}, ensure_ascii=True)
+        return Response(body, status_code=401, media_type="application/json")
+    if behaviour == "reject-echo-html":
+        page = f"<html><body>bad key {received}</body></html>"
+        return Response(page, status_code=401, media_type="text/html")
+    return None
 
 
 def _chunk(model: str, text: str | None) -> dict[str, Any]:

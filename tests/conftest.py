@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from integrations.addresses import OutboundPolicy
 from modelplane.app import Resources, create_app, open_resources
 from modelplane.auth import issue_dev_token
 from modelplane.cli import server_config
@@ -108,6 +109,9 @@ def make_settings(tmp_path: Path, mongo_uri: str, **overrides: Any) -> Settings:
         "state_dir": tmp_path / "state",
         "secret_key": "test-secret-key-that-is-long-enough-0123456789",
         "log_format": "console",
+        # Every test server (MinIO, the OpenAI upstream stand-in) listens on loopback, which the
+        # default outbound policy refuses; tests/security runs with the default.
+        "allowed_remote_networks": "127.0.0.0/8",
         **overrides,
     }
     return load_settings(**values)
@@ -143,11 +147,16 @@ class RunningApp:
 
 @asynccontextmanager
 async def serve_app(
-    settings: Settings, mongo_client: Client, *, keep_database: bool = False
+    settings: Settings,
+    mongo_client: Client,
+    *,
+    keep_database: bool = False,
+    outbound: OutboundPolicy | None = None,
 ) -> AsyncIterator[RunningApp]:
     """Run modelplane with ``settings`` on a free port until the block exits (then drop its
-    database, unless another instance goes on with it: ``keep_database``)."""
-    async with open_resources(settings) as resources:
+    database, unless another instance goes on with it: ``keep_database``); ``outbound``
+    replaces the settings' outbound policy (a test resolver)."""
+    async with open_resources(settings, outbound=outbound) as resources:
         app = create_app(settings, resources=resources)
         port = free_port()
         server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))

@@ -12,11 +12,15 @@ import aioboto3
 from aiobotocore.config import AioConfig
 
 from controllers.locations import organization_area
+from integrations.addresses import OutboundPolicy
 from integrations.s3 import S3Client, S3Location
 from storage.documents import WeightsFile
 from testbed.repos import HubRepo
 from testbed.servers import S3Server
 from tests.graphql_client import run
+
+LOOPBACK_ALLOWED = OutboundPolicy.of(networks=["127.0.0.0/8"])
+"""Every test server listens on 127.0.0.1, which the default outbound policy refuses."""
 
 
 def weights_area(roots: list[Path], organization: str = "org-a") -> Path:
@@ -42,7 +46,8 @@ async def bucket_on(server: S3Server) -> S3Client:
             bucket=name,
             access_key_id=server.access_key_id,
             secret_access_key=server.secret_access_key,
-        )
+        ),
+        outbound=LOOPBACK_ALLOWED,
     )
 
 

@@ -38,6 +38,7 @@ from storage.repositories import (
     WeightsRepository,
     ensure_indexes,
 )
+from tests.helpers import LOOPBACK_ALLOWED
 
 
 def controller(database: Database, holder: str) -> DownloadController:
@@ -47,7 +48,9 @@ def controller(database: Database, holder: str) -> DownloadController:
         ledgers=LedgerRepository(database),
         secrets=EncryptedSecretStore(SecretRepository(database), cipher=fernet_for("k" * 40)),
         hub=HubClient(endpoint="http://127.0.0.1:9"),
-        config=WeightsRuntimeConfig(hub_endpoint="http://127.0.0.1:9", options=DownloadOptions()),
+        config=WeightsRuntimeConfig(
+            hub_endpoint="http://127.0.0.1:9", options=DownloadOptions(), outbound=LOOPBACK_ALLOWED
+        ),
         leases=LeaseRepository(database),
         holder=holder,
         lease_seconds=0.6,

@@ -61,11 +61,11 @@ class Upstream:
 
 
 @asynccontextmanager
-async def serve_upstream(fake: FakeUpstream) -> AsyncIterator[Upstream]:
-    port = free_port()
-    config = uvicorn.Config(
-        fake.app(), host="127.0.0.1", port=port, log_config=None, lifespan="off"
-    )
+async def serve_upstream(
+    fake: FakeUpstream, *, host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[Upstream]:
+    port = port or free_port()
+    config = uvicorn.Config(fake.app(), host=host, port=port, log_config=None, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="fake-openai-upstream")
     while not server.started:
@@ -73,7 +73,7 @@ async def serve_upstream(fake: FakeUpstream) -> AsyncIterator[Upstream]:
             task.result()
         await asyncio.sleep(0.01)
     try:
-        yield Upstream(fake=fake, base_url=f"http://127.0.0.1:{port}")
+        yield Upstream(fake=fake, base_url=f"http://{host}:{port}")
     finally:
         fake.gate.set()
         server.should_exit = True

@@ -81,6 +81,7 @@ ISSUER = "https://login.example.test/realms/models"
 JWKS_URL = "https://login.example.test/realms/models/certs"
 LOCAL_ROOTS = ["/data/models", "/mnt/weights"]
 REMOTE_HOSTS = ["llm.internal.example.test"]
+REMOTE_NETWORKS = ["10.0.0.0/8", "fd00::/8"]
 
 Manifest = dict[str, Any]
 
@@ -357,6 +358,7 @@ def custom_values(workload_namespace: str) -> dict[str, Any]:
         "oidc": {"issuer": ISSUER, "jwksUrl": JWKS_URL, "audience": "models-api"},
         "allowedLocalRoots": LOCAL_ROOTS,
         "allowedRemoteHosts": REMOTE_HOSTS,
+        "allowedRemoteNetworks": REMOTE_NETWORKS,
         "mongodb": {"existingSecret": "mongo-conn", "database": "mp_prod"},
         "engines": {"vllmImage": "mirror.example.test/vllm:1", "s3SyncImage": "mirror/aws:2"},
         "metrics": {"existingSecret": "scrape-token"},
@@ -586,6 +588,7 @@ def test_deployment_env_carries_the_values(helm_binary: Path, tmp_path: Path) ->
     assert env["MODELPLANE_OIDC_AUDIENCE"] == "models-api"
     assert env["MODELPLANE_ALLOWED_LOCAL_ROOTS"] == ",".join(LOCAL_ROOTS)
     assert env["MODELPLANE_ALLOWED_REMOTE_HOSTS"] == ",".join(REMOTE_HOSTS)
+    assert env["MODELPLANE_ALLOWED_REMOTE_NETWORKS"] == ",".join(REMOTE_NETWORKS)
     assert env["MODELPLANE_MONGODB_DATABASE"] == "mp_prod"
     assert env["MODELPLANE_MONGODB_URI"] == {"secretKeyRef": {"name": "mongo-conn", "key": "uri"}}
     assert env["MODELPLANE_DOWNLOAD_MONGODB_SECRET"] == "mongo-conn"
@@ -605,6 +608,7 @@ def test_defaults_put_workloads_in_the_release_namespace(helm_binary: Path, tmp_
     env = deployment_env(manifests)
     assert env["MODELPLANE_NAMESPACE"] == "models-system"
     assert "MODELPLANE_ALLOWED_LOCAL_ROOTS" not in env
+    assert "MODELPLANE_ALLOWED_REMOTE_NETWORKS" not in env  # public addresses only
     assert "MODELPLANE_OIDC_JWKS_URL" not in env
     assert "MODELPLANE_METRICS_TOKEN" not in env
     assert not [name for name in env if name.endswith("_IMAGE") and "DOWNLOAD" not in name]
