@@ -315,7 +315,7 @@ class InferenceService:
     ) -> InferenceDocument:
         if existing is None:
             try:
-                written = await self._inferences.insert(doc)
+                written = await self._inferences.insert(doc, event=EventType.CREATED)
             except DuplicateKey:
                 raise Conflict(
                     "modelId", "another request started this model's inference first"
@@ -340,6 +340,7 @@ class InferenceService:
                     "message": None,
                     "phase_history": [entry.model_dump() for entry in history],
                 },
+                event=EventType.PHASE_CHANGED,
             )
         except RevisionConflict:
             raise Conflict("modelId", "the inference changed meanwhile; try again") from None
@@ -373,6 +374,7 @@ class InferenceService:
                 existing.id,
                 expected_revision=existing.revision,
                 changes={"enabled": False, "reason": "Stopping", "message": "stopping"},
+                event=EventType.UPDATED,
             )
         except RevisionConflict:
             fresh = await self._inferences.get(existing.id)
@@ -435,7 +437,7 @@ class InferenceService:
                 manifests=objects,
                 message="dry run: nothing was created",
             )
-        written = await self._inferences.insert(doc)
+        written = await self._inferences.insert(doc, event=EventType.CREATED)
         await self._record.inference(written, EventType.CREATED)
         self._notify(written.id)
         return StartOutcome(inference=written)

@@ -1,0 +1,321 @@
+"""Events: a document write and its event are not separable by a crash (finding 11).
+
+The reproducer kills real writer processes (``tests/security/crash_writer.py``, the project's
+own services) with SIGKILL between a model's write and its event's append, then starts a
+server on the same database and checks that its recovery appended exactly one event per
+write and that a subscriber resuming from a cursor receives the lost ones. The kill lands
+honestly, without a hook in the code: the test lets the writers run for a few milliseconds,
+freezes them (SIGSTOP), waits for the database to finish what they sent, and SIGKILLs a
+writer whose last write has no event yet (otherwise SIGCONT), again and again within a
+bounded time, until kills have landed after a CREATED, an UPDATED and a DELETED write.
+
+The other tests drive the recovery directly: two replicas and the live writer at once,
+a crash between the append and the clearing of the mark, and a removal's outbox entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from storage.client import Client, Database
+from storage.documents import (
+    AccessMode,
+    DownloadTarget,
+    ModelDocument,
+    ModelPhase,
+    ModelSource,
+    Role,
+    TargetKind,
+    WeightsDocument,
+    WeightsState,
+)
+from storage.events import EventLog, EventType, Recorder, ResourceKind, event_key
+from storage.recovering import EventRecovery
+from storage.repositories import ModelRepository, WeightsRepository, ensure_indexes
+from tests.conftest import make_settings, serve_app
+from tests.graphql_client import Subscription
+from tests.security.crash_writer import ORGANIZATION, UPSTREAM_HOST
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WRITERS = 3
+KILL_PHASE_SECONDS = 90.0
+WRITER_START_SECONDS = 120.0
+Pair = tuple[str, str]  # (model id, event type)
+
+
+class Writer:
+    """One crash_writer process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, prefix: str, stderr: Path) -> None:
+        self.process = process
+        self.prefix = prefix
+        self.stderr = stderr
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def signal(self, number: int) -> None:
+        os.kill(self.process.pid, number)
+
+    async def kill(self) -> None:
+        if self.alive:
+            self.signal(signal.SIGKILL)
+        await self.process.wait()
+
+
+async def _start_writer(uri: str, database: str, state: Path, prefix: str) -> Writer:
+    stderr = state.parent / f"{prefix}.stderr"
+    with stderr.open("wb") as sink:  # the child keeps its own descriptor
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.security.crash_writer",
+            uri,
+            database,
+            str(state),
+            prefix,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=sink,
+        )
+    return Writer(process, prefix, stderr)
+
+
+async def _wait_ready(writer: Writer) -> None:
+    assert writer.process.stdout is not None
+    line = await asyncio.wait_for(writer.process.stdout.readline(), WRITER_START_SECONDS)
+    assert line.strip() == b"ready", writer.stderr.read_text()[-3000:]
+
+
+async def _owed_and_held(database: Database) -> tuple[dict[Pair, str], Counter[Pair]]:
+    """Every event the models' writes owe (pair -> model name), and the events held.
+    Documents are read first: an event appended after that read only makes it held."""
+    owed: dict[Pair, str] = {}
+    async for raw in database["models"].find({}):
+        owed[(raw["_id"], "CREATED")] = raw["name"]
+        if raw["revision"] >= 2:
+            owed[(raw["_id"], "UPDATED")] = raw["name"]
+        if raw.get("is_deleted"):
+            owed[(raw["_id"], "DELETED")] = raw["name"]
+    held: Counter[Pair] = Counter()
+    async for raw in database["events"].find({"resource_kind": "MODEL"}):
+        held[(raw["resource_id"], raw["type"])] += 1
+    return owed, held
+
+
+def _missing(owed: dict[Pair, str], held: Counter[Pair], writer: Writer) -> set[Pair]:
+    return {
+        pair
+        for pair, name in owed.items()
+        if name.startswith(f"{writer.prefix}-") and held[pair] == 0
+    }
+
+
+async def _sample(database: Database, writers: list[Writer], wanted: set[str]) -> set[Pair]:
+    """Let the writers run a few milliseconds, freeze them, and kill each one that is frozen
+    between a write and its event of a ``wanted`` type: the pairs the kills lost."""
+    await asyncio.sleep(random.uniform(0.005, 0.03))
+    alive = [writer for writer in writers if writer.alive]
+    for writer in alive:
+        writer.signal(signal.SIGSTOP)
+    await asyncio.sleep(0.1)  # let the database finish what the writers had already sent
+    owed, held = await _owed_and_held(database)
+    lost: set[Pair] = set()
+    for writer in alive:
+        missing = _missing(owed, held, writer)
+        if {event_type for _, event_type in missing} & wanted:
+            await writer.kill()
+            lost |= missing
+        else:
+            writer.signal(signal.SIGCONT)
+    return lost
+
+
+@pytest.mark.timeout(600)
+async def test_kill_9_between_write_and_event_is_recovered_once(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client
+) -> None:
+    name = f"crash_{uuid.uuid4().hex[:10]}"
+    database = mongo_client[name]
+    # Created once here: FerretDB 1.24 drops connections when processes create them at once.
+    await ensure_indexes(database)
+    await EventLog(database).ensure()
+    writers = [
+        await _start_writer(mongo_uri, name, tmp_path / f"state{i}", f"w{i}")
+        for i in range(WRITERS)
+    ]
+    lost: set[Pair] = set()
+    try:
+        await asyncio.gather(*(_wait_ready(writer) for writer in writers))
+        wanted = {"CREATED", "UPDATED", "DELETED"}
+        samples = 0
+        deadline = time.monotonic() + KILL_PHASE_SECONDS
+        while wanted and time.monotonic() < deadline and any(w.alive for w in writers):
+            samples += 1
+            landed = await _sample(database, writers, wanted)
+            lost |= landed
+            wanted -= {event_type for _, event_type in landed}
+        sys.stdout.write(f"kill -9 between write and event: {sorted(lost)}, {samples} samples\n")
+    finally:
+        for writer in writers:
+            await writer.kill()
+    assert any(t == "CREATED" for _, t in lost), (
+        f"no kill landed between a model's write and its CREATED event in "
+        f"{KILL_PHASE_SECONDS:.0f} s"
+    )
+    owed, held = await _owed_and_held(database)
+    assert not set(owed) <= set(held), "the kill lost no event"  # the premise
+    resume_after = max([int(raw["_id"]) async for raw in database["events"].find({})] or [0])
+
+    settings = make_settings(
+        tmp_path,
+        mongo_uri,
+        mongodb_database=name,
+        allowed_remote_hosts=[UPSTREAM_HOST],
+        event_recovery_grace_seconds=0,
+    )
+    async with serve_app(settings, mongo_client) as app:
+        token = app.token(role=Role.ADMIN, organization=ORGANIZATION)
+        seen: Counter[Pair] = Counter()
+        async with Subscription(
+            app.ws_url, "ModelEvents", {"after": str(resume_after)}, token=token
+        ) as subscription:
+            try:
+                while not lost <= set(seen):
+                    data = await subscription.next(timeout=30)
+                    assert data is not None
+                    event = data["modelEvents"]
+                    seen[(event["resourceId"], event["type"])] += 1
+            except TimeoutError:
+                pytest.fail(
+                    f"a subscriber resuming after cursor {resume_after} never got the events "
+                    f"the kills lost: {sorted(lost - set(seen))}"
+                )
+        owed, held = await _owed_and_held(database)
+    assert all(seen[pair] == 1 for pair in lost), seen
+    assert {pair: held[pair] for pair in owed if held[pair] != 1} == {}
+    assert set(held) == set(owed)
+
+
+# -- the recovery itself ------------------------------------------------------------------
+
+
+def _model(revision: int = 1) -> ModelDocument:
+    return ModelDocument(
+        id=f"model-{uuid.uuid4().hex[:5]}",
+        organization_id="org-a",
+        name=f"m-{uuid.uuid4().hex[:6]}",
+        name_key=f"m-{uuid.uuid4().hex[:6]}",
+        display_name="m",
+        source=ModelSource(url="https://upstream.test/v1", access_mode=AccessMode.REMOTE_API),
+        phase=ModelPhase.READY,
+        revision=revision,
+    )
+
+
+async def _log(database: Database) -> EventLog:
+    log = EventLog(database)
+    await log.ensure()
+    return log
+
+
+async def _held(database: Database, resource_id: str) -> Counter[str]:
+    found: Counter[str] = Counter()
+    async for raw in database["events"].find({"resource_id": resource_id}):
+        found[raw["type"]] += 1
+    return found
+
+
+async def test_two_replicas_and_the_writer_append_each_owed_event_once(
+    database: Database,
+) -> None:
+    models = ModelRepository(database)
+    model = await models.insert(_model(), event=EventType.CREATED)  # the writer "dies" here
+    model = await models.update(
+        model.id, expected_revision=1, changes={"description": "x"}, event=EventType.UPDATED
+    )
+    assert model.pending_events == ["1:CREATED", "2:UPDATED"]
+    one, two = Recorder(await _log(database)), Recorder(await _log(database))
+    replicas = [
+        EventRecovery(database, recorder, grace_seconds=0, interval_seconds=60)
+        for recorder in (one, two)
+    ]
+    results = await asyncio.gather(
+        *(replica.run_once() for replica in replicas),
+        one.model(model, EventType.UPDATED),  # the live writer, late
+    )
+    assert await _held(database, model.id) == {"CREATED": 1, "UPDATED": 1}
+    appended = sum(r for r in results[:2] if isinstance(r, int)) + (results[2] is not None)
+    assert appended == 2
+    raw = await database["models"].find_one({"_id": model.id})
+    assert raw is not None
+    assert raw["pending_events"] == []
+    assert "pending_since" not in raw
+    assert await replicas[0].run_once() == 0
+
+
+async def test_a_crash_after_the_append_only_clears_the_mark(database: Database) -> None:
+    models = ModelRepository(database)
+    log = await _log(database)
+    model = await models.insert(_model(), event=EventType.CREATED)
+    await log.append(
+        organization_id=model.organization_id,
+        resource_kind=ResourceKind.MODEL,
+        resource_id=model.id,
+        type=EventType.CREATED,
+        key=event_key(ResourceKind.MODEL, model.id, 1, EventType.CREATED),
+    )  # ... and the writer dies before clearing the mark
+    recovery = EventRecovery(database, Recorder(log), grace_seconds=0, interval_seconds=60)
+    assert await recovery.run_once() == 0
+    assert await _held(database, model.id) == {"CREATED": 1}
+    assert (await models.require(model.id)).pending_events == []
+
+
+async def test_young_marks_are_left_to_their_writer(database: Database) -> None:
+    models = ModelRepository(database)
+    model = await models.insert(_model(), event=EventType.CREATED)
+    recovery = EventRecovery(
+        database, Recorder(await _log(database)), grace_seconds=60, interval_seconds=60
+    )
+    assert await recovery.run_once() == 0
+    assert await _held(database, model.id) == {}
+
+
+async def test_a_removal_keeps_its_deleted_event_in_the_outbox(database: Database) -> None:
+    weights = WeightsRepository(database)
+    recorder = Recorder(await _log(database))
+    gone = await weights.insert(_weights())
+    kept = await weights.insert(_weights())
+    for document in (gone, kept):
+        await recorder.before_removal(document)
+    await weights.delete(gone.id)  # ... and the writer dies; kept's removal never happened
+    recovery = EventRecovery(database, recorder, grace_seconds=0, interval_seconds=60)
+    assert await recovery.run_once() == 1
+    assert await _held(database, gone.id) == {"DELETED": 1}
+    assert await _held(database, kept.id) == {}
+    assert await database["event_outbox"].count_documents({}) == 0
+    assert await recovery.run_once() == 0
+
+
+def _weights() -> WeightsDocument:
+    return WeightsDocument(
+        id=f"weights-{uuid.uuid4().hex[:5]}",
+        organization_id="org-a",
+        repo_id="org/repo",
+        commit_sha="a" * 40,
+        target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/nowhere"),
+        location="/nowhere",
+        model_ids=["model-x"],
+        state=WeightsState.READY,
+    )
