@@ -22,6 +22,12 @@ on it: 15 ms per append at 100 events, 90 ms at 1,000 (``max(_id)``), against ab
 head. If a process dies between its insert and the head update, the head trails by one until the
 next append probes past it; :meth:`EventLog.ensure` repairs it at start-up.
 
+Exactly once per write: an event that describes a document write carries a ``key`` (resource,
+revision, type; :func:`event_key`) under a sparse unique index, so the writer, a recovery on
+another replica and a retry cannot append it twice (:class:`DuplicateEvent`). The write marks
+the event as owed in the document itself and :class:`Recorder` clears the mark after the
+append; ``storage/recovering.py`` appends what a crash left owed. PROGRESS events have no key.
+
 Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data arrives. FerretDB
 1.24 closes a tailable cursor whenever its first batch is not full (``msg_find.go``), so the
 cursor is dead right after the first (empty or short) batch. :meth:`EventLog.ensure` therefore
