@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controllers.engines import EnginePlanError, default_engine
+from controllers.engines import EnginePlanError, check_env, default_engine
 from controllers.inference import InferenceController
 from controllers.inference_manifests import MODEL_ID
 from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
@@ -473,6 +473,10 @@ class InferenceService:
             )
         _check_scalars(request)
         _check_placement(request)
+        try:  # checked here too: a route (no engine) is never planned, yet its env is stored
+            check_env(list(request.env), own_secret=model.secret_ref)
+        except EnginePlanError as exc:
+            raise InvalidInput(exc.field, exc.message) from None
         default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
         port = request.port
         if port is None:

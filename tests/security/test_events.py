@@ -24,13 +24,18 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controllers.engines import EnginePlanError, check_env
+from services import validation as v
+from services.errors import InvalidInput
 from storage.client import Client, Database
 from storage.documents import (
     AccessMode,
     DownloadTarget,
+    EnvVarSpec,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -42,8 +47,8 @@ from storage.documents import (
 from storage.events import EventLog, EventType, Recorder, ResourceKind, event_key
 from storage.recovering import EventRecovery
 from storage.repositories import ModelRepository, WeightsRepository, ensure_indexes
-from tests.conftest import make_settings, serve_app
-from tests.graphql_client import Subscription
+from tests.conftest import RunningApp, make_settings, serve_app
+from tests.graphql_client import Subscription, run
 from tests.security.crash_writer import ORGANIZATION, UPSTREAM_HOST
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -319,3 +324,219 @@ def _weights() -> WeightsDocument:
         model_ids=["model-x"],
         state=WeightsState.READY,
     )
+
+
+# -- validation (finding 14) ----------------------------------------------------------------
+
+HIDDEN = ["\u202e", "\u200b", "\u2066", "\u2069", "\ufeff", "\u200e", "\u0085", "\u2028"]
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("0.5", True),
+        ("1024", True),
+        ("1024000m", True),
+        ("1025", False),
+        ("1024001m", False),
+        ("1" + "0" * 31, False),  # 10^31 cores, as the probe sent
+    ],
+)
+def test_cpu_is_bounded(value: str, accepted: bool) -> None:
+    if accepted:
+        assert v.check_cpu("resources.cpu", value) == value
+        return
+    with pytest.raises(InvalidInput) as caught:
+        v.check_cpu("resources.cpu", value)
+    assert caught.value.field == "resources.cpu"
+    assert "over 1024 CPUs" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("64Ti", True),
+        ("64T", True),
+        (str(64 * 2**40), True),
+        ("65Ti", False),
+        ("71T", False),
+        (str(64 * 2**40 + 1), False),
+        ("99999999Ei", False),  # as the probe sent
+    ],
+)
+def test_memory_is_bounded(value: str, accepted: bool) -> None:
+    if accepted:
+        assert v.check_memory("resources.memory", value) == value
+        return
+    with pytest.raises(InvalidInput) as caught:
+        v.check_memory("resources.memory", value)
+    assert caught.value.field == "resources.memory"
+    assert "over 64Ti" in caught.value.message
+
+
+@pytest.mark.parametrize("char", HIDDEN)
+@pytest.mark.parametrize(
+    ("field", "check"),
+    [
+        ("displayName", lambda f, t: v.check_text(f, t, limit=256)),
+        ("description", lambda f, t: v.check_text(f, t, limit=4096, in_bytes=True)),
+        ("tags", lambda f, t: v.check_tags(f, ["ok", t])),
+        ("downloadTarget.s3.prefix", v.check_relative_path),
+        ("downloadTarget.local.localPath", lambda f, t: v.check_local_path(f, "/" + t, roots=[])),
+    ],
+)
+def test_hidden_characters_are_refused(char: str, field: str, check: Any) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check(field, f"model{char}gpt")
+    assert caught.value.field == field
+    assert f"U+{ord(char):04X}" in caught.value.message
+
+
+def test_prose_keeps_joiners_newlines_and_tabs_but_names_do_not() -> None:
+    family = (
+        "Family: \U0001f468\u200d\U0001f469\u200d\U0001f467\n"
+        "Persian: \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645\t."
+    )
+    assert v.check_text("description", family, limit=4096, in_bytes=True) == family
+    with pytest.raises(InvalidInput):
+        v.check_text("displayName", "a\u200db", limit=256)
+    with pytest.raises(InvalidInput):
+        v.check_text("displayName", "a\nb", limit=256)
+
+
+def test_a_final_newline_does_not_slip_through_patterns() -> None:
+    with pytest.raises(InvalidInput):
+        v.check_name("name", "model\n")
+
+
+def _env(count: int, *, size: int = 1) -> list[EnvVarSpec]:
+    return [EnvVarSpec(name=f"VAR_{i}", value="x" * size) for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "words"),
+    [
+        (_env(10_000), "input.env", "at most 100"),  # as the probe sent
+        (_env(101), "input.env", "at most 100"),
+        (_env(100, size=3000), "input.env", "together"),
+        (_env(1, size=16 * 1024 + 1), "input.env[0].value", "at most 16384 bytes"),
+        ([EnvVarSpec(name="A" * 129, value="x")], "input.env[0].name", "at most 128"),
+        ([EnvVarSpec(name="PATH\n", value="x")], "input.env[0].name", "not a valid"),
+        ([EnvVarSpec(name="A\u202eB", value="x")], "input.env[0].name", "not a valid"),
+        ([EnvVarSpec(name="A", value="a\x00b")], "input.env[0].value", "without NUL"),
+        (
+            [EnvVarSpec(name="DB", secret_name="modelplane-mongodb", secret_key="uri")],
+            "input.env[0].secretName",
+            "own credentials",
+        ),
+    ],
+)
+def test_environment_is_bounded(env: list[EnvVarSpec], field: str, words: str) -> None:
+    with pytest.raises(EnginePlanError) as caught:
+        check_env(env, own_secret="model-abc12-credentials")
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+def test_environment_within_bounds_and_own_secret_pass() -> None:
+    own = EnvVarSpec(name="TOKEN", secret_name="model-abc12-credentials", secret_key="hf-token")
+    check_env([*_env(99, size=2000), own], own_secret="model-abc12-credentials")
+
+
+# -- validation through the API: refused, named, and nothing written ------------------------
+
+
+async def _create_model(app: RunningApp, value: dict[str, Any]) -> dict[str, Any]:
+    data = await run(
+        app.graphql_url,
+        "CreateModel",
+        {"input": value},
+        token=app.token(role=Role.EDITOR, organization="org-a"),
+    )
+    result: dict[str, Any] = data["createModel"]
+    return result
+
+
+def _remote(**overrides: Any) -> dict[str, Any]:
+    return {
+        "source": {"url": "https://api.deepseek.com/v1", "accessMode": "REMOTE_API"},
+        "displayName": "DeepSeek Chat",
+        **overrides,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"displayName": "gpt\u202e4cod.exe"}, "displayName"),
+        ({"description": "fine\u2066 print"}, "description"),
+        ({"tags": ["chat", "ch\u200bat"]}, "tags"),
+        ({"resources": {"cpu": "1" + "0" * 31}}, "resources.cpu"),
+        ({"resources": {"memory": "99999999Ei"}}, "resources.memory"),
+    ],
+)
+async def test_create_model_refuses_hidden_text_and_huge_resources(
+    running_app: RunningApp, overrides: dict[str, Any], field: str
+) -> None:
+    refused = await _create_model(running_app, _remote(**overrides))
+    assert refused["__typename"] == "ValidationError", refused
+    assert refused["field"] == field
+    assert await running_app.resources.database["models"].count_documents({}) == 0
+
+
+async def test_a_local_path_with_a_right_to_left_override_is_refused(
+    running_app: RunningApp,
+) -> None:
+    root = running_app.resources.settings.local_roots[0]
+    refused = await _create_model(
+        running_app,
+        {
+            "source": {"url": "tiny-org/tiny-model", "accessMode": "LOCAL"},
+            "downloadTarget": {"local": {"localPath": f"{root}/org-a/\u202egnp.sh"}},
+        },
+    )
+    assert refused["__typename"] == "ValidationError", refused
+    assert refused["field"] == "downloadTarget.local.localPath"
+    assert await running_app.resources.database["models"].count_documents({}) == 0
+
+
+async def test_update_model_refuses_hidden_text_and_changes_nothing(
+    running_app: RunningApp,
+) -> None:
+    model = await _create_model(running_app, _remote())
+    before = await running_app.resources.database["models"].find_one({"_id": model["id"]})
+    data = await run(
+        running_app.graphql_url,
+        "UpdateModel",
+        {"id": model["id"], "input": {"displayName": "Deep\u200bSeek"}},
+        token=running_app.token(role=Role.EDITOR, organization="org-a"),
+    )
+    assert data["updateModel"]["__typename"] == "ValidationError", data
+    assert data["updateModel"]["field"] == "displayName"
+    after = await running_app.resources.database["models"].find_one({"_id": model["id"]})
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ([{"name": f"VAR_{i}", "value": "x"} for i in range(101)], "input.env"),
+        (
+            [{"name": "DB", "secretName": "modelplane-mongodb", "secretKey": "uri"}],
+            "input.env[0].secretName",
+        ),
+    ],
+)
+async def test_start_inference_refuses_too_much_environment_and_writes_nothing(
+    running_app: RunningApp, env: list[dict[str, str]], field: str
+) -> None:
+    model = await _create_model(running_app, _remote())
+    data = await run(
+        running_app.graphql_url,
+        "StartInference",
+        {"modelId": model["id"], "input": {"env": env}},
+        token=running_app.token(role=Role.EDITOR, organization="org-a"),
+    )
+    assert data["startInference"]["__typename"] == "ValidationError", data
+    assert data["startInference"]["field"] == field
+    assert await running_app.resources.database["inferences"].count_documents({}) == 0
