@@ -254,7 +254,10 @@ def test_rendered_objects_carry_labels_gpus_probes_and_no_token() -> None:
         ],
     )
     doc = inference(spec, generation=3)
-    plan = plan_engine(spec, model(), None, local=False, images=IMAGES, secret_name=None)
+    # the env may only reference the model's own credentials Secret: the model has a token
+    plan = plan_engine(
+        spec, model(has_token=True), None, local=False, images=IMAGES, secret_name=None
+    )
     objects = render_all(doc, plan, namespace="ns", integrations=Integrations())
     assert [o["kind"] for o in objects] == ["Deployment", "Service"]
     deployment = objects[0]
