@@ -66,7 +66,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -79,7 +79,6 @@ from storage.documents import (
     InferenceDocument,
     ModelDocument,
     WeightsDocument,
-    pending_marker,
     utcnow,
 )
 from storage.errors import StorageError
@@ -717,12 +716,33 @@ def describe(document: EventSource) -> dict[str, Any]:
     return {**fields, "resource_kind": kind, "model_ids": model_ids, "phase": phase}
 
 
-def parse_marker(marker: str) -> tuple[int, EventType] | None:
-    """The revision and event type of a ``pending_events`` mark; None if it is not one."""
-    revision, _, name = marker.partition(":")
-    if not revision.isdigit() or name not in EventType.__members__:
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A ``pending_events`` mark read back: the event a write of ``revision`` owes the log."""
+
+    revision: int
+    type: EventType
+    at: datetime
+
+
+def parse_marker(marker: str) -> Owed | None:
+    """What a ``pending_events`` mark says (:func:`pending_marker`); None if it is not one."""
+    parts = marker.split(":")
+    if (
+        len(parts) != 3
+        or not parts[0].isdigit()
+        or parts[1] not in EventType.__members__
+        or not parts[2].isdigit()
+    ):
         return None
-    return int(revision), EventType(name)
+    at = datetime.fromtimestamp(int(parts[2]) / 1000, tz=UTC)
+    return Owed(revision=int(parts[0]), type=EventType(parts[1]), at=at)
+
+
+def _marker_of(document: EventSource, revision: int, type: EventType) -> str | None:
+    """The mark ``document`` carries for its write of ``revision``'s ``type`` event."""
+    prefix = f"{revision}:{type.value}:"
+    return next((m for m in document.pending_events if m.startswith(prefix)), None)
 
 
 class Recorder:
@@ -783,13 +803,12 @@ class Recorder:
         held, event = await self._append({**fields, "type": type, "progress": progress}, key)
         if not held or key is None:
             return event
-        marker = pending_marker(revision, type.value)
-        pending = marker in document.pending_events
+        marker = _marker_of(document, revision, type)
         await self._settle(
             fields["resource_kind"],
             document.id,
-            marker if pending else None,
-            outbox_key=key if type is EventType.DELETED and not pending else None,
+            marker,
+            outbox_key=key if type is EventType.DELETED and marker is None else None,
         )
         return event
 
@@ -850,21 +869,15 @@ class Recorder:
         *,
         outbox_key: str | None = None,
     ) -> None:
-        """Remove a mark whose event is in the log (usually the only one: one write clears the
-        list and its time together), and an outbox entry whose event is."""
+        """Remove a mark whose event is in the log, and an outbox entry whose event is (both
+        by ``_id`` alone, which FerretDB 1.24 looks up without reading the collection)."""
         assert self._log is not None  # noqa: S101  callers check
         database = self._log.database
         try:
             if marker is not None:
-                documents = database[DOCUMENT_COLLECTIONS[kind]]
-                only = await documents.update_one(
-                    {"_id": document_id, "pending_events": [marker]},
-                    {"$set": {"pending_events": []}, "$unset": {"pending_since": ""}},
+                await database[DOCUMENT_COLLECTIONS[kind]].update_one(
+                    {"_id": document_id}, {"$pull": {"pending_events": marker}}
                 )
-                if only.matched_count == 0:
-                    await documents.update_one(
-                        {"_id": document_id}, {"$pull": {"pending_events": marker}}
-                    )
             if outbox_key is not None:
                 await database[OUTBOX_COLLECTION].delete_one({"_id": outbox_key})
         except PyMongoError as exc:

@@ -1,8 +1,8 @@
 """Event recovery: appends the events that document writes owe the log and nobody appended.
 
 A write that owes the log an event marks it in the document itself, in the same write
-(``pending_events``, with the time of the oldest mark as ``pending_since``); a removal keeps
-its DELETED event in the ``event_outbox`` collection first. The recorder appends the event and
+(``pending_events``: revision, type and time); a removal keeps its DELETED event in the
+``event_outbox`` collection first. The recorder appends the event and
 clears the mark. A writer killed in between (kill -9, an OOM kill, a node lost) leaves the
 mark, and this recovery, run at start-up and then periodically by every replica, appends the
 event from the document and clears it. Without it a model created just before a crash had no
@@ -23,9 +23,10 @@ next free one (after events written since). One limit: if an event was appended 
 trimmed from the capped log before its mark could be cleared (the mark's clearing failed and
 the log turned over meanwhile), the event is appended again.
 
-Cost: one query per collection per pass for documents with a ``pending_since`` older than the
-grace (an index on MongoDB; FerretDB 1.24 reads the whole collection, about 65 ms for 1,000
-documents, every ``interval_seconds``).
+Cost: the writer clears its mark with one more update by ``_id`` (cheap on FerretDB 1.24 too,
+which looks up a bare ``_id`` without reading the collection). Each pass asks every collection
+for documents holding a mark (a multikey index range on MongoDB; FerretDB 1.24 reads the
+whole collection, about 65 ms for 1,000 documents, every ``interval_seconds``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.errors import PyMongoError
@@ -86,8 +87,8 @@ class EventRecovery:
         appended = 0
         for kind, name in DOCUMENT_COLLECTIONS.items():
             documents = self._database[name]
-            async for raw in documents.find({"pending_since": {"$lt": cutoff}}):
-                appended += await self._settle_document(kind, raw)
+            async for raw in documents.find({"pending_events": {"$type": "string"}}):
+                appended += await self._settle_document(kind, raw, cutoff)
         outbox = self._database[OUTBOX_COLLECTION]
         async for entry in outbox.find({"at": {"$lt": cutoff}}):
             appended += await self._settle_removal(entry)
@@ -95,29 +96,28 @@ class EventRecovery:
             log.warning("events recovered", extra={"count": appended})
         return appended
 
-    async def _settle_document(self, kind: ResourceKind, raw: dict[str, Any]) -> int:
+    async def _settle_document(
+        self, kind: ResourceKind, raw: dict[str, Any], cutoff: datetime
+    ) -> int:
         document = DOCUMENT_TYPES[kind].from_mongo(raw)
         appended = 0
         for marker in document.pending_events:
-            parsed = parse_marker(marker)
-            if parsed is None:
+            owed = parse_marker(marker)
+            if owed is None:
                 log.warning("unknown event mark dropped", extra={"resource_id": document.id})
                 await self._database[DOCUMENT_COLLECTIONS[kind]].update_one(
                     {"_id": document.id}, {"$pull": {"pending_events": marker}}
                 )
                 continue
-            revision, event_type = parsed
-            event = await self._recorder.record(document, event_type, revision=revision)
+            if owed.at >= cutoff:
+                continue  # young: its writer is probably appending it right now
+            event = await self._recorder.record(document, owed.type, revision=owed.revision)
             if event is not None:
                 log.info(
                     "event recovered",
-                    extra={"resource_id": document.id, "type": event_type.value},
+                    extra={"resource_id": document.id, "type": owed.type.value},
                 )
                 appended += 1
-        # marks cleared one by one by racing writers can leave the time behind: drop it
-        await self._database[DOCUMENT_COLLECTIONS[kind]].update_one(
-            {"_id": document.id, "pending_events": []}, {"$unset": {"pending_since": ""}}
-        )
         return appended
 
     async def _settle_removal(self, entry: Mapping[str, Any]) -> int:

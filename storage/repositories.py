@@ -105,16 +105,13 @@ class Repository(Generic[D]):
         ``event`` (an event type) marks in the same write that the log is owed that event for
         this revision (``pending_events``); the recorder clears the mark once it appended it.
         """
-        raw = document.to_mongo()
         if event is not None:
             document.pending_events = [
                 *document.pending_events,
-                pending_marker(document.revision, event),
+                pending_marker(document.revision, event, utcnow()),
             ]
-            raw["pending_events"] = list(document.pending_events)
-            raw["pending_since"] = utcnow()
         try:
-            await self._collection.insert_one(raw)
+            await self._collection.insert_one(document.to_mongo())
         except DuplicateKeyError as exc:
             raise DuplicateKey(self.collection_name, self._duplicate_field(exc)) from exc
         return document
@@ -185,8 +182,8 @@ class Repository(Generic[D]):
             "$inc": {"revision": 1},
         }
         if event is not None:
-            update["$push"] = {"pending_events": pending_marker(expected_revision + 1, event)}
-            update["$min"] = {"pending_since": now}  # an older unsettled mark keeps its time
+            marker = pending_marker(expected_revision + 1, event, now)
+            update["$push"] = {"pending_events": marker}
         try:
             async with self._lock(document_id):
                 raw = await self._collection.find_one_and_update(
@@ -287,8 +284,9 @@ class ModelFilter:
 
 
 LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
-PENDING_INDEX = IndexModel([("pending_since", ASCENDING)], name="pending_since", sparse=True)
-"""Documents whose writes still owe the event log an event (read by the event recovery)."""
+PENDING_INDEX = IndexModel([("pending_events", ASCENDING)], name="pending_events", sparse=True)
+"""Documents whose writes still owe the event log an event: the event recovery asks for
+``{"pending_events": {"$type": "string"}}``, a range of this (multikey) index on MongoDB."""
 
 
 class ModelRepository(Repository[ModelDocument]):
