@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from storage.client import Database
@@ -88,7 +89,10 @@ class EventRecovery:
         for kind, name in DOCUMENT_COLLECTIONS.items():
             documents = self._database[name]
             async for raw in documents.find({"pending_events": {"$type": "string"}}):
-                appended += await self._settle_document(kind, raw, cutoff)
+                try:
+                    appended += await self._settle_document(kind, raw, cutoff)
+                except ValidationError:  # one unreadable document must not stop the others
+                    log.warning("event recovery skipped a document", extra={"id": raw["_id"]})
         outbox = self._database[OUTBOX_COLLECTION]
         async for entry in outbox.find({"at": {"$lt": cutoff}}):
             appended += await self._settle_removal(entry)
@@ -148,4 +152,6 @@ class EventRecovery:
                 await self.run_once()
             except PyMongoError as exc:
                 log.warning("event recovery failed", extra={"error": type(exc).__name__})
+            except Exception:  # anything else is logged with its traceback; the next pass runs
+                log.exception("event recovery failed")
             await asyncio.sleep(self._interval)
