@@ -50,6 +50,7 @@ from storage.repositories import ModelRepository, WeightsRepository, ensure_inde
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import Subscription, run
 from tests.security.crash_writer import ORGANIZATION, UPSTREAM_HOST
+from tests.test_weights_api import create_local, editor, ready, wait_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 3
@@ -310,6 +311,30 @@ async def test_a_removal_keeps_its_deleted_event_in_the_outbox(database: Databas
     assert await _held(database, kept.id) == {}
     assert await database["event_outbox"].count_documents({}) == 0
     assert await recovery.run_once() == 0
+
+
+async def test_every_write_of_a_download_and_its_removal_has_one_event_and_no_mark_left(
+    running_app: RunningApp,
+) -> None:
+    """The live path end to end: create, download, deleteWeights (outbox), detach."""
+    created = await create_local(running_app, "tiny-org/tiny-model")
+    model = await wait_model(running_app, created["id"], ready)
+    weights_id = model["weights"]["id"]
+    deleted = await run(
+        running_app.graphql_url, "DeleteWeights", {"id": weights_id}, token=editor(running_app)
+    )
+    assert deleted["deleteWeights"]["__typename"] == "DeletedWeights", deleted
+    await wait_model(running_app, created["id"], lambda m: m["phase"] == "FAILED")
+    database = running_app.resources.database
+    keys: Counter[str] = Counter()
+    async for raw in database["events"].find({"type": {"$ne": "PROGRESS"}}):
+        keys[raw.get("key") or f"no key: {raw['type']}"] += 1
+    assert keys, "no events"
+    assert {key: n for key, n in keys.items() if n != 1 or key.startswith("no key")} == {}
+    assert f"WEIGHTS:{weights_id}:" in " ".join(k for k in keys if k.endswith(":DELETED"))
+    assert await database["event_outbox"].count_documents({}) == 0
+    marked = await database["models"].count_documents({"pending_events": {"$type": "string"}})
+    assert marked == 0
 
 
 def _weights() -> WeightsDocument:
