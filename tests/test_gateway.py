@@ -90,7 +90,12 @@ async def upstream() -> AsyncIterator[Upstream]:
 async def gateway_app(
     tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, **overrides: Any
 ) -> AsyncIterator[RunningApp]:
-    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint, **overrides)
+    # No controllers: serve() stores models and inferences as the controller would, and a
+    # running inference controller whose first resync (on winning its lease) came after
+    # those writes reconciled the LOCAL model's inference to FAILED ("no weights to serve").
+    settings = make_settings(
+        tmp_path, mongo_uri, hf_endpoint=hub.endpoint, run_controllers=False, **overrides
+    )
     async with serve_app(settings, mongo_client) as running:
         yield running
 
