@@ -340,9 +340,6 @@ async def _open_events(
         await event_log.ensure()
     except EventLogNotCapped as exc:
         raise StartupError(f"MODELPLANE_MONGODB_URI: {exc}") from None
-    broker = Broker(event_log)
-    await broker.start()
-    stack.push_async_callback(broker.close)
     recorder = Recorder(event_log)
     recovery = EventRecovery(
         database,
@@ -351,7 +348,10 @@ async def _open_events(
         interval_seconds=settings.event_recovery_interval_seconds,
     )
     recovery.start()
-    stack.push_async_callback(recovery.stop)
+    stack.push_async_callback(recovery.stop)  # after the broker's close (the stack is LIFO)
+    broker = Broker(event_log)
+    await broker.start()
+    stack.push_async_callback(broker.close)
     return broker, recorder
 
 
