@@ -47,7 +47,8 @@ WEIGHTS_MOUNT = "/weights"
 CONFIG_MOUNT = "/etc/modelplane"
 OLLAMA_HOME = "/root/.ollama"
 SERVED_NAME_FLAG = "--served-model-name"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
 PROGRAM_ENV = frozenset(
     {
@@ -71,6 +72,12 @@ PROGRAM_ENV = frozenset(
 """Variables that make an engine run or load a program other than its own (the local runtime
 treats them like a command)."""
 PROGRAM_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GCONV_", "BASH_FUNC_")
+MAX_ENV_VARS = 100
+"""Environment variables one inference may set (its own; modelplane adds a few)."""
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE_BYTES = 16 * 1024
+MAX_ENV_TOTAL_BYTES = 256 * 1024
+"""All values together: well inside a Kubernetes object (etcd takes about 1.5 MiB)."""
 
 
 class EnginePlanError(Exception):
@@ -149,41 +156,74 @@ def default_engine(model: ModelDocument) -> InferenceEngine | None:
     return None if model.source.access_mode is AccessMode.REMOTE_API else InferenceEngine.VLLM
 
 
-def check_env(env: list[EnvVarSpec]) -> None:
-    """Each variable is a literal or a Secret reference, with a proper name, at most once."""
+def check_env(env: list[EnvVarSpec], *, own_secret: str | None) -> None:
+    """Each variable is a literal or a reference to a key of the model's own credentials
+    Secret (``own_secret``; any other Secret of the namespace may be another organisation's),
+    with a proper name, at most once; at most :data:`MAX_ENV_VARS` of them, names of at most
+    :data:`MAX_ENV_NAME` characters, values of at most :data:`MAX_ENV_VALUE_BYTES` and
+    :data:`MAX_ENV_TOTAL_BYTES` together."""
+    if len(env) > MAX_ENV_VARS:
+        raise EnginePlanError(
+            "input.env", f"{len(env)} environment variables given; at most {MAX_ENV_VARS}"
+        )
     seen: set[str] = set()
+    total = 0
     for index, var in enumerate(env):
         where = f"input.env[{index}]"
-        if not _ENV_NAME.match(var.name):
-            raise EnginePlanError(
-                f"{where}.name", f"{var.name!r} is not a valid environment variable name"
-            )
-        if var.name in seen:
-            raise EnginePlanError(f"{where}.name", f"{var.name} is given twice")
-        if var.name in _RESERVED_ENV:
-            raise EnginePlanError(f"{where}.name", f"{var.name} is set by modelplane")
+        _check_env_name(f"{where}.name", var.name, seen)
         seen.add(var.name)
         has_ref = var.secret_name is not None or var.secret_key is not None
         if (var.value is None) == (not has_ref):
             raise EnginePlanError(
                 where, f"{var.name}: give either value or secretName and secretKey, not both"
             )
-        if has_ref and not (var.secret_name and var.secret_key):
-            raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
-
-
-def check_secret_refs(spec: InferenceSpec, model: ModelDocument) -> None:
-    """Secret references name only the model's own Secret: any other Secret of the namespace
-    (the database URI's, another organisation's credentials) would reach a container whose
-    image and command the user chooses."""
-    own = model.secret_ref
-    for index, var in enumerate(spec.env):
-        if var.secret_name is not None and var.secret_name != own:
+        if has_ref:
+            _check_env_ref(where, var, own_secret)
+            continue
+        size = len((var.value or "").encode(errors="surrogatepass"))
+        total += size
+        if size > MAX_ENV_VALUE_BYTES or "\x00" in (var.value or ""):
             raise EnginePlanError(
-                f"input.env[{index}].secretName",
-                f"{var.name}: only the model's own Secret may be referenced"
-                + (f" ({own})" if own else "; this model has none"),
+                f"{where}.value",
+                f"{var.name}: a value is at most {MAX_ENV_VALUE_BYTES} bytes, without NUL",
             )
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise EnginePlanError(
+            "input.env", f"the values are {total} bytes together; at most {MAX_ENV_TOTAL_BYTES}"
+        )
+
+
+def _check_env_name(field: str, name: str, seen: set[str]) -> None:
+    if len(name) > MAX_ENV_NAME or not _ENV_NAME.fullmatch(name):
+        raise EnginePlanError(
+            field,
+            f"{name[:MAX_ENV_NAME]!r} is not a valid environment variable name "
+            f"(letters, digits and '_', not starting with a digit, at most {MAX_ENV_NAME})",
+        )
+    if name in seen:
+        raise EnginePlanError(field, f"{name} is given twice")
+    if name in _RESERVED_ENV:
+        raise EnginePlanError(field, f"{name} is set by modelplane")
+
+
+def _check_env_ref(where: str, var: EnvVarSpec, own_secret: str | None) -> None:
+    if not (var.secret_name and var.secret_key):
+        raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
+    if var.secret_name != own_secret:
+        allowed = f"only {own_secret!r}" if own_secret else "none: the model has no credentials"
+        raise EnginePlanError(
+            f"{where}.secretName",
+            f"{var.name}: secretName may name the model's own credentials Secret ({allowed})",
+        )
+    if len(var.secret_key) > 253 or not _SECRET_KEY.fullmatch(var.secret_key):
+        raise EnginePlanError(f"{where}.secretKey", f"{var.name}: not a valid Secret key")
+
+
+def check_litellm_secret(spec: InferenceSpec, model: ModelDocument) -> None:
+    """A LiteLLM master key Secret is the model's own: any other Secret of the namespace (the
+    database URI's, another organisation's credentials) would reach a container whose image
+    and command the user chooses. (Environment references: :func:`check_env`.)"""
+    own = model.secret_ref
     litellm = spec.litellm
     if litellm is not None and litellm.api_key_secret_name not in {None, own}:
         raise EnginePlanError(
@@ -241,8 +281,8 @@ def plan_engine(
     config_dir: str = CONFIG_MOUNT,
 ) -> EnginePlan:
     """The engine to run for ``spec`` (see the module docstring); raises EnginePlanError."""
-    check_env(spec.env)
-    check_secret_refs(spec, model)
+    check_env(spec.env, own_secret=model.secret_ref)
+    check_litellm_secret(spec, model)
     engine = spec.engine
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")

@@ -870,16 +870,15 @@ class InferenceController:
             ][-HISTORY_LIMIT:]
             if phase_changed:
                 changes["phase_history"] = [entry.model_dump() for entry in history]
+        event = EventType.PHASE_CHANGED if phase_changed else EventType.UPDATED
         try:
             written = await self._inferences.update(
-                inference.id, expected_revision=inference.revision, changes=changes
+                inference.id, expected_revision=inference.revision, changes=changes, event=event
             )
         except (RevisionConflict, NotFound):
             self._queue.add(inference.id)  # someone wrote first: look again with fresh data
             return
-        await self._record.inference(
-            written, EventType.PHASE_CHANGED if phase_changed else EventType.UPDATED
-        )
+        await self._record.inference(written, event)
         if phase_changed:
             log.info(
                 "inference phase changed",
@@ -904,6 +903,7 @@ class InferenceController:
                     model.id,
                     expected_revision=model.revision,
                     changes={"inference_phase": inference.phase.value},
+                    event=EventType.UPDATED,
                 )
             except RevisionConflict:
                 continue

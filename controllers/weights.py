@@ -192,6 +192,7 @@ async def run_weights(
             doc.id,
             expected_revision=doc.revision,
             changes={"state": WeightsState.PULLING, "message": None},
+            event=EventType.PHASE_CHANGED,
         )
         await record.weights(doc, EventType.PHASE_CHANGED)
 
@@ -254,7 +255,10 @@ async def _finish(
             return current  # deleted, or a retry or cancel took over
         try:
             updated = await weights.update(
-                weights_id, expected_revision=current.revision, changes=changes
+                weights_id,
+                expected_revision=current.revision,
+                changes=changes,
+                event=EventType.PHASE_CHANGED,
             )
         except RevisionConflict:
             continue
@@ -452,6 +456,7 @@ class DownloadController:
                     weights.id,
                     expected_revision=weights.revision,
                     changes={"state": WeightsState.PULLING, "message": None},
+                    event=EventType.PHASE_CHANGED,
                 )
                 await self._record.weights(weights, EventType.PHASE_CHANGED)
             refused = await self._executor.launch(model, weights)
@@ -482,7 +487,10 @@ class DownloadController:
         """Show why a running worker waits (unschedulable, OOMKilled and retrying)."""
         try:
             noted = await self._weights.update(
-                weights.id, expected_revision=weights.revision, changes={"message": note}
+                weights.id,
+                expected_revision=weights.revision,
+                changes={"message": note},
+                event=EventType.UPDATED,
             )
         except RevisionConflict:
             for owner in weights.model_ids:
@@ -593,6 +601,7 @@ class DownloadController:
                 model.id,
                 expected_revision=model.revision,
                 changes={"phase": phase, "message": message},
+                event=EventType.PHASE_CHANGED,
             )
         except RevisionConflict:
             self._queue.add(model.id)  # someone wrote first: look again with fresh data

@@ -121,6 +121,7 @@ from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, Role, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
+from storage.recovering import EventRecovery
 from storage.repositories import (
     ApiKeyRepository,
     InferenceRepository,
@@ -392,17 +393,27 @@ async def _open_runtime(stack: AsyncExitStack, settings: Settings) -> Runtime:
 async def _open_events(
     stack: AsyncExitStack, settings: Settings, database: Database
 ) -> tuple[Broker, Recorder]:
-    """The capped event log (created if missing), its broker (closed with the stack), and the
-    recorder writers append through."""
+    """The capped event log (created if missing), its broker (closed with the stack), the
+    recorder writers append through, and the recovery of events writers died before
+    appending (run now and periodically on every replica; stopped with the stack)."""
     event_log = event_log_for(settings, database)
     try:
         await event_log.ensure()
     except EventLogNotCapped as exc:
         raise StartupError(f"MODELPLANE_MONGODB_URI: {exc}") from None
+    recorder = Recorder(event_log)
+    recovery = EventRecovery(
+        database,
+        recorder,
+        grace_seconds=settings.event_recovery_grace_seconds,
+        interval_seconds=settings.event_recovery_interval_seconds,
+    )
+    recovery.start()
+    stack.push_async_callback(recovery.stop)  # after the broker's close (the stack is LIFO)
     broker = Broker(event_log)
     await broker.start()
     stack.push_async_callback(broker.close)
-    return broker, Recorder(event_log)
+    return broker, recorder
 
 
 def _download_controller(

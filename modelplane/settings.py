@@ -216,6 +216,13 @@ class Settings(BaseSettings):
     URLs and S3 endpoints may reach; empty: only public addresses. Link-local, metadata,
     unspecified, multicast and reserved addresses stay refused whatever this says."""
 
+    # security: events
+    event_recovery_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """How often each replica appends the events that document writes owe the log (a writer
+    killed between its write and its event leaves a mark in the document); also at start-up."""
+    event_recovery_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+    """How old such a mark must be before the recovery appends its event instead of the writer
+    (a racing writer is harmless: the log holds one event per write either way)."""
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""

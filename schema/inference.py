@@ -206,10 +206,16 @@ class InferencePage:
 class EnvVarInput:
     """Env entry."""
 
-    name: str = strawberry.field(description="Variable name (`[A-Za-z_][A-Za-z0-9_]*`).")
-    value: str | None = strawberry.field(default=None, description="Literal value.")
+    name: str = strawberry.field(
+        description="Variable name (`[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters)."
+    )
+    value: str | None = strawberry.field(
+        default=None, description="Literal value (at most 16 KiB, no NUL)."
+    )
     secret_name: str | None = strawberry.field(
-        default=None, description="Secret in the workload namespace holding the value."
+        default=None,
+        description="The model's own credentials Secret (`<modelId>-credentials`), the only "
+        "Secret an inference may read.",
     )
     secret_key: str | None = strawberry.field(default=None, description="Key in that Secret.")
 
@@ -328,7 +334,9 @@ class InferenceInput:
         default=None, description="Seconds before readiness checks (default 60)."
     )
     env: list[EnvVarInput] | None = strawberry.field(
-        default=None, description="Environment: values or Secret references only."
+        default=None,
+        description="Environment: values or Secret references only; at most 100 variables, "
+        "256 KiB of values in all.",
     )
     autoscaling: AutoscalingInput | None = strawberry.field(
         default=None, description="Autoscaling bounds (replaces `replicas`)."

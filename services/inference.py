@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from controllers.engines import EnginePlanError, default_engine, host_program_field
+from controllers.engines import EnginePlanError, check_env, default_engine, host_program_field
 from controllers.inference import InferenceController
 from controllers.inference_manifests import MODEL_ID
 from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
@@ -332,7 +332,7 @@ class InferenceService:
     ) -> InferenceDocument:
         if existing is None:
             try:
-                written = await self._inferences.insert(doc)
+                written = await self._inferences.insert(doc, event=EventType.CREATED)
             except DuplicateKey:
                 raise Conflict(
                     "modelId", "another request started this model's inference first"
@@ -357,6 +357,7 @@ class InferenceService:
                     "message": None,
                     "phase_history": [entry.model_dump() for entry in history],
                 },
+                event=EventType.PHASE_CHANGED,
             )
         except RevisionConflict:
             raise Conflict("modelId", "the inference changed meanwhile; try again") from None
@@ -390,6 +391,7 @@ class InferenceService:
                 existing.id,
                 expected_revision=existing.revision,
                 changes={"enabled": False, "reason": "Stopping", "message": "stopping"},
+                event=EventType.UPDATED,
             )
         except RevisionConflict:
             fresh = await self._inferences.get(existing.id)
@@ -455,7 +457,7 @@ class InferenceService:
                 manifests=objects,
                 message="dry run: nothing was created",
             )
-        written = await self._inferences.insert(doc)
+        written = await self._inferences.insert(doc, event=EventType.CREATED)
         await self._record.inference(written, EventType.CREATED)
         self._notify(written.id)
         return StartOutcome(inference=written)
@@ -542,6 +544,10 @@ class InferenceService:
             )
         _check_scalars(request)
         _check_placement(request)
+        try:  # checked here too: a route (no engine) is never planned, yet its env is stored
+            check_env(list(request.env), own_secret=model.secret_ref)
+        except EnginePlanError as exc:
+            raise InvalidInput(exc.field, exc.message) from None
         default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
         port = request.port
         if port is None:

@@ -234,7 +234,7 @@ class ModelService:
                     "source.token", f"credentials could not be stored: {exc}"
                 ) from None
         try:
-            await self._models.insert(model)
+            await self._models.insert(model, event=EventType.CREATED)
         except DuplicateKey:
             await self._forget_secret(model.secret_ref)
             raise Conflict("name", f"a model named {model.name!r} already exists") from None
@@ -283,6 +283,7 @@ class ModelService:
                     expected_revision=current.revision,
                     changes=changes,
                     scope=principal.scope,
+                    event=EventType.UPDATED,
                 )
             except RevisionConflict:
                 continue
@@ -310,6 +311,7 @@ class ModelService:
                         "name_key": f"{model.name}#{model.id}",
                     },
                     scope=principal.scope,
+                    event=EventType.DELETED,
                 )
             except RevisionConflict:
                 reread = await self._models.get(model_id, scope=principal.scope)

@@ -3,12 +3,28 @@
 Each check raises :class:`~services.errors.InvalidInput` naming the offending field with its
 path in the GraphQL input (``downloadTarget.local.localPath``) and saying what is accepted.
 Nothing here does I/O except :func:`check_local_path` and :func:`check_weights_directory`,
-which resolve symlinks.
+which resolve symlinks, and :func:`check_resolved`, which resolves a host name with the
+outbound policy that every connection to user-given URLs also uses
+(:mod:`integrations.addresses`).
+
+Every text goes through :func:`check_text`, which also refuses characters that make what a
+reader sees differ from what is stored (:func:`check_characters`): control characters, Unicode
+format characters (category Cf: the right-to-left override U+202E and the isolates
+U+2066-2069 that reorder text, zero-width spaces U+200B, the BOM U+FEFF...), line and
+paragraph separators and unpaired surrogates. Free text (descriptions) keeps newlines, tabs
+and the zero-width (non-)joiners U+200C/U+200D that Persian, Indic scripts and emoji
+sequences need. Patterns end in ``\\Z``, not ``$``, which also matches before a final newline.
+
+Resource quantities have upper bounds that make sense for one inference: at most
+:data:`MAX_CPU` cores (1,024) and :data:`MAX_MEMORY_BYTES` (64 TiB), more than any single node
+offers today, so a typo or an attack (``10^31`` cores, ``99999999Ei``) is refused here instead
+of reaching the scheduler or the fit calculation.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
@@ -27,16 +43,27 @@ MAX_TAGS = 32
 MAX_TAG = 64
 MAX_TOKEN = 1024
 MAX_GPUS = 64
+MAX_CPU = Decimal(1024)
+"""Cores one inference (each replica) may ask for."""
+MAX_MEMORY_BYTES = 64 * 2**40
+"""Memory one inference (each replica) may ask for: 64 TiB."""
+MEMORY_UNITS = {
+    "": 1,
+    **{unit: 1000**power for power, unit in enumerate("kMGTPE", start=1)},
+    **{f"{unit}i": 1024**power for power, unit in enumerate("KMGTPE", start=1)},
+}
+PROSE_ALLOWED = frozenset("\n\t\u200c\u200d")
+"""What free text may hold beyond visible characters: newline, tab, the zero-width non-joiner
+and joiner (needed by some scripts and emoji sequences)."""
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-CPU = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<milli>m)?$")
-MEMORY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-REGION = re.compile(r"^[a-z0-9-]{2,32}$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-AUTHORITY = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
+CPU = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<milli>m)?\Z")
+MEMORY = re.compile(r"^(?P<num>[0-9]+(\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?\Z")
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+REGION = re.compile(r"^[a-z0-9-]{2,32}\Z")
+AUTHORITY = re.compile(r"^(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 """A URL's host and port as every URL parser reads them alike (no userinfo, escapes, zones)."""
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 
@@ -44,19 +71,47 @@ HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 def check_text(
     field: str, value: str | None, *, limit: int, required: bool = False, in_bytes: bool = False
 ) -> str | None:
-    """Trimmed text within ``limit`` characters (or UTF-8 bytes); None when empty."""
+    """Trimmed text within ``limit`` characters (or UTF-8 bytes); None when empty. Hidden
+    characters are refused (:func:`check_characters`); ``in_bytes`` marks free text, which
+    keeps newlines, tabs and joiners."""
     if value is None or not value.strip():
         if required:
             raise InvalidInput(field, f"{field} is required")
         return None
     value = value.strip()
-    size = len(value.encode()) if in_bytes else len(value)
+    size = len(value.encode(errors="surrogatepass")) if in_bytes else len(value)
     if size > limit:
         unit = "bytes" if in_bytes else "characters"
         raise InvalidInput(field, f"{field} is {size} {unit}; at most {limit} are allowed")
-    if CONTROL.search(value.replace("\n", "").replace("\t", "") if in_bytes else value):
-        raise InvalidInput(field, f"{field} contains control characters")
+    check_characters(field, value, prose=in_bytes)
     return value
+
+
+def check_characters(field: str, value: str, *, prose: bool = False) -> None:
+    """Refuse control characters (Cc), format characters (Cf: bidirectional overrides and
+    isolates, zero-width spaces, the BOM...), line and paragraph separators (Zl, Zp) and
+    unpaired surrogates (Cs), naming the field, the code point and its position. ``prose``
+    allows newline, tab and the zero-width (non-)joiners (:data:`PROSE_ALLOWED`)."""
+    if value.isascii() and value.isprintable():
+        return  # the common case, without a look at each character
+    for position, char in enumerate(value):
+        category = unicodedata.category(char)
+        if category not in _HIDDEN or (prose and char in PROSE_ALLOWED):
+            continue
+        raise InvalidInput(
+            field,
+            f"{field} contains {_HIDDEN[category]} (U+{ord(char):04X}) at position {position}; "
+            "remove it",
+        )
+
+
+_HIDDEN = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cs": "an unpaired surrogate",
+}
 
 
 def require_text(field: str, value: str | None, *, limit: int) -> str:
@@ -203,28 +258,37 @@ def _check_outbound_url(field: str, value: str, *, outbound: OutboundPolicy) -> 
 
 
 def check_cpu(field: str, value: str | None) -> str | None:
-    """A CPU quantity: ``16``, ``0.5`` or ``500m``, greater than zero."""
+    """A CPU quantity: ``16``, ``0.5`` or ``500m``, greater than zero, at most
+    :data:`MAX_CPU` cores."""
     text = check_text(field, value, limit=32)
     if text is None:
         return None
     match = CPU.match(text)
-    if match is None or _positive(match.group("num")) is None:
+    number = None if match is None else _positive(match.group("num"))
+    if match is None or number is None:
         raise InvalidInput(
             field, f"{field} {text!r} is not a CPU quantity such as '4', '0.5' or '500m'"
         )
+    cores = number / 1000 if match.group("milli") else number
+    if cores > MAX_CPU:
+        raise InvalidInput(field, f"{field} {text!r} is over {MAX_CPU} CPUs, the most allowed")
     return text
 
 
 def check_memory(field: str, value: str | None) -> str | None:
-    """A memory quantity: ``64Gi``, ``512Mi``, ``1G`` or bytes, greater than zero."""
+    """A memory quantity: ``64Gi``, ``512Mi``, ``1G`` or bytes, greater than zero, at most
+    :data:`MAX_MEMORY_BYTES` (64 TiB)."""
     text = check_text(field, value, limit=32)
     if text is None:
         return None
     match = MEMORY.match(text)
-    if match is None or _positive(match.group("num")) is None:
+    number = None if match is None else _positive(match.group("num"))
+    if match is None or number is None:
         raise InvalidInput(
             field, f"{field} {text!r} is not a memory quantity such as '64Gi', '512Mi' or '16G'"
         )
+    if number * MEMORY_UNITS[match.group("unit") or ""] > MAX_MEMORY_BYTES:
+        raise InvalidInput(field, f"{field} {text!r} is over 64Ti, the most allowed")
     return text
 
 

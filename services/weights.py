@@ -170,6 +170,7 @@ class WeightsService:
             expected_revision=model.revision,
             changes={"phase": ModelPhase.PULLING, "message": "retrying the download"},
             scope=principal.scope,
+            event=EventType.PHASE_CHANGED,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
         await self._record.model(retrying, EventType.PHASE_CHANGED)
@@ -195,6 +196,7 @@ class WeightsService:
                 f"inference of {', '.join(serving)} uses these weights; stop it or pass force",
             )
         await self._remove_files(weights)
+        await self._record.before_removal(weights)  # its DELETED event survives a crash
         await self._weights.delete(weights.id, scope=principal.scope)
         await self._ledgers.forget(weights.id)
         await self._record.weights(weights, EventType.DELETED)
@@ -249,6 +251,7 @@ class WeightsService:
                         "phase": ModelPhase.FAILED,
                         "message": "weights deleted; recreate the model to fetch them again",
                     },
+                    event=EventType.PHASE_CHANGED,
                 )
             except RevisionConflict:
                 fresh = await self._models.get(model.id)
@@ -278,7 +281,10 @@ class WeightsService:
         while True:
             try:
                 return await self._weights.update(
-                    weights.id, expected_revision=weights.revision, changes=changes
+                    weights.id,
+                    expected_revision=weights.revision,
+                    changes=changes,
+                    event=EventType.PHASE_CHANGED,  # cancel and retry: both record one
                 )
             except RevisionConflict:
                 weights = await self._weights.require(weights.id)

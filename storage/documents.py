@@ -2,6 +2,11 @@
 
 Documents are pydantic models whose ``id`` maps to Mongo's ``_id``. ``revision`` starts at 1
 and is bumped by every compare-and-set update. Timestamps are timezone-aware UTC.
+
+``pending_events`` is the write-ahead half of the event log: a write that owes the log an event
+names it here, in the same single-document write (``"<revision>:<TYPE>:<ms>"``, see
+:func:`pending_marker`), and the recorder removes the mark once the event is stored. A crash in
+between leaves the mark for the start-up and periodic recovery (``storage/recovering.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ def new_id(prefix: str, length: int = 5) -> str:
     return f"{prefix}-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
+def pending_marker(revision: int, event_type: str, at: datetime) -> str:
+    """The mark a write leaves in ``pending_events`` for the event it owes the log: the
+    revision written, the event type and when (milliseconds since the epoch, so that the
+    recovery can leave young marks to their writer)."""
+    return f"{revision}:{event_type}:{int(at.timestamp() * 1000)}"
+
+
 def utcnow() -> datetime:
     """The current time, UTC, truncated to milliseconds as MongoDB stores it."""
     now = datetime.now(UTC)
@@ -37,6 +49,8 @@ class Document(BaseModel):
     revision: int = 1
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    pending_events: list[str] = Field(default_factory=list)
+    """Events the writes of this document owe the event log (:func:`pending_marker`)."""
 
     def to_mongo(self) -> dict[str, Any]:
         """The document as stored: ``_id`` instead of ``id``, enums as their values."""

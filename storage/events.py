@@ -22,6 +22,12 @@ on it: 15 ms per append at 100 events, 90 ms at 1,000 (``max(_id)``), against ab
 head. If a process dies between its insert and the head update, the head trails by one until the
 next append probes past it; :meth:`EventLog.ensure` repairs it at start-up.
 
+Exactly once per write: an event that describes a document write carries a ``key`` (resource,
+revision, type; :func:`event_key`) under a sparse unique index, so the writer, a recovery on
+another replica and a retry cannot append it twice (:class:`DuplicateEvent`). The write marks
+the event as owed in the document itself and :class:`Recorder` clears the mark after the
+append; ``storage/recovering.py`` appends what a crash left owed. PROGRESS events have no key.
+
 Tailing: on MongoDB a tailable awaitData cursor blocks in ``getMore`` until data arrives. FerretDB
 1.24 closes a tailable cursor whenever its first batch is not full (``msg_find.go``), so the
 cursor is dead right after the first (empty or short) batch. :meth:`EventLog.ensure` therefore
@@ -60,7 +66,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -77,6 +83,7 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import StorageError
+from storage.repositories import InferenceRepository, ModelRepository, WeightsRepository
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,8 @@ CATCH_UP_LIMIT = 20_000
 DEFAULT_SIZE_BYTES = 64 * 1024 * 1024
 DEFAULT_POLL_INTERVAL = 0.02
 MAX_APPEND_ATTEMPTS = 100
+KEY_INDEX = "key_unique"
+OUTBOX_COLLECTION = "event_outbox"
 READ_AHEAD = 8
 _AWAIT_MS = 1000  # how long a MongoDB getMore waits for new events before returning empty
 
@@ -144,6 +153,21 @@ class InvalidCursor(StorageError):
         self.text = text
 
 
+class DuplicateEvent(StorageError):
+    """The log already holds the event with this key (a recovery or a racing writer was
+    first): nothing was appended, and nothing needs to be."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"event {key!r} is already in the log")
+        self.key = key
+
+
+def event_key(kind: ResourceKind, resource_id: str, revision: int, type: EventType) -> str:
+    """The identity of the event one write of a document owes the log: at most one event per
+    resource, revision and type is ever appended (the log's unique ``key`` index)."""
+    return f"{kind.value}:{resource_id}:{revision}:{type.value}"
+
+
 class EventLogNotCapped(StorageError):
     """The ``events`` collection exists but is not capped, so it would grow without bound."""
 
@@ -177,6 +201,9 @@ class Event:
     phase: str | None = None
     message: str | None = None
     progress: Mapping[str, Any] | None = field(default=None, hash=False)
+    key: str | None = None
+    """What the event is the event of (:func:`event_key`), unique in the log; None for events
+    that may repeat (PROGRESS)."""
 
     @property
     def token(self) -> str:
@@ -184,8 +211,9 @@ class Event:
         return format_cursor(self.cursor)
 
     def to_mongo(self) -> dict[str, Any]:
-        """The document as stored, ``_id`` being the cursor as an int64."""
-        return {
+        """The document as stored, ``_id`` being the cursor as an int64 (``key`` only when
+        set: the unique index on it is sparse, and a stored null would be indexed)."""
+        document: dict[str, Any] = {
             "_id": Int64(self.cursor),
             "organization_id": self.organization_id,
             "resource_kind": self.resource_kind.value,
@@ -197,6 +225,9 @@ class Event:
             "progress": None if self.progress is None else dict(self.progress),
             "at": self.at,
         }
+        if self.key is not None:
+            document["key"] = self.key
+        return document
 
     @classmethod
     def from_mongo(cls, raw: Mapping[str, Any]) -> Event:
@@ -212,6 +243,7 @@ class Event:
             message=raw.get("message"),
             progress=raw.get("progress"),
             at=raw["at"],
+            key=raw.get("key"),
         )
 
 
@@ -262,6 +294,11 @@ class EventLog:
         return self._strategy
 
     @property
+    def database(self) -> Database:
+        """The database the log lives in (the recorder settles documents' marks there)."""
+        return self._database
+
+    @property
     def poll_interval(self) -> float:
         """Seconds between polls when the server cannot await data."""
         return self._poll_interval
@@ -288,6 +325,7 @@ class EventLog:
                 "drop it (events are transient) or convert it with convertToCapped, "
                 f"size {self._size_bytes} bytes"
             )
+        await self._ensure_key_index()
         newest = await self.latest_cursor()
         if newest is not None:
             await self._raise_head(newest)  # repairs a head left behind by a crash
@@ -303,6 +341,15 @@ class EventLog:
         ):
             await self._database.drop_collection(LEGACY_RECENT_COLLECTION)  # a cache only
 
+    async def _ensure_key_index(self) -> None:
+        """The unique index on ``key`` that lets the log refuse an event it already holds
+        (sparse: events without a key, and those of older versions, may repeat)."""
+        cursor = await self._collection.list_indexes()
+        if KEY_INDEX not in {index["name"] async for index in cursor}:
+            await self._collection.create_index(
+                [("key", ASCENDING)], name=KEY_INDEX, unique=True, sparse=True
+            )
+
     async def append(
         self,
         *,
@@ -314,8 +361,12 @@ class EventLog:
         phase: str | None = None,
         message: str | None = None,
         progress: Mapping[str, Any] | None = None,
+        key: str | None = None,
     ) -> Event:
         """Store an event under the next cursor and return it as stored.
+
+        With a ``key`` (:func:`event_key`) the append happens at most once: when the log
+        already holds that key, nothing is stored and :class:`DuplicateEvent` is raised.
 
         Two stages, so this process's appends overlap: the insert (which fixes the cursor and
         hands the event to this process's tails at once) under one lock, then the ring slot
@@ -337,13 +388,17 @@ class EventLog:
                     phase=phase,
                     message=message,
                     progress=None if progress is None else dict(progress),
+                    key=key,
                 )
                 try:
                     await self._collection.insert_one(event.to_mongo())
-                except DuplicateKeyError:
+                except DuplicateKeyError as exc:
+                    head = await self.head_cursor()
+                    if key is not None and await self._holds_key(key, exc, candidate, head):
+                        raise DuplicateEvent(key) from None
                     # another process took that number: skip to the head (it may have
                     # appended many), or to the next number while its head update trails
-                    candidate = max(candidate, await self.head_cursor()) + 1
+                    candidate = max(candidate, head) + 1
                     continue
                 self._next_hint = candidate
                 self._local.append(event)
@@ -360,6 +415,19 @@ class EventLog:
             await self._remember(event)
             await self._raise_head(candidate)
         return event
+
+    async def _holds_key(self, key: str, exc: DuplicateKeyError, candidate: int, head: int) -> bool:
+        """Whether a duplicate key on inserting ``candidate`` was the event's ``key`` (already
+        in the log) rather than its cursor. MongoDB names the index; FerretDB 1.24 does not:
+        a head at or past the candidate means the cursor was taken (a clash on the key too
+        shows at the next number); otherwise the key is looked up, a whole-log read on
+        FerretDB but only on this rare path (a recovery racing a writer)."""
+        pattern = (exc.details or {}).get("keyPattern")
+        if isinstance(pattern, Mapping) and pattern:
+            return "key" in pattern
+        if head >= candidate:
+            return False
+        return await self._collection.find_one({"key": key}, {"_id": 1}) is not None
 
     async def head_cursor(self) -> int:
         """The newest cursor as the head document records it (one tiny-collection read; it may
@@ -625,12 +693,79 @@ async def read_ahead(
             await reader
 
 
+EventSource = ModelDocument | WeightsDocument | InferenceDocument
+"""The documents events are about."""
+
+DOCUMENT_COLLECTIONS: dict[ResourceKind, str] = {
+    ResourceKind.MODEL: ModelRepository.collection_name,
+    ResourceKind.WEIGHTS: WeightsRepository.collection_name,
+    ResourceKind.INFERENCE: InferenceRepository.collection_name,
+}
+
+
+def describe(document: EventSource) -> dict[str, Any]:
+    """The fields of an event about ``document``: its kind, organisation, models, phase and
+    message, as :meth:`EventLog.append` takes them."""
+    fields: dict[str, Any] = {
+        "organization_id": document.organization_id,
+        "resource_id": document.id,
+        "message": document.message,
+    }
+    model_ids: tuple[str, ...]
+    if isinstance(document, ModelDocument):
+        kind, model_ids, phase = ResourceKind.MODEL, (document.id,), document.phase.value
+    elif isinstance(document, WeightsDocument):
+        model_ids = tuple(document.model_ids)
+        kind, phase = ResourceKind.WEIGHTS, document.state.value
+    else:
+        model_ids = (document.model_id,) if document.model_id else ()
+        kind, phase = ResourceKind.INFERENCE, document.phase.value
+    return {**fields, "resource_kind": kind, "model_ids": model_ids, "phase": phase}
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A ``pending_events`` mark read back: the event a write of ``revision`` owes the log."""
+
+    revision: int
+    type: EventType
+    at: datetime
+
+
+def parse_marker(marker: str) -> Owed | None:
+    """What a ``pending_events`` mark says (:func:`pending_marker`); None if it is not one."""
+    parts = marker.split(":")
+    if (
+        len(parts) != 3
+        or not parts[0].isdigit()
+        or parts[1] not in EventType.__members__
+        or not parts[2].isdigit()
+    ):
+        return None
+    at = datetime.fromtimestamp(int(parts[2]) / 1000, tz=UTC)
+    return Owed(revision=int(parts[0]), type=EventType(parts[1]), at=at)
+
+
+def _marker_of(document: EventSource, revision: int, type: EventType) -> str | None:
+    """The mark ``document`` carries for its write of ``revision``'s ``type`` event."""
+    prefix = f"{revision}:{type.value}:"
+    return next((m for m in document.pending_events if m.startswith(prefix)), None)
+
+
 class Recorder:
-    """Appends the events of document writes (the writer calls it after the write succeeded).
+    """Appends the events of document writes and settles the marks those writes left.
+
+    A writer passes ``event=`` to the repository's insert or update, so the write itself marks
+    the event as owed (``pending_events``, in the same single-document write: no transaction
+    needed), then calls the recorder: it appends the event under its key (:func:`event_key`;
+    the log refuses a second copy) and removes the mark. A crash between the two leaves the
+    mark, and :class:`storage.recovering.EventRecovery` appends the event later: a write and
+    its event are never separated for good. A document removed for good cannot carry a mark,
+    so its DELETED event is put in the outbox first (:meth:`before_removal`).
 
     Persistence and notification stay two visible steps (STYLE.md): repositories never publish.
-    A failed append is logged and swallowed: the document is the truth and subscribers can
-    re-read it; the write it describes must not be reported as failed.
+    A failed append is logged and swallowed, the mark staying for the recovery: the document is
+    the truth, and the write it describes must not be reported as failed.
     """
 
     def __init__(self, log: EventLog | None) -> None:
@@ -638,15 +773,7 @@ class Recorder:
 
     async def model(self, model: ModelDocument, type: EventType) -> Event | None:
         """CREATED / UPDATED / DELETED / PHASE_CHANGED of a model, with its phase and message."""
-        return await self._append(
-            organization_id=model.organization_id,
-            resource_kind=ResourceKind.MODEL,
-            resource_id=model.id,
-            type=type,
-            model_ids=(model.id,),
-            phase=model.phase.value,
-            message=model.message,
-        )
+        return await self.record(model, type)
 
     async def weights(
         self,
@@ -656,47 +783,128 @@ class Recorder:
         progress: Mapping[str, Any] | None = None,
     ) -> Event | None:
         """A change of a download (its state, or a PROGRESS record), for its models too."""
-        return await self._append(
-            organization_id=weights.organization_id,
-            resource_kind=ResourceKind.WEIGHTS,
-            resource_id=weights.id,
-            type=type,
-            model_ids=tuple(weights.model_ids),
-            phase=weights.state.value,
-            message=weights.message,
-            progress=progress,
-        )
+        return await self.record(weights, type, progress=progress)
 
     async def inference(self, inference: InferenceDocument, type: EventType) -> Event | None:
         """A change of an inference service (its phase, replicas or message), for its model."""
-        return await self._append(
-            organization_id=inference.organization_id,
-            resource_kind=ResourceKind.INFERENCE,
-            resource_id=inference.id,
-            type=type,
-            model_ids=(inference.model_id,) if inference.model_id else (),
-            phase=inference.phase.value,
-            message=inference.message,
-        )
+        return await self.record(inference, type)
 
     async def api_key_revoked(self, key: ApiKeyDocument) -> Event | None:
-        """An API key was revoked: every replica closes the sockets authenticated with it."""
-        return await self._append(
-            organization_id=key.organization_id,
-            resource_kind=ResourceKind.API_KEY,
-            resource_id=key.id,
-            type=EventType.UPDATED,
-            phase=API_KEY_REVOKED,
-        )
-
-    async def _append(self, **fields: Any) -> Event | None:
+        """An API key was revoked: every replica closes the sockets authenticated with it.
+        Not keyed (no owed-event mark): a lost one is covered by the sockets' periodic
+        re-check of their credential."""
         if self._log is None:
             return None
+        fields = {
+            "organization_id": key.organization_id,
+            "resource_kind": ResourceKind.API_KEY,
+            "resource_id": key.id,
+            "type": EventType.UPDATED,
+            "phase": API_KEY_REVOKED,
+        }
+        return (await self._append(fields, None))[1]
+
+    async def record(
+        self,
+        document: EventSource,
+        type: EventType,
+        *,
+        revision: int | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> Event | None:
+        """Append the event of ``document``'s write of ``revision`` (default: its current one)
+        unless the log holds it already, then settle the write's mark. The event appended, or
+        None (already in the log, no log, or the append failed and the mark stays)."""
+        if self._log is None:
+            return None
+        fields = describe(document)
+        revision = document.revision if revision is None else revision
+        key = None
+        if type is not EventType.PROGRESS:  # progress repeats within a revision
+            key = event_key(fields["resource_kind"], document.id, revision, type)
+        held, event = await self._append({**fields, "type": type, "progress": progress}, key)
+        if not held or key is None:
+            return event
+        marker = _marker_of(document, revision, type)
+        await self._settle(
+            fields["resource_kind"],
+            document.id,
+            marker,
+            outbox_key=key if type is EventType.DELETED and marker is None else None,
+        )
+        return event
+
+    async def before_removal(self, document: EventSource) -> None:
+        """Keep ``document``'s DELETED event in the outbox before the document is removed for
+        good; :meth:`record` of that event takes it out again. Raises when it cannot be stored:
+        the removal must not go ahead then."""
+        if self._log is None:
+            return
+        fields = describe(document)
+        key = event_key(fields["resource_kind"], document.id, document.revision, EventType.DELETED)
+        entry = {
+            **fields,
+            "resource_kind": fields["resource_kind"].value,
+            "model_ids": list(fields["model_ids"]),
+            "type": EventType.DELETED.value,
+            "at": utcnow(),
+        }
+        outbox = self._log.database[OUTBOX_COLLECTION]
+        await outbox.replace_one({"_id": key}, entry, upsert=True)
+
+    async def replay_removal(self, entry: Mapping[str, Any]) -> Event | None:
+        """Append the DELETED event an outbox entry kept (its document is gone) and drop the
+        entry; the event, or None when the log had it already or the append failed."""
+        if self._log is None:
+            return None
+        fields = {
+            name: entry[name] for name in ("organization_id", "resource_id", "message", "phase")
+        }
+        fields["resource_kind"] = ResourceKind(entry["resource_kind"])
+        fields["model_ids"] = tuple(entry.get("model_ids") or ())
+        key = str(entry["_id"])
+        held, event = await self._append({**fields, "type": EventType.DELETED}, key)
+        if not held:
+            return None
+        await self._settle(fields["resource_kind"], fields["resource_id"], None, outbox_key=key)
+        return event
+
+    async def _append(self, fields: dict[str, Any], key: str | None) -> tuple[bool, Event | None]:
+        """Whether the log holds the event now, and the event if this call appended it."""
+        assert self._log is not None  # noqa: S101  callers check
         try:
-            return await self._log.append(**fields)
+            return True, await self._log.append(**fields, key=key)
+        except DuplicateEvent:
+            return True, None
         except (PyMongoError, StorageError) as exc:
             logger.warning(
                 "event not recorded",
                 extra={"error": type(exc).__name__, "resource_id": fields["resource_id"]},
             )
-            return None
+            return False, None
+
+    async def _settle(
+        self,
+        kind: ResourceKind,
+        document_id: str,
+        marker: str | None,
+        *,
+        outbox_key: str | None = None,
+    ) -> None:
+        """Remove a mark whose event is in the log, and an outbox entry whose event is (both
+        by ``_id`` alone, which FerretDB 1.24 looks up without reading the collection)."""
+        assert self._log is not None  # noqa: S101  callers check
+        database = self._log.database
+        try:
+            if marker is not None:
+                await database[DOCUMENT_COLLECTIONS[kind]].update_one(
+                    {"_id": document_id}, {"$pull": {"pending_events": marker}}
+                )
+            if outbox_key is not None:
+                await database[OUTBOX_COLLECTION].delete_one({"_id": outbox_key})
+        except PyMongoError as exc:
+            # the recovery settles it later; the log refuses the event a second time
+            logger.warning(
+                "event mark not cleared",
+                extra={"error": type(exc).__name__, "resource_id": document_id},
+            )

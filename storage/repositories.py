@@ -34,6 +34,7 @@ from storage.documents import (
     ModelPhase,
     OrganizationDocument,
     WeightsDocument,
+    pending_marker,
     utcnow,
 )
 from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
@@ -98,8 +99,17 @@ class Repository(Generic[D]):
         if missing:
             await self._collection.create_indexes(missing)
 
-    async def insert(self, document: D) -> D:
-        """Store a new document; a unique-index clash raises :class:`DuplicateKey`."""
+    async def insert(self, document: D, *, event: str | None = None) -> D:
+        """Store a new document; a unique-index clash raises :class:`DuplicateKey`.
+
+        ``event`` (an event type) marks in the same write that the log is owed that event for
+        this revision (``pending_events``); the recorder clears the mark once it appended it.
+        """
+        if event is not None:
+            document.pending_events = [
+                *document.pending_events,
+                pending_marker(document.revision, event, utcnow()),
+            ]
         try:
             await self._collection.insert_one(document.to_mongo())
         except DuplicateKeyError as exc:
@@ -157,14 +167,23 @@ class Repository(Generic[D]):
         expected_revision: int,
         changes: Mapping[str, Any],
         scope: Filter | None = None,
+        event: str | None = None,
     ) -> D:
         """Compare-and-set: apply ``changes`` only if the stored revision is still the one read.
 
-        Raises :class:`RevisionConflict` when someone else wrote first, :class:`NotFound` when
-        the document is gone.
+        ``event`` (an event type) marks, in the same write, that the log is owed that event for
+        the new revision (see :meth:`insert`). Raises :class:`RevisionConflict` when someone
+        else wrote first, :class:`NotFound` when the document is gone.
         """
         query = {**(scope or {}), "_id": document_id, "revision": expected_revision}
-        update = {"$set": {**changes, "updated_at": utcnow()}, "$inc": {"revision": 1}}
+        now = utcnow()
+        update: dict[str, Any] = {
+            "$set": {**changes, "updated_at": now},
+            "$inc": {"revision": 1},
+        }
+        if event is not None:
+            marker = pending_marker(expected_revision + 1, event, now)
+            update["$push"] = {"pending_events": marker}
         try:
             async with self._lock(document_id):
                 raw = await self._collection.find_one_and_update(
@@ -265,6 +284,9 @@ class ModelFilter:
 
 
 LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
+PENDING_INDEX = IndexModel([("pending_events", ASCENDING)], name="pending_events", sparse=True)
+"""Documents whose writes still owe the event log an event: the event recovery asks for
+``{"pending_events": {"$type": "string"}}``, a range of this (multikey) index on MongoDB."""
 
 
 class ModelRepository(Repository[ModelDocument]):
@@ -298,6 +320,7 @@ class ModelRepository(Repository[ModelDocument]):
             name="org_live_phase_newest",
         ),
         IndexModel([("organization_id", ASCENDING), ("tags", ASCENDING)], name="org_tags"),
+        PENDING_INDEX,
     )
     unique_fields = ("name",)
 
@@ -361,6 +384,7 @@ class WeightsRepository(Repository[WeightsDocument]):
             name="org_location_commit",
         ),
         IndexModel([("model_ids", ASCENDING)], name="models"),
+        PENDING_INDEX,
     )
 
     async def for_location(
@@ -477,6 +501,7 @@ class InferenceRepository(Repository[InferenceDocument]):
             name="org_live_name",
         ),
         IndexModel([("organization_id", ASCENDING), ("created_at", DESCENDING)], name="org_newest"),
+        PENDING_INDEX,
     )
     unique_fields = ("active_key",)
 

@@ -258,6 +258,7 @@ def test_rendered_objects_carry_labels_gpus_probes_and_no_token() -> None:
         ],
     )
     doc = inference(spec, generation=3)
+    # the env may only reference the model's own credentials Secret: the model has a token
     plan = plan_engine(
         spec, model(has_token=True), None, local=False, images=IMAGES, secret_name=None
     )
