@@ -31,13 +31,16 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def server_config(app: ASGIApp, *, host: str, port: int) -> uvicorn.Config:
-    """How ``serve`` (and the tests) run the app under uvicorn."""
+def server_config(app: ASGIApp, *, host: str, port: int, ws_max_bytes: int) -> uvicorn.Config:
+    """How ``serve`` (and the tests) run the app under uvicorn. ``ws_max_bytes`` caps one
+    WebSocket message (``MODELPLANE_GRAPHQL_MAX_BODY_BYTES``, like an HTTP body): uvicorn's
+    own default, 16 MiB, was read and JSON-decoded before the document limits saw it."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
+        ws_max_size=ws_max_bytes,
         # The protocol whose connections the subscriptions' fast lane writes to (direct.py).
         ws="websockets-sansio",
         # Compressing each subscription message for each subscriber costs CPU that fan-out
@@ -80,7 +83,14 @@ async def _serve(settings: Settings) -> int:
     try:
         async with open_resources(settings) as resources:
             app = create_app(settings, resources=resources)
-            server = uvicorn.Server(server_config(app, host=settings.host, port=settings.port))
+            server = uvicorn.Server(
+                server_config(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    ws_max_bytes=settings.graphql_max_body_bytes,
+                )
+            )
             if resources.dev_key is not None:
                 token = issue_dev_token(
                     resources.dev_key,

@@ -159,7 +159,11 @@ async def serve_app(
     async with open_resources(settings, outbound=outbound) as resources:
         app = create_app(settings, resources=resources)
         port = free_port()
-        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
+        server = uvicorn.Server(
+            server_config(
+                app, host="127.0.0.1", port=port, ws_max_bytes=settings.graphql_max_body_bytes
+            )
+        )
         task = asyncio.create_task(server.serve(), name="uvicorn-test-server")
         while not server.started:
             if task.done():

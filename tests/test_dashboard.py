@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,9 +22,10 @@ from modelplane.app import create_app
 from modelplane.dashboard import DEFAULT_DIR, NOT_BUILT
 from modelplane.logs import redact
 from modelplane.settings import load_settings
+from storage.client import Client
 from storage.documents import Role
 from testbed.hub import RunningHub
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import execute
 from tests.test_inference_local import FAKE_VLLM
 
@@ -93,6 +94,18 @@ async def test_server_info_names_local_roots_only_to_authenticated_callers(
         str(root.resolve() / "default") for root in running_app.resources.settings.local_roots
     ]
     assert signed_in == {"data": {"serverInfo": {"localRoots": roots}}}
+
+
+@pytest.fixture
+async def running_app(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub
+) -> AsyncIterator[RunningApp]:
+    """conftest's app, but local engines run as this process's user (``engine_user=""``): the
+    stand-in ``vllm`` and the Python it runs live under pytest's 0700 temporary directory and
+    /root, which the default engine user ``nobody`` cannot reach."""
+    settings = make_settings(tmp_path, mongo_uri, hf_endpoint=hub.endpoint, engine_user="")
+    async with serve_app(settings, mongo_client) as running:
+        yield running
 
 
 @pytest.fixture

@@ -191,9 +191,14 @@ async def test_gpu_fit_aliases_are_refused_on_http_and_websocket(
     }
     over_socket = await _over_websocket(limited_app, token, text)
     assert {error["extensions"]["limit"] for error in over_socket} == limits_named(over_http)
-    big = "{ " + "__typename " * 170_000 + "}"  # 1.7 MiB
-    [refused] = await _over_websocket(limited_app, token, big)
+    large = "{ " + "__typename " * 60_000 + "}"  # 660 KB: a message uvicorn takes
+    [refused] = await _over_websocket(limited_app, token, large)
     assert refused["extensions"]["limit"] == "MODELPLANE_GRAPHQL_MAX_DOCUMENT_BYTES"
+    big = "{ " + "__typename " * 170_000 + "}"  # 1.7 MiB: over the message cap
+    with pytest.raises(websockets.ConnectionClosedError) as closed:
+        await _over_websocket(limited_app, token, big)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009  # message too big, before it is decoded
     assert await models_in(limited_app.resources.database) == 0
 
 
