@@ -30,7 +30,14 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controllers.executions import Execution
-from controllers.labels import FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE, OWNER_ID, owned_labels
+from controllers.labels import (
+    FIELD_MANAGER,
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+    ORGANIZATION_ID,
+    OWNER_ID,
+    owned_labels,
+)
 from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
 from storage.documents import ModelDocument, TargetKind, WeightsDocument
 
@@ -291,6 +298,33 @@ def render_claim(weights: WeightsDocument, *, namespace: str) -> dict[str, Any] 
     }
 
 
+def claim_refusal(
+    weights: WeightsDocument, labels: dict[str, str] | None, *, namespace: str
+) -> str | None:
+    """Why a download may not use the PVC target's claim (None: it may), given the claim's
+    labels (None: no such claim). A claim is usable by the organisation its
+    ``modelplane.io/organization-id`` label names: claims modelplane created for that
+    organisation's weights, or ones an operator labelled for it. Any other claim of the
+    namespace (a database's, another team's) is refused: a download would write into it, and
+    applying our labels to it would make deleteWeights delete it. Only the weights that
+    created a claim apply it again (:meth:`JobExecutor.launch`)."""
+    name = weights.target.claim_name
+    if labels is None:
+        if weights.target.size_gi is not None:
+            return None  # created by this download
+        return (
+            f"PersistentVolumeClaim {name} does not exist in namespace {namespace}; "
+            "create it or give sizeGi"
+        )
+    if labels.get(ORGANIZATION_ID) != weights.organization_id:
+        return (
+            f"PersistentVolumeClaim {name} exists in namespace {namespace} and is not labelled "
+            f"for this organisation ({ORGANIZATION_ID}={weights.organization_id}); choose "
+            "another claimName to have it created, or ask an operator to label it"
+        )
+    return None
+
+
 # -- status mapping ------------------------------------------------------------------------
 
 
@@ -456,6 +490,16 @@ class JobExecutor:
                 await task
         self._watches.clear()
 
+    async def _claim_labels(self, name: str) -> dict[str, str] | None:
+        """The labels of the claim ``name`` in our namespace; None when it does not exist."""
+        try:
+            claim = await self._core.read_namespaced_persistent_volume_claim(name, self._namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return dict(claim.metadata.labels or {})
+
     async def _apply(self, patch: Callable[..., Awaitable[Any]], body: dict[str, Any]) -> None:
         """Server-side apply under our field manager."""
         await patch(
@@ -486,24 +530,14 @@ class JobExecutor:
     async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
         """Apply the claim (if we create it) and the Job; delete Jobs of older attempts.
         Returns a failure when the Job cannot be made to run (e.g. a missing claim)."""
-        claim = render_claim(weights, namespace=self._namespace)
-        if claim is not None:
-            await self._apply(self._core.patch_namespaced_persistent_volume_claim, claim)
-        elif weights.target.kind is TargetKind.PVC:
-            try:
-                await self._core.read_namespaced_persistent_volume_claim(
-                    weights.target.claim_name or "", self._namespace
-                )
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                return Execution(
-                    active=False,
-                    failure=(
-                        f"PersistentVolumeClaim {weights.target.claim_name} does not exist in "
-                        f"namespace {self._namespace}; create it or give sizeGi"
-                    ),
-                )
+        if weights.target.kind is TargetKind.PVC:
+            labels = await self._claim_labels(weights.target.claim_name or "")
+            refusal = claim_refusal(weights, labels, namespace=self._namespace)
+            if refusal is not None:
+                return Execution(active=False, failure=refusal)
+            claim = render_claim(weights, namespace=self._namespace)
+            if claim is not None and (labels is None or labels.get(OWNER_ID) == weights.id):
+                await self._apply(self._core.patch_namespaced_persistent_volume_claim, claim)
         await self._delete_jobs(weights.id, keep_attempt=weights.attempt)
         job = render_job(model, weights, self._template, namespace=self._namespace)
         await self._apply(self._batch.patch_namespaced_job, job)

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s
 
-from controllers.download_jobs import JobTemplate, job_execution, job_name, render_job
+from controllers.download_jobs import (
+    JobTemplate,
+    claim_refusal,
+    job_execution,
+    job_name,
+    render_job,
+)
 from controllers.executions import Execution
 from controllers.runtimes import KubernetesRuntime
 from storage.documents import (
@@ -165,6 +171,44 @@ def test_job_name_is_per_attempt_and_dns_safe() -> None:
     assert job_name("weights-abc", 0) == "download-weights-abc-0"
     assert job_name("weights-abc", 3) != job_name("weights-abc", 0)
     assert len(job_name("w" * 80, 12)) <= 63
+
+
+def _pvc_weights(size_gi: int | None) -> WeightsDocument:
+    return WeightsDocument(
+        id="weights-x",
+        organization_id="org-a",
+        repo_id="org/x",
+        commit_sha="c" * 40,
+        target=DownloadTarget(kind=TargetKind.PVC, claim_name="data", size_gi=size_gi),
+        location="pvc://data/models/x",
+    )
+
+
+OURS = {"modelplane.io/organization-id": "org-a", "modelplane.io/owner-id": "weights-y"}
+
+
+@pytest.mark.parametrize(
+    ("size_gi", "labels", "refused"),
+    [
+        (5, None, None),  # created by this download
+        (None, None, "does not exist in namespace ns; create it or give sizeGi"),
+        (None, OURS, None),  # the organisation's (created for its other weights)
+        (5, OURS, None),  # the same, with a size: used, not applied again
+        (None, {"modelplane.io/organization-id": "org-b"}, "is not labelled for this"),
+        (5, {"app": "database"}, "is not labelled for this organisation"),  # a database's
+        (None, {}, "is not labelled for this organisation"),
+    ],
+)
+def test_a_claim_is_used_only_by_the_organisation_it_is_labelled_for(
+    size_gi: int | None, labels: dict[str, str] | None, refused: str | None
+) -> None:
+    reason = claim_refusal(_pvc_weights(size_gi), labels, namespace="ns")
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert refused in reason
+        assert "PersistentVolumeClaim data" in reason
 
 
 def test_rendered_job_holds_references_never_values() -> None:

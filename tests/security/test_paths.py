@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubernetes_asyncio import client as k8s
+
+from controllers.runtimes import KubernetesRuntime
 from modelplane.embedded import free_port
 from storage.documents import Role
 from testbed.hub import RunningHub
@@ -209,3 +212,36 @@ async def test_a_pvc_claim_serves_one_organisation_and_sub_paths_do_not_nest(
     assert await database["models"].count_documents({"organization_id": "org-a"}) == 1
     beside = await create(kube_app, "org-a", pvc("models/c"), repo="tiny-org/sharded-model")
     assert beside["__typename"] == "Model", beside
+
+
+async def test_a_download_cannot_take_over_a_claim_of_the_namespace(kube_app: RunningApp) -> None:
+    """A PVC target naming a claim that modelplane did not create for the organisation (here
+    a database's) is refused, with or without sizeGi: the download would write into it, and
+    applying our labels to it made deleteWeights delete it. The claim keeps its labels and no
+    download Job is made."""
+    runtime = kube_app.resources.runtime
+    assert isinstance(runtime, KubernetesRuntime)
+    core = k8s.CoreV1Api(runtime.api)
+    namespace = kube_app.resources.settings.namespace
+    labels = {"app": "database"}
+    await core.create_namespaced_persistent_volume_claim(
+        namespace,
+        k8s.V1PersistentVolumeClaim(
+            metadata=k8s.V1ObjectMeta(name="database-data", labels=labels),
+            spec=k8s.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=k8s.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    for index, (repo, size) in enumerate([(REPO, {}), ("tiny-org/sharded-model", {"sizeGi": 1})]):
+        pvc = {"claimName": "database-data", "subPath": f"m{index}"} | size
+        made = await create(kube_app, "org-a", {"pvc": pvc}, repo=repo)
+        assert made["__typename"] == "Model", made
+        model = await settled(kube_app, "org-a", made["id"])
+        assert model["phase"] == "FAILED", model
+        assert "is not labelled for this organisation" in model["message"], model
+        claim = await core.read_namespaced_persistent_volume_claim("database-data", namespace)
+        assert claim.metadata.labels == labels
+        jobs = await k8s.BatchV1Api(runtime.api).list_namespaced_job(namespace)
+        assert jobs.items == []
