@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aioboto3
+import httpx
 from aiobotocore.config import AioConfig
 
 from controllers.locations import organization_area
@@ -71,3 +79,47 @@ async def wait_inference(
             return inference
         assert time.monotonic() < deadline, f"timed out waiting for {phases}; last {inference}"
         await asyncio.sleep(0.1)
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid``, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@contextmanager
+def serve_process(
+    tmp_path: Path, port: int, settings: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``modelplane serve`` in its own process (its RSS readable from /proc), configured by
+    ``settings`` (``MODELPLANE_*`` variables; this process's own are not inherited), until
+    ``/readyz`` answers; stopped with SIGTERM (then killed) at the end. Its output goes to
+    ``serve.log`` in ``tmp_path``: a pipe nobody reads would fill and block the server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
+    if "MODELPLANE_TESTBED_CACHE" in os.environ:
+        env["MODELPLANE_TESTBED_CACHE"] = os.environ["MODELPLANE_TESTBED_CACHE"]
+    env |= {"MODELPLANE_LOG_LEVEL": "WARNING", **settings, "MODELPLANE_PORT": str(port)}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "modelplane", "serve"], env=env, stdout=output, stderr=output
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "modelplane serve did not come up"
+            time.sleep(0.2)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +34,7 @@ from storage.documents import Role
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import execute
+from tests.helpers import rss_bytes, serve_process
 from tests.operations import operation
 
 MiB = 1024 * 1024
@@ -293,15 +291,13 @@ async def test_production_metrics_take_only_the_metrics_token(
 
 @dataclass
 class Served:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     base_url: str
     viewer: str
     latencies: list[float] = field(default_factory=list)
 
     def rss(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
-        return int(line.split()[1]) * 1024
+        return rss_bytes(self.process.pid)
 
 
 @pytest.fixture
@@ -311,50 +307,19 @@ def served(
     """``modelplane serve`` in its own process on the session's FerretDB and hub."""
     port = free_port()
     state = tmp_path / "state"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
-        "MODELPLANE_TESTBED_CACHE": os.environ.get("MODELPLANE_TESTBED_CACHE", ""),
+    settings = {
         "MODELPLANE_MONGODB_URI": mongo_uri,
         "MODELPLANE_MONGODB_DATABASE": f"sec_{uuid.uuid4().hex[:12]}",
         "MODELPLANE_SECRET_KEY": SECRET,
         "MODELPLANE_STATE_DIR": str(state),
-        "MODELPLANE_PORT": str(port),
         "MODELPLANE_HF_ENDPOINT": hub.endpoint,
-        "MODELPLANE_LOG_LEVEL": "WARNING",
     }
-    if not env["MODELPLANE_TESTBED_CACHE"]:
-        del env["MODELPLANE_TESTBED_CACHE"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelplane", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "modelplane serve did not come up"
-            time.sleep(0.2)
+    with serve_process(tmp_path, port, settings) as process:
         key = load_dev_key(secret_key=SECRET, state_dir=state)
         viewer = issue_dev_token(
             key, subject="prober", organization_id="org-a", role=Role.VIEWER, ttl_seconds=600
         )
-        yield Served(process, base_url, viewer)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        yield Served(process, f"http://127.0.0.1:{port}", viewer)
 
 
 def _probe(served: Served, stop: threading.Event) -> None:

@@ -8,11 +8,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -35,6 +31,7 @@ from storage.events import EventLog, EventType, ResourceKind
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import execute, run
+from tests.helpers import rss_bytes, serve_process
 from tests.operations import operation
 
 WS = Subprotocol("graphql-transport-ws")
@@ -429,55 +426,27 @@ async def test_operations_per_connection_are_capped_by_a_setting(
 
 
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_bytes(pid) / 2**20
 
 
 @pytest.fixture
 def served(tmp_path: Path, mongo_uri: str) -> Iterator[tuple[int, int, str, str]]:
-    """``modelplane serve`` in its own process: (pid, port, database name, admin token)."""
+    """``modelplane serve`` in its own process: (pid, port, database name, viewer token)."""
     port = free_port()
     secret = "test-secret-key-that-is-long-enough-0123456789"
     name = f"app_{uuid.uuid4().hex[:12]}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")},
+    settings = {
         "MODELPLANE_MONGODB_URI": mongo_uri,
         "MODELPLANE_MONGODB_DATABASE": name,
         "MODELPLANE_STATE_DIR": str(tmp_path / "state"),
         "MODELPLANE_SECRET_KEY": secret,
-        "MODELPLANE_LOG_LEVEL": "WARNING",
     }
-    log = tmp_path / "serve.log"  # a file, not a pipe nobody reads (it would fill and block)
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "modelplane", "serve", "--port", str(port)],
-            env=env,
-            stdout=output,
-            stderr=output,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "modelplane serve did not come up"
-            time.sleep(0.2)
+    with serve_process(tmp_path, port, settings) as process:
         key = load_dev_key(secret_key=secret, state_dir=tmp_path / "state")
         token = issue_dev_token(
             key, subject="tester", organization_id="org-a", role=Role.VIEWER, ttl_seconds=600
         )
         yield process.pid, port, name, token
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.timeout(240)
