@@ -297,6 +297,7 @@ async def open_resources(
         weights = WeightsService(
             weights=WeightsRepository(database),
             models=ModelRepository(database),
+            inferences=InferenceRepository(database),
             ledgers=LedgerRepository(database),
             controller=controller,
             local_roots=tuple(settings.local_roots),

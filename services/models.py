@@ -325,8 +325,44 @@ class ModelService:
         log.info("model deleted", extra={"model_id": model.id, "removed": len(removed)})
         if not already:
             await self._record.model(model, EventType.DELETED)
+        model = await self._credentials_gone(principal, model)
         self._on_change(model.id)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
+
+    async def _credentials_gone(self, principal: Principal, model: ModelDocument) -> ModelDocument:
+        """Once the secret is deleted the document says so: no ``secret_ref``, no token, no S3
+        secret key. A second write after the soft delete (whose DELETED event is recorded
+        already), with no event of its own: the model is gone for subscribers. A failure
+        before this point leaves the ref, so deleting again retries the secret."""
+        for _ in range(UPDATE_ATTEMPTS):
+            target = model.download_target
+            if not (
+                model.secret_ref
+                or model.source.has_token
+                or (target is not None and target.has_secret_access_key)
+            ):
+                return model
+            changes: dict[str, object] = {
+                "secret_ref": None,
+                "source": model.source.model_copy(update={"has_token": False}).model_dump(),
+            }
+            if target is not None:
+                changes["download_target"] = target.model_copy(
+                    update={"has_secret_access_key": False}
+                ).model_dump()
+            try:
+                return await self._models.update(
+                    model.id,
+                    expected_revision=model.revision,
+                    changes=changes,
+                    scope=principal.scope,
+                )
+            except RevisionConflict:
+                reread = await self._models.get(model.id, scope=principal.scope)
+                if reread is None:
+                    raise Missing(model.id, f"model {model.id} not found") from None
+                model = reread
+        raise Conflict(None, f"model {model.id} is changing too often; try again")
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -1,4 +1,15 @@
-"""Weights: list and inspect downloads, cancel, retry, delete, and the storage inventory."""
+"""Weights: list and inspect downloads, cancel, retry, delete, and the storage inventory.
+
+Deleting weights without ``force`` refuses while an engine may read them. That is decided
+from the inference documents of the models using the weights, never from the model's
+``inference_phase``: that copy is mirrored by the controller after the inference's own write,
+so it lags (a RUNNING engine read as its previous phase) and may be missing. An enabled
+inference holds its weights whatever its phase says: PENDING and CREATING engines are about
+to load them, CRASH_LOOP_BACK_OFF ones load them at every restart, and a FAILED one is
+started again when its cause goes (a Kubernetes Deployment keeps retrying its image pull; a
+model whose weights failed starts when they are READY). A stopped one holds them until it is
+STOPPED: until its engine is gone it keeps its last phase and may still be reading.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,8 @@ from controllers.weights import DownloadController
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (
+    InferenceDocument,
+    InferencePhase,
     ModelDocument,
     ModelPhase,
     Role,
@@ -22,12 +35,22 @@ from storage.documents import (
 )
 from storage.errors import RevisionConflict
 from storage.events import EventType, Recorder
-from storage.repositories import LedgerRepository, ModelRepository, Page, WeightsRepository
+from storage.repositories import (
+    InferenceRepository,
+    LedgerRepository,
+    ModelRepository,
+    Page,
+    WeightsRepository,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-ACTIVE_INFERENCE = frozenset({"STARTING", "RUNNING", "DEGRADED", "SCALING"})
+
+
+def holds_weights(*, enabled: bool, phase: InferencePhase) -> bool:
+    """Whether an inference may read its model's weights now or later (module docstring)."""
+    return enabled or phase is not InferencePhase.STOPPED
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +100,7 @@ class WeightsService:
         *,
         weights: WeightsRepository,
         models: ModelRepository,
+        inferences: InferenceRepository,
         ledgers: LedgerRepository,
         controller: DownloadController | None,
         local_roots: tuple[Path, ...],
@@ -85,6 +109,7 @@ class WeightsService:
         self._record = recorder or Recorder(None)
         self._weights = weights
         self._models = models
+        self._inferences = inferences
         self._ledgers = ledgers
         self._controller = controller
         self._roots = local_roots
@@ -189,7 +214,7 @@ class WeightsService:
             for m in [await self._models.get(i, scope=principal.scope) for i in weights.model_ids]
             if m is not None and not m.is_deleted
         ]
-        serving = [m.name for m in users if (m.inference_phase or "") in ACTIVE_INFERENCE]
+        serving = await self._serving(principal, users)
         if serving and not force:
             raise Conflict(
                 "force",
@@ -203,6 +228,21 @@ class WeightsService:
         for model in users:
             await self._detach(model)
         return [m.id for m in users]
+
+    async def _serving(self, principal: Principal, users: list[ModelDocument]) -> list[str]:
+        """Names of the models among ``users`` whose inference holds their weights, read from
+        the inference documents themselves (one query)."""
+        if not users:
+            return []
+        names = {m.id: m.name for m in users}
+        found = await self._inferences.find(
+            where={**principal.scope, "model_id": {"$in": list(names)}, "is_deleted": False},
+            limit=10_000,
+        )
+        holding: list[InferenceDocument] = [
+            i for i in found.items if holds_weights(enabled=i.enabled, phase=i.phase)
+        ]
+        return sorted({names[i.model_id] for i in holding if i.model_id in names})
 
     async def _discard_partials(self, weights: WeightsDocument) -> None:
         """Stop the runner and drop in-flight parts. A target that cannot be reached keeps its

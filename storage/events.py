@@ -83,6 +83,7 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import StorageError
+from storage.locks import document_lock
 from storage.repositories import InferenceRepository, ModelRepository, WeightsRepository
 
 logger = logging.getLogger(__name__)
@@ -723,6 +724,20 @@ def describe(document: EventSource) -> dict[str, Any]:
     return {**fields, "resource_kind": kind, "model_ids": model_ids, "phase": phase}
 
 
+async def remove_mark(
+    database: Database, kind: ResourceKind, document_id: str, marker: str
+) -> None:
+    """Pull ``marker`` from the document's ``pending_events`` under the document's lock, as
+    the compare-and-set writes take it: FerretDB 1.24 writes an update back as the whole
+    document it read, so an unlocked ``$pull`` racing one of them undid it (measured: a
+    ``deleteModel`` came back not deleted; ``tests/test_event_marks.py``)."""
+    collection = DOCUMENT_COLLECTIONS[kind]
+    async with document_lock(database.name, collection, document_id):
+        await database[collection].update_one(
+            {"_id": document_id}, {"$pull": {"pending_events": marker}}
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Owed:
     """A ``pending_events`` mark read back: the event a write of ``revision`` owes the log."""
@@ -897,9 +912,7 @@ class Recorder:
         database = self._log.database
         try:
             if marker is not None:
-                await database[DOCUMENT_COLLECTIONS[kind]].update_one(
-                    {"_id": document_id}, {"$pull": {"pending_events": marker}}
-                )
+                await remove_mark(database, kind, document_id, marker)
             if outbox_key is not None:
                 await database[OUTBOX_COLLECTION].delete_one({"_id": outbox_key})
         except PyMongoError as exc:

@@ -52,6 +52,7 @@ from storage.events import (
     Recorder,
     ResourceKind,
     parse_marker,
+    remove_mark,
 )
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,7 @@ class EventRecovery:
             owed = parse_marker(marker)
             if owed is None:
                 log.warning("unknown event mark dropped", extra={"resource_id": document.id})
-                await self._database[DOCUMENT_COLLECTIONS[kind]].update_one(
-                    {"_id": document.id}, {"$pull": {"pending_events": marker}}
-                )
+                await remove_mark(self._database, kind, document.id, marker)
                 continue
             if owed.at >= cutoff:
                 continue  # young: its writer is probably appending it right now

@@ -403,11 +403,13 @@ class WeightsRepository(Repository[WeightsDocument]):
         self, weights_id: str, *, progress: dict[str, Any], attempt: int
     ) -> bool:
         """Store progress without a revision bump (it changes every second, nobody CASes on
-        it); ignored when a newer attempt owns the download."""
-        result = await self._collection.update_one(
-            {"_id": weights_id, "attempt": attempt},
-            {"$set": {"progress": progress, "updated_at": utcnow()}},
-        )
+        it); ignored when a newer attempt owns the download. Under the document's lock all the
+        same: FerretDB writes the whole document back, undoing a cancel that landed meanwhile."""
+        async with self._lock(weights_id):
+            result = await self._collection.update_one(
+                {"_id": weights_id, "attempt": attempt},
+                {"$set": {"progress": progress, "updated_at": utcnow()}},
+            )
         return result.matched_count == 1
 
 

@@ -10,6 +10,7 @@ import pytest
 from storage.client import Database
 from storage.documents import Role
 from testbed.hub import RunningHub
+from testbed.servers import S3Server
 from tests.conftest import HUB_TOKEN, RunningApp
 from tests.graphql_client import execute, run
 from tests.helpers import weights_area
@@ -385,6 +386,54 @@ async def test_delete_is_soft_idempotent_and_frees_the_name(running_app: Running
     again = await create(running_app, remote())
     assert again["__typename"] == "Model"
     assert again["name"] == model["name"]
+
+
+def s3_with_token(app: RunningApp, s3_server: S3Server) -> dict[str, Any]:
+    """A LOCAL model with both credentials: a hub token and an S3 secret key."""
+    return local(
+        app,
+        source={"url": "tiny-org/tiny-model", "accessMode": "LOCAL", "token": HUB_TOKEN},
+        downloadTarget={
+            "s3": {
+                "endpoint": s3_server.endpoint,
+                "bucket": "no-such-bucket",
+                "region": s3_server.region,
+                "accessKeyId": s3_server.access_key_id,
+                "secretAccessKey": s3_server.secret_access_key,
+            }
+        },
+    )
+
+
+async def test_delete_says_the_credentials_are_gone(
+    running_app: RunningApp, s3_server: S3Server
+) -> None:
+    """Issue 16 bug 3: the secret is deleted, so hasToken / hasSecretAccessKey say false."""
+    url, database = running_app.graphql_url, running_app.resources.database
+    admin = running_app.token(role=Role.ADMIN, organization="org-a")
+    models = [await create(running_app, remote())]
+    models.append(await create(running_app, s3_with_token(running_app, s3_server)))
+    assert models[1]["downloadTarget"]["hasSecretAccessKey"] is True
+    assert await database["secrets"].count_documents({}) == 2
+    for model in models:
+        assert model["source"]["hasToken"] is True, model
+        deleted = (await run(url, "DeleteModel", {"id": model["id"]}, token=admin))["deleteModel"]
+        assert deleted["removed"] == [
+            {"kind": "EncryptedSecret", "name": f"{model['id']}-credentials"}
+        ]
+        assert deleted["model"]["source"]["hasToken"] is False
+        seen = (await run(url, "Model", {"id": model["id"]}, token=admin))["model"]
+        assert seen["isDeleted"] is True, seen
+        assert seen["source"]["hasToken"] is False
+        if seen["downloadTarget"] is not None:
+            assert seen["downloadTarget"]["hasSecretAccessKey"] is False
+        stored = await database["models"].find_one({"_id": model["id"]})
+        assert stored is not None
+        assert stored["secret_ref"] is None
+    assert await database["secrets"].count_documents({}) == 0
+    again = (await run(url, "DeleteModel", {"id": models[0]["id"]}, token=admin))["deleteModel"]
+    assert again["alreadyDeleted"] is True
+    assert again["model"]["source"]["hasToken"] is False
 
 
 async def test_roles_and_authentication(running_app: RunningApp) -> None:
