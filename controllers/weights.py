@@ -120,6 +120,12 @@ def plan_release(
     return Action.RELEASE if model.id in weights.model_ids else Action.FORGET
 
 
+def restarts_on_attach(weights: WeightsDocument) -> bool:
+    """A new model asking for stopped weights that no model uses (their model was deleted)
+    restarts them: creating the model again downloads, resuming from the verified files."""
+    return not weights.model_ids and weights.state in (WeightsState.CANCELLED, WeightsState.FAILED)
+
+
 def model_status(weights: WeightsDocument) -> tuple[ModelPhase, str | None]:
     """The model phase and message that mirror a Weights' state."""
     if weights.state is WeightsState.READY:
@@ -557,10 +563,19 @@ class DownloadController:
             with contextlib.suppress(DuplicateKey):
                 await self._weights.insert(found)
         elif model.id not in found.model_ids:
+            changes: dict[str, object] = {"model_ids": [*found.model_ids, model.id]}
+            restart = restarts_on_attach(found)
+            if restart:
+                changes |= {"state": WeightsState.PENDING, "message": None}
+                changes["attempt"] = found.attempt + 1
             found = await self._weights.update(
                 found.id,
                 expected_revision=found.revision,
-                changes={"model_ids": [*found.model_ids, model.id]},
+                changes=changes,
+                event=EventType.PHASE_CHANGED if restart else EventType.UPDATED,
+            )
+            await self._record.weights(
+                found, EventType.PHASE_CHANGED if restart else EventType.UPDATED
             )
         attached = await self._models.update(
             model.id, expected_revision=model.revision, changes={"weights_id": found.id}

@@ -19,6 +19,7 @@ from controllers.weights import (
     WeightsRuntimeConfig,
     model_status,
     plan,
+    restarts_on_attach,
 )
 from integrations.huggingface import HubClient
 from storage.client import Database
@@ -196,6 +197,21 @@ def test_plan(
     expected: Action,
 ) -> None:
     assert plan(model, weights, execution) is expected
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        (_weights(WeightsState.CANCELLED), True),  # stopped when its model was deleted
+        (_weights(WeightsState.FAILED), True),
+        (_weights(WeightsState.CANCELLED, "model-b"), False),  # another model's user cancelled
+        (_weights(WeightsState.FAILED, "model-b"), False),
+        (_weights(WeightsState.PULLING), False),
+        (_weights(WeightsState.READY), False),
+    ],
+)
+def test_restarts_on_attach(weights: WeightsDocument, expected: bool) -> None:
+    assert restarts_on_attach(weights) is expected
 
 
 @pytest.mark.parametrize(

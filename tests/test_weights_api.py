@@ -202,6 +202,12 @@ async def test_deleting_a_model_mid_download_stops_its_weights(
     assert stored is not None
     assert not await controller.running(WeightsDocument.from_mongo(stored))
 
+    hub.hub.faults.clear()
+    again = await create_local(running_app, "tiny-org/sharded-model")  # the same place
+    done = await wait_model(running_app, again["id"], ready)
+    assert done["phase"] == "READY", done
+    assert (done["weights"]["id"], done["weights"]["modelIds"]) == (weights_id, [again["id"]])
+
 
 async def test_preflight_failure_is_reported_on_the_model(
     running_app: RunningApp, tmp_path: Path
