@@ -65,11 +65,18 @@ LEASE_NAME = "download-controller"
 S3_PART = 16 * 1024 * 1024
 
 
+STOPPED_BY_DELETE = "download stopped: its model was deleted"
+"""Why the download of weights that no model uses any more was cancelled."""
+_DOWNLOADING = (WeightsState.PENDING, WeightsState.PULLING)
+
+
 class Action(enum.Enum):
     """What a reconcile decides for one model."""
 
     NOTHING = "nothing"
-    FORGET = "forget"  # deleted or not LOCAL: stop any download
+    FORGET = "forget"  # gone, deleted or not LOCAL, and nothing of it left to undo
+    RELEASE = "release"  # deleted, still listed by weights that go on: unlist it
+    STOP = "stop"  # deleted, its download used by no other model: cancel it, unlist it
     CREATE_WEIGHTS = "create-weights"
     START = "start"  # no worker for the current attempt: launch one
     FAIL = "fail"  # the worker failed without recording why: record the runtime's reason
@@ -82,12 +89,12 @@ def plan(  # noqa: PLR0911  a decision table reads best as one return per row
 ) -> Action:
     """The pure decision of a reconcile (table-tested)."""
     if model is None or model.is_deleted or model.source.access_mode is not AccessMode.LOCAL:
-        return Action.FORGET
+        return plan_release(model, weights, execution)
     if model.download_target is None:
         return Action.NOTHING
     if weights is None:
         return Action.CREATE_WEIGHTS if model.phase is ModelPhase.PENDING else Action.NOTHING
-    if weights.state in (WeightsState.PENDING, WeightsState.PULLING):
+    if weights.state in _DOWNLOADING:
         if execution.failure is not None:
             return Action.FAIL
         if not execution.active:
@@ -96,6 +103,27 @@ def plan(  # noqa: PLR0911  a decision table reads best as one return per row
     if execution.active and weights.state is not WeightsState.READY:
         return Action.HALT
     return Action.MIRROR
+
+
+def plan_release(
+    model: ModelDocument | None, weights: WeightsDocument | None, execution: Execution
+) -> Action:
+    """A model that no longer wants its weights (deleted): a download that no other model
+    uses stops (CANCELLED, :data:`STOPPED_BY_DELETE`), whether or not the model is still
+    listed (weights left PULLING with no model by an older version stop too); weights that
+    other models use, or that are settled, only lose the model from their list."""
+    if model is None or weights is None:
+        return Action.FORGET
+    others = [owner for owner in weights.model_ids if owner != model.id]
+    if not others and (weights.state in _DOWNLOADING or execution.active):
+        return Action.STOP
+    return Action.RELEASE if model.id in weights.model_ids else Action.FORGET
+
+
+def restarts_on_attach(weights: WeightsDocument) -> bool:
+    """A new model asking for stopped weights that no model uses (their model was deleted)
+    restarts them: creating the model again downloads, resuming from the verified files."""
+    return not weights.model_ids and weights.state in (WeightsState.CANCELLED, WeightsState.FAILED)
 
 
 def model_status(weights: WeightsDocument) -> tuple[ModelPhase, str | None]:
@@ -426,14 +454,13 @@ class DownloadController:
         weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
         execution = await self._executor.observe(weights) if weights is not None else Execution()
         action = plan(model, weights, execution)
-        if action is Action.FORGET:
-            if weights is not None and model is not None:
-                await self._release(weights, model.id)
+        if action in (Action.RELEASE, Action.STOP) and model is not None and weights is not None:
+            await self._release(model, weights, stop=action is Action.STOP)
             return None
-        if action is Action.NOTHING or model is None:
+        if action in (Action.NOTHING, Action.FORGET) or model is None:
             return None
         if action is Action.CREATE_WEIGHTS:
-            weights = await self._attach_weights(model)
+            model, weights = await self._attach_weights(model)
             execution = await self._executor.observe(weights)
             action = plan(model, weights, execution)
         assert weights is not None  # noqa: S101  every remaining action has weights
@@ -499,7 +526,10 @@ class DownloadController:
         await self._record.weights(noted, EventType.UPDATED)
         return noted
 
-    async def _attach_weights(self, model: ModelDocument) -> WeightsDocument:
+    async def _attach_weights(self, model: ModelDocument) -> tuple[ModelDocument, WeightsDocument]:
+        """Find or create the weights of the model's repo, commit and target, list the model
+        in them and point the model at them. Returns both as written: the reconcile goes on
+        with the model this write returned (its copy from before would conflict with itself)."""
         target = model.download_target
         assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
         assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
@@ -533,15 +563,24 @@ class DownloadController:
             with contextlib.suppress(DuplicateKey):
                 await self._weights.insert(found)
         elif model.id not in found.model_ids:
+            changes: dict[str, object] = {"model_ids": [*found.model_ids, model.id]}
+            restart = restarts_on_attach(found)
+            if restart:
+                changes |= {"state": WeightsState.PENDING, "message": None}
+                changes["attempt"] = found.attempt + 1
             found = await self._weights.update(
                 found.id,
                 expected_revision=found.revision,
-                changes={"model_ids": [*found.model_ids, model.id]},
+                changes=changes,
+                event=EventType.PHASE_CHANGED if restart else EventType.UPDATED,
             )
-        await self._models.update(
+            await self._record.weights(
+                found, EventType.PHASE_CHANGED if restart else EventType.UPDATED
+            )
+        attached = await self._models.update(
             model.id, expected_revision=model.revision, changes={"weights_id": found.id}
         )
-        return found
+        return attached, found
 
     async def _token(self, model: ModelDocument) -> str | None:
         return (await self._secret_values(model)).get(HF_TOKEN_KEY)
@@ -608,17 +647,52 @@ class DownloadController:
             return
         await self._record.model(updated, EventType.PHASE_CHANGED)
 
-    async def _release(self, weights: WeightsDocument, model_id: str) -> None:
-        remaining = [m for m in weights.model_ids if m != model_id]
-        if not remaining:
-            await self.cancel_runner(weights.id)
-        with contextlib.suppress(RevisionConflict):
-            await self._weights.update(
-                weights.id, expected_revision=weights.revision, changes={"model_ids": remaining}
+    async def _release(self, model: ModelDocument, weights: WeightsDocument, *, stop: bool) -> None:
+        """RELEASE: drop the model from the weights' list. STOP: also cancel the download (one
+        compare-and-set with the bumped attempt, so the worker's last write is a no-op), halt
+        the worker and discard in-flight parts; verified files stay, as after cancelDownload:
+        deleteWeights removes them, a new model and retryDownload resume from them.
+        Idempotent; on a conflict the model is looked at again with fresh data."""
+        changes: dict[str, object] = {
+            "model_ids": [owner for owner in weights.model_ids if owner != model.id]
+        }
+        stopping = stop and weights.state in _DOWNLOADING
+        if stopping:
+            changes |= {
+                "state": WeightsState.CANCELLED,
+                "message": STOPPED_BY_DELETE,
+                "attempt": weights.attempt + 1,
+            }
+        if changes != {"model_ids": weights.model_ids}:
+            try:
+                weights = await self._weights.update(
+                    weights.id,
+                    expected_revision=weights.revision,
+                    changes=changes,
+                    event=EventType.PHASE_CHANGED if stopping else EventType.UPDATED,
+                )
+            except RevisionConflict:
+                self._queue.add(model.id)
+                return
+            await self._record.weights(
+                weights, EventType.PHASE_CHANGED if stopping else EventType.UPDATED
             )
+        if stop:
+            await self.cancel_runner(weights.id)
+        if stopping:
+            log.info("download stopped: its model was deleted", extra={"weights_id": weights.id})
+            try:
+                await self.discard_partials(weights)
+            except DownloadError as exc:
+                log.warning(
+                    "partial downloads could not be discarded",
+                    extra={"weights_id": weights.id, "reason": str(exc)},
+                )
 
     async def resync(self) -> None:
-        """Enqueue every LOCAL model that is not settled."""
+        """Enqueue every LOCAL model that is not settled, and every model pointing at a
+        download in progress: a deleted model whose deletion this replica never heard of (the
+        API call went to another replica) still has its download to stop."""
         page = await self._models.find(
             where={
                 "is_deleted": False,
@@ -627,5 +701,14 @@ class DownloadController:
             },
             limit=10_000,
         )
+        downloading = await self._weights.find(
+            where={"state": {"$in": [state.value for state in _DOWNLOADING]}}, limit=10_000
+        )
         for model in page.items:
             self._queue.add(model.id)
+        if downloading.items:
+            users = await self._models.find(
+                where={"weights_id": {"$in": [w.id for w in downloading.items]}}, limit=10_000
+            )
+            for model in users.items:
+                self._queue.add(model.id)

@@ -403,8 +403,9 @@ class WeightsRepository(Repository[WeightsDocument]):
         self, weights_id: str, *, progress: dict[str, Any], attempt: int
     ) -> bool:
         """Store progress without a revision bump (it changes every second, nobody CASes on
-        it); ignored when a newer attempt owns the download. Under the document's lock all the
-        same: FerretDB writes the whole document back, undoing a cancel that landed meanwhile."""
+        it); ignored when a newer attempt owns the download. Under the document's lock like
+        every write: FerretDB 1.24 rewrites the whole document, so a progress write racing a
+        compare-and-set put the old revision back (a cancel or a newly listed model was lost)."""
         async with self._lock(weights_id):
             result = await self._collection.update_one(
                 {"_id": weights_id, "attempt": attempt},

@@ -11,9 +11,12 @@ import pytest
 from storage.client import Database
 from storage.documents import (
     AccessMode,
+    DownloadTarget,
     ModelDocument,
     ModelSource,
     OrganizationDocument,
+    TargetKind,
+    WeightsDocument,
     new_id,
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
@@ -21,6 +24,7 @@ from storage.repositories import (
     LeaseRepository,
     ModelRepository,
     OrganizationRepository,
+    WeightsRepository,
     ensure_indexes,
 )
 
@@ -72,6 +76,34 @@ async def test_concurrent_updates_exactly_one_wins(orgs: OrganizationRepository)
     assert sorted(outcomes) == ["conflict"] * 4 + ["won"]
     final = await orgs.require("org-c")
     assert final.revision == 2
+
+
+async def test_a_progress_write_never_undoes_a_concurrent_compare_and_set(
+    database: Database,
+) -> None:
+    """FerretDB rewrites the whole document on every update: a progress write racing a
+    compare-and-set used to put the old document back (a cancelled download went on PULLING)."""
+    weights = WeightsRepository(database)
+    doc = await weights.insert(
+        WeightsDocument(
+            id="weights-race",
+            organization_id="org",
+            repo_id="org/a",
+            commit_sha="c" * 40,
+            target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+            location="/models/a",
+        )
+    )
+    for round_ in range(20):
+        progress = {"stage": "DOWNLOADING", "bytes_done": round_}
+        written, _ = await asyncio.gather(
+            weights.update(
+                doc.id, expected_revision=doc.revision, changes={"model_ids": [f"m{round_}"]}
+            ),
+            weights.set_progress(doc.id, progress=progress, attempt=0),
+        )
+        doc = await weights.require(doc.id)
+        assert (doc.revision, doc.model_ids) == (written.revision, [f"m{round_}"]), round_
 
 
 async def test_update_of_missing_document_is_not_found(orgs: OrganizationRepository) -> None:

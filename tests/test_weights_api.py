@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from storage.documents import Role
+from storage.documents import Role, WeightsDocument
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp
 from tests.graphql_client import run
@@ -156,6 +156,57 @@ async def test_cancel_keeps_nothing_in_flight_and_retry_resumes(
     assert retried["state"] == "PENDING"
     done = await wait_model(running_app, created["id"], lambda m: m["phase"] == "READY")
     assert done["weights"]["state"] == "READY"
+
+
+async def test_deleting_a_model_mid_download_stops_its_weights(
+    running_app: RunningApp, hub: RunningHub
+) -> None:
+    """The download of a deleted model, used by no other model, ends CANCELLED and says why;
+    verified files stay (a new model and retryDownload resume from them), in-flight parts go."""
+    hub.hub.faults.throttle("*.safetensors", 1 * MiB)
+    created = await create_local(running_app, "tiny-org/sharded-model")
+    pulling = await wait_model(
+        running_app,
+        created["id"],
+        lambda m: m["weights"] and (m["weights"]["progress"] or {}).get("bytesDone", 0) > 0,
+    )
+    weights_id = pulling["weights"]["id"]
+    deleted = (
+        await run(
+            running_app.graphql_url,
+            "DeleteModel",
+            {"id": created["id"]},
+            token=editor(running_app),
+        )
+    )["deleteModel"]
+    assert deleted["__typename"] == "DeletedModel"
+
+    deadline = time.monotonic() + 30
+    while True:
+        weights = (
+            await run(
+                running_app.graphql_url, "Weights", {"id": weights_id}, token=editor(running_app)
+            )
+        )["weights"]
+        if weights["state"] != "PULLING":
+            break
+        assert time.monotonic() < deadline, f"still PULLING: {weights}"
+        await asyncio.sleep(0.1)
+    assert weights["state"] == "CANCELLED", weights
+    assert weights["message"] == "download stopped: its model was deleted"
+    assert weights["modelIds"] == []
+    assert not (Path(weights["location"]) / ".modelplane-partial").exists()
+    controller = running_app.resources.downloads
+    assert controller is not None
+    stored = await running_app.resources.database["weights"].find_one({"_id": weights_id})
+    assert stored is not None
+    assert not await controller.running(WeightsDocument.from_mongo(stored))
+
+    hub.hub.faults.clear()
+    again = await create_local(running_app, "tiny-org/sharded-model")  # the same place
+    done = await wait_model(running_app, again["id"], ready)
+    assert done["phase"] == "READY", done
+    assert (done["weights"]["id"], done["weights"]["modelIds"]) == (weights_id, [again["id"]])
 
 
 async def test_preflight_failure_is_reported_on_the_model(
