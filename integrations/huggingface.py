@@ -9,10 +9,12 @@ subclasses with a message fit for an API user.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import httpx2
 from huggingface_hub import HfApi
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -78,6 +80,25 @@ class HubModel:
         return sum(f.size or 0 for f in self.files)
 
 
+_T = TypeVar("_T")
+
+
+async def _hub_call(call: Callable[[], _T], *, what: str) -> _T:
+    """Run a blocking huggingface_hub call (a GET) in a thread. A connection that fails
+    without an answer is tried once more: huggingface_hub pools keep-alive connections, and
+    one the hub closed just as it was reused ends this way ("Server disconnected without
+    sending a response", seen under load against the test hub, which closes idle ones after
+    5 s). A second failure is a :class:`HubError` naming the cause, not an unexpected error."""
+    try:
+        return await asyncio.to_thread(call)
+    except httpx2.TransportError:
+        pass
+    try:
+        return await asyncio.to_thread(call)
+    except httpx2.TransportError as exc:
+        raise HubError(f"the hub could not be reached for {what} ({type(exc).__name__})") from exc
+
+
 class HubClient:
     """Reads model metadata from one hub endpoint."""
 
@@ -88,12 +109,11 @@ class HubClient:
     async def model(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
         """Model info with file sizes and LFS hashes at ``revision`` (default branch if None)."""
         try:
-            info = await asyncio.to_thread(
-                self._api.model_info,
-                repo_id,
-                revision=revision,
-                files_metadata=True,
-                token=token or False,
+            info = await _hub_call(
+                lambda: self._api.model_info(
+                    repo_id, revision=revision, files_metadata=True, token=token or False
+                ),
+                what=repo_id,
             )
         except GatedRepoError as exc:
             raise HubAccessDenied(
@@ -151,12 +171,13 @@ class HubClient:
     async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
         """Models whose id matches ``query`` (metadata only, no file list)."""
         try:
-            found = await asyncio.to_thread(
+            found = await _hub_call(
                 lambda: list(
                     self._api.list_models(
                         search=query, limit=limit, full=True, token=token or False
                     )
-                )
+                ),
+                what="a search",
             )
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from huggingface_hub import hf_hub_download
@@ -11,6 +16,7 @@ from huggingface_hub import hf_hub_download
 from integrations.huggingface import (
     HubAccessDenied,
     HubClient,
+    HubError,
     HubRepoNotFound,
     HubRevisionNotFound,
 )
@@ -85,3 +91,58 @@ async def test_private_repo_is_not_found_without_a_grant(hub: RunningHub) -> Non
         await client.model("secret-org/private-model", revision=None, token=None)
     with pytest.raises(HubAccessDenied, match="refused the token"):
         await client.model("secret-org/private-model", revision=None, token="hf_unknowntoken000")
+
+
+@asynccontextmanager
+async def dropping_proxy(upstream: str, drops: int) -> AsyncIterator[str]:
+    """A proxy in front of ``upstream`` whose first ``drops`` connections read a request and
+    close without answering (what a reused keep-alive connection the server just closed
+    looks like); the others are forwarded. Yields the proxy's base URL."""
+    target = urlsplit(upstream)
+    left = [drops]
+    writers: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        if left[0] > 0:
+            left[0] -= 1
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        writers.append(up_writer)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for writer in writers:  # the client's pooled connections, and ours to the hub
+            writer.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_dropped_without_an_answer_is_tried_again_once(
+    hub: RunningHub,
+) -> None:
+    """huggingface_hub retries its searches but not ``model_info``: a pooled connection the
+    hub had just closed failed a preview once with an unexpected error."""
+    async with dropping_proxy(hub.endpoint, drops=1) as endpoint:
+        model = await HubClient(endpoint=endpoint).model(
+            "tiny-org/tiny-model", revision=None, token=None
+        )
+    assert model.sha == hub.hub.repos["tiny-org/tiny-model"].sha
+    async with dropping_proxy(hub.endpoint, drops=2) as endpoint:
+        with pytest.raises(HubError, match=r"could not be reached .*\(RemoteProtocolError\)"):
+            await HubClient(endpoint=endpoint).model(
+                "tiny-org/tiny-model", revision=None, token=None
+            )
