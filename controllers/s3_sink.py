@@ -5,8 +5,11 @@ except the last). Each file uploads one part while it fetches the next (two chun
 file), so memory is bounded by 2 x parallel files x part size, and a process killed mid-way
 fetches again at most those two chunks per file. The multipart upload id
 is kept in the file's ledger, so a restarted process resumes from ``ListParts`` and sends only
-the parts S3 does not have. A file counts once the upload is completed and the object, read
-back, matches the hub's sha256 (or git blob id). Layout: ``s3://bucket/prefix/<repo>/<commit>/<file>``.
+the parts S3 does not have. An upload whose listed parts fall short when it is completed is
+abandoned for a new one, never filled again (a completion interrupted by a cancel leaves
+MinIO dropping the parts sent into that upload). A file counts once the upload is completed
+and the object, read back, matches the hub's sha256 (or git blob id). Layout:
+``s3://bucket/prefix/<repo>/<commit>/<file>``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from controllers.downloading import (
     ChecksumMismatch,
@@ -194,15 +197,27 @@ class S3Sink:
             if head is None or head[0] != file.size:
                 # The upload is gone (a server restart mid-completion, or expired): its parts
                 # with it. Start a new upload and fetch every chunk again.
-                ledger.upload_id = None
-                await self._ledgers.set_upload(ledger, None)
-                raise MissingChunks(file.path, set(range(math.ceil(file.size / ledger.chunk_size))))
+                await self._start_over(file, ledger, key, abort=False)
             return
         expected = math.ceil(file.size / ledger.chunk_size)
-        missing = {n - 1 for n in range(1, expected + 1) if n not in parts}
-        if missing:
-            raise MissingChunks(file.path, missing)
+        if any(n not in parts for n in range(1, expected + 1)):
+            # Parts this process (or the last) stored are not listed: the upload is broken, e.g.
+            # a completion interrupted by a cancel (MinIO then drops the parts, and goes on
+            # dropping the ones sent again into that upload). Never reuse it: a new upload.
+            await self._start_over(file, ledger, key, abort=True)
         await _s3_call(self._s3.complete_upload(key, ledger.upload_id, parts))
+
+    async def _start_over(
+        self, file: WeightsFile, ledger: LedgerDocument, key: str, *, abort: bool
+    ) -> NoReturn:
+        """Forget the file's upload (aborting it first when asked, best effort) and raise
+        :class:`MissingChunks` for every chunk: parts never move from one upload to another."""
+        if abort and ledger.upload_id is not None:
+            with contextlib.suppress(S3Error):
+                await self._s3.abort_upload(key, ledger.upload_id)
+        ledger.upload_id = None
+        await self._ledgers.set_upload(ledger, None)
+        raise MissingChunks(file.path, set(range(math.ceil(file.size / ledger.chunk_size))))
 
     async def _read_back(self, file: WeightsFile, key: str) -> None:
         sha = hashlib.sha256()
