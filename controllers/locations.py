@@ -38,6 +38,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 MARKER = ".modelplane-weights"
 SIDECAR = ".modelplane-partial"
@@ -338,9 +339,10 @@ def _remove_in(
         raise UnsafeLocation(f"{directory} holds other weights ({marker.weights_id})")
     recorded = list(files) if files is not None else (marker.files if marker else [])
     for path in recorded:
-        if _unlink_recorded(fd, path):
+        outcome = _unlink_recorded(fd, path)
+        if outcome == "removed":
             removal.removed_files += 1
-        elif _lexists_below(fd, path):
+        elif outcome == "kept":
             removal.kept.append(path)
     _remove_sidecar(fd)
     for name in (PROBE, MARKER, MARKER + ".tmp"):
@@ -352,39 +354,22 @@ def _remove_in(
     return removal
 
 
-def _unlink_recorded(directory_fd: int, path: str) -> bool:
-    """Unlink one recorded file if it is still a regular file inside the directory."""
+def _unlink_recorded(directory_fd: int, path: str) -> Literal["removed", "kept", "absent"]:
+    """Unlink one recorded file if it is still a regular file inside the directory; "kept"
+    when something else stands there now (a symlink, a directory), "absent" when nothing."""
     parts = relative_parts(path)
-    if parts is None:
-        return False
-    parent = _open_below(directory_fd, parts[:-1])
-    if parent is None:
-        return False
+    parent = None if parts is None else _open_below(directory_fd, parts[:-1])
+    if parts is None or parent is None:
+        return "absent"
     try:
         if not stat.S_ISREG(os.lstat(parts[-1], dir_fd=parent).st_mode):
-            return False
+            return "kept"
         os.unlink(parts[-1], dir_fd=parent)
     except FileNotFoundError:
-        return False
+        return "absent"
     finally:
         os.close(parent)
-    return True
-
-
-def _lexists_below(directory_fd: int, path: str) -> bool:
-    parts = relative_parts(path)
-    if parts is None:
-        return False
-    parent = _open_below(directory_fd, parts[:-1])
-    if parent is None:
-        return False
-    try:
-        os.lstat(parts[-1], dir_fd=parent)
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(parent)
-    return True
+    return "removed"
 
 
 def _remove_created(chain: _Chain, marker: Marker) -> int:
