@@ -70,8 +70,8 @@ def run_child(name: str, argv: list[str], *, env: dict[str, str], size: int) -> 
 
 async def child(mode: str, spec_path: str) -> None:
     """Run our downloader once (``--child local|s3``)."""
-    from controllers.downloading import Downloader, DownloadOptions, LocalSink
-    from controllers.s3_sink import S3Sink, object_prefix
+    from controllers.transfer.downloader import Downloader, DownloadOptions, LocalSink
+    from controllers.transfer.s3_sink import S3Sink, object_prefix
     from integrations.addresses import OutboundPolicy
     from integrations.s3 import S3Client, S3Location
     from storage.client import make_client
@@ -85,7 +85,7 @@ async def child(mode: str, spec_path: str) -> None:
     ledgers = LedgerRepository(database)
     files = [WeightsFile(**f) for f in spec["files"]]
     options = DownloadOptions()
-    if mode == "s3":  # as controllers.weights.options_for does for S3 targets
+    if mode == "s3":  # as controllers.downloads.reconciler.options_for does for S3 targets
         options = DownloadOptions(chunk_size=16 * 1024 * 1024)
     if mode == "local":
         sink: LocalSink | S3Sink = LocalSink(Path(spec["target"]))

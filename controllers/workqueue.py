@@ -2,8 +2,10 @@
 
 ``add(key)`` marks a key dirty; a key being processed is not handed out twice, and adding it
 meanwhile makes it run once more afterwards. ``add_after(key, seconds)`` requeues later
-(observation without sleeping inside a reconcile). Failures are retried with jittered
-exponential backoff; ``forget`` (implicit on success) resets the backoff. The queue owns its
+(observation without sleeping inside a reconcile). Failures are classified
+(:mod:`controllers.errors`): a temporary one is retried after its own delay or the jittered
+exponential backoff (:mod:`controllers.backoff`), a permanent one is not retried, anything else
+is logged with its traceback and retried; success resets the backoff. The queue owns its
 workers and delayed timers and cancels them all on :meth:`stop`.
 """
 
@@ -12,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 
+from controllers.backoff import Backoff
+from controllers.errors import PermanentError, TemporaryError
 from controllers.ids import reconcile_scope
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,7 @@ class WorkQueue:
         self._reconcile = reconcile
         self._name = name
         self._workers = workers
-        self._base = backoff_base
-        self._cap = backoff_cap
+        self._backoff = Backoff(base=backoff_base, cap=backoff_cap, spread=0.5)
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._active: set[str] = set()
@@ -94,6 +96,11 @@ class WorkQueue:
         self._timers.pop(key, None)
         self.add(key)
 
+    def next_delay(self, key: str) -> float:
+        """The delay the queue would wait after one more failure of ``key``: what a reconciler
+        puts in a :class:`~controllers.errors.TemporaryError` and its status message."""
+        return self._backoff.delay(self._failures.get(key, 0) + 1)
+
     async def wait_idle(self) -> None:
         """Return once nothing is queued or running (for tests and shutdown)."""
         await self._idle.wait()
@@ -109,15 +116,8 @@ class WorkQueue:
                     requeue = await self._reconcile(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                delay = min(self._cap, self._base * 2 ** (failures - 1))
-                delay *= 0.5 + random.random()  # noqa: S311  jitter
-                log.exception(
-                    "reconcile failed; retrying", extra={"key": key, "retry_in": round(delay, 2)}
-                )
-                requeue = delay
+            except Exception as exc:  # noqa: BLE001  every failure is classified below
+                requeue = self._failed(key, exc)
             else:
                 self._failures.pop(key, None)
             finally:
@@ -129,3 +129,29 @@ class WorkQueue:
                 self.add_after(key, requeue)
             if not self._queued and not self._active:
                 self._idle.set()
+
+    def _failed(self, key: str, exc: Exception) -> float | None:
+        """Classify a failed reconcile: the delay before the next try, or None for never."""
+        if isinstance(exc, PermanentError):
+            self._failures.pop(key, None)
+            log.warning(
+                "reconcile failed for good; not retrying until something changes",
+                extra={"key": key, "reason": exc.reason, "error": exc.message},
+            )
+            return None
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if isinstance(exc, TemporaryError):
+            delay = exc.delay if exc.delay is not None else self._backoff.delay(failures)
+            log.warning(
+                "reconcile failed; retrying",
+                extra={"key": key, "error": exc.message, "retry_in": round(delay, 2)},
+            )
+            return delay
+        delay = self._backoff.delay(failures)
+        log.error(
+            "reconcile failed unexpectedly; retrying",
+            extra={"key": key, "retry_in": round(delay, 2)},
+            exc_info=exc,
+        )
+        return delay

@@ -51,37 +51,37 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from controllers.download_jobs import JobExecutor, JobTemplate
-from controllers.engines import EngineImages
-from controllers.inference import (
+from controllers.downloads.reconciler import DownloadController, WeightsRuntimeConfig
+from controllers.inference.engines import EngineImages
+from controllers.inference.reconciler import (
     InferenceController,
     InferenceExecutor,
     KubernetesInferenceExecutor,
     LocalInferenceExecutor,
 )
-from controllers.inference_manifests import Integrations
-from controllers.inventory import ClusterInventory, read_inventory
-from controllers.processes import (
-    EngineUser,
-    EngineUserError,
-    ProcessSupervisor,
-    engine_user,
-    protect_server_process,
-)
-from controllers.runtimes import (
+from controllers.runtimes.base import (
     KubernetesRuntime,
     LocalRuntime,
     Runtime,
     RuntimeConfigError,
     RuntimeUnavailable,
 )
-from controllers.secrets import (
+from controllers.runtimes.inventory import ClusterInventory, read_inventory
+from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
+from controllers.runtimes.kubernetes.manifests import Integrations
+from controllers.runtimes.local.processes import (
+    EngineUser,
+    EngineUserError,
+    ProcessSupervisor,
+    engine_user,
+    protect_server_process,
+)
+from controllers.runtimes.secrets import (
     EncryptedSecretStore,
     KubernetesSecretStore,
     SecretStore,
     fernet_for,
 )
-from controllers.weights import DownloadController, WeightsRuntimeConfig
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
 from modelplane import logs
@@ -532,7 +532,8 @@ def _inference_controller(
 
 
 def _engine_user(settings: Settings) -> EngineUser | None:
-    """Who local engines run as (see :mod:`controllers.processes`); protects this process's
+    """Who local engines run as (see :mod:`controllers.runtimes.local.processes`); protects this
+    process's
     environment and memory from same-user engines; says what it decided."""
     try:
         user = engine_user(settings.engine_user)

@@ -175,12 +175,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _download(settings: Settings, weights_id: str) -> int:
-    from controllers.secrets import (  # noqa: PLC0415  lazy: fast start
+    from controllers.downloads.reconciler import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
+    from controllers.runtimes.secrets import (  # noqa: PLC0415  lazy: fast start
         HF_TOKEN_KEY,
         S3_SECRET_KEY,
         SecretStoreError,
     )
-    from controllers.weights import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
     from modelplane.wiring import event_log_for  # noqa: PLC0415
     from storage.client import make_client, ping  # noqa: PLC0415
     from storage.documents import WeightsState  # noqa: PLC0415
@@ -212,7 +212,7 @@ async def _download(settings: Settings, weights_id: str) -> int:
             return 2
         secrets: dict[str, str] = {}
         if doc.secret_ref is not None and settings.secret_key is not None:
-            from controllers.secrets import EncryptedSecretStore, fernet_for  # noqa: PLC0415
+            from controllers.runtimes.secrets import EncryptedSecretStore, fernet_for  # noqa: PLC0415
 
             store = EncryptedSecretStore(
                 SecretRepository(database),
@@ -261,7 +261,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from controllers.downloading import LocalSink  # noqa: PLC0415  lazy: fast start
+    from controllers.transfer.downloader import LocalSink  # noqa: PLC0415  lazy: fast start
 
     directory = Path(args.dir)
     # The recorded files come from the directory's marker, which must name these weights.

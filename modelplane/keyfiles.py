@@ -13,7 +13,8 @@ host, so:
 - a key left at the old place (``<state_dir>/<name>``, before this module) is moved in.
 
 Engines run as another user when the server is root (setting ``MODELPLANE_ENGINE_USER``), so
-these modes keep them out; see :mod:`controllers.processes` for a server that is not root.
+these modes keep them out; see :mod:`controllers.runtimes.local.processes` for a server that is
+not root.
 """
 
 from __future__ import annotations

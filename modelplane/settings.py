@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
-from controllers.downloading import DownloadOptions
+from controllers.transfer.downloader import DownloadOptions
 from integrations.addresses import OutboundPolicy
 from schema.limits import GraphQLLimits
 from services.gateway import GatewayLimits

@@ -9,7 +9,7 @@ from pathlib import Path
 from strawberry.fastapi import BaseContext
 from strawberry.types import Info as StrawberryInfo
 
-from controllers.runtimes import Runtime
+from controllers.runtimes.base import Runtime
 from integrations.huggingface import HubClient
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated

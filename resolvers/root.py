@@ -13,7 +13,7 @@ from typing import Annotated
 
 import strawberry
 
-from controllers.runtimes import RuntimeUnavailable
+from controllers.runtimes.base import RuntimeUnavailable
 from resolvers import api_keys as api_key_resolvers
 from resolvers import cluster as cluster_resolvers
 from resolvers import events as event_resolvers

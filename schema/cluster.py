@@ -6,8 +6,8 @@ from typing import Annotated
 
 import strawberry
 
-from controllers.inventory import ClusterInventory
-from controllers.inventory import GpuNode as GpuNodeFacts
+from controllers.runtimes.inventory import ClusterInventory
+from controllers.runtimes.inventory import GpuNode as GpuNodeFacts
 from schema.enums import InferenceEngineEnum
 from schema.errors import NotFoundError, ValidationError
 from schema.scalars import BigInt, big

@@ -1,6 +1,7 @@
 """The cluster as a place to serve models: its status, and whether a model fits its GPUs.
 
-``status`` reads the runtime's inventory (:mod:`controllers.inventory`). ``fit`` gathers what
+``status`` reads the runtime's inventory (:mod:`controllers.runtimes.inventory`). ``fit`` gathers
+what
 the hub says about a checkpoint (the safetensors summary of parameters per dtype from the
 model info, and ``config.json``) and hands it, with the GPU types on offer, to the pure
 estimator (:mod:`services.fitting`). :meth:`ClusterService.fit_for_model` is the part other
@@ -19,9 +20,14 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from controllers.inventory import GPU_CATALOGUE, ClusterInventory, gpu_product, read_inventory
-from controllers.runtimes import Runtime
-from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.base import Runtime
+from controllers.runtimes.inventory import (
+    GPU_CATALOGUE,
+    ClusterInventory,
+    gpu_product,
+    read_inventory,
+)
+from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import (
     HubAccessDenied,
     HubClient,

@@ -41,7 +41,7 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from services.caching import ExpiringCache
 from services.principals import Principal
 from storage.documents import AccessMode, InferencePhase, ModelDocument, utcnow

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from controllers.engines import EnginePlanError, check_env, default_engine, host_program_field
-from controllers.inference import InferenceController
-from controllers.inference_manifests import MODEL_ID
-from controllers.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
+from controllers.inference.engines import (
+    EnginePlanError,
+    check_env,
+    default_engine,
+    host_program_field,
+)
+from controllers.inference.reconciler import InferenceController
+from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
+from controllers.runtimes.kubernetes.manifests import MODEL_ID
 from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing

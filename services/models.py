@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from controllers import locations
-from controllers.runtimes import OwnedObject, Runtime
-from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.base import OwnedObject, Runtime
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from controllers.transfer import locations
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import (
     HubAccessDenied,

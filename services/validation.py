@@ -30,7 +30,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from controllers import locations
+from controllers.transfer import locations
 from integrations.addresses import AddressRefused, OutboundPolicy
 from services.errors import InvalidInput
 
@@ -338,7 +338,8 @@ def check_weights_directory(
 ) -> str:
     """A LOCAL download directory: resolved (symlinks followed), strictly inside the caller's
     organisation's area under one of the roots (``<root>/<area>/...``, see
-    :mod:`controllers.locations`). The root itself, the area itself and anything outside it,
+    :mod:`controllers.transfer.locations`). The root itself, the area itself and anything outside
+    it,
     other organisations' areas included, are refused."""
     path = check_local_path(field, value, roots=roots)
     areas = weights_areas(roots, organization_id)

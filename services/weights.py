@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from controllers.downloading import DownloadError, LocalSink
-from controllers.weights import DownloadController
+from controllers.downloads.reconciler import DownloadController
+from controllers.transfer.downloader import DownloadError, LocalSink
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (

@@ -39,3 +39,15 @@ class DuplicateKey(StorageError):
 
 class DatabaseUnavailable(StorageError):
     """MongoDB could not be reached within the configured timeout."""
+
+
+class Contended(StorageError):
+    """A read-modify-write lost the compare-and-set race every time it was allowed to try
+    (:data:`~storage.repositories.CAS_ATTEMPTS`); the caller reports "try again"."""
+
+    def __init__(self, collection: str, document_id: str, attempts: int) -> None:
+        super().__init__(
+            f"{collection} {document_id!r} is changing too often ({attempts} tries); try again"
+        )
+        self.collection = collection
+        self.document_id = document_id

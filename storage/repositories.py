@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
@@ -37,10 +37,24 @@ from storage.documents import (
     pending_marker,
     utcnow,
 )
-from storage.errors import DatabaseUnavailable, DuplicateKey, NotFound, RevisionConflict
+from storage.errors import (
+    Contended,
+    DatabaseUnavailable,
+    DuplicateKey,
+    NotFound,
+    RevisionConflict,
+)
 from storage.locks import document_lock
 
 D = TypeVar("D", bound=Document)
+
+CAS_ATTEMPTS = 8
+"""The one retry policy of :meth:`Repository.modify`: re-read and re-decide at most this often
+(eight writers racing on one document within one read each is already pathological)."""
+
+Change = Callable[[D], Mapping[str, Any] | None]
+"""Decides a write from the current document: the fields to set, or None/empty for none. It
+may raise to refuse (the service's own error reaches its caller unchanged)."""
 Filter = Mapping[str, Any]
 
 
@@ -196,6 +210,42 @@ class Repository(Generic[D]):
         if await self.get(document_id, scope=scope) is None:
             raise NotFound(self.collection_name, document_id)
         raise RevisionConflict(self.collection_name, document_id, expected_revision)
+
+    async def modify(
+        self,
+        document_id: str,
+        change: Change[D],
+        *,
+        scope: Filter | None = None,
+        event: str | None = None,
+        current: D | None = None,
+    ) -> D:
+        """Read-modify-compare-and-set, the one loop: read (or start from ``current``), ask
+        ``change`` for the fields to set, write them only if the revision is still the one read,
+        and on a conflict re-read and ask again, at most :data:`CAS_ATTEMPTS` times.
+
+        Returns the written document, or the current one when ``change`` asks for nothing.
+        Raises :class:`NotFound` when the document is gone and :class:`Contended` when every
+        try lost the race. ``event`` marks the owed event as :meth:`update` does."""
+        for _ in range(CAS_ATTEMPTS):
+            if current is None:
+                current = await self.get(document_id, scope=scope)
+                if current is None:
+                    raise NotFound(self.collection_name, document_id)
+            changes = change(current)
+            if not changes:
+                return current
+            try:
+                return await self.update(
+                    document_id,
+                    expected_revision=current.revision,
+                    changes=changes,
+                    scope=scope,
+                    event=event,
+                )
+            except RevisionConflict:
+                current = None
+        raise Contended(self.collection_name, document_id, CAS_ATTEMPTS)
 
     async def delete(self, document_id: str, *, scope: Filter | None = None) -> bool:
         """Remove the document for good; False when there was nothing to remove."""

@@ -19,7 +19,7 @@ import aioboto3
 import httpx
 from aiobotocore.config import AioConfig
 
-from controllers.locations import organization_area
+from controllers.transfer.locations import organization_area
 from integrations.addresses import OutboundPolicy
 from integrations.s3 import S3Client, S3Location
 from storage.documents import WeightsFile

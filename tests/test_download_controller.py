@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from controllers.downloading import DownloadOptions
-from controllers.executions import Execution
-from controllers.leading import Leadership
-from controllers.secrets import EncryptedSecretStore, fernet_for
-from controllers.weights import (
+from controllers.downloads.executions import Execution
+from controllers.downloads.reconciler import (
     Action,
     DownloadController,
     WeightsRuntimeConfig,
@@ -21,6 +18,9 @@ from controllers.weights import (
     plan,
     restarts_on_attach,
 )
+from controllers.leading import Leadership
+from controllers.runtimes.secrets import EncryptedSecretStore, fernet_for
+from controllers.transfer.downloader import DownloadOptions
 from integrations.huggingface import HubClient
 from storage.client import Database
 from storage.documents import (

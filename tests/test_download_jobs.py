@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s
 
-from controllers.download_jobs import (
+from controllers.downloads.executions import Execution
+from controllers.runtimes.base import KubernetesRuntime
+from controllers.runtimes.kubernetes.jobs import (
     JobTemplate,
     claim_refusal,
     job_execution,
     job_name,
     render_job,
 )
-from controllers.executions import Execution
-from controllers.runtimes import KubernetesRuntime
 from storage.documents import (
     AccessMode,
     DownloadTarget,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controllers.downloading import (
+from controllers.transfer.downloader import (
     SIDECAR,
     ChecksumMismatch,
     Downloader,

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from controllers.inventory import GPU_CATALOGUE, gpu_product, parse_nvidia_smi, pod_gpu_request
+from controllers.runtimes.inventory import (
+    GPU_CATALOGUE,
+    gpu_product,
+    parse_nvidia_smi,
+    pod_gpu_request,
+)
 from services.fitting import (
     GIB,
     FitEstimate,

@@ -43,13 +43,13 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from controllers.download_jobs import JobExecutor, JobTemplate
-from controllers.engines import EngineImages, plan_engine
-from controllers.inference import KubernetesInferenceExecutor, WorkloadPlan
-from controllers.inference_manifests import ENGINE_CONTAINER, Integrations, labels_for
-from controllers.inventory import read_inventory
-from controllers.runtimes import KubernetesRuntime, OwnedObject
-from controllers.secrets import KubernetesSecretStore
+from controllers.inference.engines import EngineImages, plan_engine
+from controllers.inference.reconciler import KubernetesInferenceExecutor, WorkloadPlan
+from controllers.runtimes.base import KubernetesRuntime, OwnedObject
+from controllers.runtimes.inventory import read_inventory
+from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
+from controllers.runtimes.kubernetes.manifests import ENGINE_CONTAINER, Integrations, labels_for
+from controllers.runtimes.secrets import KubernetesSecretStore
 from storage.documents import (
     AccessMode,
     AutoscalingSpec,

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from controllers.engines import EngineImages, EnginePlanError, plan_engine, served_name_in
-from controllers.inference_manifests import GENERATION, Integrations, render_all
-from controllers.inference_status import derive_status
+from controllers.inference.engines import EngineImages, EnginePlanError, plan_engine, served_name_in
+from controllers.runtimes.kubernetes.manifests import GENERATION, Integrations, render_all
+from controllers.runtimes.kubernetes.status import derive_status
 from services.errors import InvalidInput
 from services.inference import check_manifest
 from storage.documents import (

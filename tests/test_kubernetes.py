@@ -13,7 +13,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.runtimes import KubernetesRuntime, RuntimeConfigError, RuntimeUnavailable
+from controllers.runtimes.base import KubernetesRuntime, RuntimeConfigError, RuntimeUnavailable
 from testbed.servers import KubeCluster
 
 

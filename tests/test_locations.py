@@ -1,5 +1,5 @@
 """Weights locations on disk: organisation areas, overlap, and removal of only what a download
-wrote, never through a symlink (controllers/locations.py)."""
+wrote, never through a symlink (controllers/transfer/locations.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controllers import locations
-from controllers.downloading import CleanupRefused, LocalSink, PreflightError
+from controllers.transfer import locations
+from controllers.transfer.downloader import CleanupRefused, LocalSink, PreflightError
 from services.errors import InvalidInput
 from services.validation import check_weights_directory
 from storage.documents import DownloadTarget, TargetKind, WeightsDocument, WeightsFile

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from controllers.processes import (
+from controllers.runtimes.local.processes import (
     ProcessPhase,
     ProcessSpec,
     ProcessStatus,

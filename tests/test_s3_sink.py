@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from controllers.downloading import Downloader, DownloadError, DownloadOptions
-from controllers.s3_sink import S3Sink, object_prefix
+from controllers.transfer.downloader import Downloader, DownloadError, DownloadOptions
+from controllers.transfer.s3_sink import S3Sink, object_prefix
 from integrations.s3 import S3Client
 from storage.client import Database
 from storage.documents import Progress

@@ -19,8 +19,9 @@ from storage.documents import (
     WeightsDocument,
     new_id,
 )
-from storage.errors import DuplicateKey, NotFound, RevisionConflict
+from storage.errors import Contended, DuplicateKey, NotFound, RevisionConflict
 from storage.repositories import (
+    CAS_ATTEMPTS,
     LeaseRepository,
     ModelRepository,
     OrganizationRepository,
@@ -193,3 +194,59 @@ async def test_lease_has_one_holder_until_it_expires(database: Database) -> None
 
     await leases.release("controllers", holder="a")
     assert await leases.try_acquire("controllers", holder="b", duration=timedelta(seconds=30))
+
+
+async def test_modify_re_reads_and_re_decides_after_losing_the_race(
+    orgs: OrganizationRepository,
+) -> None:
+    """Five writers append to one field through ``modify``: every one lands (each loses the
+    compare-and-set at most a few times, re-reads and decides again from the new value)."""
+    await orgs.insert(OrganizationDocument(id="org-m", name="m", display_name=""))
+
+    async def append(letter: str) -> None:
+        await orgs.modify("org-m", lambda doc: {"display_name": (doc.display_name or "") + letter})
+
+    await asyncio.gather(*(append(letter) for letter in "abcde"))
+    final = await orgs.require("org-m")
+    assert sorted(final.display_name or "") == list("abcde")
+    assert final.revision == 6
+
+
+async def test_modify_writes_nothing_when_the_change_asks_for_nothing(
+    orgs: OrganizationRepository,
+) -> None:
+    await orgs.insert(OrganizationDocument(id="org-n", name="n"))
+    same = await orgs.modify("org-n", lambda doc: None)
+    assert same.revision == 1
+    assert (await orgs.require("org-n")).revision == 1
+    with pytest.raises(NotFound):
+        await orgs.modify("org-missing", lambda doc: {"display_name": "x"})
+
+
+async def test_modify_gives_up_after_the_retry_policy(orgs: OrganizationRepository) -> None:
+    """A document that changes under every try: ``Contended`` after CAS_ATTEMPTS reads, and
+    the interfering writes are all that landed."""
+    await orgs.insert(OrganizationDocument(id="org-x", name="x"))
+    tries = 0
+
+    def change(doc: OrganizationDocument) -> dict[str, Any]:
+        nonlocal tries
+        tries += 1
+        return {"display_name": f"mine-{tries}"}
+
+    original_update = orgs.update
+
+    async def interfering_update(document_id: str, **kwargs: Any) -> OrganizationDocument:
+        current = await orgs.require(document_id)
+        await original_update(
+            document_id, expected_revision=current.revision, changes={"display_name": "theirs"}
+        )
+        return await original_update(document_id, **kwargs)
+
+    orgs.update = interfering_update  # type: ignore[method-assign]
+    with pytest.raises(Contended):
+        await orgs.modify("org-x", change)
+    assert tries == CAS_ATTEMPTS
+    final = await orgs.require("org-x")
+    assert final.display_name == "theirs"
+    assert final.revision == 1 + CAS_ATTEMPTS

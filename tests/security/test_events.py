@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from controllers.engines import EnginePlanError, check_env
+from controllers.inference.engines import EnginePlanError, check_env
 from services import validation as v
 from services.errors import InvalidInput
 from storage.client import Client, Database

@@ -4,7 +4,8 @@
 :class:`EnginePlan`: the image, the command, the port and health path, the environment, where
 the weights are and how they get there (a PVC or hostPath mount, or an init step that syncs
 an S3 prefix), and any config file the engine reads. The Kubernetes renderer
-(:mod:`controllers.inference_manifests`) wraps the plan in a Deployment; the local runtime runs
+(:mod:`controllers.runtimes.kubernetes.manifests`) wraps the plan in a Deployment; the local
+runtime runs
 the same command as a supervised subprocess, bound to loopback.
 
 Engines:
@@ -32,7 +33,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from storage.documents import (
     AccessMode,
     EnvVarSpec,

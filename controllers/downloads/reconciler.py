@@ -19,18 +19,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from controllers.downloading import (
+from controllers.downloads.executions import Execution, Executor
+from controllers.leading import Leadership
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from controllers.transfer.downloader import (
     Downloader,
     DownloadError,
     DownloadOptions,
     LocalSink,
     Sink,
 )
-from controllers.executions import Execution, Executor
-from controllers.leading import Leadership
-from controllers.s3_sink import MIN_PART as S3_MIN_PART
-from controllers.s3_sink import S3Sink, object_prefix
-from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from controllers.transfer.s3_sink import MIN_PART as S3_MIN_PART
+from controllers.transfer.s3_sink import S3Sink, object_prefix
 from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient, HubError
@@ -367,7 +367,7 @@ class LocalExecutor:
 
 class DownloadController:
     """Owns the work queue, the resync loop and the leadership loop; workers run through an
-    :class:`~controllers.executions.Executor` (in-process tasks or Jobs)."""
+    :class:`~controllers.downloads.executions.Executor` (in-process tasks or Jobs)."""
 
     def __init__(
         self,

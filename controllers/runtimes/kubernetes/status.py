@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from controllers.inference_manifests import GENERATION, GPU_RESOURCE
+from controllers.runtimes.kubernetes.manifests import GENERATION, GPU_RESOURCE
 from storage.documents import InferencePhase
 
 Obj = dict[str, Any]

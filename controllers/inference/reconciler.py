@@ -33,26 +33,37 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.engines import (
+from controllers.inference.engines import (
     EngineImages,
     EnginePlan,
     EnginePlanError,
     host_program_field,
     plan_engine,
 )
-from controllers.inference_manifests import (
+from controllers.leading import Leadership
+from controllers.runtimes.kubernetes.informers import Informer, Obj
+from controllers.runtimes.kubernetes.labels import (
+    COMPONENT,
+    FIELD_MANAGER,
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+    OWNER_ID,
+)
+from controllers.runtimes.kubernetes.manifests import (
     ENGINE_CONTAINER,
     GENERATION,
     Integrations,
     endpoint_for,
     render_all,
 )
-from controllers.inference_status import Observed, derive_status
-from controllers.informers import Informer, Obj
-from controllers.labels import COMPONENT, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_VALUE, OWNER_ID
-from controllers.leading import Leadership
-from controllers.processes import ProcessPhase, ProcessSpec, ProcessStatus, ProcessSupervisor
-from controllers.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.kubernetes.status import Observed, derive_status
+from controllers.runtimes.local.processes import (
+    ProcessPhase,
+    ProcessSpec,
+    ProcessStatus,
+    ProcessSupervisor,
+)
+from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
 from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
 from storage.documents import (

@@ -43,7 +43,7 @@ import aiohttp
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # re-exported lazily
 
-from controllers import locations
+from controllers.transfer import locations
 from storage.documents import (
     FileProgress,
     FileState,
@@ -281,7 +281,7 @@ class LocalSink:
     """Writes into ``directory``: parts and ledgers under ``.modelplane-partial``, verified
     files renamed into place. Blocking file work runs in worker threads. With ``weights_id``
     the directory carries a marker of what the download created and wrote, and removal
-    (:meth:`remove_all`) touches only that (:mod:`controllers.locations`)."""
+    (:meth:`remove_all`) touches only that (:mod:`controllers.transfer.locations`)."""
 
     directory: Path
     weights_id: str | None = None
@@ -496,7 +496,7 @@ class LocalSink:
 
     async def remove_all(self) -> None:
         """Remove the recorded files, the partials and the directories the download created;
-        nothing else (see :func:`controllers.locations.remove_weights`)."""
+        nothing else (see :func:`controllers.transfer.locations.remove_weights`)."""
         try:
             removal = await asyncio.to_thread(
                 locations.remove_weights,

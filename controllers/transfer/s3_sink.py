@@ -21,7 +21,7 @@ import math
 from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
 
-from controllers.downloading import (
+from controllers.transfer.downloader import (
     ChecksumMismatch,
     DownloadError,
     MissingChunks,
@@ -57,7 +57,7 @@ async def _s3_call(awaitable: Awaitable[T]) -> T:
 
 
 class S3Sink:
-    """A :class:`~controllers.downloading.Sink` writing to one bucket prefix."""
+    """A :class:`~controllers.transfer.downloader.Sink` writing to one bucket prefix."""
 
     def __init__(
         self, client: S3Client, *, prefix: str, ledgers: LedgerRepository, chunk_size: int

@@ -20,7 +20,7 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from controllers.labels import owner_selector
+from controllers.runtimes.kubernetes.labels import owner_selector
 
 
 class RuntimeUnavailable(Exception):

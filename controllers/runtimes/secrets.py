@@ -23,7 +23,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.labels import FIELD_MANAGER, owned_labels
+from controllers.runtimes.kubernetes.labels import FIELD_MANAGER, owned_labels
 from storage.documents import EncryptedSecretDocument
 from storage.repositories import SecretRepository
 

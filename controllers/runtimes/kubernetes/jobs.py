@@ -29,8 +29,8 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.executions import Execution
-from controllers.labels import (
+from controllers.downloads.executions import Execution
+from controllers.runtimes.kubernetes.labels import (
     FIELD_MANAGER,
     MANAGED_BY,
     MANAGED_BY_VALUE,
@@ -38,7 +38,7 @@ from controllers.labels import (
     OWNER_ID,
     owned_labels,
 )
-from controllers.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
 from storage.documents import ModelDocument, TargetKind, WeightsDocument
 
 log = logging.getLogger(__name__)

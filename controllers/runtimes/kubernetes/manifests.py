@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controllers.engines import CONFIG_MOUNT, OLLAMA_HOME, EnginePlan
-from controllers.labels import OWNER_ID, owned_labels
+from controllers.inference.engines import CONFIG_MOUNT, OLLAMA_HOME, EnginePlan
+from controllers.runtimes.kubernetes.labels import OWNER_ID, owned_labels
 from storage.documents import EnvVarSpec, InferenceDocument, TargetKind
 
 COMPONENT = "inference"

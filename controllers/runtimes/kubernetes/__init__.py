@@ -1,0 +1,1 @@
+"""The kubernetes runtime: download Jobs, inference Deployments, informers, cluster inventory."""

@@ -1,0 +1,1 @@
+"""The local runtime: downloads as in-process tasks, engines as supervised subprocesses."""
