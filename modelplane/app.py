@@ -53,22 +53,18 @@ from strawberry.types.unset import UnsetType
 
 from controllers.downloads.reconciler import DownloadController, WeightsRuntimeConfig
 from controllers.inference.engines import EngineImages
-from controllers.inference.reconciler import (
-    InferenceController,
-    InferenceExecutor,
-    KubernetesInferenceExecutor,
-    LocalInferenceExecutor,
-)
-from controllers.runtimes.base import (
-    KubernetesRuntime,
-    LocalRuntime,
-    Runtime,
-    RuntimeConfigError,
-    RuntimeUnavailable,
-)
+from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceExecutor, InferenceRuntime, WorkloadPlanner
+from controllers.runtimes.base import Runtime, RuntimeConfigError, RuntimeUnavailable
 from controllers.runtimes.inventory import ClusterInventory, read_inventory
+from controllers.runtimes.kubernetes.inference import (
+    KubernetesInferenceExecutor,
+    KubernetesInferenceRuntime,
+)
 from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
 from controllers.runtimes.kubernetes.manifests import Integrations
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
+from controllers.runtimes.local.inference import LocalInferenceExecutor, LocalInferenceRuntime
 from controllers.runtimes.local.processes import (
     EngineUser,
     EngineUserError,
@@ -76,6 +72,7 @@ from controllers.runtimes.local.processes import (
     engine_user,
     protect_server_process,
 )
+from controllers.runtimes.local.runtime import LocalRuntime
 from controllers.runtimes.secrets import (
     EncryptedSecretStore,
     KubernetesSecretStore,
@@ -120,7 +117,7 @@ from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, Role, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
-from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
+from storage.events import EventLogNotCapped, Recorder
 from storage.recovering import EventRecovery
 from storage.repositories import (
     ApiKeyRepository,
@@ -264,11 +261,13 @@ async def open_resources(
             recorder=recorder,
             weights=WeightsRepository(database),
         )
+        inference_runtime = _inference_runtime(settings, runtime, database)
         inference_controller = _start_inference_controller(
             stack,
             settings,
             runtime,
             database,
+            inference_runtime,
             secrets=secrets,
             recorder=recorder,
             broker=broker,
@@ -284,8 +283,7 @@ async def open_resources(
         inference = InferenceService(
             inferences=InferenceRepository(database),
             models=ModelRepository(database),
-            controller=inference_controller,
-            runtime_kind=runtime.kind,
+            runtime=inference_runtime,
             namespace=runtime.namespace if isinstance(runtime, KubernetesRuntime) else None,
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
@@ -468,10 +466,41 @@ def _download_controller(
     )
 
 
+def _inference_runtime(
+    settings: Settings, runtime: Runtime, database: Database
+) -> InferenceRuntime:
+    """What the API needs from the runtime about inferences; built in every replica."""
+    planner = WorkloadPlanner(
+        weights=WeightsRepository(database),
+        images=EngineImages(
+            vllm=settings.vllm_image,
+            ollama=settings.ollama_image,
+            litellm=settings.litellm_image,
+            s3_sync=settings.s3_sync_image,
+        ),
+        local=not isinstance(runtime, KubernetesRuntime),
+        pvc_mount_path=str(settings.pvc_mount_path),
+        allow_host_commands=settings.allow_host_commands,
+    )
+    if isinstance(runtime, KubernetesRuntime):
+        return KubernetesInferenceRuntime(
+            runtime.api,
+            namespace=runtime.namespace,
+            planner=planner,
+            integrations=_ClusterProbes(runtime).integrations,
+        )
+    return LocalInferenceRuntime(
+        planner=planner,
+        work_dir=(settings.state_dir / "engines").resolve(),
+        log_dir=(settings.state_dir / "engines" / "logs").resolve(),
+    )
+
+
 def _inference_controller(
     settings: Settings,
     runtime: Runtime,
     database: Database,
+    inference_runtime: InferenceRuntime,
     *,
     secrets: SecretStore,
     recorder: Recorder,
@@ -479,25 +508,16 @@ def _inference_controller(
 ) -> InferenceController:
     """The inference controller, with Deployments or supervised processes per the runtime."""
     executor: InferenceExecutor
+    notify = _Forward()
     if isinstance(runtime, KubernetesRuntime):
-        inventory = _Cached(lambda: read_inventory(runtime), seconds=10.0)
-
-        async def largest_free() -> int | None:
-            nodes = (await inventory()).nodes
-            return max((node.free for node in nodes), default=0)
-
-        async def integrations() -> Integrations:
-            found = (await inventory()).integrations
-            return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
-
+        probes = _ClusterProbes(runtime)
         executor = KubernetesInferenceExecutor(
             runtime.api,
             namespace=runtime.namespace,
-            largest_free_gpus=largest_free,
-            integrations=integrations,
+            largest_free_gpus=probes.largest_free,
+            integrations=probes.integrations,
         )
     else:
-        notify = _Forward()
         executor = LocalInferenceExecutor(
             supervisor=ProcessSupervisor(
                 log_dir=(settings.state_dir / "engines" / "logs").resolve(),
@@ -506,6 +526,8 @@ def _inference_controller(
                 run_as=_engine_user(settings),
             ),
             work_dir=(settings.state_dir / "engines").resolve(),
+            models=ModelRepository(database),
+            secrets=secrets,
         )
     controller = InferenceController(
         inferences=InferenceRepository(database),
@@ -513,21 +535,13 @@ def _inference_controller(
         weights=WeightsRepository(database),
         secrets=secrets,
         executor=executor,
-        images=EngineImages(
-            vllm=settings.vllm_image,
-            ollama=settings.ollama_image,
-            litellm=settings.litellm_image,
-            s3_sync=settings.s3_sync_image,
-        ),
-        pvc_mount_path=str(settings.pvc_mount_path),
+        runtime=inference_runtime,
         recorder=recorder,
         outbound=outbound,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
-        allow_host_commands=settings.allow_host_commands,
     )
-    if not isinstance(runtime, KubernetesRuntime):
-        notify.target = controller.notify
+    notify.target = controller.notify
     return controller
 
 
@@ -556,39 +570,47 @@ def _start_inference_controller(
     settings: Settings,
     runtime: Runtime,
     database: Database,
+    inference_runtime: InferenceRuntime,
     *,
     secrets: SecretStore,
     recorder: Recorder,
     broker: Broker,
     outbound: OutboundPolicy,
 ) -> InferenceController | None:
-    """The inference controller, started (stopped with the stack) and fed by the event log;
-    None when this process runs no controllers."""
+    """The inference controller, started (stopped with the stack) and fed by the event log:
+    what any replica's services write reaches the leader's queue through its broker. None
+    when this process runs no controllers."""
     if not settings.run_controllers:
         return None
     controller = _inference_controller(
-        settings, runtime, database, secrets=secrets, recorder=recorder, outbound=outbound
+        settings,
+        runtime,
+        database,
+        inference_runtime,
+        secrets=secrets,
+        recorder=recorder,
+        outbound=outbound,
     )
     controller.start()
     stack.push_async_callback(controller.stop)
-    broker.listen(_model_changes_to(controller))
-    broker.on_trimmed(controller.resync_soon)  # it may have missed a model's phase change
+    broker.listen(controller.on_event)
+    broker.on_trimmed(controller.resync_soon)  # it may have missed events it owns
     return controller
 
 
-def _model_changes_to(controller: InferenceController) -> Callable[[Event], None]:
-    """Feed the inference controller from the event log: a model's phase change (its weights
-    became READY or FAILED, from this process or a download Job's pod) or its deletion."""
+class _ClusterProbes:
+    """The cluster's free GPUs and optional integrations, read at most every 10 s."""
 
-    def listener(event: Event) -> None:
-        if event.resource_kind is ResourceKind.MODEL and event.type in {
-            EventType.PHASE_CHANGED,
-            EventType.DELETED,
-        }:
-            for model_id in event.model_ids:
-                controller.notify_model(model_id)
+    def __init__(self, runtime: KubernetesRuntime) -> None:
+        self._inventory = _Cached(lambda: read_inventory(runtime), seconds=10.0)
 
-    return listener
+    async def largest_free(self) -> int | None:
+        nodes = (await self._inventory()).nodes
+        return max((node.free for node in nodes), default=0)
+
+    async def integrations(self) -> Integrations:
+        found = (await self._inventory()).integrations
+        return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
 
 
 class _Cached:

@@ -79,9 +79,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import httpx
+
+from controllers.runtimes.local.logfiles import LogFile
 
 log = logging.getLogger(__name__)
 
@@ -365,64 +367,6 @@ def _display_line(raw: bytes) -> str:
     return text.rsplit("\r", 1)[-1]
 
 
-# -- log file ---------------------------------------------------------------------------------
-
-
-class _LogFile:
-    """Appends a key's output to ``<dir>/<key>.log``; past ``max_bytes`` the file moves to
-    ``<key>.log.1`` (replacing the previous one) and a new one starts. A write error is
-    logged once and turns the file off: the in-memory ring still works."""
-
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
-        self._max = max_bytes
-        self._file: BinaryIO | None = None
-        self._size = 0
-        self._broken = False
-
-    def write(self, lines: list[str]) -> None:
-        if self._broken or not lines:
-            return
-        data = "".join(f"{line}\n" for line in lines).encode("utf-8", errors="replace")
-        try:
-            if self._file is None:
-                self._open()
-            if self._size > 0 and self._size + len(data) > self._max:
-                self._rotate()
-            assert self._file is not None  # noqa: S101  _open set it
-            self._file.write(data)
-            self._size += len(data)
-        except OSError:
-            log.warning(
-                "cannot write the process log; keeping it in memory only",
-                extra={"path": str(self.path)},
-                exc_info=True,
-            )
-            self._broken = True
-            self.close()
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file = os.fdopen(fd, "ab", buffering=0)
-        self._size = os.fstat(fd).st_size
-
-    def _rotate(self) -> None:
-        self.close()
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._open()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def remove(self) -> None:
-        self.close()
-        for path in (self.path, self.path.with_name(self.path.name + ".1")):
-            path.unlink(missing_ok=True)
-
-
 # -- supervisor state -------------------------------------------------------------------------
 
 
@@ -465,7 +409,7 @@ class _Entry:
     key: str
     spec: ProcessSpec
     lines: deque[str]
-    file: _LogFile
+    file: LogFile
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task[None] | None = None
     phase: ProcessPhase = ProcessPhase.STOPPED
@@ -662,7 +606,7 @@ class ProcessSupervisor:
             key=key,
             spec=spec,
             lines=deque(maxlen=self._max_log_lines),
-            file=_LogFile(self.log_path(key), self._log_file_max_bytes),
+            file=LogFile(self.log_path(key), self._log_file_max_bytes),
         )
         self._entries[key] = entry
         return entry
