@@ -35,7 +35,7 @@ READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch", "delete"]
 
 
-def _role(namespace: str, *, write_deployments: bool) -> dict[str, Any]:
+def _role(namespace: str, *, write_deployments: bool) -> Any:
     """Everything the service does in its namespace, Deployments writable or not."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -70,7 +70,7 @@ async def _set_role(api: k8s.ApiClient, namespace: str, *, write_deployments: bo
 
 async def _until_allowed(api: k8s.ApiClient, namespace: str, *, allowed: bool) -> None:
     """Until the authorizer answers as the Role now says (it follows Roles by watching)."""
-    review = {
+    review: Any = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SubjectAccessReview",
         "spec": {
@@ -96,15 +96,14 @@ async def _until_allowed(api: k8s.ApiClient, namespace: str, *, allowed: bool) -
 async def _make_account(api: k8s.ApiClient, namespace: str, *, write_deployments: bool) -> None:
     """The service account, its Role and the binding."""
     core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
-    await core.create_namespaced_service_account(namespace, {"metadata": {"name": ACCOUNT}})
-    await rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": ACCOUNT},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
-            "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}],
-        },
-    )
+    account: Any = {"metadata": {"name": ACCOUNT}}
+    await core.create_namespaced_service_account(namespace, account)
+    binding: Any = {
+        "metadata": {"name": ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
+        "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}],
+    }
+    await rbac.create_namespaced_role_binding(namespace, binding)
     await _set_role(api, namespace, write_deployments=write_deployments)
 
 
@@ -217,7 +216,7 @@ async def test_apply_forbidden_by_rbac_fails_once_and_recovers_after_the_grant(
         assert running["phase"] == "RUNNING", running
 
 
-def _policy(name: str) -> dict[str, Any]:
+def _policy(name: str) -> Any:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -241,7 +240,7 @@ def _policy(name: str) -> dict[str, Any]:
     }
 
 
-def _binding(name: str, namespace: str) -> dict[str, Any]:
+def _binding(name: str, namespace: str) -> Any:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
@@ -258,7 +257,7 @@ def _binding(name: str, namespace: str) -> dict[str, Any]:
 
 async def _until_denied(api: k8s.ApiClient, namespace: str, *, denied: bool) -> None:
     """Until a dry-run Deployment is refused (or accepted) as the policy now says."""
-    body = {
+    body: Any = {
         "metadata": {"name": "probe"},
         "spec": {
             "selector": {"matchLabels": {"app": "probe"}},

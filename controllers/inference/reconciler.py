@@ -45,6 +45,7 @@ from controllers.inference.workloads import (
     InferenceExecutor,
     InferenceRuntime,
     Observed,
+    WeightsGone,
     manifest_plan,
 )
 from controllers.leading import Leadership
@@ -195,22 +196,30 @@ class InferenceController:
         if facts is None:
             return None
         decision = decide(facts)
+        applied: int | None = None
         if decision.action is not Action.NOTHING:
-            await self._act(facts, decision)
-            again = await self.read(key, applied=decision.action is Action.APPLY)
-            if again is None:
-                return None
-            facts, decision = again, decide(again)  # what the runtime shows now; no 2nd act
-        if decision.status is not None:
-            await self._write(facts.inference, decision.status, endpoint=decision.endpoint)
+            applied = await self._act(facts, decision)
+            # What the runtime shows now (no second act); the documents were just read.
+            facts = await self._facts(facts.inference, facts.model, applied=applied is not None)
+            decision = decide(facts)
+        if decision.status is not None or applied is not None:
+            await self._write(
+                facts.inference, decision.status, endpoint=decision.endpoint, applied=applied
+            )
         return decision.requeue
 
-    async def read(self, inference_id: str, *, applied: bool = False) -> Facts | None:
-        """Everything :func:`decide` needs; ``applied``: this reconcile just applied it."""
+    async def read(self, inference_id: str) -> Facts | None:
+        """Everything :func:`decide` needs about one inference (None: no such document)."""
         inference = await self._inferences.get(inference_id)
         if inference is None:
             return None
         model = await self._models.get(inference.model_id) if inference.model_id else None
+        return await self._facts(inference, model)
+
+    async def _facts(
+        self, inference: InferenceDocument, model: ModelDocument | None, *, applied: bool = False
+    ) -> Facts:
+        """The runtime's side of the facts; ``applied``: this reconcile just applied it."""
         leftover = await self.executor.exists(inference)
         if inference.is_deleted or not inference.enabled:
             return Facts(inference, model, leftover=leftover)
@@ -225,32 +234,38 @@ class InferenceController:
             and await self.executor.present(inference)
         )
         if applied:
-            plan = manifest_plan(inference)  # observe only: no weights read, no API request
-            observed = await self.executor.observe(inference, plan)
-            endpoint = self.executor.endpoint(inference, plan.port)
-            return Facts(inference, model, leftover, True, observed, endpoint)
-        return await self._read_plan(inference, model, leftover)
+            return await self._observed(inference, model, leftover)
+        return await self._planned(inference, model, leftover)
 
-    async def _read_plan(
+    async def _observed(
         self, inference: InferenceDocument, model: ModelDocument | None, leftover: bool
     ) -> Facts:
-        """The facts of an inference to apply: its weights and its plan (or why not)."""
-        weights_id = model.weights_id if model is not None and inference.managed else None
-        if weights_id and await self._weights.get(weights_id) is None:
-            return Facts(inference, model, leftover=leftover, weights_missing=True)
+        """An applied workload: observe only (no weights read, no API request)."""
+        plan = manifest_plan(inference)
+        observed = await self.executor.observe(inference, plan)
+        endpoint = self.executor.endpoint(inference, plan.port)
+        return Facts(inference, model, leftover, True, observed, endpoint)
+
+    async def _planned(
+        self, inference: InferenceDocument, model: ModelDocument | None, leftover: bool
+    ) -> Facts:
+        """A workload to apply: its plan, or why there is none."""
         try:
             plan = await self._runtime.plan(inference, model)
+        except WeightsGone:
+            return Facts(inference, model, leftover=leftover, weights_missing=True)
         except EnginePlanError as exc:
             return Facts(inference, model, leftover=leftover, plan_error=exc.message)
         return Facts(inference, model, leftover=leftover, plan=plan)
 
-    async def _act(self, facts: Facts, decision: Decision) -> None:
-        """Apply or remove the workload; a refusal is written into status, then re-raised
-        for the work queue (permanent: no retry; temporary: after the delay it says)."""
+    async def _act(self, facts: Facts, decision: Decision) -> int | None:
+        """Apply or remove the workload; returns the generation applied (recorded with the
+        status write). A refusal is written into status, then re-raised for the work queue
+        (permanent: no retry; temporary: after the delay it says)."""
         inference = facts.inference
         if decision.action is Action.REMOVE:
             await self.executor.remove(inference)
-            return
+            return None
         assert facts.plan is not None  # noqa: S101  decide applies only with a plan
         try:
             await self.executor.apply(inference, facts.plan)
@@ -263,41 +278,36 @@ class InferenceController:
             message = retry_message(exc.message, delay)
             await self._write(inference, _retrying(inference, message), endpoint=None)
             raise TemporaryError(exc.message, delay=delay) from exc
-        await self._set_applied(inference)
-
-    async def _set_applied(self, inference: InferenceDocument) -> None:
-        """Record the applied generation (no event: nobody subscribes to it)."""
-
-        def change(doc: InferenceDocument) -> dict[str, Any] | None:
-            if doc.generation != inference.generation:
-                return None  # a newer spec arrived meanwhile: it gets its own apply
-            return {"observed_generation": inference.generation}
-
-        try:
-            await self._inferences.modify(inference.id, change, current=inference)
-        except (NotFound, Contended):
-            self._queue.add(inference.id)
+        return inference.generation
 
     # -- write -----------------------------------------------------------------------------
 
     async def _write(
-        self, inference: InferenceDocument, observed: Observed, *, endpoint: str | None
+        self,
+        inference: InferenceDocument,
+        observed: Observed | None,
+        *,
+        endpoint: str | None,
+        applied: int | None = None,
     ) -> None:
-        """Write the observed status if it changed; record it and mirror it on the model."""
-        first = status_changes(inference, observed, endpoint)
-        if first is None:
-            return
-        event = _event_of(first)
-        wrote = [False]
+        """Write the observed status if it changed (and the generation just applied); record
+        it and mirror the phase on the model."""
 
         def change(doc: InferenceDocument) -> dict[str, Any] | None:
             if doc.is_deleted or doc.enabled != inference.enabled:
-                changes = None  # the user moved on meanwhile: the next reconcile sees it
-            else:
-                changes = status_changes(doc, observed, endpoint)
-            wrote[0] = changes is not None
-            return changes
+                return None  # the user moved on meanwhile: the next reconcile sees it
+            changes = status_changes(doc, observed, endpoint) if observed else None
+            changes = dict(changes or {})
+            if applied is not None and doc.generation == applied != doc.observed_generation:
+                changes["observed_generation"] = applied
+            wrote[0] = bool(changes)
+            return changes or None
 
+        wrote = [False]
+        first = change(inference)
+        if first is None:
+            return
+        event = _event_of(first)
         try:
             written = await self._inferences.modify(
                 inference.id, change, current=inference, event=event
@@ -305,7 +315,7 @@ class InferenceController:
         except (Contended, NotFound):
             self._queue.add(inference.id)  # others keep writing: look again with fresh data
             return
-        if not wrote[0]:
+        if not wrote[0] or event is None:
             return
         self._remember(written)
         await self._record.inference(written, event)
@@ -372,8 +382,11 @@ def status_changes(
     return changes
 
 
-def _event_of(changes: dict[str, Any]) -> EventType:
-    return EventType.PHASE_CHANGED if "phase" in changes else EventType.UPDATED
+def _event_of(changes: dict[str, Any]) -> EventType | None:
+    """The event a write owes: none for bookkeeping only (the applied generation)."""
+    if "phase" in changes:
+        return EventType.PHASE_CHANGED
+    return None if set(changes) == {"observed_generation"} else EventType.UPDATED
 
 
 def _retrying(inference: InferenceDocument, message: str) -> Observed:

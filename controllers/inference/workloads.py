@@ -29,7 +29,7 @@ from controllers.inference.engines import (
     host_program_field,
     plan_engine,
 )
-from storage.documents import InferenceDocument, InferencePhase, ModelDocument
+from storage.documents import InferenceDocument, InferencePhase, ModelDocument, ModelPhase
 from storage.repositories import WeightsRepository
 
 Obj = dict[str, Any]
@@ -56,6 +56,17 @@ class WorkloadPlan:
     """GPUs per replica (what an unschedulable message says is needed)."""
 
 
+class WeightsGone(EnginePlanError):
+    """The model is READY but its weights document is gone (deleted meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "modelId",
+            "the model's weights are gone; retryDownload, and the inference starts when they "
+            "are READY",
+        )
+
+
 def manifest_plan(inference: InferenceDocument) -> WorkloadPlan:
     """The plan of an unmanaged inference, or of one applied already (observe only)."""
     return WorkloadPlan(engine=None, port=inference.spec.port, gpu=inference.spec.gpu)
@@ -80,7 +91,8 @@ class WorkloadPlanner:
         self._allow_host_commands = allow_host_commands
 
     async def plan(self, inference: InferenceDocument, model: ModelDocument | None) -> WorkloadPlan:
-        """The engine plan (managed) or the manifest (unmanaged); raises EnginePlanError."""
+        """The engine plan (managed) or the manifest (unmanaged); raises EnginePlanError
+        (:class:`WeightsGone` when the model is READY without its weights document)."""
         if not inference.managed or model is None:
             return manifest_plan(inference)
         where = host_program_field(inference.spec) if self._local else None
@@ -90,6 +102,8 @@ class WorkloadPlanner:
                 where, f"{where}: programs of the user's choice are not allowed on this host"
             )
         weights = await self._weights.get(model.weights_id) if model.weights_id else None
+        if model.weights_id and weights is None and model.phase is ModelPhase.READY:
+            raise WeightsGone
         engine = plan_engine(
             inference.spec,
             model,
