@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from controllers.backoff import Backoff
 from controllers.runtimes.local.processes import (
     ProcessPhase,
     ProcessSpec,
     ProcessStatus,
     ProcessSupervisor,
-    backoff_delay,
     child_environment,
     describe_exit,
     live_start_time,
@@ -238,7 +238,9 @@ def logged(supervisor: ProcessSupervisor, key: str, text: str) -> bool:
     ],
 )
 def test_backoff_delay(failures: int, jitter: float, expected: float) -> None:
-    assert backoff_delay(failures, base=1.0, cap=300.0, jitter=jitter) == pytest.approx(expected)
+    """The supervisor's restart pauses: the one backoff policy with a 25 % spread."""
+    delay = Backoff(base=1.0, cap=300.0, spread=0.25).delay(failures, jitter=jitter)
+    assert delay == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
