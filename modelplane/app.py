@@ -84,6 +84,10 @@ from controllers.runtimes.secrets import (
 )
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
+from live.broker import Broker
+from live.events import Event, EventLogNotCapped, EventType, ResourceKind
+from live.recording import Recorder
+from live.recovering import EventRecovery
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard
@@ -111,7 +115,6 @@ from modelplane.sockets import OpenSockets, credential_of
 from modelplane.wiring import event_log_for
 from resolvers.context import Context, Services
 from services.api_keys import ApiKeyService
-from services.broadcasting import Broker
 from services.cluster import ClusterService
 from services.gateway import Gateway
 from services.inference import InferenceService
@@ -120,8 +123,6 @@ from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, Role, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
-from storage.events import Event, EventLogNotCapped, EventType, Recorder, ResourceKind
-from storage.recovering import EventRecovery
 from storage.repositories import (
     ApiKeyRepository,
     InferenceRepository,

@@ -11,10 +11,10 @@ from strawberry.types import Info as StrawberryInfo
 
 from controllers.runtimes.base import Runtime
 from integrations.huggingface import HubClient
+from live.broker import Broker
 from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
 from services.api_keys import ApiKeyService
-from services.broadcasting import Broker
 from services.cluster import ClusterService
 from services.inference import InferenceService
 from services.models import ModelService

@@ -9,9 +9,9 @@ from datetime import datetime
 
 import strawberry
 
+from live.broker import Marker, MarkerKind
+from live.events import Event as StoredEvent
 from schema.events import Event, EventTypeEnum, ResourceKindEnum
-from services.broadcasting import Marker, MarkerKind
-from storage.events import Event as StoredEvent
 
 
 class EventViews:

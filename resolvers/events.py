@@ -14,15 +14,15 @@ from typing import Annotated
 
 import strawberry
 
+from live.broker import EventFilter, Marker, MarkerKind
+from live.events import InvalidCursor, ResourceKind, parse_cursor
 from resolvers.context import Info
 from schema.building import ExpectedError
 from schema.events import Event
 from schema.sharing import direct_delivery
 from schema.weights import Weights
-from services.broadcasting import EventFilter, Marker, MarkerKind
 from services.principals import Principal
 from storage.documents import AccessMode, Role, WeightsState
-from storage.events import InvalidCursor, ResourceKind, parse_cursor
 
 FINAL_STATES = frozenset({WeightsState.READY, WeightsState.FAILED, WeightsState.CANCELLED})
 

@@ -28,6 +28,8 @@ from integrations.huggingface import (
     HubRepoNotFound,
     HubRevisionNotFound,
 )
+from live.events import EventType
+from live.recording import Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
@@ -45,7 +47,6 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
 
 log = logging.getLogger(__name__)

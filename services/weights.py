@@ -21,6 +21,8 @@ from pathlib import Path
 
 from controllers.downloads.reconciler import DownloadController
 from controllers.transfer.downloader import DownloadError, LocalSink
+from live.events import EventType
+from live.recording import Recorder
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (
@@ -34,7 +36,6 @@ from storage.documents import (
     WeightsState,
 )
 from storage.errors import RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import (
     InferenceRepository,
     LedgerRepository,

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 
+from live.events import EventType
+from live.log import EventLog
+from live.recording import Recorder
 from storage.client import Database
 from storage.documents import (
     AccessMode,
@@ -22,7 +25,6 @@ from storage.documents import (
     WeightsDocument,
     WeightsState,
 )
-from storage.events import EventLog, EventType, Recorder
 from storage.repositories import ModelRepository, WeightsRepository
 
 ROUNDS = 60

@@ -2,7 +2,7 @@
 
 Named for the activity (STYLE.md: gerunds for activities); :class:`Broker` is the thing.
 
-A :class:`Broker` runs ONE task tailing the :class:`~storage.events.EventLog` and offers every
+A :class:`Broker` runs ONE task tailing the :class:`~live.log.EventLog` and offers every
 event to each :class:`Subscription`. Offering never awaits: the filter is applied first (the
 organisation is mandatory, so another tenant's event is never queued), then the event goes into
 the subscription's bounded queue, so a slow subscriber never delays the tail or the others.
@@ -59,7 +59,8 @@ from typing import Self
 
 from pymongo.errors import PyMongoError
 
-from storage.events import Event, EventLog, EventType, ResourceKind, format_cursor
+from live.events import Event, EventType, ResourceKind, format_cursor
+from live.log import EventLog
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ class Broker:
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener`` with every event of every organisation as the tail reads it
-        (controllers are fed this way, ARCHITECTURE.md decision 4). It must be cheap and must
+        (controllers are fed this way, docs/architecture.md decision 4). It must be cheap and must
         not raise; a failure is logged and the event still reaches the subscribers."""
         self._listeners.append(listener)
 
