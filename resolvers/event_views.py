@@ -12,6 +12,7 @@ import strawberry
 from live.broker import Marker, MarkerKind
 from live.events import Event as StoredEvent
 from schema.events import Event, EventTypeEnum, ResourceKindEnum
+from schema.sharing import SharedBatch
 
 
 class EventViews:
@@ -22,17 +23,18 @@ class EventViews:
         self._size = size
         self._views: OrderedDict[tuple[int, datetime, str], Event] = OrderedDict()
         self._batch: Sequence[StoredEvent] = ()
-        self._batch_views: list[Event] = []
+        self._shared = SharedBatch(())
 
-    def views(self, items: Sequence[StoredEvent]) -> list[Event]:
-        """The shared views of a batch of stored events, as one list made once per batch: the
-        broker hands the same list to every subscriber whose filter it matched, so from the
-        second subscriber on this is one comparison, and the list itself is shared too (which
-        lets :func:`~schema.sharing.direct_delivery` reuse its encoding per batch)."""
-        if items is not self._batch:  # (holding the batch keeps its identity from reuse)
-            self._batch_views = [self.view(item) for item in items]
+    def batch(self, items: Sequence[StoredEvent]) -> SharedBatch:
+        """The shared views of a batch the broker offered, made once per batch: the broker
+        hands the same list to every subscriber whose filter it matched, so from the second
+        subscriber on this is one comparison (holding the batch keeps its identity from
+        reuse), and the :class:`~schema.sharing.SharedBatch` carries each selection's
+        encodings for the fast lane."""
+        if items is not self._batch:
+            self._shared = SharedBatch([self.view(item) for item in items])
             self._batch = items
-        return self._batch_views
+        return self._shared
 
     def view(self, item: StoredEvent | Marker) -> Event:
         """The shared view of a stored event (markers are per subscriber: never shared)."""
