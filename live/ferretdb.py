@@ -1,6 +1,7 @@
 """Everything the event log does because FerretDB 1.24 cannot tail: the head document, the
-ring, and the polling tail. The ONLY module with these work-arounds (``live/log.py`` uses them
-through :class:`HeadAndRing`, :class:`LocalAppends` and :func:`poll`).
+ring, and the polling tail (and :func:`clash_on_key`, for a duplicate-key error that does not
+name its index). The ONLY module with these work-arounds (``live/log.py`` uses them through
+:class:`HeadAndRing`, :class:`LocalAppends`, :func:`poll` and :func:`clash_on_key`).
 
 Why they exist. On MongoDB a tailable awaitData cursor blocks in ``getMore`` until data
 arrives. FerretDB 1.24 closes a tailable cursor whenever its first batch is not full
@@ -41,11 +42,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bson.int64 import Int64
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from live.events import Event
@@ -69,6 +71,26 @@ async def ferretdb_version(database: Database) -> str | None:
     build = await database.command("buildInfo")
     version = build.get("ferretdbVersion")
     return None if version is None else str(version)
+
+
+async def clash_on_key(
+    events: AsyncCollection[dict[str, Any]],
+    key: str,
+    exc: DuplicateKeyError,
+    candidate: int,
+    head: int,
+) -> bool:
+    """Whether a duplicate key on inserting event ``candidate`` was the event's ``key`` (the
+    log holds it already) rather than its cursor. MongoDB names the index; FerretDB 1.24 does
+    not: a head at or past the candidate means the cursor was taken (a clash on the key too
+    shows at the next number); otherwise the key is looked up, a whole-log read on FerretDB
+    but only on this rare path (a recovery racing a writer)."""
+    pattern = (exc.details or {}).get("keyPattern")
+    if isinstance(pattern, Mapping) and pattern:
+        return "key" in pattern
+    if head >= candidate:
+        return False
+    return await events.find_one({"key": key}, {"_id": 1}) is not None
 
 
 def _slot(cursor: int) -> str:

@@ -44,6 +44,7 @@ from live.ferretdb import (
     HeadAndRing,
     LocalAppends,
     PollOptions,
+    clash_on_key,
     ferretdb_version,
     poll,
 )
@@ -221,7 +222,9 @@ class EventLog:
                 await self._collection.insert_one(event.to_mongo())
             except DuplicateKeyError as exc:
                 head = await self.head_cursor()
-                if key is not None and await self._holds_key(key, exc, candidate, head):
+                if key is not None and await clash_on_key(
+                    self._collection, key, exc, candidate, head
+                ):
                     raise DuplicateEvent(key) from None
                 # another process took that number: skip to the head (it may have appended
                 # many), or to the next number while its head update trails
@@ -231,19 +234,6 @@ class EventLog:
             self._local.add(event)
             return event
         raise StorageError(f"no event cursor after {MAX_APPEND_ATTEMPTS} attempts (contention)")
-
-    async def _holds_key(self, key: str, exc: DuplicateKeyError, candidate: int, head: int) -> bool:
-        """Whether a duplicate key on inserting ``candidate`` was the event's ``key`` (already
-        in the log) rather than its cursor. MongoDB names the index; FerretDB 1.24 does not:
-        a head at or past the candidate means the cursor was taken (a clash on the key too
-        shows at the next number); otherwise the key is looked up, a whole-log read on
-        FerretDB but only on this rare path (a recovery racing a writer)."""
-        pattern = (exc.details or {}).get("keyPattern")
-        if isinstance(pattern, Mapping) and pattern:
-            return "key" in pattern
-        if head >= candidate:
-            return False
-        return await self._collection.find_one({"key": key}, {"_id": 1}) is not None
 
     async def head_cursor(self) -> int:
         """The newest cursor as the head document records it (it may trail the log briefly
