@@ -12,8 +12,8 @@ from strawberry.types import Info as StrawberryInfo
 from controllers.runtimes.base import Runtime
 from integrations.huggingface import HubClient
 from live.broker import Broker
-from resolvers.event_views import EventViews
 from schema.building import NotAuthenticated
+from schema.events import EventViews
 from services.api_keys import ApiKeyService
 from services.cluster import ClusterService
 from services.inference import InferenceService

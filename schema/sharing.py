@@ -65,10 +65,11 @@ class SharedBatch:
     """The API views of one batch the broker offered, and their ``next`` payloads per selection.
 
     The broker hands one batch (one list of stored events) to every subscriber whose filter it
-    matched, one after the other; the views are made once per batch (``EventViews.batch``) and
-    each selection's encodings once per batch too, so from the second subscriber on a delivery
-    is one dictionary look-up. (Payloads also keep their own encodings, :class:`SharedPayload`:
-    a batch of another filter holding the same event reuses them.)
+    matched, one after the other; the views are made once per batch
+    (``schema.events.EventViews.batch``) and each selection's encodings once per batch too, so
+    from the second subscriber on a delivery is one dictionary look-up. (Payloads also keep
+    their own encodings, :class:`SharedPayload`: a batch of another filter holding the same
+    event reuses them.)
     """
 
     __slots__ = ("payloads", "texts")
