@@ -50,8 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bson.int64 import Int64  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
-from live.events import EventType, ResourceKind  # noqa: E402
-from live.log import EventLog  # noqa: E402
+from live import EventLog, EventType, ResourceKind  # noqa: E402
 from modelplane.auth import issue_dev_token, load_dev_key  # noqa: E402
 from modelplane.embedded import FerretDBProcess, default_ferretdb_binary, free_port  # noqa: E402
 from storage.documents import (  # noqa: E402

@@ -84,10 +84,7 @@ from controllers.runtimes.secrets import (
 )
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
-from live.broker import Broker
-from live.events import Event, EventLogNotCapped, EventType, ResourceKind
-from live.recording import Recorder
-from live.recovering import EventRecovery
+from live import Broker, Event, EventLogNotCapped, EventRecovery, EventType, Recorder, ResourceKind
 from modelplane import logs
 from modelplane.auth import Authenticator, AuthError, TokenVerifier, load_dev_key
 from modelplane.dashboard import install_dashboard

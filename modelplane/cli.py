@@ -181,7 +181,7 @@ async def _download(settings: Settings, weights_id: str) -> int:
         S3_SECRET_KEY,
         SecretStoreError,
     )
-    from live.recording import Recorder  # noqa: PLC0415
+    from live import Recorder  # noqa: PLC0415
     from modelplane.wiring import event_log_for  # noqa: PLC0415
     from storage.client import make_client, ping  # noqa: PLC0415
     from storage.documents import WeightsState  # noqa: PLC0415

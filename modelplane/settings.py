@@ -23,7 +23,7 @@ from pymongo.uri_parser import parse_uri
 
 from controllers.transfer.downloader import DownloadOptions
 from integrations.addresses import OutboundPolicy
-from live.log import DEFAULT_POLL_INTERVAL
+from live import DEFAULT_POLL_INTERVAL
 from schema.limits import GraphQLLimits
 from services.gateway import GatewayLimits
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from live.events import API_KEY_REVOKED, Event, ResourceKind
+from live import API_KEY_REVOKED, Event, ResourceKind
 from modelplane.auth import Authenticator, AuthError
 from services.api_keys import SUBJECT_PREFIX
 from services.principals import Principal

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from live.log import EventLog
+from live import EventLog
 from modelplane.settings import Settings
 from storage.client import Database
 

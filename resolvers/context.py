@@ -11,7 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 
 from controllers.runtimes.base import Runtime
 from integrations.huggingface import HubClient
-from live.broker import Broker
+from live import Broker
 from schema.building import NotAuthenticated
 from schema.events import EventViews
 from services.api_keys import ApiKeyService

@@ -14,8 +14,7 @@ from typing import Annotated
 
 import strawberry
 
-from live.broker import EventFilter, Marker, MarkerKind
-from live.events import InvalidCursor, ResourceKind, parse_cursor
+from live import EventFilter, InvalidCursor, Marker, MarkerKind, ResourceKind, parse_cursor
 from resolvers.context import Info
 from schema.building import ExpectedError
 from schema.events import Event

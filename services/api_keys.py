@@ -22,8 +22,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-from live.events import API_KEY_REVOKED, Event, ResourceKind
-from live.recording import Recorder
+from live import API_KEY_REVOKED, Event, Recorder, ResourceKind
 from services import validation as v
 from services.caching import ExpiringCache
 from services.errors import Conflict, InvalidInput, Missing

@@ -36,8 +36,7 @@ from controllers.inference.engines import (
 from controllers.inference.reconciler import InferenceController
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
-from live.events import EventType
-from live.recording import Recorder
+from live import EventType, Recorder
 from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing

@@ -28,8 +28,7 @@ from integrations.huggingface import (
     HubRepoNotFound,
     HubRevisionNotFound,
 )
-from live.events import EventType
-from live.recording import Recorder
+from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from controllers.downloads.reconciler import DownloadController
 from controllers.transfer.downloader import DownloadError, LocalSink
-from live.events import EventType
-from live.recording import Recorder
+from live import EventType, Recorder
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from live.events import EventType
-from live.log import EventLog
-from live.recording import Recorder
+from live import EventLog, EventType, Recorder
 from storage.client import Database
 from storage.documents import (
     AccessMode,

@@ -35,8 +35,7 @@ from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient, HubError
 from integrations.s3 import S3Client, S3Location
-from live.events import EventType
-from live.recording import Recorder
+from live import EventType, Recorder
 from storage.documents import (
     AccessMode,
     DownloadTarget,

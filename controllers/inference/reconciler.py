@@ -66,8 +66,7 @@ from controllers.runtimes.local.processes import (
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
 from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
-from live.events import EventType
-from live.recording import Recorder
+from live import EventType, Recorder
 from storage.documents import (
     AccessMode,
     InferenceDocument,

@@ -29,10 +29,7 @@ from typing import Any
 import pytest
 
 from controllers.inference.engines import EnginePlanError, check_env
-from live.events import EventType, ResourceKind, event_key
-from live.log import EventLog
-from live.recording import Recorder
-from live.recovering import EventRecovery
+from live import EventLog, EventRecovery, EventType, Recorder, ResourceKind, event_key
 from services import validation as v
 from services.errors import InvalidInput
 from storage.client import Client, Database

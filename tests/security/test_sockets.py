@@ -22,8 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from live.events import EventType, ResourceKind
-from live.log import EventLog
+from live import EventLog, EventType, ResourceKind
 from modelplane.auth import issue_dev_token, load_dev_key
 from modelplane.embedded import free_port
 from modelplane.sockets import malformed
