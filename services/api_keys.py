@@ -22,13 +22,13 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from live import API_KEY_REVOKED, Event, Recorder, ResourceKind
 from services import validation as v
 from services.caching import ExpiringCache
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Forbidden, Principal
 from storage.documents import ApiKeyDocument, Role, new_id, utcnow
 from storage.errors import NotFound, RevisionConflict
-from storage.events import API_KEY_REVOKED, Event, Recorder, ResourceKind
 from storage.repositories import ApiKeyRepository, Page
 
 log = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from controllers.inference.engines import (
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
+from live import EventType, Recorder
 from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
@@ -65,7 +66,6 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import Contended, DuplicateKey, NotFound
-from storage.events import EventType, Recorder
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
 
 log = logging.getLogger(__name__)

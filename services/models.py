@@ -28,6 +28,7 @@ from integrations.huggingface import (
     HubRepoNotFound,
     HubRevisionNotFound,
 )
+from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
@@ -45,7 +46,6 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DuplicateKey, NotFound, RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
 
 log = logging.getLogger(__name__)

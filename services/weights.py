@@ -21,6 +21,7 @@ from pathlib import Path
 
 from controllers.downloads.reconciler import DownloadController
 from controllers.transfer.downloader import DownloadError, LocalSink
+from live import EventType, Recorder
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (
@@ -34,7 +35,6 @@ from storage.documents import (
     WeightsState,
 )
 from storage.errors import RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import (
     InferenceRepository,
     LedgerRepository,

@@ -6,7 +6,7 @@ and is bumped by every compare-and-set update. Timestamps are timezone-aware UTC
 ``pending_events`` is the write-ahead half of the event log: a write that owes the log an event
 names it here, in the same single-document write (``"<revision>:<TYPE>:<ms>"``, see
 :func:`pending_marker`), and the recorder removes the mark once the event is stored. A crash in
-between leaves the mark for the start-up and periodic recovery (``storage/recovering.py``).
+between leaves the mark for the start-up and periodic recovery (``live/recovering.py``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from live import EventLog, EventType, Recorder
 from storage.client import Database
 from storage.documents import (
     AccessMode,
@@ -22,7 +23,6 @@ from storage.documents import (
     WeightsDocument,
     WeightsState,
 )
-from storage.events import EventLog, EventType, Recorder
 from storage.repositories import ModelRepository, WeightsRepository
 
 ROUNDS = 60

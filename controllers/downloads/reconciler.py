@@ -35,6 +35,7 @@ from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient, HubError
 from integrations.s3 import S3Client, S3Location
+from live import EventType, Recorder
 from storage.documents import (
     AccessMode,
     DownloadTarget,
@@ -49,7 +50,6 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import DuplicateKey, RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import (
     LeaseRepository,
     LedgerRepository,

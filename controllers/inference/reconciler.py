@@ -52,6 +52,7 @@ from controllers.leading import Leadership
 from controllers.runtimes.secrets import SecretStore
 from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
+from live import Event, EventType, Recorder, ResourceKind
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -61,7 +62,6 @@ from storage.documents import (
     PhaseEntry,
 )
 from storage.errors import Contended, NotFound
-from storage.events import Event, EventType, Recorder, ResourceKind
 from storage.repositories import (
     InferenceRepository,
     LeaseRepository,

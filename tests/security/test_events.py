@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from controllers.inference.engines import EnginePlanError, check_env
+from live import EventLog, EventRecovery, EventType, Recorder, ResourceKind, event_key
 from services import validation as v
 from services.errors import InvalidInput
 from storage.client import Client, Database
@@ -44,8 +45,6 @@ from storage.documents import (
     WeightsDocument,
     WeightsState,
 )
-from storage.events import EventLog, EventType, Recorder, ResourceKind, event_key
-from storage.recovering import EventRecovery
 from storage.repositories import ModelRepository, WeightsRepository, ensure_indexes
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import Subscription, run
