@@ -1,4 +1,6 @@
-"""Table tests of the inference controller's pure decision (:mod:`controllers.inference.deciding`).
+"""Table tests of the inference controller's pure decision (:mod:`controllers.inference.deciding`),
+and of how a refused Kubernetes apply is typed
+(:func:`controllers.runtimes.kubernetes.inference.refused`).
 
 One row per line of the table in that module's docstring: the facts a reconcile read, and the
 action, phase and reason it must come to. No servers: ``decide`` does no I/O.
@@ -6,11 +8,15 @@ action, phase and reason it must come to. No servers: ``decide`` does no I/O.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
+from kubernetes_asyncio.client.exceptions import ApiException
 
+from controllers.errors import PermanentError, TemporaryError
 from controllers.inference.deciding import (
     ROUTE_RECHECK_SECONDS,
     STOPPING_RECHECK_SECONDS,
@@ -19,6 +25,7 @@ from controllers.inference.deciding import (
     decide,
 )
 from controllers.inference.workloads import Observed, WorkloadPlan
+from controllers.runtimes.kubernetes.inference import refused
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -300,3 +307,60 @@ def test_phases_are_the_enum() -> None:
     for row in ROWS:
         status = decide(row.facts).status
         assert status is None or isinstance(status.phase, InferencePhase)
+
+
+def _api_error(status: int, message: str, headers: dict[str, str] | None = None) -> ApiException:
+    exc = ApiException(status=status, reason="Reason")
+    exc.body = json.dumps({"kind": "Status", "message": message}).encode()
+    exc.headers = headers or {}  # type: ignore[assignment]  # a plain mapping serves
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "reason", "delay"),
+    [
+        (
+            _api_error(403, 'deployments.apps "x" is forbidden: cannot patch'),
+            "P",
+            "Forbidden",
+            None,
+        ),
+        (_api_error(422, 'Deployment.apps "x" is invalid: spec.template'), "P", "Invalid", None),
+        (_api_error(400, "the body is not a Deployment"), "P", "BadRequest", None),
+        (
+            _api_error(422, "ValidatingAdmissionPolicy 'p' with binding 'b' denied request"),
+            "P",
+            "AdmissionDenied",
+            None,
+        ),
+        (
+            _api_error(400, 'admission webhook "v.example" denied the request'),
+            "P",
+            "AdmissionDenied",
+            None,
+        ),
+        (_api_error(409, "the object has been modified"), "T", None, None),
+        (_api_error(429, "too many requests", {"Retry-After": "7"}), "T", None, 7.0),
+        (_api_error(500, "etcdserver: request timed out"), "T", None, None),
+        (_api_error(503, "the server is shutting down"), "T", None, None),
+        (TimeoutError(), "T", None, None),
+        (aiohttp.ClientConnectionError("connection reset"), "T", None, None),
+    ],
+    ids=lambda value: (
+        str(getattr(value, "status", value)) if isinstance(value, Exception) else None
+    ),
+)
+def test_refused_apply_is_typed(
+    exc: Exception, kind: str, reason: str | None, delay: float | None
+) -> None:
+    """A refused apply as the controller sees it: permanent with the API server's own words,
+    or temporary (with the server's Retry-After when it sent one)."""
+    error = refused(exc, "Deployment inf-1")
+    if kind == "P":
+        assert isinstance(error, PermanentError)
+        assert error.reason == reason
+        assert json.loads(exc.body)["message"] in error.message  # type: ignore[attr-defined]
+    else:
+        assert isinstance(error, TemporaryError)
+        assert error.delay == delay
+        assert "Deployment inf-1" in error.message
