@@ -324,3 +324,79 @@ async def test_apply_denied_by_admission_fails_once_and_recovers_after_the_polic
             except k8s.ApiException as exc:
                 if exc.status != 404:
                     raise
+
+
+def _broken_webhook(name: str, namespace: str) -> Any:
+    """A validating webhook nobody serves: the API server answers 500 for every Deployment."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "deployments.unreachable.test",
+                "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+                "rules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["deployments"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 1,
+            }
+        ],
+    }
+
+
+async def test_apply_failing_with_500_keeps_the_phase_says_retrying_and_recovers_alone(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    kube_control_plane: servers.KubeControlPlane,
+    control_plane_api: k8s.ApiClient,
+    gpu_namespace: str,
+) -> None:
+    """A temporary refusal (the API server's 500: a webhook it cannot call) keeps the phase,
+    says in the message that it retries and when, and needs no user action once it passes."""
+    api, ns = control_plane_api, gpu_namespace
+    admission = k8s.AdmissionregistrationV1Api(api)
+    name = f"unreachable-{ns}"
+    await _make_account(api, ns, write_deployments=True)
+    await admission.create_validating_webhook_configuration(_broken_webhook(name, ns))
+    try:
+        async with restricted_app(
+            tmp_path, mongo_uri, mongo_client, hub, kube_control_plane, ns
+        ) as app:
+            model = await ready_model(app)
+            inference = await start(app, model.id)
+            deadline = time.monotonic() + 30
+            while True:
+                seen = await wait_inference(app, inference["id"], {"PENDING", "RUNNING", "FAILED"})
+                if seen["reason"] == "Retrying":
+                    break
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.1)
+            assert seen["phase"] == "PENDING", seen
+            assert "answered 500" in seen["message"], seen
+            assert seen["message"].endswith(("; retrying", " s")), seen  # when it tries again
+
+            await admission.delete_validating_webhook_configuration(name)
+            began = time.monotonic()
+            running = await wait_inference(app, inference["id"], {"RUNNING", "FAILED"}, timeout=90)
+            print(f"RUNNING {time.monotonic() - began:.1f} s after the webhook went")  # noqa: T201
+            assert running["phase"] == "RUNNING", running
+            history = [entry["phase"] for entry in running["phaseHistory"]]
+            assert "FAILED" not in history, history
+    finally:
+        try:
+            await admission.delete_validating_webhook_configuration(name)
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
