@@ -261,13 +261,13 @@ class InferenceController:
     async def _act(self, facts: Facts, decision: Decision) -> int | None:
         """Apply or remove the workload; returns the generation applied (recorded with the
         status write). A refusal is written into status, then re-raised for the work queue
-        (permanent: no retry; temporary: after the delay it says)."""
+        (permanent: no retry until the next event; temporary: after the delay it says)."""
         inference = facts.inference
-        if decision.action is Action.REMOVE:
-            await self.executor.remove(inference)
-            return None
-        assert facts.plan is not None  # noqa: S101  decide applies only with a plan
         try:
+            if decision.action is Action.REMOVE:
+                await self.executor.remove(inference)
+                return None
+            assert facts.plan is not None  # noqa: S101  decide applies only with a plan
             await self.executor.apply(inference, facts.plan)
         except PermanentError as exc:
             failed = Observed(InferencePhase.FAILED, exc.reason, exc.message)

@@ -68,14 +68,15 @@ def server_message(exc: ApiException) -> str:
     return str(exc.reason or f"HTTP {exc.status}")
 
 
-def refused(exc: Exception, what: str) -> ControllerError:
-    """A failed request to the API server as a typed controller error (see the docstring)."""
+def refused(exc: Exception, what: str, *, verb: str = "apply") -> ControllerError:
+    """A failed request to the API server as a typed controller error (see the docstring);
+    ``verb`` and ``what`` say which request (``apply``, ``Deployment inf-1``)."""
     if not isinstance(exc, ApiException):
         return TemporaryError(
-            f"applying {what}: the API server did not answer ({type(exc).__name__})"
+            f"could not {verb} {what}: the API server did not answer ({type(exc).__name__})"
         )
     message = server_message(exc)
-    said = f"the API server refused {what} ({exc.status}): {message}"
+    said = f"the API server refused to {verb} {what} ({exc.status}): {message}"
     if exc.status in {400, 403, 422}:
         if "admission webhook" in message or "ValidatingAdmissionPolicy" in message:
             return PermanentError("AdmissionDenied", said)
@@ -86,7 +87,7 @@ def refused(exc: Exception, what: str) -> ControllerError:
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         delay = float(headers.get("Retry-After"))
     return TemporaryError(
-        f"the API server answered {exc.status} for {what}: {message}", delay=delay
+        f"the API server answered {exc.status} to {verb} {what}: {message}", delay=delay
     )
 
 
@@ -373,7 +374,10 @@ class KubernetesInferenceExecutor:
             ("ConfigMap", f"{inference.name}-config"),
             ("HorizontalPodAutoscaler", inference.name),
         ):
-            await self._delete_quietly(kind, name)
+            try:
+                await self._delete_quietly(kind, name)
+            except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+                raise refused(exc, f"{kind} {name}", verb="delete") from exc
         found = await self._integrations() if self._integrations else Integrations()
         optional = (
             (found.service_monitor, "monitoring.coreos.com", "v1", "servicemonitors"),
