@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,6 +45,8 @@ from controllers.runtimes.kubernetes.manifests import (
 )
 from controllers.runtimes.kubernetes.status import derive_status
 from storage.documents import InferenceDocument, ModelDocument
+
+log = logging.getLogger(__name__)
 
 INFERENCE_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE},{COMPONENT}=inference"
 IntegrationsFn = Callable[[], Awaitable[Integrations]]
@@ -155,9 +158,15 @@ class KubernetesInferenceRuntime:
         return str(text).splitlines()[-tail:] if text else []
 
     async def unmanaged(self) -> list[Obj]:
-        listing = await self._apps.list_namespaced_deployment(
-            self._namespace, label_selector=f"{MANAGED_BY}={MANAGED_BY_VALUE}"
-        )
+        """Labelled Deployments; none (logged) when the API server cannot list them: the
+        stored inferences still list."""
+        try:
+            listing = await self._apps.list_namespaced_deployment(
+                self._namespace, label_selector=f"{MANAGED_BY}={MANAGED_BY_VALUE}"
+            )
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("cannot list labelled Deployments", extra={"error": type(exc).__name__})
+            return []
         found: list[Obj] = [self._api.sanitize_for_serialization(item) for item in listing.items]
         return found
 
