@@ -204,7 +204,11 @@ class InferenceController:
             decision = decide(facts)
         if decision.status is not None or applied is not None:
             await self._write(
-                facts.inference, decision.status, endpoint=decision.endpoint, applied=applied
+                facts.inference,
+                decision.status,
+                endpoint=decision.endpoint,
+                applied=applied,
+                model=facts.model,
             )
         return decision.requeue
 
@@ -271,12 +275,13 @@ class InferenceController:
             await self.executor.apply(inference, facts.plan)
         except PermanentError as exc:
             failed = Observed(InferencePhase.FAILED, exc.reason, exc.message)
-            await self._write(inference, failed, endpoint=None)
+            await self._write(inference, failed, endpoint=None, model=facts.model)
             raise
         except TemporaryError as exc:
             delay = exc.delay if exc.delay is not None else self._queue.next_delay(inference.id)
             message = retry_message(exc.message, delay)
-            await self._write(inference, _retrying(inference, message), endpoint=None)
+            retrying = _retrying(inference, message)
+            await self._write(inference, retrying, endpoint=None, model=facts.model)
             raise TemporaryError(exc.message, delay=delay) from exc
         return inference.generation
 
@@ -289,9 +294,11 @@ class InferenceController:
         *,
         endpoint: str | None,
         applied: int | None = None,
+        model: ModelDocument | None = None,
     ) -> None:
         """Write the observed status if it changed (and the generation just applied); record
-        it and mirror the phase on the model."""
+        it. The phase is mirrored on ``model`` (as this reconcile read it) first, so whoever
+        sees the inference's new status sees its phase on the model too."""
 
         def change(doc: InferenceDocument) -> dict[str, Any] | None:
             if doc.is_deleted or doc.enabled != inference.enabled:
@@ -308,6 +315,7 @@ class InferenceController:
         if first is None:
             return
         event = _event_of(first)
+        mirrored = await self._mirror(model, observed.phase) if observed and model else None
         try:
             written = await self._inferences.modify(
                 inference.id, change, current=inference, event=event
@@ -315,6 +323,8 @@ class InferenceController:
         except (Contended, NotFound):
             self._queue.add(inference.id)  # others keep writing: look again with fresh data
             return
+        if mirrored is not None:
+            await self._record.model(mirrored, EventType.UPDATED)
         if not wrote[0] or event is None:
             return
         self._remember(written)
@@ -328,33 +338,33 @@ class InferenceController:
                     "reason": written.reason,
                 },
             )
-        await self._mirror(written)
 
     def _remember(self, written: InferenceDocument) -> None:
         self._own[(written.id, written.revision)] = None
         while len(self._own) > OWN_WRITES:
             self._own.popitem(last=False)
 
-    async def _mirror(self, inference: InferenceDocument) -> None:
-        """The model's ``inference_phase`` follows its inference's phase."""
-        if not inference.model_id:
-            return
-        phase = inference.phase.value
+    async def _mirror(
+        self, model: ModelDocument, new_phase: InferencePhase
+    ) -> ModelDocument | None:
+        """Set the model's ``inference_phase``; the written model (its event is owed), or
+        None when nothing was written."""
+        phase = new_phase.value
+        wrote = [False]
 
-        def change(model: ModelDocument) -> dict[str, Any] | None:
-            return None if model.inference_phase == phase else {"inference_phase": phase}
+        def change(current: ModelDocument) -> dict[str, Any] | None:
+            wrote[0] = current.inference_phase != phase and not current.is_deleted
+            return {"inference_phase": phase} if wrote[0] else None
 
+        if change(model) is None:
+            return None
         try:
-            model = await self._models.get(inference.model_id)
-            if model is None or change(model) is None:
-                return
             updated = await self._models.modify(
                 model.id, change, current=model, event=EventType.UPDATED
             )
         except (NotFound, Contended):
-            return
-        if updated.revision != model.revision:
-            await self._record.model(updated, EventType.UPDATED)
+            return None
+        return updated if wrote[0] else None
 
 
 def status_changes(
