@@ -19,9 +19,9 @@ a route (REMOTE_API, no engine)                        --       the probe's answ
 model's weights FAILED                                 --       FAILED WeightsFailed
 model's weights not READY yet                          --       PENDING WaitingForWeights
 a permanent failure recorded for this generation       --       (left alone until a person acts)
+applied at this generation                             --       what the runtime observes
 weights document gone, nothing applied                 --       FAILED WeightsMissing
 the plan is refused                                    --       FAILED InvalidSpec
-applied at this generation                             --       what the runtime observes
 otherwise (new, generation moved, workload missing)    APPLY    then observed
 =====================================================  =======  ==================================
 
