@@ -39,11 +39,11 @@ from services.models import (
     CreateModelSpec,
     ResourcesSpec,
     SourceSpec,
-    TargetSpec,
     UpdateModelSpec,
 )
 from services.principals import Forbidden
-from storage.documents import AccessMode, ModelPhase, TargetKind
+from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
+from storage.documents import AccessMode, ModelPhase
 from storage.repositories import ModelFilter
 
 
@@ -57,18 +57,16 @@ def _target(value: DownloadTargetInput | None) -> TargetSpec | None:
     if value is None:
         return None
     if value.local:
-        return TargetSpec(kind=TargetKind.LOCAL, local_path=value.local.local_path)
+        return LocalTargetSpec(local_path=value.local.local_path)
     if value.pvc:
-        return TargetSpec(
-            kind=TargetKind.PVC,
+        return PvcTargetSpec(
             claim_name=value.pvc.claim_name,
             sub_path=value.pvc.sub_path,
             storage_class=value.pvc.storage_class,
             size_gi=value.pvc.size_gi,
         )
     if value.s3:
-        return TargetSpec(
-            kind=TargetKind.S3,
+        return S3TargetSpec(
             endpoint=value.s3.endpoint,
             bucket=value.s3.bucket,
             region=value.s3.region,

@@ -19,6 +19,12 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.targets import DownloadTarget as DownloadTarget  # noqa: PLC0414  re-exported
+from storage.targets import LocalTarget as LocalTarget  # noqa: PLC0414  re-exported
+from storage.targets import PvcTarget as PvcTarget  # noqa: PLC0414  re-exported
+from storage.targets import S3Target as S3Target  # noqa: PLC0414  re-exported
+from storage.targets import TargetKind as TargetKind  # noqa: PLC0414  re-exported
+
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -113,14 +119,6 @@ class ModelPhase(StrEnum):
     FAILED = "FAILED"
 
 
-class TargetKind(StrEnum):
-    """Where downloaded weights are written."""
-
-    LOCAL = "LOCAL"
-    PVC = "PVC"
-    S3 = "S3"
-
-
 class ModelSource(BaseModel):
     """Where a model comes from. The token itself lives in the secret store, never here."""
 
@@ -129,23 +127,6 @@ class ModelSource(BaseModel):
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
-
-
-class DownloadTarget(BaseModel):
-    """A LOCAL path, a PVC, or an S3 prefix; the S3 secret key lives in the secret store."""
-
-    kind: TargetKind
-    local_path: str | None = None
-    claim_name: str | None = None
-    sub_path: str | None = None
-    storage_class: str | None = None
-    size_gi: int | None = None
-    endpoint: str | None = None
-    bucket: str | None = None
-    region: str | None = None
-    prefix: str | None = None
-    access_key_id: str | None = None
-    has_secret_access_key: bool = False
 
 
 class Resources(BaseModel):

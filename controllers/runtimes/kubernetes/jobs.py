@@ -39,7 +39,7 @@ from controllers.runtimes.kubernetes.labels import (
     owned_labels,
 )
 from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
-from storage.documents import ModelDocument, TargetKind, WeightsDocument
+from storage.documents import ModelDocument, PvcTarget, TargetKind, WeightsDocument
 
 log = logging.getLogger(__name__)
 
@@ -221,12 +221,7 @@ def _weights_volume(
 
 def target_directory(weights: WeightsDocument, template: JobTemplate) -> str:
     """The download's directory as a pod sees it."""
-    target = weights.target
-    if target.kind is TargetKind.PVC:
-        return template.pvc_mount_path.rstrip("/") + (
-            f"/{target.sub_path}" if target.sub_path else ""
-        )
-    return target.local_path or ""
+    return weights.target.directory(template.pvc_mount_path) or ""
 
 
 def render_clean_job(
@@ -308,6 +303,8 @@ def claim_refusal(
     namespace (a database's, another team's) is refused: a download would write into it, and
     applying our labels to it would make deleteWeights delete it. Only the weights that
     created a claim apply it again (:meth:`JobExecutor.launch`)."""
+    if not isinstance(weights.target, PvcTarget):
+        return None  # only a claim can be refused
     name = weights.target.claim_name
     if labels is None:
         if weights.target.size_gi is not None:
