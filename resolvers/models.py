@@ -12,8 +12,7 @@ import strawberry
 
 from integrations.huggingface import HubModel
 from resolvers.context import Info
-from resolvers.errors import forbidden, query_errors
-from schema.errors import ConflictError, NotFoundError, ValidationError
+from resolvers.errors import answers, query_errors
 from schema.models import (
     CreateModelInput,
     CreateModelResult,
@@ -34,14 +33,12 @@ from schema.models import (
     UpdateModelResult,
 )
 from schema.scalars import BigInt, big
-from services.errors import Conflict, InvalidInput, Missing
 from services.models import (
     CreateModelSpec,
     ResourcesSpec,
     SourceSpec,
     UpdateModelSpec,
 )
-from services.principals import Forbidden
 from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
 from storage.documents import AccessMode, ModelPhase
 from storage.repositories import ModelFilter
@@ -142,6 +139,7 @@ async def resolve_model(
     return None if doc is None else Model.from_document(doc)
 
 
+@answers
 async def resolve_hugging_face_model(
     info: Info,
     repo_id: Annotated[str, strawberry.argument(description="`org/name` or a hub URL.")],
@@ -151,17 +149,11 @@ async def resolve_hugging_face_model(
 ) -> HuggingFaceModelResult:
     """Hub metadata for a repository (public or gated metadata; no token needed)."""
     principal = info.context.require_principal()
-    try:
-        found = await info.context.services.models.hub_preview(
-            principal, repo_id, revision=revision
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    found = await info.context.services.models.hub_preview(principal, repo_id, revision=revision)
     return _hub_model(found)
 
 
+@answers
 async def resolve_hugging_face_search(
     info: Info,
     query: Annotated[str, strawberry.argument(description="Text to search for in repo ids.")],
@@ -169,15 +161,11 @@ async def resolve_hugging_face_search(
 ) -> HuggingFaceSearchResult:
     """Search the hub."""
     principal = info.context.require_principal()
-    try:
-        found = await info.context.services.models.hub_search(principal, query, limit=limit)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    found = await info.context.services.models.hub_search(principal, query, limit=limit)
     return HuggingFaceSearch(items=[_hub_model(m) for m in found])
 
 
+@answers
 async def create_model(
     info: Info,
     input: Annotated[CreateModelInput, strawberry.argument(description="The model.")],
@@ -200,17 +188,10 @@ async def create_model(
         download_target=_target(input.download_target),
         resources=_resources(input.resources),
     )
-    try:
-        doc = await info.context.services.models.create(principal, spec)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return Model.from_document(doc)
+    return Model.from_document(await info.context.services.models.create(principal, spec))
 
 
+@answers
 async def update_model(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
@@ -226,31 +207,18 @@ async def update_model(
         tags=input.tags,
         resources=_resources(input.resources),
     )
-    try:
-        doc = await info.context.services.models.update(principal, str(id), spec)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    doc = await info.context.services.models.update(principal, str(id), spec)
     return Model.from_document(doc)
 
 
+@answers
 async def delete_model(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
 ) -> DeleteModelResult:
     """Soft-delete a model and remove what it owns."""
     principal = info.context.require_principal()
-    try:
-        outcome = await info.context.services.models.delete(principal, str(id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Forbidden as exc:
-        return forbidden(exc)
+    outcome = await info.context.services.models.delete(principal, str(id))
     return DeletedModel(
         model=Model.from_document(outcome.model),
         removed=[RemovedObject(kind=o.kind, name=o.name) for o in outcome.removed],
