@@ -40,6 +40,7 @@ from services.models import (
     UpdateModelSpec,
 )
 from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
+from services.validation import check_phase
 from storage.documents import AccessMode, ModelPhase
 from storage.repositories import ModelFilter
 
@@ -108,16 +109,16 @@ async def resolve_models(
     """A page of the caller's organisation's models."""
     principal = info.context.require_principal()
     f = filter or ModelFilterInput()
-    model_filter = ModelFilter(
-        access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
-        phase=ModelPhase(f.phase.name) if f.phase else None,
-        inference_phase=f.inference_phase,
-        managed=f.managed,
-        tag=f.tag,
-        search=f.search,
-        include_deleted=f.include_deleted,
-    )
     with query_errors():
+        model_filter = ModelFilter(
+            access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
+            phase=ModelPhase(f.phase.name) if f.phase else None,
+            inference_phase=check_phase("filter.inferencePhase", f.inference_phase),
+            managed=f.managed,
+            tag=f.tag,
+            search=f.search,
+            include_deleted=f.include_deleted,
+        )
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset
         )

@@ -203,7 +203,7 @@ class Model:
             ),
             phase=ModelPhaseEnum(doc.phase.value),
             message=doc.message,
-            inference_phase=doc.inference_phase,
+            inference_phase=doc.inference_phase.value if doc.inference_phase else None,
             managed=doc.managed,
             organization_id=doc.organization_id,
             created_at=doc.created_at,

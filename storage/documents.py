@@ -119,6 +119,29 @@ class ModelPhase(StrEnum):
     FAILED = "FAILED"
 
 
+class InferencePhase(StrEnum):
+    """Where an inference service stands.
+
+    ::
+
+        (start) --> PENDING --> CREATING --> RUNNING <--> CRASH_LOOP_BACK_OFF
+                       |           |            |              |
+                       +-----------+------------+--------------+--> FAILED
+        (stop)  --> any phase --> STOPPED --(start)--> PENDING
+
+    PENDING: accepted, or waiting for something outside our control (no GPU free, image pull).
+    CREATING: objects written / process launched, not ready yet. FAILED: will not come up
+    without a change (bad image, missing secret, program not found).
+    """
+
+    PENDING = "PENDING"
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    CRASH_LOOP_BACK_OFF = "CRASH_LOOP_BACK_OFF"
+
+
 class ModelSource(BaseModel):
     """Where a model comes from. The token itself lives in the secret store, never here."""
 
@@ -171,7 +194,9 @@ class ModelDocument(Document):
     weights_id: str | None = None
     phase: ModelPhase = ModelPhase.PENDING
     message: str | None = None
-    inference_phase: str | None = None
+    inference_phase: InferencePhase | None = None
+    """A copy of the phase of the model's inference, kept by the inference controller (it
+    lags the inference's own write: decide from the inference document, list with this)."""
     managed: bool = True
     is_deleted: bool = False
     deletion_time: datetime | None = None
@@ -306,29 +331,6 @@ class InferenceEngine(StrEnum):
     OLLAMA = "OLLAMA"
     LITELLM_PROXY = "LITELLM_PROXY"
     CUSTOM = "CUSTOM"
-
-
-class InferencePhase(StrEnum):
-    """Where an inference service stands.
-
-    ::
-
-        (start) --> PENDING --> CREATING --> RUNNING <--> CRASH_LOOP_BACK_OFF
-                       |           |            |              |
-                       +-----------+------------+--------------+--> FAILED
-        (stop)  --> any phase --> STOPPED --(start)--> PENDING
-
-    PENDING: accepted, or waiting for something outside our control (no GPU free, image pull).
-    CREATING: objects written / process launched, not ready yet. FAILED: will not come up
-    without a change (bad image, missing secret, program not found).
-    """
-
-    PENDING = "PENDING"
-    CREATING = "CREATING"
-    RUNNING = "RUNNING"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-    CRASH_LOOP_BACK_OFF = "CRASH_LOOP_BACK_OFF"
 
 
 class EnvVarSpec(BaseModel):
