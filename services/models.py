@@ -254,18 +254,14 @@ class ModelService:
                 raise Missing(model_id, f"model {model_id} not found")
             return changes
 
-        if not changes:
-            current = await self.get(principal, model_id)
-            if current is None or current.is_deleted:
-                raise Missing(model_id, f"model {model_id} not found")
-            return current
         try:
             updated = await self._models.modify(
                 model_id, change, scope=principal.scope, event=EventType.UPDATED
             )
         except NotFound:
             raise Missing(model_id, f"model {model_id} not found") from None
-        await self._record.model(updated, EventType.UPDATED)
+        if changes:  # an empty update writes nothing and owes no event
+            await self._record.model(updated, EventType.UPDATED)
         return updated
 
     async def delete(self, principal: Principal, model_id: str) -> DeleteOutcome:

@@ -128,7 +128,7 @@ def render_job(
     if weights.secret_ref is not None:
         credentials = secret_name(model.id)
         env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
-        if weights.target.kind is TargetKind.S3:
+        if S3_SECRET_KEY in weights.target.secret_keys:
             env.append(
                 _secret_env("S3_SECRET_ACCESS_KEY", credentials, S3_SECRET_KEY, optional=False)
             )
@@ -591,7 +591,7 @@ class JobExecutor:
     async def clean(self, weights: WeightsDocument, *, partials_only: bool) -> bool:
         """PVC and hostPath targets are cleaned by a short Job on the volume; S3 is reachable
         from here, so the caller cleans it through the sink."""
-        if weights.target.kind is TargetKind.S3:
+        if weights.target.directory(self._template.pvc_mount_path) is None:
             return False
         if not partials_only and await self._delete_own_claim(weights):
             return True
