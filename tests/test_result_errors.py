@@ -129,20 +129,27 @@ def test_the_union_is_read_from_the_annotation() -> None:
     }
 
 
-def _mutation_resolvers() -> list[tuple[str, Any]]:
-    definition = root.Mutation.__strawberry_definition__  # type: ignore[attr-defined]
+def _resolvers(*types: Any) -> list[tuple[str, Any]]:
     return [
         (field.python_name, field.base_resolver.wrapped_func)
-        for field in definition.fields
+        for root_type in types
+        for field in root_type.__strawberry_definition__.fields
         if field.base_resolver is not None
     ]
 
 
-@pytest.mark.parametrize(("name", "resolver"), _mutation_resolvers())
-def test_every_mutation_answering_a_union_maps_refusals_through_the_one_mapping(
+@pytest.mark.parametrize(("name", "resolver"), _resolvers(root.Mutation))
+def test_every_mutation_answers_a_result_union_through_the_one_mapping(
     name: str, resolver: Any
 ) -> None:
-    members = result_members(resolver)
-    if not members & {ValidationError, NotFoundError, ConflictError, ForbiddenError}:
-        pytest.skip(f"{name} answers no result union")
+    assert result_members(resolver) & {ValidationError, ForbiddenError, NotFoundError}, name
+    assert getattr(resolver, "__wrapped__", None) is not None, f"{name} is not wrapped in answers"
+
+
+@pytest.mark.parametrize(("name", "resolver"), _resolvers(root.Query))
+def test_every_query_answering_a_result_union_maps_through_the_one_mapping(
+    name: str, resolver: Any
+) -> None:
+    if not result_members(resolver) & {ValidationError, NotFoundError, ForbiddenError}:
+        return  # a plain query: its refusals go through query_errors
     assert getattr(resolver, "__wrapped__", None) is not None, f"{name} is not wrapped in answers"
