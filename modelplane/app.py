@@ -465,6 +465,7 @@ def _download_controller(
         recorder=recorder,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        lease_seconds=settings.controller_lease_seconds,
     )
 
 
@@ -524,6 +525,7 @@ def _inference_controller(
         outbound=outbound,
         leases=LeaseRepository(database),
         holder=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        lease_seconds=settings.controller_lease_seconds,
         allow_host_commands=settings.allow_host_commands,
     )
     if not isinstance(runtime, KubernetesRuntime):
