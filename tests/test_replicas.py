@@ -49,7 +49,8 @@ from tests.graphql_client import run
 from tests.helpers import first_seen, serve_process
 from tests.test_inference_local import FAKE_VLLM
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# Two start-ups under load, a download, and a window past the inference resync (today's figure).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 SECRET = "replicas-test-secret-key-long-enough-0123456789"
 ORG = "org-a"
@@ -117,12 +118,16 @@ class Replicas:
 
     async def start(self, count: int = 2, **settings: str) -> list[Replica]:
         """Start ``count`` replicas at once (``settings`` added to the shared ones), each
-        waited for in a thread until it answers ``/readyz``: which one leads is up to them."""
-        return list(
-            await asyncio.gather(
-                *(asyncio.to_thread(self._start, f"r{i}", settings) for i in range(count))
-            )
+        waited for in a thread until it answers ``/readyz``: which one leads is up to them.
+        Every start is waited for, even when one fails, so none escapes the clean-up."""
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self._start, f"r{i}", settings) for i in range(count)),
+            return_exceptions=True,
         )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, Replica)]
 
     def _start(self, name: str, settings: dict[str, str]) -> Replica:
         directory = self.tmp_path / name
@@ -270,7 +275,7 @@ class Figures:
 
     def add(self, what: str, seconds: float | None, bound: float = BOUND) -> None:
         shown = f"{seconds:.2f} s" if seconds is not None else f"nothing within {OBSERVE:.0f} s"
-        print(f"{what}: {shown} (bound {bound:g} s)")  # noqa: T201  the measured figure
+        print(f"{what}: {shown}")  # noqa: T201  the measured figure
         if seconds is None or seconds >= bound:
             self._over.append(f"{what}: {shown}, over the {bound:g} s bound")
 
