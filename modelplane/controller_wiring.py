@@ -62,6 +62,7 @@ def start_download_controller(
         recorder=recorder,
         leases=LeaseRepository(database),
         holder=lease_holder(),
+        lease_seconds=settings.controller_lease_seconds,
     )
     controller.start()
     stack.push_async_callback(controller.stop)
@@ -97,6 +98,7 @@ def start_inference_controller(
         outbound=outbound,
         leases=LeaseRepository(database),
         holder=lease_holder(),
+        lease_seconds=settings.controller_lease_seconds,
     )
     parts.attach(controller)
     controller.start()

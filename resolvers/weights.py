@@ -8,9 +8,8 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
-from resolvers.errors import forbidden, query_errors
+from resolvers.errors import answers, query_errors
 from schema.enums import StorageKindEnum
-from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.scalars import BigInt
 from schema.weights import (
     DeletedWeights,
@@ -20,8 +19,6 @@ from schema.weights import (
     Weights,
     WeightsPage,
 )
-from services.errors import Conflict, InvalidInput, Missing
-from services.principals import Forbidden
 from storage.documents import WeightsDocument
 
 
@@ -67,17 +64,10 @@ async def _change_download(
     info: Info, model_id: strawberry.ID, *, action: Callable[..., Awaitable[WeightsDocument]]
 ) -> DownloadResult:
     principal = info.context.require_principal()
-    try:
-        doc = await action(principal, str(model_id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return Weights.from_document(doc)
+    return Weights.from_document(await action(principal, str(model_id)))
 
 
+@answers
 async def cancel_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
@@ -85,6 +75,7 @@ async def cancel_download(
     return await _change_download(info, model_id, action=info.context.services.weights.cancel)
 
 
+@answers
 async def retry_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
@@ -92,6 +83,7 @@ async def retry_download(
     return await _change_download(info, model_id, action=info.context.services.weights.retry)
 
 
+@answers
 async def delete_weights(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Weights id.")],
@@ -101,14 +93,5 @@ async def delete_weights(
 ) -> DeleteWeightsResult:
     """Remove the files and the entry."""
     principal = info.context.require_principal()
-    try:
-        detached = await info.context.services.weights.delete(principal, str(id), force=force)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    detached = await info.context.services.weights.delete(principal, str(id), force=force)
     return DeletedWeights(id=id, detached_model_ids=[strawberry.ID(m) for m in detached])

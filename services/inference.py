@@ -59,10 +59,11 @@ from storage.documents import (
     InferenceEngine,
     InferencePhase,
     InferenceSpec,
+    LocalTarget,
     ModelDocument,
     PhaseEntry,
+    PvcTarget,
     Role,
-    TargetKind,
     new_id,
 )
 from storage.errors import Contended, DuplicateKey, NotFound
@@ -479,13 +480,13 @@ class InferenceService:
             target = model.download_target
             if target is None:
                 continue
-            if target.kind is TargetKind.LOCAL and target.local_path:
+            if isinstance(target, LocalTarget) and target.local_path:
                 path = PurePosixPath(target.local_path)
                 if any(
                     PurePosixPath(root) in path.parents for root in self._roots
                 ):  # never a root itself
                     dirs.append(path)
-            elif target.kind is TargetKind.PVC and target.claim_name:
+            elif isinstance(target, PvcTarget):
                 claims.add(target.claim_name)
         return ManifestPolicy(
             weights_dirs=tuple(dirs),

@@ -29,6 +29,7 @@ from storage.documents import (
     InferencePhase,
     ModelDocument,
     ModelPhase,
+    PvcTarget,
     Role,
     TargetKind,
     WeightsDocument,
@@ -71,7 +72,7 @@ def _claims_usage(ready: list[WeightsDocument]) -> list[RootUsage]:
     """One entry per PVC holding READY weights: the newest measurement and their bytes."""
     claims: dict[str, RootUsage] = {}
     for weights in ready:
-        if weights.target.kind is not TargetKind.PVC or weights.volume is None:
+        if not isinstance(weights.target, PvcTarget) or weights.volume is None:
             continue
         root = f"pvc://{weights.target.claim_name}"
         size = sum(f.size for f in weights.files)
@@ -336,7 +337,4 @@ class WeightsService:
 
 def _where(weights: WeightsDocument) -> str:
     """Where a download's files are, for messages: the S3 endpoint too (never a key)."""
-    target = weights.target
-    if target.kind is TargetKind.S3:
-        return f"the S3 endpoint {target.endpoint or 'AWS (default)'} ({weights.location})"
-    return weights.location
+    return weights.target.describe(weights.location)

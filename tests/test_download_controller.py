@@ -25,12 +25,12 @@ from integrations.huggingface import HubClient
 from storage.client import Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     HubFacts,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
-    TargetKind,
+    PvcTarget,
     WeightsDocument,
     WeightsState,
 )
@@ -119,7 +119,7 @@ def _model(**overrides: Any) -> ModelDocument:
         "name_key": "a",
         "display_name": "A",
         "source": ModelSource(url="org/a", access_mode=AccessMode.LOCAL),
-        "download_target": DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+        "download_target": LocalTarget(local_path="/models/a"),
         "phase": ModelPhase.PENDING,
     }
     values.update(overrides)
@@ -133,7 +133,7 @@ def _weights(state: WeightsState, *model_ids: str) -> WeightsDocument:
         organization_id="org",
         repo_id="org/a",
         commit_sha="c" * 40,
-        target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+        target=LocalTarget(local_path="/models/a"),
         location="/models/a",
         state=state,
     )
@@ -170,7 +170,7 @@ ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceed
         ),
         (_model(download_target=None), None, IDLE, Action.NOTHING),
         (
-            _model(download_target=DownloadTarget(kind=TargetKind.PVC, claim_name="c")),
+            _model(download_target=PvcTarget(claim_name="c")),
             None,
             IDLE,
             Action.CREATE_WEIGHTS,
@@ -279,7 +279,7 @@ async def _new_model(
             name_key=model_id,
             source=ModelSource(url=repo, access_mode=AccessMode.LOCAL),
             hub=HubFacts(commit_sha=hub.hub.repos[repo].sha),
-            download_target=DownloadTarget(kind=TargetKind.LOCAL, local_path=str(tmp_path / "w")),
+            download_target=LocalTarget(local_path=str(tmp_path / "w")),
         )
     )
 

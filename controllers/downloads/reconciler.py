@@ -30,7 +30,7 @@ from controllers.transfer.downloader import (
     Sink,
 )
 from controllers.transfer.s3_sink import MIN_PART as S3_MIN_PART
-from controllers.transfer.s3_sink import S3Sink, object_prefix
+from controllers.transfer.s3_sink import S3Sink
 from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient, HubError
@@ -176,7 +176,7 @@ def make_sink(
             ),
             outbound=outbound,
         )
-        prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
+        prefix = target.key_prefix(doc.location)
         return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
     if target.kind is TargetKind.PVC:
         return LocalSink.for_weights(doc, pvc_mount_path / (target.sub_path or ""))
@@ -192,11 +192,7 @@ def options_for(target: DownloadTarget, options: DownloadOptions) -> DownloadOpt
 
 def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> str:
     """Where a repo at a commit goes for a target."""
-    if target.kind is TargetKind.S3:
-        return f"s3://{target.bucket}/{object_prefix(target.prefix, repo_id, commit_sha)}"
-    if target.kind is TargetKind.PVC:
-        return f"pvc://{target.claim_name}" + (f"/{target.sub_path}" if target.sub_path else "")
-    return target.local_path or ""
+    return target.location(repo_id, commit_sha)
 
 
 async def run_weights(

@@ -349,12 +349,11 @@ class InferenceController:
     ) -> ModelDocument | None:
         """Set the model's ``inference_phase``; the written model (its event is owed), or
         None when nothing was written."""
-        phase = new_phase.value
         wrote = [False]
 
         def change(current: ModelDocument) -> dict[str, Any] | None:
-            wrote[0] = current.inference_phase != phase and not current.is_deleted
-            return {"inference_phase": phase} if wrote[0] else None
+            wrote[0] = current.inference_phase is not new_phase and not current.is_deleted
+            return {"inference_phase": new_phase} if wrote[0] else None
 
         if change(model) is None:
             return None

@@ -35,13 +35,12 @@ from services.errors import InvalidInput
 from storage.client import Client, Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     EnvVarSpec,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
     Role,
-    TargetKind,
     WeightsDocument,
     WeightsState,
 )
@@ -342,7 +341,7 @@ def _weights() -> WeightsDocument:
         organization_id="org-a",
         repo_id="org/repo",
         commit_sha="a" * 40,
-        target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/nowhere"),
+        target=LocalTarget(local_path="/nowhere"),
         location="/nowhere",
         model_ids=["model-x"],
         state=WeightsState.READY,
