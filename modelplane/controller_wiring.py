@@ -10,16 +10,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from controllers.downloads.reconciler import DownloadController, WeightsRuntimeConfig
-from controllers.inference.engines import EngineImages
 from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
-from live import Broker, Event, EventType, Recorder, ResourceKind
+from live import Broker, Recorder
 from modelplane.runtimes.base import RuntimeParts
 from modelplane.settings import Settings
 from storage.client import Database
@@ -75,14 +74,16 @@ def start_inference_controller(
     settings: Settings,
     parts: RuntimeParts,
     database: Database,
+    inference_runtime: InferenceRuntime,
     *,
     secrets: SecretStore,
     recorder: Recorder,
     broker: Broker,
     outbound: OutboundPolicy,
 ) -> InferenceController | None:
-    """The inference controller, started (stopped with the stack) and fed by the event log,
-    with Deployments or supervised processes per the runtime; None when this process runs no
+    """The inference controller, started (stopped with the stack) and fed by the event log
+    (what any replica's services write reaches the leader's queue through its broker), with
+    Deployments or supervised processes per the runtime; None when this process runs no
     controllers."""
     if not settings.run_controllers:
         return None
@@ -91,44 +92,22 @@ def start_inference_controller(
         models=ModelRepository(database),
         weights=WeightsRepository(database),
         secrets=secrets,
-        executor=parts.inference_executor(),
-        images=EngineImages(
-            vllm=settings.vllm_image,
-            ollama=settings.ollama_image,
-            litellm=settings.litellm_image,
-            s3_sync=settings.s3_sync_image,
-        ),
-        pvc_mount_path=str(settings.pvc_mount_path),
+        executor=parts.inference_executor(database, secrets),
+        runtime=inference_runtime,
         recorder=recorder,
         outbound=outbound,
         leases=LeaseRepository(database),
         holder=lease_holder(),
         lease_seconds=settings.controller_lease_seconds,
-        allow_host_commands=settings.allow_host_commands,
     )
     parts.attach(controller)
     controller.start()
     stack.push_async_callback(controller.stop)
-    broker.listen(model_changes_to(controller))
-    broker.on_trimmed(controller.resync_soon)  # it may have missed a model's phase change
+    broker.listen(controller.on_event)
+    broker.on_trimmed(controller.resync_soon)  # it may have missed events it owns
     return controller
 
 
 def lease_holder() -> str:
     """This process's name on a controller lease: host, pid and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def model_changes_to(controller: InferenceController) -> Callable[[Event], None]:
-    """Feed the inference controller from the event log: a model's phase change (its weights
-    became READY or FAILED, from this process or a download Job's pod) or its deletion."""
-
-    def listener(event: Event) -> None:
-        if event.resource_kind is ResourceKind.MODEL and event.type in {
-            EventType.PHASE_CHANGED,
-            EventType.DELETED,
-        }:
-            for model_id in event.model_ids:
-                controller.notify_model(model_id)
-
-    return listener

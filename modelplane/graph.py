@@ -22,6 +22,7 @@ from joserfc.jwk import OctKey
 
 from controllers.downloads.reconciler import DownloadController
 from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.base import Runtime, RuntimeConfigError
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
@@ -123,6 +124,8 @@ class Core:
 class _Controllers:
     downloads: DownloadController | None
     inference: InferenceController | None
+    inference_runtime: InferenceRuntime
+    """The API's view of the runtime's inferences: built in every replica, controllers or not."""
 
 
 @asynccontextmanager
@@ -260,17 +263,19 @@ def _start_controllers(stack: AsyncExitStack, core: Core) -> _Controllers:
         outbound=core.outbound,
     )
     core.parts.prepare()
+    inference_runtime = core.parts.inference_runtime(core.database)
     inference = start_inference_controller(
         stack,
         core.settings,
         core.parts,
         core.database,
+        inference_runtime,
         secrets=core.secrets,
         recorder=core.recorder,
         broker=core.broker,
         outbound=core.outbound,
     )
-    return _Controllers(downloads, inference)
+    return _Controllers(downloads, inference, inference_runtime)
 
 
 async def _open_verifier(
@@ -327,7 +332,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         models=models,
         weights=_weights_service(core, controllers.downloads),
         cluster=cluster,
-        inference=_inference_service(core, cluster, controllers.inference),
+        inference=_inference_service(core, cluster, controllers.inference_runtime),
         broker=core.broker,
         api_keys=api_keys,
         version=modelplane_version(),
@@ -337,14 +342,13 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
 
 
 def _inference_service(
-    core: Core, cluster: ClusterService, controller: InferenceController | None
+    core: Core, cluster: ClusterService, runtime: InferenceRuntime
 ) -> InferenceService:
     settings = core.settings
     return InferenceService(
         inferences=InferenceRepository(core.database),
         models=ModelRepository(core.database),
-        controller=controller,
-        runtime_kind=core.parts.runtime.kind,
+        runtime=runtime,
         namespace=core.parts.namespace,
         local_roots=tuple(settings.local_roots),
         recorder=core.recorder,

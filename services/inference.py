@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,7 +32,7 @@ from controllers.inference.engines import (
     default_engine,
     host_program_field,
 )
-from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
 from live import EventType, Recorder
@@ -41,71 +40,42 @@ from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
 from services.fitting import FitEstimate
-from services.manifests import ManifestPolicy, check_document, parse_documents
+from services.inference_inputs import (
+    MAX_LOG_LINES,
+    MAX_MANIFEST_BYTES,
+    MAX_PAGE,
+    InferenceRequest,
+    check_manifest,
+    check_placement,
+    check_scalars,
+    gpus_of,
+    request_from,
+)
+from services.manifests import ManifestPolicy
 from services.principals import Forbidden, Principal
 from storage.documents import (
     AccessMode,
-    AutoscalingSpec,
-    EnvVarSpec,
     InferenceDocument,
     InferenceEngine,
     InferencePhase,
     InferenceSpec,
-    LiteLLMSpec,
     LocalTarget,
     ModelDocument,
     PhaseEntry,
     PvcTarget,
     Role,
-    Toleration,
     new_id,
 )
-from storage.errors import DuplicateKey, RevisionConflict
+from storage.errors import Contended, DuplicateKey, NotFound
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
 
 log = logging.getLogger(__name__)
-
-MAX_REPLICAS = 64
-MAX_PAGE = 100
-MAX_LOG_LINES = 5000
-MAX_CONTEXT = 10_000_000
-MAX_MANIFEST_BYTES = 256 * 1024
-PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-TOLERATION_OPERATORS = ("Equal", "Exists")
-TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-LITELLM_MODES = ("WILDCARD", "SINGLE", "CONFIG")
-_IMAGE = re.compile(r"^[a-z0-9]([a-z0-9._/:@-]*[a-zA-Z0-9_.-])?$")
-_LABEL_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-)
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
-
-@dataclass(slots=True)
-class InferenceRequest:
-    """``InferenceInput`` as the resolver hands it over; None means "the default"."""
-
-    engine: InferenceEngine | None = None
-    image: str | None = None
-    image_pull_policy: str | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
-    replicas: int | None = None
-    cpu: str | None = None
-    memory: str | None = None
-    gpu: int | None = None
-    gpu_type: str | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
-    port: int | None = None
-    health_path: str | None = None
-    initial_delay_seconds: int | None = None
-    env: list[EnvVarSpec] = field(default_factory=list)
-    autoscaling: AutoscalingSpec | None = None
-    litellm: LiteLLMSpec | None = None
-    ollama_model: str | None = None
-    upstream_timeout_seconds: float | None = None
-    context_length: int | None = None
+__all__ = [
+    "InferenceRequest",
+    "InferenceService",
+    "StartOutcome",
+    "check_manifest",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +99,7 @@ class InferenceService:
         *,
         inferences: InferenceRepository,
         models: ModelRepository,
-        controller: InferenceController | None,
-        runtime_kind: str,
+        runtime: InferenceRuntime,
         namespace: str | None,
         local_roots: tuple[Path, ...],
         recorder: Recorder | None = None,
@@ -139,14 +108,18 @@ class InferenceService:
         allow_host_commands: bool = False,
         allow_external_services: bool = False,
     ) -> None:
-        """``allow_host_commands`` (setting ``MODELPLANE_ALLOW_HOST_COMMANDS``): on the local
-        runtime, ADMINs may run programs of their choice (see :meth:`_check_host_program`);
+        """``runtime`` is the API's view of the runtime, built in every replica (plans, dry
+        runs, logs, labelled Deployments); the service never calls a controller: it writes the
+        document and records the event, and the leader's controller, fed by the event log,
+        acts on it. ``allow_host_commands`` (setting ``MODELPLANE_ALLOW_HOST_COMMANDS``): on
+        the local runtime, ADMINs may run programs of their choice (see
+        :meth:`_check_host_program`);
         ``allow_external_services`` (``MODELPLANE_MANIFEST_ALLOW_EXTERNAL_SERVICES``): manifest
         Services may be NodePort or LoadBalancer, with externalIPs."""
         self._inferences = inferences
         self._models = models
-        self._controller = controller
-        self._runtime_kind = runtime_kind
+        self._runtime = runtime
+        self._runtime_kind = runtime.kind
         self._namespace = namespace
         self._roots = local_roots
         self._record = recorder or Recorder(None)
@@ -199,14 +172,14 @@ class InferenceService:
         self, principal: Principal, inference_filter: InferenceFilter
     ) -> list[InferenceDocument]:
         """Deployments in the namespace with our labels whose owner has no document."""
-        if self._controller is None or inference_filter.managed is True:
+        if inference_filter.managed is True:
             return []
         if inference_filter.model_id is not None:
             return []
         found: list[InferenceDocument] = []
         mine = [
             deployment
-            for deployment in self._controller.executor.unmanaged()
+            for deployment in await self._runtime.unmanaged()
             if (deployment.get("metadata", {}).get("labels") or {}).get(ORGANIZATION_ID)
             == principal.organization_id
         ]
@@ -251,9 +224,7 @@ class InferenceService:
         doc = await self.get(principal, inference_id)
         if doc is None:
             raise Missing(inference_id)
-        if self._controller is None:
-            return []
-        return await self._controller.logs(doc, tail)
+        return await self._runtime.logs(doc, tail)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -282,8 +253,27 @@ class InferenceService:
             )
         spec = self._spec(model, request)
         self._check_host_program(principal, spec)
+        doc = self._draft(principal, model, spec, existing)
+        manifests = await self._check_plan(doc, model)
+        if dry_run:
+            return await self._dry_run(principal, model, doc, manifests)
+        written = await self._store(doc, existing)
+        log.info(
+            "inference started",
+            extra={"inference_id": written.id, "model_id": model.id, "engine": spec.engine},
+        )
+        return StartOutcome(inference=written, manifests=[])
+
+    def _draft(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        spec: InferenceSpec,
+        existing: InferenceDocument | None,
+    ) -> InferenceDocument:
+        """The document a start writes: the stopped one re-enabled, or a new one."""
         if existing is not None:
-            doc = existing.model_copy(
+            return existing.model_copy(
                 update={
                     "spec": spec,
                     "enabled": True,
@@ -291,51 +281,52 @@ class InferenceService:
                     "model_name": model.name,
                 }
             )
-        else:
-            inference_id = new_id("inf")
-            doc = InferenceDocument(
-                id=inference_id,
-                organization_id=principal.organization_id,
-                model_id=model.id,
-                model_name=model.name,
-                name=inference_id,
-                active_key=model.id,
-                runtime=self._runtime_kind,
-                spec=spec,
-                created_by=principal.subject,
-                reason="Accepted",
-                message="accepted; the controller will start it",
-                phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
-            )
-        manifests = await self._check_plan(doc, model)
-        if dry_run:
-            fit = None
-            if self._cluster is not None and spec.engine is not None:
-                fit = await self._cluster.fit_for_model(
-                    principal,
-                    model,
-                    engine=spec.engine,
-                    gpu_type=spec.gpu_type,
-                    context_length=spec.context_length,
-                )
-            return StartOutcome(
-                fit=fit,
-                inference=doc,
-                dry_run=True,
-                manifests=manifests,
-                message="dry run: nothing was created",
-            )
-        written = await self._store(doc, existing)
-        self._notify(written.id)
-        log.info(
-            "inference started",
-            extra={"inference_id": written.id, "model_id": model.id, "engine": spec.engine},
+        inference_id = new_id("inf")
+        return InferenceDocument(
+            id=inference_id,
+            organization_id=principal.organization_id,
+            model_id=model.id,
+            model_name=model.name,
+            name=inference_id,
+            active_key=model.id,
+            runtime=self._runtime_kind,
+            spec=spec,
+            created_by=principal.subject,
+            reason="Accepted",
+            message="accepted; the controller will start it",
+            phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
         )
-        return StartOutcome(inference=written, manifests=[])
+
+    async def _dry_run(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        doc: InferenceDocument,
+        manifests: list[dict[str, Any]],
+    ) -> StartOutcome:
+        """What a dry run answers: the objects, and whether the model fits the cluster."""
+        spec = doc.spec
+        fit = None
+        if self._cluster is not None and spec.engine is not None:
+            fit = await self._cluster.fit_for_model(
+                principal,
+                model,
+                engine=spec.engine,
+                gpu_type=spec.gpu_type,
+                context_length=spec.context_length,
+            )
+        return StartOutcome(
+            fit=fit,
+            inference=doc,
+            dry_run=True,
+            manifests=manifests,
+            message="dry run: nothing was created",
+        )
 
     async def _store(
         self, doc: InferenceDocument, existing: InferenceDocument | None
     ) -> InferenceDocument:
+        """Insert the new document, or re-enable the stopped one; record the event."""
         if existing is None:
             try:
                 written = await self._inferences.insert(doc, event=EventType.CREATED)
@@ -345,27 +336,30 @@ class InferenceService:
                 ) from None
             await self._record.inference(written, EventType.CREATED)
             return written
-        history = [
-            *existing.phase_history,
-            PhaseEntry(phase=InferencePhase.PENDING, reason="Started"),
-        ][-50:]
+
+        def change(current: InferenceDocument) -> dict[str, Any]:
+            if current.enabled or current.is_deleted:
+                raise Conflict("modelId", "another request started this model's inference first")
+            entry = PhaseEntry(phase=InferencePhase.PENDING, reason="Started")
+            history = [*current.phase_history, entry][-50:]
+            return {
+                "spec": doc.spec.model_dump(),
+                "enabled": True,
+                "generation": current.generation + 1,
+                "model_name": doc.model_name,
+                "phase": InferencePhase.PENDING,
+                "reason": "Started",
+                "message": None,
+                "phase_history": [item.model_dump() for item in history],
+            }
+
         try:
-            written = await self._inferences.update(
-                existing.id,
-                expected_revision=existing.revision,
-                changes={
-                    "spec": doc.spec.model_dump(),
-                    "enabled": True,
-                    "generation": doc.generation,
-                    "model_name": doc.model_name,
-                    "phase": InferencePhase.PENDING,
-                    "reason": "Started",
-                    "message": None,
-                    "phase_history": [entry.model_dump() for entry in history],
-                },
-                event=EventType.PHASE_CHANGED,
+            written = await self._inferences.modify(
+                existing.id, change, current=existing, event=EventType.PHASE_CHANGED
             )
-        except RevisionConflict:
+        except NotFound:
+            raise Missing(existing.id) from None
+        except Contended:
             raise Conflict("modelId", "the inference changed meanwhile; try again") from None
         await self._record.inference(written, EventType.PHASE_CHANGED)
         return written
@@ -390,22 +384,26 @@ class InferenceService:
         return await self._disable(existing)
 
     async def _disable(self, existing: InferenceDocument) -> InferenceDocument:
-        if not existing.enabled:
-            return existing
+        """Write ``enabled: false`` and record it; the leader's controller removes the
+        workload when the event reaches it."""
+        wrote = [False]
+
+        def change(current: InferenceDocument) -> dict[str, Any] | None:
+            wrote[0] = current.enabled
+            if not current.enabled:
+                return None  # stopped already (by this request's twin, or before)
+            return {"enabled": False, "reason": "Stopping", "message": "stopping"}
+
         try:
-            written = await self._inferences.update(
-                existing.id,
-                expected_revision=existing.revision,
-                changes={"enabled": False, "reason": "Stopping", "message": "stopping"},
-                event=EventType.UPDATED,
+            written = await self._inferences.modify(
+                existing.id, change, current=existing, event=EventType.UPDATED
             )
-        except RevisionConflict:
-            fresh = await self._inferences.get(existing.id)
-            if fresh is None:
-                raise Missing(existing.id) from None
-            return await self._disable(fresh)
-        await self._record.inference(written, EventType.UPDATED)
-        self._notify(written.id)
+        except NotFound:
+            raise Missing(existing.id) from None
+        except Contended:
+            raise Conflict("id", "the inference changed meanwhile; try again") from None
+        if wrote[0]:
+            await self._record.inference(written, EventType.UPDATED)
         return written
 
     async def toggle(self, principal: Principal, model_id: str, *, enabled: bool) -> StartOutcome:
@@ -416,7 +414,7 @@ class InferenceService:
         existing = await self._inferences.for_model(model_id)
         request = InferenceRequest()
         if existing is not None and existing.organization_id == principal.organization_id:
-            request = _request_from(existing.spec)
+            request = request_from(existing.spec)
         return await self.start(principal, model_id, request)
 
     # -- manifests -----------------------------------------------------------------------
@@ -451,7 +449,7 @@ class InferenceService:
             active_key=inference_id,
             managed=False,
             runtime=self._runtime_kind,
-            spec=InferenceSpec(engine=InferenceEngine.CUSTOM, port=port, gpu=_gpus(objects)),
+            spec=InferenceSpec(engine=InferenceEngine.CUSTOM, port=port, gpu=gpus_of(objects)),
             manifest=json.dumps(objects),
             created_by=principal.subject,
             phase_history=[PhaseEntry(phase=InferencePhase.PENDING, reason="Accepted")],
@@ -465,7 +463,6 @@ class InferenceService:
             )
         written = await self._inferences.insert(doc, event=EventType.CREATED)
         await self._record.inference(written, EventType.CREATED)
-        self._notify(written.id)
         return StartOutcome(inference=written)
 
     # -- helpers --------------------------------------------------------------------------
@@ -521,21 +518,17 @@ class InferenceService:
                 required=Role.ADMIN,
             )
 
-    def _notify(self, inference_id: str) -> None:
-        if self._controller is not None:
-            self._controller.notify(inference_id)
-
     async def _check_plan(
         self, doc: InferenceDocument, model: ModelDocument
     ) -> list[dict[str, Any]]:
         """Plan (and render) the inference as the controller will; errors are the caller's."""
-        if self._controller is None or doc.spec.engine is None:
+        if doc.spec.engine is None:
             return []
         try:
-            plan = await self._controller.workload_plan(doc, model)
+            plan = await self._runtime.plan(doc, model)
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
-        return await self._controller.executor.render(doc, plan)
+        return await self._runtime.render(doc, plan)
 
     def _spec(self, model: ModelDocument, request: InferenceRequest) -> InferenceSpec:
         engine = request.engine if request.engine is not None else default_engine(model)
@@ -548,8 +541,8 @@ class InferenceService:
                 f"{model.name} is a REMOTE_API model: leave engine empty for a gateway route, "
                 "or use LITELLM_PROXY for a hosted proxy",
             )
-        _check_scalars(request)
-        _check_placement(request)
+        check_scalars(request)
+        check_placement(request)
         try:  # checked here too: a route (no engine) is never planned, yet its env is stored
             check_env(list(request.env), own_secret=model.secret_ref)
         except EnginePlanError as exc:
@@ -587,162 +580,7 @@ class InferenceService:
         )
 
 
-def _check_scalars(request: InferenceRequest) -> None:
-    """Replicas, port, delay, image, pull policy, health path and timeout."""
-    if request.replicas is not None and not 1 <= request.replicas <= MAX_REPLICAS:
-        raise InvalidInput("input.replicas", f"replicas must be between 1 and {MAX_REPLICAS}")
-    if request.port is not None and not 1 <= request.port <= 65535:
-        raise InvalidInput("input.port", "port must be between 1 and 65535")
-    if request.initial_delay_seconds is not None and not 0 <= request.initial_delay_seconds <= 3600:
-        raise InvalidInput("input.initialDelaySeconds", "initialDelaySeconds must be 0 to 3600")
-    if request.image is not None and not _IMAGE.match(request.image):
-        raise InvalidInput("input.image", f"{request.image!r} is not an image reference")
-    if request.image_pull_policy is not None and request.image_pull_policy not in PULL_POLICIES:
-        raise InvalidInput(
-            "input.imagePullPolicy",
-            f"imagePullPolicy must be one of {', '.join(PULL_POLICIES)}",
-        )
-    if request.health_path is not None and not request.health_path.startswith("/"):
-        raise InvalidInput("input.healthPath", "healthPath must start with /")
-    if request.context_length is not None and not 1 <= request.context_length <= MAX_CONTEXT:
-        raise InvalidInput(
-            "input.contextLength", f"contextLength must be between 1 and {MAX_CONTEXT:,}"
-        )
-    if (
-        request.upstream_timeout_seconds is not None
-        and not 0 < request.upstream_timeout_seconds <= 3600
-    ):
-        raise InvalidInput(
-            "input.upstreamTimeoutSeconds",
-            "upstreamTimeoutSeconds must be over 0 and at most 3600",
-        )
-
-
-def _check_placement(request: InferenceRequest) -> None:
-    """Node selector, tolerations, autoscaling bounds and the LiteLLM mode."""
-    for key in request.node_selector or {}:
-        if not _LABEL_KEY.match(key):
-            raise InvalidInput("input.nodeSelector", f"{key!r} is not a label key")
-    for index, toleration in enumerate(request.tolerations or []):
-        if toleration.operator not in TOLERATION_OPERATORS:
-            raise InvalidInput(
-                f"input.tolerations[{index}].operator", "operator must be Equal or Exists"
-            )
-        if toleration.effect is not None and toleration.effect not in TOLERATION_EFFECTS:
-            raise InvalidInput(
-                f"input.tolerations[{index}].effect",
-                f"effect must be one of {', '.join(TOLERATION_EFFECTS)}",
-            )
-    scaling = request.autoscaling
-    if scaling is not None:
-        if (
-            scaling.min_replicas < 1
-            or scaling.max_replicas > MAX_REPLICAS
-            or scaling.min_replicas > scaling.max_replicas
-        ):
-            raise InvalidInput(
-                "input.autoscaling", f"need 1 <= minReplicas <= maxReplicas <= {MAX_REPLICAS}"
-            )
-        if not scaling.target_metric or scaling.target_value <= 0:
-            raise InvalidInput(
-                "input.autoscaling.targetValue",
-                "targetMetric and a positive targetValue are required",
-            )
-    if request.litellm is not None and request.litellm.mode not in LITELLM_MODES:
-        raise InvalidInput("input.litellm.mode", f"mode must be one of {', '.join(LITELLM_MODES)}")
-
-
 def _owner_of(deployment: dict[str, Any]) -> str:
     """The inference id a labelled Deployment belongs to (its owner label, else its name)."""
     meta = deployment.get("metadata", {})
     return str((meta.get("labels") or {}).get(OWNER_ID) or meta.get("name"))
-
-
-def _request_from(spec: InferenceSpec) -> InferenceRequest:
-    """The request that reproduces a stored spec (toggling back on)."""
-    return InferenceRequest(
-        engine=spec.engine,
-        image=spec.image,
-        image_pull_policy=spec.image_pull_policy,
-        command=spec.command,
-        args=spec.args,
-        replicas=spec.replicas,
-        cpu=spec.cpu,
-        memory=spec.memory,
-        gpu=spec.gpu,
-        gpu_type=spec.gpu_type,
-        node_selector=spec.node_selector,
-        tolerations=spec.tolerations,
-        port=spec.port,
-        health_path=spec.health_path,
-        initial_delay_seconds=spec.initial_delay_seconds,
-        env=spec.env,
-        autoscaling=spec.autoscaling,
-        litellm=spec.litellm,
-        ollama_model=spec.ollama_model,
-        upstream_timeout_seconds=spec.upstream_timeout_seconds,
-        context_length=spec.context_length,
-    )
-
-
-def _gpus(objects: list[dict[str, Any]]) -> int:
-    total = 0
-    for obj in objects:
-        if obj["kind"] != "Deployment":
-            continue
-        for container in obj["spec"]["template"]["spec"].get("containers") or []:
-            limits = (container.get("resources") or {}).get("limits") or {}
-            total += int(str(limits.get("nvidia.com/gpu", 0)) or 0)
-    return total
-
-
-def check_manifest(
-    text: str, *, namespace: str, name: str, policy: ManifestPolicy | None = None
-) -> tuple[list[dict[str, Any]], str, int]:
-    """Parse and police a user's manifest (:mod:`services.manifests`): one Deployment, at most
-    one Service, only allow-listed fields. Objects are renamed to ``name``, forced into
-    ``namespace`` and never mount a service account token. Returns the objects, the served
-    model's name (annotation ``modelplane.io/model-name``, else the Deployment's name) and
-    the port."""
-    policy = policy or ManifestPolicy()
-    deployments: list[dict[str, Any]] = []
-    services: list[dict[str, Any]] = []
-    for index, doc in enumerate(parse_documents(text)):
-        kind = check_document(doc, index, policy)
-        (deployments if kind == "Deployment" else services).append(doc)
-    if len(deployments) != 1:
-        raise InvalidInput(
-            "manifest", f"exactly one Deployment is needed; found {len(deployments)}"
-        )
-    if len(services) > 1:
-        raise InvalidInput("manifest", f"at most one Service is allowed; found {len(services)}")
-    deployment = deployments[0]
-    pod = deployment["spec"]["template"]["spec"]
-    pod["automountServiceAccountToken"] = False
-    original = str(deployment["metadata"].get("name") or "")
-    annotations = deployment["metadata"].get("annotations") or {}
-    model_name = str(annotations.get("modelplane.io/model-name") or original)
-    if not model_name:
-        raise InvalidInput("manifest.metadata.name", "the Deployment needs a name")
-    for obj in (deployment, *services):
-        obj["metadata"]["name"] = name
-        obj["metadata"]["namespace"] = namespace
-        obj["metadata"].pop("resourceVersion", None)
-        obj["metadata"].pop("uid", None)
-        obj.pop("status", None)
-    port = _port_of(pod, services)
-    return [deployment, *services], model_name, port
-
-
-def _port_of(pod: dict[str, Any], services: list[dict[str, Any]]) -> int:
-    """The Service's first port, else the first container port, else 8000."""
-    port = 8000
-    if services:
-        ports = (services[0].get("spec") or {}).get("ports") or []
-        if ports and isinstance(ports[0], dict) and isinstance(ports[0].get("port"), int):
-            port = int(ports[0]["port"])
-    else:
-        container_ports = pod["containers"][0].get("ports") or []
-        if container_ports and isinstance(container_ports[0].get("containerPort"), int):
-            port = int(container_ports[0]["containerPort"])
-    return port

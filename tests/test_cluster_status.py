@@ -19,8 +19,8 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.runtimes.base import KubernetesRuntime
 from controllers.runtimes.inventory import read_inventory
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from storage.documents import Role
 from testbed.servers import KubeCluster
 from tests.conftest import RunningApp

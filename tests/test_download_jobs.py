@@ -18,7 +18,6 @@ import pytest
 from kubernetes_asyncio import client as k8s
 
 from controllers.downloads.executions import Execution
-from controllers.runtimes.base import KubernetesRuntime
 from controllers.runtimes.kubernetes.jobs import (
     JobTemplate,
     claim_refusal,
@@ -26,6 +25,7 @@ from controllers.runtimes.kubernetes.jobs import (
     job_name,
     render_job,
 )
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from storage.documents import (
     AccessMode,
     ModelDocument,

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -44,11 +44,16 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from controllers.inference.engines import EngineImages, plan_engine
-from controllers.inference.reconciler import KubernetesInferenceExecutor, WorkloadPlan
-from controllers.runtimes.base import KubernetesRuntime, OwnedObject
+from controllers.inference.workloads import WorkloadPlan, WorkloadPlanner
+from controllers.runtimes.base import OwnedObject
 from controllers.runtimes.inventory import read_inventory
+from controllers.runtimes.kubernetes.inference import (
+    KubernetesInferenceExecutor,
+    KubernetesInferenceRuntime,
+)
 from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
 from controllers.runtimes.kubernetes.manifests import ENGINE_CONTAINER, Integrations, labels_for
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from controllers.runtimes.secrets import KubernetesSecretStore
 from storage.documents import (
     AccessMode,
@@ -61,9 +66,13 @@ from storage.documents import (
     PvcTarget,
     WeightsDocument,
 )
+from storage.repositories import WeightsRepository
 from testbed.servers import REPO_ROOT, KubeCluster
 
 CHART = REPO_ROOT / "deploy" / "helm" / "modelplane"
+_NO_PLANNER = WorkloadPlanner(  # the RBAC test reads logs and Deployments; it plans nothing
+    weights=cast("WeightsRepository", None), images=EngineImages(), local=False
+)
 RELEASE = "mp"
 FIELD_MANAGER = "modelplane"
 MANAGED = {"app.kubernetes.io/managed-by": "modelplane"}
@@ -1117,7 +1126,11 @@ async def test_the_inference_executor_runs_under_the_chart_rbac(
             reply = await call(admin, "GET", f"{resource.collection(namespace)}/{inference.name}")
             assert reply.status == 200, (resource.plural, reply)
         # The pod was never scheduled: no log lines, but the read is allowed (it raises on 403).
-        assert isinstance(await executor.logs(inference, 10), list)
+        api_side = KubernetesInferenceRuntime(
+            runtime.api, namespace=namespace, planner=_NO_PLANNER, integrations=integrations
+        )
+        assert isinstance(await api_side.logs(inference, 10), list)
+        assert inference.name in [d["metadata"]["name"] for d in await api_side.unmanaged()]
 
         found = Integrations(service_monitor=True, aibrix=True)
         await executor.remove(inference)

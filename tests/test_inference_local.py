@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from modelplane.embedded import free_port
 from storage.client import Client
 from storage.documents import Role
 from testbed.hub import RunningHub
@@ -400,6 +401,72 @@ async def test_toggle_uses_the_last_spec(local_app: RunningApp) -> None:
     )
     assert on_again["toggleInference"]["inference"]["spec"]["port"] == port
     await wait_inference(local_app, inference_id, {"RUNNING"})
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, inference_id, {"STOPPED"})
+
+
+HEALTH_ONLY = """#!{python}
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{{}}")
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+async def test_a_program_that_cannot_be_spawned_fails_once_and_recovers_on_retry(
+    local_app: RunningApp, tmp_path: Path
+) -> None:
+    """Not found is permanent at the local boundary: FAILED with the reason, written once
+    (no retry loop however often the controller looks); the user's retry after the program
+    exists runs it."""
+    model = await ready_model(local_app)
+    port = free_port()
+    program = tmp_path / "engine-bin" / "my-engine"
+    value = {"engine": "CUSTOM", "command": [str(program), str(port)], "port": port}
+    result = await start(local_app, model["id"], value)
+    assert result["__typename"] == "InferencePayload", result
+    inference_id = result["inference"]["id"]
+    failed = await wait_inference(local_app, inference_id, {"FAILED", "RUNNING"})
+    assert failed["reason"] == "ProgramNotFound", failed
+    assert "command not found" in failed["message"]
+
+    database = local_app.resources.database
+    before = await database["inferences"].find_one({"_id": inference_id})
+    controller = local_app.resources.inference_controller
+    assert controller is not None
+    controller.notify(inference_id)
+    controller.resync_soon()
+    await asyncio.sleep(2)
+    await controller.wait_idle()
+    after = await database["inferences"].find_one({"_id": inference_id})
+    assert before is not None
+    assert after is not None
+    assert after["revision"] == before["revision"], "the status was written again"
+    events = database["events"].find({"resource_id": inference_id, "phase": "FAILED"})
+    assert len([e async for e in events]) == 1
+
+    program.parent.mkdir()
+    program.write_text(HEALTH_ONLY.format(python=sys.executable))
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_inference(local_app, inference_id, {"STOPPED"})
+    again = await start(local_app, model["id"], value)
+    assert again["inference"]["id"] == inference_id, again
+    running = await wait_inference(local_app, inference_id, {"RUNNING", "FAILED"})
+    assert running["phase"] == "RUNNING", running
     await run(
         local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
     )

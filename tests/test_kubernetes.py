@@ -13,7 +13,8 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.runtimes.base import KubernetesRuntime, RuntimeConfigError, RuntimeUnavailable
+from controllers.runtimes.base import RuntimeConfigError, RuntimeUnavailable
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from testbed.servers import KubeCluster
 
 

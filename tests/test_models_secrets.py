@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client as k8s
 
-from controllers.runtimes.base import KubernetesRuntime
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from storage.documents import Role
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp

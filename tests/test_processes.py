@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from controllers.backoff import Backoff
 from controllers.runtimes.local.processes import (
     ProcessPhase,
     ProcessSpec,
     ProcessStatus,
     ProcessSupervisor,
-    backoff_delay,
     child_environment,
     describe_exit,
     live_start_time,
@@ -234,11 +234,13 @@ def logged(supervisor: ProcessSupervisor, key: str, text: str) -> bool:
         (1, 0.0, 0.75),
         (1, 0.999999, 1.25),
         (20, 0.5, 300.0),
-        (10_000, 0.0, 300.0),
+        (10_000, 0.0, 225.0),  # capped, then spread: the one backoff policy (controllers.backoff)
     ],
 )
 def test_backoff_delay(failures: int, jitter: float, expected: float) -> None:
-    assert backoff_delay(failures, base=1.0, cap=300.0, jitter=jitter) == pytest.approx(expected)
+    """The supervisor's restart pauses: the one backoff policy with a 25 % spread."""
+    delay = Backoff(base=1.0, cap=300.0, spread=0.25).delay(failures, jitter=jitter)
+    assert delay == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.runtimes.base import KubernetesRuntime, Runtime, RuntimeUnavailable
+from controllers.runtimes.base import Runtime, RuntimeUnavailable
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 
 MIB = 1024 * 1024
 GPU_RESOURCE = "nvidia.com/gpu"

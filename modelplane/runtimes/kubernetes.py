@@ -10,16 +10,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from controllers.downloads.executions import Executor
-from controllers.inference.reconciler import (
-    InferenceController,
-    InferenceExecutor,
-    KubernetesInferenceExecutor,
-)
-from controllers.runtimes.base import KubernetesRuntime
+from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceExecutor, InferenceRuntime
 from controllers.runtimes.inventory import ClusterInventory, read_inventory
+from controllers.runtimes.kubernetes.inference import (
+    KubernetesInferenceExecutor,
+    KubernetesInferenceRuntime,
+)
 from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
 from controllers.runtimes.kubernetes.manifests import Integrations
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from controllers.runtimes.secrets import KubernetesSecretStore, SecretStore
+from modelplane.runtimes.base import workload_planner
 from modelplane.settings import Settings
 from storage.client import Database
 
@@ -33,6 +35,8 @@ class KubernetesParts:
         self._runtime = KubernetesRuntime(
             kubeconfig=settings.kubeconfig, namespace=settings.namespace
         )
+        runtime = self._runtime
+        self._inventory = Cached(lambda: read_inventory(runtime), seconds=10.0)
 
     @property
     def runtime(self) -> KubernetesRuntime:
@@ -72,24 +76,30 @@ class KubernetesParts:
             ),
         )
 
-    def inference_executor(self) -> InferenceExecutor:
-        runtime = self._runtime
-        inventory = Cached(lambda: read_inventory(runtime), seconds=10.0)
-
-        async def largest_free() -> int | None:
-            nodes = (await inventory()).nodes
-            return max((node.free for node in nodes), default=0)
-
-        async def integrations() -> Integrations:
-            found = (await inventory()).integrations
-            return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
-
-        return KubernetesInferenceExecutor(
-            runtime.api,
-            namespace=runtime.namespace,
-            largest_free_gpus=largest_free,
-            integrations=integrations,
+    def inference_runtime(self, database: Database) -> InferenceRuntime:
+        return KubernetesInferenceRuntime(
+            self._runtime.api,
+            namespace=self._runtime.namespace,
+            planner=workload_planner(self._settings, database, local=False),
+            integrations=self._integrations,
         )
+
+    def inference_executor(self, database: Database, secrets: SecretStore) -> InferenceExecutor:
+        del database, secrets  # Secret references stay references in the pod spec
+        return KubernetesInferenceExecutor(
+            self._runtime.api,
+            namespace=self._runtime.namespace,
+            largest_free_gpus=self._largest_free,
+            integrations=self._integrations,
+        )
+
+    async def _largest_free(self) -> int | None:
+        nodes = (await self._inventory()).nodes
+        return max((node.free for node in nodes), default=0)
+
+    async def _integrations(self) -> Integrations:
+        found = (await self._inventory()).integrations
+        return Integrations(service_monitor=found.service_monitor, aibrix=found.pod_autoscaler)
 
     def attach(self, controller: InferenceController) -> None:
         del controller  # the executor reports to the controller through its own watch

@@ -13,12 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from controllers.downloads.executions import Executor
-from controllers.inference.reconciler import (
-    InferenceController,
-    InferenceExecutor,
-    LocalInferenceExecutor,
-)
-from controllers.runtimes.base import LocalRuntime
+from controllers.inference.reconciler import InferenceController
+from controllers.inference.workloads import InferenceExecutor, InferenceRuntime
+from controllers.runtimes.local.inference import LocalInferenceExecutor, LocalInferenceRuntime
 from controllers.runtimes.local.processes import (
     EngineUser,
     EngineUserError,
@@ -26,12 +23,14 @@ from controllers.runtimes.local.processes import (
     engine_user,
     protect_server_process,
 )
+from controllers.runtimes.local.runtime import LocalRuntime
 from controllers.runtimes.secrets import EncryptedSecretStore, SecretStore, fernet_for
 from modelplane.keyfiles import read_or_create
+from modelplane.runtimes.base import workload_planner
 from modelplane.settings import Settings
 from modelplane.startup import StartupError
 from storage.client import Database
-from storage.repositories import SecretRepository
+from storage.repositories import ModelRepository, SecretRepository
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,15 @@ class LocalParts:
     def download_executor(self) -> Executor | None:
         return None  # the download controller's own in-process workers
 
-    def inference_executor(self) -> InferenceExecutor:
+    def inference_runtime(self, database: Database) -> InferenceRuntime:
+        settings = self._settings
+        return LocalInferenceRuntime(
+            planner=workload_planner(settings, database, local=True),
+            work_dir=(settings.state_dir / "engines").resolve(),
+            log_dir=(settings.state_dir / "engines" / "logs").resolve(),
+        )
+
+    def inference_executor(self, database: Database, secrets: SecretStore) -> InferenceExecutor:
         settings = self._settings
         return LocalInferenceExecutor(
             supervisor=ProcessSupervisor(
@@ -78,6 +85,8 @@ class LocalParts:
                 run_as=_engine_user(settings),
             ),
             work_dir=(settings.state_dir / "engines").resolve(),
+            models=ModelRepository(database),
+            secrets=secrets,
         )
 
     def attach(self, controller: InferenceController) -> None:

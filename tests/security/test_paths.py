@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from controllers.runtimes.base import KubernetesRuntime
+from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from modelplane.embedded import free_port
 from storage.documents import Role
 from testbed.hub import RunningHub

@@ -1,1 +1,2 @@
-"""The kubernetes runtime: download Jobs, inference Deployments, informers, cluster inventory."""
+"""The kubernetes runtime: the runtime itself (``runtime``), inference Deployments
+(``inference``, ``manifests``, ``status``), download Jobs (``jobs``), informers, labels."""

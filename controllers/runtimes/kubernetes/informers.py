@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from controllers.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ OnEvent = Callable[[str, Obj], None]
 """Called with the watch event type (ADDED, MODIFIED, DELETED) and the object."""
 
 WATCH_SECONDS = 300
+RECONNECT = Backoff(base=1.0, cap=30.0, spread=0.25)
+"""Pauses before reconnecting a failed watch (the one backoff policy)."""
 
 
 class ListFailed(Exception):
@@ -95,7 +98,7 @@ class Informer:
                 version = None
             except Exception as exc:  # noqa: BLE001  any failure: reconnect after a pause
                 failures += 1
-                delay = min(30.0, 0.5 * 2**failures) * (0.5 + random.random() / 2)  # noqa: S311
+                delay = RECONNECT.delay(failures)
                 log.warning(
                     "watch failed; reconnecting",
                     extra={"kind": self.kind, "error": type(exc).__name__, "retry_in": delay},

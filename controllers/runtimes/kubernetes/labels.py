@@ -1,6 +1,6 @@
 """Labels and the field manager carried by every Kubernetes object modelplane writes.
 
-ARCHITECTURE.md decision 2: ``app.kubernetes.io/managed-by: modelplane`` plus the owning
+docs/architecture.md decision 2: ``app.kubernetes.io/managed-by: modelplane`` plus the owning
 resource's id, so objects can be found by label, and "ours but no document" can be told apart
 ("unmanaged"). One field manager for all server-side applies.
 """

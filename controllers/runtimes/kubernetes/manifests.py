@@ -4,7 +4,7 @@ One Deployment (``inf-<id>``: GPUs as ``nvidia.com/gpu`` limits, the weights vol
 steps, a readiness probe on the engine's health path), one ClusterIP Service on the engine's
 port, a ConfigMap when the engine reads a config file, and -- only when the cluster has their
 CRDs -- a ServiceMonitor and an autoscaler (AIBrix PodAutoscaler if installed, else an HPA).
-Every object carries our labels (ARCHITECTURE.md decision 2) with the inference id as owner,
+Every object carries our labels (docs/architecture.md decision 2) with the inference id as owner,
 and is written with server-side apply, so rendering the same inference twice applies nothing
 new. With an autoscaler the Deployment leaves ``replicas`` to it instead of fighting it.
 """
@@ -103,13 +103,20 @@ def _volumes(
     return volumes, mounts, init_mounts
 
 
-def render_deployment(
-    inference: InferenceDocument, plan: EnginePlan, *, namespace: str, autoscaled: bool
-) -> dict[str, Any]:
-    """The engine's Deployment."""
+def _security() -> dict[str, Any]:
+    """A container's security context (a fresh copy each: YAML would alias a shared one)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _placement(
+    inference: InferenceDocument, plan: EnginePlan
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """Resource requests and limits, tolerations and node selector (GPUs add their own)."""
     spec = inference.spec
-    labels = labels_for(inference)
-    volumes, mounts, init_mounts = _volumes(inference, plan)
     requests: dict[str, Any] = {"cpu": spec.cpu, "memory": spec.memory}
     limits: dict[str, Any] = {"memory": spec.memory}
     tolerations = [t.model_dump(exclude_none=True) for t in spec.tolerations]
@@ -121,18 +128,24 @@ def render_deployment(
             tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
         if spec.gpu_type:
             node_selector.setdefault(GPU_PRODUCT_LABEL, spec.gpu_type)
-    security = {
-        "allowPrivilegeEscalation": False,
-        "privileged": False,
-        "capabilities": {"drop": ["ALL"]},
-    }
+    return requests, limits, tolerations, node_selector
+
+
+def _engine_container(
+    inference: InferenceDocument,
+    plan: EnginePlan,
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The engine's container: image, port, env, probes, mounts."""
+    spec = inference.spec
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": plan.image,
         "imagePullPolicy": spec.image_pull_policy,
         "ports": [{"name": "http", "containerPort": plan.port, "protocol": "TCP"}],
         "env": _env(plan.env),
-        "resources": {"requests": requests, "limits": limits},
+        "resources": resources,
         "readinessProbe": {
             "httpGet": {"path": plan.health_path, "port": plan.port},
             "initialDelaySeconds": spec.initial_delay_seconds,
@@ -146,47 +159,63 @@ def render_deployment(
             "failureThreshold": 6,
         },
         "volumeMounts": mounts,
-        "securityContext": security,
+        "securityContext": _security(),
     }
     if plan.command:
         container["command"] = plan.command
     if plan.args:
         container["args"] = plan.args
-    init_containers = [
+    return container
+
+
+def _init_containers(
+    inference: InferenceDocument, plan: EnginePlan, mounts: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The prepare steps (model pull, S3 sync) as init containers."""
+    return [
         {
             "name": step.name,
             "image": step.image,
-            "imagePullPolicy": spec.image_pull_policy,
+            "imagePullPolicy": inference.spec.image_pull_policy,
             "command": step.command,
             "env": _env(step.env),
-            "volumeMounts": init_mounts,
-            "securityContext": security,
+            "volumeMounts": mounts,
+            "securityContext": _security(),
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         }
         for step in plan.prepare
     ]
+
+
+def render_deployment(
+    inference: InferenceDocument, plan: EnginePlan, *, namespace: str, autoscaled: bool
+) -> dict[str, Any]:
+    """The engine's Deployment."""
+    labels = labels_for(inference)
+    volumes, mounts, init_mounts = _volumes(inference, plan)
+    requests, limits, tolerations, node_selector = _placement(inference, plan)
+    container = _engine_container(inference, plan, {"requests": requests, "limits": limits}, mounts)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
     }
+    init_containers = _init_containers(inference, plan, init_mounts)
     if init_containers:
         pod_spec["initContainers"] = init_containers
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    generation = {GENERATION: str(inference.generation)}
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {OWNER_ID: inference.id}},
         "strategy": {"type": "Recreate"} if plan.gpu > 0 else {"type": "RollingUpdate"},
-        "template": {
-            "metadata": {"labels": labels, "annotations": {GENERATION: str(inference.generation)}},
-            "spec": pod_spec,
-        },
+        "template": {"metadata": {"labels": labels, "annotations": generation}, "spec": pod_spec},
     }
     if not autoscaled:
-        deployment_spec["replicas"] = spec.replicas
+        deployment_spec["replicas"] = inference.spec.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -194,7 +223,7 @@ def render_deployment(
             "name": inference.name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": {GENERATION: str(inference.generation)},
+            "annotations": dict(generation),
         },
         "spec": deployment_spec,
     }

@@ -24,30 +24,20 @@ would send them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from controllers.inference.workloads import Observed
 from controllers.runtimes.kubernetes.manifests import GENERATION, GPU_RESOURCE
 from storage.documents import InferencePhase
 
 Obj = dict[str, Any]
+__all__ = ["Observed", "current_pods", "derive_status"]
 
 _IMAGE_FAILURES = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
 _CREATE_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 _INSUFFICIENT_GPU = re.compile(r"Insufficient " + re.escape(GPU_RESOURCE))
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """What the runtime says about an inference, ready to be written to its document."""
-
-    phase: InferencePhase
-    reason: str | None = None
-    message: str | None = None
-    replicas: int = 0
-    ready_replicas: int = 0
 
 
 def _get(obj: Obj | None, *path: str) -> Any:

@@ -1,1 +1,3 @@
-"""The local runtime: downloads as in-process tasks, engines as supervised subprocesses."""
+"""The local runtime: the runtime itself (``runtime``), engines as supervised subprocesses
+(``inference``, ``processes``, ``specs``, ``supervision``, ``logfiles``); downloads run as
+in-process tasks of the download controller."""

@@ -1,4 +1,4 @@
-"""Supervised engine subprocesses for the local runtime (ARCHITECTURE.md decision 3).
+"""Supervised engine subprocesses for the local runtime (docs/architecture.md decision 3).
 
 On the ``local`` runtime an inference engine (vLLM, Ollama, a LiteLLM proxy, any command) runs
 as a child of the server. :class:`ProcessSupervisor` is to those children what the kubelet is to
@@ -40,471 +40,87 @@ a pod's container, and borrows its vocabulary so both runtimes report alike:
   cache costs less than a hop to a thread. The supervisor stores the engine's lines as they
   are; it never logs them, nor the spec's arguments or environment values (an API key may be
   among them), only the program's name.
-- **The child's environment** is an allow-list of the server's variables (PATH, HOME, locale,
-  GPU selection, CA bundles...) plus the spec's own: the server's environment holds its own
-  secrets (``MODELPLANE_SECRET_KEY``, database credentials) which an engine must not see.
-  ``PYTHONUNBUFFERED=1`` is added unless the spec sets it, so Python engines' logs arrive as
-  they are written rather than in 8 KiB blocks.
-- **The engine user.** A server running as root runs its engines as another user
-  (:class:`EngineUser`, setting ``MODELPLANE_ENGINE_USER``, default ``nobody``): its uid, its
-  primary group and no supplementary groups, ``HOME`` set to the engine's working directory,
-  which is handed to that user. So an engine cannot read what only root may: the state
-  directory's keys (``keys/`` is 0700, see :mod:`modelplane.keyfiles`), the server's
-  environment (``/proc/<pid>/environ``) or memory. Weights stay readable: the downloader writes
-  them world-readable. A server that is not root cannot switch users; its engines run as its
-  own user, and :func:`protect_server_process` makes the server non-dumpable so a same-user
-  engine cannot read its environment (``MODELPLANE_SECRET_KEY``, the database URI) or memory
-  through ``/proc``. Key files generated in development stay readable to such engines: set
-  ``MODELPLANE_SECRET_KEY`` (production requires it) so none exists.
 - **Changes are announced** by calling ``on_change(key)`` whenever :meth:`status` would answer
   something different; the inference controller enqueues the key. The callback must be cheap;
   its exceptions are logged and dropped.
+
+What a process is (spec, phases, the environment allow-list, the engine user) lives in
+:mod:`controllers.runtimes.local.specs`; the supervisor's per-key records, pid records and
+signal helpers in :mod:`controllers.runtimes.local.supervision`; log files in
+:mod:`controllers.runtimes.local.logfiles`. Restart pauses follow the one backoff policy,
+:class:`controllers.backoff.Backoff`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
-import random
 import re
-import shutil
-import signal
-import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import httpx
 
-log = logging.getLogger(__name__)
-
-DEFAULT_INHERITED_ENV: frozenset[str] = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "XDG_CACHE_HOME",
-        "LD_LIBRARY_PATH",
-        "CUDA_VISIBLE_DEVICES",
-        "NVIDIA_VISIBLE_DEVICES",
-        "NVIDIA_DRIVER_CAPABILITIES",
-        "HIP_VISIBLE_DEVICES",
-        "ROCR_VISIBLE_DEVICES",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-    }
+from controllers.backoff import Backoff
+from controllers.runtimes.local.logfiles import LogFile
+from controllers.runtimes.local.specs import (
+    DEFAULT_INHERITED_ENV,
+    INHERITED_ENV_PREFIXES,
+    EngineUser,
+    EngineUserError,
+    ProcessPhase,
+    ProcessSpec,
+    ProcessStatus,
+    child_environment,
+    describe_exit,
+    engine_user,
+    live_start_time,
+    port_in_use,
+    protect_server_process,
+    resolve_program,
+    spec_problem,
 )
-"""Server variables a child inherits (plus every ``LC_*``). Proxy variables are left out: their
-URLs may carry credentials; a deployment that needs them passes ``inherit_env``."""
+from controllers.runtimes.local.supervision import (
+    Entry,
+    Exit,
+    PidRecords,
+    Run,
+    cancel_all,
+    display_line,
+    exit_report,
+    health_check,
+    terminate,
+)
 
-INHERITED_ENV_PREFIXES = ("LC_",)
+__all__ = [
+    "DEFAULT_INHERITED_ENV",
+    "INHERITED_ENV_PREFIXES",
+    "EngineUser",
+    "EngineUserError",
+    "ProcessPhase",
+    "ProcessSpec",
+    "ProcessStatus",
+    "ProcessSupervisor",
+    "child_environment",
+    "describe_exit",
+    "engine_user",
+    "live_start_time",
+    "port_in_use",
+    "protect_server_process",
+    "resolve_program",
+    "spec_problem",
+]
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TRANSIENT_SPAWN_ERRORS = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 _READ_CHUNK = 64 * 1024
-_MESSAGE_LINE_CHARS = 300
-"""How much of the engine's last output line a status message quotes."""
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class ProcessSpec:
-    """What to run and how to tell it is ready. Compared whole: any change restarts it.
-
-    ``argv[0]`` is looked up on the child's PATH (``shutil.which``), or taken as a path when it
-    holds a slash (relative to ``cwd``). ``env`` is added to the inherited allow-list. The
-    repr shows neither arguments nor environment values: either may hold an API key.
-    """
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: Path
-    port: int
-    """The engine listens here on 127.0.0.1."""
-    health_path: str = "/health"
-    """Ready when ``GET http://127.0.0.1:{port}{health_path}`` answers 2xx."""
-    initial_delay_seconds: float = 0.0
-    """No health checks before this."""
-    startup_timeout_seconds: float = 600.0
-    """Not ready this long after it started: terminated, counted as an exit, restarted."""
-    stop_grace_seconds: float = 10.0
-    """Between SIGTERM and SIGKILL when stopping."""
-
-    def __repr__(self) -> str:
-        program = self.argv[0] if self.argv else ""
-        return (
-            f"ProcessSpec(program={program!r}, args={max(len(self.argv) - 1, 0)}, "
-            f"env_keys={sorted(self.env)}, cwd={str(self.cwd)!r}, port={self.port})"
-        )
-
-
-class ProcessPhase(StrEnum):
-    """Where a supervised process stands.
-
-    ::
-
-        ensure --> STARTING --(health 2xx)--> RUNNING   (ready flips with health checks)
-                     ^  |                        |
-                     |  +--(exit / not ready by the startup timeout)--+
-                     |                                                 v
-                     +----------(backoff elapsed)------------ BACKOFF | CRASH_LOOP
-        ensure --(invalid spec, program not found, exec error)--> FAILED
-        any --(stop)--> STOPPED --(ensure)--> STARTING
-    """
-
-    STARTING = "STARTING"
-    """The process runs and has not answered a health check since it started."""
-    RUNNING = "RUNNING"
-    """The process runs and has been ready since it started (``ready`` says if it still is)."""
-    BACKOFF = "BACKOFF"
-    """The process exited; it restarts after a delay."""
-    CRASH_LOOP = "CRASH_LOOP"
-    """Like BACKOFF, after repeated exits (reason ``CrashLoopBackOff``)."""
-    FAILED = "FAILED"
-    """It cannot start and is not retried: invalid spec, program missing, exec error."""
-    STOPPED = "STOPPED"
-    """Stopped on request (or not started yet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessStatus:
-    """The supervisor's account of one key, as the inference controller reads it.
-
-    ``reason`` is a short CamelCase word (``NotReady``, ``Error``, ``Completed``,
-    ``StartupTimeout``, ``PortInUse``, ``CrashLoopBackOff``, ``ProgramNotFound``,
-    ``InvalidSpec``, ``StartError``); ``message`` is for people and quotes the engine's last
-    output line after an exit. ``last_exit_code`` is negative for a signal (-9: SIGKILL).
-    ``started_at`` is when the current process started, None while none runs.
-    """
-
-    phase: ProcessPhase
-    ready: bool
-    pid: int | None
-    restarts: int
-    last_exit_code: int | None
-    reason: str | None
-    message: str | None
-    started_at: datetime | None
-
-
-# -- pure helpers -----------------------------------------------------------------------------
-
-
-def backoff_delay(failures: int, *, base: float, cap: float, jitter: float) -> float:
-    """Seconds before restart number ``failures`` (1 for the first): ``base * 2**(failures-1)``
-    spread by +-25 % with ``jitter`` in [0, 1), never above ``cap``."""
-    raw = base * 2.0 ** min(max(failures - 1, 0), 62)
-    return min(cap, raw * (0.75 + jitter / 2))
-
-
-def describe_exit(returncode: int) -> str:
-    """``exited with code 1`` or ``killed by SIGKILL``."""
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    try:
-        return f"killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"killed by signal {-returncode}"
-
-
-def child_environment(
-    spec_env: Mapping[str, str],
-    *,
-    parent: Mapping[str, str],
-    inherit: Iterable[str] = DEFAULT_INHERITED_ENV,
-) -> dict[str, str]:
-    """The allow-listed part of ``parent`` (never a ``MODELPLANE_*`` variable),
-    ``PYTHONUNBUFFERED=1``, then ``spec_env``."""
-    allowed = frozenset(inherit)
-    env = {
-        name: value
-        for name, value in parent.items()
-        if (name in allowed or name.startswith(INHERITED_ENV_PREFIXES))
-        and not name.upper().startswith("MODELPLANE_")  # the server's own, secrets among them
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(spec_env)
-    return env
-
-
-@dataclass(frozen=True, slots=True)
-class EngineUser:
-    """Who engine processes run as when the server is root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-class EngineUserError(Exception):
-    """The configured engine user does not exist on this host."""
-
-
-def engine_user(name: str | None) -> EngineUser | None:
-    """The user engines run as: ``name`` when this process is root, else None (engines run
-    as the server's own user: only root can switch). Raises EngineUserError for an unknown
-    name."""
-    if name is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None
-    import pwd  # noqa: PLC0415  POSIX only, and only here
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise EngineUserError(f"no user named {name!r} on this host") from None
-    if entry.pw_uid == 0:
-        return None  # "root" asked for: nothing to drop
-    return EngineUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
-
-
-def protect_server_process() -> bool:
-    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``): processes of the
-    same user without CAP_SYS_PTRACE can then neither read ``/proc/<pid>/environ`` and
-    ``mem`` nor attach to it. Engines started later are dumpable again (``execve`` resets it).
-    False where it is not available."""
-    import ctypes  # noqa: PLC0415  Linux only, and only here
-    import ctypes.util  # noqa: PLC0415
-
-    name = ctypes.util.find_library("c")
-    if name is None or not os.path.exists("/proc/self"):
-        return False
-    pr_set_dumpable = 4
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        return int(libc.prctl(pr_set_dumpable, 0, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def spec_problem(spec: ProcessSpec) -> str | None:
-    """Why ``spec`` cannot be run as written (its working directory aside), or None."""
-    checks = (
-        (not spec.argv or not spec.argv[0], "argv is empty"),
-        (any("\0" in arg for arg in spec.argv), "argv holds a NUL character"),
-        (
-            any(not name or "=" in name or "\0" in name for name in spec.env),
-            "an environment variable name is empty or holds '=' or NUL",
-        ),
-        (
-            any("\0" in value for value in spec.env.values()),
-            "an environment variable value holds a NUL character",
-        ),
-        (not 1 <= spec.port <= 65535, f"port {spec.port} is outside 1-65535"),
-        (
-            not spec.health_path.startswith("/") or any(c.isspace() for c in spec.health_path),
-            f"health path {spec.health_path!r} must start with '/' and hold no spaces",
-        ),
-        (
-            spec.initial_delay_seconds < 0 or spec.stop_grace_seconds < 0,
-            "delays must not be negative",
-        ),
-        (spec.startup_timeout_seconds <= 0, "the startup timeout must be positive"),
-    )
-    return next((problem for failed, problem in checks if failed), None)
-
-
-def resolve_program(argv0: str, *, path: str | None, cwd: Path) -> str | None:
-    """The executable ``argv0`` names: looked up on ``path``, or a path (relative to ``cwd``)
-    when it holds a slash. None when there is no such executable file."""
-    if os.sep not in argv0:
-        return shutil.which(argv0, path=path or os.defpath)
-    candidate = Path(argv0) if os.path.isabs(argv0) else cwd / argv0
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return None
-
-
-def port_in_use(port: int) -> bool:
-    """True when something already listens on (or holds) ``127.0.0.1:port``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def live_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (field 22 of ``/proc/<pid>/stat``), which tells it
-    from a later process reusing the pid; None when it is gone, a zombie, or there is no
-    ``/proc`` (not Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if len(fields) < 20 or fields[0] in {"Z", "X"}:
-        return None
-    return fields[19]
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Signal a process group; one that is gone already is fine. (After the leader is reaped
-    its pid stays reserved while any member lives; an empty group answers ESRCH.)"""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _display_line(raw: bytes) -> str:
-    """One output line as a terminal would leave it: the text after the last carriage return
-    (progress bars redraw with ``\\r``), decoded leniently."""
-    text = raw.decode("utf-8", errors="replace").rstrip("\r")
-    return text.rsplit("\r", 1)[-1]
-
-
-# -- log file ---------------------------------------------------------------------------------
-
-
-class _LogFile:
-    """Appends a key's output to ``<dir>/<key>.log``; past ``max_bytes`` the file moves to
-    ``<key>.log.1`` (replacing the previous one) and a new one starts. A write error is
-    logged once and turns the file off: the in-memory ring still works."""
-
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
-        self._max = max_bytes
-        self._file: BinaryIO | None = None
-        self._size = 0
-        self._broken = False
-
-    def write(self, lines: list[str]) -> None:
-        if self._broken or not lines:
-            return
-        data = "".join(f"{line}\n" for line in lines).encode("utf-8", errors="replace")
-        try:
-            if self._file is None:
-                self._open()
-            if self._size > 0 and self._size + len(data) > self._max:
-                self._rotate()
-            assert self._file is not None  # noqa: S101  _open set it
-            self._file.write(data)
-            self._size += len(data)
-        except OSError:
-            log.warning(
-                "cannot write the process log; keeping it in memory only",
-                extra={"path": str(self.path)},
-                exc_info=True,
-            )
-            self._broken = True
-            self.close()
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._file = os.fdopen(fd, "ab", buffering=0)
-        self._size = os.fstat(fd).st_size
-
-    def _rotate(self) -> None:
-        self.close()
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._open()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def remove(self) -> None:
-        self.close()
-        for path in (self.path, self.path.with_name(self.path.name + ".1")):
-            path.unlink(missing_ok=True)
-
-
-# -- supervisor state -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Run:
-    """One process lifetime: what its exit report needs."""
-
-    started: float
-    first_ready: float | None = None
-    last_stderr: str | None = None
-    last_stdout: str | None = None
-    last_probe_problem: str | None = None
-
-    def last_line(self) -> str | None:
-        line = self.last_stderr or self.last_stdout
-        return None if line is None else line[:_MESSAGE_LINE_CHARS]
-
-
-@dataclass(frozen=True, slots=True)
-class _Exit:
-    """How a run ended, for the restart decision."""
-
-    code: int | None
-    reason: str
-    text: str
-    """``exited with code 1``, ``not ready within 5 s (/health: HTTP 500)``..."""
-    line: str | None
-    """The engine's last output line (stderr's, else stdout's)."""
-    ready_for: float
-    """Seconds between becoming ready and the exit; 0 when never ready."""
-
-    def summary(self) -> str:
-        return self.text if self.line is None else f"{self.text}: {self.line}"
-
-
-@dataclass(slots=True)
-class _Entry:
-    """The supervisor's mutable record of one key (kept after stop, for status and logs)."""
-
-    key: str
-    spec: ProcessSpec
-    lines: deque[str]
-    file: _LogFile
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    task: asyncio.Task[None] | None = None
-    phase: ProcessPhase = ProcessPhase.STOPPED
-    ready: bool = False
-    pid: int | None = None
-    restarts: int = 0
-    last_exit_code: int | None = None
-    reason: str | None = None
-    message: str | None = None
-    started_at: datetime | None = None
-    exits: deque[float] = field(default_factory=deque)
-    unready_exits: int = 0
-    failures: int = 0
-    last_exit_text: str | None = None
-    published: ProcessStatus | None = None
-
-    def status(self) -> ProcessStatus:
-        return ProcessStatus(
-            phase=self.phase,
-            ready=self.ready,
-            pid=self.pid,
-            restarts=self.restarts,
-            last_exit_code=self.last_exit_code,
-            reason=self.reason,
-            message=self.message,
-            started_at=self.started_at,
-        )
-
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-    def reset_history(self) -> None:
-        """A fresh start (new spec, or ensure after stop): counters as for a new pod."""
-        self.restarts = 0
-        self.last_exit_code = None
-        self.exits.clear()
-        self.unready_exits = 0
-        self.failures = 0
-        self.last_exit_text = None
 
 
 # -- the supervisor ---------------------------------------------------------------------------
@@ -543,12 +159,12 @@ class ProcessSupervisor:
         last output (a daemonised grandchild may hold the pipes open); ``run_as`` is the user
         children run as (see :func:`engine_user`), None for this process's own."""
         self._log_dir = log_dir
+        self._pids = PidRecords(log_dir)
         self._on_change = on_change
         self._max_log_lines = max_log_lines
         self._log_file_max_bytes = log_file_max_bytes
         self._max_line_bytes = max_line_bytes
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(base=backoff_base, cap=backoff_max, spread=0.25)
         self._backoff_reset_after = backoff_reset_after
         self._crash_loop_after = crash_loop_after
         self._crash_loop_window = crash_loop_window
@@ -558,7 +174,7 @@ class ProcessSupervisor:
         self._inherit_env = frozenset(inherit_env)
         self._parent_env = parent_env
         self._run_as = run_as
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._closed = False
         # No keep-alive: a pooled connection to an engine that restarted would fail one probe.
         self._http = httpx.AsyncClient(
@@ -620,7 +236,7 @@ class ProcessSupervisor:
             if self._entries.get(key) is entry:
                 del self._entries[key]
             entry.file.remove()
-            self._pid_path(key).unlink(missing_ok=True)
+            self._pids.path(key).unlink(missing_ok=True)
 
     def status(self, key: str) -> ProcessStatus | None:
         """The current status of ``key``, or None for a key never ensured (or removed)."""
@@ -657,19 +273,19 @@ class ProcessSupervisor:
 
     # -- lifecycle of one key -----------------------------------------------------------------
 
-    def _new_entry(self, key: str, spec: ProcessSpec) -> _Entry:
-        entry = _Entry(
+    def _new_entry(self, key: str, spec: ProcessSpec) -> Entry:
+        entry = Entry(
             key=key,
             spec=spec,
             lines=deque(maxlen=self._max_log_lines),
-            file=_LogFile(self.log_path(key), self._log_file_max_bytes),
+            file=LogFile(self.log_path(key), self._log_file_max_bytes),
         )
         self._entries[key] = entry
         return entry
 
-    def _start(self, entry: _Entry) -> None:
+    def _start(self, entry: Entry) -> None:
         """Check the spec, then start the key's supervising task (or fail for good)."""
-        self._retire(entry)
+        entry.retire()
         entry.reset_history()
         spec = entry.spec
         problem = spec_problem(spec)
@@ -693,38 +309,18 @@ class ProcessSupervisor:
         )
         self._publish(entry)
 
-    async def _halt(self, entry: _Entry) -> None:
+    async def _halt(self, entry: Entry) -> None:
         """Cancel the key's task (its clean-up terminates the process) and wait for it."""
         task = entry.task
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
-        self._retire(entry)
-        entry.phase = ProcessPhase.STOPPED
-        entry.reason = None
-        entry.message = "stopped"
-        entry.ready = False
-        entry.pid = None
-        entry.started_at = None
+        entry.retire()
+        entry.settle(ProcessPhase.STOPPED, None, "stopped")
         self._publish(entry)
 
-    @staticmethod
-    def _retire(entry: _Entry) -> None:
-        """Forget the key's finished task, logging how it failed if it did (a bug: the task
-        handles every failure of the process itself)."""
-        task, entry.task = entry.task, None
-        if task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if error is not None:
-                log.error("process supervision failed", extra={"key": entry.key}, exc_info=error)
-
-    def _fail(self, entry: _Entry, reason: str, message: str) -> None:
-        entry.phase = ProcessPhase.FAILED
-        entry.ready = False
-        entry.pid = None
-        entry.started_at = None
-        entry.reason = reason
-        entry.message = message
+    def _fail(self, entry: Entry, reason: str, message: str) -> None:
+        entry.settle(ProcessPhase.FAILED, reason, message)
         log.warning(
             "process cannot start",
             extra={"key": entry.key, "reason": reason, "program": next(iter(entry.spec.argv), "")},
@@ -749,7 +345,7 @@ class ProcessSupervisor:
         os.chown(spec.cwd, user.uid, user.gid)
         return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
-    def _publish(self, entry: _Entry) -> None:
+    def _publish(self, entry: Entry) -> None:
         """Call ``on_change`` when the status differs from the last one announced."""
         current = entry.status()
         if current == entry.published:
@@ -762,10 +358,10 @@ class ProcessSupervisor:
 
     # -- the supervising task -----------------------------------------------------------------
 
-    async def _supervise(self, entry: _Entry, program: str) -> None:
+    async def _supervise(self, entry: Entry, program: str) -> None:
         """Run, wait for the exit, back off, run again; ends only on a permanent failure or
         cancellation."""
-        await self._stop_orphan(entry)
+        await self._pids.stop_orphan(entry.key, grace=entry.spec.stop_grace_seconds)
         while True:
             try:
                 ended = await self._run_once(entry, program)
@@ -773,60 +369,22 @@ class ProcessSupervisor:
                 raise
             except Exception:
                 log.exception("process supervision error; restarting", extra={"key": entry.key})
-                ended = _Exit(None, "Error", "supervisor error (see the server log)", None, 0.0)
+                ended = Exit(None, "Error", "supervisor error (see the server log)", None, 0.0)
             if ended is None:
                 return
             await asyncio.sleep(self._after_exit(entry, ended))
             entry.restarts += 1
 
-    async def _run_once(self, entry: _Entry, program: str) -> _Exit | None:
+    async def _run_once(self, entry: Entry, program: str) -> Exit | None:
         """One process lifetime, from spawn to exit (or to its termination on cancellation,
         whose clean-up runs here). None: it cannot start, and the key is FAILED."""
-        spec = entry.spec
-        if port_in_use(spec.port):
-            text = f"port {spec.port} on 127.0.0.1 is already in use by another process"
-            return _Exit(None, "PortInUse", text, None, 0.0)
+        spawned = await self._spawn(entry, program)
+        if not isinstance(spawned, asyncio.subprocess.Process):
+            return spawned
+        proc, spec = spawned, entry.spec
         loop = asyncio.get_running_loop()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                program,
-                *spec.argv[1:],
-                cwd=spec.cwd,
-                env=self._environment(spec),
-                **self._identity(spec),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            text = f"{spec.argv[0]}: cannot start: {exc.strerror or exc}"
-            if exc.errno in _TRANSIENT_SPAWN_ERRORS:
-                return _Exit(None, "StartError", text, None, 0.0)
-            self._fail(entry, "StartError", text)
-            return None
-        run = _Run(started=loop.time())
-        self._record_pid(entry.key, proc.pid)
-        entry.phase = ProcessPhase.STARTING
-        entry.ready = False
-        entry.pid = proc.pid
-        entry.started_at = datetime.now(UTC)
-        entry.reason = None
-        entry.message = (
-            None
-            if entry.last_exit_text is None
-            else f"restart {entry.restarts} after: {entry.last_exit_text}"
-        )
-        self._publish(entry)
-        log.info(
-            "process started",
-            extra={
-                "key": entry.key,
-                "pid": proc.pid,
-                "program": spec.argv[0],
-                "restarts": entry.restarts,
-            },
-        )
+        run = Run(started=loop.time())
+        self._announce(entry, proc)
         if proc.stdout is None or proc.stderr is None:  # pragma: no cover  PIPE was asked
             raise RuntimeError("subprocess pipes missing")
         pumps = [
@@ -855,115 +413,66 @@ class ProcessSupervisor:
             # On an exit, a timeout and a cancellation alike: the process (and its group)
             # never outlives its task, nor do the sub-tasks.
             try:
-                await _cancel_all([prober])
-                await self._terminate(entry, proc, waiter, grace=spec.stop_grace_seconds)
+                await cancel_all([prober])
+                await terminate(entry.key, proc, waiter, grace=spec.stop_grace_seconds)
                 await self._drain(pumps)
             finally:
                 for task in (prober, waiter, *pumps):
                     task.cancel()
-                await _cancel_all([waiter])
+                await cancel_all([waiter])
                 if proc.returncode is not None:
-                    self._pid_path(entry.key).unlink(missing_ok=True)
-        return self._exit_report(spec, run, proc.returncode, timed_out=timed_out, now=loop.time())
+                    self._pids.path(entry.key).unlink(missing_ok=True)
+        return exit_report(spec, run, proc.returncode, timed_out=timed_out, now=loop.time())
 
-    # -- pid records (orphans of an earlier server) ------------------------------------------
-
-    def _pid_path(self, key: str) -> Path:
-        return self._log_dir / f"{key}.pid"
-
-    def _record_pid(self, key: str, pid: int) -> None:
-        """Note a running child and its start time, for a later server to find."""
-        started = live_start_time(pid)
-        if started is None:
-            return
-        path = self._pid_path(key)
+    async def _spawn(self, entry: Entry, program: str) -> asyncio.subprocess.Process | Exit | None:
+        """Start the process; an Exit for a temporary refusal (the port is busy, EAGAIN), None
+        for a permanent one (the key is FAILED: permission denied, exec format error)."""
+        spec = entry.spec
+        if port_in_use(spec.port):
+            text = f"port {spec.port} on 127.0.0.1 is already in use by another process"
+            return Exit(None, "PortInUse", text, None, 0.0)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as file:
-                file.write(f"{pid} {started}\n")
-        except OSError:
-            log.warning("cannot record the process id", extra={"key": key}, exc_info=True)
+            return await asyncio.create_subprocess_exec(
+                program,
+                *spec.argv[1:],
+                cwd=spec.cwd,
+                env=self._environment(spec),
+                **self._identity(spec),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            text = f"{spec.argv[0]}: cannot start: {exc.strerror or exc}"
+            if exc.errno in _TRANSIENT_SPAWN_ERRORS:
+                return Exit(None, "StartError", text, None, 0.0)
+            self._fail(entry, "StartError", text)
+            return None
 
-    def _recorded_orphan(self, key: str) -> tuple[int, str] | None:
-        """The recorded process of ``key`` if it still runs (same pid, same start time)."""
-        path = self._pid_path(key)
-        try:
-            pid_text, started = path.read_text().split()
-            pid = int(pid_text)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)
-            return None
-        if pid in {0, 1, os.getpid(), os.getpgrp()} or live_start_time(pid) != started:
-            path.unlink(missing_ok=True)
-            return None
-        return pid, started
-
-    async def _stop_orphan(self, entry: _Entry) -> None:
-        """Stop a process a previous server left running for this key: SIGTERM to its
-        group, SIGKILL after the spec's grace, then wait (5 s at most) until it is gone."""
-        found = self._recorded_orphan(entry.key)
-        if found is None:
-            return
-        pid, started = found
-        log.warning(
-            "stopping a process left running by an earlier server",
-            extra={"key": entry.key, "pid": pid},
+    def _announce(self, entry: Entry, proc: asyncio.subprocess.Process) -> None:
+        """A process started: record its pid, publish STARTING."""
+        self._pids.record(entry.key, proc.pid)
+        entry.started(proc.pid)
+        self._publish(entry)
+        log.info(
+            "process started",
+            extra={
+                "key": entry.key,
+                "pid": proc.pid,
+                "program": entry.spec.argv[0],
+                "restarts": entry.restarts,
+            },
         )
-        _signal_group(pid, signal.SIGTERM)
-        await _until_gone(pid, started, seconds=entry.spec.stop_grace_seconds)
-        _signal_group(pid, signal.SIGKILL)
-        await _until_gone(pid, started, seconds=5.0)
-        self._pid_path(entry.key).unlink(missing_ok=True)
-
-    def _exit_report(
-        self, spec: ProcessSpec, run: _Run, code: int | None, *, timed_out: bool, now: float
-    ) -> _Exit:
-        ready_for = 0.0 if run.first_ready is None else now - run.first_ready
-        if timed_out:
-            problem = run.last_probe_problem
-            why = f" ({spec.health_path}: {problem})" if problem else ""
-            text = f"not ready within {spec.startup_timeout_seconds:g} s{why}"
-            return _Exit(code, "StartupTimeout", text, None, ready_for)
-        text = "exited" if code is None else describe_exit(code)
-        reason = "Completed" if code == 0 else "Error"
-        return _Exit(code, reason, text, run.last_line(), ready_for)
-
-    async def _terminate(
-        self,
-        entry: _Entry,
-        proc: asyncio.subprocess.Process,
-        waiter: asyncio.Task[int],
-        *,
-        grace: float,
-    ) -> None:
-        """SIGTERM the process group, wait ``grace`` s for the leader, then SIGKILL the group
-        (stragglers too, whether or not the leader went quietly); returns once it is reaped.
-        The waits use ``asyncio.wait``, which, unlike ``asyncio.timeout`` on Python 3.11,
-        still times out inside a task that is being cancelled."""
-        try:
-            if not waiter.done():
-                _signal_group(proc.pid, signal.SIGTERM)
-                await asyncio.wait({waiter}, timeout=grace)
-                if not waiter.done():
-                    log.warning(
-                        "process ignored SIGTERM; killing it",
-                        extra={"key": entry.key, "pid": proc.pid, "grace": grace},
-                    )
-        finally:
-            _signal_group(proc.pid, signal.SIGKILL)
-        await asyncio.wait({waiter})
 
     async def _drain(self, pumps: list[asyncio.Task[None]]) -> None:
         """Let the pumps read a dead process's last output, for ``drain_seconds`` at most."""
         pending = {pump for pump in pumps if not pump.done()}
         if pending:
             await asyncio.wait(pending, timeout=self._drain_seconds)
-        await _cancel_all(pumps)
+        await cancel_all(pumps)
 
-    def _after_exit(self, entry: _Entry, ended: _Exit) -> float:
+    def _after_exit(self, entry: Entry, ended: Exit) -> float:
         """Record an exit; returns the backoff before the next start."""
         now = asyncio.get_running_loop().time()
         if ended.ready_for >= self._backoff_reset_after:
@@ -975,12 +484,7 @@ class ProcessSupervisor:
         while entry.exits and now - entry.exits[0] > self._crash_loop_window:
             entry.exits.popleft()
         entry.unready_exits = 0 if ended.ready_for > 0 else entry.unready_exits + 1
-        delay = backoff_delay(
-            entry.failures,
-            base=self._backoff_base,
-            cap=self._backoff_max,
-            jitter=random.random(),  # noqa: S311  jitter, not secrecy
-        )
+        delay = self._backoff.delay(entry.failures)
         count = ""
         if len(entry.exits) >= self._crash_loop_after:
             count = f" ({len(entry.exits)} times in {self._crash_loop_window:g} s)"
@@ -1014,7 +518,7 @@ class ProcessSupervisor:
     # -- output and health --------------------------------------------------------------------
 
     async def _pump(
-        self, entry: _Entry, run: _Run, stream: asyncio.StreamReader, *, is_stderr: bool
+        self, entry: Entry, run: Run, stream: asyncio.StreamReader, *, is_stderr: bool
     ) -> None:
         """Read one pipe until EOF, splitting it into lines (overlong ones are cut)."""
         pending = b""
@@ -1028,8 +532,8 @@ class ProcessSupervisor:
         if pending:
             self._record(entry, run, [pending], is_stderr=is_stderr)
 
-    def _record(self, entry: _Entry, run: _Run, raw: list[bytes], *, is_stderr: bool) -> None:
-        lines = [_display_line(line[: self._max_line_bytes]) for line in raw]
+    def _record(self, entry: Entry, run: Run, raw: list[bytes], *, is_stderr: bool) -> None:
+        lines = [display_line(line[: self._max_line_bytes]) for line in raw]
         if not lines:
             return
         entry.lines.extend(lines)
@@ -1042,7 +546,7 @@ class ProcessSupervisor:
         else:
             run.last_stdout = last.strip()
 
-    async def _probe(self, entry: _Entry, run: _Run) -> None:
+    async def _probe(self, entry: Entry, run: Run) -> None:
         """Poll the health endpoint until cancelled; returns when the startup timeout passes
         without readiness."""
         spec = entry.spec
@@ -1052,17 +556,14 @@ class ProcessSupervisor:
         await asyncio.sleep(spec.initial_delay_seconds)
         failures = 0
         while True:
-            problem = await self._check(url)
+            problem = await health_check(self._http, url)
             if problem is None:
                 failures = 0
                 if not entry.ready:
                     if run.first_ready is None:
                         run.first_ready = loop.time()
                         log.info("process ready", extra={"key": entry.key, "pid": entry.pid})
-                    entry.phase = ProcessPhase.RUNNING
-                    entry.ready = True
-                    entry.reason = None
-                    entry.message = None
+                    entry.became_ready()
                     self._publish(entry)
             else:
                 failures += 1
@@ -1080,38 +581,3 @@ class ProcessSupervisor:
             if run.first_ready is None and loop.time() >= deadline:
                 return
             await asyncio.sleep(self._health_interval)
-
-    async def _check(self, url: str) -> str | None:
-        """None when ``url`` answers 2xx, else a short stable description of why not."""
-        try:
-            response = await self._http.get(url)
-        except httpx.TimeoutException:
-            return "no answer in time"
-        except httpx.ConnectError:
-            return "cannot connect"
-        except httpx.HTTPError as exc:
-            return type(exc).__name__
-        if response.is_success:
-            return None
-        return f"HTTP {response.status_code}"
-
-
-async def _until_gone(pid: int, started: str, *, seconds: float) -> None:
-    """Poll until ``pid`` (started at ``started``) is gone, for ``seconds`` at most. An orphan
-    is not our child: there is nothing to wait on but its ``/proc`` entry."""
-    for _ in range(max(1, round(seconds / 0.05))):
-        if live_start_time(pid) != started:
-            return
-        await asyncio.sleep(0.05)
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Cancel sub-tasks and wait for them, without swallowing our own cancellation."""
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("process sub-task failed", exc_info=task.exception())
