@@ -51,7 +51,8 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UnsetType
 
-from controllers.downloads.reconciler import DownloadController, WeightsRuntimeConfig
+from controllers.downloads.reconciler import DownloadController
+from controllers.downloads.running import WeightsRuntimeConfig
 from controllers.inference.engines import EngineImages
 from controllers.inference.reconciler import (
     InferenceController,
@@ -231,19 +232,17 @@ async def open_resources(
         )
         hub = HubClient(endpoint=settings.hf_endpoint)
         secrets = _secret_store(settings, runtime, database)
-        controller: DownloadController | None = None
-        if settings.run_controllers:
-            controller = _download_controller(
-                settings,
-                runtime,
-                database,
-                hub=hub,
-                secrets=secrets,
-                recorder=recorder,
-                outbound=outbound,
-            )
-            controller.start()
-            stack.push_async_callback(controller.stop)
+        controller = _start_download_controller(
+            stack,
+            settings,
+            runtime,
+            database,
+            hub=hub,
+            secrets=secrets,
+            recorder=recorder,
+            broker=broker,
+            outbound=outbound,
+        )
         if settings.runtime is RuntimeKind.LOCAL:
             # On the kubernetes runtime the roots are node paths (hostPath volumes of download
             # pods), not this container's: creating them here fails on a read-only root.
@@ -260,7 +259,6 @@ async def open_resources(
                 outbound=outbound,
                 hub_endpoint=settings.hf_endpoint,
             ),
-            on_change=controller.notify if controller is not None else None,
             recorder=recorder,
             weights=WeightsRepository(database),
         )
@@ -298,11 +296,11 @@ async def open_resources(
             weights=WeightsRepository(database),
             models=ModelRepository(database),
             inferences=InferenceRepository(database),
-            ledgers=LedgerRepository(database),
-            controller=controller,
             local_roots=tuple(settings.local_roots),
             recorder=recorder,
+            removal_wait=settings.weights_removal_wait_seconds,
         )
+        broker.listen(weights.on_event)  # deleteWeights waits for the leader's outcome
         api_keys, gateway, upstream = _open_gateway(
             stack, settings, database, secrets=secrets, recorder=recorder, outbound=outbound
         )
@@ -415,6 +413,32 @@ async def _open_events(
     await broker.start()
     stack.push_async_callback(broker.close)
     return broker, recorder
+
+
+def _start_download_controller(
+    stack: AsyncExitStack,
+    settings: Settings,
+    runtime: Runtime,
+    database: Database,
+    *,
+    hub: HubClient,
+    secrets: SecretStore,
+    recorder: Recorder,
+    broker: Broker,
+    outbound: OutboundPolicy,
+) -> DownloadController | None:
+    """The download controller, started (stopped with the stack) and fed by the event log of
+    every replica; None when this process runs no controllers."""
+    if not settings.run_controllers:
+        return None
+    controller = _download_controller(
+        settings, runtime, database, hub=hub, secrets=secrets, recorder=recorder, outbound=outbound
+    )
+    controller.start()
+    stack.push_async_callback(controller.stop)
+    broker.listen(controller.on_event)
+    broker.on_trimmed(controller.resync_soon)  # it may have missed a mutation's event
+    return controller
 
 
 def _download_controller(

@@ -175,7 +175,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 async def _download(settings: Settings, weights_id: str) -> int:
-    from controllers.downloads.reconciler import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
+    from controllers.downloads.running import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
     from controllers.runtimes.secrets import (  # noqa: PLC0415  lazy: fast start
         HF_TOKEN_KEY,
         S3_SECRET_KEY,

@@ -227,6 +227,11 @@ class Settings(BaseSettings):
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
 
+    # issue 16: downloads
+    weights_removal_wait_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long ``deleteWeights`` waits for the leading replica to remove the files and the
+    record (or to report the target's refusal) before answering that the removal goes on."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

@@ -11,6 +11,7 @@ from resolvers.context import Info
 from resolvers.errors import forbidden, query_errors
 from schema.enums import StorageKindEnum
 from schema.errors import ConflictError, NotFoundError, ValidationError
+from schema.models import Model
 from schema.scalars import BigInt
 from schema.weights import (
     DeletedWeights,
@@ -22,7 +23,7 @@ from schema.weights import (
 )
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Forbidden
-from storage.documents import WeightsDocument
+from storage.documents import ModelDocument, WeightsDocument
 
 
 async def resolve_weights(
@@ -64,7 +65,10 @@ async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
 
 
 async def _change_download(
-    info: Info, model_id: strawberry.ID, *, action: Callable[..., Awaitable[WeightsDocument]]
+    info: Info,
+    model_id: strawberry.ID,
+    *,
+    action: Callable[..., Awaitable[WeightsDocument | ModelDocument]],
 ) -> DownloadResult:
     principal = info.context.require_principal()
     try:
@@ -75,6 +79,8 @@ async def _change_download(
         return ConflictError(message=exc.message, field=exc.field)
     except Forbidden as exc:
         return forbidden(exc)
+    if isinstance(doc, ModelDocument):
+        return Model.from_document(doc)
     return Weights.from_document(doc)
 
 
@@ -88,7 +94,8 @@ async def cancel_download(
 async def retry_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
-    """Resume a FAILED or CANCELLED download where it stopped."""
+    """Resume a FAILED or CANCELLED download where it stopped; for a FAILED model whose
+    download was never created (the hub refused its first look), ask the hub again."""
     return await _change_download(info, model_id, action=info.context.services.weights.retry)
 
 
