@@ -35,7 +35,7 @@ Modelled:
 
 Test hooks (not part of the Hub): fault injection per file (glob) settable from Python
 (``hub.faults``) or ``POST``/``GET``/``DELETE /_testbed/faults``: ``fail_next`` (5xx for the next
-n requests), ``stall_after`` (stop sending mid-body for a while), ``drop_after`` and
+n requests; the model-info API too, as the pseudo-path ``<repo>/@info/<revision>``), ``stall_after`` (stop sending mid-body for a while), ``drop_after`` and
 ``throttle``; and a request log (``hub.log``, ``GET /_testbed/requests``), written before the
 last body byte leaves so a client that has its response can already read its record. Bodies
 are streamed in chunks from memory. A drop ends the ASGI response without its final message:
@@ -144,6 +144,11 @@ class RequestLog:
 
 
 # --------------------------------------------------------------------------- faults
+
+INFO_FAULTS = "@info"
+"""The pseudo-path of the model-info API in fault patterns: ``fail_next("<repo>/@info/<rev>")``
+fails ``GET /api/models/<repo>/revision/<rev>`` (``@info/main`` is the call without a revision),
+so a test can fail a controller's look at a commit and not the API's look at the branch."""
 
 FaultKind = Literal["fail_next", "stall_after", "drop_after", "throttle"]
 
@@ -568,7 +573,10 @@ async def list_models(request: Request) -> Response:
 async def model_info(request: Request) -> Response:
     hub: LocalHub = request.app.state.hub
     repo, _ = _repo(hub, request, content=False)
-    _commit(repo, request.path_params.get("revision", "main"))
+    revision = request.path_params.get("revision", "main")
+    if (status := hub.faults.take_failure(repo.repo_id, f"{INFO_FAULTS}/{revision}")) is not None:
+        raise HubError(status, "Injected failure (testbed fault)")
+    _commit(repo, revision)
     data = _model_json(repo, blobs=_flag(request.query_params.get("blobs")))
     if expand := _expand(request):
         data = {k: v for k, v in data.items() if k in {"_id", "id", *expand}}
