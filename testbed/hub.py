@@ -35,9 +35,10 @@ Modelled:
 
 Test hooks (not part of the Hub): fault injection per file (glob) settable from Python
 (``hub.faults``) or ``POST``/``GET``/``DELETE /_testbed/faults``: ``fail_next`` (5xx for the next
-n requests; the model-info API too, as the pseudo-path ``<repo>/@info/<revision>``), ``stall_after`` (stop sending mid-body for a while), ``drop_after`` and
-``throttle``; and a request log (``hub.log``, ``GET /_testbed/requests``), written before the
-last body byte leaves so a client that has its response can already read its record. Bodies
+n requests; the model-info API too, as the pseudo-path ``<repo>/@info/<revision>``),
+``stall_after`` (stop sending mid-body for a while), ``drop_after`` and ``throttle``; and a
+request log (``hub.log``, ``GET /_testbed/requests``), written before the last body byte
+leaves so a client that has its response can already read its record. Bodies
 are streamed in chunks from memory. A drop ends the ASGI response without its final message:
 uvicorn logs "ASGI callable returned without completing response." and closes the socket,
 and httpx reports ``RemoteProtocolError: peer closed connection without sending complete

@@ -53,13 +53,14 @@ async def test_a_hub_503_on_the_first_look_is_retried_until_the_model_is_ready(
 
     done = await wait_model(running_app, created["id"], lambda m: m["phase"] == "READY")
 
-    print(f"READY {time.monotonic() - started:.2f} s after createModel, three 503s on the way")
+    elapsed = time.monotonic() - started
+    print(f"READY {elapsed:.2f} s after createModel, three 503s on the way")  # noqa: T201
     assert done["weights"]["state"] == "READY"
     events = await _model_events(running_app, created["id"])
     retrying = [m for p, m in events if p == "PENDING" and m and "503" in m]
     assert retrying, events
     assert all("retrying" in m for m in retrying), retrying
-    print("messages meanwhile:", retrying)
+    print("messages meanwhile:", retrying)  # noqa: T201  the figure, for the record
     phases = [p for p, _ in events]
     assert "FAILED" not in phases, events
     assert phases.index("PULLING") > phases.index("PENDING")

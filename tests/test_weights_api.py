@@ -69,7 +69,7 @@ async def until_gone(path: Path, *, timeout: float = 10) -> None:
     while path.exists():
         assert time.monotonic() - started < timeout, f"{path} still there after {timeout} s"
         await asyncio.sleep(0.05)
-    print(f"{path.name} gone {time.monotonic() - started:.2f} s after the answer")
+    print(f"{path.name} gone {time.monotonic() - started:.2f} s after the answer")  # noqa: T201
 
 
 def ready(model: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from controllers.downloads.executions import Executor
 from controllers.downloads.running import WeightsRuntimeConfig, make_sink, options_for, write_if
-from controllers.transfer.downloader import DownloadError, Sink
+from controllers.transfer.sinks import DownloadError, Sink
 from storage.documents import (
     ModelDocument,
     ModelPhase,

@@ -19,16 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
-from controllers.transfer.downloader import (
-    Downloader,
-    DownloadError,
-    DownloadOptions,
-    LocalSink,
-    ProgressSink,
-    Sink,
-)
+from controllers.transfer.downloader import Downloader
+from controllers.transfer.local_sink import LocalSink
 from controllers.transfer.s3_sink import MIN_PART as S3_MIN_PART
 from controllers.transfer.s3_sink import S3Sink, object_prefix
+from controllers.transfer.sinks import DownloadError, DownloadOptions, ProgressSink, Sink
 from integrations.addresses import OutboundPolicy
 from integrations.s3 import S3Client, S3Location
 from storage.documents import (

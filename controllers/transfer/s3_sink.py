@@ -21,7 +21,7 @@ import math
 from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
 
-from controllers.transfer.downloader import (
+from controllers.transfer.sinks import (
     ChecksumMismatch,
     DownloadError,
     MissingChunks,

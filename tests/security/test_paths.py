@@ -181,6 +181,7 @@ async def test_delete_weights_on_an_unreachable_s3_endpoint_keeps_them(
     assert kept is not None
     assert kept["deletion"]["refused"] in refused["errorMessage"]
     changed = {"deletion", "revision", "updated_at", "pending_events"}
+    assert record is not None
     assert {k: v for k, v in kept.items() if k not in changed} == {
         k: v for k, v in record.items() if k not in changed
     }
