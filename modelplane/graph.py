@@ -1,0 +1,448 @@
+"""The object graph: everything long-lived the app uses, opened and closed together.
+
+:func:`open_resources` connects everything the service needs (MongoDB, the event log, the
+runtime, the hub client, the token verifier, the controllers, the services and the gateway) and
+raises :class:`StartupError` with one readable line naming the setting when something is wrong.
+Each step is its own function below; the runtime is picked once, in :func:`open_runtime`, and
+what differs per runtime comes from its builder (:mod:`modelplane.runtimes`). The controllers
+are built in :mod:`modelplane.controller_wiring`. No module-level singletons: the HTTP app
+(:mod:`modelplane.app`), the CLI and the tests each open their own."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from joserfc.jwk import OctKey
+
+from controllers.downloads.reconciler import DownloadController
+from controllers.inference.reconciler import InferenceController
+from controllers.runtimes.base import Runtime, RuntimeConfigError
+from controllers.runtimes.secrets import SecretStore
+from integrations.addresses import OutboundPolicy
+from integrations.huggingface import HubClient
+from modelplane import logs
+from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
+from modelplane.controller_wiring import start_download_controller, start_inference_controller
+from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary, free_port
+from modelplane.gateway_http import Upstreams
+from modelplane.runtimes.base import RuntimeParts
+from modelplane.runtimes.kubernetes import KubernetesParts
+from modelplane.runtimes.local import LocalParts
+from modelplane.settings import Environment, RuntimeKind, Settings
+from modelplane.sockets import OpenSockets
+from modelplane.startup import StartupError
+from modelplane.wiring import event_log_for
+from resolvers.context import Services
+from services.api_keys import ApiKeyService
+from services.broadcasting import Broker
+from services.cluster import ClusterService
+from services.gateway import Gateway
+from services.inference import InferenceService
+from services.models import ModelPolicy, ModelService
+from services.weights import WeightsService
+from storage.client import Client, Database, make_client, ping
+from storage.documents import OrganizationDocument, utcnow
+from storage.errors import DatabaseUnavailable, DuplicateKey
+from storage.events import EventLogNotCapped, Recorder
+from storage.recovering import EventRecovery
+from storage.repositories import (
+    ApiKeyRepository,
+    InferenceRepository,
+    ModelRepository,
+    OrganizationRepository,
+    WeightsRepository,
+    ensure_indexes,
+)
+
+__all__ = ["Resources", "StartupError", "modelplane_version", "open_resources", "open_runtime"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORGANIZATION = "default"
+
+
+def modelplane_version() -> str:
+    """The installed package version."""
+    try:
+        return package_version("modelplane")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+@dataclass
+class Resources:
+    """Everything long-lived the app uses; closed together by :func:`open_resources`."""
+
+    settings: Settings
+    client: Client
+    database: Database
+    runtime: Runtime
+    hub: HubClient
+    verifier: TokenVerifier
+    dev_key: OctKey | None
+    services: Services
+    downloads: DownloadController | None
+    authenticator: Authenticator
+    """Bearer JWTs and organisation API keys, for GraphQL and ``/v1`` alike."""
+    gateway: Gateway
+    upstream: Upstreams
+    """The gateway's connection pools to upstreams (closed with the resources)."""
+    sockets: OpenSockets
+    """Authenticated WebSocket connections, closed when their credential is revoked."""
+    inference_controller: InferenceController | None = None
+
+
+@dataclass(frozen=True)
+class _Controllers:
+    downloads: DownloadController | None
+    inference: InferenceController | None
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: Settings, *, outbound: OutboundPolicy | None = None
+) -> AsyncIterator[Resources]:
+    """Start the embedded database if needed, connect, create indexes, start the runtime.
+
+    ``outbound`` (where user-given URLs may connect) defaults to the settings' policy; a test
+    passes one with its own resolver."""
+    logs.quiet_wire_loggers()
+    outbound = outbound or settings.outbound_policy()
+    async with AsyncExitStack() as stack:
+        client, database = await _open_database(stack, settings)
+        broker, recorder = await _open_events(stack, settings, database)
+        parts = await open_runtime(stack, settings)
+        dev_key, verifier = await _open_verifier(settings, database)
+        hub = HubClient(endpoint=settings.hf_endpoint)
+        secrets = parts.secret_store(database)
+        controllers = _start_controllers(
+            stack,
+            settings,
+            parts,
+            database,
+            hub=hub,
+            secrets=secrets,
+            recorder=recorder,
+            broker=broker,
+            outbound=outbound,
+        )
+        api_keys, gateway, upstream = _open_gateway(
+            stack, settings, database, secrets=secrets, recorder=recorder, outbound=outbound
+        )
+        authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
+        services = _services(
+            settings,
+            parts,
+            database,
+            hub=hub,
+            secrets=secrets,
+            recorder=recorder,
+            broker=broker,
+            api_keys=api_keys,
+            outbound=outbound,
+            controllers=controllers,
+        )
+        yield Resources(
+            settings=settings,
+            client=client,
+            database=database,
+            runtime=parts.runtime,
+            hub=hub,
+            verifier=verifier,
+            dev_key=dev_key,
+            services=services,
+            downloads=controllers.downloads,
+            inference_controller=controllers.inference,
+            authenticator=authenticator,
+            gateway=gateway,
+            upstream=upstream,
+            sockets=sockets,
+        )
+
+
+async def _open_database(stack: AsyncExitStack, settings: Settings) -> tuple[Client, Database]:
+    """The MongoDB client (the embedded FerretDB started first when no URI is set), pinged and
+    indexed; closed with the stack."""
+    uri = settings.mongodb_uri.get_secret_value() if settings.mongodb_uri else None
+    if uri is None:
+        ferret = FerretDBProcess(
+            binary=settings.ferretdb_binary or default_ferretdb_binary(),
+            data_dir=(settings.state_dir / "ferretdb").resolve(),
+        )
+        try:
+            ferret.start()
+            stack.callback(ferret.stop)
+            await ferret.wait_ready()
+        except EmbeddedError as exc:
+            raise StartupError(str(exc)) from None
+        uri = ferret.uri
+        log.info("embedded FerretDB started", extra={"port": ferret.port})
+
+    client = make_client(uri, timeout_seconds=settings.mongodb_timeout_seconds)
+    stack.push_async_callback(client.close)
+    database = client[settings.mongodb_database]
+    try:
+        await ping(database)
+    except DatabaseUnavailable as exc:
+        raise StartupError(
+            f"MODELPLANE_MONGODB_URI: MongoDB is not reachable within "
+            f"{settings.mongodb_timeout_seconds:g} s ({exc.__cause__.__class__.__name__})"
+        ) from None
+    await ensure_indexes(database)
+    return client, database
+
+
+async def _open_events(
+    stack: AsyncExitStack, settings: Settings, database: Database
+) -> tuple[Broker, Recorder]:
+    """The capped event log (created if missing), its broker (closed with the stack), the
+    recorder writers append through, and the recovery of events writers died before
+    appending (run now and periodically on every replica; stopped with the stack)."""
+    event_log = event_log_for(settings, database)
+    try:
+        await event_log.ensure()
+    except EventLogNotCapped as exc:
+        raise StartupError(f"MODELPLANE_MONGODB_URI: {exc}") from None
+    recorder = Recorder(event_log)
+    recovery = EventRecovery(
+        database,
+        recorder,
+        grace_seconds=settings.event_recovery_grace_seconds,
+        interval_seconds=settings.event_recovery_interval_seconds,
+    )
+    recovery.start()
+    stack.push_async_callback(recovery.stop)  # after the broker's close (the stack is LIFO)
+    broker = Broker(event_log)
+    await broker.start()
+    stack.push_async_callback(broker.close)
+    return broker, recorder
+
+
+async def open_runtime(stack: AsyncExitStack, settings: Settings) -> RuntimeParts:
+    """The configured runtime's builder, its runtime started (closed with the stack). The one
+    place that asks which runtime the settings name."""
+    parts: RuntimeParts
+    if settings.runtime is RuntimeKind.KUBERNETES:
+        parts = KubernetesParts(settings)
+    else:
+        parts = LocalParts(settings)
+    try:
+        await parts.runtime.start()
+    except RuntimeConfigError as exc:
+        raise StartupError(str(exc)) from None
+    stack.push_async_callback(parts.runtime.close)
+    return parts
+
+
+def _start_controllers(
+    stack: AsyncExitStack,
+    settings: Settings,
+    parts: RuntimeParts,
+    database: Database,
+    *,
+    hub: HubClient,
+    secrets: SecretStore,
+    recorder: Recorder,
+    broker: Broker,
+    outbound: OutboundPolicy,
+) -> _Controllers:
+    """Both controllers started (None each when this process runs no controllers), and the
+    runtime's local directories created between the two."""
+    downloads = start_download_controller(
+        stack,
+        settings,
+        parts,
+        database,
+        hub=hub,
+        secrets=secrets,
+        recorder=recorder,
+        broker=broker,
+        outbound=outbound,
+    )
+    parts.prepare()
+    inference = start_inference_controller(
+        stack,
+        settings,
+        parts,
+        database,
+        secrets=secrets,
+        recorder=recorder,
+        broker=broker,
+        outbound=outbound,
+    )
+    return _Controllers(downloads, inference)
+
+
+async def _open_verifier(
+    settings: Settings, database: Database
+) -> tuple[OctKey | None, TokenVerifier]:
+    """The development signing key (and the default organisation) in development, and the
+    bearer token verifier."""
+    dev_key = None
+    if settings.environment is Environment.DEVELOPMENT:
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+        dev_key = load_dev_key(secret_key=secret, state_dir=settings.state_dir)
+        await _ensure_organization(database, DEFAULT_ORGANIZATION)
+    verifier = TokenVerifier(
+        dev_key=dev_key,
+        oidc_issuer=settings.oidc_issuer,
+        oidc_audience=settings.oidc_audience,
+        jwks_url=settings.oidc_jwks_url,
+        organization_claim=settings.organization_claim,
+        role_claim=settings.role_claim,
+    )
+    return dev_key, verifier
+
+
+def _services(
+    settings: Settings,
+    parts: RuntimeParts,
+    database: Database,
+    *,
+    hub: HubClient,
+    secrets: SecretStore,
+    recorder: Recorder,
+    broker: Broker,
+    api_keys: ApiKeyService,
+    outbound: OutboundPolicy,
+    controllers: _Controllers,
+) -> Services:
+    """The services the resolvers call."""
+    runtime = parts.runtime
+    local_roots = tuple(settings.local_roots)
+    models = ModelService(
+        models=ModelRepository(database),
+        secrets=secrets,
+        hub=hub,
+        runtime=runtime,
+        policy=ModelPolicy(
+            runtime_kind=runtime.kind,
+            local_roots=local_roots,
+            outbound=outbound,
+            hub_endpoint=settings.hf_endpoint,
+        ),
+        recorder=recorder,
+        weights=WeightsRepository(database),
+    )
+    cluster = ClusterService(
+        runtime=runtime,
+        hub=hub,
+        models=models,
+        secrets=secrets,
+        hub_endpoint=settings.hf_endpoint,
+    )
+    return Services(
+        database=database,
+        runtime=runtime,
+        hub=hub,
+        models=models,
+        weights=_weights_service(settings, database, recorder, broker),
+        cluster=cluster,
+        inference=_inference_service(
+            settings,
+            parts,
+            database,
+            recorder=recorder,
+            cluster=cluster,
+            controller=controllers.inference,
+        ),
+        broker=broker,
+        api_keys=api_keys,
+        version=modelplane_version(),
+        started_at=utcnow(),
+        local_roots=local_roots,
+    )
+
+
+def _inference_service(
+    settings: Settings,
+    parts: RuntimeParts,
+    database: Database,
+    *,
+    recorder: Recorder,
+    cluster: ClusterService,
+    controller: InferenceController | None,
+) -> InferenceService:
+    return InferenceService(
+        inferences=InferenceRepository(database),
+        models=ModelRepository(database),
+        controller=controller,
+        runtime_kind=parts.runtime.kind,
+        namespace=parts.namespace,
+        local_roots=tuple(settings.local_roots),
+        recorder=recorder,
+        free_port=free_port,
+        cluster=cluster,
+        allow_host_commands=settings.allow_host_commands,
+        allow_external_services=settings.manifest_allow_external_services,
+    )
+
+
+def _weights_service(
+    settings: Settings, database: Database, recorder: Recorder, broker: Broker
+) -> WeightsService:
+    """The weights service; deleteWeights waits for the leader's outcome, woken by the log."""
+    weights = WeightsService(
+        weights=WeightsRepository(database),
+        models=ModelRepository(database),
+        inferences=InferenceRepository(database),
+        local_roots=tuple(settings.local_roots),
+        recorder=recorder,
+        removal_wait=settings.weights_removal_wait_seconds,
+    )
+    broker.listen(weights.on_event)
+    return weights
+
+
+def _open_gateway(
+    stack: AsyncExitStack,
+    settings: Settings,
+    database: Database,
+    *,
+    secrets: SecretStore,
+    recorder: Recorder,
+    outbound: OutboundPolicy,
+) -> tuple[ApiKeyService, Gateway, Upstreams]:
+    """API keys, the ``/v1`` gateway and its upstream connection pools (closed with the stack)."""
+    api_keys = ApiKeyService(ApiKeyRepository(database), recorder=recorder)
+    stack.push_async_callback(api_keys.close)
+    gateway = Gateway(
+        inferences=InferenceRepository(database),
+        models=ModelRepository(database),
+        secrets=secrets,
+        limits=settings.gateway_limits(),
+        route_cache_seconds=settings.gateway_route_cache_seconds,
+    )
+    stack.push_async_callback(gateway.close)
+    upstream = Upstreams(outbound)
+    stack.push_async_callback(upstream.close)
+    return api_keys, gateway, upstream
+
+
+def _open_sockets(
+    settings: Settings, broker: Broker, verifier: TokenVerifier, api_keys: ApiKeyService
+) -> tuple[Authenticator, OpenSockets]:
+    """The authenticator, and the WebSocket registry that closes sockets whose API key was
+    revoked through any replica (both fed by the event log)."""
+    authenticator = Authenticator(verifier, api_keys)
+    sockets = OpenSockets(authenticator, max_operations=settings.ws_max_operations)
+    broker.listen(api_keys.on_event)  # a key revoked through any replica: forgotten here
+    broker.listen(sockets.on_event)  # ... and the sockets using it closed
+    return authenticator, sockets
+
+
+async def _ensure_organization(database: Database, organization_id: str) -> None:
+    repository = OrganizationRepository(database)
+    if await repository.get(organization_id) is None:
+        with contextlib.suppress(DuplicateKey):  # another replica created it first
+            await repository.insert(
+                OrganizationDocument(
+                    id=organization_id, name=organization_id, display_name="Default"
+                )
+            )
