@@ -79,6 +79,7 @@ ASKED = WeightsDeletion(request="removal-1")
 REFUSED = WeightsDeletion(request="removal-1", refused="/models/a: permission denied")
 GONE = model_doc(is_deleted=True)
 IDLE = Execution()
+STALE = Execution(stale=True)
 ACTIVE = Execution(active=True)
 BROKEN = Execution(active=True, failure="download pod cannot start: ImagePullBackOff")
 ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceeded")
@@ -126,6 +127,9 @@ ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceed
         (model_doc(), _weights(WeightsState.CANCELLED), IDLE, Action.MIRROR),
         # cancelDownload wrote CANCELLED; the leader halts the worker, drops its partials
         (model_doc(), _weights(WeightsState.CANCELLED), ACTIVE, Action.CANCEL),
+        (model_doc(), _weights(WeightsState.CANCELLED), STALE, Action.CANCEL),  # older Job
+        (model_doc(), _weights(WeightsState.PULLING), STALE, Action.START),  # launch cleans
+        (model_doc(), _weights(WeightsState.FAILED), STALE, Action.MIRROR),
         (model_doc(), _weights(WeightsState.FAILED), ACTIVE, Action.HALT),
         (model_doc(), _weights(WeightsState.FAILED), IDLE, Action.MIRROR),
         # deleteWeights asked: the weights' own reconcile removes them; the model waits

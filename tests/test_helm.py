@@ -47,7 +47,8 @@ from controllers.inference.engines import EngineImages, plan_engine
 from controllers.inference.reconciler import KubernetesInferenceExecutor, WorkloadPlan
 from controllers.runtimes.base import KubernetesRuntime, OwnedObject
 from controllers.runtimes.inventory import read_inventory
-from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
+from controllers.runtimes.kubernetes.job_specs import JobTemplate
+from controllers.runtimes.kubernetes.jobs import JobExecutor
 from controllers.runtimes.kubernetes.manifests import ENGINE_CONTAINER, Integrations, labels_for
 from controllers.runtimes.secrets import KubernetesSecretStore
 from storage.documents import (

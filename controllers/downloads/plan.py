@@ -69,7 +69,7 @@ def plan(  # noqa: PLR0911  a decision table reads best as one return per row
         if not execution.active:
             return Action.START
         return Action.MIRROR
-    if execution.active and weights.state is WeightsState.CANCELLED:
+    if weights.state is WeightsState.CANCELLED and (execution.active or execution.stale):
         return Action.CANCEL
     if execution.active and weights.state is not WeightsState.READY:
         return Action.HALT

@@ -44,6 +44,7 @@ from controllers.downloads.running import (
     weights_location,
     write_if,
 )
+from controllers.errors import PermanentError, TemporaryError, retry_message
 from controllers.leading import Leadership
 from controllers.runtimes.local.downloads import LocalExecutor
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
@@ -214,7 +215,13 @@ class DownloadController:
             execution = await self._executor.observe(weights)
             action = plan(model, weights, execution)
         assert weights is not None  # noqa: S101  every remaining action has weights
-        current = await self._apply(action, model, weights, execution)
+        try:
+            current = await self._apply(action, model, weights, execution)
+        except TemporaryError:
+            current = await self._weights.get(weights.id)  # its message says when it retries
+            if current is not None:
+                await self._mirror(model, current)
+            raise
         if current is not None:
             await self._mirror(model, current)
 
@@ -228,7 +235,7 @@ class DownloadController:
         """Carry out START, FAIL, CANCEL, HALT or MIRROR; the weights as they are afterwards."""
         if action is Action.START:
             weights = await self._pulling(weights)
-            refused = await self._executor.launch(model, weights)
+            refused = await self._launch(model, weights)
             if refused is None or refused.failure is None:
                 return weights
             action, execution = Action.FAIL, refused
@@ -254,6 +261,19 @@ class DownloadController:
         elif execution.active and execution.note != weights.message:
             return await self._note(weights, execution.note)
         return weights
+
+    async def _launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+        """Start the worker. The runtime's refusal for good (RBAC, validation, admission) is a
+        failure to record once, with the server's words; a temporary one keeps the download
+        PULLING, says so in its message and is retried after the queue's backoff."""
+        try:
+            return await self._executor.launch(model, weights)
+        except PermanentError as exc:
+            return Execution(active=False, failure=exc.message)
+        except TemporaryError as exc:
+            delay = exc.delay if exc.delay is not None else self._queue.next_delay(model.id)
+            await self._note(weights, retry_message(exc.message, delay))
+            raise TemporaryError(exc.message, delay=delay) from exc
 
     async def _pulling(self, weights: WeightsDocument) -> WeightsDocument:
         """PENDING -> PULLING before a worker is launched (a no-op when it is already)."""

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from controllers.downloads.executions import Executor
 from controllers.downloads.running import WeightsRuntimeConfig, make_sink, options_for, write_if
+from controllers.errors import ControllerError, PermanentError
 from controllers.transfer.sinks import DownloadError, Sink
 from storage.documents import (
     ModelDocument,
@@ -74,7 +75,7 @@ class Cleaner:
         them (a retry resumes or aborts them): the stop itself stands."""
         try:
             await self.discard_partials(weights)
-        except DownloadError as exc:
+        except (DownloadError, ControllerError) as exc:
             log.warning(
                 "partial downloads could not be discarded",
                 extra={"weights_id": weights.id, "reason": str(exc)},
@@ -96,6 +97,9 @@ class Cleaner:
             await self._remove_files(weights)
         except DownloadError as exc:
             await self._refuse(weights, f"{where(weights)}: {exc}", written)
+            return
+        except PermanentError as exc:
+            await self._refuse(weights, exc.message, written)
             return
         for model_id in weights.model_ids:
             await self._detach(model_id, weights.id, written)

@@ -17,7 +17,8 @@ from controllers.inference.reconciler import (
 )
 from controllers.runtimes.base import KubernetesRuntime
 from controllers.runtimes.inventory import ClusterInventory, read_inventory
-from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
+from controllers.runtimes.kubernetes.job_specs import JobTemplate
+from controllers.runtimes.kubernetes.jobs import JobExecutor
 from controllers.runtimes.kubernetes.manifests import Integrations
 from controllers.runtimes.secrets import KubernetesSecretStore, SecretStore
 from modelplane.settings import Settings
