@@ -34,7 +34,24 @@ if TYPE_CHECKING:
 
 
 class S3Error(Exception):
-    """An S3 request failed; the message carries the error code, never the keys."""
+    """An S3 request failed; the message carries the error code, never the keys.
+
+    ``status`` is the HTTP status when the server answered (None: no answer); ``temporary``
+    says, as data, whether the same request may succeed later (no answer, 408, 429, 5xx) or
+    not (403 AccessDenied, 404 NoSuchBucket, a bad signature, an endpoint the outbound
+    policy refuses); callers turn that into their own retry or failure."""
+
+    def __init__(self, message: str, *, status: int | None = None, refused: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.refused = refused
+
+    @property
+    def temporary(self) -> bool:
+        """Worth trying again unchanged."""
+        if self.refused:
+            return False
+        return self.status is None or self.status in (408, 429) or self.status >= 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +118,8 @@ class S3Client:
                 self._outbound.check_host(endpoint_host)
             except AddressRefused as exc:
                 raise S3Error(
-                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)"
+                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)",
+                    refused=True,
                 ) from None
         async with self._session.client(
             "s3",
@@ -155,9 +173,9 @@ class S3Client:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
-            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+            raise s3_error(exc, f"head s3://{self.location.bucket}/{key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+            raise s3_error(exc, f"head s3://{self.location.bucket}/{key}") from exc
         return int(result["ContentLength"]), dict(result.get("Metadata", {}))
 
     async def start_upload(self, key: str, *, metadata: dict[str, str]) -> str:
@@ -212,9 +230,9 @@ class S3Client:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                 return None
-            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+            raise s3_error(exc, f"list parts of {key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+            raise s3_error(exc, f"list parts of {key}") from exc
 
     async def complete_upload(
         self, key: str, upload_id: str, parts: dict[int, tuple[int, str]]
@@ -243,9 +261,9 @@ class S3Client:
                 )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+                raise s3_error(exc, f"abort upload of {key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+            raise s3_error(exc, f"abort upload of {key}") from exc
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix/``; returns how many."""
@@ -281,7 +299,15 @@ def _s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
-        raise S3Error(_describe(exc, what)) from exc
+        raise s3_error(exc, what) from exc
+
+
+def s3_error(exc: ClientError | BotoCoreError, what: str) -> S3Error:
+    """The :class:`S3Error` of a botocore failure, with the status the server answered."""
+    status = None
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return S3Error(_describe(exc, what), status=status, refused=_refusal_in(exc) is not None)
 
 
 def _describe(exc: ClientError | BotoCoreError, what: str) -> str:
