@@ -130,7 +130,8 @@ class DownloadController:
             config=config,
             recorder=self._record,
         )
-        self._own: deque[str] = deque(maxlen=OWN_EVENTS)
+        self._own: set[str] = set()
+        self._own_order: deque[str] = deque()
         self._queue = WorkQueue(self.reconcile, name="downloads")
         self._leadership = Leadership(
             leases,
@@ -408,7 +409,11 @@ class DownloadController:
         """Record the event of this controller's own write, remembering its key first (the
         broker may hand it back before the append returns) so that :meth:`on_event` skips it."""
         kind = ResourceKind.MODEL if isinstance(document, ModelDocument) else ResourceKind.WEIGHTS
-        self._own.append(event_key(kind, document.id, document.revision, type_))
+        key = event_key(kind, document.id, document.revision, type_)
+        self._own.add(key)
+        self._own_order.append(key)
+        if len(self._own_order) > OWN_EVENTS:
+            self._own.discard(self._own_order.popleft())
         if isinstance(document, ModelDocument):
             await self._record.model(document, type_)
         else:
