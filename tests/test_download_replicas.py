@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from storage.client import Client
-from storage.documents import WeightsDocument
+from storage.documents import DownloadTarget, TargetKind, WeightsDocument, WeightsState
+from storage.repositories import WeightsRepository
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
@@ -88,3 +89,43 @@ async def test_mutations_on_a_replica_without_controllers_are_acted_on_by_the_le
     }
     assert not location.exists()
     assert await api.resources.database["weights"].find_one({"_id": stored.id}) is None
+
+
+async def test_delete_weights_says_so_when_no_controller_answers(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub
+) -> None:
+    """No replica runs controllers: deleteWeights marks the weights, waits its bounded time
+    and says the removal goes on when one runs; the files and the record are still there."""
+    settings = make_settings(
+        tmp_path,
+        mongo_uri,
+        hf_endpoint=hub.endpoint,
+        run_controllers=False,
+        weights_removal_wait_seconds=0.5,
+    )
+    async with serve_app(settings, mongo_client) as app:
+        location = tmp_path / "state" / "models" / "org-a" / "w"
+        location.mkdir(parents=True)
+        weights = WeightsDocument(
+            id="weights-lone1",
+            organization_id="org-a",
+            repo_id="tiny-org/tiny-model",
+            commit_sha="c" * 40,
+            target=DownloadTarget(kind=TargetKind.LOCAL, local_path=str(location)),
+            location=str(location),
+            state=WeightsState.READY,
+        )
+        await WeightsRepository(app.resources.database).insert(weights)
+
+        started = time.monotonic()
+        answer = await _mutate(app, "DeleteWeights", {"id": weights.id})
+        waited = time.monotonic() - started
+
+        print(f"deleteWeights gave up after {waited:.2f} s")  # noqa: T201
+        assert answer["__typename"] == "ConflictError", answer
+        assert "no controller finished it within 0.5 s" in answer["errorMessage"]
+        assert 0.5 <= waited < 10
+        kept = await WeightsRepository(app.resources.database).require(weights.id)
+        assert kept.deletion is not None
+        assert kept.deletion.refused is None  # still asked for: a leader does it when it runs
+        assert location.is_dir()
