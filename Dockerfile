@@ -29,6 +29,7 @@ COPY schema ./schema
 COPY resolvers ./resolvers
 COPY services ./services
 COPY controllers ./controllers
+COPY live ./live
 COPY storage ./storage
 COPY integrations ./integrations
 RUN uv sync --frozen --no-dev --no-editable

@@ -38,12 +38,11 @@ from services.inference import InferenceRequest  # noqa: E402
 from services.principals import Principal  # noqa: E402
 from storage.documents import (  # noqa: E402
     AccessMode,
-    DownloadTarget,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
     Role,
-    TargetKind,
     WeightsDocument,
     WeightsState,
     new_id,
@@ -102,7 +101,7 @@ async def seed(database: Any, count: int) -> list[str]:
         model_id = new_id("model", 8)
         name = f"m{index:05d}"
         # A node directory (hostPath): the testbed runs no volume provisioner for PVCs.
-        target = DownloadTarget(kind=TargetKind.LOCAL, local_path=f"/data/models/{name}")
+        target = LocalTarget(local_path=f"/data/models/{name}")
         weight = WeightsDocument(
             id=new_id("weights", 8),
             organization_id=ORG,

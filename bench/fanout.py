@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bson.int64 import Int64  # noqa: E402
 from pymongo import AsyncMongoClient  # noqa: E402
 
+from live import EventLog, EventType, ResourceKind  # noqa: E402
 from modelplane.auth import issue_dev_token, load_dev_key  # noqa: E402
 from modelplane.embedded import FerretDBProcess, default_ferretdb_binary, free_port  # noqa: E402
 from storage.documents import (  # noqa: E402
@@ -60,7 +61,6 @@ from storage.documents import (  # noqa: E402
     Role,
     utcnow,
 )
-from storage.events import EventLog, EventType, ResourceKind  # noqa: E402
 from storage.repositories import ensure_indexes  # noqa: E402
 
 SECRET = "benchmark-secret-key-0123456789-abcdefghij"  # noqa: S105  a throwaway bench key

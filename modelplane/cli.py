@@ -181,11 +181,11 @@ async def _download(settings: Settings, weights_id: str) -> int:
         S3_SECRET_KEY,
         SecretStoreError,
     )
+    from live import Recorder  # noqa: PLC0415
     from modelplane.wiring import event_log_for  # noqa: PLC0415
     from storage.client import make_client, ping  # noqa: PLC0415
     from storage.documents import WeightsState  # noqa: PLC0415
     from storage.errors import DatabaseUnavailable  # noqa: PLC0415
-    from storage.events import Recorder  # noqa: PLC0415
     from storage.repositories import (  # noqa: PLC0415
         LedgerRepository,
         SecretRepository,

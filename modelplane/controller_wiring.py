@@ -20,11 +20,10 @@ from controllers.inference.reconciler import InferenceController
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
+from live import Broker, Event, EventType, Recorder, ResourceKind
 from modelplane.runtimes.base import RuntimeParts
 from modelplane.settings import Settings
-from services.broadcasting import Broker
 from storage.client import Database
-from storage.events import Event, EventType, Recorder, ResourceKind
 from storage.repositories import (
     InferenceRepository,
     LeaseRepository,

@@ -5,7 +5,7 @@ Why: fanning one event out to 1,000 subscribers through strawberry's per-operati
 wakes 1,000 tasks and makes 1,000 socket writes; a profile of ``bench/fanout.py`` put each
 delivery at tens of microseconds, most of it that pipeline and the ``send`` system call (on
 loopback the sender's call also does the receiver's TCP work). ``schema/sharing.py`` describes
-the resolver half; the broker's side is in ``services/broadcasting.py``.
+the resolver half; the broker's side is in ``live/broker.py``.
 
 How: :class:`FrameWriter` holds one uvicorn connection (the ``websockets-sansio`` protocol,
 found behind the ASGI ``send`` callable by :func:`capture_connection`). A ``next`` message is

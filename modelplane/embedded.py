@@ -101,7 +101,7 @@ class FerretDBProcess:
                     "--telemetry=disable",
                     # FerretDB trims capped collections on a timer, not on insert (1 minute by
                     # default): between trims a busy event log grows past its cap, and every
-                    # read of it scans it whole (see storage/events.py).
+                    # read of it scans it whole (see live/ferretdb.py).
                     f"--test-capped-cleanup-interval={CAPPED_CLEANUP_SECONDS}s",
                 ],
                 stdout=log_file,

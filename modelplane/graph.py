@@ -26,6 +26,7 @@ from controllers.runtimes.base import Runtime, RuntimeConfigError
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
+from live import Broker, EventLogNotCapped, EventRecovery, Recorder
 from modelplane import logs
 from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
 from modelplane.controller_wiring import start_download_controller, start_inference_controller
@@ -40,7 +41,6 @@ from modelplane.startup import StartupError
 from modelplane.wiring import event_log_for
 from resolvers.context import Services
 from services.api_keys import ApiKeyService
-from services.broadcasting import Broker
 from services.cluster import ClusterService
 from services.gateway import Gateway
 from services.inference import InferenceService
@@ -49,8 +49,6 @@ from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
-from storage.events import EventLogNotCapped, Recorder
-from storage.recovering import EventRecovery
 from storage.repositories import (
     ApiKeyRepository,
     InferenceRepository,

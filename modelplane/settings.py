@@ -23,9 +23,9 @@ from pymongo.uri_parser import parse_uri
 
 from controllers.transfer.downloader import DownloadOptions
 from integrations.addresses import OutboundPolicy
+from live import DEFAULT_POLL_INTERVAL
 from schema.limits import GraphQLLimits
 from services.gateway import GatewayLimits
-from storage.events import DEFAULT_POLL_INTERVAL
 
 MIN_SECRET_KEY_LENGTH = 32
 

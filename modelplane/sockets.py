@@ -32,10 +32,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from live import API_KEY_REVOKED, Event, ResourceKind
 from modelplane.auth import Authenticator, AuthError
 from services.api_keys import SUBJECT_PREFIX
 from services.principals import Principal
-from storage.events import API_KEY_REVOKED, Event, ResourceKind
 
 log = logging.getLogger(__name__)
 

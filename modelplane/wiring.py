@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from live import EventLog
 from modelplane.settings import Settings
 from storage.client import Database
-from storage.events import EventLog
 
 
 def event_log_for(settings: Settings, database: Database) -> EventLog:

@@ -7,7 +7,7 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
-from resolvers.errors import forbidden, query_errors
+from resolvers.errors import answers, query_errors
 from schema.api_keys import (
     ApiKey,
     ApiKeyPage,
@@ -16,9 +16,6 @@ from schema.api_keys import (
     RevokeApiKeyResult,
 )
 from schema.enums import RoleEnum
-from schema.errors import ConflictError, NotFoundError, ValidationError
-from services.errors import Conflict, InvalidInput, Missing
-from services.principals import Forbidden
 from storage.documents import Role
 
 
@@ -44,6 +41,7 @@ async def resolve_api_keys(
     )
 
 
+@answers
 async def create_api_key(
     info: Info,
     name: Annotated[str, strawberry.argument(description="What the key is for (1-100 chars).")],
@@ -54,29 +52,18 @@ async def create_api_key(
 ) -> CreateApiKeyResult:
     """Create a key; the key itself is in the result and nowhere else, ever."""
     principal = info.context.require_principal()
-    try:
-        created = await info.context.services.api_keys.create(
-            principal, name=name, role=Role[role.name]
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    created = await info.context.services.api_keys.create(
+        principal, name=name, role=Role[role.name]
+    )
     return CreatedApiKey(api_key=ApiKey.from_document(created.document), key=created.key)
 
 
+@answers
 async def revoke_api_key(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Key id.")],
 ) -> RevokeApiKeyResult:
     """Revoke a key: requests made with it are refused from now on."""
     principal = info.context.require_principal()
-    try:
-        revoked = await info.context.services.api_keys.revoke(principal, str(id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    revoked = await info.context.services.api_keys.revoke(principal, str(id))
     return ApiKey.from_document(revoked)

@@ -7,11 +7,10 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
+from resolvers.errors import answers
 from schema.cluster import ClusterStatus, GpuFit, GpuFitResult
 from schema.enums import InferenceEngineEnum
-from schema.errors import NotFoundError, ValidationError
 from schema.limits import cost
-from services.errors import InvalidInput, Missing
 from storage.documents import InferenceEngine
 
 
@@ -22,6 +21,7 @@ async def resolve_cluster_status(info: Info) -> ClusterStatus:
     return ClusterStatus.from_inventory(inventory)
 
 
+@answers
 async def resolve_gpu_fit(
     info: Info,
     *,
@@ -57,21 +57,16 @@ async def resolve_gpu_fit(
 ) -> GpuFitResult:
     """Estimate the GPU memory to serve a model and compare it with the cluster's GPUs."""
     principal = info.context.require_principal()
-    try:
-        fit = await info.context.services.cluster.fit(
-            principal,
-            model_id=None if model_id is None else str(model_id),
-            repo_id=repo_id,
-            revision=revision,
-            engine=InferenceEngine(engine.name),
-            gpu_type=gpu_type,
-            context_length=context_length,
-            batch_size=batch_size,
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
+    fit = await info.context.services.cluster.fit(
+        principal,
+        model_id=None if model_id is None else str(model_id),
+        repo_id=repo_id,
+        revision=revision,
+        engine=InferenceEngine(engine.name),
+        gpu_type=gpu_type,
+        context_length=context_length,
+        batch_size=batch_size,
+    )
     return GpuFit.from_estimate(fit)
 
 

@@ -11,10 +11,10 @@ from strawberry.types import Info as StrawberryInfo
 
 from controllers.runtimes.base import Runtime
 from integrations.huggingface import HubClient
-from resolvers.event_views import EventViews
+from live import Broker
 from schema.building import NotAuthenticated
+from schema.events import EventViews
 from services.api_keys import ApiKeyService
-from services.broadcasting import Broker
 from services.cluster import ClusterService
 from services.inference import InferenceService
 from services.models import ModelService

@@ -14,15 +14,14 @@ from typing import Annotated
 
 import strawberry
 
+from live import EventFilter, InvalidCursor, Marker, MarkerKind, ResourceKind, parse_cursor
 from resolvers.context import Info
 from schema.building import ExpectedError
 from schema.events import Event
-from schema.sharing import direct_delivery
+from schema.sharing import direct_sink
 from schema.weights import Weights
-from services.broadcasting import EventFilter, Marker, MarkerKind
 from services.principals import Principal
 from storage.documents import AccessMode, Role, WeightsState
-from storage.events import InvalidCursor, ResourceKind, parse_cursor
 
 FINAL_STATES = frozenset({WeightsState.READY, WeightsState.FAILED, WeightsState.CANCELLED})
 
@@ -98,9 +97,9 @@ async def _events(
     """The broker's stream for a filter, as shared API views."""
     views = info.context.services.event_views
     async with info.context.services.broker.subscribe(event_filter, after=position) as stream:
-        deliver = direct_delivery()
-        if deliver is not None:  # the fast lane: the broker writes idle subscribers' events
-            stream.deliver_directly(lambda events: deliver(views.views(events)))
+        sink = direct_sink(views.batch)
+        if sink is not None:  # the fast lane: the broker writes idle subscribers' events
+            stream.deliver_directly(sink)
         async for item in stream:
             yield views.view(item)
 

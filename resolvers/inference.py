@@ -8,7 +8,7 @@ import strawberry
 import yaml
 
 from resolvers.context import Info
-from resolvers.errors import UserError, attempt, query_errors
+from resolvers.errors import answers, query_errors
 from schema.cluster import GpuFit
 from schema.inference import (
     Inference,
@@ -25,7 +25,6 @@ from services.inference import InferenceRequest, StartOutcome
 from storage.documents import (
     AutoscalingSpec,
     EnvVarSpec,
-    InferenceDocument,
     InferenceEngine,
     InferencePhase,
     LiteLLMSpec,
@@ -104,14 +103,7 @@ def _payload(outcome: StartOutcome) -> InferencePayload:
     )
 
 
-def _started(result: StartOutcome | UserError) -> InferencePayload | UserError:
-    return _payload(result) if isinstance(result, StartOutcome) else result
-
-
-def _stopped(result: InferenceDocument | UserError) -> Inference | UserError:
-    return Inference.from_document(result) if isinstance(result, InferenceDocument) else result
-
-
+@answers
 async def start_inference(
     info: Info,
     model_id: ModelIdArg,
@@ -126,20 +118,19 @@ async def start_inference(
     """Start serving a model (one active inference per model)."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _started(
-        await attempt(
-            service.start(principal, str(model_id), request_from_input(input), dry_run=dry_run)
-        )
-    )
+    request = request_from_input(input)
+    return _payload(await service.start(principal, str(model_id), request, dry_run=dry_run))
 
 
+@answers
 async def stop_inference(info: Info, model_id: ModelIdArg) -> StopInferenceResult:
     """Stop a model's inference: its objects go; the model and its weights stay."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _stopped(await attempt(service.stop(principal, str(model_id))))
+    return Inference.from_document(await service.stop(principal, str(model_id)))
 
 
+@answers
 async def stop_inference_by_id(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Inference id.")],
@@ -147,9 +138,10 @@ async def stop_inference_by_id(
     """Stop an inference by its id (unmanaged ones from manifests have no model)."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _stopped(await attempt(service.stop_inference(principal, str(id))))
+    return Inference.from_document(await service.stop_inference(principal, str(id)))
 
 
+@answers
 async def toggle_inference(
     info: Info,
     model_id: ModelIdArg,
@@ -158,9 +150,10 @@ async def toggle_inference(
     """The one-switch form: on starts with the last spec (or defaults), off stops."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _started(await attempt(service.toggle(principal, str(model_id), enabled=enabled)))
+    return _payload(await service.toggle(principal, str(model_id), enabled=enabled))
 
 
+@answers
 async def create_inference_from_manifest(
     info: Info,
     yaml_text: Annotated[
@@ -177,9 +170,7 @@ async def create_inference_from_manifest(
     """Apply your own Deployment as an unmanaged inference (kubernetes runtime)."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _started(
-        await attempt(service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
-    )
+    return _payload(await service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
 
 
 async def resolve_inference(
@@ -225,11 +216,11 @@ async def resolve_inference_logs(
 ) -> InferenceLogs | None:
     """The engine's last log lines; null when the inference is absent."""
     principal = info.context.require_principal()
-    try:
-        with query_errors():
+    with query_errors():
+        try:
             lines = await info.context.services.inference.logs(principal, str(id), tail)
-    except Missing:
-        return None
+        except Missing:
+            return None
     return InferenceLogs(inference_id=id, lines=lines)
 
 

@@ -12,8 +12,7 @@ import strawberry
 
 from integrations.huggingface import HubModel
 from resolvers.context import Info
-from resolvers.errors import forbidden, query_errors
-from schema.errors import ConflictError, NotFoundError, ValidationError
+from resolvers.errors import answers, query_errors
 from schema.models import (
     CreateModelInput,
     CreateModelResult,
@@ -34,16 +33,15 @@ from schema.models import (
     UpdateModelResult,
 )
 from schema.scalars import BigInt, big
-from services.errors import Conflict, InvalidInput, Missing
 from services.models import (
     CreateModelSpec,
     ResourcesSpec,
     SourceSpec,
-    TargetSpec,
     UpdateModelSpec,
 )
-from services.principals import Forbidden
-from storage.documents import AccessMode, ModelPhase, TargetKind
+from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
+from services.validation import check_phase
+from storage.documents import AccessMode, ModelPhase
 from storage.repositories import ModelFilter
 
 
@@ -57,18 +55,16 @@ def _target(value: DownloadTargetInput | None) -> TargetSpec | None:
     if value is None:
         return None
     if value.local:
-        return TargetSpec(kind=TargetKind.LOCAL, local_path=value.local.local_path)
+        return LocalTargetSpec(local_path=value.local.local_path)
     if value.pvc:
-        return TargetSpec(
-            kind=TargetKind.PVC,
+        return PvcTargetSpec(
             claim_name=value.pvc.claim_name,
             sub_path=value.pvc.sub_path,
             storage_class=value.pvc.storage_class,
             size_gi=value.pvc.size_gi,
         )
     if value.s3:
-        return TargetSpec(
-            kind=TargetKind.S3,
+        return S3TargetSpec(
             endpoint=value.s3.endpoint,
             bucket=value.s3.bucket,
             region=value.s3.region,
@@ -113,16 +109,16 @@ async def resolve_models(
     """A page of the caller's organisation's models."""
     principal = info.context.require_principal()
     f = filter or ModelFilterInput()
-    model_filter = ModelFilter(
-        access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
-        phase=ModelPhase(f.phase.name) if f.phase else None,
-        inference_phase=f.inference_phase,
-        managed=f.managed,
-        tag=f.tag,
-        search=f.search,
-        include_deleted=f.include_deleted,
-    )
     with query_errors():
+        model_filter = ModelFilter(
+            access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
+            phase=ModelPhase(f.phase.name) if f.phase else None,
+            inference_phase=check_phase("filter.inferencePhase", f.inference_phase),
+            managed=f.managed,
+            tag=f.tag,
+            search=f.search,
+            include_deleted=f.include_deleted,
+        )
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset
         )
@@ -144,6 +140,7 @@ async def resolve_model(
     return None if doc is None else Model.from_document(doc)
 
 
+@answers
 async def resolve_hugging_face_model(
     info: Info,
     repo_id: Annotated[str, strawberry.argument(description="`org/name` or a hub URL.")],
@@ -153,17 +150,11 @@ async def resolve_hugging_face_model(
 ) -> HuggingFaceModelResult:
     """Hub metadata for a repository (public or gated metadata; no token needed)."""
     principal = info.context.require_principal()
-    try:
-        found = await info.context.services.models.hub_preview(
-            principal, repo_id, revision=revision
-        )
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    found = await info.context.services.models.hub_preview(principal, repo_id, revision=revision)
     return _hub_model(found)
 
 
+@answers
 async def resolve_hugging_face_search(
     info: Info,
     query: Annotated[str, strawberry.argument(description="Text to search for in repo ids.")],
@@ -171,15 +162,11 @@ async def resolve_hugging_face_search(
 ) -> HuggingFaceSearchResult:
     """Search the hub."""
     principal = info.context.require_principal()
-    try:
-        found = await info.context.services.models.hub_search(principal, query, limit=limit)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    found = await info.context.services.models.hub_search(principal, query, limit=limit)
     return HuggingFaceSearch(items=[_hub_model(m) for m in found])
 
 
+@answers
 async def create_model(
     info: Info,
     input: Annotated[CreateModelInput, strawberry.argument(description="The model.")],
@@ -202,17 +189,10 @@ async def create_model(
         download_target=_target(input.download_target),
         resources=_resources(input.resources),
     )
-    try:
-        doc = await info.context.services.models.create(principal, spec)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
-    return Model.from_document(doc)
+    return Model.from_document(await info.context.services.models.create(principal, spec))
 
 
+@answers
 async def update_model(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
@@ -228,31 +208,18 @@ async def update_model(
         tags=input.tags,
         resources=_resources(input.resources),
     )
-    try:
-        doc = await info.context.services.models.update(principal, str(id), spec)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    doc = await info.context.services.models.update(principal, str(id), spec)
     return Model.from_document(doc)
 
 
+@answers
 async def delete_model(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")],
 ) -> DeleteModelResult:
     """Soft-delete a model and remove what it owns."""
     principal = info.context.require_principal()
-    try:
-        outcome = await info.context.services.models.delete(principal, str(id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Forbidden as exc:
-        return forbidden(exc)
+    outcome = await info.context.services.models.delete(principal, str(id))
     return DeletedModel(
         model=Model.from_document(outcome.model),
         removed=[RemovedObject(kind=o.kind, name=o.name) for o in outcome.removed],

@@ -8,9 +8,8 @@ from typing import Annotated
 import strawberry
 
 from resolvers.context import Info
-from resolvers.errors import forbidden, query_errors
+from resolvers.errors import answers, query_errors
 from schema.enums import StorageKindEnum
-from schema.errors import ConflictError, NotFoundError, ValidationError
 from schema.models import Model
 from schema.scalars import BigInt
 from schema.weights import (
@@ -21,8 +20,6 @@ from schema.weights import (
     Weights,
     WeightsPage,
 )
-from services.errors import Conflict, InvalidInput, Missing
-from services.principals import Forbidden
 from storage.documents import ModelDocument, WeightsDocument
 
 
@@ -71,19 +68,13 @@ async def _change_download(
     action: Callable[..., Awaitable[WeightsDocument | ModelDocument]],
 ) -> DownloadResult:
     principal = info.context.require_principal()
-    try:
-        doc = await action(principal, str(model_id))
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    doc = await action(principal, str(model_id))
     if isinstance(doc, ModelDocument):
-        return Model.from_document(doc)
+        return Model.from_document(doc)  # retryDownload asked the hub again for the model
     return Weights.from_document(doc)
 
 
+@answers
 async def cancel_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
@@ -91,14 +82,15 @@ async def cancel_download(
     return await _change_download(info, model_id, action=info.context.services.weights.cancel)
 
 
+@answers
 async def retry_download(
     info: Info, model_id: Annotated[strawberry.ID, strawberry.argument(description="Model id.")]
 ) -> DownloadResult:
-    """Resume a FAILED or CANCELLED download where it stopped; for a FAILED model whose
-    download was never created (the hub refused its first look), ask the hub again."""
+    """Resume a FAILED or CANCELLED download where it stopped."""
     return await _change_download(info, model_id, action=info.context.services.weights.retry)
 
 
+@answers
 async def delete_weights(
     info: Info,
     id: Annotated[strawberry.ID, strawberry.argument(description="Weights id.")],
@@ -108,14 +100,5 @@ async def delete_weights(
 ) -> DeleteWeightsResult:
     """Remove the files and the entry."""
     principal = info.context.require_principal()
-    try:
-        detached = await info.context.services.weights.delete(principal, str(id), force=force)
-    except Missing as exc:
-        return NotFoundError(message=exc.message, id=strawberry.ID(exc.resource_id))
-    except Conflict as exc:
-        return ConflictError(message=exc.message, field=exc.field)
-    except InvalidInput as exc:
-        return ValidationError(message=exc.message, field=exc.field)
-    except Forbidden as exc:
-        return forbidden(exc)
+    detached = await info.context.services.weights.delete(principal, str(id), force=force)
     return DeletedWeights(id=id, detached_model_ids=[strawberry.ID(m) for m in detached])

@@ -10,8 +10,9 @@ import strawberry
 from schema.enums import AccessModeEnum, ModelPhaseEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.scalars import BigInt, big
+from storage import targets as stored
 from storage.documents import DownloadTarget as TargetDocument
-from storage.documents import ModelDocument, TargetKind
+from storage.documents import ModelDocument
 
 if TYPE_CHECKING:
     from schema.inference import Inference
@@ -202,7 +203,7 @@ class Model:
             ),
             phase=ModelPhaseEnum(doc.phase.value),
             message=doc.message,
-            inference_phase=doc.inference_phase,
+            inference_phase=doc.inference_phase.value if doc.inference_phase else None,
             managed=doc.managed,
             organization_id=doc.organization_id,
             created_at=doc.created_at,
@@ -219,23 +220,25 @@ def _target(target: TargetDocument | None) -> LocalTarget | PvcTarget | S3Target
 
 def target_view(target: TargetDocument) -> LocalTarget | PvcTarget | S3Target:
     """API view of a stored download target (no secret key on it)."""
-    if target.kind is TargetKind.LOCAL:
-        return LocalTarget(local_path=target.local_path or "")
-    if target.kind is TargetKind.PVC:
-        return PvcTarget(
-            claim_name=target.claim_name or "",
-            sub_path=target.sub_path,
-            storage_class=target.storage_class,
-            size_gi=target.size_gi,
-        )
-    return S3Target(
-        endpoint=target.endpoint,
-        bucket=target.bucket or "",
-        region=target.region or "us-east-1",
-        prefix=target.prefix,
-        access_key_id=target.access_key_id or "",
-        has_secret_access_key=target.has_secret_access_key,
-    )
+    match target:
+        case stored.LocalTarget():
+            return LocalTarget(local_path=target.local_path)
+        case stored.PvcTarget():
+            return PvcTarget(
+                claim_name=target.claim_name,
+                sub_path=target.sub_path,
+                storage_class=target.storage_class,
+                size_gi=target.size_gi,
+            )
+        case stored.S3Target():
+            return S3Target(
+                endpoint=target.endpoint,
+                bucket=target.bucket,
+                region=target.region_name,
+                prefix=target.prefix,
+                access_key_id=target.access_key_id,
+                has_secret_access_key=target.has_secret_access_key,
+            )
 
 
 @strawberry.type(description="One page of models and the number of all matches.")

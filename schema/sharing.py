@@ -16,10 +16,13 @@ to each subscriber through its own task, strawberry's result pipeline and one so
 message cost tens of microseconds per subscriber, so one process could not feed 1,000
 subscribers 100 events a second. The transport (``modelplane/direct.py``) therefore offers a
 :class:`DirectChannel` per operation; a resolver that can render its events synchronously asks
-for :func:`direct_delivery` and, when both a channel and this subscription's executor are
-there, gets a function that writes a shared payload straight to the subscriber's connection as
-a ``next`` message (the JSON is encoded once per event and selection; the transport batches a
-connection's frames into one write). Anything it cannot render the same way (an error, an
+for :func:`direct_sink` and, when both a channel and this subscription's executor are there,
+gets a :class:`DirectSink` to hand its broker subscription (``live.broker.Sink``): it writes
+shared payloads straight to the subscriber's connection as ``next`` messages (the JSON is
+encoded once per event and selection, :class:`SharedBatch`; the transport batches a
+connection's frames into one write). The calls run broker -> sink -> channel, each through an
+interface the lower layer declares (``Sink`` in ``live/broker.py``, :class:`DirectChannel`
+here): nothing below imports what it calls. Anything it cannot render the same way (an error, an
 awaitable) is left to the ordinary path, which stays the reference behaviour.
 """
 
@@ -33,6 +36,7 @@ from typing import Any, Protocol
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from graphql import ExecutionResult, OperationType, execute_subscription_event, print_ast
+from live.events import Event as StoredEvent
 
 
 class DirectChannel(Protocol):
@@ -57,55 +61,76 @@ def offer_direct_channel(channel: DirectChannel) -> None:
     _channel.set(channel)
 
 
-def direct_delivery() -> Callable[[Sequence[SharedPayload]], int] | None:
-    """For a subscription resolver: a function writing shared payloads straight to this
-    operation's subscriber, returning how many of the first ones it wrote; None when the
-    transport offers no channel."""
+class SharedBatch:
+    """The API views of one batch the broker offered, and their ``next`` payloads per selection.
+
+    The broker hands one batch (one list of stored events) to every subscriber whose filter it
+    matched, one after the other; the views are made once per batch
+    (``schema.events.EventViews.batch``) and each selection's encodings once per batch too, so
+    from the second subscriber on a delivery is one dictionary look-up. (Payloads also keep
+    their own encodings, :class:`SharedPayload`: a batch of another filter holding the same
+    event reuses them.)
+    """
+
+    __slots__ = ("payloads", "texts")
+
+    def __init__(self, payloads: Sequence[SharedPayload]) -> None:
+        self.payloads = payloads
+        self.texts: dict[str, list[bytes]] = {}
+        """By selection (:attr:`SharingExecutor.share_key`): the JSON of the first payloads
+        that can be shared, in order (all of them, or up to the first that cannot)."""
+
+
+class DirectSink:
+    """A subscription's fast lane (``live.broker.Sink``): writes the events the broker offers
+    straight to the subscriber's connection as ``next`` messages, rendered by this
+    subscription's executor, through the channel the transport offered."""
+
+    __slots__ = ("_batches", "_executor", "_key", "_write")
+
+    def __init__(
+        self,
+        batches: Callable[[Sequence[StoredEvent]], SharedBatch],
+        executor: SharingExecutor,
+        channel: DirectChannel,
+    ) -> None:
+        self._batches = batches
+        self._executor = executor
+        self._key = executor.share_key
+        self._write = channel.write_next
+
+    def __call__(self, events: Sequence[StoredEvent]) -> int:
+        """Write ``events`` (in cursor order); how many of the first ones were written (the
+        rest take the ordinary path: one that cannot be shared, or a backlogged connection)."""
+        batch = self._batches(events)
+        texts = batch.texts.get(self._key)
+        if texts is None:
+            texts = batch.texts[self._key] = self._encode(batch.payloads)
+        return len(texts) if texts and self._write(texts) else 0
+
+    def _encode(self, payloads: Sequence[SharedPayload]) -> list[bytes]:
+        key = self._key
+        texts: list[bytes] = []
+        for payload in payloads:
+            found = payload.__dict__.get(TEXTS_ATTRIBUTE)  # the common case, inlined
+            text = found.get(key) if found is not None else None
+            if text is None:
+                text = self._executor.encoded(payload)
+                if text is None:
+                    break  # this one takes the ordinary path, and so does what follows
+            texts.append(text)
+        return texts
+
+
+def direct_sink(batches: Callable[[Sequence[StoredEvent]], SharedBatch]) -> DirectSink | None:
+    """For a subscription resolver: the fast lane of this operation, mapping the broker's
+    batches to shared views with ``batches``; None when the transport offers no channel (or
+    the operation is not executed by a :class:`SharingExecutor`)."""
     channel = _channel.get()
     executor = _executor.get()
     if channel is None or executor is None:
         return None
-    key = executor.share_key
-    write = channel.write_next
-
-    def deliver(payloads: Sequence[SharedPayload]) -> int:
-        memo = _last_batch
-        if memo.payloads is payloads and memo.key == key:  # the subscriber before had it
-            texts = memo.texts
-        else:
-            texts = []
-            for payload in payloads:
-                found = payload.__dict__.get(TEXTS_ATTRIBUTE)  # the common case, inlined
-                text = found.get(key) if found is not None else None
-                if text is None:
-                    text = executor.encoded(payload)
-                    if text is None:
-                        break  # this one takes the ordinary path, and so does what follows
-                texts.append(text)
-            memo.payloads, memo.key, memo.texts = payloads, key, texts
-        return len(texts) if texts and write(texts) else 0
-
-    return deliver
-
-
-class _BatchTexts:
-    """The encodings of the last batch of payloads a subscriber was handed, for one selection.
-
-    The broker hands one batch (one list, see ``EventViews.views``) to every subscriber whose
-    filter it matched, one after the other, and subscribers of one dashboard share a
-    selection: the second subscriber on reuses the first one's list instead of looking each
-    payload up again. The batch is held, so its identity cannot be reused while remembered.
-    """
-
-    __slots__ = ("key", "payloads", "texts")
-
-    def __init__(self) -> None:
-        self.payloads: Sequence[SharedPayload] = ()
-        self.key = ""
-        self.texts: list[bytes] = []
-
-
-_last_batch = _BatchTexts()
+    return DirectSink(batches, executor, channel)
 
 
 class SharedPayload:

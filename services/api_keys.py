@@ -22,13 +22,13 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from live import API_KEY_REVOKED, Event, Recorder, ResourceKind
 from services import validation as v
 from services.caching import ExpiringCache
-from services.errors import Conflict, InvalidInput, Missing
+from services.errors import InvalidInput, Missing
 from services.principals import Forbidden, Principal
 from storage.documents import ApiKeyDocument, Role, new_id, utcnow
-from storage.errors import NotFound, RevisionConflict
-from storage.events import API_KEY_REVOKED, Event, Recorder, ResourceKind
+from storage.errors import NotFound
 from storage.repositories import ApiKeyRepository, Page
 
 log = logging.getLogger(__name__)
@@ -128,29 +128,23 @@ class ApiKeyService:
     async def revoke(self, principal: Principal, key_id: str) -> ApiKeyDocument:
         """Revoke a key of the caller's organisation; revoking twice changes nothing."""
         principal.require(Role.ADMIN)
-        for _ in range(3):
-            found = await self._keys.get(key_id, scope=principal.scope)
-            if found is None:
-                raise Missing(key_id, f"API key {key_id} not found")
+        wrote = False
+
+        def change(found: ApiKeyDocument) -> dict[str, object] | None:
+            nonlocal wrote
             self._cache.forget(found.key_hash)
-            if found.revoked_at is not None:
-                return found
-            try:
-                revoked = await self._keys.update(
-                    key_id,
-                    expected_revision=found.revision,
-                    changes={"revoked_at": utcnow(), "revoked_by": principal.subject},
-                    scope=principal.scope,
-                )
-            except RevisionConflict:
-                continue
-            except NotFound:
-                raise Missing(key_id, f"API key {key_id} not found") from None
-            self._cache.forget(found.key_hash)  # again: an authentication may have raced us
+            wrote = found.revoked_at is None
+            return {"revoked_at": utcnow(), "revoked_by": principal.subject} if wrote else None
+
+        try:
+            revoked = await self._keys.modify(key_id, change, scope=principal.scope)
+        except NotFound:
+            raise Missing(key_id, f"API key {key_id} not found") from None
+        if wrote:
+            self._cache.forget(revoked.key_hash)  # again: an authentication may have raced us
             log.info("API key revoked", extra={"key_id": key_id, "by": principal.subject})
             await self._recorder.api_key_revoked(revoked)  # tells the other replicas
-            return revoked
-        raise Conflict(None, f"API key {key_id} is changing too fast; try again")
+        return revoked
 
     def on_event(self, event: Event) -> None:
         """A listener of the event log: forget a key revoked through any replica."""

@@ -1,4 +1,9 @@
-"""Expected failures of use cases; resolvers turn each into a GraphQL union member."""
+"""Expected failures of use cases.
+
+``resolvers/errors.py`` is the one place that turns each (and ``Forbidden``, and the storage
+layer's ``Contended``) into a GraphQL union member or a coded error; a service raises, it
+never builds a GraphQL answer.
+"""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ from controllers.inference.engines import (
 from controllers.inference.reconciler import InferenceController
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
+from live import EventType, Recorder
 from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
@@ -51,15 +52,15 @@ from storage.documents import (
     InferencePhase,
     InferenceSpec,
     LiteLLMSpec,
+    LocalTarget,
     ModelDocument,
     PhaseEntry,
+    PvcTarget,
     Role,
-    TargetKind,
     Toleration,
     new_id,
 )
 from storage.errors import DuplicateKey, RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
 
 log = logging.getLogger(__name__)
@@ -482,13 +483,13 @@ class InferenceService:
             target = model.download_target
             if target is None:
                 continue
-            if target.kind is TargetKind.LOCAL and target.local_path:
+            if isinstance(target, LocalTarget) and target.local_path:
                 path = PurePosixPath(target.local_path)
                 if any(
                     PurePosixPath(root) in path.parents for root in self._roots
                 ):  # never a root itself
                     dirs.append(path)
-            elif target.kind is TargetKind.PVC and target.claim_name:
+            elif isinstance(target, PvcTarget):
                 claims.add(target.claim_name)
         return ManifestPolicy(
             weights_dirs=tuple(dirs),

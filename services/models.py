@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from controllers.runtimes.base import OwnedObject, Runtime
-from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.transfer import locations
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import (
@@ -28,33 +28,37 @@ from integrations.huggingface import (
     HubRepoNotFound,
     HubRevisionNotFound,
 )
+from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
+from services.targets import TargetRules, TargetSpec
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     HubFacts,
     ModelDocument,
     ModelPhase,
     ModelSource,
     Resources,
     Role,
-    TargetKind,
     new_id,
     utcnow,
 )
-from storage.errors import DuplicateKey, NotFound, RevisionConflict
-from storage.events import EventType, Recorder
+from storage.errors import DuplicateKey, NotFound
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
+from storage.targets import DownloadTarget, Place, TargetKind
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-LocationUser = tuple[str, tuple[str, str] | None, str, str | None]
+LocationUser = tuple[str, Place | None, str, str | None]
 """(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
-UPDATE_ATTEMPTS = 5
+DIRECTORY_FIELDS = {
+    TargetKind.LOCAL: "downloadTarget.local.localPath",
+    TargetKind.PVC: "downloadTarget.pvc.subPath",
+}
+"""The input field naming a target's directory, for overlap refusals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,24 +69,6 @@ class SourceSpec:
     access_mode: AccessMode
     token: str | None = None
     revision: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TargetSpec:
-    """``downloadTarget`` of ``createModel``: exactly one kind's fields are meaningful."""
-
-    kind: TargetKind
-    local_path: str | None = None
-    claim_name: str | None = None
-    sub_path: str | None = None
-    storage_class: str | None = None
-    size_gi: int | None = None
-    endpoint: str | None = None
-    bucket: str | None = None
-    region: str | None = None
-    prefix: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +116,13 @@ class ModelPolicy:
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     """Where REMOTE_API URLs and S3 endpoints may point (checked again at every connection)."""
     hub_endpoint: str = "https://huggingface.co"
+
+    @property
+    def targets(self) -> TargetRules:
+        """What download targets may be."""
+        return TargetRules(
+            runtime_kind=self.runtime_kind, local_roots=self.local_roots, outbound=self.outbound
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,46 +242,24 @@ class ModelService:
     async def update(
         self, principal: Principal, model_id: str, spec: UpdateModelSpec
     ) -> ModelDocument:
-        """Change catalogue fields; retried on concurrent writes (compare-and-set)."""
+        """Change catalogue fields (compare-and-set, re-decided on a concurrent write)."""
         principal.require(Role.EDITOR)
-        changes: dict[str, object] = {}
-        if spec.display_name is not None:
-            changes["display_name"] = v.require_text(
-                "displayName", spec.display_name, limit=v.MAX_DISPLAY_NAME
-            )
-        if spec.description is not None:
-            changes["description"] = v.check_text(
-                "description", spec.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
-            )
-        if spec.icon is not None:
-            changes["icon"] = _check_icon(spec.icon)
-        if spec.label is not None:
-            changes["label"] = v.check_text("label", spec.label, limit=v.MAX_LABEL)
-        if spec.tags is not None:
-            changes["tags"] = v.check_tags("tags", spec.tags)
-        if spec.resources is not None:
-            changes["resources"] = _resources(spec.resources).model_dump()
-        for _ in range(UPDATE_ATTEMPTS):
-            current = await self.get(principal, model_id)
-            if current is None or current.is_deleted:
+        changes = _catalogue_changes(spec)
+
+        def change(current: ModelDocument) -> dict[str, object]:
+            if current.is_deleted:
                 raise Missing(model_id, f"model {model_id} not found")
-            if not changes:
-                return current
-            try:
-                updated = await self._models.update(
-                    model_id,
-                    expected_revision=current.revision,
-                    changes=changes,
-                    scope=principal.scope,
-                    event=EventType.UPDATED,
-                )
-            except RevisionConflict:
-                continue
-            except NotFound:
-                raise Missing(model_id, f"model {model_id} not found") from None
+            return changes
+
+        try:
+            updated = await self._models.modify(
+                model_id, change, scope=principal.scope, event=EventType.UPDATED
+            )
+        except NotFound:
+            raise Missing(model_id, f"model {model_id} not found") from None
+        if changes:  # an empty update writes nothing and owes no event
             await self._record.model(updated, EventType.UPDATED)
-            return updated
-        raise Conflict(None, f"model {model_id} is changing too often; try again")
+        return updated
 
     async def delete(self, principal: Principal, model_id: str) -> DeleteOutcome:
         """Soft delete; remove credentials and every owned object. Idempotent."""
@@ -297,24 +268,16 @@ class ModelService:
         if model is None:
             raise Missing(model_id, f"model {model_id} not found")
         already = model.is_deleted
-        while not model.is_deleted:
-            try:
-                model = await self._models.update(
-                    model.id,
-                    expected_revision=model.revision,
-                    changes={
-                        "is_deleted": True,
-                        "deletion_time": utcnow(),
-                        "name_key": f"{model.name}#{model.id}",
-                    },
-                    scope=principal.scope,
-                    event=EventType.DELETED,
-                )
-            except RevisionConflict:
-                reread = await self._models.get(model_id, scope=principal.scope)
-                if reread is None:
-                    raise Missing(model_id, f"model {model_id} not found") from None
-                model = reread
+        try:
+            model = await self._models.modify(
+                model.id,
+                _soft_delete,
+                scope=principal.scope,
+                event=EventType.DELETED,
+                current=model,
+            )
+        except NotFound:
+            raise Missing(model_id, f"model {model_id} not found") from None
         removed = await self._runtime.delete_owned(model.id)
         already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
@@ -330,40 +293,17 @@ class ModelService:
         secret key. A second write after the soft delete (whose DELETED event is recorded
         already), with no event of its own: the model is gone for subscribers. A failure
         before this point leaves the ref, so deleting again retries the secret."""
-        for _ in range(UPDATE_ATTEMPTS):
-            target = model.download_target
-            if not (
-                model.secret_ref
-                or model.source.has_token
-                or (target is not None and target.has_secret_access_key)
-            ):
-                return model
-            changes: dict[str, object] = {
-                "secret_ref": None,
-                "source": model.source.model_copy(update={"has_token": False}).model_dump(),
-            }
-            if target is not None:
-                changes["download_target"] = target.model_copy(
-                    update={"has_secret_access_key": False}
-                ).model_dump()
-            try:
-                return await self._models.update(
-                    model.id,
-                    expected_revision=model.revision,
-                    changes=changes,
-                    scope=principal.scope,
-                )
-            except RevisionConflict:
-                reread = await self._models.get(model.id, scope=principal.scope)
-                if reread is None:
-                    raise Missing(model.id, f"model {model.id} not found") from None
-                model = reread
-        raise Conflict(None, f"model {model.id} is changing too often; try again")
+        try:
+            return await self._models.modify(
+                model.id, _without_credentials, scope=principal.scope, current=model
+            )
+        except NotFound:
+            raise Missing(model.id, f"model {model.id} not found") from None
 
     # -- helpers -------------------------------------------------------------------------
 
     async def _build(self, principal: Principal, spec: CreateModelSpec) -> ModelDocument:
-        source = spec.source
+        """The new model's document from a checked request (nothing written yet)."""
         display_name = v.check_text("displayName", spec.display_name, limit=v.MAX_DISPLAY_NAME)
         description = v.check_text(
             "description", spec.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
@@ -372,82 +312,74 @@ class ModelService:
         label = v.check_text("label", spec.label, limit=v.MAX_LABEL)
         tags = v.check_tags("tags", spec.tags)
         resources = _resources(spec.resources) if spec.resources else Resources()
-        token = v.check_secret_value("source.token", source.token, required=False)
+        token = v.check_secret_value("source.token", spec.source.token, required=False)
         name = v.check_name("name", spec.name.strip()) if spec.name else None
-        model_id = new_id("model")
-        common = {
-            "id": model_id,
-            "organization_id": principal.organization_id,
-            "resources": resources,
-            "created_by": principal.subject,
-        }
-        if source.access_mode is AccessMode.REMOTE_API:
-            if display_name is None:
-                raise InvalidInput("displayName", "displayName is required for REMOTE_API models")
-            if spec.download_target is not None:
-                raise InvalidInput(
-                    "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
-                )
-            url = v.check_remote_url("source.url", source.url, outbound=self._policy.outbound)
-            await v.check_resolved("source.url", url, outbound=self._policy.outbound)
-            final_name = name or v.derive_name(display_name)
-            return ModelDocument(
-                **common,
-                name=final_name,
-                name_key=final_name,
-                display_name=display_name,
-                description=description,
-                icon=icon,
-                label=label,
-                tags=tags,
-                source=ModelSource(
-                    url=url, access_mode=AccessMode.REMOTE_API, has_token=token is not None
-                ),
-                phase=ModelPhase.READY,
-            )
-        repo_id = v.normalize_repo_id(
-            "source.url", source.url, hub_endpoint=self._policy.hub_endpoint
+        model = ModelDocument(
+            id=new_id("model"),
+            organization_id=principal.organization_id,
+            name="",
+            name_key="",
+            display_name=display_name or "",
+            description=description,
+            icon=icon,
+            label=label,
+            tags=tags,
+            resources=resources,
+            source=ModelSource(
+                url="", access_mode=spec.source.access_mode, has_token=token is not None
+            ),
+            created_by=principal.subject,
         )
-        revision = v.check_revision("source.revision", source.revision)
+        if spec.source.access_mode is AccessMode.REMOTE_API:
+            await self._remote(model, spec)
+        else:
+            await self._local(principal, model, spec, token)
+        model.name = model.name_key = name or v.derive_name(
+            model.display_name if model.download_target is None else model.source.url
+        )
+        return model
+
+    async def _remote(self, model: ModelDocument, spec: CreateModelSpec) -> None:
+        """A REMOTE_API model: a display name and an allowed URL; nothing to download."""
+        if not model.display_name:
+            raise InvalidInput("displayName", "displayName is required for REMOTE_API models")
+        if spec.download_target is not None:
+            raise InvalidInput(
+                "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
+            )
+        outbound = self._policy.outbound
+        url = v.check_remote_url("source.url", spec.source.url, outbound=outbound)
+        await v.check_resolved("source.url", url, outbound=outbound)
+        model.source.url = url
+        model.phase = ModelPhase.READY
+
+    async def _local(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        spec: CreateModelSpec,
+        token: str | None,
+    ) -> None:
+        """A LOCAL model: the hub's facts, a free target, catalogue fields from the hub."""
+        repo_id = v.normalize_repo_id(
+            "source.url", spec.source.url, hub_endpoint=self._policy.hub_endpoint
+        )
+        revision = v.check_revision("source.revision", spec.source.revision)
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
-        target = self._target(spec.download_target, principal.organization_id)
-        if target.endpoint is not None:
-            await v.check_resolved(
-                "downloadTarget.s3.endpoint", target.endpoint, outbound=self._policy.outbound
-            )
+        target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
         await self._check_location_free(principal, target, repo_id, hub.sha)
-        final_name = name or v.derive_name(repo_id)
-        return ModelDocument(
-            **common,
-            name=final_name,
-            name_key=final_name,
-            display_name=display_name or repo_id.split("/", 1)[1],
-            description=description or hub.summary,
-            icon=icon or hub.avatar_url,
-            label=label or hub.author,
-            tags=tags or _hub_tags(hub),
-            source=ModelSource(
-                url=repo_id,
-                access_mode=AccessMode.LOCAL,
-                revision=revision,
-                has_token=token is not None,
-            ),
-            download_target=target,
-            hub=HubFacts(
-                commit_sha=hub.sha,
-                parameters=hub.parameters,
-                weight_bytes=hub.total_bytes,
-                architecture=hub.architectures[0] if hub.architectures else None,
-                license=hub.license,
-                gated=hub.gated,
-                pipeline_tag=hub.pipeline_tag,
-                library_name=hub.library_name,
-            ),
-            phase=ModelPhase.PENDING,
-            message="waiting for the download to start",
-        )
+        model.display_name = model.display_name or repo_id.split("/", 1)[1]
+        model.description = model.description or hub.summary
+        model.icon = model.icon or hub.avatar_url
+        model.label = model.label or hub.author
+        model.tags = model.tags or _hub_tags(hub)
+        model.source.url, model.source.revision = repo_id, revision
+        model.download_target = target
+        model.hub = _hub_facts(hub)
+        model.phase = ModelPhase.PENDING
+        model.message = "waiting for the download to start"
 
     async def _describe(
         self, repo_id: str, revision: str | None, token: str | None, *, field_prefix: str
@@ -465,53 +397,6 @@ class ModelService:
         except HubError as exc:
             raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
 
-    def _target(self, spec: TargetSpec, organization_id: str) -> DownloadTarget:
-        prefix = "downloadTarget"
-        if spec.kind is TargetKind.LOCAL:
-            path = v.check_weights_directory(
-                f"{prefix}.local.localPath",
-                spec.local_path or "",
-                roots=self._policy.local_roots,
-                organization_id=organization_id,
-            )
-            return DownloadTarget(kind=TargetKind.LOCAL, local_path=path)
-        if spec.kind is TargetKind.PVC:
-            if self._policy.runtime_kind != "kubernetes":
-                raise InvalidInput(f"{prefix}.pvc", "PVC targets need the kubernetes runtime")
-            claim = v.require_text(f"{prefix}.pvc.claimName", spec.claim_name, limit=253)
-            if not v.DNS_SUBDOMAIN.match(claim):
-                raise InvalidInput(
-                    f"{prefix}.pvc.claimName", f"{claim!r} is not a valid claim name"
-                )
-            storage_class = v.check_text(
-                f"{prefix}.pvc.storageClass", spec.storage_class, limit=253
-            )
-            if storage_class is not None and not v.DNS_SUBDOMAIN.match(storage_class):
-                raise InvalidInput(f"{prefix}.pvc.storageClass", "not a valid storage class name")
-            if spec.size_gi is not None and not 1 <= spec.size_gi <= 65536:
-                raise InvalidInput(f"{prefix}.pvc.sizeGi", "sizeGi must be between 1 and 65536")
-            return DownloadTarget(
-                kind=TargetKind.PVC,
-                claim_name=claim,
-                sub_path=v.check_relative_path(f"{prefix}.pvc.subPath", spec.sub_path),
-                storage_class=storage_class,
-                size_gi=spec.size_gi,
-            )
-        return DownloadTarget(
-            kind=TargetKind.S3,
-            endpoint=v.check_endpoint(
-                f"{prefix}.s3.endpoint", spec.endpoint, outbound=self._policy.outbound
-            ),
-            bucket=v.check_bucket(f"{prefix}.s3.bucket", spec.bucket),
-            region=v.check_region(f"{prefix}.s3.region", spec.region),
-            prefix=v.check_relative_path(f"{prefix}.s3.prefix", spec.prefix),
-            access_key_id=v.require_text(f"{prefix}.s3.accessKeyId", spec.access_key_id, limit=128),
-            has_secret_access_key=v.check_secret_value(
-                f"{prefix}.s3.secretAccessKey", spec.secret_access_key, required=True
-            )
-            is not None,
-        )
-
     async def _check_location_free(
         self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
     ) -> None:
@@ -519,24 +404,20 @@ class ModelService:
         download's directory on the same volume, unless it is the same repo at the same commit
         (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
         one organisation only (its sub-paths are checked like LOCAL directories)."""
-        place = _place(target)
+        place = target.place()
         if place is None or self._weights is None:
             return
         for organization, other, repo, commit in await self._location_users(principal, target):
             if organization != principal.organization_id:
                 raise InvalidInput(
                     "downloadTarget.pvc.claimName",
-                    f"claim {target.claim_name!r} holds another organisation's weights",
+                    f"{target.location('', '')} holds another organisation's weights",
                 )
             if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
                 continue
             if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
                 continue  # the same weights: reused, not downloaded twice
-            field = (
-                "downloadTarget.local.localPath"
-                if target.kind is TargetKind.LOCAL
-                else "downloadTarget.pvc.subPath"
-            )
+            field = DIRECTORY_FIELDS[target.kind]
             raise InvalidInput(
                 field,
                 f"{field} {place[1]} overlaps the directory of other weights ({other[1]}); "
@@ -550,12 +431,8 @@ class ModelService:
         create weights, that may share the target's volume: the caller's LOCAL ones, or every
         organisation's on the same PVC claim."""
         assert self._weights is not None  # noqa: S101  checked by the caller
-        if target.kind is TargetKind.PVC:
-            scope: dict[str, str] = {}
-            volume = {"kind": TargetKind.PVC.value, "claim_name": target.claim_name or ""}
-        else:
-            scope = dict(principal.scope)
-            volume = {"kind": TargetKind.LOCAL.value}
+        scope: dict[str, str] = {} if target.shared_volume else dict(principal.scope)
+        volume = target.volume_filter()
         weights = await self._weights.find(
             where={**scope, **{f"target.{k}": v for k, v in volume.items()}}, limit=10_000
         )
@@ -565,17 +442,17 @@ class ModelService:
                 **{f"download_target.{k}": v for k, v in volume.items()},
                 "is_deleted": False,
                 "weights_id": None,
-                "phase": {"$in": [ModelPhase.PENDING.value, ModelPhase.PULLING.value]},
+                "phase": {"$in": [ModelPhase.PENDING, ModelPhase.PULLING]},
             },
             limit=10_000,
         )
         found: list[LocationUser] = [
-            (w.organization_id, _place(w.target), w.repo_id, w.commit_sha) for w in weights.items
+            (w.organization_id, w.target.place(), w.repo_id, w.commit_sha) for w in weights.items
         ]
         found += [
             (
                 m.organization_id,
-                _place(m.download_target) if m.download_target else None,
+                m.download_target.place() if m.download_target else None,
                 m.source.url,
                 m.hub.commit_sha if m.hub else None,
             )
@@ -590,23 +467,71 @@ class ModelService:
             await self._secrets.delete(ref)
 
 
-def _place(target: DownloadTarget) -> tuple[str, str] | None:
-    """(volume, directory) of a LOCAL or PVC target, for overlap checks; None for S3."""
-    if target.kind is TargetKind.LOCAL:
-        return "local", target.local_path or ""
-    if target.kind is TargetKind.PVC:
-        return f"pvc:{target.claim_name}", "/" + (target.sub_path or "")
-    return None
-
-
 def _secret_values(spec: CreateModelSpec) -> dict[str, str]:
     values: dict[str, str] = {}
     if spec.source.token:
         values[HF_TOKEN_KEY] = spec.source.token.strip()
-    target = spec.download_target
-    if target is not None and target.kind is TargetKind.S3 and target.secret_access_key:
-        values[S3_SECRET_KEY] = target.secret_access_key.strip()
+    if spec.download_target is not None:
+        values.update(spec.download_target.secret_values())
     return values
+
+
+def _catalogue_changes(spec: UpdateModelSpec) -> dict[str, object]:
+    """The checked fields ``updateModel`` sets."""
+    changes: dict[str, object] = {}
+    if spec.display_name is not None:
+        changes["display_name"] = v.require_text(
+            "displayName", spec.display_name, limit=v.MAX_DISPLAY_NAME
+        )
+    if spec.description is not None:
+        changes["description"] = v.check_text(
+            "description", spec.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
+        )
+    if spec.icon is not None:
+        changes["icon"] = _check_icon(spec.icon)
+    if spec.label is not None:
+        changes["label"] = v.check_text("label", spec.label, limit=v.MAX_LABEL)
+    if spec.tags is not None:
+        changes["tags"] = v.check_tags("tags", spec.tags)
+    if spec.resources is not None:
+        changes["resources"] = _resources(spec.resources).model_dump()
+    return changes
+
+
+def _soft_delete(model: ModelDocument) -> dict[str, object] | None:
+    """Mark deleted and free the name; nothing when deleted already."""
+    if model.is_deleted:
+        return None
+    return {"is_deleted": True, "deletion_time": utcnow(), "name_key": f"{model.name}#{model.id}"}
+
+
+def _without_credentials(model: ModelDocument) -> dict[str, object] | None:
+    """Forget the secret reference and say no token or key is stored; nothing when so."""
+    target = model.download_target
+    if not (
+        model.secret_ref or model.source.has_token or (target is not None and target.has_secret)
+    ):
+        return None
+    changes: dict[str, object] = {
+        "secret_ref": None,
+        "source": model.source.model_copy(update={"has_token": False}).model_dump(),
+    }
+    if target is not None:
+        changes["download_target"] = target.without_secret().model_dump()
+    return changes
+
+
+def _hub_facts(hub: HubModel) -> HubFacts:
+    return HubFacts(
+        commit_sha=hub.sha,
+        parameters=hub.parameters,
+        weight_bytes=hub.total_bytes,
+        architecture=hub.architectures[0] if hub.architectures else None,
+        license=hub.license,
+        gated=hub.gated,
+        pipeline_tag=hub.pipeline_tag,
+        library_name=hub.library_name,
+    )
 
 
 def _resources(spec: ResourcesSpec) -> Resources:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from live import Event, EventType, Recorder, ResourceKind
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (
@@ -37,6 +38,7 @@ from storage.documents import (
     InferencePhase,
     ModelDocument,
     ModelPhase,
+    PvcTarget,
     Role,
     TargetKind,
     WeightsDeletion,
@@ -45,7 +47,6 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import NotFound
-from storage.events import Event, EventType, Recorder, ResourceKind
 from storage.repositories import (
     InferenceRepository,
     ModelRepository,
@@ -84,7 +85,7 @@ def _claims_usage(ready: list[WeightsDocument]) -> list[RootUsage]:
     """One entry per PVC holding READY weights: the newest measurement and their bytes."""
     claims: dict[str, RootUsage] = {}
     for weights in ready:
-        if weights.target.kind is not TargetKind.PVC or weights.volume is None:
+        if not isinstance(weights.target, PvcTarget) or weights.volume is None:
             continue
         root = f"pvc://{weights.target.claim_name}"
         size = sum(f.size for f in weights.files)

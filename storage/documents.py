@@ -6,7 +6,7 @@ and is bumped by every compare-and-set update. Timestamps are timezone-aware UTC
 ``pending_events`` is the write-ahead half of the event log: a write that owes the log an event
 names it here, in the same single-document write (``"<revision>:<TYPE>:<ms>"``, see
 :func:`pending_marker`), and the recorder removes the mark once the event is stored. A crash in
-between leaves the mark for the start-up and periodic recovery (``storage/recovering.py``).
+between leaves the mark for the start-up and periodic recovery (``live/recovering.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from enum import StrEnum
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from storage.targets import DownloadTarget as DownloadTarget  # noqa: PLC0414  re-exported
+from storage.targets import LocalTarget as LocalTarget  # noqa: PLC0414  re-exported
+from storage.targets import PvcTarget as PvcTarget  # noqa: PLC0414  re-exported
+from storage.targets import S3Target as S3Target  # noqa: PLC0414  re-exported
+from storage.targets import TargetKind as TargetKind  # noqa: PLC0414  re-exported
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -113,12 +119,27 @@ class ModelPhase(StrEnum):
     FAILED = "FAILED"
 
 
-class TargetKind(StrEnum):
-    """Where downloaded weights are written."""
+class InferencePhase(StrEnum):
+    """Where an inference service stands.
 
-    LOCAL = "LOCAL"
-    PVC = "PVC"
-    S3 = "S3"
+    ::
+
+        (start) --> PENDING --> CREATING --> RUNNING <--> CRASH_LOOP_BACK_OFF
+                       |           |            |              |
+                       +-----------+------------+--------------+--> FAILED
+        (stop)  --> any phase --> STOPPED --(start)--> PENDING
+
+    PENDING: accepted, or waiting for something outside our control (no GPU free, image pull).
+    CREATING: objects written / process launched, not ready yet. FAILED: will not come up
+    without a change (bad image, missing secret, program not found).
+    """
+
+    PENDING = "PENDING"
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    CRASH_LOOP_BACK_OFF = "CRASH_LOOP_BACK_OFF"
 
 
 class ModelSource(BaseModel):
@@ -129,23 +150,6 @@ class ModelSource(BaseModel):
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
-
-
-class DownloadTarget(BaseModel):
-    """A LOCAL path, a PVC, or an S3 prefix; the S3 secret key lives in the secret store."""
-
-    kind: TargetKind
-    local_path: str | None = None
-    claim_name: str | None = None
-    sub_path: str | None = None
-    storage_class: str | None = None
-    size_gi: int | None = None
-    endpoint: str | None = None
-    bucket: str | None = None
-    region: str | None = None
-    prefix: str | None = None
-    access_key_id: str | None = None
-    has_secret_access_key: bool = False
 
 
 class Resources(BaseModel):
@@ -190,7 +194,9 @@ class ModelDocument(Document):
     weights_id: str | None = None
     phase: ModelPhase = ModelPhase.PENDING
     message: str | None = None
-    inference_phase: str | None = None
+    inference_phase: InferencePhase | None = None
+    """A copy of the phase of the model's inference, kept by the inference controller (it
+    lags the inference's own write: decide from the inference document, list with this)."""
     managed: bool = True
     is_deleted: bool = False
     deletion_time: datetime | None = None
@@ -337,29 +343,6 @@ class InferenceEngine(StrEnum):
     OLLAMA = "OLLAMA"
     LITELLM_PROXY = "LITELLM_PROXY"
     CUSTOM = "CUSTOM"
-
-
-class InferencePhase(StrEnum):
-    """Where an inference service stands.
-
-    ::
-
-        (start) --> PENDING --> CREATING --> RUNNING <--> CRASH_LOOP_BACK_OFF
-                       |           |            |              |
-                       +-----------+------------+--------------+--> FAILED
-        (stop)  --> any phase --> STOPPED --(start)--> PENDING
-
-    PENDING: accepted, or waiting for something outside our control (no GPU free, image pull).
-    CREATING: objects written / process launched, not ready yet. FAILED: will not come up
-    without a change (bad image, missing secret, program not found).
-    """
-
-    PENDING = "PENDING"
-    CREATING = "CREATING"
-    RUNNING = "RUNNING"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-    CRASH_LOOP_BACK_OFF = "CRASH_LOOP_BACK_OFF"
 
 
 class EnvVarSpec(BaseModel):

@@ -18,12 +18,11 @@ from integrations.huggingface import HubClient
 from storage.client import Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     HubFacts,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
-    TargetKind,
     WeightsState,
 )
 from storage.repositories import (
@@ -149,7 +148,7 @@ async def _new_model(
             name_key=model_id,
             source=ModelSource(url=repo, access_mode=AccessMode.LOCAL),
             hub=HubFacts(commit_sha=hub.hub.repos[repo].sha),
-            download_target=DownloadTarget(kind=TargetKind.LOCAL, local_path=str(tmp_path / "w")),
+            download_target=LocalTarget(local_path=str(tmp_path / "w")),
         )
     )
 

@@ -30,12 +30,12 @@ from controllers.runtimes.kubernetes.job_specs import (
 from storage.client import Client
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
+    PvcTarget,
     Role,
-    TargetKind,
+    S3Target,
     WeightsDocument,
 )
 from testbed import kubelet, servers
@@ -181,7 +181,7 @@ def _pvc_weights(size_gi: int | None) -> WeightsDocument:
         organization_id="org-a",
         repo_id="org/x",
         commit_sha="c" * 40,
-        target=DownloadTarget(kind=TargetKind.PVC, claim_name="data", size_gi=size_gi),
+        target=PvcTarget(claim_name="data", size_gi=size_gi),
         location="pvc://data/models/x",
     )
 
@@ -228,8 +228,7 @@ def test_rendered_job_holds_references_never_values() -> None:
         organization_id="org",
         repo_id="org/x",
         commit_sha="c" * 40,
-        target=DownloadTarget(
-            kind=TargetKind.S3,
+        target=S3Target(
             endpoint="http://s3",
             bucket="b",
             access_key_id="AK",

@@ -29,19 +29,19 @@ from integrations.huggingface import (
     HubRepoNotFound,
     HubRevisionNotFound,
 )
+from live import Event, EventType, ResourceKind
 from services.weights import RemovalVerdict, removal_verdict
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
-    TargetKind,
+    PvcTarget,
     WeightsDeletion,
     WeightsDocument,
     WeightsState,
 )
-from storage.events import Event, EventType, ResourceKind
 
 
 def model_doc(**overrides: Any) -> ModelDocument:
@@ -52,7 +52,7 @@ def model_doc(**overrides: Any) -> ModelDocument:
         "name_key": "a",
         "display_name": "A",
         "source": ModelSource(url="org/a", access_mode=AccessMode.LOCAL),
-        "download_target": DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+        "download_target": LocalTarget(local_path="/models/a"),
         "phase": ModelPhase.PENDING,
     }
     values.update(overrides)
@@ -69,7 +69,7 @@ def _weights(
         organization_id="org",
         repo_id="org/a",
         commit_sha="c" * 40,
-        target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+        target=LocalTarget(local_path="/models/a"),
         location="/models/a",
         state=state,
     )
@@ -109,7 +109,7 @@ ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceed
         ),
         (model_doc(download_target=None), None, IDLE, Action.NOTHING),
         (
-            model_doc(download_target=DownloadTarget(kind=TargetKind.PVC, claim_name="c")),
+            model_doc(download_target=PvcTarget(claim_name="c")),
             None,
             IDLE,
             Action.CREATE_WEIGHTS,

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from storage.client import Client
-from storage.documents import DownloadTarget as Target
-from storage.documents import TargetKind, WeightsDocument, WeightsState
+from storage.documents import LocalTarget, WeightsDocument, WeightsState
 from storage.repositories import LedgerRepository, WeightsRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import HubRepo, llama_repo
@@ -107,7 +106,7 @@ async def test_kill_nine_five_times_then_ready(
             organization_id="org-a",
             repo_id=REPO,
             commit_sha=repo.sha,
-            target=Target(kind=TargetKind.LOCAL, local_path=str(location)),
+            target=LocalTarget(local_path=str(location)),
             location=str(location),
             files=files_of(repo),
         )
@@ -233,7 +232,7 @@ async def test_kill_nine_resumes_inside_files_smaller_than_a_chunk(
             organization_id="org-a",
             repo_id=SMALL_REPO,
             commit_sha=repo.sha,
-            target=Target(kind=TargetKind.LOCAL, local_path=str(location)),
+            target=LocalTarget(local_path=str(location)),
             location=str(location),
             files=files_of(repo),
         )

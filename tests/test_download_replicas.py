@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from storage.client import Client
-from storage.documents import DownloadTarget, TargetKind, WeightsDocument, WeightsState
+from storage.documents import LocalTarget, WeightsDocument, WeightsState
 from storage.repositories import WeightsRepository
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
@@ -111,7 +111,7 @@ async def test_delete_weights_says_so_when_no_controller_answers(
             organization_id="org-a",
             repo_id="tiny-org/tiny-model",
             commit_sha="c" * 40,
-            target=DownloadTarget(kind=TargetKind.LOCAL, local_path=str(location)),
+            target=LocalTarget(local_path=str(location)),
             location=str(location),
             state=WeightsState.READY,
         )

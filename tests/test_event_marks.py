@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 
+from live import EventLog, EventType, Recorder
 from storage.client import Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
+    LocalTarget,
     ModelDocument,
     ModelSource,
-    TargetKind,
     WeightsDocument,
     WeightsState,
 )
-from storage.events import EventLog, EventType, Recorder
 from storage.repositories import ModelRepository, WeightsRepository
 
 ROUNDS = 60
@@ -80,7 +79,7 @@ async def test_progress_keeps_a_concurrent_cancel(database: Database) -> None:
             organization_id="org-1",
             repo_id="org/m",
             commit_sha="0" * 40,
-            target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/weights/w"),
+            target=LocalTarget(local_path="/weights/w"),
             location="/weights/w",
             state=WeightsState.PULLING,
         )

@@ -12,23 +12,21 @@ import pytest
 from bson.int64 import Int64
 from pymongo import CursorType
 
-from services.broadcasting import Broker, EventFilter, Item, Marker, MarkerKind, Subscription
-from storage import events as events_module
-from storage.client import Database, make_client
-from storage.documents import utcnow
-from storage.events import (
-    READ_AHEAD,
+from live import ferretdb as ferretdb_module
+from live.broker import Broker, EventFilter, Item, Marker, MarkerKind, Subscription
+from live.events import (
     Event,
-    EventLog,
     EventLogNotCapped,
     EventType,
     InvalidCursor,
     ResourceKind,
-    TailStrategy,
     format_cursor,
     parse_cursor,
-    read_ahead,
 )
+from live.ferretdb import READ_AHEAD, read_ahead
+from live.log import EventLog, TailStrategy
+from storage.client import Database, make_client
+from storage.documents import utcnow
 
 ORG_A = "org-a"
 ORG_B = "org-b"
@@ -186,7 +184,7 @@ async def test_ferretdb_tailable_cursor_does_not_wait(log: EventLog, database: D
 async def test_ensure_on_ferretdb_polls_from_the_start_and_says_so(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="storage.events")
+    caplog.set_level(logging.INFO, logger="live.log")
     log = EventLog(database, poll_interval=POLL)
     before = log.strategy
     await log.ensure()
@@ -210,7 +208,7 @@ async def test_tail_falls_back_to_polling_and_says_so_once(
     log: EventLog, database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A server that ends tailable cursors at once, not known by name: the tail finds out."""
-    caplog.set_level(logging.INFO, logger="storage.events")
+    caplog.set_level(logging.INFO, logger="live.log")
     log = EventLog(database, poll_interval=POLL)  # not ensure()d: it tries a tailable cursor
     await append(log)
     seen: list[int] = []
@@ -613,7 +611,7 @@ async def test_a_hole_in_the_ring_is_waited_for_then_read_from_the_log(
     first), or a writer died between its insert and its ring write. The tail waits for the slot
     (read at a following poll, no log scan); only after GAP_PATIENCE does it read the log, in
     order, nothing lost."""
-    monkeypatch.setattr(events_module, "GAP_PATIENCE", 0.3)
+    monkeypatch.setattr(ferretdb_module, "GAP_PATIENCE", 0.3)
     writer = EventLog(database, poll_interval=POLL)
     reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
     log_reads = _counting_log_reads(reader, monkeypatch)

@@ -54,12 +54,12 @@ from controllers.runtimes.secrets import KubernetesSecretStore
 from storage.documents import (
     AccessMode,
     AutoscalingSpec,
-    DownloadTarget,
     InferenceDocument,
     InferenceSpec,
+    LocalTarget,
     ModelDocument,
     ModelSource,
-    TargetKind,
+    PvcTarget,
     WeightsDocument,
 )
 from testbed.servers import REPO_ROOT, KubeCluster
@@ -1016,7 +1016,7 @@ async def test_the_service_code_runs_under_the_chart_rbac(
             organization_id="org",
             repo_id="org/rbac",
             commit_sha="c" * 40,
-            target=DownloadTarget(kind=TargetKind.PVC, claim_name="weights-rbac", size_gi=1),
+            target=PvcTarget(claim_name="weights-rbac", size_gi=1),
             location="pvc://weights-rbac",
             attempt=1,
         )
@@ -1086,7 +1086,7 @@ async def test_the_inference_executor_runs_under_the_chart_rbac(
         name_key="rbac",
         display_name="RBAC",
         source=ModelSource(url="org/rbac", access_mode=AccessMode.LOCAL),
-        download_target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/data/models/rbac"),
+        download_target=LocalTarget(local_path="/data/models/rbac"),
     )
     plan = WorkloadPlan(
         engine=plan_engine(spec, model, None, local=False, images=EngineImages(), secret_name=None),

@@ -26,12 +26,11 @@ from modelplane.settings import Settings
 from storage.client import Client
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
     Role,
-    TargetKind,
     WeightsDocument,
     WeightsState,
     new_id,
@@ -81,7 +80,7 @@ async def ready_model(app: RunningApp, name: str | None = None) -> ModelDocument
     database = app.resources.database
     model_id = new_id("model")
     name = name or f"m-{uuid.uuid4().hex[:6]}"
-    target = DownloadTarget(kind=TargetKind.LOCAL, local_path=f"/data/models/{name}")
+    target = LocalTarget(local_path=f"/data/models/{name}")
     weights = WeightsDocument(
         id=new_id("weights"),
         organization_id=ORG,

@@ -21,9 +21,11 @@ from storage.documents import (
     InferencePhase,
     InferenceSpec,
     LiteLLMSpec,
+    LocalTarget,
     ModelDocument,
     ModelSource,
-    TargetKind,
+    PvcTarget,
+    S3Target,
     WeightsDocument,
 )
 
@@ -44,9 +46,7 @@ def model(
             access_mode=AccessMode.REMOTE_API if remote else AccessMode.LOCAL,
             has_token=has_token,
         ),
-        download_target=None
-        if remote
-        else target or DownloadTarget(kind=TargetKind.LOCAL, local_path="/data/models/qwen"),
+        download_target=None if remote else target or LocalTarget(local_path="/data/models/qwen"),
         secret_ref="model-abc12-credentials" if has_token else None,
     )
 
@@ -133,16 +133,14 @@ def test_user_vllm_command_must_carry_the_served_name(command: list[str], accept
 
 
 def test_pvc_and_s3_weights_are_placed_where_the_engine_reads_them() -> None:
-    pvc = DownloadTarget(kind=TargetKind.PVC, claim_name="models", sub_path="hf/qwen")
+    pvc = PvcTarget(claim_name="models", sub_path="hf/qwen")
     plan = plan_engine(
         InferenceSpec(), model(target=pvc), None, local=False, images=IMAGES, secret_name=None
     )
     assert plan.weights is not None
     assert plan.weights.claim_name == "models"
     assert plan.argv[2] == "/weights/hf/qwen"
-    s3 = DownloadTarget(
-        kind=TargetKind.S3, bucket="b", endpoint="http://minio:9000", access_key_id="AK"
-    )
+    s3 = S3Target(bucket="b", endpoint="http://minio:9000", access_key_id="AK")
     plan = plan_engine(
         InferenceSpec(),
         model(target=s3),

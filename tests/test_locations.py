@@ -15,7 +15,7 @@ from controllers.transfer import locations
 from controllers.transfer.downloader import CleanupRefused, LocalSink, PreflightError
 from services.errors import InvalidInput
 from services.validation import check_weights_directory
-from storage.documents import DownloadTarget, TargetKind, WeightsDocument, WeightsFile
+from storage.documents import LocalTarget, WeightsDocument, WeightsFile
 
 FILES = ("config.json", "model.safetensors", "onnx/model.onnx", "onnx/deep/x.bin")
 
@@ -94,7 +94,7 @@ def _weights(directory: Path, weights_id: str = "weights-1") -> WeightsDocument:
         organization_id="org-a",
         repo_id="o/r",
         commit_sha="c" * 40,
-        target=DownloadTarget(kind=TargetKind.LOCAL, local_path=str(directory)),
+        target=LocalTarget(local_path=str(directory)),
         location=str(directory),
         files=[WeightsFile(path=p, size=1) for p in FILES],
     )

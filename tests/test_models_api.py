@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -286,6 +287,84 @@ async def test_listing_pages_and_filters(running_app: RunningApp) -> None:
     assert await names(search="deepseek.com") == ["r0", "r1", "r2", "r3", "r4"]
     assert await names(search=".*") == []  # regex characters are literal
     assert await names(managed=False) == []
+
+
+async def test_the_inference_phase_filter_takes_a_phase_and_refuses_other_text(
+    running_app: RunningApp,
+) -> None:
+    """``inferencePhase`` is text in the schema and an :class:`InferencePhase` below it: a
+    phase lists the models whose inference is in it, anything else is a clear refusal
+    (it used to match nothing)."""
+    serving = await create(running_app, remote(name="serving"))
+    await create(running_app, remote(name="idle"))
+    await running_app.resources.database["models"].update_one(
+        {"_id": serving["id"]}, {"$set": {"inference_phase": "RUNNING"}}
+    )
+    token = running_app.token(role=Role.VIEWER, organization="org-a")
+    data = await run(
+        running_app.graphql_url,
+        "Models",
+        {"filter": {"inferencePhase": "RUNNING"}, "limit": 50},
+        token=token,
+    )
+    assert [m["name"] for m in data["models"]["items"]] == ["serving"]
+    body = await execute(
+        running_app.graphql_url,
+        operation("Models"),
+        {"filter": {"inferencePhase": "running"}, "limit": 50},
+        token=token,
+    )
+    assert body["errors"][0]["extensions"] == {
+        "code": "BAD_USER_INPUT",
+        "field": "filter.inferencePhase",
+    }
+    assert "RUNNING" in body["errors"][0]["message"]
+
+
+async def test_concurrent_updates_all_land_and_a_delete_wins_over_later_ones(
+    running_app: RunningApp,
+) -> None:
+    """updateModel re-reads and re-decides when it loses the compare-and-set: five at once
+    all land, one write each; after a delete, an update is NotFound and changes nothing."""
+    model = await create(running_app, remote())
+    token = running_app.token(organization="org-a")
+
+    async def update(value: dict[str, Any]) -> dict[str, Any]:
+        data = await run(
+            running_app.graphql_url,
+            "UpdateModel",
+            {"id": model["id"], "input": value},
+            token=token,
+        )
+        result: dict[str, Any] = data["updateModel"]
+        return result
+
+    fields: list[dict[str, Any]] = [
+        {"displayName": "Renamed"},
+        {"description": "described"},
+        {"label": "labelled"},
+        {"tags": ["tagged"]},
+        {"icon": "https://example.com/icon.png"},
+    ]
+    results = await asyncio.gather(*(update(value) for value in fields))
+    assert all(r["__typename"] == "Model" for r in results), results
+    stored = await running_app.resources.database["models"].find_one({"_id": model["id"]})
+    assert stored is not None
+    assert stored["revision"] == 1 + len(fields)
+    assert (stored["display_name"], stored["description"], stored["label"]) == (
+        "Renamed",
+        "described",
+        "labelled",
+    )
+    assert (stored["tags"], stored["icon"]) == (["tagged"], "https://example.com/icon.png")
+
+    deleted = await run(running_app.graphql_url, "DeleteModel", {"id": model["id"]}, token=token)
+    assert deleted["deleteModel"]["__typename"] == "DeletedModel"
+    late = await update({"label": "too late"})
+    assert late["__typename"] == "NotFoundError"
+    stored = await running_app.resources.database["models"].find_one({"_id": model["id"]})
+    assert stored is not None
+    assert stored["label"] == "labelled"
 
 
 async def test_limits_are_enforced(running_app: RunningApp) -> None:

@@ -11,11 +11,10 @@ import pytest
 from storage.client import Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
+    LocalTarget,
     ModelDocument,
     ModelSource,
     OrganizationDocument,
-    TargetKind,
     WeightsDocument,
     new_id,
 )
@@ -91,7 +90,7 @@ async def test_a_progress_write_never_undoes_a_concurrent_compare_and_set(
             organization_id="org",
             repo_id="org/a",
             commit_sha="c" * 40,
-            target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/models/a"),
+            target=LocalTarget(local_path="/models/a"),
             location="/models/a",
         )
     )

@@ -50,6 +50,7 @@ from controllers.runtimes.local.downloads import LocalExecutor
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
 from integrations.huggingface import HubClient, HubError
+from live import Event, EventType, Recorder, ResourceKind, event_key
 from storage.documents import (
     AccessMode,
     ModelDocument,
@@ -60,7 +61,6 @@ from storage.documents import (
     new_id,
 )
 from storage.errors import DuplicateKey, NotFound
-from storage.events import Event, EventType, Recorder, ResourceKind, event_key
 from storage.repositories import (
     LeaseRepository,
     LedgerRepository,

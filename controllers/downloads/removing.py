@@ -21,15 +21,14 @@ from controllers.downloads.executions import Executor
 from controllers.downloads.running import WeightsRuntimeConfig, make_sink, options_for, write_if
 from controllers.errors import ControllerError, PermanentError
 from controllers.transfer.sinks import DownloadError, Sink
+from live import EventType, Recorder
 from storage.documents import (
     ModelDocument,
     ModelPhase,
-    TargetKind,
     WeightsDeletion,
     WeightsDocument,
 )
 from storage.errors import NotFound
-from storage.events import EventType, Recorder
 from storage.repositories import LedgerRepository, ModelRepository, WeightsRepository
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,7 @@ Written = Callable[[ModelDocument | WeightsDocument, EventType], Awaitable[None]
 
 def where(weights: WeightsDocument) -> str:
     """Where a download's files are, for messages: the S3 endpoint too (never a key)."""
-    target = weights.target
-    if target.kind is TargetKind.S3:
-        return f"the S3 endpoint {target.endpoint or 'AWS (default)'} ({weights.location})"
-    return weights.location
+    return weights.target.describe(weights.location)
 
 
 class Cleaner:

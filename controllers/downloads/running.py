@@ -22,10 +22,11 @@ from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from controllers.transfer.downloader import Downloader
 from controllers.transfer.local_sink import LocalSink
 from controllers.transfer.s3_sink import MIN_PART as S3_MIN_PART
-from controllers.transfer.s3_sink import S3Sink, object_prefix
+from controllers.transfer.s3_sink import S3Sink
 from controllers.transfer.sinks import DownloadError, DownloadOptions, ProgressSink, Sink
 from integrations.addresses import OutboundPolicy
 from integrations.s3 import S3Client, S3Location
+from live import EventType, Recorder
 from storage.documents import (
     Document,
     DownloadTarget,
@@ -36,7 +37,6 @@ from storage.documents import (
     WeightsState,
 )
 from storage.errors import NotFound
-from storage.events import EventType, Recorder
 from storage.repositories import Change, LedgerRepository, Repository, WeightsRepository
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def make_sink(
             ),
             outbound=outbound,
         )
-        prefix = doc.location.removeprefix(f"s3://{target.bucket}/")
+        prefix = target.key_prefix(doc.location)
         return S3Sink(client, prefix=prefix, ledgers=ledgers, chunk_size=chunk_size)
     if target.kind is TargetKind.PVC:
         return LocalSink.for_weights(doc, pvc_mount_path / (target.sub_path or ""))
@@ -98,11 +98,7 @@ def options_for(target: DownloadTarget, options: DownloadOptions) -> DownloadOpt
 
 def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> str:
     """Where a repo at a commit goes for a target."""
-    if target.kind is TargetKind.S3:
-        return f"s3://{target.bucket}/{object_prefix(target.prefix, repo_id, commit_sha)}"
-    if target.kind is TargetKind.PVC:
-        return f"pvc://{target.claim_name}" + (f"/{target.sub_path}" if target.sub_path else "")
-    return target.local_path or ""
+    return target.location(repo_id, commit_sha)
 
 
 async def run_weights(

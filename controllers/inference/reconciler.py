@@ -66,6 +66,7 @@ from controllers.runtimes.local.processes import (
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from controllers.workqueue import WorkQueue
 from integrations.addresses import AddressRefused, GuardedConnector, OutboundPolicy
+from live import EventType, Recorder
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -75,7 +76,6 @@ from storage.documents import (
     PhaseEntry,
 )
 from storage.errors import NotFound, RevisionConflict
-from storage.events import EventType, Recorder
 from storage.repositories import (
     InferenceRepository,
     LeaseRepository,

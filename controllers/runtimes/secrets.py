@@ -26,9 +26,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from controllers.runtimes.kubernetes.labels import FIELD_MANAGER, owned_labels
 from storage.documents import EncryptedSecretDocument
 from storage.repositories import SecretRepository
+from storage.targets import S3_SECRET_KEY as S3_SECRET_KEY  # noqa: PLC0414  re-exported
 
 HF_TOKEN_KEY = "hf-token"  # noqa: S105  a key name inside the Secret, not a value
-S3_SECRET_KEY = "s3-secret-access-key"  # noqa: S105  a key name, not a value
 API_KEY = "api-key"
 
 

@@ -31,17 +31,12 @@ from controllers.transfer.sinks import (
 from integrations.s3 import S3Client, S3Error
 from storage.documents import LedgerDocument, WeightsFile
 from storage.repositories import LedgerRepository
+from storage.targets import object_prefix as object_prefix  # noqa: PLC0414  re-exported
 
 log = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024
 PROBE = ".modelplane-write-probe"
-
-
-def object_prefix(prefix: str | None, repo_id: str, commit_sha: str) -> str:
-    """``prefix/<repo>/<commit>`` without leading or doubled slashes."""
-    parts = [p.strip("/") for p in (prefix or "", repo_id, commit_sha) if p and p.strip("/")]
-    return "/".join(parts)
 
 
 T = TypeVar("T")

@@ -29,23 +29,21 @@ from typing import Any
 import pytest
 
 from controllers.inference.engines import EnginePlanError, check_env
+from live import EventLog, EventRecovery, EventType, Recorder, ResourceKind, event_key
 from services import validation as v
 from services.errors import InvalidInput
 from storage.client import Client, Database
 from storage.documents import (
     AccessMode,
-    DownloadTarget,
     EnvVarSpec,
+    LocalTarget,
     ModelDocument,
     ModelPhase,
     ModelSource,
     Role,
-    TargetKind,
     WeightsDocument,
     WeightsState,
 )
-from storage.events import EventLog, EventType, Recorder, ResourceKind, event_key
-from storage.recovering import EventRecovery
 from storage.repositories import ModelRepository, WeightsRepository, ensure_indexes
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import Subscription, run
@@ -343,7 +341,7 @@ def _weights() -> WeightsDocument:
         organization_id="org-a",
         repo_id="org/repo",
         commit_sha="a" * 40,
-        target=DownloadTarget(kind=TargetKind.LOCAL, local_path="/nowhere"),
+        target=LocalTarget(local_path="/nowhere"),
         location="/nowhere",
         model_ids=["model-x"],
         state=WeightsState.READY,

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from live.log import COLLECTION as EVENTS
 from storage.client import Client
 from storage.documents import Role
-from storage.events import COLLECTION as EVENTS
 from testbed.hub import RunningHub
 from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app

@@ -22,12 +22,12 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
+from live import EventLog, EventType, ResourceKind
 from modelplane.auth import issue_dev_token, load_dev_key
 from modelplane.embedded import free_port
 from modelplane.sockets import malformed
 from storage.client import Client, Database
 from storage.documents import Role
-from storage.events import EventLog, EventType, ResourceKind
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import execute, run

@@ -23,7 +23,7 @@ from controllers.runtimes.kubernetes.labels import (
     owned_labels,
 )
 from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
-from storage.documents import ModelDocument, TargetKind, WeightsDocument
+from storage.documents import ModelDocument, PvcTarget, TargetKind, WeightsDocument
 
 COMPONENT_VALUE = "download"
 WEIGHTS_ID = "modelplane.io/weights-id"
@@ -110,7 +110,7 @@ def render_job(
     if weights.secret_ref is not None:
         credentials = secret_name(model.id)
         env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
-        if weights.target.kind is TargetKind.S3:
+        if S3_SECRET_KEY in weights.target.secret_keys:
             env.append(
                 _secret_env("S3_SECRET_ACCESS_KEY", credentials, S3_SECRET_KEY, optional=False)
             )
@@ -203,12 +203,7 @@ def _weights_volume(
 
 def target_directory(weights: WeightsDocument, template: JobTemplate) -> str:
     """The download's directory as a pod sees it."""
-    target = weights.target
-    if target.kind is TargetKind.PVC:
-        return template.pvc_mount_path.rstrip("/") + (
-            f"/{target.sub_path}" if target.sub_path else ""
-        )
-    return target.local_path or ""
+    return weights.target.directory(template.pvc_mount_path) or ""
 
 
 def render_clean_job(
@@ -290,6 +285,8 @@ def claim_refusal(
     namespace (a database's, another team's) is refused: a download would write into it, and
     applying our labels to it would make deleteWeights delete it. Only the weights that
     created a claim apply it again (:meth:`JobExecutor.launch`)."""
+    if not isinstance(weights.target, PvcTarget):
+        return None  # only a claim can be refused
     name = weights.target.claim_name
     if labels is None:
         if weights.target.size_gi is not None:

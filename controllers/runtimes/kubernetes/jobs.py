@@ -238,7 +238,7 @@ class JobExecutor:
     async def clean(self, weights: WeightsDocument, *, partials_only: bool) -> bool:
         """PVC and hostPath targets are cleaned by a short Job on the volume; S3 is reachable
         from here, so the caller cleans it through the sink."""
-        if weights.target.kind is TargetKind.S3:
+        if weights.target.directory(self._template.pvc_mount_path) is None:
             return False
         if not partials_only and await self._delete_own_claim(weights):
             return True

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from controllers.downloads.executions import Execution
 from controllers.downloads.running import WeightsRuntimeConfig, run_weights
+from live import Recorder
 from storage.documents import ModelDocument, WeightsDocument
-from storage.events import Recorder
 from storage.repositories import LedgerRepository, WeightsRepository
 
 

@@ -1,8 +1,12 @@
 """Fan-out of the event log to live subscribers: one tail per process, N bounded queues.
 
-Named for the activity (STYLE.md: gerunds for activities); :class:`Broker` is the thing.
+The seam of live delivery: everything above (controllers, services, GraphQL, the transport)
+takes events from here, through :meth:`Broker.listen` (in-process listeners, every event),
+:meth:`Broker.on_trimmed` (told when the tail lost events to the cap) and
+:meth:`Broker.subscribe` (a :class:`Subscription`: an async iterator of events and markers for
+one filter, with an optional :class:`Sink` for the fast lane). Nothing here imports them.
 
-A :class:`Broker` runs ONE task tailing the :class:`~storage.events.EventLog` and offers every
+A :class:`Broker` runs ONE task tailing the :class:`~live.log.EventLog` and offers every
 event to each :class:`Subscription`. Offering never awaits: the filter is applied first (the
 organisation is mandatory, so another tenant's event is never queued), then the event goes into
 the subscription's bounded queue, so a slow subscriber never delays the tail or the others.
@@ -23,7 +27,7 @@ so any event dropped from the queue was visible before the next replay read star
 ends only after a read that returned nothing and during which nothing was dropped.
 
 Direct delivery: a subscriber whose transport can write an event synchronously (see
-``schema/sharing.py``) hands the subscription a *sink*. While the consumer is parked waiting,
+``schema/sharing.py``) hands the subscription a :class:`Sink`. While the consumer is parked waiting,
 live and with nothing queued, an offered event goes straight to the sink instead of the queue:
 no task wakes for it. Whenever that is not so (replaying, events queued, the consumer busy, or
 the sink refusing because the connection is backlogged) the event takes the queue as above, and
@@ -55,11 +59,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from pymongo.errors import PyMongoError
 
-from storage.events import Event, EventLog, EventType, ResourceKind, format_cursor
+from live.events import Event, EventType, ResourceKind, format_cursor
+from live.log import EventLog
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +140,21 @@ class Marker:
 
 Item = Event | Marker
 
+Listener = Callable[[Event], None]
+"""In-process code fed every event the tail reads (:meth:`Broker.listen`): the controllers,
+the API-key cache, the sockets' revocation. Cheap, and must not raise."""
+
+
+class Sink(Protocol):
+    """A subscriber's fast lane (:meth:`Subscription.deliver_directly`): the GraphQL layer
+    implements it (``schema.sharing.DirectSink``), the broker only calls it, so live delivery
+    never imports what sits above it."""
+
+    def __call__(self, events: Sequence[Event]) -> int:
+        """Deliver ``events`` (in cursor order, already matching the filter) now, without a
+        task; how many of the first ones were delivered (the rest queue)."""
+        ...
+
 
 class Subscription:
     """An async iterator of :class:`Event` and :class:`Marker` for one subscriber.
@@ -167,7 +187,7 @@ class Subscription:
         self._overflowed = False
         self._closed = False
         self._wake = asyncio.Event()
-        self._sink: Callable[[Sequence[Event]], int] | None = None
+        self._sink: Sink | None = None
         self._parked = False
 
     @property
@@ -186,7 +206,7 @@ class Subscription:
         """Events waiting in the live queue (for tests and metrics)."""
         return len(self._queue)
 
-    def deliver_directly(self, sink: Callable[[Sequence[Event]], int]) -> None:
+    def deliver_directly(self, sink: Sink) -> None:
         """Hand live events to ``sink`` while the consumer is idle (see the module docstring).
         ``sink`` takes events in cursor order and returns how many of the first ones it
         delivered; the rest (it could not take them now) queue."""
@@ -354,7 +374,7 @@ class Broker:
         self._position = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._listeners: list[Callable[[Event], None]] = []
+        self._listeners: list[Listener] = []
         self._trim_listeners: list[Callable[[], None]] = []
         self.direct_deliveries = 0
         """Events written to a subscriber's connection by the tail itself (the fast lane)."""
@@ -363,9 +383,9 @@ class Broker:
         self.coalesced = 0
         """PROGRESS events offered to no subscriber: a later one of the same batch replaced it."""
 
-    def listen(self, listener: Callable[[Event], None]) -> None:
+    def listen(self, listener: Listener) -> None:
         """Call ``listener`` with every event of every organisation as the tail reads it
-        (controllers are fed this way, ARCHITECTURE.md decision 4). It must be cheap and must
+        (controllers are fed this way, docs/architecture.md decision 4). It must be cheap and must
         not raise; a failure is logged and the event still reaches the subscribers."""
         self._listeners.append(listener)
 

@@ -43,17 +43,17 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from storage.client import Database
-from storage.documents import InferenceDocument, ModelDocument, WeightsDocument, utcnow
-from storage.events import (
+from live.events import ResourceKind
+from live.recording import (
     DOCUMENT_COLLECTIONS,
     OUTBOX_COLLECTION,
     EventSource,
     Recorder,
-    ResourceKind,
     parse_marker,
     remove_mark,
 )
+from storage.client import Database
+from storage.documents import InferenceDocument, ModelDocument, WeightsDocument, utcnow
 
 log = logging.getLogger(__name__)
 
