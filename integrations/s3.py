@@ -33,25 +33,38 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 
+PERMANENT_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "AccessDenied"})
+"""S3 error codes no retry can change."""
+
+
 class S3Error(Exception):
     """An S3 request failed; the message carries the error code, never the keys.
 
-    ``status`` is the HTTP status when the server answered (None: no answer); ``temporary``
-    says, as data, whether the same request may succeed later (no answer, 408, 429, 5xx) or
-    not (403 AccessDenied, 404 NoSuchBucket, a bad signature, an endpoint the outbound
-    policy refuses); callers turn that into their own retry or failure."""
+    ``status`` and ``code`` are what the server answered (None: no answer); ``temporary``
+    says, as data, whether the same request may succeed later. Only what a person must fix is
+    not: credentials refused (401, 403: AccessDenied, a bad signature or key id), a bucket
+    that does not exist, an endpoint the outbound policy refuses. Anything else may pass: no
+    answer, 5xx, and the 400s of a multipart upload whose parts a restarting server lost
+    (``InvalidPart``: the sink lists the parts again and sends the missing ones); callers
+    turn that into their own retry or failure."""
 
-    def __init__(self, message: str, *, status: int | None = None, refused: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        refused: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
         self.refused = refused
 
     @property
     def temporary(self) -> bool:
         """Worth trying again unchanged."""
-        if self.refused:
-            return False
-        return self.status is None or self.status in (408, 429) or self.status >= 500
+        return not (self.refused or self.status in (401, 403) or self.code in PERMANENT_CODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,10 +317,13 @@ def _s3_errors(what: str) -> Iterator[None]:
 
 def s3_error(exc: ClientError | BotoCoreError, what: str) -> S3Error:
     """The :class:`S3Error` of a botocore failure, with the status the server answered."""
-    status = None
+    status = code = None
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return S3Error(_describe(exc, what), status=status, refused=_refusal_in(exc) is not None)
+        code = exc.response.get("Error", {}).get("Code")
+    return S3Error(
+        _describe(exc, what), status=status, code=code, refused=_refusal_in(exc) is not None
+    )
 
 
 def _describe(exc: ClientError | BotoCoreError, what: str) -> str:
