@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
 import signal
 import sys
 from pathlib import Path
@@ -78,7 +77,8 @@ def _tune_collector() -> None:
 
 
 async def _serve(settings: Settings) -> int:
-    from modelplane.app import StartupError, create_app, open_resources  # noqa: PLC0415  lazy
+    from modelplane.app import create_app  # noqa: PLC0415  lazy
+    from modelplane.graph import StartupError, open_resources  # noqa: PLC0415
 
     try:
         async with open_resources(settings) as resources:
@@ -174,90 +174,14 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _download(settings: Settings, weights_id: str) -> int:
-    from controllers.downloads.running import WeightsRuntimeConfig, run_weights  # noqa: PLC0415
-    from controllers.runtimes.secrets import (  # noqa: PLC0415  lazy: fast start
-        HF_TOKEN_KEY,
-        S3_SECRET_KEY,
-        SecretStoreError,
-    )
-    from live import Recorder  # noqa: PLC0415
-    from modelplane.wiring import event_log_for  # noqa: PLC0415
-    from storage.client import make_client, ping  # noqa: PLC0415
-    from storage.documents import WeightsState  # noqa: PLC0415
-    from storage.errors import DatabaseUnavailable  # noqa: PLC0415
-    from storage.repositories import (  # noqa: PLC0415
-        LedgerRepository,
-        SecretRepository,
-        WeightsRepository,
-    )
-
-    if settings.mongodb_uri is None:
-        _say("modelplane: MODELPLANE_MONGODB_URI is required for `modelplane download`")
-        return 2
-    client = make_client(
-        settings.mongodb_uri.get_secret_value(), timeout_seconds=settings.mongodb_timeout_seconds
-    )
-    try:
-        database = client[settings.mongodb_database]
-        try:
-            await ping(database)
-        except DatabaseUnavailable:
-            _say("modelplane: MODELPLANE_MONGODB_URI: MongoDB is not reachable")
-            return 1
-        weights = WeightsRepository(database)
-        doc = await weights.get(weights_id)
-        if doc is None:
-            _say(f"modelplane: no weights {weights_id}")
-            return 2
-        secrets: dict[str, str] = {}
-        if doc.secret_ref is not None and settings.secret_key is not None:
-            from controllers.runtimes.secrets import EncryptedSecretStore, fernet_for  # noqa: PLC0415
-
-            store = EncryptedSecretStore(
-                SecretRepository(database),
-                cipher=fernet_for(settings.secret_key.get_secret_value()),
-            )
-            try:
-                secrets = await store.get(doc.secret_ref)
-            except SecretStoreError as exc:
-                _say(f"modelplane: {exc}")
-                return 1
-        # In a Job pod the values come from the Secret through secretKeyRef env vars.
-        for variable, key in (("HF_TOKEN", HF_TOKEN_KEY), ("S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)):
-            if os.environ.get(variable):
-                secrets[key] = os.environ[variable]
-        event_log = event_log_for(settings, database)
-        await event_log.ensure()
-        outcome = await run_weights(
-            weights_id,
-            recorder=Recorder(event_log),
-            weights=weights,
-            ledgers=LedgerRepository(database),
-            secrets=secrets,
-            config=WeightsRuntimeConfig(
-                hub_endpoint=settings.hf_endpoint,
-                options=settings.download_options(),
-                pvc_mount_path=settings.pvc_mount_path,
-                outbound=settings.outbound_policy(),
-            ),
-        )
-    finally:
-        await client.close()
-    if outcome is None or outcome.state is not WeightsState.READY:
-        _say(
-            f"modelplane: download {weights_id} did not finish: "
-            f"{outcome.message if outcome else 'deleted'}"
-        )
-        return 1
-    _say(f"modelplane: {weights_id} is READY at {outcome.location}")
-    return 0
-
-
 def _cmd_download(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    return asyncio.run(_download(settings, args.weights_id))
+    from modelplane.jobs import run_download  # noqa: PLC0415  lazy: fast start
+
+    code, message = asyncio.run(run_download(settings, args.weights_id))
+    _say(message)
+    return code
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:

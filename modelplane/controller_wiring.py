@@ -66,6 +66,7 @@ def start_download_controller(
         recorder=recorder,
         leases=LeaseRepository(database),
         holder=lease_holder(),
+        lease_seconds=settings.controller_lease_seconds,
     )
     controller.start()
     stack.push_async_callback(controller.stop)
@@ -107,6 +108,7 @@ def start_inference_controller(
         outbound=outbound,
         leases=LeaseRepository(database),
         holder=lease_holder(),
+        lease_seconds=settings.controller_lease_seconds,
         allow_host_commands=settings.allow_host_commands,
     )
     parts.attach(controller)

@@ -58,7 +58,14 @@ from storage.repositories import (
     ensure_indexes,
 )
 
-__all__ = ["Resources", "StartupError", "modelplane_version", "open_resources", "open_runtime"]
+__all__ = [
+    "Core",
+    "Resources",
+    "StartupError",
+    "modelplane_version",
+    "open_resources",
+    "open_runtime",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,21 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Core:
+    """What most parts of the graph are built from, opened first."""
+
+    settings: Settings
+    database: Database
+    parts: RuntimeParts
+    """The configured runtime's builder (see :mod:`modelplane.runtimes`)."""
+    hub: HubClient
+    secrets: SecretStore
+    recorder: Recorder
+    broker: Broker
+    outbound: OutboundPolicy
+
+
+@dataclass(frozen=True)
 class _Controllers:
     downloads: DownloadController | None
     inference: InferenceController | None
@@ -117,41 +139,26 @@ async def open_resources(
         broker, recorder = await _open_events(stack, settings, database)
         parts = await open_runtime(stack, settings)
         dev_key, verifier = await _open_verifier(settings, database)
-        hub = HubClient(endpoint=settings.hf_endpoint)
-        secrets = parts.secret_store(database)
-        controllers = _start_controllers(
-            stack,
-            settings,
-            parts,
-            database,
-            hub=hub,
-            secrets=secrets,
+        core = Core(
+            settings=settings,
+            database=database,
+            parts=parts,
+            hub=HubClient(endpoint=settings.hf_endpoint),
+            secrets=parts.secret_store(database),
             recorder=recorder,
             broker=broker,
             outbound=outbound,
         )
-        api_keys, gateway, upstream = _open_gateway(
-            stack, settings, database, secrets=secrets, recorder=recorder, outbound=outbound
-        )
+        controllers = _start_controllers(stack, core)
+        api_keys, gateway, upstream = _open_gateway(stack, core)
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
-        services = _services(
-            settings,
-            parts,
-            database,
-            hub=hub,
-            secrets=secrets,
-            recorder=recorder,
-            broker=broker,
-            api_keys=api_keys,
-            outbound=outbound,
-            controllers=controllers,
-        )
+        services = _services(core, api_keys, controllers)
         yield Resources(
             settings=settings,
             client=client,
             database=database,
             runtime=parts.runtime,
-            hub=hub,
+            hub=core.hub,
             verifier=verifier,
             dev_key=dev_key,
             services=services,
@@ -238,41 +245,30 @@ async def open_runtime(stack: AsyncExitStack, settings: Settings) -> RuntimePart
     return parts
 
 
-def _start_controllers(
-    stack: AsyncExitStack,
-    settings: Settings,
-    parts: RuntimeParts,
-    database: Database,
-    *,
-    hub: HubClient,
-    secrets: SecretStore,
-    recorder: Recorder,
-    broker: Broker,
-    outbound: OutboundPolicy,
-) -> _Controllers:
+def _start_controllers(stack: AsyncExitStack, core: Core) -> _Controllers:
     """Both controllers started (None each when this process runs no controllers), and the
     runtime's local directories created between the two."""
     downloads = start_download_controller(
         stack,
-        settings,
-        parts,
-        database,
-        hub=hub,
-        secrets=secrets,
-        recorder=recorder,
-        broker=broker,
-        outbound=outbound,
+        core.settings,
+        core.parts,
+        core.database,
+        hub=core.hub,
+        secrets=core.secrets,
+        recorder=core.recorder,
+        broker=core.broker,
+        outbound=core.outbound,
     )
-    parts.prepare()
+    core.parts.prepare()
     inference = start_inference_controller(
         stack,
-        settings,
-        parts,
-        database,
-        secrets=secrets,
-        recorder=recorder,
-        broker=broker,
-        outbound=outbound,
+        core.settings,
+        core.parts,
+        core.database,
+        secrets=core.secrets,
+        recorder=core.recorder,
+        broker=core.broker,
+        outbound=core.outbound,
     )
     return _Controllers(downloads, inference)
 
@@ -298,59 +294,40 @@ async def _open_verifier(
     return dev_key, verifier
 
 
-def _services(
-    settings: Settings,
-    parts: RuntimeParts,
-    database: Database,
-    *,
-    hub: HubClient,
-    secrets: SecretStore,
-    recorder: Recorder,
-    broker: Broker,
-    api_keys: ApiKeyService,
-    outbound: OutboundPolicy,
-    controllers: _Controllers,
-) -> Services:
+def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) -> Services:
     """The services the resolvers call."""
-    runtime = parts.runtime
+    runtime, database, settings = core.parts.runtime, core.database, core.settings
     local_roots = tuple(settings.local_roots)
     models = ModelService(
         models=ModelRepository(database),
-        secrets=secrets,
-        hub=hub,
+        secrets=core.secrets,
+        hub=core.hub,
         runtime=runtime,
         policy=ModelPolicy(
             runtime_kind=runtime.kind,
             local_roots=local_roots,
-            outbound=outbound,
+            outbound=core.outbound,
             hub_endpoint=settings.hf_endpoint,
         ),
-        recorder=recorder,
+        recorder=core.recorder,
         weights=WeightsRepository(database),
     )
     cluster = ClusterService(
         runtime=runtime,
-        hub=hub,
+        hub=core.hub,
         models=models,
-        secrets=secrets,
+        secrets=core.secrets,
         hub_endpoint=settings.hf_endpoint,
     )
     return Services(
         database=database,
         runtime=runtime,
-        hub=hub,
+        hub=core.hub,
         models=models,
-        weights=_weights_service(settings, database, recorder, broker),
+        weights=_weights_service(core),
         cluster=cluster,
-        inference=_inference_service(
-            settings,
-            parts,
-            database,
-            recorder=recorder,
-            cluster=cluster,
-            controller=controllers.inference,
-        ),
-        broker=broker,
+        inference=_inference_service(core, cluster, controllers.inference),
+        broker=core.broker,
         api_keys=api_keys,
         version=modelplane_version(),
         started_at=utcnow(),
@@ -359,22 +336,17 @@ def _services(
 
 
 def _inference_service(
-    settings: Settings,
-    parts: RuntimeParts,
-    database: Database,
-    *,
-    recorder: Recorder,
-    cluster: ClusterService,
-    controller: InferenceController | None,
+    core: Core, cluster: ClusterService, controller: InferenceController | None
 ) -> InferenceService:
+    settings = core.settings
     return InferenceService(
-        inferences=InferenceRepository(database),
-        models=ModelRepository(database),
+        inferences=InferenceRepository(core.database),
+        models=ModelRepository(core.database),
         controller=controller,
-        runtime_kind=parts.runtime.kind,
-        namespace=parts.namespace,
+        runtime_kind=core.parts.runtime.kind,
+        namespace=core.parts.namespace,
         local_roots=tuple(settings.local_roots),
-        recorder=recorder,
+        recorder=core.recorder,
         free_port=free_port,
         cluster=cluster,
         allow_host_commands=settings.allow_host_commands,
@@ -382,43 +354,33 @@ def _inference_service(
     )
 
 
-def _weights_service(
-    settings: Settings, database: Database, recorder: Recorder, broker: Broker
-) -> WeightsService:
+def _weights_service(core: Core) -> WeightsService:
     """The weights service; deleteWeights waits for the leader's outcome, woken by the log."""
     weights = WeightsService(
-        weights=WeightsRepository(database),
-        models=ModelRepository(database),
-        inferences=InferenceRepository(database),
-        local_roots=tuple(settings.local_roots),
-        recorder=recorder,
-        removal_wait=settings.weights_removal_wait_seconds,
+        weights=WeightsRepository(core.database),
+        models=ModelRepository(core.database),
+        inferences=InferenceRepository(core.database),
+        local_roots=tuple(core.settings.local_roots),
+        recorder=core.recorder,
+        removal_wait=core.settings.weights_removal_wait_seconds,
     )
-    broker.listen(weights.on_event)
+    core.broker.listen(weights.on_event)
     return weights
 
 
-def _open_gateway(
-    stack: AsyncExitStack,
-    settings: Settings,
-    database: Database,
-    *,
-    secrets: SecretStore,
-    recorder: Recorder,
-    outbound: OutboundPolicy,
-) -> tuple[ApiKeyService, Gateway, Upstreams]:
+def _open_gateway(stack: AsyncExitStack, core: Core) -> tuple[ApiKeyService, Gateway, Upstreams]:
     """API keys, the ``/v1`` gateway and its upstream connection pools (closed with the stack)."""
-    api_keys = ApiKeyService(ApiKeyRepository(database), recorder=recorder)
+    api_keys = ApiKeyService(ApiKeyRepository(core.database), recorder=core.recorder)
     stack.push_async_callback(api_keys.close)
     gateway = Gateway(
-        inferences=InferenceRepository(database),
-        models=ModelRepository(database),
-        secrets=secrets,
-        limits=settings.gateway_limits(),
-        route_cache_seconds=settings.gateway_route_cache_seconds,
+        inferences=InferenceRepository(core.database),
+        models=ModelRepository(core.database),
+        secrets=core.secrets,
+        limits=core.settings.gateway_limits(),
+        route_cache_seconds=core.settings.gateway_route_cache_seconds,
     )
     stack.push_async_callback(gateway.close)
-    upstream = Upstreams(outbound)
+    upstream = Upstreams(core.outbound)
     stack.push_async_callback(upstream.close)
     return api_keys, gateway, upstream
 

@@ -226,6 +226,12 @@ class Settings(BaseSettings):
     dashboard_dir: Path | None = None
     """Built operator dashboard (``index.html`` and its assets) served at ``/``; defaults to
     ``modelplane/static`` inside the package, where ``make dashboard`` writes it."""
+    # issue 16: replicas
+    controller_lease_seconds: float = Field(default=15.0, ge=1, le=600)
+    """How long a replica's hold on a controller's lease lasts without renewal (renewed every
+    third of it): after a leader dies, another replica leads within about this long. Shorter
+    means a faster take-over, but a leader paused longer than this (a stalled event loop, a
+    partition) loses the lease and stops its work."""
 
     # issue 16: downloads
     weights_removal_wait_seconds: float = Field(default=30.0, gt=0, le=600)

@@ -40,7 +40,7 @@ layers instead, so any count works for it. The context defaults to ``min(model m
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -380,17 +380,7 @@ def estimate(
     if shape.max_context is not None and context > shape.max_context:
         notes.append(f"context {context} exceeds the model's maximum of {shape.max_context} tokens")
     if not cost.needs_gpu:
-        return FitEstimate(
-            engine=engine,
-            context_length=context,
-            batch_size=batch,
-            dtype=None,
-            parameters=shape.parameters,
-            need=MemoryNeed(weights=0, kv_cache=0, overhead=0),
-            rows=(),
-            chosen=None,
-            notes=tuple(notes),
-        )
+        return _without_gpu(shape, engine, context=context, batch=batch, notes=notes)
     weights = weight_bytes(shape, engine, notes)
     kv_value = _kv_bytes_per_value(shape, engine, notes)
     if kv_cache_per_gpu(shape, gpus=1, context=1, batch=1, bytes_per_value=1) is None:
@@ -405,20 +395,7 @@ def estimate(
         )
 
     sizes = _allowed_sizes(shape, cost)
-    rows: list[FitRow] = []
-    for offer in offers:
-        usable = int(offer.memory_bytes * cost.utilization)
-        needed = next((n for n in sizes if math.ceil(need(n).total / n) <= usable), None)
-        rows.append(
-            FitRow(
-                gpu_type=offer.gpu_type,
-                memory_bytes_per_gpu=offer.memory_bytes,
-                usable_bytes_per_gpu=usable,
-                gpus_needed=needed,
-                free_gpus=offer.free_on_one_node,
-                in_cluster=offer.in_cluster,
-            )
-        )
+    rows = _rows(offers, sizes, need, utilization=cost.utilization)
     chosen = _choose(rows, requested_type)
     return FitEstimate(
         engine=engine,
@@ -431,6 +408,49 @@ def estimate(
         chosen=chosen,
         notes=tuple(dict.fromkeys(notes)),
     )
+
+
+def _without_gpu(
+    shape: ModelShape, engine: InferenceEngine, *, context: int, batch: int, notes: list[str]
+) -> FitEstimate:
+    """The estimate of an engine that runs without a GPU: no memory need, no rows."""
+    return FitEstimate(
+        engine=engine,
+        context_length=context,
+        batch_size=batch,
+        dtype=None,
+        parameters=shape.parameters,
+        need=MemoryNeed(weights=0, kv_cache=0, overhead=0),
+        rows=(),
+        chosen=None,
+        notes=tuple(notes),
+    )
+
+
+def _rows(
+    offers: Sequence[GpuOffer],
+    sizes: Sequence[int],
+    need: Callable[[int], MemoryNeed],
+    *,
+    utilization: float,
+) -> list[FitRow]:
+    """How each offered GPU type fits: the fewest of ``sizes`` GPUs whose share of the need
+    fits one GPU's usable memory (None when none does)."""
+    rows: list[FitRow] = []
+    for offer in offers:
+        usable = int(offer.memory_bytes * utilization)
+        needed = next((n for n in sizes if math.ceil(need(n).total / n) <= usable), None)
+        rows.append(
+            FitRow(
+                gpu_type=offer.gpu_type,
+                memory_bytes_per_gpu=offer.memory_bytes,
+                usable_bytes_per_gpu=usable,
+                gpus_needed=needed,
+                free_gpus=offer.free_on_one_node,
+                in_cluster=offer.in_cluster,
+            )
+        )
+    return rows
 
 
 def _choose(rows: Sequence[FitRow], requested_type: str | None) -> FitRow | None:

@@ -2,10 +2,11 @@
 
 Clients call ``/v1`` with their own modelplane credential and a ``model`` name; this module
 turns (organisation, name) into a :class:`Route` — the upstream base URL, the key to inject,
-the timeout — or into a :class:`GatewayError` that the HTTP layer renders in OpenAI's error
-shape. Routing reads the live inference (``InferenceRepository.by_model_name``) and the model
-(``ModelRepository.by_name``) of the caller's organisation only, so another organisation's
-model is indistinguishable from a missing one (404, never 403).
+the timeout — or into a :class:`~services.gateway_errors.GatewayError` that the HTTP layer
+renders in OpenAI's error shape. Routing reads the live inference
+(``InferenceRepository.by_model_name``) and the model (``ModelRepository.by_name``) of the
+caller's organisation only, so another organisation's model is indistinguishable from a missing
+one (404, never 403).
 
 Where a request goes:
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +43,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from services.caching import ExpiringCache
+from services.gateway_errors import (
+    ModelNotFound,
+    ModelNotRunning,
+    RateLimited,
+    TooManyConcurrent,
+    UpstreamUnavailable,
+)
 from services.principals import Principal
+from services.redaction import Redactor
 from storage.documents import AccessMode, InferencePhase, ModelDocument, utcnow
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository
 
@@ -76,160 +84,6 @@ class GatewayLimits:
     concurrency: int
     max_body_bytes: int
     upstream_timeout_seconds: float
-
-
-class GatewayError(Exception):
-    """A failure answered in OpenAI's error shape. ``message`` never contains a credential."""
-
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        extra: dict[str, str | None] | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.extra = extra or {}
-        self.retry_after = retry_after
-
-    def body(self) -> dict[str, object]:
-        """``{"error": {"message", "type", "param", "code", ...}}``."""
-        error: dict[str, object] = {
-            "message": self.message,
-            "type": self.type,
-            "param": self.param,
-            "code": self.code,
-        }
-        error.update(self.extra)
-        return {"error": error}
-
-
-class BadRequest(GatewayError):
-    """The body is not a JSON object with a string ``model``."""
-
-    code = "invalid_body"
-
-
-class Unauthenticated(GatewayError):
-    """No credential, or one that is invalid, expired or revoked."""
-
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
-
-
-class ModelNotFound(GatewayError):
-    """No live inference of that name in the caller's organisation."""
-
-    status = 404
-    code = "model_not_found"
-
-
-class ModelNotRunning(GatewayError):
-    """The inference exists but is not RUNNING (or is disabled); ``extra`` has its phase."""
-
-    status = 409
-    code = "model_not_running"
-
-
-class BodyTooLarge(GatewayError):
-    """The request body is over ``max_body_bytes``."""
-
-    status = 413
-    code = "request_too_large"
-
-
-class RateLimited(GatewayError):
-    """Too many requests in the last minute, or too many in flight; see ``retry_after``."""
-
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-
-class TooManyConcurrent(RateLimited):
-    """The credential already has ``concurrency`` requests in flight."""
-
-    code = "concurrency_limit_exceeded"
-
-
-class UpstreamUnavailable(GatewayError):
-    """The upstream could not be reached, or its credentials could not be read."""
-
-    status = 502
-    type = "upstream_error"
-    code = "upstream_unavailable"
-
-
-class UpstreamTimeout(GatewayError):
-    """The upstream sent no response (or no next chunk) within the timeout."""
-
-    status = 504
-    type = "upstream_error"
-    code = "upstream_timeout"
-
-
-REDACTED = b"[REDACTED]"
-_HTML_NAMED = {'"': b"&quot;", "&": b"&amp;", "<": b"&lt;", ">": b"&gt;", "'": b"&#39;|&apos;"}
-
-
-def _hex(value: int, width: int) -> bytes:
-    """A regex matching ``value`` in hexadecimal, either case."""
-    digits = f"{value:0{width}x}"
-    return b"".join(f"[{d}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in digits)
-
-
-def _char_forms(char: str, *, latin1: bool = True) -> bytes:
-    """A regex for one character of a secret in any form a body may carry it in."""
-    raw = char.encode("utf-8", "surrogatepass")
-    code = ord(char)
-    units = [code]
-    if code > 0xFFFF:
-        units = [0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)]
-    forms = [
-        re.escape(raw),  # raw
-        rb"\\+" + re.escape(raw),  # JSON-escaped (\" \\ \/), at any depth
-        b"".join(rb"\\+u" + _hex(unit, 4) for unit in units),  # JSON \uXXXX, any depth
-        b"".join(b"%(?:25)*" + _hex(byte, 2) for byte in raw),  # URL-encoded, even twice
-        b"&#0*" + str(code).encode() + b";",  # HTML numeric entities
-        b"&#[xX]0*" + _hex(code, 1) + b";",
-    ]
-    if char in _HTML_NAMED:
-        forms.append(_HTML_NAMED[char])
-    if latin1 and code > 0x7F:
-        # Its UTF-8 bytes read as Latin-1 characters (how HTTP stacks decode header values),
-        # each of which may then take any form above.
-        forms.append(b"".join(_char_forms(chr(byte), latin1=False) for byte in raw))
-    return b"(?:" + b"|".join(forms) + b")"
-
-
-class Redactor:
-    """Removes one known secret from a body in every form it can take there: raw UTF-8,
-    JSON-escaped (``\\"``, ``\\\\``, ``\\/``, ``\\u00e9``, surrogate pairs, and those escaped
-    again when a JSON document is quoted inside another), URL-encoded (``%22``, also twice),
-    HTML entities, and non-ASCII characters' UTF-8 bytes read as Latin-1 (an upstream that
-    decodes the Authorization header so and echoes it re-encoded). Forms are matched per
-    character, so mixed encodings are caught too. A secret is sent only as a Bearer token (no
-    basic auth), so no base64 form exists."""
-
-    def __init__(self, secret: str) -> None:
-        self._raw = secret.encode("utf-8", "surrogatepass")
-        self._pattern = re.compile(b"".join(_char_forms(c) for c in secret))
-        self.longest = 64 * len(secret)
-        """An upper bound of an encoded form's length (a stream holds this much back)."""
-
-    def __call__(self, content: bytes) -> bytes:
-        """``content`` with every form of the secret replaced by ``[REDACTED]``."""
-        if self._raw.isascii() and not any(m in content for m in (b"\\", b"%", b"&")):
-            return content.replace(self._raw, REDACTED)  # only the raw form can be there
-        return self._pattern.sub(REDACTED, content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,14 @@ another organisation is indistinguishable from a missing one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from storage.client import Database
 from storage.documents import (
@@ -34,6 +35,11 @@ from storage.errors import (
 from storage.locks import document_lock
 
 D = TypeVar("D", bound=Document)
+
+log = logging.getLogger(__name__)
+
+INDEX_ATTEMPTS = 3
+"""How often start-up lists and creates a collection's missing indexes before giving up."""
 
 CAS_ATTEMPTS = 8
 """The one retry policy of :meth:`Repository.modify`: re-read and re-decide at most this often
@@ -91,14 +97,28 @@ class Repository(Generic[D]):
 
         Only missing ones are sent: FerretDB 1.24 panics when ``createIndexes`` repeats an
         existing compound index of three or more fields, and MongoDB would do nothing anyway.
+        Two replicas starting together both find them missing; the loser's connection is
+        dropped, so it lists again (at most :data:`INDEX_ATTEMPTS` times).
         """
-        if not self.indexes:
-            return
-        cursor = await self._collection.list_indexes()
-        existing = {index["name"] async for index in cursor}
-        missing = [index for index in self.indexes if index.document["name"] not in existing]
-        if missing:
-            await self._collection.create_indexes(missing)
+        for attempt in range(INDEX_ATTEMPTS):
+            cursor = await self._collection.list_indexes()
+            existing = {index["name"] async for index in cursor}
+            missing = [index for index in self.indexes if index.document["name"] not in existing]
+            if not missing:
+                return
+            try:
+                await self._collection.create_indexes(missing)
+            except PyMongoError as exc:
+                # Another replica starting at the same moment created them between our list and
+                # our create: FerretDB drops the connection on the repeat. List again.
+                if attempt == INDEX_ATTEMPTS - 1:
+                    raise
+                log.info(
+                    "index creation raced another process; listing again",
+                    extra={"collection": self.collection_name, "error": type(exc).__name__},
+                )
+            else:
+                return
 
     async def insert(self, document: D, *, event: str | None = None) -> D:
         """Store a new document; a unique-index clash raises :class:`DuplicateKey`.

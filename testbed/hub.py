@@ -36,9 +36,12 @@ Modelled:
 Test hooks (not part of the Hub): fault injection per file (glob) settable from Python
 (``hub.faults``) or ``POST``/``GET``/``DELETE /_testbed/faults``: ``fail_next`` (5xx for the next
 n requests; the model-info API too, as the pseudo-path ``<repo>/@info/<revision>``),
-``stall_after`` (stop sending mid-body for a while), ``drop_after`` and ``throttle``; and a
+``stall_after`` (stop sending mid-body for a while), ``drop_after`` and ``throttle``; a
 request log (``hub.log``, ``GET /_testbed/requests``), written before the last body byte
-leaves so a client that has its response can already read its record. Bodies
+leaves so a client that has its response can already read its record; and a live transfer
+log (``hub.transfers``): per file body, its first byte and the bytes sent so far, updated as
+they leave, so a test sees which ranges of a file were served (a resumed download must not
+fetch again what it had recorded) and whether any are still streaming. Bodies
 are streamed in chunks from memory. A drop ends the ASGI response without its final message:
 uvicorn logs "ASGI callable returned without completing response." and closes the socket,
 and httpx reports ``RemoteProtocolError: peer closed connection without sending complete
@@ -142,6 +145,44 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+
+
+@dataclass
+class Transfer:
+    """One file body being sent or sent: bytes ``start`` to ``start + sent`` of ``path``."""
+
+    repo_id: str
+    path: str
+    start: int
+    started_at: float
+    """``time.monotonic()`` when the body started (the hub runs in the tests' process)."""
+    sent: int = 0
+    ended_at: float | None = None
+
+
+class TransferLog:
+    """Every file body the hub sends, updated as its bytes leave (the request log only
+    records a request once it has ended, and names an LFS file by its CDN object)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._transfers: list[Transfer] = []
+
+    def begin(self, repo_id: str, path: str, start: int) -> Transfer:
+        transfer = Transfer(repo_id, path, start, started_at=time.monotonic())
+        with self._lock:
+            self._transfers.append(transfer)
+        return transfer
+
+    def of(self, repo_id: str, path: str | None = None) -> list[Transfer]:
+        """Copies of the transfers of ``repo_id`` (one file's with ``path``), oldest first."""
+        with self._lock:
+            found = [Transfer(**asdict(t)) for t in self._transfers if t.repo_id == repo_id]
+        return [t for t in found if path is None or t.path == path]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._transfers.clear()
 
 
 # --------------------------------------------------------------------------- faults
@@ -287,6 +328,7 @@ class LocalHub:
         self.grants: dict[str, set[str]] = {}
         self.faults = FaultInjector()
         self.log = RequestLog()
+        self.transfers = TransferLog()
         self.lfs_redirect = lfs_redirect
         self.cdn_endpoint: str | None = None
         self.stopping = threading.Event()
@@ -679,6 +721,7 @@ class FileBody(Response):
         self.head = request.method == "HEAD"
         self.plan = BodyPlan() if self.head else hub.faults.body_plan(repo_id, f.path)
         self.stopping = hub.stopping
+        self.transfers, self.repo_id, self.path = hub.transfers, repo_id, f.path
 
     async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -695,11 +738,13 @@ class FileBody(Response):
             gone.set()
 
         watcher = asyncio.create_task(watch())
+        transfer = self.transfers.begin(self.repo_id, self.path, self.start)
         try:
-            if await self._stream(send, gone):
+            if await self._stream(send, gone, transfer):
                 await send({"type": "http.response.body", "body": b""})
             # otherwise return without completing: the server closes the connection mid-body
         finally:
+            transfer.ended_at = time.monotonic()
             watcher.cancel()
 
     async def _pause(self, seconds: float, gone: asyncio.Event) -> bool:
@@ -711,7 +756,7 @@ class FileBody(Response):
             await asyncio.sleep(min(left, 0.05))
         return not gone.is_set()
 
-    async def _stream(self, send: Send, gone: asyncio.Event) -> bool:
+    async def _stream(self, send: Send, gone: asyncio.Event, transfer: Transfer) -> bool:
         plan, view = self.plan, memoryview(self.content)[self.start : self.stop]
         chunk = CHUNK_SIZE
         if plan.bytes_per_second:
@@ -736,6 +781,7 @@ class FileBody(Response):
                 }
             )
             sent += size
+            transfer.sent = sent
             if gone.is_set():
                 return False
             if plan.bytes_per_second:

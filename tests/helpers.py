@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,20 @@ async def wait_inference(
         await asyncio.sleep(0.1)
 
 
+async def first_seen(
+    probe: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.02
+) -> float | None:
+    """``time.monotonic()`` when ``probe`` first answered True, polled every ``interval``;
+    None when it had not within ``timeout`` (measuring, not waiting: the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await probe():
+            return time.monotonic()
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(interval)
+
+
 def rss_bytes(pid: int) -> int:
     """The resident set size of process ``pid``, from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -91,12 +105,13 @@ def rss_bytes(pid: int) -> int:
 
 @contextmanager
 def serve_process(
-    tmp_path: Path, port: int, settings: dict[str, str]
+    tmp_path: Path, port: int, settings: dict[str, str], *, ready_timeout: float = 60
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``modelplane serve`` in its own process (its RSS readable from /proc), configured by
     ``settings`` (``MODELPLANE_*`` variables; this process's own are not inherited), until
-    ``/readyz`` answers; stopped with SIGTERM (then killed) at the end. Its output goes to
-    ``serve.log`` in ``tmp_path``: a pipe nobody reads would fill and block the server."""
+    ``/readyz`` answers (within ``ready_timeout``); stopped with SIGTERM (then killed) at the
+    end. Its output goes to ``serve.log`` in ``tmp_path``: a pipe nobody reads would fill and
+    block the server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLANE_")}
     if "MODELPLANE_TESTBED_CACHE" in os.environ:
         env["MODELPLANE_TESTBED_CACHE"] = os.environ["MODELPLANE_TESTBED_CACHE"]
@@ -107,7 +122,7 @@ def serve_process(
             [sys.executable, "-m", "modelplane", "serve"], env=env, stdout=output, stderr=output
         )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + ready_timeout
         while True:
             assert process.poll() is None, log.read_text(errors="replace")
             with contextlib.suppress(httpx.TransportError):

@@ -186,3 +186,30 @@ def test_schema_check_detects_drift(tmp_path: Path) -> None:
     exported = run_cli("schema", "export", "--path", str(stale), env={})
     assert exported.returncode == 0
     assert run_cli("schema", "check", "--path", str(stale), env={}).returncode == 0
+
+
+def test_download_command_refusals_are_one_line(tmp_path: Path, mongo_uri: str) -> None:
+    """What a download Job's pod runs (``modelplane/jobs.py``) refuses a missing database URI
+    and unknown weights with one line and exit code 2, and an unreachable database with 1."""
+    env = {"MODELPLANE_STATE_DIR": str(tmp_path)}
+    result = run_cli("download", "--weights-id", "weights-x", env=env)
+    assert result.returncode == 2
+    assert_one_clear_line(result, "MODELPLANE_MONGODB_URI is required")
+
+    unreachable = {
+        **env,
+        "MODELPLANE_MONGODB_URI": "mongodb://127.0.0.1:1/",
+        "MODELPLANE_MONGODB_TIMEOUT_SECONDS": "0.5",
+    }
+    result = run_cli("download", "--weights-id", "weights-x", env=unreachable)
+    assert result.returncode == 1
+    assert_one_clear_line(result, "MODELPLANE_MONGODB_URI", "not reachable")
+
+    found = {
+        **env,
+        "MODELPLANE_MONGODB_URI": mongo_uri,
+        "MODELPLANE_MONGODB_DATABASE": f"cli-{os.getpid()}",
+    }
+    result = run_cli("download", "--weights-id", "weights-missing", env=found)
+    assert result.returncode == 2
+    assert_one_clear_line(result, "no weights weights-missing")

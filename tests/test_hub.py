@@ -33,7 +33,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
-from testbed.hub import LocalHub, RunningHub, running_hub
+from testbed.hub import LocalHub, RunningHub, Transfer, running_hub
 from testbed.repos import HubFile, HubRepo, TensorSpec, llama_repo, safetensors_bytes, sample_repos
 
 GRANTED = "hf_testbed_granted"
@@ -450,6 +450,38 @@ def test_range_requests(served: RunningHub, name: str) -> None:
         assert whole.content == content
         etag = whole.headers["ETag"]
         assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_transfer_log_shows_each_body_live_by_file(served: RunningHub) -> None:
+    """Per file (an LFS one reached through the CDN too): where each body started and how
+    much of it left, while it streams and after; a body the client left counts what was sent."""
+    served.hub.transfers.clear()
+    name = "model.safetensors"
+    served.hub.faults.stall_after(name, 1000, seconds=5)
+
+    def transfer(ended: bool) -> Transfer:
+        deadline = time.monotonic() + 5
+        while True:
+            found = served.hub.transfers.of(TINY, name)
+            if found and found[0].sent == 1000 and (found[0].ended_at is not None) == ended:
+                return found[0]
+            assert time.monotonic() < deadline, found
+            time.sleep(0.01)
+
+    with (
+        httpx.Client(follow_redirects=True) as client,
+        client.stream("GET", served.url(TINY, name), headers={"Range": "bytes=100-"}) as r,
+    ):
+        assert r.status_code == 206
+        assert transfer(ended=False).start == 100  # stalled after 1000 bytes
+    assert transfer(ended=True).start == 100  # the client left: nothing more was sent
+    assert len(served.hub.transfers.of(TINY)) == 1
+    config = repo(served, TINY).by_path["config.json"].content
+    assert httpx.get(served.url(TINY, "config.json")).content == config
+    assert [(t.start, t.sent) for t in served.hub.transfers.of(TINY, "config.json")] == [
+        (0, len(config))
+    ]
+    assert served.hub.transfers.of(SHARDED) == []
 
 
 # --------------------------------------------------------------------------- faults

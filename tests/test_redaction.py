@@ -1,4 +1,4 @@
-"""The gateway's redaction of the upstream key (services.gateway.Redactor): every form a key can
+"""The gateway's redaction of the upstream key (services.redaction.Redactor): every form a key can
 take in an upstream's answer is replaced, for keys with quotes, backslashes, slashes, non-ASCII."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 import pytest
 
-from services.gateway import Redactor, Route
+from services.gateway import Route
+from services.redaction import Redactor
 
 KEYS = ['sk-"quote"d', "sk-back\\slash", "sk-ünï€😀", "sk-a/b+c=", "sk-plain0123456789"]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from storage.client import Database
+from storage.client import Database, make_client
 from storage.documents import (
     AccessMode,
     LocalTarget,
@@ -249,3 +250,22 @@ async def test_modify_gives_up_after_the_retry_policy(orgs: OrganizationReposito
     final = await orgs.require("org-x")
     assert final.display_name == "theirs"
     assert final.revision == 1 + CAS_ATTEMPTS
+
+
+async def test_two_replicas_creating_the_indexes_at_once_both_start(mongo_uri: str) -> None:
+    """Two replicas starting together on a fresh database both list the indexes as missing and
+    both create them; FerretDB 1.24 panics on the repeat and drops the connection. Start-up
+    must survive it (it re-lists and creates only what is still missing)."""
+    for _ in range(3):
+        name = f"t_race_{uuid.uuid4().hex[:10]}"
+        clients = [make_client(mongo_uri, timeout_seconds=5) for _ in range(2)]
+        try:
+            await asyncio.gather(*(ensure_indexes(client[name]) for client in clients))
+            names = {
+                index["name"] async for index in await clients[0][name]["models"].list_indexes()
+            }
+            assert names >= {i.document["name"] for i in ModelRepository.indexes}
+        finally:
+            await clients[0].drop_database(name)
+            for client in clients:
+                await client.close()
