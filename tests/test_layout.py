@@ -31,15 +31,10 @@ ALLOWED: dict[str, str] = {
     # "path" for a module, "path:qualified.name" for a function: the reason it is larger.
     "services/inference.py": "TODO(issue16)",
     "services/inference.py:InferenceService.start": "TODO(issue16)",
-    "controllers/downloads/reconciler.py": "TODO(issue16)",
-    "controllers/downloads/reconciler.py:run_weights": "TODO(issue16)",
     "controllers/inference/reconciler.py": "TODO(issue16)",
-    "controllers/runtimes/kubernetes/jobs.py": "TODO(issue16)",
     "controllers/runtimes/kubernetes/manifests.py:render_deployment": "TODO(issue16)",
     "controllers/runtimes/local/processes.py": "TODO(issue16)",
     "controllers/runtimes/local/processes.py:ProcessSupervisor._run_once": "TODO(issue16)",
-    "controllers/transfer/downloader.py": "TODO(issue16)",
-    "controllers/transfer/downloader.py:Downloader._run": "TODO(issue16)",
 }
 
 
