@@ -85,7 +85,7 @@ async def child(mode: str, spec_path: str) -> None:
     ledgers = LedgerRepository(database)
     files = [WeightsFile(**f) for f in spec["files"]]
     options = DownloadOptions()
-    if mode == "s3":  # as controllers.downloads.reconciler.options_for does for S3 targets
+    if mode == "s3":  # as controllers.downloads.running.options_for does for S3 targets
         options = DownloadOptions(chunk_size=16 * 1024 * 1024)
     if mode == "local":
         sink: LocalSink | S3Sink = LocalSink(Path(spec["target"]))

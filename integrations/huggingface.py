@@ -3,7 +3,10 @@
 huggingface_hub is synchronous; calls run in a worker thread. The endpoint is passed explicitly
 (``HF_ENDPOINT`` is read at import time by the library, so relying on it is fragile). Tokens are
 passed per call and never stored on the client or logged. Hub errors become :class:`HubError`
-subclasses with a message fit for an API user.
+subclasses with a message fit for an API user, and say as data whether asking again can help
+(:attr:`HubError.temporary`: no answer, a timeout, 429 or a 5xx) or not (404, 401/403, gated, no
+such revision) and why (:attr:`HubError.reason`); the controllers turn that into their own
+temporary or permanent errors where they call the hub.
 """
 
 from __future__ import annotations
@@ -25,19 +28,55 @@ from huggingface_hub.errors import (
 
 
 class HubError(Exception):
-    """The hub refused or failed a request."""
+    """The hub refused or failed a request. ``status`` is the HTTP status when the hub
+    answered (None: no answer); ``temporary`` says whether the same request may succeed
+    later; ``reason`` is a short CamelCase word for status fields."""
+
+    reason = "HubError"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def temporary(self) -> bool:
+        """No answer, a timeout, too many requests or a server error: worth asking again."""
+        return temporary_status(self.status)
+
+
+def temporary_status(status: int | None) -> bool:
+    """Whether a hub answer (None: none at all) may change by itself: 408, 429 and 5xx."""
+    return status is None or status in (408, 429) or status >= 500
 
 
 class HubRepoNotFound(HubError):
     """No such repository (or it is private and the token cannot see it)."""
 
+    reason = "RepositoryNotFound"
+
+    @property
+    def temporary(self) -> bool:
+        return False
+
 
 class HubRevisionNotFound(HubError):
     """The repository exists but not that branch, tag or commit."""
 
+    reason = "RevisionNotFound"
+
+    @property
+    def temporary(self) -> bool:
+        return False
+
 
 class HubAccessDenied(HubError):
     """The repository is gated and the token (or its absence) does not grant access."""
+
+    reason = "AccessDenied"
+
+    @property
+    def temporary(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +168,9 @@ class HubClient:
                 raise HubAccessDenied(
                     f"the hub refused the token for {repo_id} (HTTP {status})"
                 ) from exc
-            raise HubError(f"the hub answered {status or 'nothing'} for {repo_id}") from exc
+            raise HubError(
+                f"the hub answered {status or 'nothing'} for {repo_id}", status=status
+            ) from exc
         return _to_model(info)
 
     async def describe(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
@@ -166,7 +207,10 @@ class HubClient:
                 "that has it"
             )
         if response.status_code >= 400:
-            raise HubError(f"the hub answered {response.status_code} for {repo_id}/{path}")
+            raise HubError(
+                f"the hub answered {response.status_code} for {repo_id}/{path}",
+                status=response.status_code,
+            )
 
     async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
         """Models whose id matches ``query`` (metadata only, no file list)."""
@@ -181,7 +225,9 @@ class HubClient:
             )
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
-            raise HubError(f"the hub answered {status or 'nothing'} to a search") from exc
+            raise HubError(
+                f"the hub answered {status or 'nothing'} to a search", status=status
+            ) from exc
         return [_to_model(info) for info in found]
 
     async def json_file(

@@ -33,8 +33,38 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 
 
+PERMANENT_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "AccessDenied"})
+"""S3 error codes no retry can change."""
+
+
 class S3Error(Exception):
-    """An S3 request failed; the message carries the error code, never the keys."""
+    """An S3 request failed; the message carries the error code, never the keys.
+
+    ``status`` and ``code`` are what the server answered (None: no answer); ``temporary``
+    says, as data, whether the same request may succeed later. Only what a person must fix is
+    not: credentials refused (401, 403: AccessDenied, a bad signature or key id), a bucket
+    that does not exist, an endpoint the outbound policy refuses. Anything else may pass: no
+    answer, 5xx, and the 400s of a multipart upload whose parts a restarting server lost
+    (``InvalidPart``: the sink lists the parts again and sends the missing ones); callers
+    turn that into their own retry or failure."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        refused: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.refused = refused
+
+    @property
+    def temporary(self) -> bool:
+        """Worth trying again unchanged."""
+        return not (self.refused or self.status in (401, 403) or self.code in PERMANENT_CODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +131,8 @@ class S3Client:
                 self._outbound.check_host(endpoint_host)
             except AddressRefused as exc:
                 raise S3Error(
-                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)"
+                    f"the endpoint {endpoint_host} {exc} (refused by the outbound address policy)",
+                    refused=True,
                 ) from None
         async with self._session.client(
             "s3",
@@ -155,9 +186,9 @@ class S3Client:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
-            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+            raise s3_error(exc, f"head s3://{self.location.bucket}/{key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"head s3://{self.location.bucket}/{key}")) from exc
+            raise s3_error(exc, f"head s3://{self.location.bucket}/{key}") from exc
         return int(result["ContentLength"]), dict(result.get("Metadata", {}))
 
     async def start_upload(self, key: str, *, metadata: dict[str, str]) -> str:
@@ -212,9 +243,9 @@ class S3Client:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                 return None
-            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+            raise s3_error(exc, f"list parts of {key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"list parts of {key}")) from exc
+            raise s3_error(exc, f"list parts of {key}") from exc
 
     async def complete_upload(
         self, key: str, upload_id: str, parts: dict[int, tuple[int, str]]
@@ -243,9 +274,9 @@ class S3Client:
                 )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+                raise s3_error(exc, f"abort upload of {key}") from exc
         except BotoCoreError as exc:
-            raise S3Error(_describe(exc, f"abort upload of {key}")) from exc
+            raise s3_error(exc, f"abort upload of {key}") from exc
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix/``; returns how many."""
@@ -281,7 +312,18 @@ def _s3_errors(what: str) -> Iterator[None]:
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
-        raise S3Error(_describe(exc, what)) from exc
+        raise s3_error(exc, what) from exc
+
+
+def s3_error(exc: ClientError | BotoCoreError, what: str) -> S3Error:
+    """The :class:`S3Error` of a botocore failure, with the status the server answered."""
+    status = code = None
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code")
+    return S3Error(
+        _describe(exc, what), status=status, code=code, refused=_refusal_in(exc) is not None
+    )
 
 
 def _describe(exc: ClientError | BotoCoreError, what: str) -> str:

@@ -12,7 +12,8 @@ import socket
 import uuid
 from contextlib import AsyncExitStack
 
-from controllers.downloads.reconciler import DownloadController, WeightsRuntimeConfig
+from controllers.downloads.reconciler import DownloadController
+from controllers.downloads.running import WeightsRuntimeConfig
 from controllers.inference.reconciler import InferenceController
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.secrets import SecretStore
@@ -40,10 +41,12 @@ def start_download_controller(
     hub: HubClient,
     secrets: SecretStore,
     recorder: Recorder,
+    broker: Broker,
     outbound: OutboundPolicy,
 ) -> DownloadController | None:
     """The download controller, started (stopped with the stack), with in-process workers or
-    download Jobs per the runtime; None when this process runs no controllers."""
+    download Jobs per the runtime, and fed by the event log of every replica; None when this
+    process runs no controllers."""
     if not settings.run_controllers:
         return None
     controller = DownloadController(
@@ -66,6 +69,8 @@ def start_download_controller(
     )
     controller.start()
     stack.push_async_callback(controller.stop)
+    broker.listen(controller.on_event)
+    broker.on_trimmed(controller.resync_soon)  # it may have missed a mutation's event
     return controller
 
 

@@ -53,7 +53,6 @@ from storage.errors import DatabaseUnavailable, DuplicateKey
 from storage.repositories import (
     ApiKeyRepository,
     InferenceRepository,
-    LedgerRepository,
     ModelRepository,
     OrganizationRepository,
     WeightsRepository,
@@ -260,6 +259,7 @@ def _start_controllers(stack: AsyncExitStack, core: Core) -> _Controllers:
         hub=core.hub,
         secrets=core.secrets,
         recorder=core.recorder,
+        broker=core.broker,
         outbound=core.outbound,
     )
     core.parts.prepare()
@@ -314,7 +314,6 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
             outbound=core.outbound,
             hub_endpoint=settings.hf_endpoint,
         ),
-        on_change=controllers.downloads.notify if controllers.downloads is not None else None,
         recorder=core.recorder,
         weights=WeightsRepository(database),
     )
@@ -330,7 +329,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         runtime=runtime,
         hub=core.hub,
         models=models,
-        weights=_weights_service(core, controllers.downloads),
+        weights=_weights_service(core),
         cluster=cluster,
         inference=_inference_service(core, cluster, controllers.inference_runtime),
         broker=core.broker,
@@ -359,16 +358,18 @@ def _inference_service(
     )
 
 
-def _weights_service(core: Core, controller: DownloadController | None) -> WeightsService:
-    return WeightsService(
+def _weights_service(core: Core) -> WeightsService:
+    """The weights service; deleteWeights waits for the leader's outcome, woken by the log."""
+    weights = WeightsService(
         weights=WeightsRepository(core.database),
         models=ModelRepository(core.database),
         inferences=InferenceRepository(core.database),
-        ledgers=LedgerRepository(core.database),
-        controller=controller,
         local_roots=tuple(core.settings.local_roots),
         recorder=core.recorder,
+        removal_wait=core.settings.weights_removal_wait_seconds,
     )
+    core.broker.listen(weights.on_event)
+    return weights
 
 
 def _open_gateway(stack: AsyncExitStack, core: Core) -> tuple[ApiKeyService, Gateway, Upstreams]:

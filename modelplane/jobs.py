@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from controllers.downloads.reconciler import WeightsRuntimeConfig, run_weights
+from controllers.downloads.running import WeightsRuntimeConfig, run_weights
 from controllers.runtimes.secrets import (
     HF_TOKEN_KEY,
     S3_SECRET_KEY,

@@ -233,6 +233,11 @@ class Settings(BaseSettings):
     means a faster take-over, but a leader paused longer than this (a stalled event loop, a
     partition) loses the lease and stops its work."""
 
+    # issue 16: downloads
+    weights_removal_wait_seconds: float = Field(default=30.0, gt=0, le=600)
+    """How long ``deleteWeights`` waits for the leading replica to remove the files and the
+    record (or to report the target's refusal) before answering that the removal goes on."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

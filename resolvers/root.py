@@ -201,7 +201,8 @@ class Mutation:
     )
     retry_download: DownloadResult = strawberry.field(
         resolver=weights_resolvers.retry_download,
-        description="Resume a FAILED or CANCELLED download from where it stopped.",
+        description="Resume a FAILED or CANCELLED download from where it stopped; a FAILED model "
+        "whose download was never created (the hub refused its first look) asks the hub again.",
     )
     delete_weights: DeleteWeightsResult = strawberry.field(
         resolver=weights_resolvers.delete_weights,

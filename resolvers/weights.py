@@ -10,6 +10,7 @@ import strawberry
 from resolvers.context import Info
 from resolvers.errors import answers, query_errors
 from schema.enums import StorageKindEnum
+from schema.models import Model
 from schema.scalars import BigInt
 from schema.weights import (
     DeletedWeights,
@@ -19,7 +20,7 @@ from schema.weights import (
     Weights,
     WeightsPage,
 )
-from storage.documents import WeightsDocument
+from storage.documents import ModelDocument, WeightsDocument
 
 
 async def resolve_weights(
@@ -61,10 +62,16 @@ async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
 
 
 async def _change_download(
-    info: Info, model_id: strawberry.ID, *, action: Callable[..., Awaitable[WeightsDocument]]
+    info: Info,
+    model_id: strawberry.ID,
+    *,
+    action: Callable[..., Awaitable[WeightsDocument | ModelDocument]],
 ) -> DownloadResult:
     principal = info.context.require_principal()
-    return Weights.from_document(await action(principal, str(model_id)))
+    doc = await action(principal, str(model_id))
+    if isinstance(doc, ModelDocument):
+        return Model.from_document(doc)  # retryDownload asked the hub again for the model
+    return Weights.from_document(doc)
 
 
 @answers

@@ -9,7 +9,7 @@ import strawberry
 
 from schema.enums import DownloadStageEnum, FileStateEnum, StorageKindEnum, WeightsStateEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from schema.models import DownloadTarget, target_view
+from schema.models import DownloadTarget, Model, target_view
 from schema.scalars import BigInt
 from storage.documents import Progress, WeightsDocument
 
@@ -155,8 +155,14 @@ class DeletedWeights:
 
 
 DownloadResult = Annotated[
-    Weights | NotFoundError | ConflictError | ForbiddenError,
-    strawberry.union("DownloadResult", description="The download's new state, or why not."),
+    Weights | Model | NotFoundError | ConflictError | ForbiddenError,
+    strawberry.union(
+        "DownloadResult",
+        description=(
+            "The download's new state; the model, when retryDownload asked the hub again for "
+            "a model whose download was never created; or why not."
+        ),
+    ),
 ]
 DeleteWeightsResult = Annotated[
     DeletedWeights | NotFoundError | ConflictError | ForbiddenError | ValidationError,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -145,12 +145,10 @@ class ModelService:
         hub: HubClient,
         runtime: Runtime,
         policy: ModelPolicy,
-        on_change: Callable[[str], None] | None = None,
         recorder: Recorder | None = None,
         weights: WeightsRepository | None = None,
     ) -> None:
         self._weights = weights
-        self._on_change = on_change or (lambda _model_id: None)
         self._record = recorder or Recorder(None)
         self._models = models
         self._secrets = secrets
@@ -239,7 +237,6 @@ class ModelService:
             extra={"model_id": model.id, "organization_id": model.organization_id},
         )
         await self._record.model(model, EventType.CREATED)
-        self._on_change(model.id)
         return model
 
     async def update(
@@ -289,7 +286,6 @@ class ModelService:
         if not already:
             await self._record.model(model, EventType.DELETED)
         model = await self._credentials_gone(principal, model)
-        self._on_change(model.id)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
 
     async def _credentials_gone(self, principal: Principal, model: ModelDocument) -> ModelDocument:

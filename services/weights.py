@@ -9,19 +9,28 @@ to load them, CRASH_LOOP_BACK_OFF ones load them at every restart, and a FAILED 
 started again when its cause goes (a Kubernetes Deployment keeps retrying its image pull; a
 model whose weights failed starts when they are READY). A stopped one holds them until it is
 STOPPED: until its engine is gone it keeps its last phase and may still be reading.
+
+This service never calls a controller (docs/architecture.md decision 10): it writes the
+document, appends the event and returns, and the leading replica's download controller acts
+on the event. ``cancelDownload`` writes CANCELLED; ``deleteWeights`` marks the weights
+(``deletion``) and waits, bounded, for the leader's outcome -- the record gone, or the target's
+refusal written into the mark -- woken by this replica's broker (:meth:`WeightsService.on_event`),
+so the answer tells the truth whichever replica took the call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from controllers.downloads.reconciler import DownloadController
-from controllers.transfer.downloader import DownloadError, LocalSink
-from live import EventType, Recorder
+from live import Event, EventType, Recorder, ResourceKind
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from storage.documents import (
@@ -32,13 +41,14 @@ from storage.documents import (
     PvcTarget,
     Role,
     TargetKind,
+    WeightsDeletion,
     WeightsDocument,
     WeightsState,
+    new_id,
 )
-from storage.errors import RevisionConflict
+from storage.errors import NotFound
 from storage.repositories import (
     InferenceRepository,
-    LedgerRepository,
     ModelRepository,
     Page,
     WeightsRepository,
@@ -47,6 +57,9 @@ from storage.repositories import (
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
+REMOVAL_WAIT_SECONDS = 30.0
+REMOVAL_RECHECK = 5.0
+"""Seconds between re-reads of weights being removed when no event about them arrives."""
 
 
 def holds_weights(*, enabled: bool, phase: InferencePhase) -> bool:
@@ -102,18 +115,17 @@ class WeightsService:
         weights: WeightsRepository,
         models: ModelRepository,
         inferences: InferenceRepository,
-        ledgers: LedgerRepository,
-        controller: DownloadController | None,
         local_roots: tuple[Path, ...],
         recorder: Recorder | None = None,
+        removal_wait: float = REMOVAL_WAIT_SECONDS,
     ) -> None:
         self._record = recorder or Recorder(None)
         self._weights = weights
         self._models = models
         self._inferences = inferences
-        self._ledgers = ledgers
-        self._controller = controller
         self._roots = local_roots
+        self._removal_wait = removal_wait
+        self._removals = _Waiters()
 
     async def get(self, principal: Principal, weights_id: str) -> WeightsDocument | None:
         """One entry of the caller's organisation."""
@@ -161,51 +173,85 @@ class WeightsService:
         return result + _claims_usage(page.items)
 
     async def cancel(self, principal: Principal, model_id: str) -> WeightsDocument:
-        """Stop the model's download; verified files stay, in-flight parts go."""
+        """Stop the model's download: CANCELLED with a bumped attempt (an old worker's last
+        write is then a no-op), recorded; the leading controller halts the worker and discards
+        in-flight parts on that event. Verified files stay."""
         principal.require(Role.EDITOR)
         model, weights = await self._model_weights(principal, model_id)
-        if weights.state not in (WeightsState.PENDING, WeightsState.PULLING):
-            raise Conflict(None, f"the download is {weights.state.value}, nothing to cancel")
-        # State first: a reconcile racing with us must see CANCELLED, not a PULLING download
-        # without a runner (which it would start again). The bumped attempt makes the old
-        # runner's last write a no-op.
-        updated = await self._set(
-            weights, {"state": WeightsState.CANCELLED, "attempt": weights.attempt + 1}
-        )
-        await self._discard_partials(weights)
-        await self._record.weights(updated, EventType.PHASE_CHANGED)
-        self._notify(model)
-        return updated
 
-    async def retry(self, principal: Principal, model_id: str) -> WeightsDocument:
-        """Resume a FAILED or CANCELLED download (verified files and kept chunks are reused)."""
-        principal.require(Role.EDITOR)
-        model, weights = await self._model_weights(principal, model_id)
-        if weights.state not in (WeightsState.FAILED, WeightsState.CANCELLED):
-            raise Conflict(
-                None,
-                f"the download is {weights.state.value}; only FAILED or "
-                "CANCELLED downloads can be retried",
-            )
-        updated = await self._set(
-            weights,
-            {"state": WeightsState.PENDING, "message": None, "attempt": weights.attempt + 1},
-        )
-        retrying = await self._models.update(
-            model.id,
-            expected_revision=model.revision,
-            changes={"phase": ModelPhase.PULLING, "message": "retrying the download"},
+        def change(current: WeightsDocument) -> dict[str, object]:
+            if current.state not in (WeightsState.PENDING, WeightsState.PULLING):
+                raise Conflict(None, f"the download is {current.state.value}, nothing to cancel")
+            return {"state": WeightsState.CANCELLED, "attempt": current.attempt + 1}
+
+        updated = await self._weights.modify(
+            weights.id,
+            change,
             scope=principal.scope,
             event=EventType.PHASE_CHANGED,
+            current=weights,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
-        await self._record.model(retrying, EventType.PHASE_CHANGED)
-        self._notify(model)
+        log.info("download cancelled", extra={"model_id": model.id, "weights_id": weights.id})
         return updated
+
+    async def retry(self, principal: Principal, model_id: str) -> WeightsDocument | ModelDocument:
+        """Resume a FAILED or CANCELLED download (verified files and kept chunks are reused).
+        A FAILED model with no download (its first look at the hub failed for good) is asked
+        for again: PENDING, and the controller starts over; the model is returned then."""
+        principal.require(Role.EDITOR)
+        model, weights = await self._model_and_weights(principal, model_id)
+        if weights is None:
+            return await self._request_again(principal, model)
+
+        def change(current: WeightsDocument) -> dict[str, object]:
+            if current.state not in (WeightsState.FAILED, WeightsState.CANCELLED):
+                raise Conflict(
+                    None,
+                    f"the download is {current.state.value}; only FAILED or "
+                    "CANCELLED downloads can be retried",
+                )
+            return {"state": WeightsState.PENDING, "message": None, "attempt": current.attempt + 1}
+
+        updated = await self._weights.modify(
+            weights.id,
+            change,
+            scope=principal.scope,
+            event=EventType.PHASE_CHANGED,
+            current=weights,
+        )
+        await self._record.weights(updated, EventType.PHASE_CHANGED)
+        retrying = await self._models.modify(
+            model.id,
+            lambda _current: {"phase": ModelPhase.PULLING, "message": "retrying the download"},
+            scope=principal.scope,
+            event=EventType.PHASE_CHANGED,
+            current=model,
+        )
+        await self._record.model(retrying, EventType.PHASE_CHANGED)
+        return updated
+
+    async def _request_again(self, principal: Principal, model: ModelDocument) -> ModelDocument:
+        """A model whose download was never created: PENDING again, for the controller."""
+
+        def change(current: ModelDocument) -> dict[str, object]:
+            if current.weights_id is not None or current.phase is not ModelPhase.FAILED:
+                raise Conflict(None, f"model {model.id} has no failed download to retry")
+            return {"phase": ModelPhase.PENDING, "message": "asking the hub again"}
+
+        pending = await self._models.modify(
+            model.id, change, scope=principal.scope, event=EventType.PHASE_CHANGED, current=model
+        )
+        await self._record.model(pending, EventType.PHASE_CHANGED)
+        return pending
 
     async def delete(self, principal: Principal, weights_id: str, *, force: bool) -> list[str]:
         """Remove files and the entry; refuses while an inference uses them unless forced.
-        Returns the ids of the models that used them (now FAILED, asking for a retry)."""
+        Returns the ids of the models that used them (now FAILED, asking for a retry).
+
+        The leading controller does the removal (it runs the download's worker, and halts it
+        first): this marks the weights and waits, at most ``removal_wait`` seconds, for it to
+        answer, re-reading the document whenever an event about it arrives."""
         principal.require(Role.EDITOR)
         weights = await self._weights.get(weights_id, scope=principal.scope)
         if weights is None:
@@ -221,14 +267,49 @@ class WeightsService:
                 "force",
                 f"inference of {', '.join(serving)} uses these weights; stop it or pass force",
             )
-        await self._remove_files(weights)
-        await self._record.before_removal(weights)  # its DELETED event survives a crash
-        await self._weights.delete(weights.id, scope=principal.scope)
-        await self._ledgers.forget(weights.id)
-        await self._record.weights(weights, EventType.DELETED)
-        for model in users:
-            await self._detach(model)
+        request = new_id("removal")
+        mark = WeightsDeletion(request=request).model_dump(mode="python")
+        with self._removals.watching(weights.id) as changed:
+            try:
+                marked = await self._weights.modify(
+                    weights.id,
+                    lambda _current: {"deletion": mark},
+                    scope=principal.scope,
+                    event=EventType.UPDATED,
+                    current=weights,
+                )
+            except NotFound:
+                raise Missing(weights_id, f"weights {weights_id} not found") from None
+            await self._record.weights(marked, EventType.UPDATED)
+            await self._removal_outcome(marked, changed)
         return [m.id for m in users]
+
+    def on_event(self, event: Event) -> None:
+        """An event of the log (broker listener): wake the calls waiting on that weights."""
+        if event.resource_kind is ResourceKind.WEIGHTS:
+            self._removals.wake(event.resource_id)
+
+    async def _removal_outcome(self, weights: WeightsDocument, changed: asyncio.Event) -> None:
+        """Wait until the removal is done (the record is gone) or refused (the reason is in
+        the mark); re-read on every event about the weights, and every few seconds as a
+        backstop against an event this replica's tail missed."""
+        deadline = asyncio.get_running_loop().time() + self._removal_wait
+        while True:
+            verdict, reason = removal_verdict(await self._weights.get(weights.id))
+            if verdict is RemovalVerdict.REMOVED:
+                return
+            if verdict is RemovalVerdict.REFUSED:
+                raise Conflict(None, f"{reason}; the weights and their record are kept")
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise Conflict(
+                    None,
+                    f"the removal of {weights.location} was asked for, but no controller "
+                    f"finished it within {self._removal_wait:g} s; it goes on when one runs",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(left, REMOVAL_RECHECK))
+            changed.clear()
 
     async def _serving(self, principal: Principal, users: list[ModelDocument]) -> list[str]:
         """Names of the models among ``users`` whose inference holds their weights, read from
@@ -245,67 +326,17 @@ class WeightsService:
         ]
         return sorted({names[i.model_id] for i in holding if i.model_id in names})
 
-    async def _discard_partials(self, weights: WeightsDocument) -> None:
-        """Stop the runner and drop in-flight parts. A target that cannot be reached keeps its
-        parts and the ledgers that name them (a retry resumes or aborts them): the cancel
-        itself, already recorded, stands."""
-        try:
-            if self._controller is not None:
-                await self._controller.cancel_runner(weights.id)
-                await self._controller.discard_partials(weights)
-            else:
-                await LocalSink.for_weights(weights).discard_partials([])
-        except DownloadError as exc:
-            log.warning(
-                "partial downloads could not be discarded",
-                extra={"weights_id": weights.id, "reason": str(exc)},
-            )
-            return
-        await self._ledgers.forget(weights.id)
-
-    async def _remove_files(self, weights: WeightsDocument) -> None:
-        """Stop the download and remove its files first: when the target refuses or cannot be
-        reached, the record stays (nothing deleted) and the caller is told which and why."""
-        try:
-            if self._controller is not None:
-                await self._controller.cancel_runner(weights.id)
-                await self._controller.remove_files(weights)
-            else:
-                await LocalSink.for_weights(weights).remove_all()
-        except DownloadError as exc:
-            log.warning(
-                "weights files could not be removed",
-                extra={"weights_id": weights.id, "reason": str(exc)},
-            )
-            raise Conflict(
-                None, f"{_where(weights)}: {exc}; the weights and their record are kept"
-            ) from None
-
-    async def _detach(self, model: ModelDocument) -> None:
-        for _ in range(5):
-            try:
-                detached = await self._models.update(
-                    model.id,
-                    expected_revision=model.revision,
-                    changes={
-                        "weights_id": None,
-                        "phase": ModelPhase.FAILED,
-                        "message": "weights deleted; recreate the model to fetch them again",
-                    },
-                    event=EventType.PHASE_CHANGED,
-                )
-            except RevisionConflict:
-                fresh = await self._models.get(model.id)
-                if fresh is None:
-                    return
-                model = fresh
-            else:
-                await self._record.model(detached, EventType.PHASE_CHANGED)
-                return
-
     async def _model_weights(
         self, principal: Principal, model_id: str
     ) -> tuple[ModelDocument, WeightsDocument]:
+        model, weights = await self._model_and_weights(principal, model_id)
+        if weights is None:
+            raise Conflict(None, f"model {model_id} has no download")
+        return model, weights
+
+    async def _model_and_weights(
+        self, principal: Principal, model_id: str
+    ) -> tuple[ModelDocument, WeightsDocument | None]:
         model = await self._models.get(model_id, scope=principal.scope)
         if model is None or model.is_deleted:
             raise Missing(model_id, f"model {model_id} not found")
@@ -314,27 +345,46 @@ class WeightsService:
             if model.weights_id
             else None
         )
-        if weights is None:
-            raise Conflict(None, f"model {model_id} has no download")
         return model, weights
 
-    async def _set(self, weights: WeightsDocument, changes: dict[str, object]) -> WeightsDocument:
-        while True:
-            try:
-                return await self._weights.update(
-                    weights.id,
-                    expected_revision=weights.revision,
-                    changes=changes,
-                    event=EventType.PHASE_CHANGED,  # cancel and retry: both record one
-                )
-            except RevisionConflict:
-                weights = await self._weights.require(weights.id)
 
-    def _notify(self, model: ModelDocument) -> None:
-        if self._controller is not None:
-            self._controller.notify(model.id)
+class RemovalVerdict(enum.Enum):
+    """Where a removal asked for by deleteWeights stands, as the weights document says."""
+
+    WAITING = "waiting"
+    REMOVED = "removed"
+    REFUSED = "refused"
 
 
-def _where(weights: WeightsDocument) -> str:
-    """Where a download's files are, for messages: the S3 endpoint too (never a key)."""
-    return weights.target.describe(weights.location)
+def removal_verdict(weights: WeightsDocument | None) -> tuple[RemovalVerdict, str | None]:
+    """Pure: gone is removed; a refusal written into the mark (of this request or of one
+    that replaced it) is refused, with its reason; anything else is still waiting for the
+    controller."""
+    if weights is None:
+        return RemovalVerdict.REMOVED, None
+    if weights.deletion is not None and weights.deletion.refused is not None:
+        return RemovalVerdict.REFUSED, weights.deletion.refused
+    return RemovalVerdict.WAITING, None
+
+
+class _Waiters:
+    """Calls waiting for news of a weights document, woken by the broker's listener."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def watching(self, weights_id: str) -> Iterator[asyncio.Event]:
+        changed = asyncio.Event()
+        self._waiting.setdefault(weights_id, set()).add(changed)
+        try:
+            yield changed
+        finally:
+            waiting = self._waiting.get(weights_id, set())
+            waiting.discard(changed)
+            if not waiting:
+                self._waiting.pop(weights_id, None)
+
+    def wake(self, weights_id: str) -> None:
+        for changed in self._waiting.get(weights_id, ()):
+            changed.set()

@@ -291,6 +291,16 @@ class Progress(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class WeightsDeletion(BaseModel):
+    """deleteWeights asked the leading controller to remove these weights: it halts the
+    download, removes the files, detaches the models and deletes the record; or, when the
+    target refuses, keeps everything and writes ``refused`` (the reason) here."""
+
+    request: str
+    """Which call asked (it waits for the outcome of its own request)."""
+    refused: str | None = None
+
+
 class WeightsDocument(Document):
     """Downloaded (or downloading) weights: one repo at one commit in one place."""
 
@@ -311,6 +321,8 @@ class WeightsDocument(Document):
     """Bumped by retryDownload; a runner whose attempt is stale stops."""
     volume: VolumeUsage | None = None
     """The target filesystem when the download finished (how PVC usage is known)."""
+    deletion: WeightsDeletion | None = None
+    """A removal asked for and not yet done (``refused`` None), or refused (why)."""
 
 
 class LedgerDocument(Document):

@@ -35,12 +35,13 @@ Modelled:
 
 Test hooks (not part of the Hub): fault injection per file (glob) settable from Python
 (``hub.faults``) or ``POST``/``GET``/``DELETE /_testbed/faults``: ``fail_next`` (5xx for the next
-n requests), ``stall_after`` (stop sending mid-body for a while), ``drop_after`` and
-``throttle``; a request log (``hub.log``, ``GET /_testbed/requests``), written before the
-last body byte leaves so a client that has its response can already read its record; and a
-live transfer log (``hub.transfers``): per file body, its first byte and the bytes sent so far,
-updated as they leave, so a test sees which ranges of a file were served (a resumed download
-must not fetch again what it had recorded) and whether any are still streaming. Bodies
+n requests; the model-info API too, as the pseudo-path ``<repo>/@info/<revision>``),
+``stall_after`` (stop sending mid-body for a while), ``drop_after`` and ``throttle``; a
+request log (``hub.log``, ``GET /_testbed/requests``), written before the last body byte
+leaves so a client that has its response can already read its record; and a live transfer
+log (``hub.transfers``): per file body, its first byte and the bytes sent so far, updated as
+they leave, so a test sees which ranges of a file were served (a resumed download must not
+fetch again what it had recorded) and whether any are still streaming. Bodies
 are streamed in chunks from memory. A drop ends the ASGI response without its final message:
 uvicorn logs "ASGI callable returned without completing response." and closes the socket,
 and httpx reports ``RemoteProtocolError: peer closed connection without sending complete
@@ -185,6 +186,11 @@ class TransferLog:
 
 
 # --------------------------------------------------------------------------- faults
+
+INFO_FAULTS = "@info"
+"""The pseudo-path of the model-info API in fault patterns: ``fail_next("<repo>/@info/<rev>")``
+fails ``GET /api/models/<repo>/revision/<rev>`` (``@info/main`` is the call without a revision),
+so a test can fail a controller's look at a commit and not the API's look at the branch."""
 
 FaultKind = Literal["fail_next", "stall_after", "drop_after", "throttle"]
 
@@ -610,7 +616,10 @@ async def list_models(request: Request) -> Response:
 async def model_info(request: Request) -> Response:
     hub: LocalHub = request.app.state.hub
     repo, _ = _repo(hub, request, content=False)
-    _commit(repo, request.path_params.get("revision", "main"))
+    revision = request.path_params.get("revision", "main")
+    if (status := hub.faults.take_failure(repo.repo_id, f"{INFO_FAULTS}/{revision}")) is not None:
+        raise HubError(status, "Injected failure (testbed fault)")
+    _commit(repo, revision)
     data = _model_json(repo, blobs=_flag(request.query_params.get("blobs")))
     if expand := _expand(request):
         data = {k: v for k, v in data.items() if k in {"_id", "id", *expand}}

@@ -1,23 +1,16 @@
-"""The download controller: its pure plan (table tests) and leader election between replicas."""
+"""The download controller: leader election between replicas and real reconciles (its pure
+decisions are table-tested in ``test_download_plan.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from controllers.downloads.executions import Execution
-from controllers.downloads.reconciler import (
-    Action,
-    DownloadController,
-    WeightsRuntimeConfig,
-    model_status,
-    plan,
-    restarts_on_attach,
-)
+from controllers.downloads.reconciler import DownloadController
+from controllers.downloads.running import WeightsRuntimeConfig
 from controllers.leading import Leadership
 from controllers.runtimes.secrets import EncryptedSecretStore, fernet_for
 from controllers.transfer.downloader import DownloadOptions
@@ -30,8 +23,6 @@ from storage.documents import (
     ModelDocument,
     ModelPhase,
     ModelSource,
-    PvcTarget,
-    WeightsDocument,
     WeightsState,
 )
 from storage.repositories import (
@@ -44,6 +35,7 @@ from storage.repositories import (
 )
 from testbed.hub import RunningHub
 from tests.helpers import LOOPBACK_ALLOWED
+from tests.test_download_plan import model_doc as _model
 
 
 def controller(database: Database, holder: str) -> DownloadController:
@@ -109,129 +101,6 @@ async def test_resync_soon_resyncs_at_once_instead_of_at_the_period() -> None:
         assert not resynced.is_set(), "one request, one resync"
     finally:
         await leadership.stop()
-
-
-def _model(**overrides: Any) -> ModelDocument:
-    values: dict[str, Any] = {
-        "id": "model-a",
-        "organization_id": "org",
-        "name": "a",
-        "name_key": "a",
-        "display_name": "A",
-        "source": ModelSource(url="org/a", access_mode=AccessMode.LOCAL),
-        "download_target": LocalTarget(local_path="/models/a"),
-        "phase": ModelPhase.PENDING,
-    }
-    values.update(overrides)
-    return ModelDocument(**values)
-
-
-def _weights(state: WeightsState, *model_ids: str) -> WeightsDocument:
-    return WeightsDocument(
-        model_ids=list(model_ids),
-        id="weights-a",
-        organization_id="org",
-        repo_id="org/a",
-        commit_sha="c" * 40,
-        target=LocalTarget(local_path="/models/a"),
-        location="/models/a",
-        state=state,
-    )
-
-
-GONE = _model(is_deleted=True)
-IDLE = Execution()
-ACTIVE = Execution(active=True)
-BROKEN = Execution(active=True, failure="download pod cannot start: ImagePullBackOff")
-ENDED = Execution(active=False, failure="download Job failed: BackoffLimitExceeded")
-
-
-@pytest.mark.parametrize(
-    ("model", "weights", "execution", "expected"),
-    [
-        (None, None, IDLE, Action.FORGET),
-        # a deleted model: its download stops unless another model uses it
-        (GONE, _weights(WeightsState.PULLING, "model-a"), ACTIVE, Action.STOP),
-        (GONE, _weights(WeightsState.PENDING, "model-a"), IDLE, Action.STOP),
-        (GONE, _weights(WeightsState.PULLING), IDLE, Action.STOP),  # left by an older version
-        (GONE, _weights(WeightsState.PULLING, "model-a", "model-b"), ACTIVE, Action.RELEASE),
-        (GONE, _weights(WeightsState.PULLING, "model-b"), ACTIVE, Action.FORGET),
-        (GONE, _weights(WeightsState.READY, "model-a"), IDLE, Action.RELEASE),
-        (GONE, _weights(WeightsState.READY), IDLE, Action.FORGET),
-        (GONE, _weights(WeightsState.CANCELLED), IDLE, Action.FORGET),  # stopped already
-        (GONE, _weights(WeightsState.CANCELLED), ACTIVE, Action.STOP),  # a worker lingers
-        (GONE, _weights(WeightsState.FAILED, "model-a"), IDLE, Action.RELEASE),
-        (GONE, None, IDLE, Action.FORGET),
-        (
-            _model(source=ModelSource(url="https://x/v1", access_mode=AccessMode.REMOTE_API)),
-            None,
-            IDLE,
-            Action.FORGET,
-        ),
-        (_model(download_target=None), None, IDLE, Action.NOTHING),
-        (
-            _model(download_target=PvcTarget(claim_name="c")),
-            None,
-            IDLE,
-            Action.CREATE_WEIGHTS,
-        ),
-        (_model(), None, IDLE, Action.CREATE_WEIGHTS),
-        (_model(phase=ModelPhase.FAILED), None, IDLE, Action.NOTHING),
-        (_model(), _weights(WeightsState.PENDING), IDLE, Action.START),
-        (_model(), _weights(WeightsState.PULLING), IDLE, Action.START),
-        (_model(), _weights(WeightsState.PULLING), ACTIVE, Action.MIRROR),
-        (_model(), _weights(WeightsState.PULLING), BROKEN, Action.FAIL),
-        (_model(), _weights(WeightsState.PENDING), ENDED, Action.FAIL),
-        (_model(), _weights(WeightsState.READY), IDLE, Action.MIRROR),
-        (_model(), _weights(WeightsState.READY), ACTIVE, Action.MIRROR),
-        (_model(), _weights(WeightsState.READY), ENDED, Action.MIRROR),
-        (_model(), _weights(WeightsState.CANCELLED), IDLE, Action.MIRROR),
-        (_model(), _weights(WeightsState.CANCELLED), ACTIVE, Action.HALT),
-        (_model(), _weights(WeightsState.FAILED), ACTIVE, Action.HALT),
-    ],
-)
-def test_plan(
-    model: ModelDocument | None,
-    weights: WeightsDocument | None,
-    execution: Execution,
-    expected: Action,
-) -> None:
-    assert plan(model, weights, execution) is expected
-
-
-@pytest.mark.parametrize(
-    ("weights", "expected"),
-    [
-        (_weights(WeightsState.CANCELLED), True),  # stopped when its model was deleted
-        (_weights(WeightsState.FAILED), True),
-        (_weights(WeightsState.CANCELLED, "model-b"), False),  # another model's user cancelled
-        (_weights(WeightsState.FAILED, "model-b"), False),
-        (_weights(WeightsState.PULLING), False),
-        (_weights(WeightsState.READY), False),
-    ],
-)
-def test_restarts_on_attach(weights: WeightsDocument, expected: bool) -> None:
-    assert restarts_on_attach(weights) is expected
-
-
-@pytest.mark.parametrize(
-    ("state", "phase", "message_part"),
-    [
-        (WeightsState.READY, ModelPhase.READY, None),
-        (WeightsState.PULLING, ModelPhase.PULLING, None),
-        (WeightsState.PENDING, ModelPhase.PENDING, "waiting"),
-        (WeightsState.CANCELLED, ModelPhase.FAILED, "cancelled"),
-    ],
-)
-def test_model_status_mirrors_weights(
-    state: WeightsState, phase: ModelPhase, message_part: str | None
-) -> None:
-    got_phase, message = model_status(_weights(state))
-    assert got_phase is phase
-    if message_part is None:
-        assert message is None
-    else:
-        assert message_part in (message or "")
 
 
 # -- one model through real reconciles (FerretDB, the local hub) ------------------------------

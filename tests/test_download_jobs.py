@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 
 from controllers.downloads.executions import Execution
-from controllers.runtimes.kubernetes.jobs import (
+from controllers.runtimes.kubernetes.job_specs import (
     JobTemplate,
     claim_refusal,
     job_execution,
@@ -26,6 +27,7 @@ from controllers.runtimes.kubernetes.jobs import (
     render_job,
 )
 from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
+from storage.client import Client
 from storage.documents import (
     AccessMode,
     ModelDocument,
@@ -36,9 +38,9 @@ from storage.documents import (
     S3Target,
     WeightsDocument,
 )
-from testbed import kubelet
+from testbed import kubelet, servers
 from testbed.hub import RunningHub
-from tests.conftest import HUB_TOKEN, RunningApp
+from tests.conftest import HUB_TOKEN, RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 
 # -- status mapping (pure) ---------------------------------------------------------------
@@ -520,3 +522,51 @@ async def test_deadline_exceeded_and_missing_claim_fail_with_their_reasons(
     owners = {j.metadata.labels["modelplane.io/owner-id"] for j in await _jobs(kube_app)}
     assert missing["id"] not in owners
     assert ModelPhase.FAILED.value == failed["phase"]
+
+
+@pytest.fixture
+async def refusing_kube_app(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    kube: servers.KubeCluster,
+    kube_namespace: str,
+) -> AsyncIterator[RunningApp]:
+    """The kubernetes runtime with a download service account name the API server refuses
+    (not a DNS subdomain: 422 Invalid)."""
+    settings = make_settings(
+        tmp_path,
+        mongo_uri,
+        hf_endpoint=hub.endpoint,
+        runtime="kubernetes",
+        kubeconfig=kube.kubeconfig,
+        namespace=kube_namespace,
+        download_service_account="Not_A_Name",
+    )
+    async with serve_app(settings, mongo_client) as running:
+        yield running
+
+
+async def test_a_job_the_api_server_refuses_fails_once_with_its_words(
+    refusing_kube_app: RunningApp, mongo_uri: str
+) -> None:
+    """A refused apply is permanent: FAILED with the API server's own message, once, and
+    not applied again (before, it was retried forever while the model stayed PULLING)."""
+    app = refusing_kube_app
+    await _mongo_secret(app, mongo_uri)
+    created = await _create_pvc_model(app, "tiny-org/tiny-model", claim="weights-r", size_gi=1)
+
+    failed = await _wait_for(
+        lambda: _model_if(app, created["id"], "FAILED"), what="the model to be FAILED"
+    )
+
+    assert "the API server refused to apply Job download-" in failed["message"], failed
+    assert "(422)" in failed["message"], failed
+    assert "Not_A_Name" in failed["message"], failed  # the server's own words name the value
+    await asyncio.sleep(2)  # a retry would come within the queue's first backoffs
+    events = app.resources.database["events"].find(
+        {"resource_id": created["id"], "resource_kind": "MODEL", "phase": "FAILED"}
+    )
+    assert len([e async for e in events]) == 1
+    assert await _jobs(app) == []

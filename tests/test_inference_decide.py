@@ -1,6 +1,6 @@
 """Table tests of the inference controller's pure decision (:mod:`controllers.inference.deciding`),
 and of how a refused Kubernetes apply is typed
-(:func:`controllers.runtimes.kubernetes.inference.refused`).
+(:func:`controllers.runtimes.kubernetes.errors.refused`).
 
 One row per line of the table in that module's docstring: the facts a reconcile read, and the
 action, phase and reason it must come to. No servers: ``decide`` does no I/O.
@@ -25,7 +25,7 @@ from controllers.inference.deciding import (
     decide,
 )
 from controllers.inference.workloads import Observed, WorkloadPlan
-from controllers.runtimes.kubernetes.inference import refused
+from controllers.runtimes.kubernetes.errors import refused
 from storage.documents import (
     AccessMode,
     InferenceDocument,

@@ -29,11 +29,6 @@ MAX_FUNCTION_LINES = 60
 
 ALLOWED: dict[str, str] = {
     # "path" for a module, "path:qualified.name" for a function: the reason it is larger.
-    "controllers/downloads/reconciler.py": "TODO(issue16)",
-    "controllers/downloads/reconciler.py:run_weights": "TODO(issue16)",
-    "controllers/runtimes/kubernetes/jobs.py": "TODO(issue16)",
-    "controllers/transfer/downloader.py": "TODO(issue16)",
-    "controllers/transfer/downloader.py:Downloader._run": "TODO(issue16)",
 }
 
 

@@ -14,9 +14,11 @@ import pytest
 
 from controllers.transfer.downloader import Downloader, DownloadError, DownloadOptions
 from controllers.transfer.s3_sink import S3Sink, object_prefix
-from integrations.s3 import S3Client
+from controllers.transfer.sinks import SinkUnavailable
+from integrations.s3 import S3Client, S3Location
+from modelplane.embedded import free_port
 from storage.client import Database
-from storage.documents import Progress
+from storage.documents import Progress, WeightsFile
 from storage.repositories import LedgerRepository, ensure_indexes
 from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import llama_repo
@@ -264,3 +266,35 @@ async def test_a_failed_download_closes_every_s3_session(
         loop.set_exception_handler(handler)
     assert leaked == []
     assert [c for c in complaints if "nclosed" in c] == []
+
+
+async def test_a_refusal_fails_at_once_and_an_outage_is_retried(
+    s3_server: S3Server, database: Database
+) -> None:
+    """403 (a wrong secret key) cannot pass by itself: the download fails at once with the
+    server's code; no answer at all (nothing listens) is worth the downloader's retries."""
+    good = await bucket_on(s3_server)
+    ledgers = LedgerRepository(database)
+    file = WeightsFile(path="a.bin", size=1, sha256="0" * 64)
+
+    def sink(endpoint: str, secret: str) -> S3Sink:
+        location = S3Location(
+            endpoint=endpoint,
+            region=good.location.region,
+            bucket=good.location.bucket,
+            access_key_id=good.location.access_key_id,
+            secret_access_key=secret,
+        )
+        client = S3Client(location, outbound=LOOPBACK_ALLOWED)
+        return S3Sink(client, prefix="p", ledgers=ledgers, chunk_size=8 * 1024 * 1024)
+
+    refused = sink(s3_server.endpoint, "not-the-secret")
+    with pytest.raises(DownloadError) as failure:
+        await refused.is_complete(file)
+    assert not isinstance(failure.value, SinkUnavailable)
+    assert "403" in str(failure.value)
+    assert "not-the-secret" not in str(failure.value)
+
+    closed = sink(f"http://127.0.0.1:{free_port()}", good.location.secret_access_key)
+    with pytest.raises(SinkUnavailable):
+        await closed.is_complete(file)

@@ -64,6 +64,14 @@ async def wait_model(
         await asyncio.sleep(0.1)
 
 
+async def until_gone(path: Path, *, timeout: float = 10) -> None:
+    started = time.monotonic()
+    while path.exists():
+        assert time.monotonic() - started < timeout, f"{path} still there after {timeout} s"
+        await asyncio.sleep(0.05)
+    print(f"{path.name} gone {time.monotonic() - started:.2f} s after the answer")  # noqa: T201
+
+
 def ready(model: dict[str, Any]) -> bool:
     return model["phase"] in ("READY", "FAILED")
 
@@ -130,7 +138,8 @@ async def test_cancel_keeps_nothing_in_flight_and_retry_resumes(
     )["cancelDownload"]
     assert cancelled["__typename"] == "Weights"
     assert cancelled["state"] == "CANCELLED"
-    assert not (Path(cancelled["location"]) / ".modelplane-partial").exists()
+    # The leading controller halts the worker and discards in-flight parts on the event.
+    await until_gone(Path(cancelled["location"]) / ".modelplane-partial")
     model = await wait_model(running_app, created["id"], lambda m: m["phase"] == "FAILED")
     assert "cancelled" in model["message"]
 
@@ -195,7 +204,7 @@ async def test_deleting_a_model_mid_download_stops_its_weights(
     assert weights["state"] == "CANCELLED", weights
     assert weights["message"] == "download stopped: its model was deleted"
     assert weights["modelIds"] == []
-    assert not (Path(weights["location"]) / ".modelplane-partial").exists()
+    await until_gone(Path(weights["location"]) / ".modelplane-partial")  # right after the halt
     controller = running_app.resources.downloads
     assert controller is not None
     stored = await running_app.resources.database["weights"].find_one({"_id": weights_id})

@@ -25,6 +25,8 @@ class Execution:
     """The worker ended, or cannot start, without recording an outcome: the reason."""
     note: str | None = None
     """The worker waits or retries for a reason worth showing (unschedulable, OOMKilled)."""
+    stale: bool = False
+    """A worker of an older attempt lingers (a Job left by a cancel, which bumps the attempt)."""
 
 
 class Executor(Protocol):

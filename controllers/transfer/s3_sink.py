@@ -21,7 +21,7 @@ import math
 from collections.abc import Awaitable
 from typing import Any, NoReturn, TypeVar
 
-from controllers.transfer.downloader import (
+from controllers.transfer.sinks import (
     ChecksumMismatch,
     DownloadError,
     MissingChunks,
@@ -43,12 +43,18 @@ T = TypeVar("T")
 
 
 async def _s3_call(awaitable: Awaitable[T]) -> T:
-    """Await an S3 call; failures become :class:`SinkUnavailable`, which the downloader
-    retries with backoff (an S3 server restarting mid-upload), then reports."""
+    """Await an S3 call; a failure that may pass becomes :class:`SinkUnavailable`, which the
+    downloader retries with backoff (an S3 server restarting mid-upload), then reports; one
+    that cannot (403, 404, a refused endpoint) fails the download at once."""
     try:
         return await awaitable
     except S3Error as exc:
-        raise SinkUnavailable(str(exc)) from None
+        raise sink_error(exc) from exc
+
+
+def sink_error(exc: S3Error) -> DownloadError:
+    """What an S3 failure means for a download (see :func:`_s3_call`)."""
+    return SinkUnavailable(str(exc)) if exc.temporary else DownloadError(str(exc))
 
 
 class S3Sink:
@@ -105,7 +111,7 @@ class S3Sink:
             async for block in self._s3.stream(self.key(file)):
                 blob.update(block)
         except S3Error as exc:
-            raise SinkUnavailable(str(exc)) from None
+            raise sink_error(exc) from exc
         return file.blob_id is None or blob.hexdigest() == file.blob_id
 
     async def done_chunks(
@@ -222,7 +228,7 @@ class S3Sink:
                 sha.update(block)
                 blob.update(block)
         except S3Error as exc:
-            raise SinkUnavailable(str(exc)) from None
+            raise sink_error(exc) from exc
         if file.sha256 is not None and sha.hexdigest() != file.sha256:
             await self._s3.delete(key)
             raise ChecksumMismatch(file.path, "sha256", file.sha256, sha.hexdigest())

@@ -17,7 +17,8 @@ from controllers.runtimes.kubernetes.inference import (
     KubernetesInferenceExecutor,
     KubernetesInferenceRuntime,
 )
-from controllers.runtimes.kubernetes.jobs import JobExecutor, JobTemplate
+from controllers.runtimes.kubernetes.job_specs import JobTemplate
+from controllers.runtimes.kubernetes.jobs import JobExecutor
 from controllers.runtimes.kubernetes.manifests import Integrations
 from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
 from controllers.runtimes.secrets import KubernetesSecretStore, SecretStore

@@ -6,7 +6,8 @@ observes through informer caches (a steady state makes no API requests) and remo
 run's objects, an engine's logs and labelled Deployments without a document, each read from
 the API server (never from an informer only the leader runs).
 
-A refused apply is classified where it happens (:func:`refused`): 400, 403 (RBAC), 422
+A refused apply is classified where it happens
+(:func:`~controllers.runtimes.kubernetes.errors.refused`): 400, 403 (RBAC), 422
 (validation) and an admission webhook's or ValidatingAdmissionPolicy's denial are
 :class:`~controllers.errors.PermanentError` carrying the API server's own message (trying again
 unchanged cannot help); 409, 429, 5xx, timeouts and dropped connections are
@@ -26,8 +27,8 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from controllers.errors import ControllerError, PermanentError, TemporaryError
 from controllers.inference.workloads import Obj, Observed, WorkloadPlan, WorkloadPlanner
+from controllers.runtimes.kubernetes.errors import refused
 from controllers.runtimes.kubernetes.informers import Informer
 from controllers.runtimes.kubernetes.labels import (
     COMPONENT,
@@ -60,38 +61,6 @@ def inference_key(name: str) -> str | None:
     if len(parts) >= 2 and parts[0] == "inf":
         return f"{parts[0]}-{parts[1]}"
     return None
-
-
-def server_message(exc: ApiException) -> str:
-    """The API server's own words: the Status object's ``message``, else the HTTP reason."""
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        body = json.loads(exc.body or b"")
-        if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
-    return str(exc.reason or f"HTTP {exc.status}")
-
-
-def refused(exc: Exception, what: str, *, verb: str = "apply") -> ControllerError:
-    """A failed request to the API server as a typed controller error (see the docstring);
-    ``verb`` and ``what`` say which request (``apply``, ``Deployment inf-1``)."""
-    if not isinstance(exc, ApiException):
-        return TemporaryError(
-            f"could not {verb} {what}: the API server did not answer ({type(exc).__name__})"
-        )
-    message = server_message(exc)
-    said = f"the API server refused to {verb} {what} ({exc.status}): {message}"
-    if exc.status in {400, 403, 422}:
-        if "admission webhook" in message or "ValidatingAdmissionPolicy" in message:
-            return PermanentError("AdmissionDenied", said)
-        reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[exc.status]
-        return PermanentError(reason, said)
-    delay: float | None = None
-    headers: Any = exc.headers or {}
-    with contextlib.suppress(TypeError, ValueError, AttributeError):
-        delay = float(headers.get("Retry-After"))
-    return TemporaryError(
-        f"the API server answered {exc.status} to {verb} {what}: {message}", delay=delay
-    )
 
 
 async def render_objects(
