@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from storage.cancellation import raise_if_cancelled
 from storage.repositories import LeaseRepository
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Leadership:
             self._resync_now.clear()
             if self.leading:
                 await self._resync()
+                raise_if_cancelled()
 
     async def _run(self) -> None:
         assert self._leases is not None  # noqa: S101  only started with leases
@@ -81,6 +83,7 @@ class Leadership:
                 self.leading = False
                 log.warning("lost the lease", extra={"lease": self._name})
                 await self._on_loss()
+            raise_if_cancelled()  # a stop PyMongo swallowed while renewing
             await asyncio.sleep(self._seconds / 3)
 
     async def stop(self) -> None:

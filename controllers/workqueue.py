@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from controllers.backoff import Backoff
 from controllers.errors import PermanentError, TemporaryError
 from controllers.ids import reconcile_scope
+from storage.cancellation import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class WorkQueue:
                 self._failures.pop(key, None)
             finally:
                 self._active.discard(key)
+            raise_if_cancelled()  # a stop PyMongo swallowed inside the reconcile
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

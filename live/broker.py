@@ -65,6 +65,7 @@ from pymongo.errors import PyMongoError
 
 from live.events import Event, EventType, ResourceKind, format_cursor
 from live.log import EventLog
+from storage.cancellation import raise_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -535,6 +536,7 @@ class Broker:
                         failures = 0
                         self._dispatch(batch)
             except PyMongoError as exc:
+                raise_if_cancelled()  # a close PyMongo turned into an error or swallowed
                 delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
                 failures += 1
                 logger.warning(

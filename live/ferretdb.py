@@ -51,6 +51,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from live.events import Event
+from storage.cancellation import raise_if_cancelled
 from storage.client import Database
 
 HEAD_COLLECTION = "event_head"
@@ -267,6 +268,7 @@ class _PollingTail:
                     continue
                 self._next_read = now + self._options.interval
                 fresh, more = await self._read(now)
+                raise_if_cancelled()  # a close that PyMongo's lock swallowed mid-read
                 if fresh:  # (this process's own may have come from memory already)
                     self.last = fresh[-1].cursor
                     yield fresh

@@ -52,6 +52,7 @@ from live.recording import (
     parse_marker,
     remove_mark,
 )
+from storage.cancellation import raise_if_cancelled
 from storage.client import Database
 from storage.documents import InferenceDocument, ModelDocument, WeightsDocument, utcnow
 
@@ -155,4 +156,5 @@ class EventRecovery:
                 log.warning("event recovery failed", extra={"error": type(exc).__name__})
             except Exception:  # anything else is logged with its traceback; the next pass runs
                 log.exception("event recovery failed")
+            raise_if_cancelled()  # a stop that PyMongo swallowed must not wait for the pause
             await asyncio.sleep(self._interval)
