@@ -295,8 +295,12 @@ async function serve(page, modelId) {
   check((await row.locator('td.inference .note').count()) === 0, 'the refusal stayed after a good start');
   check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled while serving');
   check(await row.locator('button[data-action="stop"]').isEnabled(), 'Stop is disabled while serving');
+  // The badge moves with the PHASE_CHANGED event itself; the replicas come with the re-read
+  // of the model that the event also triggers (store.js), a moment later: wait for it.
+  const readyCell = row.locator('td.inference', { hasText: '1/1 ready' });
+  const readyShown = await readyCell.waitFor({ timeout: 10_000 }).then(() => true, () => false);
   const readyText = await row.locator('td.inference').innerText();
-  check(readyText.includes('1/1 ready'), `the row does not show the ready replicas: ${readyText}`);
+  check(readyShown, `the row does not show the ready replicas: ${readyText}`);
 
   const timelinePhases = () =>
     pane.locator('#pane-timeline li').evaluateAll((items) => items.map((li) => li.dataset.phase));
