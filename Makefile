@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: run test setup testbed testbed-ferretdb dashboard browser lint format typecheck imports schema schema-check pytest bench clean
+.PHONY: run test setup testbed testbed-ferretdb engine test-engine dashboard browser lint format typecheck imports schema schema-check pytest bench clean
 
 # The operator dashboard (dashboard/ -> modelplane/static/, git-ignored). npm ci runs only when
 # package.json or package-lock.json is newer than the last install; esbuild only when a source,
@@ -31,6 +31,15 @@ testbed:
 
 testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
+
+# The real inference engine of tests/test_real_engine.py: llama-cpp-python[server] built from
+# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 15 minutes.
+engine: setup
+	@bash deploy/testbed/engine.sh
+
+# Only the real-engine tests (they also run in `make pytest`).
+test-engine: setup testbed engine
+	$(RUN) pytest -m engine
 
 $(DASHBOARD_STAMP): dashboard/package.json dashboard/package-lock.json
 	@command -v node >/dev/null || { echo "[dashboard] Node.js >= 20 is required (node is not on PATH)"; exit 1; }
@@ -73,7 +82,7 @@ schema: setup
 schema-check: setup
 	$(RUN) modelplane schema check
 
-pytest: setup testbed dashboard browser
+pytest: setup testbed engine dashboard browser
 	$(RUN) pytest
 
 test: setup testbed dashboard browser lint typecheck imports schema-check pytest
