@@ -136,7 +136,7 @@ def _floats(values: Sequence[float] | array[float]) -> bytes:
     return packed.tobytes()
 
 
-def _noise(rng: random.Random, name: str, shape: tuple[int, ...], std: float = 0.02) -> Tensor:
+def _noise(rng: random.Random, name: str, shape: tuple[int, ...], std: float = 0.2) -> Tensor:
     count = 1
     for dim in shape:
         count *= dim
@@ -230,11 +230,23 @@ def chat_gguf(seed: str = "testbed/tiny-chat", shape: ChatShape | None = None) -
             _noise(rng, f"{block}.ffn_up.weight", (shape.feed_forward, shape.hidden)),
             _noise(rng, f"{block}.ffn_down.weight", (shape.hidden, shape.feed_forward)),
         ]
-    tensors += [
-        _ones("output_norm.weight", shape.hidden),
-        _noise(rng, "output.weight", (vocab, shape.hidden), std=1.0),
-    ]
+    tensors += [_ones("output_norm.weight", shape.hidden), _output(rng, tokens, shape.hidden)]
     return gguf_bytes(metadata, tensors)
+
+
+def _output(rng: random.Random, tokens: Sequence[str], hidden: int) -> Tensor:
+    """The output projection: random rows for printable text, zero rows (a logit of exactly 0)
+    for control bytes, bytes of UTF-8 sequences and the special tokens. Greedy decoding picks
+    the largest logit, which among ~100 random ones is positive, so answers are printable ASCII
+    (a stream then carries exactly the whole answer: no UTF-8 sequence is cut) and run to
+    ``max_tokens``."""
+    alphabet = _byte_alphabet()
+    printable = {alphabet[byte] for byte in range(0x20, 0x7F)}
+    rows: list[float] = []
+    for token in tokens:
+        speakable = token not in CHAT_SPECIALS and all(char in printable for char in token)
+        rows += [rng.gauss(0.0, 1.0) if speakable else 0.0 for _ in range(hidden)]
+    return Tensor("output.weight", (len(tokens), hidden), _floats(rows))
 
 
 # --------------------------------------------------------------------------- the embedding model

@@ -9,6 +9,15 @@ command on the local runtime (admins only, host commands allowed), the inference
 only once the engine's own ``/v1/models`` answers, and the official ``openai`` client talks to
 the gateway. The failure cases run the same engine on a truncated file and with vLLM's flag
 for the served name, and expect the engine's own error line in the status and the logs.
+
+Memory, measured (``tests/artifacts/engine-memory.json``, llama-cpp-python 0.3.36, 2 cores):
+the chat model's engine peaked at 83-91 MiB RSS for a 0.4 MiB GGUF, the embedding model's at
+203-205 MiB for 87 MiB. The fit estimate (``gpuFit``, which knows a GGUF repo only by its file
+size) says 1.50 / 1.58 GiB for CUSTOM and 512 / 599 MiB for OLLAMA: the weights term is exact,
+the KV cache is not counted (no config.json), and the rest is the per-GPU overhead of
+``services/fitting.py`` (a CUDA context, CUDA graphs, cuBLAS workspaces), which a CPU process
+does not have; on the CPU the engine's own cost is about 90 MiB (Python, FastAPI, llama.cpp's
+compute buffers).
 """
 
 from __future__ import annotations
@@ -177,7 +186,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 async def test_chat_and_embeddings_through_the_gateway(
-    engine_app: RunningApp, engine: Engine
+    engine_app: RunningApp, engine: Engine, engine_hub: RunningHub
 ) -> None:
     app = engine_app
     chat = await downloaded(app, CHAT_REPO, "tiny-chat")
@@ -199,8 +208,8 @@ async def test_chat_and_embeddings_through_the_gateway(
         running = await wait_inference(app, inference["id"], {"RUNNING", "FAILED"})
         assert running["phase"] == "RUNNING", running
         history = [entry["phase"] for entry in running["phaseHistory"]]
-        assert history[-1] == "RUNNING"
-        assert "CRASH_LOOP_BACK_OFF" not in history
+        # CREATING ("waiting for the engine to answer its health check") until it answered.
+        assert history == ["PENDING", "CREATING", "RUNNING"], running["phaseHistory"]
         # RUNNING means the engine's own health path answered: it lists the served name.
         async with httpx.AsyncClient() as http:
             listed = (await http.get(f"http://127.0.0.1:{port}/v1/models")).json()
@@ -252,17 +261,24 @@ async def test_chat_and_embeddings_through_the_gateway(
     assert any("llama_model_loader" in line for line in chat_lines), chat_lines[-20:]
     assert any("Uvicorn running on" in line for line in chat_lines), chat_lines[-20:]
 
-    # What the engine really used, beside what the fit estimate says it needs.
+    # What the engine really used, beside what the fit estimate says it needs (see the module
+    # docstring): the weights term is the GGUF file; the engine held all of it.
     report: dict[str, Any] = {}
-    for name, model, port in (("chat", chat, chat_port), ("embedding", embedder, embed_port)):
+    for name, model, port, repo in (
+        ("chat", chat, chat_port, CHAT_REPO),
+        ("embedding", embedder, embed_port, EMBEDDING_REPO),
+    ):
         pid = engine_pid(port)
+        gguf_size = engine_hub.hub.repos[repo].by_path[CHAT_FILE].size
         report[name] = {
             "pid": pid,
             "peak_rss_bytes": peak_rss_bytes(pid),
-            "weights_bytes_on_disk": model["weights"]["sizeBytes"],
+            "gguf_bytes": gguf_size,
             "fit_custom": (await fit(app, model, "CUSTOM"))["requiredBytes"],
             "fit_ollama": (await fit(app, model, "OLLAMA"))["requiredBytes"],
         }
+        assert report[name]["fit_custom"]["weightsBytes"] == gguf_size
+        assert report[name]["peak_rss_bytes"] > gguf_size
     MEMORY_REPORT.parent.mkdir(exist_ok=True)
     MEMORY_REPORT.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -307,7 +323,10 @@ async def test_engine_failure_is_reported_with_its_own_error_line(
     failed = await wait_inference(
         app, inference["id"], {"CRASH_LOOP_BACK_OFF", "FAILED", "RUNNING"}
     )
-    assert failed["phase"] in {"CRASH_LOOP_BACK_OFF", "FAILED"}, failed
+    # The engine exits (1: the load failed; 2: argparse refused the flag), is restarted, and
+    # after three exits without ever answering its health check the phase says so.
+    assert failed["phase"] == "CRASH_LOOP_BACK_OFF", failed
+    assert failed["reason"] == "CrashLoopBackOff"
     assert message_words in (failed["message"] or ""), failed
     lines = await logs(app, inference["id"])
     assert any(log_words in line for line in lines), lines[-20:]
