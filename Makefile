@@ -2,7 +2,8 @@
 #   make run    start the service on embedded defaults (FerretDB under ./.state, local runtime)
 #   make test   every quality gate and the whole test suite against real servers
 # Both install what they need (uv, the locked Python dependencies, the test servers, the
-# dashboard's npm packages and bundle; `make test` also Debian's Chromium for the browser test).
+# dashboard's npm packages and bundle; `make test` also Debian's Chromium for the browser test
+# and llama.cpp's server for the real-engine tests).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -33,7 +34,7 @@ testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
 
 # The real inference engine of tests/test_real_engine.py: llama-cpp-python[server] built from
-# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 15 minutes.
+# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 8 minutes.
 engine: setup
 	@bash deploy/testbed/engine.sh
 

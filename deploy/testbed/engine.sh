@@ -48,7 +48,7 @@ mkdir -p "$CACHE"
 work="$(mktemp -d "$CACHE/.llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
-log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: building from source (a cold build: about 15 minutes on 2 cores)"
+log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: building from source (a cold build: about 8 minutes on 2 cores)"
 "$PYTHON" -m uv venv --quiet --python "$PYTHON" "$work/venv"
 # `python -m uv pip` would install into the interpreter that runs uv: --python names the venv.
 if ! CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF" \
