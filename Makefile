@@ -2,7 +2,8 @@
 #   make run    start the service on embedded defaults (FerretDB under ./.state, local runtime)
 #   make test   every quality gate and the whole test suite against real servers
 # Both install what they need (uv, the locked Python dependencies, the test servers, the
-# dashboard's npm packages and bundle; `make test` also Debian's Chromium for the browser test).
+# dashboard's npm packages and bundle; `make test` also Debian's Chromium for the browser test
+# and llama.cpp's server for the real-engine tests).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ UV_VERSION := 0.13.9
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: run test setup testbed testbed-ferretdb dashboard browser lint format typecheck imports schema schema-check pytest bench clean
+.PHONY: run test setup testbed testbed-ferretdb engine test-engine dashboard browser lint format typecheck imports schema schema-check pytest bench clean
 
 # The operator dashboard (dashboard/ -> modelplane/static/, git-ignored). npm ci runs only when
 # package.json or package-lock.json is newer than the last install; esbuild only when a source,
@@ -31,6 +32,15 @@ testbed:
 
 testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
+
+# The real inference engine of tests/test_real_engine.py: llama-cpp-python[server] built from
+# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 8 minutes.
+engine: setup
+	@bash deploy/testbed/engine.sh
+
+# Only the real-engine tests (they also run in `make pytest`).
+test-engine: setup testbed engine
+	$(RUN) pytest -m engine
 
 $(DASHBOARD_STAMP): dashboard/package.json dashboard/package-lock.json
 	@command -v node >/dev/null || { echo "[dashboard] Node.js >= 20 is required (node is not on PATH)"; exit 1; }
@@ -73,7 +83,7 @@ schema: setup
 schema-check: setup
 	$(RUN) modelplane schema check
 
-pytest: setup testbed dashboard browser
+pytest: setup testbed engine dashboard browser
 	$(RUN) pytest
 
 test: setup testbed dashboard browser lint typecheck imports schema-check pytest

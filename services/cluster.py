@@ -47,8 +47,14 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_LENGTH = 10_000_000
 MAX_BATCH_SIZE = 4096
-WEIGHT_SUFFIXES: tuple[tuple[str, ...], ...] = ((".safetensors",), (".bin", ".pt", ".pth"))
-"""Weight files by preference: a repo shipping both formats is served from safetensors."""
+WEIGHT_SUFFIXES: tuple[tuple[str, ...], ...] = (
+    (".safetensors",),
+    (".bin", ".pt", ".pth"),
+    (".gguf",),
+)
+"""Weight files by preference: a repo shipping both formats is served from safetensors. GGUF
+(llama.cpp, Ollama) comes last: the hub gives no parameter count for it, so without this its
+fit was unknown (a repo of several quantisations counts them all: an upper bound)."""
 
 
 class ClusterService:

