@@ -1,4 +1,4 @@
-"""Bearer-token authentication with joserfc (ARCHITECTURE.md decision 8).
+"""Bearer-token authentication with joserfc (docs/architecture.md decision 8).
 
 Two kinds of signer are accepted:
 

@@ -4,7 +4,7 @@ Ids travel in context variables, so any log call made while serving a request (o
 reconcile) carries them without threading them through every signature. A redaction filter
 scrubs anything shaped like a bearer token, a Hugging Face token, a modelplane API key or an
 AWS secret from the message and its arguments before a handler sees it: secrets must never
-reach a log line (ARCHITECTURE.md decision 6), even by accident.
+reach a log line (docs/architecture.md decision 6), even by accident.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class Environment(StrEnum):
 
 
 class RuntimeKind(StrEnum):
-    """Which execution engine runs downloads and inference (ARCHITECTURE.md decision 3)."""
+    """Which execution engine runs downloads and inference (docs/architecture.md decision 3)."""
 
     LOCAL = "local"
     KUBERNETES = "kubernetes"

@@ -1,4 +1,4 @@
-"""Where a download's worker runs, behind one protocol (ARCHITECTURE.md decisions 3 and 7).
+"""Where a download's worker runs, behind one protocol (docs/architecture.md decisions 3 and 7).
 
 The download controller decides *what* should happen to a Weights; an :class:`Executor` makes
 it happen in a runtime: an in-process task (``local``) or a Job (``kubernetes``). Each answers

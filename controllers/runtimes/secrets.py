@@ -1,4 +1,4 @@
-"""Where credentials rest (ARCHITECTURE.md decision 6): never in plain text, never returned.
+"""Where credentials rest (docs/architecture.md decision 6): never in plain text, never returned.
 
 Two stores behind one protocol, chosen with the runtime:
 

@@ -1,4 +1,4 @@
-"""The downloader (ARCHITECTURE.md decision 7): resumable, verified, observable.
+"""The downloader (docs/architecture.md decision 7): resumable, verified, observable.
 
 Files are fetched in parallel (``parallel_files``, default 4); each file in ranged chunks
 (``chunk_size``) one after another, so at most one chunk per file is in flight (two for a sink
