@@ -45,10 +45,9 @@ from controllers.downloads.running import (
     write_if,
 )
 from controllers.errors import PermanentError, TemporaryError, retry_message
-from controllers.leading import Leadership
+from controllers.looping import ControllerLoop
 from controllers.runtimes.local.downloads import LocalExecutor
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
-from controllers.workqueue import WorkQueue
 from integrations.huggingface import HubClient, HubError
 from live import Event, EventType, Recorder, ResourceKind, event_key
 from storage.documents import (
@@ -132,34 +131,35 @@ class DownloadController:
         )
         self._own: set[str] = set()
         self._own_order: deque[str] = deque()
-        self._queue = WorkQueue(self.reconcile, name="downloads")
-        self._leadership = Leadership(
-            leases,
-            name=LEASE_NAME,
+        self._loop = ControllerLoop(
+            self.reconcile,
+            name="downloads",
+            workers=2,
+            leases=leases,
+            lease_name=LEASE_NAME,
             holder=holder or f"controller-{id(self):x}",
-            seconds=lease_seconds,
+            lease_seconds=lease_seconds,
             resync=self.resync,
             resync_seconds=RESYNC_SECONDS,
             on_loss=self._executor.release_all,
         )
+        self._queue = self._loop.queue
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
         """Start workers, the watch, the resync loop and (with leases) the leadership loop."""
-        self._queue.start()
         self._executor.watch(self.notify)
-        self._leadership.start()
+        self._loop.start()
 
     @property
     def leading(self) -> bool:
         """True while this replica holds the controllers' lease (or runs without leases)."""
-        return self._leadership.leading
+        return self._loop.leading
 
     async def stop(self) -> None:
         """Cancel everything this controller started; downloads resume on the next start."""
-        await self._leadership.stop()
-        await self._queue.stop()
+        await self._loop.stop()
         await self._executor.close()
 
     def on_event(self, event: Event) -> None:
@@ -172,7 +172,7 @@ class DownloadController:
 
     def resync_soon(self) -> None:
         """The log lost events before this replica read them: look at everything now."""
-        self._leadership.resync_soon()
+        self._loop.resync_soon()
 
     def notify(self, model_id: str) -> None:
         """A model's worker changed (the executor's watch): look at it soon."""

@@ -48,9 +48,8 @@ from controllers.inference.workloads import (
     WeightsGone,
     manifest_plan,
 )
-from controllers.leading import Leadership
+from controllers.looping import ControllerLoop
 from controllers.runtimes.secrets import SecretStore
-from controllers.workqueue import WorkQueue
 from integrations.addresses import OutboundPolicy
 from live import Event, EventType, Recorder, ResourceKind
 from storage.documents import (
@@ -114,35 +113,36 @@ class InferenceController:
         self._routes = RouteProber(secrets=secrets, outbound=outbound)
         self._own: OrderedDict[tuple[str, int], None] = OrderedDict()
         # Reconciles wait on MongoDB and the API server, not the CPU: several run at once.
-        self._queue = WorkQueue(self.reconcile, name="inference", workers=8)
-        self._leadership = Leadership(
-            leases,
-            name=LEASE_NAME,
+        self._loop = ControllerLoop(
+            self.reconcile,
+            name="inference",
+            workers=8,
+            leases=leases,
+            lease_name=LEASE_NAME,
             holder=holder or f"inference-{uuid.uuid4().hex[:8]}",
-            seconds=lease_seconds,
+            lease_seconds=lease_seconds,
             resync=self.resync,
             resync_seconds=resync_seconds,
             on_loss=self.executor.release_all,
         )
+        self._queue = self._loop.queue
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the queue, the runtime's watches, the resync loop and the lease."""
         self._routes.start()
-        self._queue.start()
         self.executor.watch(self.notify)
-        self._leadership.start()
+        self._loop.start()
 
     @property
     def leading(self) -> bool:
         """True while this replica holds the inference controller's lease."""
-        return self._leadership.leading
+        return self._loop.leading
 
     async def stop(self) -> None:
         """Cancel everything started here; cluster workloads keep running."""
-        await self._leadership.stop()
-        await self._queue.stop()
+        await self._loop.stop()
         await self.executor.close()
         await self._routes.close()
 
@@ -166,7 +166,7 @@ class InferenceController:
     def resync_soon(self) -> None:
         """Events this controller is fed were lost (trimmed from the log before they were
         read): look at every live inference now instead of at the next periodic resync."""
-        self._leadership.resync_soon()
+        self._loop.resync_soon()
 
     async def wait_idle(self) -> None:
         """For tests: until the queue has drained."""
