@@ -1114,6 +1114,12 @@ async def test_the_inference_executor_runs_under_the_chart_rbac(
     try:
         executor.watch(lambda _key: None)
         await _until(lambda: bool(executor.pods.items), "the pod informer to list the pod")
+        # Each informer lists on its own: the pods' can be done before the others' (the check
+        # right after it failed once in a full run). A list RBAC refuses never syncs.
+        await _until(
+            lambda: all(informer.synced.is_set() for informer in executor.informers),
+            "every informer to list under the chart's RBAC",
+        )
         assert await executor.ready()
 
         await executor.apply(inference, plan)  # Deployment, Service, ServiceMonitor, AIBrix
