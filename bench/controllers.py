@@ -225,6 +225,8 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         for key, value in sorted(during.items()):
             print(f"    {key}: {value}")
         print(f"total requests during the run:      {sum(counter.counts.values())}")
+        for key, value in counter.counts.most_common(8):
+            print(f"    {key}: {value}")
         print(
             f"RSS: {rss_mib():.0f} MiB now, {peak:.0f} MiB peak "
             f"({rss_before:.0f} MiB before starting inferences)"

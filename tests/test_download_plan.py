@@ -294,7 +294,7 @@ def _event(kind: ResourceKind, type_: EventType, *model_ids: str) -> Event:
     ("event", "keys"),
     [
         (_event(ResourceKind.MODEL, EventType.CREATED, "x-1"), ["x-1"]),
-        (_event(ResourceKind.MODEL, EventType.UPDATED, "x-1"), ["x-1"]),
+        (_event(ResourceKind.MODEL, EventType.UPDATED, "x-1"), []),  # catalogue, mirror
         (_event(ResourceKind.MODEL, EventType.PHASE_CHANGED, "x-1"), ["x-1"]),
         (_event(ResourceKind.MODEL, EventType.DELETED, "x-1"), ["x-1"]),
         (

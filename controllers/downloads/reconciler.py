@@ -77,13 +77,17 @@ OWN_EVENTS = 4096
 
 
 def event_keys(event: Event) -> list[str]:
-    """The queue keys an event of the log asks to look at (pure): a model's changes, and a
-    download's state changes (for the weights themselves and for each model listing them).
-    Progress is not a change of anything this controller decides on."""
+    """The queue keys an event of the log asks to look at (pure): a model's creation, phase
+    change (``retryDownload``) or deletion, and a download's state changes (for the weights
+    themselves and for each model listing them). Progress is not a change of anything this
+    controller decides on, nor is a model's UPDATED (catalogue fields, resources, or its
+    inference's phase mirrored onto it): reconciling on those read every serving model's Job
+    from the API server at each phase change of its inference (``bench/controllers.py``: 181
+    Job lists while 100 inferences started)."""
     if event.type is EventType.PROGRESS:
         return []
     if event.resource_kind is ResourceKind.MODEL:
-        return [event.resource_id]
+        return [] if event.type is EventType.UPDATED else [event.resource_id]
     if event.resource_kind is ResourceKind.WEIGHTS:
         return [weights_key(event.resource_id), *event.model_ids]
     return []
