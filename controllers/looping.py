@@ -8,11 +8,35 @@ resync while it leads (:mod:`controllers.leading`). See docs/architecture.md, "R
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from controllers.leading import Leadership
 from controllers.workqueue import Reconcile, WorkQueue
 from storage.repositories import LeaseRepository
+
+OWN_WRITES = 4096
+"""How many of a controller's own recent event keys it remembers."""
+
+
+class OwnWrites:
+    """The event keys of a controller's own recent writes (the newest :data:`OWN_WRITES`), so
+    that its ``on_event`` skips them: its own status writes are nothing new to act on, and
+    acting on them (a "retrying in N s" message) would short-circuit the queue's backoff.
+    Remember a key before recording its event: the broker may hand it back first."""
+
+    def __init__(self, size: int = OWN_WRITES) -> None:
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def remember(self, key: str) -> None:
+        """Note one event key of this controller's own write."""
+        self._keys[key] = None
+        while len(self._keys) > self._size:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
 
 
 class ControllerLoop:

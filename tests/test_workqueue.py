@@ -9,6 +9,7 @@ import pytest
 
 from controllers.backoff import Backoff
 from controllers.errors import PermanentError, TemporaryError, retry_message
+from controllers.looping import OwnWrites
 from controllers.workqueue import WorkQueue
 
 
@@ -96,3 +97,15 @@ async def test_unexpected_error_backs_off_and_next_delay_grows() -> None:
     assert calls >= 3  # retried, capped at 40 ms (+50 %)
     assert 0.01 <= first <= 0.03
     assert 0.02 <= queue.next_delay("k") <= 0.04
+
+
+def test_own_writes_remembers_the_newest_keys_only() -> None:
+    own = OwnWrites(size=2)
+    for key in ("a", "b", "c"):
+        own.remember(key)
+    assert "a" not in own
+    assert "b" in own
+    assert "c" in own
+    own.remember("d")  # keys are unique per write (they carry the revision): oldest goes
+    assert "b" not in own
+    assert "d" in own

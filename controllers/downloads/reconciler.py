@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 
 from controllers.downloads.executions import Execution, Executor
 from controllers.downloads.plan import (
@@ -45,7 +44,7 @@ from controllers.downloads.running import (
     write_if,
 )
 from controllers.errors import PermanentError, TemporaryError, retry_message
-from controllers.looping import ControllerLoop
+from controllers.looping import ControllerLoop, OwnWrites
 from controllers.runtimes.local.downloads import LocalExecutor
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import HubClient, HubError
@@ -72,8 +71,6 @@ log = logging.getLogger(__name__)
 RESYNC_SECONDS = 15.0
 LEASE_SECONDS = 15.0
 LEASE_NAME = "download-controller"
-OWN_EVENTS = 4096
-"""How many keys of this controller's own recent writes it remembers (to skip their events)."""
 
 
 def event_keys(event: Event) -> list[str]:
@@ -133,8 +130,7 @@ class DownloadController:
             config=config,
             recorder=self._record,
         )
-        self._own: set[str] = set()
-        self._own_order: deque[str] = deque()
+        self._own = OwnWrites()
         self._loop = ControllerLoop(
             self.reconcile,
             name="downloads",
@@ -413,11 +409,7 @@ class DownloadController:
         """Record the event of this controller's own write, remembering its key first (the
         broker may hand it back before the append returns) so that :meth:`on_event` skips it."""
         kind = ResourceKind.MODEL if isinstance(document, ModelDocument) else ResourceKind.WEIGHTS
-        key = event_key(kind, document.id, document.revision, type_)
-        self._own.add(key)
-        self._own_order.append(key)
-        if len(self._own_order) > OWN_EVENTS:
-            self._own.discard(self._own_order.popleft())
+        self._own.remember(event_key(kind, document.id, document.revision, type_))
         if isinstance(document, ModelDocument):
             await self._record.model(document, type_)
         else:

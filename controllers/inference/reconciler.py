@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from controllers.errors import PermanentError, TemporaryError, retry_message
@@ -48,10 +47,10 @@ from controllers.inference.workloads import (
     WeightsGone,
     manifest_plan,
 )
-from controllers.looping import ControllerLoop
+from controllers.looping import ControllerLoop, OwnWrites
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
-from live import Event, EventType, Recorder, ResourceKind
+from live import Event, EventType, Recorder, ResourceKind, event_key
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -77,8 +76,6 @@ RESYNC_SECONDS = 60.0
 HISTORY_LIMIT = 50
 MODEL_KEY = "model:"
 """Queue keys of model changes, resolved to the model's inference by the reconcile."""
-OWN_WRITES = 4096
-"""Revisions of this controller's own status writes remembered (their events are dropped)."""
 _MODEL_EVENTS = frozenset({EventType.PHASE_CHANGED, EventType.DELETED})
 _INFERENCE_EVENTS = frozenset(
     {EventType.CREATED, EventType.UPDATED, EventType.PHASE_CHANGED, EventType.DELETED}
@@ -111,7 +108,7 @@ class InferenceController:
         self._runtime = runtime
         self._record = recorder or Recorder(None)
         self._routes = RouteProber(secrets=secrets, outbound=outbound)
-        self._own: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._own = OwnWrites()
         # Reconciles wait on MongoDB and the API server, not the CPU: several run at once.
         self._loop = ControllerLoop(
             self.reconcile,
@@ -159,7 +156,7 @@ class InferenceController:
             for model_id in event.model_ids:
                 self._queue.add(MODEL_KEY + model_id)
         elif event.resource_kind is ResourceKind.INFERENCE and event.type in _INFERENCE_EVENTS:
-            if (event.resource_id, _revision_of(event)) in self._own:
+            if event.key in self._own:
                 return  # this controller's own status write: nothing new to act on
             self._queue.add(event.resource_id)
 
@@ -327,7 +324,7 @@ class InferenceController:
             await self._record.model(mirrored, EventType.UPDATED)
         if not wrote[0] or event is None:
             return
-        self._remember(written)
+        self._own.remember(event_key(ResourceKind.INFERENCE, written.id, written.revision, event))
         await self._record.inference(written, event)
         if event is EventType.PHASE_CHANGED:
             log.info(
@@ -338,11 +335,6 @@ class InferenceController:
                     "reason": written.reason,
                 },
             )
-
-    def _remember(self, written: InferenceDocument) -> None:
-        self._own[(written.id, written.revision)] = None
-        while len(self._own) > OWN_WRITES:
-            self._own.popitem(last=False)
 
     async def _mirror(
         self, model: ModelDocument, new_phase: InferencePhase
@@ -403,14 +395,6 @@ def _retrying(inference: InferenceDocument, message: str) -> Observed:
     return Observed(
         inference.phase, "Retrying", message, inference.replicas, inference.ready_replicas
     )
-
-
-def _revision_of(event: Event) -> int | None:
-    """The document revision an event is the event of (its key ``KIND:id:revision:TYPE``)."""
-    if event.key is None:
-        return None
-    parts = event.key.split(":")
-    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
 def _is_route(inference: InferenceDocument, model: ModelDocument | None) -> bool:
