@@ -146,6 +146,20 @@ async def ready_model(app: RunningApp) -> dict[str, Any]:
     return model
 
 
+async def _logged_phases(app: RunningApp, inference_id: str, *, until: str) -> list[str]:
+    """The inference's phases in the event log, in cursor order, once the last is ``until``
+    (or after 10 s). The document is written before its event is appended (the model's
+    mirrored phase is appended between them), so a reader that saw the document waits."""
+    events = app.resources.database["events"]
+    query = {"resource_kind": "INFERENCE", "resource_id": inference_id}
+    deadline = time.monotonic() + 10
+    while True:
+        kinds = [e["phase"] async for e in events.find(query).sort("_id", 1)]
+        if kinds[-1:] == [until] or time.monotonic() > deadline:
+            return kinds
+        await asyncio.sleep(0.05)
+
+
 async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
     model = await ready_model(local_app)
     result = await start(local_app, model["id"])
@@ -203,11 +217,7 @@ async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
     after = await wait_model(local_app, model["id"], lambda m: m["phase"] == "READY")
     assert after["weights"]["state"] == "READY"
 
-    events = local_app.resources.database["events"]
-    kinds = [
-        e["phase"]
-        async for e in events.find({"resource_kind": "INFERENCE", "resource_id": inference["id"]})
-    ]
+    kinds = await _logged_phases(local_app, inference["id"], until="STOPPED")
     assert "RUNNING" in kinds
     assert kinds[-1] == "STOPPED"
 
