@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from controllers.inference.engines import (
+    OLLAMA_PORT,
     EnginePlanError,
     check_env,
     default_engine,
@@ -70,12 +71,7 @@ from storage.errors import Contended, DuplicateKey, NotFound
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
 
 log = logging.getLogger(__name__)
-__all__ = [
-    "InferenceRequest",
-    "InferenceService",
-    "StartOutcome",
-    "check_manifest",
-]
+__all__ = ["InferenceRequest", "InferenceService", "StartOutcome", "check_manifest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,18 +247,29 @@ class InferenceService:
                     "stop it first to start it with another spec"
                 ),
             )
+        doc, manifests = await self.prepare(principal, model, request, existing)
+        if dry_run:
+            return await self._dry_run(principal, model, doc, manifests)
+        written = await self.store(doc, existing)
+        log.info(
+            "inference started",
+            extra={"inference_id": written.id, "model_id": model.id, "engine": doc.spec.engine},
+        )
+        return StartOutcome(inference=written, manifests=[])
+
+    async def prepare(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        request: InferenceRequest,
+        existing: InferenceDocument | None = None,
+    ) -> tuple[InferenceDocument, list[dict[str, Any]]]:
+        """The checked document a start writes, and the objects it plans (nothing written;
+        ``model`` may be a draft not stored yet, as ``deployModel`` plans it)."""
         spec = self._spec(model, request)
         self._check_host_program(principal, spec)
         doc = self._draft(principal, model, spec, existing)
-        manifests = await self._check_plan(doc, model)
-        if dry_run:
-            return await self._dry_run(principal, model, doc, manifests)
-        written = await self._store(doc, existing)
-        log.info(
-            "inference started",
-            extra={"inference_id": written.id, "model_id": model.id, "engine": spec.engine},
-        )
-        return StartOutcome(inference=written, manifests=[])
+        return doc, await self._check_plan(doc, model)
 
     def _draft(
         self,
@@ -323,7 +330,7 @@ class InferenceService:
             message="dry run: nothing was created",
         )
 
-    async def _store(
+    async def store(
         self, doc: InferenceDocument, existing: InferenceDocument | None
     ) -> InferenceDocument:
         """Insert the new document, or re-enable the stopped one; record the event."""
@@ -547,10 +554,14 @@ class InferenceService:
             check_env(list(request.env), own_secret=model.secret_ref)
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
-        default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
+        cpu_only = {None, InferenceEngine.LITELLM_PROXY, InferenceEngine.OLLAMA}
+        default_gpu = 0 if engine in cpu_only else 1
         port = request.port
         if port is None:
-            port = self._free_port() if self._runtime_kind == "local" and self._free_port else 8000
+            default = OLLAMA_PORT if engine is InferenceEngine.OLLAMA else 8000
+            port = (
+                self._free_port() if self._runtime_kind == "local" and self._free_port else default
+            )
         return InferenceSpec(
             engine=engine,
             image=request.image,

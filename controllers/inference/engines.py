@@ -446,6 +446,20 @@ def _vllm(
     )
 
 
+def _ollama_source(spec: InferenceSpec, model: ModelDocument) -> str:
+    """What Ollama pulls: ``ollamaModel``; else an ENGINE model's own reference, or a LOCAL
+    model's repo on the hub (``hf.co/<repo>``)."""
+    if model.source.access_mode is not AccessMode.ENGINE:
+        return spec.ollama_model or f"hf.co/{model.source.url}"
+    source = spec.ollama_model or model.source.url
+    if not source:
+        raise EnginePlanError(
+            "input.ollamaModel", "name the Ollama model to pull and serve (`smollm2:135m`)"
+        )
+    check_ollama_model(source)
+    return source
+
+
 def _ollama(
     spec: InferenceSpec,
     model: ModelDocument,
@@ -455,11 +469,7 @@ def _ollama(
     images: EngineImages,
     secret_name: str | None,
 ) -> EnginePlan:
-    if model.source.access_mode is AccessMode.ENGINE:
-        source = spec.ollama_model or model.source.url
-    else:
-        source = spec.ollama_model or f"hf.co/{model.source.url}"
-    check_ollama_model(source)
+    source = _ollama_source(spec, model)
     name = shlex.quote(model.name)
     pull = f"ollama pull {shlex.quote(source)} && ollama cp {shlex.quote(source)} {name}"
     host = f"{_host(local)}:{spec.port}"
