@@ -292,6 +292,16 @@ async def test_hosted_ollama_pulls_its_model_itself_on_ollamas_port(
     assert {e.name: e.value for e in pod.containers[0].env}["OLLAMA_HOST"] == "0.0.0.0:11434"
     assert service.spec.ports[0].port == 11434
     assert await cluster_app.resources.database["weights"].count_documents({}) == 0
+    # Its size is not on the hub (an Ollama reference is no repo id): said, not a fault.
+    fit = await run(
+        cluster_app.graphql_url,
+        "GpuFit",
+        {"modelId": model["id"], "engine": "OLLAMA"},
+        token=editor(cluster_app),
+    )
+    assert fit["gpuFit"]["__typename"] == "ValidationError", fit
+    assert fit["gpuFit"]["field"] == "modelId"
+    assert "nothing is known about the size" in fit["gpuFit"]["errorMessage"]
 
 
 async def test_a_custom_engine_running_vllm_must_serve_the_model_under_its_name(
