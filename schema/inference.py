@@ -242,7 +242,9 @@ class InferenceResourcesInput:
     )
     gpu: int | None = strawberry.field(
         default=None,
-        description="`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY and routes).",
+        description=(
+            "`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY, OLLAMA and routes)."
+        ),
     )
 
 
@@ -311,7 +313,10 @@ class InferenceInput:
     """startInference input."""
 
     engine: InferenceEngineEnum | None = strawberry.field(
-        default=None, description="Engine; default VLLM (LOCAL models) or a route (REMOTE_API)."
+        default=None,
+        description=(
+            "Engine; default VLLM (LOCAL models), CUSTOM (ENGINE models) or a route (REMOTE_API)."
+        ),
     )
     image: str | None = strawberry.field(
         default=None, description="Image (required for CUSTOM); default: the engine's image."

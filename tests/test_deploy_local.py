@@ -142,6 +142,15 @@ async def test_refused_local_deploys_write_nothing(local_app: RunningApp) -> Non
     refused = await deploy(local_app, wrong, Role.ADMIN)
     assert refused["__typename"] == "ValidationError", refused
     assert refused["field"] == "input.inference.args"
+    # An ENGINE model comes with its engine: createModel alone cannot make one.
+    created = await run(
+        local_app.graphql_url,
+        "CreateModel",
+        {"input": {"source": {"url": "smollm2:135m", "accessMode": "ENGINE"}, "name": "x"}},
+        token=local_app.token(role=Role.EDITOR, organization=ORG),
+    )
+    assert created["createModel"]["__typename"] == "ValidationError", created
+    assert created["createModel"]["field"] == "source.accessMode"
     database = local_app.resources.database
     for collection in ("models", "inferences", "secrets", "weights"):
         assert await database[collection].count_documents({}) == 0, collection
