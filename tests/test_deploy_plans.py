@@ -15,6 +15,8 @@ import yaml
 from controllers.inference.commands import fetched_model, runs_vllm
 from controllers.inference.engines import EngineImages, EnginePlan, EnginePlanError, plan_engine
 from controllers.runtimes.kubernetes.manifests import Integrations, render_all
+from services.errors import InvalidInput
+from services.inference import check_manifest
 from storage.documents import (
     AccessMode,
     InferenceDocument,
@@ -278,3 +280,42 @@ def test_an_upstream_route_needs_a_remote_model() -> None:
     error = refused(spec, model(AccessMode.ENGINE))
     assert error.field == "input.litellm.mode"
     assert "ENGINE model" in error.message
+
+
+# -- a manifest's vLLM container ----------------------------------------------------------------
+
+MANIFEST = """
+apiVersion: v1
+kind: Service
+metadata: {name: llama-7b}
+spec:
+  selector: {app: llama-7b}
+  ports: [{port: 8000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: llama-7b}
+spec:
+  selector: {matchLabels: {app: llama-7b}}
+  template:
+    metadata: {labels: {app: llama-7b}}
+    spec:
+      containers:
+        - name: model
+          image: vllm/vllm-openai:v0.11.0
+          command: [python, -m, vllm.entrypoints.openai.api_server]
+          args: [--model, meta-llama/x, --served-model-name, SERVED]
+"""
+
+
+@pytest.mark.parametrize(("served", "accepted"), [("llama-7b", True), ("wrong-name", False)])
+def test_a_manifests_vllm_container_serves_the_model_name(served: str, accepted: bool) -> None:
+    text = MANIFEST.replace("SERVED", served)
+    if accepted:
+        _, name, _ = check_manifest(text, namespace="ns", name="inf-aaaaa")
+        assert name == "llama-7b"
+        return
+    with pytest.raises(InvalidInput) as caught:
+        check_manifest(text, namespace="ns", name="inf-aaaaa")
+    assert caught.value.field == "manifest[1].spec.template.spec.containers[0].args"
+    assert "'wrong-name' must match the model name 'llama-7b'" in caught.value.message
