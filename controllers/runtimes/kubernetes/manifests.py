@@ -11,6 +11,7 @@ new. With an autoscaler the Deployment leaves ``replicas`` to it instead of figh
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ GENERATION = "modelplane.io/generation"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 ENGINE_CONTAINER = "engine"
+AIBRIX_MODEL = "model.aibrix.ai/name"
+"""The label AIBrix's gateway and autoscaler find a model's pods by (the served model name)."""
+AIBRIX_PORT = "model.aibrix.ai/port"
+"""The label telling AIBrix which port the engine serves (and exports metrics) on."""
+AIBRIX_COOLDOWN = "autoscaling.aibrix.ai/scale-down-cooldown-window"
+AIBRIX_KPA_DELAY = "kpa.autoscaling.aibrix.ai/scale-down-delay"
+"""The scale-down delay under its current name and under the name AIBrix releases before the
+layered autoscaler read (and the organisation API wrote); each release ignores the other."""
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +49,21 @@ def endpoint_for(inference: InferenceDocument, *, namespace: str, port: int) -> 
     return f"http://{inference.name}.{namespace}.svc.cluster.local:{port}/v1"
 
 
+def label_value(text: str) -> str:
+    """``text`` as a label value: at most 63 of ``[A-Za-z0-9._-]``, alphanumeric at both ends."""
+    cleaned = _LABEL_VALUE_BAD.sub("-", text)[:63]
+    return cleaned.strip("-._")
+
+
 def labels_for(inference: InferenceDocument) -> dict[str, str]:
-    """Our labels, with the inference as owner and its model alongside."""
+    """Our labels, with the inference as owner, its model alongside, and the served model name
+    as AIBrix reads it."""
     labels = owned_labels(inference.id, inference.organization_id, component=COMPONENT)
     if inference.model_id:
         labels[MODEL_ID] = inference.model_id
+    served = label_value(inference.model_name)
+    if served:
+        labels[AIBRIX_MODEL] = served
     return labels
 
 
@@ -191,7 +211,7 @@ def render_deployment(
     inference: InferenceDocument, plan: EnginePlan, *, namespace: str, autoscaled: bool
 ) -> dict[str, Any]:
     """The engine's Deployment."""
-    labels = labels_for(inference)
+    labels = {**labels_for(inference), AIBRIX_PORT: str(plan.port)}
     volumes, mounts, init_mounts = _volumes(inference, plan)
     requests, limits, tolerations, node_selector = _placement(inference, plan)
     container = _engine_container(inference, plan, {"requests": requests, "limits": limits}, mounts)
@@ -285,14 +305,21 @@ def render_service_monitor(inference: InferenceDocument, *, namespace: str) -> d
 def render_autoscaler(
     inference: InferenceDocument, *, namespace: str, aibrix: bool
 ) -> dict[str, Any] | None:
-    """An AIBrix PodAutoscaler when installed, else an autoscaling/v2 HPA; None without
+    """An AIBrix PodAutoscaler (KPA, as the organisation API made it) when installed, else an
+    autoscaling/v2 HPA, the scale-down delay as its stabilisation window; None without
     autoscaling."""
     scaling = inference.spec.autoscaling
     if scaling is None:
         return None
     target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": inference.name}
-    metadata = {"name": inference.name, "namespace": namespace, "labels": labels_for(inference)}
+    metadata: dict[str, Any] = {
+        "name": inference.name,
+        "namespace": namespace,
+        "labels": labels_for(inference),
+    }
     if aibrix:
+        delay = f"{scaling.scale_down_delay_seconds}s"
+        metadata["annotations"] = {AIBRIX_COOLDOWN: delay, AIBRIX_KPA_DELAY: delay}
         return {
             "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
             "kind": "PodAutoscaler",
@@ -301,7 +328,7 @@ def render_autoscaler(
                 "scaleTargetRef": target,
                 "minReplicas": scaling.min_replicas,
                 "maxReplicas": scaling.max_replicas,
-                "scalingStrategy": "APA",
+                "scalingStrategy": "KPA",
                 "metricsSources": [
                     {
                         "metricSourceType": "pod",
@@ -339,6 +366,9 @@ def render_autoscaler(
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [metric],
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_delay_seconds}
+            },
         },
     }
 
@@ -360,7 +390,7 @@ def render_all(
         render_deployment(inference, plan, namespace=namespace, autoscaled=autoscaler is not None)
     )
     objects.append(render_service(inference, namespace=namespace, port=plan.port))
-    if integrations.service_monitor:
+    if integrations.service_monitor and inference.spec.service_monitor is not False:
         objects.append(render_service_monitor(inference, namespace=namespace))
     if autoscaler is not None:
         objects.append(autoscaler)
