@@ -11,7 +11,7 @@ import strawberry
 from schema.cluster import GpuFit
 from schema.enums import InferenceEngineEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from storage.documents import InferenceDocument
+from storage.documents import AutoscalingSpec, InferenceDocument
 
 
 @strawberry.enum(
@@ -74,6 +74,19 @@ class Autoscaling:
     scale_down_delay_seconds: int = strawberry.field(
         description="Seconds the load must stay low before a replica is removed."
     )
+
+    @classmethod
+    def from_spec(cls, scaling: AutoscalingSpec | None) -> Autoscaling | None:
+        """The API view of a stored autoscaling spec (None: no autoscaling)."""
+        if scaling is None:
+            return None
+        return cls(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            target_metric=scaling.target_metric,
+            target_value=scaling.target_value,
+            scale_down_delay_seconds=scaling.scale_down_delay_seconds,
+        )
 
 
 @strawberry.type(description="What an inference runs, with the defaults filled in.")
@@ -186,15 +199,7 @@ class Inference:
                     )
                     for var in spec.env
                 ],
-                autoscaling=None
-                if spec.autoscaling is None
-                else Autoscaling(
-                    min_replicas=spec.autoscaling.min_replicas,
-                    max_replicas=spec.autoscaling.max_replicas,
-                    target_metric=spec.autoscaling.target_metric,
-                    target_value=spec.autoscaling.target_value,
-                    scale_down_delay_seconds=spec.autoscaling.scale_down_delay_seconds,
-                ),
+                autoscaling=Autoscaling.from_spec(spec.autoscaling),
                 service_monitor=spec.service_monitor,
             ),
             created_at=doc.created_at,

@@ -17,7 +17,7 @@ from typing import Any
 
 from controllers.inference.engines import CONFIG_MOUNT, OLLAMA_HOME, EnginePlan
 from controllers.runtimes.kubernetes.labels import OWNER_ID, owned_labels
-from storage.documents import EnvVarSpec, InferenceDocument, TargetKind
+from storage.documents import AutoscalingSpec, EnvVarSpec, InferenceDocument, TargetKind
 
 COMPONENT = "inference"
 MODEL_ID = "modelplane.io/model-id"
@@ -311,36 +311,51 @@ def render_autoscaler(
     scaling = inference.spec.autoscaling
     if scaling is None:
         return None
-    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": inference.name}
     metadata: dict[str, Any] = {
         "name": inference.name,
         "namespace": namespace,
         "labels": labels_for(inference),
     }
     if aibrix:
-        delay = f"{scaling.scale_down_delay_seconds}s"
-        metadata["annotations"] = {AIBRIX_COOLDOWN: delay, AIBRIX_KPA_DELAY: delay}
-        return {
-            "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
-            "kind": "PodAutoscaler",
-            "metadata": metadata,
-            "spec": {
-                "scaleTargetRef": target,
-                "minReplicas": scaling.min_replicas,
-                "maxReplicas": scaling.max_replicas,
-                "scalingStrategy": "KPA",
-                "metricsSources": [
-                    {
-                        "metricSourceType": "pod",
-                        "protocolType": "http",
-                        "port": str(inference.spec.port),
-                        "path": "/metrics",
-                        "targetMetric": scaling.target_metric,
-                        "targetValue": str(scaling.target_value),
-                    }
-                ],
-            },
-        }
+        return _pod_autoscaler(inference, scaling, metadata)
+    return _horizontal_autoscaler(inference, scaling, metadata)
+
+
+def _target(inference: InferenceDocument) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": inference.name}
+
+
+def _pod_autoscaler(
+    inference: InferenceDocument, scaling: AutoscalingSpec, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    delay = f"{scaling.scale_down_delay_seconds}s"
+    metadata["annotations"] = {AIBRIX_COOLDOWN: delay, AIBRIX_KPA_DELAY: delay}
+    return {
+        "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
+        "kind": "PodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": _target(inference),
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "scalingStrategy": "KPA",
+            "metricsSources": [
+                {
+                    "metricSourceType": "pod",
+                    "protocolType": "http",
+                    "port": str(inference.spec.port),
+                    "path": "/metrics",
+                    "targetMetric": scaling.target_metric,
+                    "targetValue": str(scaling.target_value),
+                }
+            ],
+        },
+    }
+
+
+def _horizontal_autoscaler(
+    inference: InferenceDocument, scaling: AutoscalingSpec, metadata: dict[str, Any]
+) -> dict[str, Any]:
     if scaling.target_metric in {"cpu", "memory"}:
         metric: dict[str, Any] = {
             "type": "Resource",
@@ -362,7 +377,7 @@ def render_autoscaler(
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata,
         "spec": {
-            "scaleTargetRef": target,
+            "scaleTargetRef": _target(inference),
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [metric],
