@@ -446,7 +446,8 @@ class InferenceDocument(Document):
     model_name: str
     """The name clients use (the gateway routes on it; vLLM's ``--served-model-name``)."""
     name: str
-    """Kubernetes object name / local process key (``inf-<id>``)."""
+    """Kubernetes object name: the model's name, suffixed when taken (:mod:`services.naming`);
+    ``inf-<id>`` for inferences created before, kept for their life."""
     active_key: str
     """``model_id`` (or the id) while the document lives; ``<id>#deleted`` once deleted."""
     managed: bool = True

@@ -23,6 +23,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controllers.runtimes.inventory import ClusterOffer, GpuNode, Integrations
+from controllers.runtimes.kubernetes.job_specs import render_claim
 from services.naming import base_name, suffixed
 from services.offers import refusal
 from storage.client import Client
@@ -32,7 +33,9 @@ from storage.documents import (
     InferenceEngine,
     InferencePhase,
     InferenceSpec,
+    PvcTarget,
     Role,
+    WeightsDocument,
     new_id,
 )
 from testbed import servers
@@ -430,6 +433,25 @@ async def test_a_missing_claim_without_a_size_is_created_with_20_gi_and_an_exist
     assert kept.spec.resources.requests["storage"] == "3Gi"
     assert "modelplane.io/owner-id" not in (kept.metadata.labels or {})
     assert created["id"] != used["id"]
+
+
+@pytest.mark.parametrize(
+    ("size_gi", "default", "storage"), [(None, 20, "20Gi"), (None, 7, "7Gi"), (5, 7, "5Gi")]
+)
+def test_a_claim_takes_the_target_size_else_the_setting(
+    size_gi: int | None, default: int, storage: str
+) -> None:
+    weights = WeightsDocument(
+        id="weights-x",
+        organization_id="org-a",
+        repo_id="org/x",
+        commit_sha="c" * 40,
+        target=PvcTarget(claim_name="data", size_gi=size_gi),
+        location="pvc://data",
+    )
+    claim = render_claim(weights, namespace="ns", default_size_gi=default)
+    assert claim is not None
+    assert claim["spec"]["resources"]["requests"]["storage"] == storage
 
 
 # -- item 11: names --------------------------------------------------------------------------

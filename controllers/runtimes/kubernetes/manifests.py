@@ -1,11 +1,13 @@
 """The Kubernetes objects of a managed inference, rendered from an engine plan (pure).
 
-One Deployment (``inf-<id>``: GPUs as ``nvidia.com/gpu`` limits, the weights volume, init
-steps, a readiness probe on the engine's health path), one ClusterIP Service on the engine's
-port, a ConfigMap when the engine reads a config file, and -- only when the cluster has their
-CRDs -- a ServiceMonitor and an autoscaler (AIBrix PodAutoscaler if installed, else an HPA).
-Every object carries our labels (docs/architecture.md decision 2) with the inference id as owner,
-and is written with server-side apply, so rendering the same inference twice applies nothing
+One Deployment (named after the model, :mod:`services.naming`; GPUs as ``nvidia.com/gpu``
+limits, the weights volume, init steps, a readiness probe on the engine's health path), one
+ClusterIP Service on the engine's port, a ConfigMap when the engine reads a config file, and --
+only when the cluster has their CRDs -- a ServiceMonitor and an autoscaler (AIBrix
+PodAutoscaler if installed, else an HPA). Every object carries our labels
+(docs/architecture.md decision 2) with the inference id as owner, plus AIBrix's
+``model.aibrix.ai/name`` (and, on the Deployment and its pods, ``model.aibrix.ai/port``), and is
+written with server-side apply, so rendering the same inference twice applies nothing
 new. With an autoscaler the Deployment leaves ``replicas`` to it instead of fighting it.
 """
 
