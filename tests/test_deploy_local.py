@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from testbed.hub import RunningHub
 from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
+from tests.test_inference_replicas import two_replicas
 
 ORG = "org-d"
 HUB_TOKEN = "hf_localDeployToken0123456789abcdef"
@@ -66,19 +68,22 @@ ThreadingHTTPServer((host, port), Handler).serve_forever()
 
 
 @pytest.fixture
-async def local_app(
-    tmp_path: Path,
-    mongo_uri: str,
-    mongo_client: Client,
-    hub: RunningHub,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[RunningApp]:
+def fetching_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in ``vllm`` first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     vllm = bin_dir / "vllm"
     vllm.write_text(FETCHING_VLLM.format(python=sys.executable, token=HUB_TOKEN))
     vllm.chmod(vllm.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return bin_dir
+
+
+@pytest.fixture
+async def local_app(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, fetching_vllm: Path
+) -> AsyncIterator[RunningApp]:
+    del fetching_vllm
     # Admins may run commands here, as the server's user (see test_inference_local.py).
     settings = make_settings(
         tmp_path, mongo_uri, hf_endpoint=hub.endpoint, allow_host_commands=True, engine_user=""
@@ -154,3 +159,22 @@ async def test_refused_local_deploys_write_nothing(local_app: RunningApp) -> Non
     database = local_app.resources.database
     for collection in ("models", "inferences", "secrets", "weights"):
         assert await database[collection].count_documents({}) == 0, collection
+
+
+async def test_a_deploy_sent_to_the_follower_is_served_by_the_leader(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, fetching_vllm: Path
+) -> None:
+    del fetching_vllm
+    async with two_replicas(tmp_path, mongo_uri, mongo_client, hub) as (leader, follower):
+        began = time.monotonic()
+        result = await deploy(follower, value("follower-sent", free_port()), Role.ADMIN)
+        assert result["__typename"] == "DeployPayload", result
+        editor = follower.token(role=Role.EDITOR, organization=ORG)
+        running = await helpers.wait_inference(
+            follower.graphql_url, editor, result["inference"]["id"], {"RUNNING", "FAILED"}
+        )
+        took = time.monotonic() - began
+        print(f"deployModel on the follower -> RUNNING by the leader: {took:.2f} s")  # noqa: T201
+        assert running["phase"] == "RUNNING", running
+        assert took < 30  # generous: the leader hears the event at once, not at its resync
+        assert leader.resources.inference_controller is not None
