@@ -231,7 +231,10 @@ class Syncer:
         """The schedule: sync every catalogue (the leader calls this every period); one
         catalogue's failure is recorded on it and never stops the others."""
         for catalogue in await self._catalogues.every():
-            await self.sync(catalogue)
+            try:
+                await self.sync(catalogue)
+            except Exception:  # a bug or the database: logged, the next catalogue goes on
+                log.exception("catalogue sync broke", extra={"catalogue": catalogue.id})
 
 
 def _same_source(current: CatalogueDocument, synced: CatalogueDocument) -> bool:
