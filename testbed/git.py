@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 from base64 import b64decode
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -188,7 +188,7 @@ class Author:
         git("config", "user.email", "author@example.test", cwd=workdir)
         git("remote", "add", "origin", str(bare), cwd=workdir)
 
-    def write(self, files: dict[str, str | None]) -> None:
+    def write(self, files: Mapping[str, str | None]) -> None:
         """Write (or, for None, delete) files relative to the clone."""
         for name, text in files.items():
             path = self.dir / name
@@ -203,7 +203,7 @@ class Author:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.symlink_to(target)
 
-    def commit(self, message: str, files: dict[str, str | None] | None = None) -> str:
+    def commit(self, message: str, files: Mapping[str, str | None] | None = None) -> str:
         """Commit everything (after writing ``files``) and push; the new commit."""
         self.write(files or {})
         git("add", "-A", cwd=self.dir)
@@ -211,7 +211,7 @@ class Author:
         git("push", "--quiet", "origin", f"HEAD:refs/heads/{self.branch}", cwd=self.dir)
         return self.head()
 
-    def rewrite(self, message: str, files: dict[str, str | None]) -> str:
+    def rewrite(self, message: str, files: Mapping[str, str | None]) -> str:
         """Replace the last commit with another and force-push it; the new commit."""
         self.write(files)
         git("add", "-A", cwd=self.dir)

@@ -7,6 +7,7 @@ import pytest
 from integrations.git import TreeItem
 from services.catalogue.entries import flag_problem, parse_entry, render, with_duplicates
 from services.catalogue.paths import check_entry_path, check_folder, select
+from services.catalogue.service import split_flags
 from services.errors import InvalidInput
 from storage.documents import InferenceEngine
 
@@ -190,3 +191,19 @@ def test_folder_and_entry_path_forms() -> None:
     for bad in ("/abs.yaml", "../x.yaml", "x.txt"):
         with pytest.raises(InvalidInput):
             check_entry_path("path", bad, folder="models")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), (None, None, [])),
+        (("--max-model-len=4096",), (4096, None, [])),
+        (("--max-model-len", "4096", "--tensor-parallel-size=2"), (4096, 2, [])),
+        (("--enforce-eager", "--max-model-len=8"), (8, None, ["--enforce-eager"])),
+        (("--max-model-len=auto",), (None, None, ["--max-model-len=auto"])),
+    ],
+)
+def test_the_flags_an_inference_carries_are_split_from_the_rest(
+    flags: tuple[str, ...], expected: tuple[int | None, int | None, list[str]]
+) -> None:
+    assert split_flags(flags) == expected

@@ -11,8 +11,10 @@ Secret or the encrypted store); the document keeps its reference and answers onl
 
 Installing an entry goes through the model service (``createModel``'s rules, tenancy and
 events) and, when asked, the inference service with the entry's engine, flags and resources;
-a start the inference service refuses deletes the model it just created, so the refusal
-leaves no model behind.
+a start the inference service refuses deletes the model it just created (the soft delete of
+``deleteModel``: its download is cancelled and its objects removed), so the refusal leaves no
+live model behind; the refusal names ``input.startInference`` and quotes the inference's field.
+Which of an entry's flags an inference can carry is :func:`inference_request`'s concern.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from controllers.runtimes.secrets import SecretStore, SecretStoreError
@@ -284,6 +287,7 @@ class CatalogueService:
         """Create the entry's model (and start its inference with the entry's engine)."""
         principal.require(Role.EDITOR)
         entry = await self.entry(principal, name)
+        request = inference_request(entry) if start_inference else None
         spec = CreateModelSpec(
             source=SourceSpec(
                 url=entry.repo or "", access_mode=AccessMode.LOCAL, revision=entry.revision
@@ -296,10 +300,17 @@ class CatalogueService:
             resources=ResourcesSpec(cpu=entry.cpu, memory=entry.memory, gpu=entry.gpu),
         )
         model = await self._models.create(principal, spec)
-        if not start_inference:
+        if request is None:
             return Installed(model=model, inference=None)
         try:
-            started = await self._inference.start(principal, model.id, inference_request(entry))
+            started = await self._inference.start(principal, model.id, request)
+        except InvalidInput as exc:
+            await self._models.delete(principal, model.id)
+            raise InvalidInput(
+                "input.startInference",
+                f"entry {name!r} cannot start here ({exc.field}: {exc.message}); the model was "
+                "not kept: install it without startInference, or start it with other input",
+            ) from None
         except BaseException:
             await self._models.delete(principal, model.id)
             raise
@@ -411,15 +422,57 @@ def describe(issue: Issue) -> str:
 
 
 def inference_request(entry: Entry) -> InferenceRequest:
-    """The inference an entry asks for: its engine, flags (as args) and resources."""
+    """The inference an entry asks for: its engine, resources, and the flags the inference
+    contract carries (``--max-model-len`` as the context length, ``--tensor-parallel-size``
+    as the GPU count). Any other flag is refused naming ``input.startInference`` before
+    anything is written: ``InferenceInput`` has no place for extra engine flags yet (its
+    ``args`` replace the whole command line), and dropping them silently would serve another
+    configuration than the entry's."""
+    context, parallel, rest = split_flags(entry.flags)
+    if rest:
+        raise InvalidInput(
+            "input.startInference",
+            f"entry {entry.name!r} has flags an inference cannot carry yet ({' '.join(rest)}); "
+            "install it without startInference and start it with your own input",
+        )
+    if parallel is not None and entry.gpu is not None and parallel != entry.gpu:
+        raise InvalidInput(
+            "input.startInference",
+            f"entry {entry.name!r}: --tensor-parallel-size={parallel} but resources.gpu is "
+            f"{entry.gpu}",
+        )
     return InferenceRequest(
         engine=entry.engine,
-        args=list(entry.flags) or None,
         cpu=entry.cpu,
         memory=entry.memory,
-        gpu=entry.gpu,
+        gpu=parallel if parallel is not None else entry.gpu,
         gpu_type=entry.gpu_type,
+        context_length=context,
     )
+
+
+def split_flags(flags: Sequence[str]) -> tuple[int | None, int | None, list[str]]:
+    """(``--max-model-len``, ``--tensor-parallel-size``, every other token) of a flag list;
+    each of the two as ``--name=value`` or ``--name value``."""
+    known: dict[str, int | None] = {"max-model-len": None, "tensor-parallel-size": None}
+    rest: list[str] = []
+    tokens = list(flags)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        name, has_value, value = token.removeprefix("--").partition("=")
+        if token.startswith("--") and name in known:
+            if not has_value and index + 1 < len(tokens):
+                index += 1
+                value = tokens[index]
+            if not value.isdigit():
+                rest.append(token)
+            else:
+                known[name] = int(value)
+        else:
+            rest.append(token)
+        index += 1
+    return known["max-model-len"], known["tensor-parallel-size"], rest
 
 
 def vllm_flags(fit: FitEstimate) -> list[str]:
