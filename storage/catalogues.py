@@ -14,7 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from storage.collection import Repository
-from storage.documents import Document, InferenceEngine
+from storage.documents import Document, InferenceEngine, utcnow
 
 
 class SyncErrorKind(StrEnum):
@@ -82,6 +82,8 @@ class CatalogueDocument(Document):
     username: str | None = None
     secret_ref: str | None = None
     configured_by: str
+    configured_at: datetime = Field(default_factory=utcnow)
+    """When the source was last set: a sync of an older configuration writes nothing."""
     sync: SyncState = Field(default_factory=SyncState)
     entries: list[EntryRecord] = Field(default_factory=list)
 

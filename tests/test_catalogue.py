@@ -478,3 +478,28 @@ async def test_preview_generate_and_propose(
         assert refused["__typename"] == "ValidationError", refused
         assert refused["field"] == field, refused
     assert set(author.remote_branches()) == {"main", proposed["branch"]}
+
+
+async def test_configuring_again_replaces_the_source_snapshot_and_credential(
+    running_app: RunningApp, git_remote: GitServer, tmp_path: Path, mongo_client: Client
+) -> None:
+    first_name, first_author = _author(git_remote, tmp_path)
+    first_author.commit("one", {"models/tiny.yaml": GOOD})
+    second_name, second_author = _author(git_remote, tmp_path)
+    head = second_author.commit("one", {"catalog/other.yaml": OTHER})
+    assert set(_by_name(await _configure(running_app, _source(git_remote, first_name)))) == {
+        "tiny"
+    }
+    replaced = await _configure(running_app, _source(git_remote, second_name, folder="catalog"))
+    assert replaced["url"] == git_remote.url(second_name)
+    assert replaced["sync"]["commit"] == head
+    assert set(_by_name(replaced)) == {"other"}
+    database = mongo_client[running_app.resources.settings.mongodb_database]
+    assert await database["catalogues"].count_documents({}) == 1
+    assert await database["secrets"].count_documents({}) == 1
+    # a refused reconfiguration keeps the working one
+    refused = await _configure(running_app, _source(git_remote, first_name, password="nope"))
+    assert refused["field"] == "source.password"
+    kept = await _call(running_app, "Catalog", {}, role=Role.VIEWER)
+    assert kept["url"] == git_remote.url(second_name)
+    assert set(_by_name(kept)) == {"other"}

@@ -40,9 +40,9 @@ from services.inference_inputs import InferenceRequest
 from services.models import CreateModelSpec, ModelService, ResourcesSpec, SourceSpec
 from services.principals import Principal
 from services.targets import TargetSpec
-from storage.catalogues import CatalogueDocument, CatalogueRepository, catalogue_id
+from storage.catalogues import CatalogueDocument, CatalogueRepository, SyncState, catalogue_id
 from storage.documents import AccessMode, InferenceEngine, ModelDocument, Role, new_id
-from storage.errors import DuplicateKey
+from storage.errors import DuplicateKey, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,9 @@ class CatalogueService:
     async def _store_source(
         self, principal: Principal, draft: CatalogueDocument, password: str | None
     ) -> CatalogueDocument:
-        """The credential into the secret store, then the document (replacing an older
-        configuration and its snapshot); the credential is removed again if the write fails."""
+        """The credential into the secret store, then the document (an older configuration and
+        its snapshot replaced in one compare-and-set); the new credential is removed again if
+        the write fails, the old one once it is replaced."""
         previous = await self._catalogues.get(draft.id)
         ref: str | None = None
         if password is not None:
@@ -213,13 +214,7 @@ class CatalogueService:
                 ) from None
         draft.secret_ref = ref
         try:
-            if previous is not None:
-                await self._catalogues.delete(draft.id)
-            written = await self._catalogues.insert(draft)
-        except DuplicateKey:
-            raise Conflict(
-                None, "the catalogue is being configured concurrently; try again"
-            ) from None
+            written = await self._write_source(draft, previous)
         except BaseException:
             if ref is not None:
                 with contextlib.suppress(SecretStoreError):
@@ -229,6 +224,30 @@ class CatalogueService:
             with contextlib.suppress(SecretStoreError):
                 await self._secrets.delete(previous.secret_ref)
         return written
+
+    async def _write_source(
+        self, draft: CatalogueDocument, previous: CatalogueDocument | None
+    ) -> CatalogueDocument:
+        if previous is None:
+            try:
+                return await self._catalogues.insert(draft)
+            except DuplicateKey:
+                raise Conflict(
+                    None, "the catalogue is being configured concurrently; try again"
+                ) from None
+        fields = ("url", "branch", "folder", "username", "secret_ref", "configured_by")
+        changes = {name: getattr(draft, name) for name in fields}
+        changes |= {
+            "configured_at": draft.configured_at,
+            "sync": SyncState().model_dump(mode="python"),
+            "entries": [],
+        }
+        try:
+            return await self._catalogues.modify(draft.id, lambda _: changes)
+        except NotFound:
+            raise Conflict(
+                None, "the catalogue changed while being configured; try again"
+            ) from None
 
     async def refresh(
         self, principal: Principal, *, accept_force_push: bool = False

@@ -244,7 +244,7 @@ def _same_source(current: CatalogueDocument, synced: CatalogueDocument) -> bool:
         synced.branch,
         synced.folder,
         synced.secret_ref,
-    ) and current.created_at == synced.created_at
+    ) and current.configured_at == synced.configured_at
 
 
 def _newer(current: CatalogueDocument, started: datetime) -> bool:
