@@ -6,6 +6,7 @@ force-pushed, two refreshes at once, install, generate, preview and propose."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import uuid
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
 
 from storage.catalogues import catalogue_id
 from storage.client import Client, Database
@@ -487,9 +490,7 @@ async def test_configuring_again_replaces_the_source_snapshot_and_credential(
     first_author.commit("one", {"models/tiny.yaml": GOOD})
     second_name, second_author = _author(git_remote, tmp_path)
     head = second_author.commit("one", {"catalog/other.yaml": OTHER})
-    assert set(_by_name(await _configure(running_app, _source(git_remote, first_name)))) == {
-        "tiny"
-    }
+    assert set(_by_name(await _configure(running_app, _source(git_remote, first_name)))) == {"tiny"}
     replaced = await _configure(running_app, _source(git_remote, second_name, folder="catalog"))
     assert replaced["url"] == git_remote.url(second_name)
     assert replaced["sync"]["commit"] == head
@@ -503,3 +504,25 @@ async def test_configuring_again_replaces_the_source_snapshot_and_credential(
     kept = await _call(running_app, "Catalog", {}, role=Role.VIEWER)
     assert kept["url"] == git_remote.url(second_name)
     assert set(_by_name(kept)) == {"other"}
+
+
+async def test_on_kubernetes_the_credential_is_a_secret_and_never_returned(
+    kube_app: RunningApp, kube_namespace: str, git_remote: GitServer, tmp_path: Path
+) -> None:
+    name, author = _author(git_remote, tmp_path)
+    author.commit("one", {"models/tiny.yaml": GOOD})
+    catalog = await _configure(kube_app, _source(git_remote, name))
+    assert catalog["__typename"] == "Catalog", catalog
+    assert catalog["hasCredentials"] is True
+    assert GIT_PASSWORD not in repr(catalog)
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(
+        config_file=str(kube_app.resources.settings.kubeconfig),
+        client_configuration=configuration,
+    )
+    async with k8s.ApiClient(configuration) as api:
+        secret = await k8s.CoreV1Api(api).read_namespaced_secret(
+            f"{catalogue_id(ORG)}-credentials", kube_namespace
+        )
+    assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "modelplane"
+    assert base64.b64decode(secret.data["git-password"]).decode() == GIT_PASSWORD
