@@ -12,7 +12,11 @@ Credentials: the password (or token) travels only as an ``http.extraHeader`` set
 ``GIT_CONFIG_*`` environment variables of the child process: never in argv (``ps``), never in
 ``.git/config``, never in a URL, never logged. Every child runs with ``GIT_TERMINAL_PROMPT=0``,
 no system or global configuration and an empty ``HOME``, so nothing on the host (a credential
-helper, an ``insteadOf``) changes what is fetched.
+helper, an ``insteadOf``) changes what is fetched; only the http and https transports, and no
+redirects (the outbound policy judged the configured host, not a redirect's target). Not
+covered: the host's address is checked when the source is configured, not again when git
+connects (as for the other processes that connect by themselves; see the README's
+"Outbound connections").
 
 Errors: :class:`GitAuthRefused` (401/403: the credential is wrong), :class:`GitUnreachable`
 (DNS, refused connection, timeout, 5xx), :class:`GitBranchMissing`, :class:`GitPushRejected`;
@@ -72,14 +76,24 @@ class Remote:
     def environment(self) -> dict[str, str]:
         """The child's git configuration: the auth header, only when there is a password."""
         if not self.password:
-            return {"GIT_CONFIG_COUNT": "0"}
+            return _config(FIXED_CONFIG)
         pair = f"{self.username or 'git'}:{self.password}".encode()
         header = "Authorization: Basic " + base64.b64encode(pair).decode()
-        return {
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "http.extraHeader",
-            "GIT_CONFIG_VALUE_0": header,
-        }
+        return _config({**FIXED_CONFIG, "http.extraHeader": header})
+
+
+FIXED_CONFIG = {"http.followRedirects": "false", "credential.helper": ""}
+"""Every child's configuration: no redirects (the outbound policy checked the configured host,
+not wherever a remote might send git next) and no credential helper."""
+
+
+def _config(values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` as ``GIT_CONFIG_*`` environment variables (not argv: ``ps`` shows argv)."""
+    env = {"GIT_CONFIG_COUNT": str(len(values))}
+    for index, (key, value) in enumerate(values.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,7 @@ def _base_env(home: Path) -> dict[str, str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ALLOW_PROTOCOL": "http:https",
         "GIT_CONFIG_NOSYSTEM": "1",
         "LC_ALL": "C",
     }
@@ -170,7 +185,7 @@ class Repository:
         ok_codes: tuple[int, ...] = (0,),
     ) -> tuple[int, bytes]:
         child_env = _base_env(self._home)
-        child_env.update(remote.environment() if remote else {"GIT_CONFIG_COUNT": "0"})
+        child_env.update(remote.environment() if remote else _config(FIXED_CONFIG))
         child_env.update(env or {})
         process = await asyncio.create_subprocess_exec(
             GIT,

@@ -4,7 +4,8 @@ asks for basic auth, for the catalogue tests.
 :class:`GitServer` serves every bare repository under its root at
 ``http://127.0.0.1:<port>/<name>.git``, both fetch and push (smart HTTP), to the one user it
 knows; any other credential, or none, gets 401. ``offline()`` makes it answer 503 for a
-while (the remote is down). :class:`Author` is a working clone the tests commit and
+while (the remote is down), ``redirecting()`` sends requests for one repository to
+another. :class:`Author` is a working clone the tests commit and
 (force-)push with, straight to the bare repository on disk.
 """
 
@@ -76,6 +77,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.down:
             self.send_error(503, "down for maintenance")
             return
+        source, target = self.server.redirect or ("", "")
+        if source and self.path.startswith(f"/{source}.git/"):
+            self.send_response(302)
+            self.send_header("Location", target + self.path.split(".git", 1)[-1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not self._authorised():
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="catalogue"')
@@ -126,6 +134,7 @@ class _Server(ThreadingHTTPServer):
         self.username = username
         self.password = password
         self.down = False
+        self.redirect: tuple[str, str] | None = None
         self.requests: list[str] = []
 
 
@@ -150,6 +159,15 @@ class GitServer:
         path = self.root / f"{name}.git"
         git("init", "--bare", "--quiet", f"--initial-branch={branch}", str(path), home=self.root)
         return path
+
+    @contextmanager
+    def redirecting(self, name: str, url: str) -> Iterator[None]:
+        """Redirect requests for repository ``name`` to the same path under ``url``."""
+        self._server.redirect = (name, url)
+        try:
+            yield
+        finally:
+            self._server.redirect = None
 
     @contextmanager
     def offline(self) -> Iterator[None]:

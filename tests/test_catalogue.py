@@ -526,3 +526,17 @@ async def test_on_kubernetes_the_credential_is_a_secret_and_never_returned(
         )
     assert secret.metadata.labels["app.kubernetes.io/managed-by"] == "modelplane"
     assert base64.b64decode(secret.data["git-password"]).decode() == GIT_PASSWORD
+
+
+async def test_a_remote_that_redirects_is_not_followed(
+    running_app: RunningApp, git_remote: GitServer, tmp_path: Path
+) -> None:
+    name, author = _author(git_remote, tmp_path)
+    author.commit("one", {"models/tiny.yaml": GOOD})
+    other, other_author = _author(git_remote, tmp_path)
+    other_author.commit("one", {"models/other.yaml": OTHER})
+    with git_remote.redirecting(name, git_remote.url(other)):
+        refused = await _configure(running_app, _source(git_remote, name))
+    assert refused["__typename"] == "ValidationError", refused
+    assert refused["field"] == "source.url"
+    assert await _call(running_app, "Catalog", {}, role=Role.VIEWER) is None
