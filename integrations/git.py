@@ -60,6 +60,10 @@ class GitBranchMissing(GitError):
     """The remote has no such branch."""
 
 
+class GitMissing(GitError):
+    """The ``git`` program is not installed on this server."""
+
+
 class GitPushRejected(GitError):
     """The remote refused a push (the branch exists already, a hook said no)."""
 
@@ -187,16 +191,19 @@ class Repository:
         child_env = _base_env(self._home)
         child_env.update(remote.environment() if remote else _config(FIXED_CONFIG))
         child_env.update(env or {})
-        process = await asyncio.create_subprocess_exec(
-            GIT,
-            "--git-dir",
-            str(self.path),
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=child_env,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                GIT,
+                "--git-dir",
+                str(self.path),
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=child_env,
+            )
+        except FileNotFoundError:
+            raise GitMissing(f"{what}: git is not installed on this server") from None
         try:
             async with asyncio.timeout(self._timeout):
                 out, err = await process.communicate(stdin)

@@ -27,7 +27,14 @@ from dataclasses import dataclass, replace
 
 from controllers.runtimes.secrets import SecretStore, SecretStoreError
 from integrations.addresses import OutboundPolicy
-from integrations.git import GitAuthRefused, GitBranchMissing, GitError, GitPushRejected, locked
+from integrations.git import (
+    GitAuthRefused,
+    GitBranchMissing,
+    GitError,
+    GitMissing,
+    GitPushRejected,
+    locked,
+)
 from services import validation as v
 from services.catalogue.entries import Entry, Issue, parse_entry, render
 from services.catalogue.paths import check_entry_path, check_folder
@@ -190,6 +197,8 @@ class CatalogueService:
             raise InvalidInput(
                 "source.branch", f"the remote has no branch {draft.branch!r}"
             ) from None
+        except GitMissing as exc:
+            raise Conflict(None, str(exc)) from None
         except GitError as exc:
             raise InvalidInput("source.url", f"source.url could not be read: {exc}") from None
 
