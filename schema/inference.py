@@ -232,17 +232,28 @@ class TolerationInput:
     )
 
 
-@strawberry.input(description="Compute per replica. Defaults: cpu `1`, memory `2Gi`, 1 GPU.")
+@strawberry.input(
+    description=(
+        "Compute per replica. Each field left null is the model's `resources` (they are the "
+        "inference's requirements), else the default: cpu `1`, memory `2Gi`, 1 GPU. Per field: "
+        "`{gpu: 0}` keeps the model's cpu and memory."
+    )
+)
 class InferenceResourcesInput:
     """Resources."""
 
-    cpu: str | None = strawberry.field(default=None, description="CPU request (default `1`).")
+    cpu: str | None = strawberry.field(
+        default=None, description="CPU request; null: the model's, else `1`."
+    )
     memory: str | None = strawberry.field(
-        default=None, description="Memory request and limit (default `2Gi`)."
+        default=None, description="Memory request and limit; null: the model's, else `2Gi`."
     )
     gpu: int | None = strawberry.field(
         default=None,
-        description="`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY and routes).",
+        description=(
+            "`nvidia.com/gpu` per replica; null: the model's, else 1 (LITELLM_PROXY and routes "
+            "serve no weights: 0 unless given)."
+        ),
     )
 
 
@@ -291,9 +302,10 @@ class LiteLLMInput:
 
 @strawberry.input(
     description=(
-        "How to serve a model. Defaults follow the organisation API: engine VLLM (none for "
-        "REMOTE_API models), 1 replica, cpu `1`, memory `2Gi`, 1 GPU, imagePullPolicy "
-        "IfNotPresent, port 8000 (a free port on the local runtime), initialDelaySeconds 60."
+        "How to serve a model. Resources not given are the model's `resources`; other "
+        "defaults follow the organisation API: engine VLLM (none for REMOTE_API models), 1 "
+        "replica, cpu `1`, memory `2Gi`, 1 GPU, imagePullPolicy IfNotPresent, port 8000 (a "
+        "free port on the local runtime), initialDelaySeconds 60."
     )
 )
 class InferenceInput:
@@ -315,7 +327,7 @@ class InferenceInput:
     args: list[str] | None = strawberry.field(default=None, description="Arguments.")
     replicas: int | None = strawberry.field(default=None, description="Replicas (default 1).")
     resources: InferenceResourcesInput | None = strawberry.field(
-        default=None, description="Compute per replica."
+        default=None, description="Compute per replica; null: the model's `resources`."
     )
     gpu_type: str | None = strawberry.field(
         default=None, description="GPU product to run on (node label `nvidia.com/gpu.product`)."

@@ -36,7 +36,6 @@ from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
 from live import EventType, Recorder
-from services import validation as v
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
 from services.fitting import FitEstimate
@@ -48,6 +47,7 @@ from services.inference_inputs import (
     check_manifest,
     check_placement,
     check_scalars,
+    choose_resources,
     gpus_of,
     request_from,
 )
@@ -547,7 +547,7 @@ class InferenceService:
             check_env(list(request.env), own_secret=model.secret_ref)
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
-        default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
+        resources = choose_resources(request, model.resources, engine)
         port = request.port
         if port is None:
             port = self._free_port() if self._runtime_kind == "local" and self._free_port else 8000
@@ -558,11 +558,10 @@ class InferenceService:
             command=request.command,
             args=request.args,
             replicas=request.replicas or 1,
-            cpu=v.check_cpu("input.resources.cpu", request.cpu) or "1",
-            memory=v.check_memory("input.resources.memory", request.memory) or "2Gi",
-            gpu=v.check_gpu("input.resources.gpu", request.gpu)
-            if request.gpu is not None
-            else default_gpu,
+            cpu=resources.cpu,
+            memory=resources.memory,
+            gpu=resources.gpu,
+            resources_given=resources.given,
             gpu_type=request.gpu_type,
             node_selector=dict(request.node_selector or {}),
             tolerations=list(request.tolerations or []),

@@ -383,7 +383,9 @@ class LiteLLMSpec(BaseModel):
 
 
 class InferenceSpec(BaseModel):
-    """What to run. Defaults follow the organisation API: 1 GPU, cpu 1, memory 2Gi, port 8000."""
+    """What to run. Resources not given come from the model's ``resources`` (the Playground
+    API: they are the inference's requirements), then the organisation API's defaults: 1 GPU,
+    cpu 1, memory 2Gi; port 8000."""
 
     engine: InferenceEngine | None = InferenceEngine.VLLM
     """None for a REMOTE_API model: a gateway route, no workload."""
@@ -413,6 +415,10 @@ class InferenceSpec(BaseModel):
     env: list[EnvVarSpec] = Field(default_factory=list)
     autoscaling: AutoscalingSpec | None = None
     litellm: LiteLLMSpec | None = None
+    resources_given: list[str] = Field(default_factory=list)
+    """Which of ``cpu``, ``memory`` and ``gpu`` the start gave explicitly; the others came
+    from the model's ``resources`` (or the defaults), and a toggle back on takes them from the
+    model again, so an ``updateModel`` of its resources is honoured."""
 
 
 class PhaseEntry(BaseModel):

@@ -1,0 +1,93 @@
+"""Issue 17's inference behaviours on the kubernetes runtime (kube-apiserver, controller
+manager, scheduler and kwok; see ``tests/test_inference_kubernetes.py``): the model's resources
+in the Deployment, stop clearing the model's inference, a dry run leaving nothing in the
+cluster, and the Deployment's status on Inference."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import yaml
+from kubernetes_asyncio import client as k8s
+
+from tests import test_inference_kubernetes as cluster
+from tests.conftest import RunningApp
+from tests.graphql_client import run
+from tests.test_inference_kubernetes import editor, ready_model, start, wait_gone
+
+cluster_app = cluster.cluster_app  # the fixture, shared with tests/test_inference_kubernetes.py
+
+
+async def set_resources(app: RunningApp, model_id: str, resources: dict[str, Any]) -> None:
+    data = await run(
+        app.graphql_url,
+        "UpdateModel",
+        {"id": model_id, "input": {"resources": resources}},
+        token=editor(app),
+    )
+    assert data["updateModel"]["__typename"] == "Model", data
+
+
+async def dry_run(app: RunningApp, model_id: str, value: dict[str, Any] | None) -> dict[str, Any]:
+    data = await run(
+        app.graphql_url,
+        "StartInference",
+        {"modelId": model_id, "input": value, "dryRun": True},
+        token=editor(app),
+    )
+    result: dict[str, Any] = data["startInference"]
+    assert result["__typename"] == "InferencePayload", result
+    return result
+
+
+async def wait_reason(app: RunningApp, inference_id: str, reason: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        data = await run(app.graphql_url, "Inference", {"id": inference_id}, token=editor(app))
+        inference: dict[str, Any] = data["inference"]
+        if inference["reason"] == reason:
+            return inference
+        assert time.monotonic() < deadline, f"timed out waiting for {reason}; last {inference}"
+        await asyncio.sleep(0.1)
+
+
+def engine_resources(manifests: list[str]) -> dict[str, Any]:
+    for text in manifests:
+        obj = yaml.safe_load(text)
+        if obj["kind"] == "Deployment":
+            resources: dict[str, Any] = obj["spec"]["template"]["spec"]["containers"][0][
+                "resources"
+            ]
+            return resources
+    raise AssertionError(f"no Deployment in {manifests}")
+
+
+async def test_the_models_resources_size_the_deployment(
+    cluster_app: RunningApp, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    model = await ready_model(cluster_app)
+    await set_resources(cluster_app, model.id, {"cpu": "2", "memory": "3Gi", "gpu": 2})
+
+    rendered = engine_resources((await dry_run(cluster_app, model.id, None))["manifests"])
+    assert rendered["requests"] == {"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "2"}
+    assert rendered["limits"] == {"memory": "3Gi", "nvidia.com/gpu": "2"}
+    partial = engine_resources(
+        (await dry_run(cluster_app, model.id, {"resources": {"memory": "1Gi"}}))["manifests"]
+    )
+    assert partial["requests"] == {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "2"}
+
+    inference = await start(cluster_app, model.id)
+    # Two GPUs on one-GPU nodes: PENDING, and the Deployment says why.
+    await wait_reason(cluster_app, inference["id"], "InsufficientGPU")
+    apps, core = k8s.AppsV1Api(control_plane_api), k8s.CoreV1Api(control_plane_api)
+    deployment = await apps.read_namespaced_deployment(inference["name"], gpu_namespace)
+    container = deployment.spec.template.spec.containers[0]
+    assert container.resources.requests == {"cpu": "2", "memory": "3Gi", "nvidia.com/gpu": "2"}
+    assert container.resources.limits == {"memory": "3Gi", "nvidia.com/gpu": "2"}
+
+    await run(
+        cluster_app.graphql_url, "StopInference", {"modelId": model.id}, token=editor(cluster_app)
+    )
+    await wait_gone(apps, core, gpu_namespace, inference["name"])
