@@ -130,11 +130,14 @@ class InferenceService:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, principal: Principal, inference_id: str) -> InferenceDocument | None:
-        """One live inference of the caller's organisation."""
+    async def get(
+        self, principal: Principal, inference_id: str, *, history: bool = False
+    ) -> InferenceDocument | None:
+        """One live inference of the caller's organisation; with ``history``, a stopped one
+        (retired from its model) too."""
         principal.require(Role.VIEWER)
         doc = await self._inferences.get(inference_id, scope=principal.scope)
-        return None if doc is None or doc.is_deleted else doc
+        return None if doc is None or (doc.is_deleted and not history) else doc
 
     async def for_model(self, principal: Principal, model_id: str) -> InferenceDocument | None:
         """The live inference of a model, if any."""
@@ -338,7 +341,9 @@ class InferenceService:
             return written
 
         def change(current: InferenceDocument) -> dict[str, Any]:
-            if current.enabled or current.is_deleted:
+            if current.is_deleted:
+                raise Conflict("modelId", "its inference finished stopping meanwhile; try again")
+            if current.enabled:
                 raise Conflict("modelId", "another request started this model's inference first")
             entry = PhaseEntry(phase=InferencePhase.PENDING, reason="Started")
             history = [*current.phase_history, entry][-50:]
@@ -407,11 +412,13 @@ class InferenceService:
         return written
 
     async def toggle(self, principal: Principal, model_id: str, *, enabled: bool) -> StartOutcome:
-        """The one-switch form: on starts with defaults (or the last spec), off stops."""
+        """The one-switch form: on starts with the last spec (a stopped inference's too;
+        resources not given then are the model's) or the defaults; off stops."""
         if not enabled:
             return StartOutcome(inference=await self.stop(principal, model_id), started=False)
         principal.require(Role.EDITOR)
         existing = await self._inferences.for_model(model_id)
+        existing = existing or await self._inferences.last_for_model(model_id)
         request = InferenceRequest()
         if existing is not None and existing.organization_id == principal.organization_id:
             request = request_from(existing.spec)

@@ -12,11 +12,13 @@ runtime (issue 17, items 1, 2, 3, 13 and 14; the Kubernetes side is in
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from tests import test_inference_local as local
 from tests.conftest import RunningApp
-from tests.graphql_client import run
+from tests.graphql_client import Subscription, run
 from tests.test_inference_local import editor, ready_model, start, wait_inference
 
 # The local runtime's fixtures, shared with tests/test_inference_local.py.
@@ -106,3 +108,80 @@ async def test_bad_explicit_resources_name_the_field(local_app: RunningApp) -> N
     assert result["__typename"] == "ValidationError", result
     assert result["field"] == "input.resources.memory"
     assert await local_app.resources.database["inferences"].count_documents({}) == 0
+
+
+# -- item 2: turning inference off clears it ---------------------------------------------------
+
+
+async def wait_cleared(app: RunningApp, model_id: str, *, timeout: float = 30) -> dict[str, Any]:
+    """The model once its inference is gone (``inference`` null)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        model = await model_inference(app, model_id)
+        if model["inference"] is None:
+            return model
+        assert time.monotonic() < deadline, f"the inference was not cleared: {model}"
+        await asyncio.sleep(0.05)
+
+
+async def test_stopping_clears_the_models_inference_and_the_next_start_is_new(
+    local_app: RunningApp,
+) -> None:
+    model = await ready_model(local_app)
+    first = (await toggle(local_app, model["id"], enabled=True))["inference"]
+    await wait_inference(local_app, first["id"], {"RUNNING"})
+    async with Subscription(
+        local_app.ws_url, "InferenceEvents", {"inferenceId": first["id"]}, token=editor(local_app)
+    ) as events:
+        off = await toggle(local_app, model["id"], enabled=False)
+        assert off["inference"]["id"] == first["id"]
+        assert off["inference"]["enabled"] is False
+        started = time.monotonic()
+        cleared = await wait_cleared(local_app, model["id"])
+        print(f"cleared {time.monotonic() - started:.2f} s after toggle off")  # noqa: T201
+        assert cleared["inferencePhase"] is None
+        seen: list[tuple[str, str | None]] = []
+        while ("DELETED", "STOPPED") not in seen:
+            data = await events.next(timeout=10)
+            assert data is not None
+            event = data["inferenceEvents"]
+            seen.append((event["type"], event["phase"]))
+    # The stream says it stopped, then that it is gone (and nothing after the DELETED).
+    assert seen.index(("PHASE_CHANGED", "STOPPED")) < seen.index(("DELETED", "STOPPED")), seen
+
+    # Kept as history by id; no longer listed, nor the model's.
+    history = await wait_inference(local_app, first["id"], {"STOPPED"})
+    assert history["enabled"] is False
+    assert [e["phase"] for e in history["phaseHistory"]][-1] == "STOPPED"
+    listed = await run(
+        local_app.graphql_url,
+        "Inferences",
+        {"filter": {"modelId": model["id"]}},
+        token=editor(local_app),
+    )
+    assert listed["inferences"]["total"] == 0, listed
+    listed_models = await run(
+        local_app.graphql_url,
+        "Models",
+        {"filter": {"hasInference": False}},
+        token=editor(local_app),
+    )
+    assert model["id"] in [m["id"] for m in listed_models["models"]["items"]]
+
+    # Stopping again: nothing to stop.
+    again = await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    assert again["stopInference"]["__typename"] == "NotFoundError", again
+
+    # The next start is a new inference (the last spec reused), and it runs.
+    second = (await toggle(local_app, model["id"], enabled=True))["inference"]
+    assert second["id"] != first["id"]
+    assert second["spec"]["engine"] == first["spec"]["engine"]
+    await wait_inference(local_app, second["id"], {"RUNNING"})
+    now = await model_inference(local_app, model["id"])
+    assert now["inference"]["id"] == second["id"]
+    assert now["inferencePhase"] == "RUNNING"
+    stored = local_app.resources.database["inferences"]
+    assert await stored.count_documents({"model_id": model["id"]}) == 2
+    assert await stored.count_documents({"model_id": model["id"], "is_deleted": False}) == 1
