@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from tests import test_inference_local as local
 from tests.conftest import RunningApp
 from tests.graphql_client import Subscription, run
 from tests.test_inference_local import editor, ready_model, start, wait_inference
+from tests.test_models_api import remote
 
 # The local runtime's fixtures, shared with tests/test_inference_local.py.
 fake_engines = local.fake_engines
@@ -185,3 +187,46 @@ async def test_stopping_clears_the_models_inference_and_the_next_start_is_new(
     stored = local_app.resources.database["inferences"]
     assert await stored.count_documents({"model_id": model["id"]}) == 2
     assert await stored.count_documents({"model_id": model["id"], "is_deleted": False}) == 1
+
+
+# -- item 13: a dry run leaves nothing behind -------------------------------------------------
+
+
+def tree(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for path in root.rglob("*")} if root.exists() else set()
+
+
+async def test_a_dry_run_leaves_nothing_on_disk_nor_in_the_database(local_app: RunningApp) -> None:
+    database = local_app.resources.database
+    served = await ready_model(local_app)
+    created = await run(
+        local_app.graphql_url,
+        "CreateModel",
+        {"input": remote(name="proxied")},
+        token=editor(local_app),
+    )
+    proxied = created["createModel"]
+    assert proxied["__typename"] == "Model", created
+    engines = local_app.resources.settings.state_dir / "engines"
+    before_disk = tree(local_app.resources.settings.state_dir)
+    before_models = {m["_id"]: m["revision"] async for m in database["models"].find({})}
+    before_events = await database["events"].count_documents({})
+
+    for model_id, value in (
+        (served["id"], None),
+        (served["id"], {"engine": "OLLAMA"}),
+        (proxied["id"], {"engine": "LITELLM_PROXY"}),
+        (proxied["id"], {"engine": "LITELLM_PROXY", "litellm": {"mode": "SINGLE"}}),
+    ):
+        result = await start(local_app, model_id, value, dryRun=True)
+        assert result["__typename"] == "InferencePayload", result
+        assert result["dryRun"] is True
+        assert result["manifests"], result
+        if value and value["engine"] == "LITELLM_PROXY":
+            assert "litellm.yaml" in result["manifests"][0]  # the config it would write
+
+    assert tree(local_app.resources.settings.state_dir) == before_disk
+    assert not any(path.endswith("litellm.yaml") for path in tree(engines))
+    assert await database["inferences"].count_documents({}) == 0
+    assert {m["_id"]: m["revision"] async for m in database["models"].find({})} == before_models
+    assert await database["events"].count_documents({}) == before_events

@@ -91,3 +91,45 @@ async def test_the_models_resources_size_the_deployment(
         cluster_app.graphql_url, "StopInference", {"modelId": model.id}, token=editor(cluster_app)
     )
     await wait_gone(apps, core, gpu_namespace, inference["name"])
+
+
+async def managed_objects(api: k8s.ApiClient, namespace: str) -> list[str]:
+    """Every object with modelplane's label in the namespace, as ``Kind/name``."""
+    selector = "app.kubernetes.io/managed-by=modelplane"
+    apps, core = k8s.AppsV1Api(api), k8s.CoreV1Api(api)
+    scaling = k8s.AutoscalingV2Api(api)
+    found: list[str] = []
+    for kind, lister in (
+        ("Deployment", apps.list_namespaced_deployment),
+        ("Service", core.list_namespaced_service),
+        ("ConfigMap", core.list_namespaced_config_map),
+        ("Secret", core.list_namespaced_secret),
+        ("PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim),
+        ("Pod", core.list_namespaced_pod),
+        ("HorizontalPodAutoscaler", scaling.list_namespaced_horizontal_pod_autoscaler),
+    ):
+        listing = await lister(namespace, label_selector=selector)
+        found += [f"{kind}/{item.metadata.name}" for item in listing.items]
+    return found
+
+
+async def test_a_dry_run_creates_nothing_in_the_cluster_nor_the_database(
+    cluster_app: RunningApp, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    database = cluster_app.resources.database
+    model = await ready_model(cluster_app)
+    before = await database["models"].find_one({"_id": model.id})
+    events = await database["events"].count_documents({})
+    for value in (
+        None,
+        {"engine": "OLLAMA"},
+        {"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+    ):
+        result = await dry_run(cluster_app, model.id, value)
+        kinds = [yaml.safe_load(text)["kind"] for text in result["manifests"]]
+        assert {"Deployment", "Service"} <= set(kinds), kinds
+    await asyncio.sleep(1)  # a controller acting on anything would have written by now
+    assert await managed_objects(control_plane_api, gpu_namespace) == []
+    assert await database["inferences"].count_documents({}) == 0
+    assert await database["models"].find_one({"_id": model.id}) == before
+    assert await database["events"].count_documents({}) == events
