@@ -11,7 +11,7 @@ import strawberry
 from schema.cluster import GpuFit
 from schema.enums import InferenceEngineEnum, InferencePhaseEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from storage.documents import InferenceDocument
+from storage.documents import InferenceDocument, InferencePhase
 
 
 @strawberry.type(description="One entry of an inference's phase timeline.")
@@ -67,6 +67,67 @@ class InferenceSpecView:
     autoscaling: Autoscaling | None = strawberry.field(description="Autoscaling, if asked.")
 
 
+@strawberry.type(description="A condition of an inference's workload, as the runtime reports it.")
+class WorkloadCondition:
+    """A Deployment condition (type, status, reason, message)."""
+
+    type: str = strawberry.field(description="e.g. `Available`, `Progressing`.")
+    status: str = strawberry.field(description="`True`, `False` or `Unknown`.")
+    reason: str | None = strawberry.field(description="e.g. `MinimumReplicasAvailable`.")
+    message: str | None = strawberry.field(description="What the runtime says.")
+
+
+@strawberry.type(
+    description=(
+        "The workload's replicas as the runtime reports them: the Deployment's status on "
+        "Kubernetes (the organisation API's deployment status), the one engine process on the "
+        "local runtime. A field is null where the runtime does not know it."
+    )
+)
+class DeploymentStatus:
+    """Replica counts and conditions."""
+
+    desired_replicas: int = strawberry.field(
+        description="Replicas wanted (`spec.replicas`, which an autoscaler moves)."
+    )
+    current_replicas: int | None = strawberry.field(
+        description="Replicas that exist now (`status.replicas`; local: 1 while the process runs)."
+    )
+    ready_replicas: int = strawberry.field(description="Replicas passing their readiness check.")
+    available_replicas: int | None = strawberry.field(
+        description="Ready for at least minReadySeconds (`status.availableReplicas`; local: ready)."
+    )
+    updated_replicas: int | None = strawberry.field(
+        description="Replicas running the current spec (`status.updatedReplicas`)."
+    )
+    conditions: list[WorkloadCondition] | None = strawberry.field(
+        description="The Deployment's conditions; null on the local runtime (a process has none)."
+    )
+
+
+@strawberry.type(description="Where an autoscaled inference stands against its bounds and metric.")
+class AutoscalingStatus:
+    """Autoscaling, observed."""
+
+    current_replicas: int | None = strawberry.field(
+        description="Replicas that exist now; null until the workload is observed."
+    )
+    desired_replicas: int | None = strawberry.field(
+        description="Replicas the autoscaler asks for (the Deployment's `spec.replicas`); null "
+        "until observed."
+    )
+    min_replicas: int = strawberry.field(description="Lower bound.")
+    max_replicas: int = strawberry.field(description="Upper bound.")
+    target_metric: str = strawberry.field(description="The metric it scales on.")
+    target_value: int = strawberry.field(description="The metric's target.")
+    current_value: float | None = strawberry.field(
+        description=(
+            "The metric's current value; null where modelplane does not know it (it does not "
+            "read the autoscaler's metrics yet, on either runtime)."
+        )
+    )
+
+
 @strawberry.type(description="An inference service: a model served by an engine, or a route.")
 class Inference:
     """Desired state and observed status of one inference."""
@@ -98,6 +159,20 @@ class Inference:
     endpoint: str | None = strawberry.field(
         description="OpenAI-compatible base URL (cluster URL or loopback); null unless up."
     )
+    ready: bool = strawberry.field(
+        description=(
+            "True when it answers requests: enabled and RUNNING (the ModelAPI's `status.ready`)."
+        )
+    )
+    deployment: DeploymentStatus | None = strawberry.field(
+        description=(
+            "The workload's replicas and conditions; null when nothing was observed (a "
+            "REMOTE_API route has no workload; a stopped inference none left)."
+        )
+    )
+    autoscaling: AutoscalingStatus | None = strawberry.field(
+        description="Current and desired replicas against the bounds; null without autoscaling."
+    )
     phase_history: list[PhaseEntry] = strawberry.field(
         description="Phases entered, oldest first, with timestamps (time in each phase)."
     )
@@ -123,6 +198,9 @@ class Inference:
             replicas=doc.replicas,
             ready_replicas=doc.ready_replicas,
             endpoint=doc.endpoint,
+            ready=doc.enabled and doc.phase is InferencePhase.RUNNING,
+            deployment=_deployment(doc),
+            autoscaling=_autoscaling(doc),
             phase_history=[
                 PhaseEntry(
                     phase=InferencePhaseEnum(entry.phase.value),
@@ -165,6 +243,40 @@ class Inference:
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )
+
+
+def _deployment(doc: InferenceDocument) -> DeploymentStatus | None:
+    if doc.current_replicas is None and doc.available_replicas is None:
+        return None
+    return DeploymentStatus(
+        desired_replicas=doc.replicas,
+        current_replicas=doc.current_replicas,
+        ready_replicas=doc.ready_replicas,
+        available_replicas=doc.available_replicas,
+        updated_replicas=doc.updated_replicas,
+        conditions=None
+        if doc.conditions is None
+        else [
+            WorkloadCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
+            for c in doc.conditions
+        ],
+    )
+
+
+def _autoscaling(doc: InferenceDocument) -> AutoscalingStatus | None:
+    scaling = doc.spec.autoscaling
+    if scaling is None:
+        return None
+    observed = doc.current_replicas is not None
+    return AutoscalingStatus(
+        current_replicas=doc.current_replicas,
+        desired_replicas=doc.replicas if observed else None,
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_metric=scaling.target_metric,
+        target_value=scaling.target_value,
+        current_value=None,
+    )
 
 
 @strawberry.type(description="One page of inferences and the number of all matches.")

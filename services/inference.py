@@ -35,6 +35,7 @@ from controllers.inference.engines import (
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
+from controllers.runtimes.kubernetes.status import workload_counts
 from live import EventType, Recorder
 from services.cluster import ClusterService
 from services.errors import Conflict, InvalidInput, Missing
@@ -200,6 +201,7 @@ class InferenceService:
             )
             if inference_filter.phase is not None and inference_filter.phase is not phase:
                 continue
+            counts = workload_counts(deployment)
             found.append(
                 InferenceDocument(
                     id=str(owner),
@@ -215,6 +217,10 @@ class InferenceService:
                     message="found in the namespace with modelplane's labels but no document",
                     replicas=wanted,
                     ready_replicas=ready,
+                    current_replicas=counts.current if counts else None,
+                    available_replicas=counts.available if counts else None,
+                    updated_replicas=counts.updated if counts else None,
+                    conditions=list(counts.conditions or []) if counts else None,
                 )
             )
         return found

@@ -430,6 +430,17 @@ class PhaseEntry(BaseModel):
     message: str | None = None
 
 
+class WorkloadCondition(BaseModel):
+    """One condition the runtime reports on an inference's workload (a Deployment's
+    ``Available``, ``Progressing``...), without its timestamps (they would make every
+    observation a write)."""
+
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+
+
 class InferenceDocument(Document):
     """An inference service: desired state (``enabled``, ``spec``) and observed status.
 
@@ -460,6 +471,13 @@ class InferenceDocument(Document):
     message: str | None = None
     replicas: int = 0
     ready_replicas: int = 0
+    current_replicas: int | None = None
+    """Replicas that exist now (a Deployment's ``status.replicas``); None: unknown."""
+    available_replicas: int | None = None
+    updated_replicas: int | None = None
+    """Replicas running the current spec; None: unknown."""
+    conditions: list[WorkloadCondition] | None = None
+    """The workload's conditions; None where the runtime has none (a local process)."""
     endpoint: str | None = None
     """OpenAI-compatible base URL (ends in ``/v1``) where the service answers once RUNNING."""
     phase_history: list[PhaseEntry] = Field(default_factory=list)

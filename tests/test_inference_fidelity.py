@@ -230,3 +230,30 @@ async def test_a_dry_run_leaves_nothing_on_disk_nor_in_the_database(local_app: R
     assert await database["inferences"].count_documents({}) == 0
     assert {m["_id"]: m["revision"] async for m in database["models"].find({})} == before_models
     assert await database["events"].count_documents({}) == before_events
+
+
+# -- item 14: ready, deployment and autoscaling status ------------------------------------------
+
+
+async def test_a_running_engine_reports_ready_and_one_replica(local_app: RunningApp) -> None:
+    model = await ready_model(local_app)
+    inference = (await start(local_app, model["id"]))["inference"]
+    assert inference["ready"] is False
+    running = await wait_inference(local_app, inference["id"], {"RUNNING"})
+    assert running["ready"] is True
+    assert running["deployment"] == {
+        "desiredReplicas": 1,
+        "currentReplicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+        "updatedReplicas": 1,
+        "conditions": None,  # a process has none
+    }
+    assert running["autoscaling"] is None
+    await run(
+        local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
+    )
+    await wait_cleared(local_app, model["id"])
+    stopped = await wait_inference(local_app, inference["id"], {"STOPPED"})
+    assert stopped["ready"] is False
+    assert stopped["deployment"] is None

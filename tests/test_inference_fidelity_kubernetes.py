@@ -9,13 +9,17 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes_asyncio import client as k8s
 
+from controllers.inference.workloads import WorkloadCounts
+from controllers.runtimes.kubernetes.status import workload_counts
+from storage.documents import WorkloadCondition
 from tests import test_inference_kubernetes as cluster
 from tests.conftest import RunningApp
 from tests.graphql_client import run
-from tests.test_inference_kubernetes import editor, ready_model, start, wait_gone
+from tests.test_inference_kubernetes import editor, ready_model, start, wait_gone, wait_inference
 
 cluster_app = cluster.cluster_app  # the fixture, shared with tests/test_inference_kubernetes.py
 
@@ -133,3 +137,87 @@ async def test_a_dry_run_creates_nothing_in_the_cluster_nor_the_database(
     assert await database["inferences"].count_documents({}) == 0
     assert await database["models"].find_one({"_id": model.id}) == before
     assert await database["events"].count_documents({}) == events
+
+
+@pytest.mark.parametrize(
+    ("deployment", "expected"),
+    [
+        (None, None),
+        ({"spec": {"replicas": 2}}, WorkloadCounts(0, 0, 0, ())),
+        (
+            {
+                "status": {
+                    "replicas": 3,
+                    "readyReplicas": 2,
+                    "availableReplicas": 2,
+                    "updatedReplicas": 1,
+                    "conditions": [
+                        {
+                            "type": "Available",
+                            "status": "True",
+                            "reason": "MinimumReplicasAvailable",
+                            "message": "Deployment has minimum availability.",
+                            "lastUpdateTime": "2026-12-05T10:00:00Z",
+                        },
+                        {"type": "Progressing", "status": "True"},
+                    ],
+                }
+            },
+            WorkloadCounts(
+                3,
+                2,
+                1,
+                (
+                    WorkloadCondition(
+                        type="Available",
+                        status="True",
+                        reason="MinimumReplicasAvailable",
+                        message="Deployment has minimum availability.",
+                    ),
+                    WorkloadCondition(type="Progressing", status="True"),
+                ),
+            ),
+        ),
+    ],
+    ids=["no-deployment", "no-status-yet", "rolling"],
+)
+def test_workload_counts(
+    deployment: dict[str, Any] | None, expected: WorkloadCounts | None
+) -> None:
+    assert workload_counts(deployment) == expected
+
+
+async def test_the_deployments_status_and_autoscaling_are_on_the_inference(
+    cluster_app: RunningApp, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    model = await ready_model(cluster_app)
+    inference = await start(
+        cluster_app, model.id, {"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}
+    )
+    running = await wait_inference(cluster_app, inference["id"], {"RUNNING", "FAILED"})
+    assert running["phase"] == "RUNNING", running
+    assert running["ready"] is True
+    status = running["deployment"]
+    assert status["desiredReplicas"] == 1, status
+    assert (status["currentReplicas"], status["readyReplicas"]) == (1, 1), status
+    assert (status["availableReplicas"], status["updatedReplicas"]) == (1, 1), status
+    available = [c for c in status["conditions"] if c["type"] == "Available"]
+    assert available, status
+    assert available[0]["status"] == "True"
+    assert running["autoscaling"] == {
+        "currentReplicas": 1,
+        "desiredReplicas": 1,
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "targetMetric": running["spec"]["autoscaling"]["targetMetric"],
+        "targetValue": running["spec"]["autoscaling"]["targetValue"],
+        "currentValue": None,
+    }
+
+    await run(
+        cluster_app.graphql_url, "StopInference", {"modelId": model.id}, token=editor(cluster_app)
+    )
+    apps, core = k8s.AppsV1Api(control_plane_api), k8s.CoreV1Api(control_plane_api)
+    await wait_gone(apps, core, gpu_namespace, inference["name"])
+    stopped = await wait_inference(cluster_app, inference["id"], {"STOPPED"})
+    assert stopped["ready"] is False

@@ -45,6 +45,7 @@ from controllers.inference.workloads import (
     InferenceRuntime,
     Observed,
     WeightsGone,
+    WorkloadCounts,
     manifest_plan,
 )
 from controllers.looping import ControllerLoop, OwnWrites
@@ -393,17 +394,25 @@ def status_changes(
 ) -> dict[str, Any] | None:
     """The fields to write for ``observed`` (None when nothing differs); a phase change also
     appends to the history."""
+    counts = observed.counts or WorkloadCounts()
+    conditions = None if counts.conditions is None else list(counts.conditions)
     fields = {
         "phase": observed.phase,
         "reason": observed.reason,
         "message": observed.message,
         "replicas": observed.replicas,
         "ready_replicas": observed.ready_replicas,
+        "current_replicas": counts.current,
+        "available_replicas": counts.available,
+        "updated_replicas": counts.updated,
+        "conditions": conditions,
         "endpoint": endpoint if observed.phase is InferencePhase.RUNNING else None,
     }
     changes: dict[str, Any] = {
         name: value for name, value in fields.items() if getattr(doc, name) != value
     }
+    if "conditions" in changes and conditions is not None:
+        changes["conditions"] = [condition.model_dump() for condition in conditions]
     if not changes:
         return None
     if "phase" in changes:
