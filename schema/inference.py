@@ -183,7 +183,6 @@ class Inference:
     @classmethod
     def from_document(cls, doc: InferenceDocument) -> Inference:
         """The API view of a stored (or discovered) inference."""
-        spec = doc.spec
         return cls(
             id=strawberry.ID(doc.id),
             model_id=strawberry.ID(doc.model_id) if doc.model_id else None,
@@ -210,39 +209,44 @@ class Inference:
                 )
                 for entry in doc.phase_history
             ],
-            spec=InferenceSpecView(
-                engine=InferenceEngineEnum(spec.engine.value) if spec.engine else None,
-                image=spec.image,
-                command=spec.command,
-                args=spec.args,
-                replicas=spec.replicas,
-                cpu=spec.cpu,
-                memory=spec.memory,
-                gpu=spec.gpu,
-                gpu_type=spec.gpu_type,
-                port=spec.port,
-                initial_delay_seconds=spec.initial_delay_seconds,
-                env=[
-                    EnvVar(
-                        name=var.name,
-                        value=var.value,
-                        secret_name=var.secret_name,
-                        secret_key=var.secret_key,
-                    )
-                    for var in spec.env
-                ],
-                autoscaling=None
-                if spec.autoscaling is None
-                else Autoscaling(
-                    min_replicas=spec.autoscaling.min_replicas,
-                    max_replicas=spec.autoscaling.max_replicas,
-                    target_metric=spec.autoscaling.target_metric,
-                    target_value=spec.autoscaling.target_value,
-                ),
-            ),
+            spec=_spec_view(doc),
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )
+
+
+def _spec_view(doc: InferenceDocument) -> InferenceSpecView:
+    spec = doc.spec
+    return InferenceSpecView(
+        engine=InferenceEngineEnum(spec.engine.value) if spec.engine else None,
+        image=spec.image,
+        command=spec.command,
+        args=spec.args,
+        replicas=spec.replicas,
+        cpu=spec.cpu,
+        memory=spec.memory,
+        gpu=spec.gpu,
+        gpu_type=spec.gpu_type,
+        port=spec.port,
+        initial_delay_seconds=spec.initial_delay_seconds,
+        env=[
+            EnvVar(
+                name=var.name,
+                value=var.value,
+                secret_name=var.secret_name,
+                secret_key=var.secret_key,
+            )
+            for var in spec.env
+        ],
+        autoscaling=None
+        if spec.autoscaling is None
+        else Autoscaling(
+            min_replicas=spec.autoscaling.min_replicas,
+            max_replicas=spec.autoscaling.max_replicas,
+            target_metric=spec.autoscaling.target_metric,
+            target_value=spec.autoscaling.target_value,
+        ),
+    )
 
 
 def _deployment(doc: InferenceDocument) -> DeploymentStatus | None:
