@@ -221,3 +221,15 @@ async def test_the_deployments_status_and_autoscaling_are_on_the_inference(
     await wait_gone(apps, core, gpu_namespace, inference["name"])
     stopped = await wait_inference(cluster_app, inference["id"], {"STOPPED"})
     assert stopped["ready"] is False
+    assert stopped["deployment"] is None
+    # The stop completes: the model has no inference any more (issue 17, item 2).
+    deadline = time.monotonic() + 30
+    while True:
+        data = await run(
+            cluster_app.graphql_url, "ModelInference", {"id": model.id}, token=editor(cluster_app)
+        )
+        if data["model"]["inference"] is None:
+            break
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.1)
+    assert data["model"]["inferencePhase"] is None

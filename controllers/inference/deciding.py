@@ -37,8 +37,9 @@ readable by its id, as the record of how that inference ended.
 A permanent failure (:class:`~controllers.errors.PermanentError` from an apply: RBAC, validation,
 admission; a program that cannot be spawned) is written once as FAILED with its reason; the row
 "permanent failure recorded" keeps the controller from applying again on every event or resync.
-The user's retry (``stopInference`` then ``startInference``) writes a new generation and phase
-PENDING, which makes the row no longer match.
+The user's retry (``stopInference`` then ``startInference``) is a new inference once the stop
+completed, or (while it completes) a new generation and phase PENDING of the same one, which
+makes the row no longer match.
 """
 
 from __future__ import annotations
