@@ -343,6 +343,7 @@ class InferenceRepository(Repository[InferenceDocument]):
             name="org_live_name",
         ),
         IndexModel([("organization_id", ASCENDING), ("created_at", DESCENDING)], name="org_newest"),
+        IndexModel([("model_id", ASCENDING), ("created_at", DESCENDING)], name="model_newest"),
         PENDING_INDEX,
     )
     unique_fields = ("active_key",)
@@ -367,7 +368,7 @@ class InferenceRepository(Repository[InferenceDocument]):
         """The model's newest inference, live or stopped (retired) -- whose spec a toggle back
         on reuses."""
         page = await self.find(
-            where={"model_id": model_id}, limit=1, sort=(("created_at", DESCENDING), ("_id", -1))
+            where={"model_id": model_id}, limit=1, sort=(("created_at", DESCENDING),)
         )
         return page.items[0] if page.items else None
 
