@@ -179,6 +179,8 @@ class ModelService:
             raise InvalidInput("offset", "offset must not be negative")
         if model_filter.search is not None:
             v.check_text("filter.search", model_filter.search, limit=256)
+        if model_filter.name is not None:
+            v.check_name("filter.name", model_filter.name)
         return await self._models.list_page(
             organization_id=principal.organization_id,
             model_filter=model_filter,
@@ -352,6 +354,7 @@ class ModelService:
         await v.check_resolved("source.url", url, outbound=outbound)
         model.source.url = url
         model.phase = ModelPhase.READY
+        model.message = "ready: a REMOTE_API model is proxied, nothing is downloaded"
 
     async def _local(
         self,
