@@ -316,6 +316,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         ),
         recorder=core.recorder,
         weights=WeightsRepository(database),
+        inferences=InferenceRepository(database),
     )
     cluster = ClusterService(
         runtime=runtime,

@@ -36,6 +36,7 @@ from services.targets import TargetRules, TargetSpec
 from storage.documents import (
     AccessMode,
     HubFacts,
+    InferenceDocument,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -45,7 +46,13 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DuplicateKey, NotFound
-from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
+from storage.repositories import (
+    InferenceRepository,
+    ModelFilter,
+    ModelRepository,
+    Page,
+    WeightsRepository,
+)
 from storage.targets import DownloadTarget, Place, TargetKind
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ MAX_PAGE = 100
 LocationUser = tuple[str, Place | None, str, str | None]
 """(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
+_RETIRED = {"is_deleted": True, "enabled": False, "reason": "ModelDeleted"}
+"""What a model's inference becomes when the model is deleted (its active key is freed too)."""
 DIRECTORY_FIELDS = {
     TargetKind.LOCAL: "downloadTarget.local.localPath",
     TargetKind.PVC: "downloadTarget.pvc.subPath",
@@ -147,8 +156,10 @@ class ModelService:
         policy: ModelPolicy,
         recorder: Recorder | None = None,
         weights: WeightsRepository | None = None,
+        inferences: InferenceRepository | None = None,
     ) -> None:
         self._weights = weights
+        self._inferences = inferences
         self._record = recorder or Recorder(None)
         self._models = models
         self._secrets = secrets
@@ -280,6 +291,7 @@ class ModelService:
             )
         except NotFound:
             raise Missing(model_id, f"model {model_id} not found") from None
+        await self._retire_inference(model.id)
         removed = await self._runtime.delete_owned(model.id)
         already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
@@ -289,6 +301,29 @@ class ModelService:
             await self._record.model(model, EventType.DELETED)
         model = await self._credentials_gone(principal, model)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
+
+    async def _retire_inference(self, model_id: str) -> None:
+        """The model's inference goes with it (both REST APIs delete a model's deployment with
+        it): marked deleted, its active key freed, and recorded, so the leader's controller
+        removes what runs. Deleting again retries it."""
+        live = await self._inferences.for_model(model_id) if self._inferences else None
+        if self._inferences is None or live is None:
+            return
+        wrote = [False]
+
+        def retire(current: InferenceDocument) -> dict[str, object] | None:
+            wrote[0] = not current.is_deleted
+            if current.is_deleted:
+                return None
+            key = f"{current.active_key}#{current.id}"
+            return {**_RETIRED, "active_key": key, "message": "the model was deleted"}
+
+        with contextlib.suppress(NotFound):
+            written = await self._inferences.modify(
+                live.id, retire, current=live, event=EventType.DELETED
+            )
+            if wrote[0]:
+                await self._record.inference(written, EventType.DELETED)
 
     async def _credentials_gone(self, principal: Principal, model: ModelDocument) -> ModelDocument:
         """Once the secret is deleted the document says so: no ``secret_ref``, no token, no S3

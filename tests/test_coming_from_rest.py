@@ -9,17 +9,28 @@ says why a remote model is Ready.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from kubernetes_asyncio import client as k8s
 
 from graphql import OperationDefinitionNode, build_schema, parse, validate
 from storage.documents import Role
+from testbed.openai_upstream import FakeUpstream
+from tests import helpers
 from tests.conftest import RunningApp
 from tests.graphql_client import execute, run
 from tests.operations import operation
+from tests.test_gateway import serve_upstream
+from tests.test_inference_kubernetes import cluster_app, ready_model, start, wait_inference
+from tests.test_inference_kubernetes import editor as kube_editor
+
+__all__ = ["cluster_app"]  # the fixture, for pytest to find here
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "coming-from-rest.md"
@@ -125,3 +136,100 @@ async def test_a_remote_model_says_why_it_is_ready(running_app: RunningApp) -> N
     model = data["createModel"]
     assert model["phase"] == "READY"
     assert model["message"] == "ready: a REMOTE_API model is proxied, nothing is downloaded"
+
+
+async def test_deleting_a_model_deletes_its_inference(running_app: RunningApp) -> None:
+    """Both REST APIs delete a model's deployment with the model (the organisation API's model
+    *is* its deployment): afterwards it is in no listing. modelplane left the inference
+    listed, FAILED with "the model was deleted", for ever. Now deleteModel marks the
+    inference deleted in the same request and records it; the leader's controller removes
+    whatever runs, and the gateway stops routing the name."""
+    async with serve_upstream(FakeUpstream()) as upstream:
+        url = running_app.graphql_url
+        editor = running_app.token(role=Role.EDITOR, organization="org-a")
+        created = await run(
+            url,
+            "CreateModel",
+            {
+                "input": remote(
+                    "remote-chat",
+                    source={
+                        "url": upstream.endpoint("org-a"),
+                        "accessMode": "REMOTE_API",
+                        "token": "sk-1",
+                    },
+                )
+            },
+            token=editor,
+        )
+        model = created["createModel"]
+        started = await run(url, "StartInference", {"modelId": model["id"]}, token=editor)
+        inference_id = started["startInference"]["inference"]["id"]
+        running = await helpers.wait_inference(url, editor, inference_id, {"RUNNING", "FAILED"})
+        assert running["phase"] == "RUNNING", running
+
+        deleted = await run(url, "DeleteModel", {"id": model["id"]}, token=editor)
+        assert deleted["deleteModel"]["__typename"] == "DeletedModel"
+
+        listed = await run(url, "Inferences", {"limit": 50}, token=editor)
+        assert listed["inferences"]["total"] == 0, listed
+        assert (await run(url, "Inference", {"id": inference_id}, token=editor))[
+            "inference"
+        ] is None
+        stored = await running_app.resources.database["inferences"].find_one({"_id": inference_id})
+        assert stored is not None
+        assert stored["is_deleted"] is True
+
+        chat = {"model": "remote-chat", "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + 10
+        answer: httpx.Response | None = None
+        async with httpx.AsyncClient(timeout=10) as client:
+            while time.monotonic() < deadline:  # the gateway caches a route for 2 s
+                answer = await client.post(
+                    f"{running_app.base_url}/v1/chat/completions",
+                    json=chat,
+                    headers={"Authorization": f"Bearer {editor}"},
+                )
+                if answer.status_code != 200:
+                    break
+                await asyncio.sleep(0.2)
+        assert answer is not None
+        assert answer.status_code == 404, answer.text
+
+
+async def test_deleting_a_model_removes_its_deployment_from_the_cluster(
+    cluster_app: RunningApp, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    """The organisation API's ``DELETE /models/{id}`` on the kubernetes runtime: the running
+    Deployment, its pods, Service and ConfigMaps go, and the inference is in no listing."""
+    model = await ready_model(cluster_app)
+    inference = await start(cluster_app, model.id)
+    running = await wait_inference(cluster_app, inference["id"], {"RUNNING", "FAILED"})
+    assert running["phase"] == "RUNNING", running
+
+    url, token = cluster_app.graphql_url, kube_editor(cluster_app)
+    deleted = await run(url, "DeleteModel", {"id": model.id}, token=token)
+    assert deleted["deleteModel"]["__typename"] == "DeletedModel"
+    assert (await run(url, "Inferences", {"limit": 50}, token=token))["inferences"]["total"] == 0
+
+    apps, core = k8s.AppsV1Api(control_plane_api), k8s.CoreV1Api(control_plane_api)
+    selector = f"modelplane.io/owner-id in ({inference['id']},{model.id})"
+    listings = (
+        apps.list_namespaced_deployment,
+        core.list_namespaced_pod,
+        core.list_namespaced_service,
+        core.list_namespaced_config_map,
+        core.list_namespaced_secret,
+        core.list_namespaced_persistent_volume_claim,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        left = [
+            f"{item.kind or listing.__name__}/{item.metadata.name}"
+            for listing in listings
+            for item in (await listing(gpu_namespace, label_selector=selector)).items
+        ]
+        if not left:
+            break
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        await asyncio.sleep(0.2)
