@@ -32,11 +32,11 @@ from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
+from services.retiring import retire_inference
 from services.targets import TargetRules, TargetSpec
 from storage.documents import (
     AccessMode,
     HubFacts,
-    InferenceDocument,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -61,8 +61,6 @@ MAX_PAGE = 100
 LocationUser = tuple[str, Place | None, str, str | None]
 """(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
-_RETIRED = {"is_deleted": True, "enabled": False, "reason": "ModelDeleted"}
-"""What a model's inference becomes when the model is deleted (its active key is freed too)."""
 DIRECTORY_FIELDS = {
     TargetKind.LOCAL: "downloadTarget.local.localPath",
     TargetKind.PVC: "downloadTarget.pvc.subPath",
@@ -291,7 +289,8 @@ class ModelService:
             )
         except NotFound:
             raise Missing(model_id, f"model {model_id} not found") from None
-        await self._retire_inference(model.id)
+        if self._inferences is not None:
+            await retire_inference(self._inferences, self._record, model.id)
         removed = await self._runtime.delete_owned(model.id)
         already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
@@ -301,29 +300,6 @@ class ModelService:
             await self._record.model(model, EventType.DELETED)
         model = await self._credentials_gone(principal, model)
         return DeleteOutcome(model=model, removed=removed, already_deleted=already)
-
-    async def _retire_inference(self, model_id: str) -> None:
-        """The model's inference goes with it (both REST APIs delete a model's deployment with
-        it): marked deleted, its active key freed, and recorded, so the leader's controller
-        removes what runs. Deleting again retries it."""
-        live = await self._inferences.for_model(model_id) if self._inferences else None
-        if self._inferences is None or live is None:
-            return
-        wrote = [False]
-
-        def retire(current: InferenceDocument) -> dict[str, object] | None:
-            wrote[0] = not current.is_deleted
-            if current.is_deleted:
-                return None
-            key = f"{current.active_key}#{current.id}"
-            return {**_RETIRED, "active_key": key, "message": "the model was deleted"}
-
-        with contextlib.suppress(NotFound):
-            written = await self._inferences.modify(
-                live.id, retire, current=live, event=EventType.DELETED
-            )
-            if wrote[0]:
-                await self._record.inference(written, EventType.DELETED)
 
     async def _credentials_gone(self, principal: Principal, model: ModelDocument) -> ModelDocument:
         """Once the secret is deleted the document says so: no ``secret_ref``, no token, no S3
