@@ -33,7 +33,7 @@ from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
 from services.retiring import retire_inference
-from services.targets import TargetRules, TargetSpec
+from services.targets import TargetRules, TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
     HubFacts,
@@ -382,6 +382,7 @@ class ModelService:
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
+        await check_storage_class(self._runtime, target)
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
         await self._check_location_free(principal, target, repo_id, hub.sha)
         model.display_name = model.display_name or repo_id.split("/", 1)[1]

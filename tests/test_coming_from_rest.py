@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,49 @@ async def test_deleting_a_model_removes_its_deployment_from_the_cluster(
             break
         assert time.monotonic() < deadline, f"left behind: {left}"
         await asyncio.sleep(0.2)
+
+
+def pvc_model(claim: str, storage_class: str) -> dict[str, Any]:
+    return {
+        "name": claim,
+        "source": {"url": "tiny-org/tiny-model", "accessMode": "LOCAL"},
+        "downloadTarget": {
+            "pvc": {"claimName": claim, "subPath": "models", "storageClass": storage_class}
+        },
+    }
+
+
+async def test_a_storage_class_the_cluster_lacks_is_refused_up_front(
+    cluster_app: RunningApp, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    """The organisation API checks storage class availability before deploying; a claim
+    naming a class the cluster does not have is never bound, so the download waited for
+    ever. Now createModel refuses it on the field, writing nothing; a class that exists is
+    taken."""
+    url, token = cluster_app.graphql_url, kube_editor(cluster_app)
+    database = cluster_app.resources.database
+    refused = await run(
+        url, "CreateModel", {"input": pvc_model("w-none", "no-such-class")}, token=token
+    )
+    error = refused["createModel"]
+    assert error["__typename"] == "ValidationError", error
+    assert error["field"] == "downloadTarget.pvc.storageClass"
+    assert "no-such-class" in error["errorMessage"]
+    assert await database["models"].count_documents({}) == 0
+    core = k8s.CoreV1Api(control_plane_api)
+    claims = await core.list_namespaced_persistent_volume_claim(gpu_namespace)
+    assert claims.items == []
+
+    storage = k8s.StorageV1Api(control_plane_api)
+    name = f"fast-{uuid.uuid4().hex[:6]}"
+    await storage.create_storage_class(
+        k8s.V1StorageClass(metadata=k8s.V1ObjectMeta(name=name), provisioner="example.com/none")
+    )
+    try:
+        taken = await run(url, "CreateModel", {"input": pvc_model("w-fast", name)}, token=token)
+        model = taken["createModel"]
+        assert model["__typename"] == "Model", model
+        assert model["downloadTarget"]["storageClass"] == name
+        await run(url, "DeleteModel", {"id": model["id"]}, token=token)
+    finally:
+        await storage.delete_storage_class(name)
