@@ -26,6 +26,7 @@ from testbed.openai_upstream import FakeUpstream
 from tests import helpers
 from tests.conftest import RunningApp
 from tests.graphql_client import execute, run
+from tests.helpers import weights_area
 from tests.operations import operation
 from tests.test_gateway import serve_upstream
 from tests.test_inference_kubernetes import cluster_app, ready_model, start, wait_inference
@@ -137,6 +138,30 @@ async def test_a_remote_model_says_why_it_is_ready(running_app: RunningApp) -> N
     model = data["createModel"]
     assert model["phase"] == "READY"
     assert model["message"] == "ready: a REMOTE_API model is proxied, nothing is downloaded"
+
+
+async def test_a_downloaded_model_says_so_when_ready(running_app: RunningApp) -> None:
+    """The playground API's Ready model says "Download completed successfully"; modelplane's
+    said nothing once its weights were in place."""
+    editor = running_app.token(role=Role.EDITOR, organization="org-a")
+    root = weights_area(running_app.resources.settings.local_roots)
+    value = {
+        "source": {"url": "tiny-org/tiny-model", "accessMode": "LOCAL"},
+        "downloadTarget": {"local": {"localPath": str(root / "tiny")}},
+    }
+    data = await run(running_app.graphql_url, "CreateModel", {"input": value}, token=editor)
+    model_id = data["createModel"]["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        model = (await run(running_app.graphql_url, "Model", {"id": model_id}, token=editor))[
+            "model"
+        ]
+        if model["phase"] in {"READY", "FAILED"}:
+            break
+        assert time.monotonic() < deadline, model
+        await asyncio.sleep(0.1)
+    assert model["phase"] == "READY", model
+    assert model["message"] == "downloaded and verified"
 
 
 async def test_deleting_a_model_deletes_its_inference(running_app: RunningApp) -> None:
