@@ -2,11 +2,12 @@
 
 Both REST APIs this service replaces delete a model's deployment with the model (the
 organisation API's model *is* its deployment), so ``deleteModel`` deletes the model's inference
-in the same request: the document is marked deleted (in no listing, its active key freed) and
-a DELETED event is recorded, like every service write; the leading replica's inference
-controller, fed by that event, removes whatever still runs (``deciding.decide``: a deleted
-inference with leftovers is REMOVE) and the gateway stops routing the name. Deleting the model
-again finds the inference still live if this step failed, and retries it.
+in the same request: the document is marked deleted and STOPPED (in no listing, its active key
+freed, the stop kept in its phase history) and a DELETED event is recorded, like every service
+write; the leading replica's inference controller, fed by that event, removes whatever still
+runs (``deciding.decide``: a deleted inference with leftovers is REMOVE) and the gateway stops
+routing the name. Deleting the model again finds the inference still live if this step
+failed, and retries it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 
 from live import EventType, Recorder
-from storage.documents import InferenceDocument
+from storage.documents import InferenceDocument, InferencePhase, PhaseEntry
 from storage.errors import NotFound
 from storage.repositories import InferenceRepository
 
@@ -35,12 +36,15 @@ async def retire_inference(
         wrote[0] = not current.is_deleted
         if current.is_deleted:
             return None
+        entry = PhaseEntry(phase=InferencePhase.STOPPED, reason=RETIRED_REASON)
         return {
             "is_deleted": True,
             "enabled": False,
             "active_key": f"{current.active_key}#{current.id}",
+            "phase": InferencePhase.STOPPED,
             "reason": RETIRED_REASON,
-            "message": "the model was deleted",
+            "message": "the model was deleted; its objects are removed",
+            "phase_history": [e.model_dump() for e in [*current.phase_history, entry][-50:]],
         }
 
     with contextlib.suppress(NotFound):

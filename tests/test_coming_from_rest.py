@@ -199,12 +199,11 @@ async def test_deleting_a_model_deletes_its_inference(running_app: RunningApp) -
 
         listed = await run(url, "Inferences", {"limit": 50}, token=editor)
         assert listed["inferences"]["total"] == 0, listed
-        assert (await run(url, "Inference", {"id": inference_id}, token=editor))[
-            "inference"
-        ] is None
         stored = await running_app.resources.database["inferences"].find_one({"_id": inference_id})
         assert stored is not None
-        assert stored["is_deleted"] is True
+        assert (stored["is_deleted"], stored["enabled"]) == (True, False)
+        assert (stored["phase"], stored["reason"]) == ("STOPPED", "ModelDeleted")
+        assert stored["phase_history"][-1]["phase"] == "STOPPED"
 
         chat = {"model": "remote-chat", "messages": [{"role": "user", "content": "hi"}]}
         deadline = time.monotonic() + 10
