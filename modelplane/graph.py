@@ -324,6 +324,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         models=models,
         secrets=core.secrets,
         hub_endpoint=settings.hf_endpoint,
+        refuse_unfit_gpus=settings.refuse_unfit_gpus,
     )
     return Services(
         database=database,

@@ -238,6 +238,16 @@ class Settings(BaseSettings):
     """How long ``deleteWeights`` waits for the leading replica to remove the files and the
     record (or to report the target's refusal) before answering that the removal goes on."""
 
+    # fidelity-k8s
+    refuse_unfit_gpus: bool = True
+    """Refuse at ``startInference`` a GPU count (per replica) or ``gpuType`` no node can ever
+    offer (by allocatable), instead of accepting an inference that stays PENDING. Turn it off
+    on a cluster whose node autoscaler adds GPU nodes only when a pod asks for them."""
+    pvc_default_size_gi: int = Field(default=20, ge=1, le=65536)
+    """Size in GiB of the claim created for a PVC download target that gives no size and does
+    not exist yet (the organisation API's default ``storage_size``); an existing claim is used
+    as it is."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

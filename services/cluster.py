@@ -26,6 +26,7 @@ from controllers.runtimes.inventory import (
     ClusterInventory,
     gpu_product,
     read_inventory,
+    read_offer,
 )
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import (
@@ -40,8 +41,9 @@ from services import validation as v
 from services.errors import InvalidInput, Missing
 from services.fitting import FitEstimate, GpuOffer, ModelShape, ShapeUnknown, estimate
 from services.models import ModelService
+from services.offers import check_offer
 from services.principals import Principal
-from storage.documents import AccessMode, InferenceEngine, ModelDocument, Role
+from storage.documents import AccessMode, InferenceEngine, InferenceSpec, ModelDocument, Role
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +70,27 @@ class ClusterService:
         models: ModelService,
         secrets: SecretStore,
         hub_endpoint: str,
+        refuse_unfit_gpus: bool = True,
     ) -> None:
         self._runtime = runtime
         self._hub = hub
         self._models = models
         self._secrets = secrets
         self._hub_endpoint = hub_endpoint
+        self._refuse_unfit_gpus = refuse_unfit_gpus
 
     async def status(self, principal: Principal) -> ClusterInventory:
         """Runtime, version, namespace, GPU nodes and integrations, read now."""
         principal.require(Role.VIEWER)
         return await read_inventory(self._runtime)
+
+    async def check_offer(self, spec: InferenceSpec) -> None:
+        """Refuse (:class:`InvalidInput`) what the runtime can never give ``spec``
+        (:mod:`services.offers`); the caller checked the role."""
+        if spec.engine is None:
+            return  # a gateway route: no workload
+        offer = await read_offer(self._runtime)
+        check_offer(spec, offer, refuse_gpus=self._refuse_unfit_gpus)
 
     async def fit(
         self,

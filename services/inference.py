@@ -52,6 +52,7 @@ from services.inference_inputs import (
     request_from,
 )
 from services.manifests import ManifestPolicy
+from services.naming import workload_name
 from services.principals import Forbidden, Principal
 from storage.documents import (
     AccessMode,
@@ -253,7 +254,11 @@ class InferenceService:
             )
         spec = self._spec(model, request)
         self._check_host_program(principal, spec)
-        doc = self._draft(principal, model, spec, existing)
+        if self._cluster is not None:  # what the runtime can never give: services/offers.py
+            await self._cluster.check_offer(spec)
+        inference_id = existing.id if existing is not None else new_id("inf")
+        name = existing.name if existing else await self._name(model.name, inference_id)
+        doc = self._draft(principal, model, spec, existing, inference_id=inference_id, name=name)
         manifests = await self._check_plan(doc, model)
         if dry_run:
             return await self._dry_run(principal, model, doc, manifests)
@@ -270,6 +275,9 @@ class InferenceService:
         model: ModelDocument,
         spec: InferenceSpec,
         existing: InferenceDocument | None,
+        *,
+        inference_id: str,
+        name: str,
     ) -> InferenceDocument:
         """The document a start writes: the stopped one re-enabled, or a new one."""
         if existing is not None:
@@ -281,13 +289,12 @@ class InferenceService:
                     "model_name": model.name,
                 }
             )
-        inference_id = new_id("inf")
         return InferenceDocument(
             id=inference_id,
             organization_id=principal.organization_id,
             model_id=model.id,
             model_name=model.name,
-            name=inference_id,
+            name=name,
             active_key=model.id,
             runtime=self._runtime_kind,
             spec=spec,
@@ -435,8 +442,10 @@ class InferenceService:
             name=inference_id,
             policy=await self._manifest_policy(principal),
         )
+        name = await self._name(model_name, inference_id)
         labels = owned_labels(inference_id, principal.organization_id, component="inference")
         for obj in objects:
+            obj["metadata"]["name"] = name
             obj["metadata"].setdefault("labels", {}).update(labels)
             if obj["kind"] == "Deployment":
                 template = obj["spec"]["template"].setdefault("metadata", {})
@@ -445,7 +454,7 @@ class InferenceService:
             id=inference_id,
             organization_id=principal.organization_id,
             model_name=model_name,
-            name=inference_id,
+            name=name,
             active_key=inference_id,
             managed=False,
             runtime=self._runtime_kind,
@@ -518,6 +527,9 @@ class InferenceService:
                 required=Role.ADMIN,
             )
 
+    async def _name(self, model_name: str, inference_id: str) -> str:  # services/naming.py
+        return await workload_name(self._inferences, self._runtime, model_name, inference_id)
+
     async def _check_plan(
         self, doc: InferenceDocument, model: ModelDocument
     ) -> list[dict[str, Any]]:
@@ -577,6 +589,7 @@ class InferenceService:
             ollama_model=request.ollama_model,
             upstream_timeout_seconds=request.upstream_timeout_seconds,
             context_length=request.context_length,
+            service_monitor=request.service_monitor,
         )
 
 

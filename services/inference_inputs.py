@@ -27,6 +27,7 @@ MAX_PAGE = 100
 MAX_LOG_LINES = 5000
 MAX_CONTEXT = 10_000_000
 MAX_MANIFEST_BYTES = 256 * 1024
+MAX_SCALE_DOWN_DELAY = 3600
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -63,6 +64,7 @@ class InferenceRequest:
     ollama_model: str | None = None
     upstream_timeout_seconds: float | None = None
     context_length: int | None = None
+    service_monitor: bool | None = None
 
 
 def check_scalars(request: InferenceRequest) -> None:
@@ -126,6 +128,11 @@ def check_placement(request: InferenceRequest) -> None:
                 "input.autoscaling.targetValue",
                 "targetMetric and a positive targetValue are required",
             )
+        if not 0 <= scaling.scale_down_delay_seconds <= MAX_SCALE_DOWN_DELAY:
+            raise InvalidInput(
+                "input.autoscaling.scaleDownDelaySeconds",
+                f"scaleDownDelaySeconds must be between 0 and {MAX_SCALE_DOWN_DELAY}",
+            )
     if request.litellm is not None and request.litellm.mode not in LITELLM_MODES:
         raise InvalidInput("input.litellm.mode", f"mode must be one of {', '.join(LITELLM_MODES)}")
 
@@ -154,6 +161,7 @@ def request_from(spec: InferenceSpec) -> InferenceRequest:
         ollama_model=spec.ollama_model,
         upstream_timeout_seconds=spec.upstream_timeout_seconds,
         context_length=spec.context_length,
+        service_monitor=spec.service_monitor,
     )
 
 

@@ -204,7 +204,7 @@ class ModelService:
         principal.require(Role.VIEWER)
         repo_id = v.normalize_repo_id("repoId", repo, hub_endpoint=self._policy.hub_endpoint)
         revision = v.check_revision("revision", revision)
-        return await self._describe(repo_id, revision, token, field_prefix="")
+        return await self._describe(repo_id, revision, token, field_prefix="", files=False)
 
     async def hub_search(self, principal: Principal, query: str, *, limit: int) -> list[HubModel]:
         """Hub models matching ``query``."""
@@ -397,10 +397,18 @@ class ModelService:
         model.message = "waiting for the download to start"
 
     async def _describe(
-        self, repo_id: str, revision: str | None, token: str | None, *, field_prefix: str
+        self,
+        repo_id: str,
+        revision: str | None,
+        token: str | None,
+        *,
+        field_prefix: str,
+        files: bool = True,
     ) -> HubModel:
+        """Hub metadata; ``files``: the repo's files must be readable with ``token`` (a
+        download follows), else only the metadata the hub shows anyone (a preview)."""
         try:
-            return await self._hub.describe(repo_id, revision=revision, token=token)
+            return await self._hub.describe(repo_id, revision=revision, token=token, files=files)
         except HubRepoNotFound as exc:
             raise InvalidInput(
                 f"{field_prefix}url" if field_prefix else "repoId", str(exc)

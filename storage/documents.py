@@ -364,12 +364,18 @@ class Toleration(BaseModel):
 
 
 class AutoscalingSpec(BaseModel):
-    """Replica bounds and the metric that moves between them."""
+    """Replica bounds and the metric that moves between them. The defaults are the
+    organisation API's (AIBrix): ``num_requests_running`` at 40, 1 to 8 replicas, 3 minutes
+    before scaling down."""
 
     min_replicas: int = 1
-    max_replicas: int = 1
-    target_metric: str = "cpu"
-    target_value: int = 80
+    max_replicas: int = 8
+    target_metric: str = "num_requests_running"
+    """``cpu`` or ``memory`` (utilisation percent), else a pod metric the engine exports (vLLM's
+    ``num_requests_running`` by default, what the organisation API's AIBrix autoscaler reads)."""
+    target_value: int = 40
+    scale_down_delay_seconds: int = 180
+    """How long load must stay low before replicas are removed (the organisation API's 3m)."""
 
 
 class LiteLLMSpec(BaseModel):
@@ -413,6 +419,9 @@ class InferenceSpec(BaseModel):
     env: list[EnvVarSpec] = Field(default_factory=list)
     autoscaling: AutoscalingSpec | None = None
     litellm: LiteLLMSpec | None = None
+    service_monitor: bool | None = None
+    """A Prometheus ServiceMonitor: True required (refused without its CRD), False never, None
+    when the cluster has the CRD."""
 
 
 class PhaseEntry(BaseModel):
@@ -437,7 +446,8 @@ class InferenceDocument(Document):
     model_name: str
     """The name clients use (the gateway routes on it; vLLM's ``--served-model-name``)."""
     name: str
-    """Kubernetes object name / local process key (``inf-<id>``)."""
+    """Kubernetes object name: the model's name, suffixed when taken (:mod:`services.naming`);
+    ``inf-<id>`` for inferences created before, kept for their life."""
     active_key: str
     """``model_id`` (or the id) while the document lives; ``<id>#deleted`` once deleted."""
     managed: bool = True
