@@ -21,7 +21,9 @@ import pytest
 from kubernetes_asyncio import client as k8s
 
 from graphql import OperationDefinitionNode, build_schema, parse, validate
+from storage.client import Client
 from storage.documents import Role
+from testbed.hub import RunningHub
 from testbed.openai_upstream import FakeUpstream
 from tests import helpers
 from tests.conftest import RunningApp
@@ -31,8 +33,13 @@ from tests.operations import operation
 from tests.test_gateway import serve_upstream
 from tests.test_inference_kubernetes import cluster_app, ready_model, start, wait_inference
 from tests.test_inference_kubernetes import editor as kube_editor
+from tests.test_inference_local import editor as local_editor
+from tests.test_inference_local import fake_engines
+from tests.test_inference_local import ready_model as local_ready_model
+from tests.test_inference_local import start as local_start
+from tests.test_inference_replicas import two_replicas
 
-__all__ = ["cluster_app"]  # the fixture, for pytest to find here
+__all__ = ["cluster_app", "fake_engines"]  # the fixtures, for pytest to find here
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "coming-from-rest.md"
@@ -304,3 +311,43 @@ async def test_a_storage_class_the_cluster_lacks_is_refused_up_front(
         await run(url, "DeleteModel", {"id": model["id"]}, token=token)
     finally:
         await storage.delete_storage_class(name)
+
+
+async def test_deleting_a_model_on_the_follower_stops_its_engine_on_the_leader(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, fake_engines: Path
+) -> None:
+    """Two replicas: deleteModel lands on the one that runs no controllers; the leader hears
+    the inference's DELETED event and ends the engine process it supervises."""
+    del fake_engines
+    async with two_replicas(tmp_path, mongo_uri, mongo_client, hub) as (leader, follower):
+        model = await local_ready_model(leader)
+        started = await local_start(follower, model["id"])
+        assert started["__typename"] == "InferencePayload", started
+        running = await helpers.wait_inference(
+            follower.graphql_url,
+            local_editor(follower),
+            started["inference"]["id"],
+            {"RUNNING"},
+            timeout=30,
+        )
+        endpoint = running["endpoint"]
+        async with httpx.AsyncClient(timeout=2) as client:
+            assert (await client.get(f"{endpoint}/models")).status_code == 200
+            began = time.monotonic()
+            deleted = await run(
+                follower.graphql_url,
+                "DeleteModel",
+                {"id": model["id"]},
+                token=local_editor(follower),
+            )
+            assert deleted["deleteModel"]["__typename"] == "DeletedModel"
+            while True:
+                try:
+                    await client.get(f"{endpoint}/models")
+                except httpx.ConnectError:
+                    break
+                assert time.monotonic() - began < 15, "the engine still answers"
+                await asyncio.sleep(0.05)
+        ended = time.monotonic() - began
+        print(f"deleteModel on the follower -> the engine stopped answering: {ended:.3f} s")  # noqa: T201
+        assert ended < 5
