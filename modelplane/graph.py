@@ -43,6 +43,7 @@ from modelplane.wiring import event_log_for
 from resolvers.context import Services
 from services.api_keys import ApiKeyService
 from services.cluster import ClusterService
+from services.deploying import DeployService
 from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
@@ -326,6 +327,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         hub_endpoint=settings.hf_endpoint,
         refuse_unfit_gpus=settings.refuse_unfit_gpus,
     )
+    inference = _inference_service(core, cluster, controllers.inference_runtime)
     return Services(
         database=database,
         runtime=runtime,
@@ -333,7 +335,8 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         models=models,
         weights=_weights_service(core),
         cluster=cluster,
-        inference=_inference_service(core, cluster, controllers.inference_runtime),
+        inference=inference,
+        deploy=DeployService(models=models, inference=inference),
         broker=core.broker,
         api_keys=api_keys,
         version=modelplane_version(),

@@ -16,6 +16,7 @@ from schema.building import NotAuthenticated
 from schema.events import EventViews
 from services.api_keys import ApiKeyService
 from services.cluster import ClusterService
+from services.deploying import DeployService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
@@ -35,6 +36,7 @@ class Services:
     weights: WeightsService
     cluster: ClusterService
     inference: InferenceService
+    deploy: DeployService
     broker: Broker
     api_keys: ApiKeyService
     version: str

@@ -83,6 +83,7 @@ def request_from_input(data: InferenceInput | None) -> InferenceRequest:
         if litellm is None
         else LiteLLMSpec(
             mode=litellm.mode.name,
+            model=litellm.model,
             config_yaml=litellm.config_yaml,
             api_key_secret_name=litellm.master_key_secret_name,
             api_key_secret_key=litellm.master_key_secret_key,

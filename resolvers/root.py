@@ -16,6 +16,7 @@ import strawberry
 from controllers.runtimes.base import RuntimeUnavailable
 from resolvers import api_keys as api_key_resolvers
 from resolvers import cluster as cluster_resolvers
+from resolvers import deploying as deploying_resolvers
 from resolvers import events as event_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
@@ -23,6 +24,7 @@ from resolvers import weights as weights_resolvers
 from resolvers.context import Info
 from schema.api_keys import ApiKeyPage, CreateApiKeyResult, RevokeApiKeyResult
 from schema.cluster import ClusterStatus, GpuFitResult
+from schema.deploying import DeployModelResult
 from schema.enums import RoleEnum
 from schema.events import Event
 from schema.inference import (
@@ -213,6 +215,16 @@ class Mutation:
         description=(
             "Soft-delete a model: hide it, remove its credentials and every object it owns; "
             "its inference is deleted with it. Deleting twice is not an error."
+        ),
+    )
+    deploy_model: DeployModelResult = strawberry.field(
+        resolver=deploying_resolvers.deploy_model,
+        description=(
+            "One call: create a model and start its inference from an image and a command (or "
+            "an Ollama model), for engines that fetch the model themselves; nothing is "
+            "downloaded first. A hub token is stored as the model's Secret and reaches the "
+            "engine as `HF_TOKEN`. Refused input names its field and writes nothing; `dryRun` "
+            "returns the planned objects."
         ),
     )
     start_inference: StartInferenceResult = strawberry.field(

@@ -255,7 +255,9 @@ class InferenceResourcesInput:
     )
     gpu: int | None = strawberry.field(
         default=None,
-        description="`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY and routes).",
+        description=(
+            "`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY, OLLAMA and routes)."
+        ),
     )
 
 
@@ -293,9 +295,12 @@ class LiteLLMModeEnum(Enum):
     """Proxy modes."""
 
     WILDCARD = strawberry.enum_value(
-        "WILDCARD", description="Every model name to the REMOTE_API model's upstream."
+        "WILDCARD",
+        description="Every model name to the REMOTE_API model's upstream (`model`: `provider/*`).",
     )
-    SINGLE = strawberry.enum_value("SINGLE", description="Only this model's name.")
+    SINGLE = strawberry.enum_value(
+        "SINGLE", description="Only this model's name, to one upstream model (`model`)."
+    )
     CONFIG = strawberry.enum_value("CONFIG", description="Your own LiteLLM config YAML.")
 
 
@@ -305,6 +310,14 @@ class LiteLLMInput:
 
     mode: LiteLLMModeEnum = strawberry.field(
         default=LiteLLMModeEnum.WILDCARD, description="Routing mode (default WILDCARD)."
+    )
+    model: str | None = strawberry.field(
+        default=None,
+        description=(
+            "LiteLLM's model, provider-prefixed. SINGLE: one model, e.g. `ollama/smollm2:135m` "
+            "(default `openai/<name>`). WILDCARD: `provider/*`, e.g. `anthropic/*`, or `*` "
+            "(the client names the provider; default `openai/*`). Not with CONFIG."
+        ),
     )
     config_yaml: str | None = strawberry.field(
         default=None, description="CONFIG: the full config (needs a `model_list`)."
@@ -328,7 +341,10 @@ class InferenceInput:
     """startInference input."""
 
     engine: InferenceEngineEnum | None = strawberry.field(
-        default=None, description="Engine; default VLLM (LOCAL models) or a route (REMOTE_API)."
+        default=None,
+        description=(
+            "Engine; default VLLM (LOCAL models), CUSTOM (ENGINE models) or a route (REMOTE_API)."
+        ),
     )
     image: str | None = strawberry.field(
         default=None, description="Image (required for CUSTOM); default: the engine's image."
@@ -354,7 +370,9 @@ class InferenceInput:
     tolerations: list[TolerationInput] | None = strawberry.field(
         default=None, description="Tolerations (GPU taints are tolerated already)."
     )
-    port: int | None = strawberry.field(default=None, description="Engine port (default 8000).")
+    port: int | None = strawberry.field(
+        default=None, description="Engine port (default 8000; OLLAMA 11434)."
+    )
     health_path: str | None = strawberry.field(
         default=None, description="Readiness path; default the engine's (`/health` for vLLM)."
     )
@@ -373,7 +391,10 @@ class InferenceInput:
         default=None, description="LITELLM_PROXY settings."
     )
     ollama_model: str | None = strawberry.field(
-        default=None, description="OLLAMA: what to pull (default `hf.co/<repo>`)."
+        default=None,
+        description=(
+            "OLLAMA: what to pull, e.g. `smollm2:135m` (default for a LOCAL model: `hf.co/<repo>`)."
+        ),
     )
     context_length: int | None = strawberry.field(
         default=None,

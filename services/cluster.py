@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 
 from controllers.runtimes.base import Runtime
@@ -172,7 +173,7 @@ class ClusterService:
                     "a REMOTE_API model has no weights to serve: it is proxied (LITELLM_PROXY)",
                 )
             shape = ModelShape()
-        elif engine is InferenceEngine.LITELLM_PROXY:
+        elif engine is InferenceEngine.LITELLM_PROXY or not _on_the_hub(model):
             shape = ModelShape()
         else:
             shape = await self._model_shape(model, notes)
@@ -317,3 +318,13 @@ def _estimate(
     except ShapeUnknown as exc:
         raise InvalidInput(field, str(exc)) from None
     return dataclasses.replace(result, notes=tuple(dict.fromkeys([*notes, *result.notes])))
+
+
+_HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _on_the_hub(model: ModelDocument) -> bool:
+    """A LOCAL model's repo, or an ENGINE model whose command fetches a hub repo (not an
+    Ollama model or an image): the fit asks the hub its shape."""
+    url = model.source.url
+    return model.source.access_mode is AccessMode.LOCAL or bool(_HUB_REPO.fullmatch(url))

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from controllers.inference.commands import EnginePlanError, check_served_name
 from services.errors import InvalidInput
 from services.manifests import ManifestPolicy, check_document, parse_documents
 from storage.documents import (
@@ -187,9 +188,11 @@ def check_manifest(
     policy = policy or ManifestPolicy()
     deployments: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
+    position = 0
     for index, doc in enumerate(parse_documents(text)):
         kind = check_document(doc, index, policy)
         (deployments if kind == "Deployment" else services).append(doc)
+        position = index if kind == "Deployment" else position
     if len(deployments) != 1:
         raise InvalidInput(
             "manifest", f"exactly one Deployment is needed; found {len(deployments)}"
@@ -204,6 +207,7 @@ def check_manifest(
     model_name = str(annotations.get("modelplane.io/model-name") or original)
     if not model_name:
         raise InvalidInput("manifest.metadata.name", "the Deployment needs a name")
+    _check_served_names(pod, model_name, f"manifest[{position}]")
     for obj in (deployment, *services):
         obj["metadata"]["name"] = name
         obj["metadata"]["namespace"] = namespace
@@ -212,6 +216,24 @@ def check_manifest(
         obj.pop("status", None)
     port = _port_of(pod, services)
     return [deployment, *services], model_name, port
+
+
+def _check_served_names(pod: dict[str, Any], model_name: str, where: str) -> None:
+    """A container that runs vLLM serves the model's name (the gateway routes on it)."""
+    for index, container in enumerate(pod["containers"]):
+        try:
+            check_served_name(
+                [str(word) for word in container.get("command") or []],
+                [str(word) for word in container.get("args") or []],
+                model_name,
+                image=container.get("image"),
+                always=False,
+            )
+        except EnginePlanError as exc:
+            key = exc.field.removeprefix("input.")
+            raise InvalidInput(
+                f"{where}.spec.template.spec.containers[{index}].{key}", exc.message
+            ) from None
 
 
 def _port_of(pod: dict[str, Any], services: list[dict[str, Any]]) -> int:

@@ -96,10 +96,13 @@ class LeaseDocument(Document):
 
 
 class AccessMode(StrEnum):
-    """How a model is reached: proxied to a remote API, or downloaded and served here."""
+    """How a model is reached: proxied to a remote API, downloaded and served here, or served
+    here by an engine that fetches it itself (``deployModel``: an image and a command, or an
+    Ollama model reference; modelplane downloads nothing)."""
 
     REMOTE_API = "REMOTE_API"
     LOCAL = "LOCAL"
+    ENGINE = "ENGINE"
 
 
 class ModelPhase(StrEnum):
@@ -110,7 +113,7 @@ class ModelPhase(StrEnum):
         LOCAL:       PENDING --> PULLING --> READY
                         |           |
                         +-----------+------> FAILED --(retry)--> PENDING
-        REMOTE_API:  READY (nothing to download)
+        REMOTE_API, ENGINE:  READY (nothing to download)
     """
 
     PENDING = "PENDING"
@@ -146,7 +149,9 @@ class ModelSource(BaseModel):
     """Where a model comes from. The token itself lives in the secret store, never here."""
 
     url: str
-    """Normalised: the repo id for LOCAL, the OpenAI-compatible base URL for REMOTE_API."""
+    """Normalised: the repo id for LOCAL, the OpenAI-compatible base URL for REMOTE_API; for
+    ENGINE what the engine fetches (a vLLM command's ``--model``, the Ollama model) or else
+    the image."""
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
@@ -383,6 +388,9 @@ class LiteLLMSpec(BaseModel):
 
     mode: str = "WILDCARD"
     """WILDCARD (``*`` to the upstream), SINGLE (the model's name only) or CONFIG (as given)."""
+    model: str | None = None
+    """LiteLLM's model: ``provider/name`` (SINGLE) or ``provider/*`` / ``*`` (WILDCARD); None:
+    ``openai/<name>`` / ``openai/*``."""
     config_yaml: str | None = None
     api_key_secret_name: str | None = None
     api_key_secret_key: str | None = None
