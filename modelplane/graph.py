@@ -47,6 +47,7 @@ from services.deploying import DeployService
 from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.retiring import InferenceRetirement
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -317,7 +318,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         ),
         recorder=core.recorder,
         weights=WeightsRepository(database),
-        inferences=InferenceRepository(database),
+        retire=InferenceRetirement(InferenceRepository(database), core.recorder),
     )
     cluster = ClusterService(
         runtime=runtime,

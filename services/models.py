@@ -32,7 +32,7 @@ from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
-from services.retiring import retire_inference
+from services.retiring import InferenceRetirement
 from services.targets import TargetRules, TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
@@ -46,13 +46,7 @@ from storage.documents import (
     utcnow,
 )
 from storage.errors import DuplicateKey, NotFound
-from storage.repositories import (
-    InferenceRepository,
-    ModelFilter,
-    ModelRepository,
-    Page,
-    WeightsRepository,
-)
+from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
 from storage.targets import DownloadTarget, Place, TargetKind
 
 log = logging.getLogger(__name__)
@@ -154,10 +148,10 @@ class ModelService:
         policy: ModelPolicy,
         recorder: Recorder | None = None,
         weights: WeightsRepository | None = None,
-        inferences: InferenceRepository | None = None,
+        retire: InferenceRetirement | None = None,
     ) -> None:
         self._weights = weights
-        self._inferences = inferences
+        self._retire = retire
         self._record = recorder or Recorder(None)
         self._models = models
         self._secrets = secrets
@@ -300,8 +294,8 @@ class ModelService:
             )
         except NotFound:
             raise Missing(model_id, f"model {model_id} not found") from None
-        if self._inferences is not None:
-            await retire_inference(self._inferences, self._record, model.id)
+        if self._retire is not None:
+            await self._retire(model.id)
         removed = await self._runtime.delete_owned(model.id)
         already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:

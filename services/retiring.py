@@ -13,6 +13,7 @@ failed, and retries it.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from live import EventType, Recorder
 from storage.documents import InferenceDocument, InferencePhase, PhaseEntry
@@ -53,3 +54,15 @@ async def retire_inference(
             await record.inference(written, EventType.DELETED)
             return written
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRetirement:
+    """What :class:`~services.models.ModelService` calls when it deletes a model."""
+
+    inferences: InferenceRepository
+    record: Recorder
+
+    async def __call__(self, model_id: str) -> InferenceDocument | None:
+        """Retire the model's live inference (:func:`retire_inference`)."""
+        return await retire_inference(self.inferences, self.record, model_id)
