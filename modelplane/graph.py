@@ -30,6 +30,7 @@ from integrations.huggingface import HubClient
 from live import Broker, EventLogNotCapped, EventRecovery, Recorder
 from modelplane import logs
 from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
+from modelplane.catalogue_wiring import build_catalogue
 from modelplane.controller_wiring import start_download_controller, start_inference_controller
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary, free_port
 from modelplane.gateway_http import Upstreams
@@ -157,7 +158,7 @@ async def open_resources(
         controllers = _start_controllers(stack, core)
         api_keys, gateway, upstream = _open_gateway(stack, core)
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
-        services = _services(core, api_keys, controllers)
+        services = _services(stack, core, api_keys, controllers)
         yield Resources(
             settings=settings,
             client=client,
@@ -301,8 +302,11 @@ async def _open_verifier(
     return dev_key, verifier
 
 
-def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) -> Services:
-    """The services the resolvers call."""
+def _services(
+    stack: AsyncExitStack, core: Core, api_keys: ApiKeyService, controllers: _Controllers
+) -> Services:
+    """The services the resolvers call (the catalogue's pull schedule stopped with the
+    stack)."""
     runtime, database, settings = core.parts.runtime, core.database, core.settings
     local_roots = tuple(settings.local_roots)
     models = ModelService(
@@ -329,6 +333,16 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         refuse_unfit_gpus=settings.refuse_unfit_gpus,
     )
     inference = _inference_service(core, cluster, controllers.inference_runtime)
+    catalogue = build_catalogue(
+        stack,
+        settings,
+        database,
+        secrets=core.secrets,
+        models=models,
+        inference=inference,
+        cluster=cluster,
+        outbound=core.outbound,
+    )
     return Services(
         database=database,
         runtime=runtime,
@@ -338,6 +352,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         cluster=cluster,
         inference=inference,
         deploy=DeployService(models=models, inference=inference),
+        catalogue=catalogue,
         broker=core.broker,
         api_keys=api_keys,
         version=modelplane_version(),

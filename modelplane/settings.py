@@ -248,6 +248,20 @@ class Settings(BaseSettings):
     not exist yet (the organisation API's default ``storage_size``); an existing claim is used
     as it is."""
 
+    # issue 18: catalogue
+    catalogue_sync_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    """How often the leading replica pulls every organisation's catalogue (``refreshCatalog``
+    pulls at once on any replica); 0 turns the schedule off."""
+    catalogue_cache_dir: Path | None = None
+    """Where each replica keeps its bare git repositories of the catalogues; default
+    ``<state_dir>/catalogues``. A cache: deleting it costs one full fetch."""
+    catalogue_git_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Longest one git command (fetch, push) may take before the remote counts as unreachable."""
+    catalogue_author_name: str = "modelplane"
+    """Author and committer name of the commits ``proposeCatalogEntry`` pushes."""
+    catalogue_author_email: str = "modelplane@localhost"
+    """Author and committer e-mail of those commits."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

@@ -15,6 +15,7 @@ from live import Broker
 from schema.building import NotAuthenticated
 from schema.events import EventViews
 from services.api_keys import ApiKeyService
+from services.catalogue.service import CatalogueService
 from services.cluster import ClusterService
 from services.deploying import DeployService
 from services.inference import InferenceService
@@ -41,6 +42,7 @@ class Services:
     api_keys: ApiKeyService
     version: str
     started_at: datetime
+    catalogue: CatalogueService
     local_roots: tuple[Path, ...] = ()
     """Directories LOCAL download targets must resolve inside (from the settings)."""
     event_views: EventViews = field(default_factory=EventViews)
