@@ -48,6 +48,7 @@ from services.deploying import DeployService
 from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.retiring import InferenceRetirement
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -321,6 +322,7 @@ def _services(
         ),
         recorder=core.recorder,
         weights=WeightsRepository(database),
+        retire=InferenceRetirement(InferenceRepository(database), core.recorder),
     )
     cluster = ClusterService(
         runtime=runtime,

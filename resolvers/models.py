@@ -118,6 +118,7 @@ async def resolve_models(
             tag=f.tag,
             search=f.search,
             include_deleted=f.include_deleted,
+            name=f.name,
         )
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset

@@ -231,8 +231,8 @@ class Mutation:
     delete_model: DeleteModelResult = strawberry.field(
         resolver=model_resolvers.delete_model,
         description=(
-            "Soft-delete a model: hide it, remove its credentials and every object it owns. "
-            "Deleting twice is not an error."
+            "Soft-delete a model: hide it, remove its credentials and every object it owns; "
+            "its inference is deleted with it. Deleting twice is not an error."
         ),
     )
     deploy_model: DeployModelResult = strawberry.field(

@@ -347,6 +347,9 @@ class ModelFilterInput:
     search: str | None = strawberry.field(
         default=None, description="Case-insensitive substring of display name, name or repo/URL."
     )
+    name: str | None = strawberry.field(
+        default=None, description="Exactly this name (a DNS-1123 label): the model, if any."
+    )
     include_deleted: bool = strawberry.field(
         default=False, description="Also soft-deleted models (admins only)."
     )

@@ -105,6 +105,8 @@ class ModelFilter:
     tag: str | None = None
     search: str | None = None
     include_deleted: bool = False
+    name: str | None = None
+    """Exact name (the organisation API addresses a model by it)."""
 
 
 LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
@@ -182,6 +184,8 @@ class ModelRepository(Repository[ModelDocument]):
         if model_filter.search:
             pattern = {"$regex": re.escape(model_filter.search), "$options": "i"}
             query["$or"] = [{"display_name": pattern}, {"source.url": pattern}, {"name": pattern}]
+        if model_filter.name is not None:  # live names are the unique index's name_key
+            query["name" if model_filter.include_deleted else "name_key"] = model_filter.name
         return query
 
     async def list_page(
