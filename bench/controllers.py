@@ -103,21 +103,26 @@ class CommandCounter(monitoring.CommandListener):
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self._names: dict[int, str] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         target = event.command.get(event.command_name)
         collection = target if isinstance(target, str) else ""
-        self.counts[f"{event.command_name} {collection}".strip()] += 1
+        name = f"{event.command_name} {collection}".strip()
+        self.counts[name] += 1
+        self._names[event.request_id] = name
         if event.command_name == "insert" and collection == "events":
             for document in event.command.get("documents", []):
                 kind = document.get("resource_kind")
                 self.events[f"{kind} {document.get('type')} {document.get('phase')}"] += 1
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        del event
+        name = self._names.pop(event.request_id, "?")
+        self.seconds[name] += event.duration_micros / 1e6
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        del event
+        self._names.pop(event.request_id, None)
 
 
 def _shape(path: str) -> str:
@@ -219,6 +224,7 @@ async def run(args: argparse.Namespace, settings: Any, ferret_pid: int) -> None:
         rss_before = rss_mib()
         commands.counts.clear()
         commands.events.clear()
+        commands.seconds.clear()
         cpu_before = cpu_seconds(), cpu_seconds(ferret_pid)
         started = time.monotonic()
         gate = asyncio.Semaphore(args.concurrency)
@@ -234,6 +240,7 @@ async def run(args: argparse.Namespace, settings: Any, ferret_pid: int) -> None:
         all_running = time.monotonic() - started
         cpu = cpu_seconds() - cpu_before[0], cpu_seconds(ferret_pid) - cpu_before[1]
         mongo = collections.Counter(commands.counts)
+        waited = dict(commands.seconds)
         appended = collections.Counter(commands.events)
         await asyncio.sleep(args.settle)
         before = counter.snapshot()
@@ -256,7 +263,7 @@ async def run(args: argparse.Namespace, settings: Any, ferret_pid: int) -> None:
         print(f"total requests during the run:      {sum(counter.counts.values())}")
         for key, value in counter.counts.most_common(8):
             print(f"    {key}: {value}")
-        _print_commands(mongo, appended, args.count)
+        _print_commands(mongo, waited, appended, args.count)
         print(
             f"RSS: {rss_mib():.0f} MiB now, {peak:.0f} MiB peak "
             f"({rss_before:.0f} MiB before starting inferences)"
@@ -286,13 +293,17 @@ async def wait_all_running(inferences: Any, args: argparse.Namespace, started: f
 
 
 def _print_commands(
-    mongo: collections.Counter[str], appended: collections.Counter[str], count: int
+    mongo: collections.Counter[str],
+    waited: dict[str, float],
+    appended: collections.Counter[str],
+    count: int,
 ) -> None:
-    """The MongoDB commands until all were RUNNING (the bench's own polling included)."""
+    """The MongoDB commands until all were RUNNING (the bench's own polling included), with
+    the seconds spent waiting for their answers (summed over concurrent commands)."""
     total = sum(mongo.values())
     print(f"MongoDB commands until all RUNNING: {total} ({total / count:.1f} per inference)")
-    for key, value in mongo.most_common(12):
-        print(f"    {key}: {value}")
+    for key, value in mongo.most_common(14):
+        print(f"    {key}: {value} ({waited.get(key, 0.0):.1f} s answering)")
     print(f"events appended:                    {sum(appended.values())}")
     for key, value in sorted(appended.items()):
         print(f"    {key}: {value}")

@@ -39,6 +39,7 @@ from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, CursorType
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
+from live.batching import GroupCommit
 from live.events import DuplicateEvent, Event, EventLogNotCapped, EventType, ResourceKind
 from live.ferretdb import (
     BACKSTOP_SECONDS,
@@ -105,9 +106,9 @@ class EventLog:
         self._shared = HeadAndRing(database)
         self._local = LocalAppends()
         self._append_lock = asyncio.Lock()
-        self._publish_lock = asyncio.Lock()
         self._uninserted: list[_Pending] = []
-        self._unpublished: list[tuple[Event, _Pending]] = []
+        # Ring slots and the head, one batch at a time (:mod:`live.batching`).
+        self._publisher = GroupCommit(self._shared.publish)
         self._fallback_logged = False
         self._poll_reason: str | None = None
         self._next_hint = 0
@@ -193,8 +194,9 @@ class EventLog:
         the log already holds that key, nothing is stored and ``DuplicateEvent`` is raised.
 
         Two stages, so this process's appends overlap: the insert (which fixes the cursor and
-        hands the event to this process's tails at once) under one lock, then the ring slot
-        and the head (which let other processes see it) under another, taken in insert order.
+        hands the event to this process's tails at once), then the ring slot and the head
+        (which let other processes see it), in insert order. Each stage is a group commit
+        (:mod:`live.batching`): appends that queue while one is in flight go in the next batch.
         """
         fields: dict[str, Any] = {
             "organization_id": organization_id,
@@ -207,21 +209,18 @@ class EventLog:
             "progress": None if progress is None else dict(progress),
             "key": key,
         }
-        loop = asyncio.get_running_loop()
-        pending = _Pending(fields, key, loop.create_future(), loop.create_future())
+        pending = _Pending(fields, key, asyncio.get_running_loop().create_future())
         self._uninserted.append(pending)
         try:
             async with self._append_lock:  # writers of this process do not race each other
                 if not pending.inserted.done():
                     await self._insert_pending()
-            event = pending.inserted.result()  # DuplicateEvent, or the batch's error
-            async with self._publish_lock:
-                if not pending.published.done():
-                    await self._publish_pending()
-            pending.published.result()  # the batch's error, if its publication failed
         except asyncio.CancelledError:
             pending.abandon()
             raise
+        event = pending.inserted.result()  # DuplicateEvent, or the batch's error
+        assert pending.published is not None  # noqa: S101  queued with the insert
+        await self._publisher.wait(pending.published)
         return event
 
     async def _insert_pending(self) -> None:
@@ -239,26 +238,7 @@ class EventLog:
             raise
         except Exception as exc:  # noqa: BLE001  handed to each append of the batch
             for item in batch:
-                item.fail(item.inserted, exc)
-
-    async def _publish_pending(self) -> None:
-        """Publish every inserted event not published yet, as one batch: one ring write and
-        one head update for all (group commit, as :meth:`_insert_pending`;
-        ``bench/controllers.py`` appended 914 events, each waiting for three writes in turn
-        before). A failure is handed to every append of the batch."""
-        batch, self._unpublished = self._unpublished, []
-        try:
-            await self._shared.publish([event for event, _ in batch])
-        except asyncio.CancelledError:
-            self._unpublished[:0] = batch
-            raise
-        except Exception as exc:  # noqa: BLE001  handed to each append of the batch
-            for _, item in batch:
-                item.fail(item.published, exc)
-        else:
-            for _, item in batch:
-                if not item.published.done():
-                    item.published.set_result(None)
+                item.fail(exc)
 
     async def _insert(self, batch: list[_Pending]) -> None:
         """Insert ``batch`` under the next free cursors, in order. The cursor tried first
@@ -276,7 +256,7 @@ class EventLog:
             for item, event in zip(batch[:inserted], events[:inserted], strict=True):
                 self._next_hint = event.cursor
                 self._local.add(event)
-                self._unpublished.append((event, item))
+                item.published = self._publisher.enqueue(event)  # in cursor order
                 if not item.inserted.done():  # (an append cancelled meanwhile)
                     item.inserted.set_result(event)
             if clash is None:
@@ -286,7 +266,7 @@ class EventLog:
             if batch[0].key is not None and await clash_on_key(
                 self._collection, batch[0].key, clash[1], failed, head
             ):
-                batch[0].fail(batch[0].inserted, DuplicateEvent(batch[0].key))
+                batch[0].fail(DuplicateEvent(batch[0].key))
                 batch, candidate = batch[1:], failed  # that cursor is still free
                 if not batch:
                     return
@@ -416,26 +396,25 @@ class EventLog:
 
 @dataclass(slots=True)
 class _Pending:
-    """One append on its way through the two stages (insert, then publish)."""
+    """One append on its way: inserted (its cursor fixed), then published."""
 
     fields: dict[str, Any]
     key: str | None
     inserted: asyncio.Future[Event]
-    published: asyncio.Future[None]
+    published: asyncio.Future[None] | None = None
 
-    def fail(self, stage: asyncio.Future[Any], exc: BaseException) -> None:
-        """Hand ``exc`` to the append waiting on ``stage`` (unless it gave up waiting)."""
-        if not stage.done():
-            stage.set_exception(exc)
+    def fail(self, exc: BaseException) -> None:
+        """Hand ``exc`` to the append waiting for its insert (unless it gave up waiting)."""
+        if not self.inserted.done():
+            self.inserted.set_exception(exc)
 
     def abandon(self) -> None:
-        """The append was cancelled: an insert not begun yet is dropped (a batch in flight
-        still writes it), and nothing is left for no one to read."""
-        for stage in (self.inserted, self.published):
-            if stage.done() and not stage.cancelled():
-                stage.exception()  # retrieved: no "never retrieved" warning
-            else:
-                stage.cancel()
+        """The append was cancelled before its insert finished: an insert not begun yet is
+        dropped (a batch in flight still writes it, and publishes it)."""
+        if self.inserted.done() and not self.inserted.cancelled():
+            self.inserted.exception()  # retrieved: no "never retrieved" warning
+        else:
+            self.inserted.cancel()
 
 
 class _Tailed:

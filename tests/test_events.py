@@ -601,8 +601,7 @@ async def test_concurrent_appends_are_published_together_and_in_order(
             assert await take(subscription, 40) == sorted(written, key=lambda e: e.cursor)
         ring, head = writes.updates.count("event_ring"), writes.updates.count("event_head")
         print(f"40 concurrent appends: {ring} ring writes, {head} head updates")  # noqa: T201
-        assert 1 <= ring < 40
-        assert ring == head
+        assert 1 <= head <= ring < 40  # a batch's ring write goes in commands of 32 slots
     finally:
         await writer_client.close()
 
