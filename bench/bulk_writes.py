@@ -98,9 +98,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"{count} documents; remove one mark from each (100 last: FerretDB may hang):")
         for size, marker in zip(sizes, marks, strict=True):
             label = "update_one each" if size == 1 else f"bulk_write of {size}"
-            await measure(
-                label, pid, lambda s=size, m=marker: pulls(docs, count, s, m), args.timeout
-            )
+            run = functools.partial(pulls, docs, count, size, marker)
+            await measure(label, pid, run, args.timeout)
         await client.close()
     finally:
         ferret.stop()
