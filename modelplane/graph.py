@@ -46,6 +46,7 @@ from services.cluster import ClusterService
 from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -334,6 +335,7 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         inference=_inference_service(core, cluster, controllers.inference_runtime),
         broker=core.broker,
         api_keys=api_keys,
+        vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,

@@ -19,6 +19,7 @@ from services.cluster import ClusterService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Database
 from storage.documents import InferenceDocument, WeightsDocument
@@ -37,6 +38,7 @@ class Services:
     inference: InferenceService
     broker: Broker
     api_keys: ApiKeyService
+    vllm: VllmService
     version: str
     started_at: datetime
     local_roots: tuple[Path, ...] = ()

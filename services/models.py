@@ -195,14 +195,17 @@ class ModelService:
         revision = v.check_revision("revision", revision)
         return await self._describe(repo_id, revision, token, field_prefix="")
 
-    async def hub_search(self, principal: Principal, query: str, *, limit: int) -> list[HubModel]:
-        """Hub models matching ``query``."""
+    async def hub_search(
+        self, principal: Principal, query: str, *, limit: int, scan: int | None = None
+    ) -> list[HubModel]:
+        """Hub models matching ``query``: ``limit`` of them, or ``scan`` when given (a caller
+        that filters the results asks for more and keeps ``limit``)."""
         principal.require(Role.VIEWER)
         text = v.require_text("query", query, limit=256)
         if not 1 <= limit <= MAX_SEARCH_RESULTS:
             raise InvalidInput("limit", f"limit must be between 1 and {MAX_SEARCH_RESULTS}")
         try:
-            return await self._hub.search(text, limit=limit, token=None)
+            return await self._hub.search(text, limit=max(limit, scan or 0), token=None)
         except HubError as exc:
             raise InvalidInput("query", str(exc)) from None
 
