@@ -60,6 +60,17 @@ class VllmCompatibility:
         """True when vLLM serves one of the architectures."""
         return self.support is not None
 
+    @property
+    def chosen(self) -> VllmFlags | None:
+        """The flags for the fit's chosen GPU type (the requested one, else the best: fits
+        now, then fewest GPUs, then the smallest), for a catalogue entry's recommended
+        command; None when not supported or nothing fits."""
+        if self.fit.chosen is None:
+            return None
+        wanted = self.fit.chosen.gpu_type
+        found = next((f for f in self.flags if f.gpu_type == wanted), None)
+        return found if found is not None and found.servable else None
+
 
 class VllmService:
     """Answers vLLM compatibility questions from the GPU fit's facts and the support table."""

@@ -17,6 +17,11 @@ A GPU type that fits but cannot run the checkpoint's number format (bfloat16 is 
 needs Ampere, AWQ Turing) has no flags and a reason. Compute capabilities are those NVIDIA
 publishes for the GPU catalogue's products (``controllers/runtimes/inventory.py``); for another
 product the check is skipped and noted.
+
+Cost: one estimate for the fit, then per GPU type one more, and a bisection (at most
+log2(model maximum) estimates) only where the model's maximum context does not fit. Measured
+on the 14 catalogue GPUs: 0.8 ms for a 7B model at 4k (15 estimates), 10 ms for a 70B at 128k
+(183 estimates).
 """
 
 from __future__ import annotations

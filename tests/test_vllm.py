@@ -12,6 +12,7 @@ import pytest
 
 from controllers.runtimes.inventory import GPU_CATALOGUE
 from services.fitting import ENGINE_COSTS, GpuOffer, ModelShape, estimate
+from services.principals import Principal
 from services.vllm_flags import COMPUTE_CAPABILITY, VllmFlags, plan_flags
 from services.vllm_support import TABLE_PATH, TableError, parse_table, support_table, version_key
 from storage.documents import InferenceEngine, Role
@@ -353,6 +354,29 @@ async def test_an_unsupported_architecture_is_an_answer_not_an_error(
     assert found["notes"][0].startswith(
         "TestbedToyForCausalLM: not in modelplane's table of vLLM architectures"
     )
+
+
+async def test_the_service_function_other_use_cases_call(running_app: RunningApp) -> None:
+    """What the catalogue calls to generate an entry: the flags of the fit's best GPU type."""
+    services = running_app.resources.services
+    principal = Principal(subject="t", organization_id="org-a", role=Role.VIEWER)
+    found = await services.vllm.compatibility(principal, repo_id=SUPPORTED_REPO)
+    assert found.supported
+    assert found.fit.chosen is not None
+    assert found.chosen is not None
+    assert found.chosen.gpu_type == found.fit.chosen.gpu_type == "A10"
+    assert found.chosen.args == (
+        "--tensor-parallel-size",
+        "1",
+        "--max-model-len",
+        "4096",
+        "--dtype",
+        "bfloat16",
+        "--gpu-memory-utilization",
+        "0.9",
+    )
+    unsupported = await services.vllm.compatibility(principal, repo_id=UNSUPPORTED_REPO)
+    assert unsupported.chosen is None
 
 
 async def test_vllm_compatibility_of_a_catalogue_model(running_app: RunningApp) -> None:
