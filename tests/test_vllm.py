@@ -446,6 +446,11 @@ async def test_hugging_face_search_filters_on_vllm_compatibility(
         UNSUPPORTED_REPO: False,
         NO_CONFIG_REPO: False,
     }
+    preview = await ask(running_app, "HuggingFaceModel", repoId=UNSUPPORTED_REPO)
+    assert preview["architecture"] == "TestbedToyForCausalLM"
+    assert preview["vllmCompatible"] is False
+    preview = await ask(running_app, "HuggingFaceModel", repoId=AWQ_REPO)
+    assert preview["vllmCompatible"] is True
     hub.hub.log.clear()
     served = await ask(
         running_app, "HuggingFaceSearch", query="vllm-org", limit=10, vllmCompatible=True
