@@ -5,7 +5,7 @@ huggingFaceSearch(vllmCompatible) end to end against the local hub, refusals wri
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,8 @@ from testbed.hub import LocalHub, RunningHub, running_hub
 from testbed.repos import HubFile, HubRepo, shaped_repo
 from tests.conftest import HUB_TOKEN, RunningApp
 from tests.graphql_client import run
+from tests.test_cluster_status import Cluster
+from tests.test_cluster_status import _api as cluster_api
 from tests.test_fit import (
     LLAMA2_7B,
     LLAMA2_7B_PARAMETERS,
@@ -471,3 +473,32 @@ async def test_hugging_face_search_filters_on_vllm_compatibility(
     )
     assert refused["__typename"] == "ValidationError"
     assert refused["field"] == "limit"
+
+
+@pytest.fixture
+async def cluster(kube_app: RunningApp, kube_namespace: str) -> AsyncIterator[Cluster]:
+    made = Cluster(cluster_api(kube_app), kube_namespace)
+    try:
+        yield made
+    finally:
+        await made.remove()
+
+
+async def test_flags_for_the_gpu_types_of_a_kubernetes_cluster(
+    kube_app: RunningApp, cluster: Cluster
+) -> None:
+    """Product labels of GPU feature discovery name the rows; their compute capability comes
+    from the catalogue product they match (T4: no bfloat16)."""
+    await cluster.node("t4", gpus=2, product="Tesla-T4")
+    await cluster.node("a100", gpus=1, product="NVIDIA-A100-SXM4-80GB", memory_mib=81920)
+    found = await ask(kube_app, "VllmCompatibility", repoId=SUPPORTED_REPO)
+    fit = await ask(kube_app, "GpuFit", repoId=SUPPORTED_REPO)
+    assert found["__typename"] == "VllmCompatibility", found
+    flags = {f["gpuType"]: f for f in found["flags"]}
+    rows = {row["gpuType"]: row["gpusNeeded"] for row in fit["rows"]}
+    assert set(flags) == set(rows) >= {"Tesla-T4", "NVIDIA-A100-SXM4-80GB"}
+    assert all(f["tensorParallelSize"] == rows[t] for t, f in flags.items())
+    assert (flags["Tesla-T4"]["tensorParallelSize"], flags["Tesla-T4"]["dtype"]) == (2, "float16")
+    a100 = flags["NVIDIA-A100-SXM4-80GB"]
+    assert (a100["tensorParallelSize"], a100["dtype"]) == (1, "bfloat16")
+    assert found["fit"]["gpuType"] == fit["gpuType"] == "NVIDIA-A100-SXM4-80GB"
