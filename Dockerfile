@@ -36,6 +36,10 @@ RUN uv sync --frozen --no-dev --no-editable
 
 # Stage 3: the runtime, with only the virtual environment and a non-root user.
 FROM python:3.11-slim-bookworm
+# git: the catalogue fetches and pushes its repository with Debian's git (integrations/git.py).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 modelplane \
  && useradd --system --uid 10001 --gid modelplane --home-dir /var/lib/modelplane --create-home modelplane
 COPY --from=build --chown=root:root /app/.venv /app/.venv

@@ -173,10 +173,15 @@ class HubClient:
             ) from exc
         return _to_model(info)
 
-    async def describe(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
-        """:meth:`model` plus the card summary and the author's avatar, for catalogue entries."""
+    async def describe(
+        self, repo_id: str, *, revision: str | None, token: str | None, files: bool = True
+    ) -> HubModel:
+        """:meth:`model` plus the card summary and the author's avatar, for catalogue entries.
+        With ``files`` (a model about to be downloaded), a gated or private repo's files must be
+        readable with ``token`` (:meth:`check_file_access`); a preview (``files=False``) shows
+        the metadata the hub serves to anyone."""
         model = await self.model(repo_id, revision=revision, token=token)
-        if (model.gated or model.private) and model.files:
+        if files and (model.gated or model.private) and model.files:
             await self.check_file_access(
                 repo_id, sha=model.sha, path=model.files[0].path, token=token
             )

@@ -30,6 +30,7 @@ from integrations.huggingface import HubClient
 from live import Broker, EventLogNotCapped, EventRecovery, Recorder
 from modelplane import logs
 from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
+from modelplane.catalogue_wiring import build_catalogue
 from modelplane.controller_wiring import start_download_controller, start_inference_controller
 from modelplane.embedded import EmbeddedError, FerretDBProcess, default_ferretdb_binary, free_port
 from modelplane.gateway_http import Upstreams
@@ -43,6 +44,7 @@ from modelplane.wiring import event_log_for
 from resolvers.context import Services
 from services.api_keys import ApiKeyService
 from services.cluster import ClusterService
+from services.deploying import DeployService
 from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
@@ -156,7 +158,7 @@ async def open_resources(
         controllers = _start_controllers(stack, core)
         api_keys, gateway, upstream = _open_gateway(stack, core)
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
-        services = _services(core, api_keys, controllers)
+        services = _services(stack, core, api_keys, controllers)
         yield Resources(
             settings=settings,
             client=client,
@@ -300,8 +302,11 @@ async def _open_verifier(
     return dev_key, verifier
 
 
-def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) -> Services:
-    """The services the resolvers call."""
+def _services(
+    stack: AsyncExitStack, core: Core, api_keys: ApiKeyService, controllers: _Controllers
+) -> Services:
+    """The services the resolvers call (the catalogue's pull schedule stopped with the
+    stack)."""
     runtime, database, settings = core.parts.runtime, core.database, core.settings
     local_roots = tuple(settings.local_roots)
     models = ModelService(
@@ -324,6 +329,18 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         models=models,
         secrets=core.secrets,
         hub_endpoint=settings.hf_endpoint,
+        refuse_unfit_gpus=settings.refuse_unfit_gpus,
+    )
+    inference = _inference_service(core, cluster, controllers.inference_runtime)
+    catalogue = build_catalogue(
+        stack,
+        settings,
+        database,
+        secrets=core.secrets,
+        models=models,
+        inference=inference,
+        cluster=cluster,
+        outbound=core.outbound,
     )
     return Services(
         database=database,
@@ -332,7 +349,9 @@ def _services(core: Core, api_keys: ApiKeyService, controllers: _Controllers) ->
         models=models,
         weights=_weights_service(core),
         cluster=cluster,
-        inference=_inference_service(core, cluster, controllers.inference_runtime),
+        inference=inference,
+        deploy=DeployService(models=models, inference=inference),
+        catalogue=catalogue,
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),

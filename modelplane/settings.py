@@ -238,6 +238,30 @@ class Settings(BaseSettings):
     """How long ``deleteWeights`` waits for the leading replica to remove the files and the
     record (or to report the target's refusal) before answering that the removal goes on."""
 
+    # fidelity-k8s
+    refuse_unfit_gpus: bool = True
+    """Refuse at ``startInference`` a GPU count (per replica) or ``gpuType`` no node can ever
+    offer (by allocatable), instead of accepting an inference that stays PENDING. Turn it off
+    on a cluster whose node autoscaler adds GPU nodes only when a pod asks for them."""
+    pvc_default_size_gi: int = Field(default=20, ge=1, le=65536)
+    """Size in GiB of the claim created for a PVC download target that gives no size and does
+    not exist yet (the organisation API's default ``storage_size``); an existing claim is used
+    as it is."""
+
+    # issue 18: catalogue
+    catalogue_sync_seconds: float = Field(default=300.0, ge=0, le=86_400)
+    """How often the leading replica pulls every organisation's catalogue (``refreshCatalog``
+    pulls at once on any replica); 0 turns the schedule off."""
+    catalogue_cache_dir: Path | None = None
+    """Where each replica keeps its bare git repositories of the catalogues; default
+    ``<state_dir>/catalogues``. A cache: deleting it costs one full fetch."""
+    catalogue_git_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Longest one git command (fetch, push) may take before the remote counts as unreachable."""
+    catalogue_author_name: str = "modelplane"
+    """Author and committer name of the commits ``proposeCatalogEntry`` pushes."""
+    catalogue_author_email: str = "modelplane@localhost"
+    """Author and committer e-mail of those commits."""
+
     # issue 18: vLLM compatibility
     vllm_search_scan: int = Field(default=200, ge=1, le=1000)
     """How many hub results ``huggingFaceSearch(vllmCompatible: ...)`` asks the hub for (one

@@ -15,7 +15,9 @@ from live import Broker
 from schema.building import NotAuthenticated
 from schema.events import EventViews
 from services.api_keys import ApiKeyService
+from services.catalogue.service import CatalogueService
 from services.cluster import ClusterService
+from services.deploying import DeployService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
@@ -36,11 +38,13 @@ class Services:
     weights: WeightsService
     cluster: ClusterService
     inference: InferenceService
+    deploy: DeployService
     broker: Broker
     api_keys: ApiKeyService
     vllm: VllmService
     version: str
     started_at: datetime
+    catalogue: CatalogueService
     local_roots: tuple[Path, ...] = ()
     """Directories LOCAL download targets must resolve inside (from the settings)."""
     event_views: EventViews = field(default_factory=EventViews)

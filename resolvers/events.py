@@ -116,7 +116,7 @@ async def stream_download_progress(
         raise ExpectedError(f"model {model_id} not found", code="NOT_FOUND", field="modelId")
     if model.source.access_mode is not AccessMode.LOCAL:
         raise ExpectedError(
-            f"model {model_id} is a REMOTE_API model: it downloads nothing",
+            f"model {model_id} is a {model.source.access_mode.value} model: it downloads nothing",
             code="BAD_USER_INPUT",
             field="modelId",
         )

@@ -77,11 +77,13 @@ def request_from_input(data: InferenceInput | None) -> InferenceRequest:
             max_replicas=scaling.max_replicas,
             target_metric=scaling.target_metric,
             target_value=scaling.target_value,
+            scale_down_delay_seconds=scaling.scale_down_delay_seconds,
         ),
         litellm=None
         if litellm is None
         else LiteLLMSpec(
             mode=litellm.mode.name,
+            model=litellm.model,
             config_yaml=litellm.config_yaml,
             api_key_secret_name=litellm.master_key_secret_name,
             api_key_secret_key=litellm.master_key_secret_key,
@@ -89,6 +91,7 @@ def request_from_input(data: InferenceInput | None) -> InferenceRequest:
         ollama_model=data.ollama_model,
         upstream_timeout_seconds=data.upstream_timeout_seconds,
         context_length=data.context_length,
+        service_monitor=data.service_monitor,
     )
 
 

@@ -15,7 +15,9 @@ import strawberry
 
 from controllers.runtimes.base import RuntimeUnavailable
 from resolvers import api_keys as api_key_resolvers
+from resolvers import catalogue as catalogue_resolvers
 from resolvers import cluster as cluster_resolvers
+from resolvers import deploying as deploying_resolvers
 from resolvers import events as event_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
@@ -23,7 +25,17 @@ from resolvers import vllm as vllm_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
 from schema.api_keys import ApiKeyPage, CreateApiKeyResult, RevokeApiKeyResult
+from schema.catalogue import (
+    Catalog,
+    ConfigureCatalogResult,
+    GenerateCatalogEntryResult,
+    InstallCatalogEntryResult,
+    PreviewCatalogEntryResult,
+    ProposeCatalogEntryResult,
+    RefreshCatalogResult,
+)
 from schema.cluster import ClusterStatus, GpuFitResult
+from schema.deploying import DeployModelResult
 from schema.enums import RoleEnum
 from schema.events import Event
 from schema.inference import (
@@ -181,6 +193,11 @@ class Query:
     gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
     vllm_architectures: VllmArchitectureTable = vllm_resolvers.VLLM_ARCHITECTURES
     vllm_compatibility: VllmCompatibilityResult = vllm_resolvers.VLLM_COMPATIBILITY
+    catalog: Catalog | None = strawberry.field(
+        resolver=catalogue_resolvers.resolve_catalog,
+        description="Your organisation's git-synced catalogue of model configurations (source, "
+        "sync state, the last good snapshot of its entries); null when none is configured.",
+    )
     api_keys: ApiKeyPage = strawberry.field(
         resolver=api_key_resolvers.resolve_api_keys,
         description="Your organisation's API keys, newest first (prefixes only; admin role).",
@@ -219,6 +236,16 @@ class Mutation:
             "Deleting twice is not an error."
         ),
     )
+    deploy_model: DeployModelResult = strawberry.field(
+        resolver=deploying_resolvers.deploy_model,
+        description=(
+            "One call: create a model and start its inference from an image and a command (or "
+            "an Ollama model), for engines that fetch the model themselves; nothing is "
+            "downloaded first. A hub token is stored as the model's Secret and reaches the "
+            "engine as `HF_TOKEN`. Refused input names its field and writes nothing; `dryRun` "
+            "returns the planned objects."
+        ),
+    )
     start_inference: StartInferenceResult = strawberry.field(
         resolver=inference_resolvers.start_inference,
         description=(
@@ -246,6 +273,40 @@ class Mutation:
             "only those kinds, our namespace, nothing privileged, hostPath only under the "
             "allowed roots."
         ),
+    )
+    configure_catalog: ConfigureCatalogResult = strawberry.field(
+        resolver=catalogue_resolvers.configure_catalog,
+        description="Set the catalogue's git remote (admin role): URL, branch, folder and "
+        "credential, proven against the remote before anything is stored; then sync once.",
+        metadata=cost(50),  # talks to the git remote
+    )
+    refresh_catalog: RefreshCatalogResult = strawberry.field(
+        resolver=catalogue_resolvers.refresh_catalog,
+        description="Pull the catalogue now (editor role). A remote that is down or refuses, "
+        "or a rewritten branch, keeps the last snapshot; `sync.lastError` says why.",
+        metadata=cost(50),  # talks to the git remote
+    )
+    preview_catalog_entry: PreviewCatalogEntryResult = strawberry.field(
+        resolver=catalogue_resolvers.preview_catalog_entry,
+        description="Parse and validate an entry file without writing anything: its problems "
+        "come back in `issues` with line and field.",
+    )
+    install_catalog_entry: InstallCatalogEntryResult = strawberry.field(
+        resolver=catalogue_resolvers.install_catalog_entry,
+        description="Create a valid entry's model (as createModel) and optionally start its "
+        "inference with the entry's engine, flags and resources.",
+    )
+    generate_catalog_entry: GenerateCatalogEntryResult = strawberry.field(
+        resolver=catalogue_resolvers.generate_catalog_entry,
+        description="Draft an entry from a hub repo: its metadata, the GPU fit, and vLLM flags "
+        "that agree with the fit (nothing written).",
+        metadata=cost(100),  # the hub and the cluster, as gpuFit
+    )
+    propose_catalog_entry: ProposeCatalogEntryResult = strawberry.field(
+        resolver=catalogue_resolvers.propose_catalog_entry,
+        description="Validate an entry, commit it on a new branch of the catalogue's remote "
+        "and push it (editor role); open the pull request on the forge.",
+        metadata=cost(50),  # talks to the git remote
     )
     create_api_key: CreateApiKeyResult = strawberry.field(
         resolver=api_key_resolvers.create_api_key,

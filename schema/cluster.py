@@ -66,6 +66,14 @@ class ClusterIntegrations:
     gpu_operator: bool = strawberry.field(
         description="NVIDIA GPU operator (`clusterpolicies.nvidia.com`)."
     )
+    kuberay: bool = strawberry.field(description="KubeRay (`rayclusters.ray.io`).")
+    envoy_gateway: bool = strawberry.field(
+        description="Envoy Gateway (`envoyproxies.gateway.envoyproxy.io`)."
+    )
+    custom_metrics: bool = strawberry.field(
+        description="A custom metrics API (`custom.metrics.k8s.io`, e.g. prometheus-adapter): "
+        "HorizontalPodAutoscalers can scale on pod metrics."
+    )
 
 
 @strawberry.type(description="Where modelplane runs models, and the GPUs it has right now.")
@@ -104,6 +112,9 @@ class ClusterStatus:
                 pod_autoscaler=found.pod_autoscaler,
                 kserve=found.kserve,
                 gpu_operator=found.gpu_operator,
+                kuberay=found.kuberay,
+                envoy_gateway=found.envoy_gateway,
+                custom_metrics=found.custom_metrics,
             ),
             gpu_nodes=[GpuNode.from_facts(node) for node in inventory.nodes],
             total_gpus=sum(node.allocatable for node in inventory.nodes),

@@ -24,7 +24,7 @@ class RoleEnum(Enum):
 
 @strawberry.enum(name="AccessMode", description="How a model is reached.")
 class AccessModeEnum(Enum):
-    """REMOTE_API or LOCAL."""
+    """REMOTE_API, LOCAL or ENGINE."""
 
     REMOTE_API = strawberry.enum_value(
         "REMOTE_API", description="An OpenAI-compatible API elsewhere, proxied; nothing downloaded."
@@ -32,13 +32,20 @@ class AccessModeEnum(Enum):
     LOCAL = strawberry.enum_value(
         "LOCAL", description="A Hugging Face repository downloaded to a target and served here."
     )
+    ENGINE = strawberry.enum_value(
+        "ENGINE",
+        description=(
+            "Served here by an engine that fetches the model itself (deployModel: an image and "
+            "a command, or an Ollama model); nothing downloaded, READY at once."
+        ),
+    )
 
 
 @strawberry.enum(
     name="ModelPhase",
     description=(
         "Where a model's weights stand: PENDING -> PULLING -> READY, or FAILED with a message. "
-        "REMOTE_API models are READY at once."
+        "REMOTE_API and ENGINE models are READY at once."
     ),
 )
 class ModelPhaseEnum(Enum):
@@ -112,7 +119,11 @@ class InferenceEngineEnum(Enum):
         description="vLLM's OpenAI server: `vllm serve <weights> --served-model-name <name>`.",
     )
     OLLAMA = strawberry.enum_value(
-        "OLLAMA", description="Ollama: pulls `hf.co/<repo>` (or `ollamaModel`) then serves it."
+        "OLLAMA",
+        description=(
+            "Ollama: pulls `ollamaModel` (default `hf.co/<repo>` of a LOCAL model) then serves "
+            "it under the model's name; port 11434 by default."
+        ),
     )
     LITELLM_PROXY = strawberry.enum_value(
         "LITELLM_PROXY",

@@ -11,7 +11,7 @@ import strawberry
 from schema.cluster import GpuFit
 from schema.enums import InferenceEngineEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from storage.documents import InferenceDocument
+from storage.documents import AutoscalingSpec, InferenceDocument
 
 
 @strawberry.enum(
@@ -71,6 +71,22 @@ class Autoscaling:
     target_value: int = strawberry.field(
         description="Target utilisation percent (cpu/memory) or average value."
     )
+    scale_down_delay_seconds: int = strawberry.field(
+        description="Seconds the load must stay low before a replica is removed."
+    )
+
+    @classmethod
+    def from_spec(cls, scaling: AutoscalingSpec | None) -> Autoscaling | None:
+        """The API view of a stored autoscaling spec (None: no autoscaling)."""
+        if scaling is None:
+            return None
+        return cls(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            target_metric=scaling.target_metric,
+            target_value=scaling.target_value,
+            scale_down_delay_seconds=scaling.scale_down_delay_seconds,
+        )
 
 
 @strawberry.type(description="What an inference runs, with the defaults filled in.")
@@ -92,6 +108,9 @@ class InferenceSpecView:
     initial_delay_seconds: int = strawberry.field(description="Delay before readiness checks.")
     env: list[EnvVar] = strawberry.field(description="Extra environment.")
     autoscaling: Autoscaling | None = strawberry.field(description="Autoscaling, if asked.")
+    service_monitor: bool | None = strawberry.field(
+        description="ServiceMonitor: true required, false never, null when installed."
+    )
 
 
 @strawberry.type(description="An inference service: a model served by an engine, or a route.")
@@ -180,14 +199,8 @@ class Inference:
                     )
                     for var in spec.env
                 ],
-                autoscaling=None
-                if spec.autoscaling is None
-                else Autoscaling(
-                    min_replicas=spec.autoscaling.min_replicas,
-                    max_replicas=spec.autoscaling.max_replicas,
-                    target_metric=spec.autoscaling.target_metric,
-                    target_value=spec.autoscaling.target_value,
-                ),
+                autoscaling=Autoscaling.from_spec(spec.autoscaling),
+                service_monitor=spec.service_monitor,
             ),
             created_at=doc.created_at,
             updated_at=doc.updated_at,
@@ -242,21 +255,38 @@ class InferenceResourcesInput:
     )
     gpu: int | None = strawberry.field(
         default=None,
-        description="`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY and routes).",
+        description=(
+            "`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY, OLLAMA and routes)."
+        ),
     )
 
 
-@strawberry.input(description="Scale between bounds on a metric (an HPA, or AIBrix if installed).")
+@strawberry.input(
+    description=(
+        "Scale between bounds on a metric: an AIBrix PodAutoscaler when AIBrix is installed, "
+        "else a HorizontalPodAutoscaler. The defaults are the organisation API's: "
+        "`num_requests_running` at 40, 1 to 8 replicas, 180 s before scaling down (`{}` takes "
+        "them all). A pod metric needs AIBrix or a custom metrics API in the cluster; without "
+        "either it is refused (use `cpu` or `memory`)."
+    )
+)
 class AutoscalingInput:
     """Autoscaling."""
 
     min_replicas: int = strawberry.field(default=1, description="Lower bound (>= 1).")
-    max_replicas: int = strawberry.field(description="Upper bound (<= 64).")
+    max_replicas: int = strawberry.field(default=8, description="Upper bound (<= 64).")
     target_metric: str = strawberry.field(
-        default="cpu", description="`cpu`, `memory`, or a pod metric name."
+        default="num_requests_running",
+        description="`cpu`, `memory`, or a pod metric name (default `num_requests_running`).",
     )
     target_value: int = strawberry.field(
-        default=80, description="Utilisation percent for cpu/memory, else the average value."
+        default=40,
+        description="Utilisation percent for cpu/memory, else the average value (default 40).",
+    )
+    scale_down_delay_seconds: int = strawberry.field(
+        default=180,
+        description="Seconds the load must stay low before a replica is removed (0 to 3600, "
+        "default 180).",
     )
 
 
@@ -265,9 +295,12 @@ class LiteLLMModeEnum(Enum):
     """Proxy modes."""
 
     WILDCARD = strawberry.enum_value(
-        "WILDCARD", description="Every model name to the REMOTE_API model's upstream."
+        "WILDCARD",
+        description="Every model name to the REMOTE_API model's upstream (`model`: `provider/*`).",
     )
-    SINGLE = strawberry.enum_value("SINGLE", description="Only this model's name.")
+    SINGLE = strawberry.enum_value(
+        "SINGLE", description="Only this model's name, to one upstream model (`model`)."
+    )
     CONFIG = strawberry.enum_value("CONFIG", description="Your own LiteLLM config YAML.")
 
 
@@ -277,6 +310,14 @@ class LiteLLMInput:
 
     mode: LiteLLMModeEnum = strawberry.field(
         default=LiteLLMModeEnum.WILDCARD, description="Routing mode (default WILDCARD)."
+    )
+    model: str | None = strawberry.field(
+        default=None,
+        description=(
+            "LiteLLM's model, provider-prefixed. SINGLE: one model, e.g. `ollama/smollm2:135m` "
+            "(default `openai/<name>`). WILDCARD: `provider/*`, e.g. `anthropic/*`, or `*` "
+            "(the client names the provider; default `openai/*`). Not with CONFIG."
+        ),
     )
     config_yaml: str | None = strawberry.field(
         default=None, description="CONFIG: the full config (needs a `model_list`)."
@@ -300,7 +341,10 @@ class InferenceInput:
     """startInference input."""
 
     engine: InferenceEngineEnum | None = strawberry.field(
-        default=None, description="Engine; default VLLM (LOCAL models) or a route (REMOTE_API)."
+        default=None,
+        description=(
+            "Engine; default VLLM (LOCAL models), CUSTOM (ENGINE models) or a route (REMOTE_API)."
+        ),
     )
     image: str | None = strawberry.field(
         default=None, description="Image (required for CUSTOM); default: the engine's image."
@@ -326,7 +370,9 @@ class InferenceInput:
     tolerations: list[TolerationInput] | None = strawberry.field(
         default=None, description="Tolerations (GPU taints are tolerated already)."
     )
-    port: int | None = strawberry.field(default=None, description="Engine port (default 8000).")
+    port: int | None = strawberry.field(
+        default=None, description="Engine port (default 8000; OLLAMA 11434)."
+    )
     health_path: str | None = strawberry.field(
         default=None, description="Readiness path; default the engine's (`/health` for vLLM)."
     )
@@ -345,7 +391,10 @@ class InferenceInput:
         default=None, description="LITELLM_PROXY settings."
     )
     ollama_model: str | None = strawberry.field(
-        default=None, description="OLLAMA: what to pull (default `hf.co/<repo>`)."
+        default=None,
+        description=(
+            "OLLAMA: what to pull, e.g. `smollm2:135m` (default for a LOCAL model: `hf.co/<repo>`)."
+        ),
     )
     context_length: int | None = strawberry.field(
         default=None,
@@ -357,6 +406,12 @@ class InferenceInput:
     upstream_timeout_seconds: float | None = strawberry.field(
         default=None,
         description="The gateway's upstream timeout for this model (default server's).",
+    )
+    service_monitor: bool | None = strawberry.field(
+        default=None,
+        description="A Prometheus ServiceMonitor for the engine's `/metrics`: true requires "
+        "one (refused when the Prometheus Operator's CRD is not installed), false never, null "
+        "(default) when the CRD is installed.",
     )
 
 

@@ -51,7 +51,9 @@ class PvcTarget:
     storage_class: str | None = strawberry.field(
         description="StorageClass used when modelplane creates the claim."
     )
-    size_gi: int | None = strawberry.field(description="Requested size in GiB.")
+    size_gi: int | None = strawberry.field(
+        description="Requested size in GiB; null: the server's default for a claim it creates."
+    )
 
 
 @strawberry.type(
@@ -391,7 +393,11 @@ class PvcTargetInput:
     storage_class: str | None = strawberry.field(
         default=None, description="StorageClass for a new claim."
     )
-    size_gi: int | None = strawberry.field(default=None, description="Size of a new claim in GiB.")
+    size_gi: int | None = strawberry.field(
+        default=None,
+        description="Size of a new claim in GiB (default: the server's "
+        "`MODELPLANE_PVC_DEFAULT_SIZE_GI`, 20); an existing claim is used as it is.",
+    )
 
 
 @strawberry.input(description="Stream weights to an S3 bucket.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from controllers.runtimes.inventory import (
     ClusterInventory,
     gpu_product,
     read_inventory,
+    read_offer,
 )
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
 from integrations.huggingface import (
@@ -42,8 +44,9 @@ from services import validation as v
 from services.errors import InvalidInput, Missing
 from services.fitting import FitEstimate, GpuOffer, ModelShape, ShapeUnknown, estimate
 from services.models import ModelService
+from services.offers import check_offer
 from services.principals import Principal
-from storage.documents import AccessMode, InferenceEngine, ModelDocument, Role
+from storage.documents import AccessMode, InferenceEngine, InferenceSpec, ModelDocument, Role
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +73,27 @@ class ClusterService:
         models: ModelService,
         secrets: SecretStore,
         hub_endpoint: str,
+        refuse_unfit_gpus: bool = True,
     ) -> None:
         self._runtime = runtime
         self._hub = hub
         self._models = models
         self._secrets = secrets
         self._hub_endpoint = hub_endpoint
+        self._refuse_unfit_gpus = refuse_unfit_gpus
 
     async def status(self, principal: Principal) -> ClusterInventory:
         """Runtime, version, namespace, GPU nodes and integrations, read now."""
         principal.require(Role.VIEWER)
         return await read_inventory(self._runtime)
+
+    async def check_offer(self, spec: InferenceSpec) -> None:
+        """Refuse (:class:`InvalidInput`) what the runtime can never give ``spec``
+        (:mod:`services.offers`); the caller checked the role."""
+        if spec.engine is None:
+            return  # a gateway route: no workload
+        offer = await read_offer(self._runtime)
+        check_offer(spec, offer, refuse_gpus=self._refuse_unfit_gpus)
 
     async def fit(
         self,
@@ -191,7 +204,7 @@ class ClusterService:
                     "engine",
                     "a REMOTE_API model has no weights to serve: it is proxied (LITELLM_PROXY)",
                 )
-        elif engine is not InferenceEngine.LITELLM_PROXY:
+        elif engine is not InferenceEngine.LITELLM_PROXY and _on_the_hub(model):
             shape, config = await self._model_shape(model, notes)
         return FitFacts(
             shape=shape,
@@ -353,3 +366,13 @@ class FitFacts:
         except ShapeUnknown as exc:
             raise InvalidInput(self.field, str(exc)) from None
         return dataclasses.replace(result, notes=tuple(dict.fromkeys([*self.notes, *result.notes])))
+
+
+_HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _on_the_hub(model: ModelDocument) -> bool:
+    """A LOCAL model's repo, or an ENGINE model whose command fetches a hub repo (not an
+    Ollama model or an image): the fit asks the hub its shape."""
+    url = model.source.url
+    return model.source.access_mode is AccessMode.LOCAL or bool(_HUB_REPO.fullmatch(url))

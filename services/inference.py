@@ -27,17 +27,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from controllers.inference.engines import (
+    OLLAMA_PORT,
     EnginePlanError,
     check_env,
     default_engine,
     host_program_field,
 )
 from controllers.inference.workloads import InferenceRuntime
-from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID, owned_labels
-from controllers.runtimes.kubernetes.manifests import MODEL_ID
+from controllers.runtimes.kubernetes.labels import owned_labels
 from live import EventType, Recorder
 from services import validation as v
 from services.cluster import ClusterService
+from services.discovering import discovered
 from services.errors import Conflict, InvalidInput, Missing
 from services.fitting import FitEstimate
 from services.inference_inputs import (
@@ -52,6 +53,7 @@ from services.inference_inputs import (
     request_from,
 )
 from services.manifests import ManifestPolicy
+from services.naming import workload_name
 from services.principals import Forbidden, Principal
 from storage.documents import (
     AccessMode,
@@ -70,12 +72,7 @@ from storage.errors import Contended, DuplicateKey, NotFound
 from storage.repositories import InferenceFilter, InferenceRepository, ModelRepository, Page
 
 log = logging.getLogger(__name__)
-__all__ = [
-    "InferenceRequest",
-    "InferenceService",
-    "StartOutcome",
-    "check_manifest",
-]
+__all__ = ["InferenceRequest", "InferenceService", "StartOutcome", "check_manifest"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,61 +157,15 @@ class InferenceService:
         stored = await self._inferences.find(
             where=where, limit=limit, offset=offset, sort=(("created_at", -1), ("_id", -1))
         )
-        found = await self._discovered(principal, inference_filter)
+        found = await discovered(
+            self._runtime, self._inferences, principal, inference_filter, self._runtime_kind
+        )
         items = list(stored.items)
         start = max(0, offset - stored.total)
         room = limit - len(items)
         if room > 0:
             items += found[start : start + room]
         return Page(items=items, total=stored.total + len(found))
-
-    async def _discovered(
-        self, principal: Principal, inference_filter: InferenceFilter
-    ) -> list[InferenceDocument]:
-        """Deployments in the namespace with our labels whose owner has no document."""
-        if inference_filter.managed is True:
-            return []
-        if inference_filter.model_id is not None:
-            return []
-        found: list[InferenceDocument] = []
-        mine = [
-            deployment
-            for deployment in await self._runtime.unmanaged()
-            if (deployment.get("metadata", {}).get("labels") or {}).get(ORGANIZATION_ID)
-            == principal.organization_id
-        ]
-        owners = [_owner_of(deployment) for deployment in mine]
-        recorded = await self._inferences.existing_ids(owners)  # one query, not one per object
-        for deployment, owner in zip(mine, owners, strict=True):
-            if owner in recorded:
-                continue
-            meta = deployment.get("metadata", {})
-            labels = meta.get("labels") or {}
-            wanted = int(deployment.get("spec", {}).get("replicas") or 0)
-            ready = int(deployment.get("status", {}).get("readyReplicas") or 0)
-            phase = (
-                InferencePhase.RUNNING if wanted and ready >= wanted else InferencePhase.CREATING
-            )
-            if inference_filter.phase is not None and inference_filter.phase is not phase:
-                continue
-            found.append(
-                InferenceDocument(
-                    id=str(owner),
-                    organization_id=principal.organization_id,
-                    model_id=labels.get(MODEL_ID),
-                    model_name=str(meta.get("name")),
-                    name=str(meta.get("name")),
-                    active_key=str(owner),
-                    managed=False,
-                    runtime=self._runtime_kind,
-                    phase=phase,
-                    reason="NoDocument",
-                    message="found in the namespace with modelplane's labels but no document",
-                    replicas=wanted,
-                    ready_replicas=ready,
-                )
-            )
-        return found
 
     async def logs(self, principal: Principal, inference_id: str, tail: int) -> list[str]:
         """The engine's last ``tail`` lines."""
@@ -251,18 +202,33 @@ class InferenceService:
                     "stop it first to start it with another spec"
                 ),
             )
-        spec = self._spec(model, request)
-        self._check_host_program(principal, spec)
-        doc = self._draft(principal, model, spec, existing)
-        manifests = await self._check_plan(doc, model)
+        doc, manifests = await self.prepare(principal, model, request, existing)
         if dry_run:
             return await self._dry_run(principal, model, doc, manifests)
-        written = await self._store(doc, existing)
+        written = await self.store(doc, existing)
         log.info(
             "inference started",
-            extra={"inference_id": written.id, "model_id": model.id, "engine": spec.engine},
+            extra={"inference_id": written.id, "model_id": model.id, "engine": doc.spec.engine},
         )
         return StartOutcome(inference=written, manifests=[])
+
+    async def prepare(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        request: InferenceRequest,
+        existing: InferenceDocument | None = None,
+    ) -> tuple[InferenceDocument, list[dict[str, Any]]]:
+        """The checked document a start writes, and the objects it plans (nothing written;
+        ``model`` may be a draft not stored yet, as ``deployModel`` plans it)."""
+        spec = self._spec(model, request)
+        self._check_host_program(principal, spec)
+        if self._cluster is not None:  # what the runtime can never give: services/offers.py
+            await self._cluster.check_offer(spec)
+        inference_id = existing.id if existing is not None else new_id("inf")
+        name = existing.name if existing else await self._name(model.name, inference_id)
+        doc = self._draft(principal, model, spec, existing, inference_id=inference_id, name=name)
+        return doc, await self._check_plan(doc, model)
 
     def _draft(
         self,
@@ -270,6 +236,9 @@ class InferenceService:
         model: ModelDocument,
         spec: InferenceSpec,
         existing: InferenceDocument | None,
+        *,
+        inference_id: str,
+        name: str,
     ) -> InferenceDocument:
         """The document a start writes: the stopped one re-enabled, or a new one."""
         if existing is not None:
@@ -281,13 +250,12 @@ class InferenceService:
                     "model_name": model.name,
                 }
             )
-        inference_id = new_id("inf")
         return InferenceDocument(
             id=inference_id,
             organization_id=principal.organization_id,
             model_id=model.id,
             model_name=model.name,
-            name=inference_id,
+            name=name,
             active_key=model.id,
             runtime=self._runtime_kind,
             spec=spec,
@@ -323,7 +291,7 @@ class InferenceService:
             message="dry run: nothing was created",
         )
 
-    async def _store(
+    async def store(
         self, doc: InferenceDocument, existing: InferenceDocument | None
     ) -> InferenceDocument:
         """Insert the new document, or re-enable the stopped one; record the event."""
@@ -435,8 +403,10 @@ class InferenceService:
             name=inference_id,
             policy=await self._manifest_policy(principal),
         )
+        name = await self._name(model_name, inference_id)
         labels = owned_labels(inference_id, principal.organization_id, component="inference")
         for obj in objects:
+            obj["metadata"]["name"] = name
             obj["metadata"].setdefault("labels", {}).update(labels)
             if obj["kind"] == "Deployment":
                 template = obj["spec"]["template"].setdefault("metadata", {})
@@ -445,7 +415,7 @@ class InferenceService:
             id=inference_id,
             organization_id=principal.organization_id,
             model_name=model_name,
-            name=inference_id,
+            name=name,
             active_key=inference_id,
             managed=False,
             runtime=self._runtime_kind,
@@ -518,6 +488,9 @@ class InferenceService:
                 required=Role.ADMIN,
             )
 
+    async def _name(self, model_name: str, inference_id: str) -> str:  # services/naming.py
+        return await workload_name(self._inferences, self._runtime, model_name, inference_id)
+
     async def _check_plan(
         self, doc: InferenceDocument, model: ModelDocument
     ) -> list[dict[str, Any]]:
@@ -547,10 +520,14 @@ class InferenceService:
             check_env(list(request.env), own_secret=model.secret_ref)
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
-        default_gpu = 0 if engine in {None, InferenceEngine.LITELLM_PROXY} else 1
+        cpu_only = {None, InferenceEngine.LITELLM_PROXY, InferenceEngine.OLLAMA}
+        default_gpu = 0 if engine in cpu_only else 1
         port = request.port
         if port is None:
-            port = self._free_port() if self._runtime_kind == "local" and self._free_port else 8000
+            default = OLLAMA_PORT if engine is InferenceEngine.OLLAMA else 8000
+            port = (
+                self._free_port() if self._runtime_kind == "local" and self._free_port else default
+            )
         return InferenceSpec(
             engine=engine,
             image=request.image,
@@ -577,10 +554,5 @@ class InferenceService:
             ollama_model=request.ollama_model,
             upstream_timeout_seconds=request.upstream_timeout_seconds,
             context_length=request.context_length,
+            service_monitor=request.service_monitor,
         )
-
-
-def _owner_of(deployment: dict[str, Any]) -> str:
-    """The inference id a labelled Deployment belongs to (its owner label, else its name)."""
-    meta = deployment.get("metadata", {})
-    return str((meta.get("labels") or {}).get(OWNER_ID) or meta.get("name"))

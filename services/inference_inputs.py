@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from controllers.inference.commands import EnginePlanError, check_served_name
 from services.errors import InvalidInput
 from services.manifests import ManifestPolicy, check_document, parse_documents
 from storage.documents import (
@@ -27,6 +28,7 @@ MAX_PAGE = 100
 MAX_LOG_LINES = 5000
 MAX_CONTEXT = 10_000_000
 MAX_MANIFEST_BYTES = 256 * 1024
+MAX_SCALE_DOWN_DELAY = 3600
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -63,6 +65,7 @@ class InferenceRequest:
     ollama_model: str | None = None
     upstream_timeout_seconds: float | None = None
     context_length: int | None = None
+    service_monitor: bool | None = None
 
 
 def check_scalars(request: InferenceRequest) -> None:
@@ -126,6 +129,11 @@ def check_placement(request: InferenceRequest) -> None:
                 "input.autoscaling.targetValue",
                 "targetMetric and a positive targetValue are required",
             )
+        if not 0 <= scaling.scale_down_delay_seconds <= MAX_SCALE_DOWN_DELAY:
+            raise InvalidInput(
+                "input.autoscaling.scaleDownDelaySeconds",
+                f"scaleDownDelaySeconds must be between 0 and {MAX_SCALE_DOWN_DELAY}",
+            )
     if request.litellm is not None and request.litellm.mode not in LITELLM_MODES:
         raise InvalidInput("input.litellm.mode", f"mode must be one of {', '.join(LITELLM_MODES)}")
 
@@ -154,6 +162,7 @@ def request_from(spec: InferenceSpec) -> InferenceRequest:
         ollama_model=spec.ollama_model,
         upstream_timeout_seconds=spec.upstream_timeout_seconds,
         context_length=spec.context_length,
+        service_monitor=spec.service_monitor,
     )
 
 
@@ -179,9 +188,11 @@ def check_manifest(
     policy = policy or ManifestPolicy()
     deployments: list[dict[str, Any]] = []
     services: list[dict[str, Any]] = []
+    position = 0
     for index, doc in enumerate(parse_documents(text)):
         kind = check_document(doc, index, policy)
         (deployments if kind == "Deployment" else services).append(doc)
+        position = index if kind == "Deployment" else position
     if len(deployments) != 1:
         raise InvalidInput(
             "manifest", f"exactly one Deployment is needed; found {len(deployments)}"
@@ -196,6 +207,7 @@ def check_manifest(
     model_name = str(annotations.get("modelplane.io/model-name") or original)
     if not model_name:
         raise InvalidInput("manifest.metadata.name", "the Deployment needs a name")
+    _check_served_names(pod, model_name, f"manifest[{position}]")
     for obj in (deployment, *services):
         obj["metadata"]["name"] = name
         obj["metadata"]["namespace"] = namespace
@@ -204,6 +216,24 @@ def check_manifest(
         obj.pop("status", None)
     port = _port_of(pod, services)
     return [deployment, *services], model_name, port
+
+
+def _check_served_names(pod: dict[str, Any], model_name: str, where: str) -> None:
+    """A container that runs vLLM serves the model's name (the gateway routes on it)."""
+    for index, container in enumerate(pod["containers"]):
+        try:
+            check_served_name(
+                [str(word) for word in container.get("command") or []],
+                [str(word) for word in container.get("args") or []],
+                model_name,
+                image=container.get("image"),
+                always=False,
+            )
+        except EnginePlanError as exc:
+            key = exc.field.removeprefix("input.")
+            raise InvalidInput(
+                f"{where}.spec.template.spec.containers[{index}].{key}", exc.message
+            ) from None
 
 
 def _port_of(pod: dict[str, Any], services: list[dict[str, Any]]) -> int:

@@ -193,7 +193,7 @@ class ModelService:
         principal.require(Role.VIEWER)
         repo_id = v.normalize_repo_id("repoId", repo, hub_endpoint=self._policy.hub_endpoint)
         revision = v.check_revision("revision", revision)
-        return await self._describe(repo_id, revision, token, field_prefix="")
+        return await self._describe(repo_id, revision, token, field_prefix="", files=False)
 
     async def hub_search(
         self, principal: Principal, query: str, *, limit: int, scan: int | None = None
@@ -215,9 +215,20 @@ class ModelService:
         """Validate, consult the hub (LOCAL), store credentials and the document."""
         principal.require(Role.EDITOR)
         model = await self._build(principal, spec)
+        return await self.store_new(principal, model, _secret_values(spec), name_field="name")
+
+    async def store_new(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        secrets: dict[str, str],
+        *,
+        name_field: str,
+    ) -> ModelDocument:
+        """Store a checked new model: its credentials first, then the document (undoing the
+        first if the second fails); a taken name is a Conflict on ``name_field``."""
         if await self._models.by_name(organization_id=principal.organization_id, name=model.name):
-            raise Conflict("name", f"a model named {model.name!r} already exists")
-        secrets = _secret_values(spec)
+            raise Conflict(name_field, f"a model named {model.name!r} already exists")
         if secrets:
             try:
                 model.secret_ref = await self._secrets.put(
@@ -231,7 +242,7 @@ class ModelService:
             await self._models.insert(model, event=EventType.CREATED)
         except DuplicateKey:
             await self._forget_secret(model.secret_ref)
-            raise Conflict("name", f"a model named {model.name!r} already exists") from None
+            raise Conflict(name_field, f"a model named {model.name!r} already exists") from None
         except BaseException:
             await self._forget_secret(model.secret_ref)
             raise
@@ -333,6 +344,12 @@ class ModelService:
             ),
             created_by=principal.subject,
         )
+        if spec.source.access_mode is AccessMode.ENGINE:
+            raise InvalidInput(
+                "source.accessMode",
+                "an ENGINE model is created with its inference by deployModel (an image and a "
+                "command, or an Ollama model)",
+            )
         if spec.source.access_mode is AccessMode.REMOTE_API:
             await self._remote(model, spec)
         else:
@@ -385,10 +402,18 @@ class ModelService:
         model.message = "waiting for the download to start"
 
     async def _describe(
-        self, repo_id: str, revision: str | None, token: str | None, *, field_prefix: str
+        self,
+        repo_id: str,
+        revision: str | None,
+        token: str | None,
+        *,
+        field_prefix: str,
+        files: bool = True,
     ) -> HubModel:
+        """Hub metadata; ``files``: the repo's files must be readable with ``token`` (a
+        download follows), else only the metadata the hub shows anyone (a preview)."""
         try:
-            return await self._hub.describe(repo_id, revision=revision, token=token)
+            return await self._hub.describe(repo_id, revision=revision, token=token, files=files)
         except HubRepoNotFound as exc:
             raise InvalidInput(
                 f"{field_prefix}url" if field_prefix else "repoId", str(exc)

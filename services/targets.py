@@ -52,7 +52,7 @@ class LocalTargetSpec:
 
 @dataclass(frozen=True, slots=True)
 class PvcTargetSpec:
-    """A claim (created when ``size_gi`` is given) and a directory inside it."""
+    """A claim (created when absent: ``size_gi`` or the server's default) and a directory in it."""
 
     claim_name: str | None = None
     sub_path: str | None = None

@@ -96,10 +96,13 @@ class LeaseDocument(Document):
 
 
 class AccessMode(StrEnum):
-    """How a model is reached: proxied to a remote API, or downloaded and served here."""
+    """How a model is reached: proxied to a remote API, downloaded and served here, or served
+    here by an engine that fetches it itself (``deployModel``: an image and a command, or an
+    Ollama model reference; modelplane downloads nothing)."""
 
     REMOTE_API = "REMOTE_API"
     LOCAL = "LOCAL"
+    ENGINE = "ENGINE"
 
 
 class ModelPhase(StrEnum):
@@ -110,7 +113,7 @@ class ModelPhase(StrEnum):
         LOCAL:       PENDING --> PULLING --> READY
                         |           |
                         +-----------+------> FAILED --(retry)--> PENDING
-        REMOTE_API:  READY (nothing to download)
+        REMOTE_API, ENGINE:  READY (nothing to download)
     """
 
     PENDING = "PENDING"
@@ -146,7 +149,9 @@ class ModelSource(BaseModel):
     """Where a model comes from. The token itself lives in the secret store, never here."""
 
     url: str
-    """Normalised: the repo id for LOCAL, the OpenAI-compatible base URL for REMOTE_API."""
+    """Normalised: the repo id for LOCAL, the OpenAI-compatible base URL for REMOTE_API; for
+    ENGINE what the engine fetches (a vLLM command's ``--model``, the Ollama model) or else
+    the image."""
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
@@ -364,12 +369,18 @@ class Toleration(BaseModel):
 
 
 class AutoscalingSpec(BaseModel):
-    """Replica bounds and the metric that moves between them."""
+    """Replica bounds and the metric that moves between them. The defaults are the
+    organisation API's (AIBrix): ``num_requests_running`` at 40, 1 to 8 replicas, 3 minutes
+    before scaling down."""
 
     min_replicas: int = 1
-    max_replicas: int = 1
-    target_metric: str = "cpu"
-    target_value: int = 80
+    max_replicas: int = 8
+    target_metric: str = "num_requests_running"
+    """``cpu`` or ``memory`` (utilisation percent), else a pod metric the engine exports (vLLM's
+    ``num_requests_running`` by default, what the organisation API's AIBrix autoscaler reads)."""
+    target_value: int = 40
+    scale_down_delay_seconds: int = 180
+    """How long load must stay low before replicas are removed (the organisation API's 3m)."""
 
 
 class LiteLLMSpec(BaseModel):
@@ -377,6 +388,9 @@ class LiteLLMSpec(BaseModel):
 
     mode: str = "WILDCARD"
     """WILDCARD (``*`` to the upstream), SINGLE (the model's name only) or CONFIG (as given)."""
+    model: str | None = None
+    """LiteLLM's model: ``provider/name`` (SINGLE) or ``provider/*`` / ``*`` (WILDCARD); None:
+    ``openai/<name>`` / ``openai/*``."""
     config_yaml: str | None = None
     api_key_secret_name: str | None = None
     api_key_secret_key: str | None = None
@@ -413,6 +427,9 @@ class InferenceSpec(BaseModel):
     env: list[EnvVarSpec] = Field(default_factory=list)
     autoscaling: AutoscalingSpec | None = None
     litellm: LiteLLMSpec | None = None
+    service_monitor: bool | None = None
+    """A Prometheus ServiceMonitor: True required (refused without its CRD), False never, None
+    when the cluster has the CRD."""
 
 
 class PhaseEntry(BaseModel):
@@ -437,7 +454,8 @@ class InferenceDocument(Document):
     model_name: str
     """The name clients use (the gateway routes on it; vLLM's ``--served-model-name``)."""
     name: str
-    """Kubernetes object name / local process key (``inf-<id>``)."""
+    """Kubernetes object name: the model's name, suffixed when taken (:mod:`services.naming`);
+    ``inf-<id>`` for inferences created before, kept for their life."""
     active_key: str
     """``model_id`` (or the id) while the document lives; ``<id>#deleted`` once deleted."""
     managed: bool = True

@@ -124,7 +124,8 @@ class LocalTarget(_Target):
 
 
 class PvcTarget(_Target):
-    """A PersistentVolumeClaim, created by modelplane when ``size_gi`` is given."""
+    """A PersistentVolumeClaim, created by modelplane when it does not exist (``size_gi``, else
+    the server's default size); an existing one is used as it is."""
 
     shared_volume: ClassVar[bool] = True
 

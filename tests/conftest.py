@@ -27,7 +27,7 @@ from storage.documents import Role
 from testbed import servers
 from testbed.hub import LocalHub, RunningHub, running_hub
 
-pytest_plugins = ["tests.cluster_fixtures"]
+pytest_plugins = ["tests.cluster_fixtures", "tests.git_fixtures"]
 
 HUB_TOKEN = "hf_testbedgrantedtoken0001"
 

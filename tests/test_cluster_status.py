@@ -166,6 +166,9 @@ async def test_local_runtime_has_no_cluster(running_app: RunningApp) -> None:
             "podAutoscaler": False,
             "kserve": False,
             "gpuOperator": False,
+            "kuberay": False,
+            "envoyGateway": False,
+            "customMetrics": False,
         },
         "gpuNodes": [],  # this machine has no nvidia-smi
         "totalGpus": 0,
@@ -279,42 +282,24 @@ async def test_gpu_nodes_and_free_gpus(
     assert [row["gpuType"] for row in asked["gpuFit"]["rows"]] == ["NVIDIA-A100-SXM4-80GB"]
 
 
-SERVICE_MONITORS = "servicemonitors.monitoring.coreos.com"
-
-
-async def _service_monitor_flag(app: RunningApp, wanted: bool) -> bool:
-    for _ in range(100):
-        if (await status(app))["integrations"]["serviceMonitor"] is wanted:
-            return True
-        await asyncio.sleep(0.1)
-    return False
-
-
-async def test_an_installed_crd_turns_its_integration_on(kube_app: RunningApp) -> None:
-    found = await status(kube_app)
-    assert found["integrations"] == {
-        "serviceMonitor": False,
-        "podAutoscaler": False,
-        "kserve": False,
-        "gpuOperator": False,
-    }
-    extensions = k8s.ApiextensionsV1Api(_api(kube_app))
-    crd: dict[str, Any] = {
+def crd_body(group: str, plural: str, kind: str, *, version: str = "v1") -> dict[str, Any]:
+    """A minimal CustomResourceDefinition of ``kind`` (any object accepted)."""
+    return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": SERVICE_MONITORS},
+        "metadata": {"name": f"{plural}.{group}"},
         "spec": {
-            "group": "monitoring.coreos.com",
+            "group": group,
             "scope": "Namespaced",
             "names": {
-                "plural": "servicemonitors",
-                "singular": "servicemonitor",
-                "kind": "ServiceMonitor",
-                "listKind": "ServiceMonitorList",
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "listKind": f"{kind}List",
             },
             "versions": [
                 {
-                    "name": "v1",
+                    "name": version,
                     "served": True,
                     "storage": True,
                     "schema": {
@@ -327,18 +312,58 @@ async def test_an_installed_crd_turns_its_integration_on(kube_app: RunningApp) -
             ],
         },
     }
-    await extensions.create_custom_resource_definition(crd)  # type: ignore[arg-type]  # a dict body is accepted and serialised as is
+
+
+CRDS = {
+    "serviceMonitor": ("monitoring.coreos.com", "servicemonitors", "ServiceMonitor", "v1"),
+    "podAutoscaler": ("autoscaling.aibrix.ai", "podautoscalers", "PodAutoscaler", "v1alpha1"),
+    "kuberay": ("ray.io", "rayclusters", "RayCluster", "v1"),
+    "envoyGateway": ("gateway.envoyproxy.io", "envoyproxies", "EnvoyProxy", "v1alpha1"),
+}
+"""Integration flag -> the CRD (group, plural, kind, version) whose presence turns it on."""
+
+
+async def _flag(app: RunningApp, flag: str, wanted: bool) -> bool:
+    for _ in range(100):
+        if (await status(app))["integrations"][flag] is wanted:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def remove_crd(extensions: k8s.ApiextensionsV1Api, name: str) -> None:
     try:
-        assert await _service_monitor_flag(kube_app, True)
+        await extensions.delete_custom_resource_definition(name)
+    except ApiException as exc:  # pragma: no cover - already gone
+        if exc.status != 404:
+            raise
+
+
+@pytest.mark.parametrize("flag", list(CRDS))
+async def test_an_installed_crd_turns_its_integration_on(kube_app: RunningApp, flag: str) -> None:
+    """Each integration (AIBrix, Prometheus Operator, KubeRay, Envoy Gateway) is found by its
+    CRD once the API server serves it, and only that one."""
+    found = await status(kube_app)
+    assert found["integrations"] == {
+        "serviceMonitor": False,
+        "podAutoscaler": False,
+        "kserve": False,
+        "gpuOperator": False,
+        "kuberay": False,
+        "envoyGateway": False,
+        "customMetrics": False,
+    }
+    extensions = k8s.ApiextensionsV1Api(_api(kube_app))
+    group, plural, kind, version = CRDS[flag]
+    body = crd_body(group, plural, kind, version=version)
+    await extensions.create_custom_resource_definition(body)  # type: ignore[arg-type]  # a dict body is accepted and serialised as is
+    try:
+        assert await _flag(kube_app, flag, True)
         found = await status(kube_app)
-        assert found["integrations"]["podAutoscaler"] is False
+        assert [name for name, on in found["integrations"].items() if on] == [flag]
     finally:
-        try:
-            await extensions.delete_custom_resource_definition(SERVICE_MONITORS)
-        except ApiException as exc:  # pragma: no cover - already gone
-            if exc.status != 404:
-                raise
-    assert await _service_monitor_flag(kube_app, False)
+        await remove_crd(extensions, body["metadata"]["name"])
+    assert await _flag(kube_app, flag, False)
 
 
 async def test_a_service_account_without_the_cluster_role_is_told_what_is_missing(

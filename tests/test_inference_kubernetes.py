@@ -127,13 +127,15 @@ async def wait_inference(
     )
 
 
-async def wait_gone(apps: k8s.AppsV1Api, core: k8s.CoreV1Api, ns: str, name: str) -> None:
+async def wait_gone(
+    apps: k8s.AppsV1Api, core: k8s.CoreV1Api, ns: str, name: str, owner: str
+) -> None:
     deadline = time.monotonic() + 60
     while True:
         deployments = await apps.list_namespaced_deployment(
             ns, field_selector=f"metadata.name={name}"
         )
-        pods = await core.list_namespaced_pod(ns, label_selector=f"modelplane.io/owner-id={name}")
+        pods = await core.list_namespaced_pod(ns, label_selector=f"modelplane.io/owner-id={owner}")
         services = await core.list_namespaced_service(ns, field_selector=f"metadata.name={name}")
         if not deployments.items and not pods.items and not services.items:
             return
@@ -175,15 +177,35 @@ async def test_start_runs_on_a_gpu_node_and_stop_removes_everything(
     )
     stopped = await wait_inference(cluster_app, inference["id"], {"STOPPED"})
     assert stopped["endpoint"] is None
-    await wait_gone(apps, core, gpu_namespace, inference["id"])
+    await wait_gone(apps, core, gpu_namespace, inference["name"], inference["id"])
     phases = [entry["phase"] for entry in stopped["phaseHistory"]]
     assert "RUNNING" in phases
     assert phases[-1] == "STOPPED"
 
 
+@pytest.fixture
+async def unrefusing_app(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    kube_control_plane: servers.KubeControlPlane,
+    gpu_namespace: str,
+) -> AsyncIterator[RunningApp]:
+    """A cluster whose node autoscaler would add bigger GPU nodes: nothing refused up front."""
+    settings = cluster_settings(tmp_path, mongo_uri, hub, kube_control_plane, gpu_namespace)
+    async with serve_app(
+        settings.model_copy(update={"refuse_unfit_gpus": False}), mongo_client
+    ) as running:
+        yield running
+
+
 async def test_two_gpus_on_one_gpu_nodes_is_pending_with_the_reason(
-    cluster_app: RunningApp,
+    unrefusing_app: RunningApp,
 ) -> None:
+    """With ``MODELPLANE_REFUSE_UNFIT_GPUS=false`` (refused up front otherwise:
+    tests/test_fidelity_k8s.py) the inference waits PENDING and says why."""
+    cluster_app = unrefusing_app
     model = await ready_model(cluster_app)
     inference = await start(cluster_app, model.id, {"resources": {"gpu": 2}})
     pending = await wait_inference(cluster_app, inference["id"], {"PENDING", "RUNNING"})

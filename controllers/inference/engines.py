@@ -14,11 +14,17 @@ Engines:
   ``--tensor-parallel-size`` for several GPUs). A user-supplied command must carry
   ``--served-model-name <name>``: the gateway routes on that name.
 * **OLLAMA** serves ``hf.co/<repo>`` (or the tag the user names): an init step pulls it and
-  copies it to the model's name, so clients ask for the same name on every engine.
+  copies it to the model's name, so clients ask for the same name on every engine. An ENGINE
+  model (``deployModel``) names an Ollama model (``smollm2:135m``) and downloads nothing first.
 * **LITELLM_PROXY** a LiteLLM proxy in front of an OpenAI-compatible upstream (a REMOTE_API
   model's URL, key from the model's Secret): every model (WILDCARD), only this model's name
-  (SINGLE), or the user's own config (CONFIG). Needs no GPU.
-* **CUSTOM** the user's image and command.
+  (SINGLE), or the user's own config (CONFIG); routes in :mod:`.proxying`. Needs no GPU.
+* **CUSTOM** the user's image and command. One that runs vLLM obeys vLLM's served-name rule
+  (:mod:`.commands`).
+
+Weights: a LOCAL model's engine reads downloaded weights and runs with ``HF_HUB_OFFLINE=1``.
+An ENGINE model's engine fetches its model itself: no ``HF_HUB_OFFLINE``, and the model's hub
+token (if given) as ``HF_TOKEN`` from the model's Secret (a ``secretKeyRef``, never a value).
 
 Invalid combinations raise :class:`EnginePlanError` naming the input field, so the same checks
 answer ``startInference`` (as a ValidationError) and the controller (as FAILED).
@@ -31,8 +37,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-import yaml
-
+from controllers.inference.commands import SERVED_NAME_FLAG, check_served_name
+from controllers.inference.commands import EnginePlanError as EnginePlanError  # noqa: PLC0414
+from controllers.inference.commands import served_name_in as served_name_in  # noqa: PLC0414
+from controllers.inference.proxying import litellm_config as litellm_config  # noqa: PLC0414
 from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from storage.documents import (
     AccessMode,
@@ -47,7 +55,10 @@ from storage.documents import (
 WEIGHTS_MOUNT = "/weights"
 CONFIG_MOUNT = "/etc/modelplane"
 OLLAMA_HOME = "/root/.ollama"
-SERVED_NAME_FLAG = "--served-model-name"
+OLLAMA_PORT = 11434
+"""Ollama's own port: the default of an OLLAMA inference on Kubernetes."""
+_OLLAMA_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[\w.-]+)?")
+MAX_OLLAMA_MODEL = 200
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 _RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
@@ -79,15 +90,6 @@ MAX_ENV_NAME = 128
 MAX_ENV_VALUE_BYTES = 16 * 1024
 MAX_ENV_TOTAL_BYTES = 256 * 1024
 """All values together: well inside a Kubernetes object (etcd takes about 1.5 MiB)."""
-
-
-class EnginePlanError(Exception):
-    """The inference cannot be planned as asked; ``field`` names the input to change."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +155,12 @@ class EnginePlan:
 
 
 def default_engine(model: ModelDocument) -> InferenceEngine | None:
-    """VLLM for downloaded models; None (a gateway route) for REMOTE_API models."""
-    return None if model.source.access_mode is AccessMode.REMOTE_API else InferenceEngine.VLLM
+    """VLLM for downloaded models; None (a gateway route) for REMOTE_API models; CUSTOM (the
+    image and command given) for ENGINE models."""
+    mode = model.source.access_mode
+    if mode is AccessMode.ENGINE:
+        return InferenceEngine.CUSTOM
+    return None if mode is AccessMode.REMOTE_API else InferenceEngine.VLLM
 
 
 def check_env(env: list[EnvVarSpec], *, own_secret: str | None) -> None:
@@ -260,14 +266,33 @@ def host_program_field(spec: InferenceSpec) -> str | None:
     return next((where for picked, where in chosen if picked), None)
 
 
-def served_name_in(argv: list[str]) -> str | None:
-    """The value of ``--served-model-name`` in a command line, if present."""
-    for index, token in enumerate(argv):
-        if token == SERVED_NAME_FLAG and index + 1 < len(argv):
-            return argv[index + 1]
-        if token.startswith(SERVED_NAME_FLAG + "="):
-            return token.split("=", 1)[1]
-    return None
+def check_ollama_model(reference: str | None) -> None:
+    """An Ollama model reference: ``name[:tag]``, ``namespace/name[:tag]`` or
+    ``hf.co/org/repo[:quant]``, at most :data:`MAX_OLLAMA_MODEL` characters."""
+    if reference is None:
+        return
+    if len(reference) > MAX_OLLAMA_MODEL or not _OLLAMA_MODEL.fullmatch(reference):
+        raise EnginePlanError(
+            "input.ollamaModel",
+            f"{reference[:MAX_OLLAMA_MODEL]!r} is not an Ollama model reference "
+            "(`name[:tag]`, e.g. `smollm2:135m`, or `hf.co/<org>/<repo>[:quant]`)",
+        )
+
+
+def hub_env(model: ModelDocument, secret_name: str | None) -> list[EnvVarSpec]:
+    """What an engine is told about the hub: offline for downloaded weights (LOCAL); for an
+    ENGINE model, which fetches its own, the model's hub token from its Secret, if any."""
+    if model.source.access_mode is not AccessMode.ENGINE:
+        return [EnvVarSpec(name="HF_HUB_OFFLINE", value="1")]
+    if not model.source.has_token:
+        return []
+    return [EnvVarSpec(name="HF_TOKEN", secret_name=secret_name, secret_key=HF_TOKEN_KEY)]
+
+
+def _with_hub_env(env: list[EnvVarSpec], extra: list[EnvVarSpec]) -> list[EnvVarSpec]:
+    """``env`` plus ``extra``, the user's own variable winning over ours of the same name."""
+    own = {var.name for var in env}
+    return [*env, *(var for var in extra if var.name not in own)]
 
 
 def plan_engine(
@@ -284,6 +309,7 @@ def plan_engine(
     """The engine to run for ``spec`` (see the module docstring); raises EnginePlanError."""
     check_env(spec.env, own_secret=model.secret_ref)
     check_litellm_secret(spec, model)
+    check_ollama_model(spec.ollama_model)
     engine = spec.engine
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")
@@ -303,7 +329,7 @@ def plan_engine(
         return _vllm(spec, model, placement, local=local, images=images, secret_name=secret_name)
     if engine is InferenceEngine.OLLAMA:
         return _ollama(spec, model, placement, local=local, images=images, secret_name=secret_name)
-    return _custom(spec, placement, local=local, secret_name=secret_name)
+    return _custom(spec, model, placement, local=local, secret_name=secret_name)
 
 
 def _host(local: bool) -> str:
@@ -380,15 +406,15 @@ def _vllm(
     secret_name: str | None,
 ) -> EnginePlan:
     if spec.command or spec.args:
-        argv = [*(spec.command or []), *(spec.args or [])]
-        expected = f"{SERVED_NAME_FLAG} {model.name}"
-        if served_name_in(argv) != model.name:
+        command, args = list(spec.command or []), list(spec.args or [])
+        check_served_name(command, args, model.name, image=spec.image, always=True)
+    else:
+        if model.source.access_mode is AccessMode.ENGINE:
             raise EnginePlanError(
                 "input.command",
-                f"a vLLM command must serve the model under its name: add {expected!r}",
+                f"{model.name} is served by its engine, which fetches it: give a command "
+                f"(e.g. `vllm serve <repo> {SERVED_NAME_FLAG} {model.name}`)",
             )
-        command, args = list(spec.command or []), list(spec.args or [])
-    else:
         if placement is None:
             raise EnginePlanError("modelId", f"{model.name} has no weights to serve")
         command = ["vllm", "serve"]
@@ -412,12 +438,26 @@ def _vllm(
         args=args,
         port=spec.port,
         health_path=spec.health_path or "/health",
-        env=[*spec.env, EnvVarSpec(name="HF_HUB_OFFLINE", value="1")],
+        env=_with_hub_env(spec.env, hub_env(model, secret_name)),
         gpu=spec.gpu,
         weights=placement,
         prepare=_prepare_s3(placement, images, secret_name),
         secret_name=secret_name,
     )
+
+
+def _ollama_source(spec: InferenceSpec, model: ModelDocument) -> str:
+    """What Ollama pulls: ``ollamaModel``; else an ENGINE model's own reference, or a LOCAL
+    model's repo on the hub (``hf.co/<repo>``)."""
+    if model.source.access_mode is not AccessMode.ENGINE:
+        return spec.ollama_model or f"hf.co/{model.source.url}"
+    source = spec.ollama_model or model.source.url
+    if not source:
+        raise EnginePlanError(
+            "input.ollamaModel", "name the Ollama model to pull and serve (`smollm2:135m`)"
+        )
+    check_ollama_model(source)
+    return source
 
 
 def _ollama(
@@ -429,7 +469,7 @@ def _ollama(
     images: EngineImages,
     secret_name: str | None,
 ) -> EnginePlan:
-    source = spec.ollama_model or f"hf.co/{model.source.url}"
+    source = _ollama_source(spec, model)
     name = shlex.quote(model.name)
     pull = f"ollama pull {shlex.quote(source)} && ollama cp {shlex.quote(source)} {name}"
     host = f"{_host(local)}:{spec.port}"
@@ -479,48 +519,6 @@ def _ollama(
     )
 
 
-def litellm_config(spec: InferenceSpec, model: ModelDocument) -> str:
-    """The proxy's config file for the spec's mode (CONFIG: the user's, checked)."""
-    litellm = spec.litellm
-    mode = litellm.mode if litellm else "WILDCARD"
-    if mode == "CONFIG":
-        text = litellm.config_yaml if litellm else None
-        if not text:
-            raise EnginePlanError("input.litellm.configYaml", "CONFIG mode needs configYaml")
-        try:
-            parsed = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise EnginePlanError(
-                "input.litellm.configYaml", f"not valid YAML: {str(exc).splitlines()[0]}"
-            ) from None
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("model_list"), list):
-            raise EnginePlanError(
-                "input.litellm.configYaml", "a LiteLLM config needs a model_list list"
-            )
-        return text
-    if model.source.access_mode is not AccessMode.REMOTE_API:
-        raise EnginePlanError(
-            "input.litellm.mode",
-            f"{mode} proxies a REMOTE_API model's upstream; {model.name} is downloaded: use "
-            "CONFIG with your own model_list, or another engine",
-        )
-    params: dict[str, object] = {"api_base": model.source.url}
-    if model.source.has_token:
-        params["api_key"] = "os.environ/UPSTREAM_API_KEY"
-    if mode == "WILDCARD":
-        entries = [{"model_name": "*", "litellm_params": {"model": "openai/*", **params}}]
-    elif mode == "SINGLE":
-        entries = [
-            {
-                "model_name": model.name,
-                "litellm_params": {"model": f"openai/{model.name}", **params},
-            }
-        ]
-    else:
-        raise EnginePlanError("input.litellm.mode", f"unknown mode {mode!r}")
-    return yaml.safe_dump({"model_list": entries}, sort_keys=False)
-
-
 def _litellm(
     spec: InferenceSpec,
     model: ModelDocument,
@@ -563,6 +561,7 @@ def _litellm(
 
 def _custom(
     spec: InferenceSpec,
+    model: ModelDocument,
     placement: WeightsPlacement | None,
     *,
     local: bool,
@@ -572,14 +571,18 @@ def _custom(
         raise EnginePlanError("input.command", "CUSTOM on the local runtime needs a command")
     if not local and not spec.image:
         raise EnginePlanError("input.image", "CUSTOM needs an image")
+    command, args = list(spec.command or []), list(spec.args or [])
+    check_served_name(command, args, model.name, image=spec.image, always=False)
     env = list(spec.env)
+    if model.source.access_mode is AccessMode.ENGINE:
+        env = _with_hub_env(env, hub_env(model, secret_name))
     if placement is not None and all(var.name != "MODEL_PATH" for var in env):
         env.append(EnvVarSpec(name="MODEL_PATH", value=placement.path))
     return EnginePlan(
         engine=InferenceEngine.CUSTOM,
         image=spec.image,
-        command=list(spec.command or []),
-        args=list(spec.args or []),
+        command=command,
+        args=args,
         port=spec.port,
         health_path=spec.health_path or "/health",
         env=env,

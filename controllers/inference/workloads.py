@@ -133,6 +133,10 @@ class InferenceRuntime(Protocol):
     async def unmanaged(self) -> list[Obj]:
         """Deployments with our labels (the service keeps those without a document)."""
 
+    async def name_taken(self, name: str, owner_id: str) -> bool:
+        """Whether the runtime holds a workload object called ``name`` that is not
+        ``owner_id``'s (the service then names the inference otherwise)."""
+
 
 class InferenceExecutor(Protocol):
     """Runs inference workloads for the leader's controller."""

@@ -122,6 +122,11 @@ class Integrations:
     pod_autoscaler: bool = False
     kserve: bool = False
     gpu_operator: bool = False
+    kuberay: bool = False
+    envoy_gateway: bool = False
+    custom_metrics: bool = False
+    """A custom metrics API (``custom.metrics.k8s.io``, e.g. prometheus-adapter) is served, so
+    a HorizontalPodAutoscaler can scale on a pod metric."""
 
 
 INTEGRATION_RESOURCES: Mapping[str, tuple[str, str]] = {
@@ -129,8 +134,12 @@ INTEGRATION_RESOURCES: Mapping[str, tuple[str, str]] = {
     "pod_autoscaler": ("autoscaling.aibrix.ai", "podautoscalers"),
     "kserve": ("serving.kserve.io", "inferenceservices"),
     "gpu_operator": ("nvidia.com", "clusterpolicies"),
+    "kuberay": ("ray.io", "rayclusters"),
+    "envoy_gateway": ("gateway.envoyproxy.io", "envoyproxies"),
 }
 """Integration flag -> (API group, plural resource) whose presence means it is installed."""
+INTEGRATION_GROUPS: Mapping[str, str] = {"custom_metrics": "custom.metrics.k8s.io"}
+"""Integration flag -> an aggregated API group whose presence alone means it is served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +153,41 @@ class ClusterInventory:
     integrations: Integrations = field(default_factory=Integrations)
     problems: tuple[str, ...] = ()
     """Parts that could not be read (no permission, server unreachable), for a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOffer:
+    """What the runtime could ever give one replica, read without the pod list: GPU nodes by
+    allocatable (``requested`` left 0) and the integrations. None where it is not known (a list
+    the service account may not read; a local host without ``nvidia-smi``)."""
+
+    kind: str
+    gpu_nodes: tuple[GpuNode, ...] | None
+    integrations: Integrations | None
+
+
+async def read_offer(runtime: Runtime) -> ClusterOffer:
+    """The :class:`ClusterOffer` of ``runtime``: a node list and API discovery on Kubernetes,
+    ``nvidia-smi`` on the local runtime (which has no integrations)."""
+    if not isinstance(runtime, KubernetesRuntime):
+        return ClusterOffer(
+            kind=runtime.kind, gpu_nodes=(await local_gpus()) or None, integrations=Integrations()
+        )
+    nodes: tuple[GpuNode, ...] | None = None
+    integrations: Integrations | None = None
+    try:
+        nodes = tuple(
+            _gpu_node(node, {})
+            for node in await _list_raw(k8s.CoreV1Api(runtime.api).list_node)
+            if _count(((node.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)) > 0
+        )
+    except (ApiException, aiohttp.ClientError, TimeoutError):
+        nodes = None
+    try:
+        integrations = await _integrations(runtime.api)
+    except (ApiException, aiohttp.ClientError, TimeoutError):
+        integrations = None
+    return ClusterOffer(kind=runtime.kind, gpu_nodes=nodes, integrations=integrations)
 
 
 async def read_inventory(runtime: Runtime) -> ClusterInventory:
@@ -309,6 +353,8 @@ async def _integrations(api: k8s.ApiClient) -> Integrations:
             if any(r.name == plural for r in resources.resources or []):
                 found[flag] = True
                 break
+    for flag, group in INTEGRATION_GROUPS.items():
+        found[flag] = bool(versions.get(group))
     return Integrations(**found)
 
 

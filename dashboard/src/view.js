@@ -29,6 +29,13 @@ function phaseBadge(phase, message) {
   return h(`span.badge.phase-${value.toLowerCase()}`, { title: message ?? value }, value);
 }
 
+/** What each access mode means, under the source. */
+const SOURCE_KINDS = {
+  LOCAL: 'Hugging Face · local weights',
+  REMOTE_API: 'remote API',
+  ENGINE: 'fetched by its engine',
+};
+
 function sourceCell(model) {
   const source = model.source;
   return h(
@@ -36,7 +43,7 @@ function sourceCell(model) {
     {},
     h('span.mono', {}, source.url),
     source.revision ? h('span.chip', { title: 'revision' }, source.revision) : null,
-    h('div.sub', {}, source.accessMode === 'LOCAL' ? 'Hugging Face · local weights' : 'remote API'),
+    h('div.sub', {}, SOURCE_KINDS[source.accessMode] || source.accessMode),
   );
 }
 

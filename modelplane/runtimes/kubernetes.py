@@ -68,6 +68,7 @@ class KubernetesParts:
                 mongodb_database=settings.mongodb_database,
                 mongodb_secret=settings.download_mongodb_secret,
                 pvc_mount_path=str(settings.pvc_mount_path),
+                pvc_default_size_gi=settings.pvc_default_size_gi,
                 service_account=settings.download_service_account,
                 cpu_limit=settings.download_cpu_limit,
                 memory_limit=settings.download_memory_limit,

@@ -55,8 +55,13 @@ REFUSED_REASONS = frozenset({"Forbidden", "Invalid", "BadRequest", "AdmissionDen
 """Reasons :func:`refused` gives a permanent refusal (the decision leaves them alone)."""
 
 
+EVENT_KINDS = frozenset({"Pod", "ReplicaSet", "Deployment"})
+"""The objects whose events an inference's status reads (kept by the events informer)."""
+
+
 def inference_key(name: str) -> str | None:
-    """The inference id in an object's name (``inf-abc12``, ``inf-abc12-7d9f-x2`` for pods)."""
+    """The inference id in a legacy object's name (``inf-abc12``, ``inf-abc12-7d9f-x2`` for
+    pods): inferences created before workloads were named after their model."""
     parts = name.split("-")
     if len(parts) >= 2 and parts[0] == "inf":
         return f"{parts[0]}-{parts[1]}"
@@ -126,6 +131,22 @@ class KubernetesInferenceRuntime:
             raise
         return str(text).splitlines()[-tail:] if text else []
 
+    async def name_taken(self, name: str, owner_id: str) -> bool:
+        """Whether a Deployment or Service called ``name`` exists that is not ``owner_id``'s
+        (one that cannot be read counts as taken)."""
+        for read in (self._apps.read_namespaced_deployment, self._core.read_namespaced_service):
+            try:
+                found = await read(name, self._namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                return True
+            except (aiohttp.ClientError, TimeoutError):
+                return True
+            if (found.metadata.labels or {}).get(OWNER_ID) != owner_id:
+                return True
+        return False
+
     async def unmanaged(self) -> list[Obj]:
         """Labelled Deployments; none (logged) when the API server cannot list them: the
         stored inferences still list."""
@@ -185,10 +206,9 @@ class KubernetesInferenceExecutor:
             self._core.list_namespaced_event,
             namespace=namespace,
             on_event=self._on_event,
-            keep=lambda e: (
-                inference_key(str(e.get("involvedObject", {}).get("name", ""))) is not None
-            ),
+            keep=lambda e: e.get("involvedObject", {}).get("kind") in EVENT_KINDS,
         )
+        self._owner_by_pod: dict[str, str] = {}
 
     @property
     def informers(self) -> list[Informer]:
@@ -214,11 +234,25 @@ class KubernetesInferenceExecutor:
         if kind == "DELETED":
             pods.pop(name, None)
             self._events.pop(name, None)
+            self._owner_by_pod.pop(name, None)
             if not pods:
                 self._pods_by_owner.pop(owner, None)
         else:
             pods[name] = obj
+            self._owner_by_pod[name] = owner
         self._notify(owner)
+
+    def _owner_of(self, name: str) -> str | None:
+        """The inference owning the pod, ReplicaSet or Deployment ``name``, by labels (names
+        are the model's, no longer ``inf-<id>``), else a legacy name's id."""
+        owner = self._owner_by_pod.get(name)
+        if owner is None:
+            for candidate in (name, name.rsplit("-", 1)[0]):  # a Deployment, a ReplicaSet's
+                labels = self.deployments.items.get(candidate, {}).get("metadata", {})
+                owner = (labels.get("labels") or {}).get(OWNER_ID)
+                if owner:
+                    break
+        return owner or inference_key(name)
 
     def _on_event(self, kind: str, obj: Obj) -> None:
         if kind == "DELETED":
@@ -235,7 +269,7 @@ class KubernetesInferenceExecutor:
                 del recent[index]
                 break
         recent.append(obj)
-        key = inference_key(name)
+        key = self._owner_of(name)
         if key:
             self._notify(key)
 

@@ -6,8 +6,11 @@ For each downloading Weights one Job, named after the weights and the attempt
 same attempt cannot exist. The Job's pod runs ``modelplane download --weights-id ...`` from the
 project image. Credentials reach it only through ``secretKeyRef`` env entries (the model's
 credentials Secret and the MongoDB URI Secret); the Job spec never holds a value. The weights
-volume is the model's PVC (created when the target gives a size) or, for LOCAL targets, a
-hostPath under an allowed root. :func:`job_execution` turns a Job and its pods into an
+volume is the model's PVC or, for LOCAL targets, a hostPath under an allowed root. A PVC target's
+claim that does not exist is created, with the target's size or, without one, the default
+(``MODELPLANE_PVC_DEFAULT_SIZE_GI``, 20 as the organisation API's ``storage_size``); an
+existing claim is used as it is (never resized), unless these weights created it with a size.
+:func:`job_execution` turns a Job and its pods into an
 :class:`~controllers.downloads.executions.Execution`: ImagePullBackOff, OOMKilled,
 DeadlineExceeded, unschedulable pods and repeated failures each get their reason.
 """
@@ -72,6 +75,8 @@ class JobTemplate:
     backoff_limit: int = 2
     download_env: tuple[tuple[str, str], ...] = ()
     """Downloader knobs passed through (``MODELPLANE_DOWNLOAD_*``)."""
+    pvc_default_size_gi: int = 20
+    """Size of a claim created for a PVC target that gives none."""
 
 
 def job_name(weights_id: str, attempt: int) -> str:
@@ -250,14 +255,18 @@ def render_clean_job(
     )
 
 
-def render_claim(weights: WeightsDocument, *, namespace: str) -> dict[str, Any] | None:
-    """The PVC to create for a PVC target that names a size (None: use an existing claim)."""
+def render_claim(
+    weights: WeightsDocument, *, namespace: str, default_size_gi: int = 20
+) -> dict[str, Any] | None:
+    """The PVC to create for a PVC target (its size, else ``default_size_gi``); None for other
+    targets."""
     target = weights.target
-    if target.kind is not TargetKind.PVC or target.size_gi is None:
+    if not isinstance(target, PvcTarget):
         return None
+    size = target.size_gi if target.size_gi is not None else default_size_gi
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": f"{target.size_gi}Gi"}},
+        "resources": {"requests": {"storage": f"{size}Gi"}},
     }
     if target.storage_class:
         spec["storageClassName"] = target.storage_class
@@ -289,12 +298,7 @@ def claim_refusal(
         return None  # only a claim can be refused
     name = weights.target.claim_name
     if labels is None:
-        if weights.target.size_gi is not None:
-            return None  # created by this download
-        return (
-            f"PersistentVolumeClaim {name} does not exist in namespace {namespace}; "
-            "create it or give sizeGi"
-        )
+        return None  # created by this download (with the default size when none is given)
     if labels.get(ORGANIZATION_ID) != weights.organization_id:
         return (
             f"PersistentVolumeClaim {name} exists in namespace {namespace} and is not labelled "

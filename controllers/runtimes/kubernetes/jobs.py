@@ -172,8 +172,15 @@ class JobExecutor:
             refusal = claim_refusal(weights, labels, namespace=self._namespace)
             if refusal is not None:
                 return Execution(active=False, failure=refusal)
-            claim = render_claim(weights, namespace=self._namespace)
-            if claim is not None and (labels is None or labels.get(OWNER_ID) == weights.id):
+            claim = render_claim(
+                weights,
+                namespace=self._namespace,
+                default_size_gi=self._template.pvc_default_size_gi,
+            )
+            # A missing claim is created; an existing one is used as it is, unless these weights
+            # created it with a size of their own (applying it again is then a no-op).
+            ours = labels is not None and labels.get(OWNER_ID) == weights.id
+            if claim is not None and (labels is None or (ours and weights.target.size_gi)):
                 await self._apply(self._core.patch_namespaced_persistent_volume_claim, claim)
         await self._delete_jobs(weights.id, keep_attempt=weights.attempt)
         job = render_job(model, weights, self._template, namespace=self._namespace)
@@ -212,8 +219,9 @@ class JobExecutor:
                     raise
 
     async def _delete_own_claim(self, weights: WeightsDocument) -> bool:
-        """Delete the claim we created for these weights (its data goes with it)."""
-        if weights.target.kind is not TargetKind.PVC or weights.target.size_gi is None:
+        """Delete the claim we created for these weights (its data goes with it): the one
+        labelled with their id, with or without a size given."""
+        if weights.target.kind is not TargetKind.PVC:
             return False
         name = weights.target.claim_name or ""
         try:

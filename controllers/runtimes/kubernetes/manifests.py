@@ -1,22 +1,25 @@
 """The Kubernetes objects of a managed inference, rendered from an engine plan (pure).
 
-One Deployment (``inf-<id>``: GPUs as ``nvidia.com/gpu`` limits, the weights volume, init
-steps, a readiness probe on the engine's health path), one ClusterIP Service on the engine's
-port, a ConfigMap when the engine reads a config file, and -- only when the cluster has their
-CRDs -- a ServiceMonitor and an autoscaler (AIBrix PodAutoscaler if installed, else an HPA).
-Every object carries our labels (docs/architecture.md decision 2) with the inference id as owner,
-and is written with server-side apply, so rendering the same inference twice applies nothing
+One Deployment (named after the model, :mod:`services.naming`; GPUs as ``nvidia.com/gpu``
+limits, the weights volume, init steps, a readiness probe on the engine's health path), one
+ClusterIP Service on the engine's port, a ConfigMap when the engine reads a config file, and --
+only when the cluster has their CRDs -- a ServiceMonitor and an autoscaler (AIBrix
+PodAutoscaler if installed, else an HPA). Every object carries our labels
+(docs/architecture.md decision 2) with the inference id as owner, plus AIBrix's
+``model.aibrix.ai/name`` (and, on the Deployment and its pods, ``model.aibrix.ai/port``), and is
+written with server-side apply, so rendering the same inference twice applies nothing
 new. With an autoscaler the Deployment leaves ``replicas`` to it instead of fighting it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from controllers.inference.engines import CONFIG_MOUNT, OLLAMA_HOME, EnginePlan
 from controllers.runtimes.kubernetes.labels import OWNER_ID, owned_labels
-from storage.documents import EnvVarSpec, InferenceDocument, TargetKind
+from storage.documents import AutoscalingSpec, EnvVarSpec, InferenceDocument, TargetKind
 
 COMPONENT = "inference"
 MODEL_ID = "modelplane.io/model-id"
@@ -24,6 +27,15 @@ GENERATION = "modelplane.io/generation"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 ENGINE_CONTAINER = "engine"
+AIBRIX_MODEL = "model.aibrix.ai/name"
+"""The label AIBrix's gateway and autoscaler find a model's pods by (the served model name)."""
+AIBRIX_PORT = "model.aibrix.ai/port"
+"""The label telling AIBrix which port the engine serves (and exports metrics) on."""
+AIBRIX_COOLDOWN = "autoscaling.aibrix.ai/scale-down-cooldown-window"
+AIBRIX_KPA_DELAY = "kpa.autoscaling.aibrix.ai/scale-down-delay"
+"""The scale-down delay under its current name and under the name AIBrix releases before the
+layered autoscaler read (and the organisation API wrote); each release ignores the other."""
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +51,21 @@ def endpoint_for(inference: InferenceDocument, *, namespace: str, port: int) -> 
     return f"http://{inference.name}.{namespace}.svc.cluster.local:{port}/v1"
 
 
+def label_value(text: str) -> str:
+    """``text`` as a label value: at most 63 of ``[A-Za-z0-9._-]``, alphanumeric at both ends."""
+    cleaned = _LABEL_VALUE_BAD.sub("-", text)[:63]
+    return cleaned.strip("-._")
+
+
 def labels_for(inference: InferenceDocument) -> dict[str, str]:
-    """Our labels, with the inference as owner and its model alongside."""
+    """Our labels, with the inference as owner, its model alongside, and the served model name
+    as AIBrix reads it."""
     labels = owned_labels(inference.id, inference.organization_id, component=COMPONENT)
     if inference.model_id:
         labels[MODEL_ID] = inference.model_id
+    served = label_value(inference.model_name)
+    if served:
+        labels[AIBRIX_MODEL] = served
     return labels
 
 
@@ -191,7 +213,7 @@ def render_deployment(
     inference: InferenceDocument, plan: EnginePlan, *, namespace: str, autoscaled: bool
 ) -> dict[str, Any]:
     """The engine's Deployment."""
-    labels = labels_for(inference)
+    labels = {**labels_for(inference), AIBRIX_PORT: str(plan.port)}
     volumes, mounts, init_mounts = _volumes(inference, plan)
     requests, limits, tolerations, node_selector = _placement(inference, plan)
     container = _engine_container(inference, plan, {"requests": requests, "limits": limits}, mounts)
@@ -285,35 +307,57 @@ def render_service_monitor(inference: InferenceDocument, *, namespace: str) -> d
 def render_autoscaler(
     inference: InferenceDocument, *, namespace: str, aibrix: bool
 ) -> dict[str, Any] | None:
-    """An AIBrix PodAutoscaler when installed, else an autoscaling/v2 HPA; None without
+    """An AIBrix PodAutoscaler (KPA, as the organisation API made it) when installed, else an
+    autoscaling/v2 HPA, the scale-down delay as its stabilisation window; None without
     autoscaling."""
     scaling = inference.spec.autoscaling
     if scaling is None:
         return None
-    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": inference.name}
-    metadata = {"name": inference.name, "namespace": namespace, "labels": labels_for(inference)}
+    metadata: dict[str, Any] = {
+        "name": inference.name,
+        "namespace": namespace,
+        "labels": labels_for(inference),
+    }
     if aibrix:
-        return {
-            "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
-            "kind": "PodAutoscaler",
-            "metadata": metadata,
-            "spec": {
-                "scaleTargetRef": target,
-                "minReplicas": scaling.min_replicas,
-                "maxReplicas": scaling.max_replicas,
-                "scalingStrategy": "APA",
-                "metricsSources": [
-                    {
-                        "metricSourceType": "pod",
-                        "protocolType": "http",
-                        "port": str(inference.spec.port),
-                        "path": "/metrics",
-                        "targetMetric": scaling.target_metric,
-                        "targetValue": str(scaling.target_value),
-                    }
-                ],
-            },
-        }
+        return _pod_autoscaler(inference, scaling, metadata)
+    return _horizontal_autoscaler(inference, scaling, metadata)
+
+
+def _target(inference: InferenceDocument) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": inference.name}
+
+
+def _pod_autoscaler(
+    inference: InferenceDocument, scaling: AutoscalingSpec, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    delay = f"{scaling.scale_down_delay_seconds}s"
+    metadata["annotations"] = {AIBRIX_COOLDOWN: delay, AIBRIX_KPA_DELAY: delay}
+    return {
+        "apiVersion": "autoscaling.aibrix.ai/v1alpha1",
+        "kind": "PodAutoscaler",
+        "metadata": metadata,
+        "spec": {
+            "scaleTargetRef": _target(inference),
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "scalingStrategy": "KPA",
+            "metricsSources": [
+                {
+                    "metricSourceType": "pod",
+                    "protocolType": "http",
+                    "port": str(inference.spec.port),
+                    "path": "/metrics",
+                    "targetMetric": scaling.target_metric,
+                    "targetValue": str(scaling.target_value),
+                }
+            ],
+        },
+    }
+
+
+def _horizontal_autoscaler(
+    inference: InferenceDocument, scaling: AutoscalingSpec, metadata: dict[str, Any]
+) -> dict[str, Any]:
     if scaling.target_metric in {"cpu", "memory"}:
         metric: dict[str, Any] = {
             "type": "Resource",
@@ -335,10 +379,13 @@ def render_autoscaler(
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata,
         "spec": {
-            "scaleTargetRef": target,
+            "scaleTargetRef": _target(inference),
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [metric],
+            "behavior": {
+                "scaleDown": {"stabilizationWindowSeconds": scaling.scale_down_delay_seconds}
+            },
         },
     }
 
@@ -360,7 +407,7 @@ def render_all(
         render_deployment(inference, plan, namespace=namespace, autoscaled=autoscaler is not None)
     )
     objects.append(render_service(inference, namespace=namespace, port=plan.port))
-    if integrations.service_monitor:
+    if integrations.service_monitor and inference.spec.service_monitor is not False:
         objects.append(render_service_monitor(inference, namespace=namespace))
     if autoscaler is not None:
         objects.append(autoscaler)

@@ -107,6 +107,10 @@ class LocalInferenceRuntime:
     async def unmanaged(self) -> list[Obj]:
         return []
 
+    async def name_taken(self, name: str, owner_id: str) -> bool:
+        del name, owner_id  # local engines are keyed by inference id: no name can clash
+        return False
+
 
 class LocalInferenceExecutor:
     """Engines as supervised subprocesses on this machine, bound to loopback."""
