@@ -179,6 +179,11 @@ class ModelService:
             raise InvalidInput("offset", "offset must not be negative")
         if model_filter.search is not None:
             v.check_text("filter.search", model_filter.search, limit=256)
+        if model_filter.has_inference is False and model_filter.inference_phase is not None:
+            raise InvalidInput(
+                "filter.hasInference",
+                "hasInference: false finds models without an inference; drop inferencePhase",
+            )
         return await self._models.list_page(
             organization_id=principal.organization_id,
             model_filter=model_filter,
