@@ -49,6 +49,7 @@ from services.gateway import Gateway
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.retiring import InferenceRetirement
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -355,6 +356,7 @@ def _services(
         catalogue=catalogue,
         broker=core.broker,
         api_keys=api_keys,
+        vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,

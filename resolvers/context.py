@@ -21,6 +21,7 @@ from services.deploying import DeployService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Database
 from storage.documents import InferenceDocument, WeightsDocument
@@ -40,6 +41,7 @@ class Services:
     deploy: DeployService
     broker: Broker
     api_keys: ApiKeyService
+    vllm: VllmService
     version: str
     started_at: datetime
     catalogue: CatalogueService
