@@ -18,7 +18,10 @@ Engines:
 * **LITELLM_PROXY** a LiteLLM proxy in front of an OpenAI-compatible upstream (a REMOTE_API
   model's URL, key from the model's Secret): every model (WILDCARD), only this model's name
   (SINGLE), or the user's own config (CONFIG). Needs no GPU.
-* **CUSTOM** the user's image and command.
+* **CUSTOM** the user's image and command. Its environment carries ``PORT`` (the port
+  modelplane probes and routes to, on both runtimes) and, when it serves downloaded weights,
+  ``MODEL_PATH`` (where they are), unless the user sets either: a command need not repeat the
+  port it was given (``--port "$PORT"`` in a shell, ``$(PORT)`` in a Kubernetes argument).
 
 Invalid combinations raise :class:`EnginePlanError` naming the input field, so the same checks
 answer ``startInference`` (as a ValidationError) and the controller (as FAILED).
@@ -573,8 +576,11 @@ def _custom(
     if not local and not spec.image:
         raise EnginePlanError("input.image", "CUSTOM needs an image")
     env = list(spec.env)
-    if placement is not None and all(var.name != "MODEL_PATH" for var in env):
+    named = {var.name for var in env}
+    if placement is not None and "MODEL_PATH" not in named:
         env.append(EnvVarSpec(name="MODEL_PATH", value=placement.path))
+    if "PORT" not in named:
+        env.append(EnvVarSpec(name="PORT", value=str(spec.port)))
     return EnginePlan(
         engine=InferenceEngine.CUSTOM,
         image=spec.image,
