@@ -34,7 +34,8 @@ testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
 
 # The real inference engine of tests/test_real_engine.py: llama-cpp-python[server] built from
-# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 8 minutes.
+# source (llama.cpp, for this CPU) into /var/cache/modelplane/engines as root (where the engine user
+# nobody can run it), else ~/.cache/modelplane/engines; once, about 8 minutes.
 engine: setup
 	@bash deploy/testbed/engine.sh
 
