@@ -14,7 +14,7 @@ name, and expect the engine's own error line in the status and the logs.
 
 Memory (printed by the test; ``tests/artifacts/engine-memory.json``; llama-cpp-python 0.3.36,
 2 busy cores): the chat engine peaked at 79-91 MiB RSS for a 0.4 MiB GGUF, the embedding
-engine at 199-205 MiB for 87 MiB. ``gpuFit`` says 1536 / 1623 MiB for CUSTOM and 512 / 599 MiB
+engine at 199-206 MiB for 87 MiB. ``gpuFit`` says 1536 / 1623 MiB for CUSTOM and 512 / 599 MiB
 for OLLAMA: off by 17-19x (CUSTOM) and 3-6x (OLLAMA), on purpose. It answers "how many GPUs of
 which type", and its terms are GPU memory: the weights term is exact (the GGUF's size: the
 engine maps all of it), the KV cache is 0 (a GGUF repo has no config.json; the chat model's
@@ -22,7 +22,7 @@ would be 0.125 MiB in f16 at its 512 tokens), and the rest is the per-GPU overhe
 ``services/fitting.py`` (CUDA context, CUDA graphs, cuBLAS workspaces; llama.cpp's CUDA context
 for OLLAMA), none of which a CPU process has. A CPU engine's own cost is its runtime instead:
 peak RSS less the GGUF is 79-91 MiB for the chat model (Python, FastAPI, llama.cpp) and
-112-118 MiB for the embedding model. Neither is a GPU figure, so the estimate is left as it
+112-120 MiB for the embedding model. Neither is a GPU figure, so the estimate is left as it
 is; a host-memory estimate would be a field of its own.
 """
 
