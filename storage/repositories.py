@@ -9,7 +9,7 @@ here, where callers have always imported them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,11 +33,14 @@ from storage.documents import (
     LedgerDocument,
     ModelDocument,
     ModelPhase,
+    ModelPhaseEntry,
     OrganizationDocument,
     WeightsDocument,
+    WeightsStateEntry,
     utcnow,
 )
 from storage.errors import DatabaseUnavailable
+from storage.history import model_history, weights_history
 
 
 class OrganizationRepository(Repository[OrganizationDocument]):
@@ -145,6 +148,22 @@ class ModelRepository(Repository[ModelDocument]):
         PENDING_INDEX,
     )
     unique_fields = ("name",)
+    history_fields = frozenset({"phase"})
+
+    def seeded(self, document: ModelDocument) -> ModelDocument:
+        """A new model's history starts with its first phase."""
+        if document.phase_history:
+            return document
+        entry = ModelPhaseEntry(
+            phase=document.phase, entered_at=document.created_at, reason=document.message
+        )
+        return document.model_copy(update={"phase_history": [entry]})
+
+    def derived(
+        self, current: ModelDocument, changes: Mapping[str, Any], at: datetime
+    ) -> dict[str, Any]:
+        """A phase change appends to the model's phase history."""
+        return model_history(current, changes, at)
 
     @staticmethod
     def where(organization_id: str, model_filter: ModelFilter) -> dict[str, Any]:
@@ -208,6 +227,22 @@ class WeightsRepository(Repository[WeightsDocument]):
         IndexModel([("model_ids", ASCENDING)], name="models"),
         PENDING_INDEX,
     )
+    history_fields = frozenset({"state"})
+
+    def seeded(self, document: WeightsDocument) -> WeightsDocument:
+        """New weights' history starts with their first state."""
+        if document.state_history:
+            return document
+        entry = WeightsStateEntry(
+            state=document.state, entered_at=document.created_at, reason=document.message
+        )
+        return document.model_copy(update={"state_history": [entry]})
+
+    def derived(
+        self, current: WeightsDocument, changes: Mapping[str, Any], at: datetime
+    ) -> dict[str, Any]:
+        """A state change appends to the history and opens or closes a download attempt."""
+        return weights_history(current, changes, at)
 
     async def for_location(
         self, *, organization_id: str, location: str, commit_sha: str
@@ -231,7 +266,13 @@ class WeightsRepository(Repository[WeightsDocument]):
         async with self._lock(weights_id):
             result = await self._collection.update_one(
                 {"_id": weights_id, "attempt": attempt},
-                {"$set": {"progress": progress, "updated_at": utcnow()}},
+                {
+                    "$set": {
+                        "progress": progress,
+                        "progress_attempt": attempt,
+                        "updated_at": utcnow(),
+                    }
+                },
             )
         return result.matched_count == 1
 
