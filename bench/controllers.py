@@ -9,6 +9,11 @@ READY models and starts one 1-GPU vLLM inference for each through the service. T
 * seconds from the first start until every inference is RUNNING;
 * modelplane's kube-apiserver requests during ``--steady`` seconds of steady state, split into
   reads/writes and watch (re)connections -- the target is 0 polling: informers only;
+* modelplane's MongoDB commands during the run, by command and collection, and the events it
+  appended by kind, type and phase -- on the embedded FerretDB every command costs milliseconds,
+  so these counts explain most of the first figure;
+* the CPU seconds modelplane and FerretDB spent until all were RUNNING: on a shared machine the
+  wall-clock figure moves with other load, the CPU seconds much less;
 * the process's RSS (current and peak).
 
     uv run python bench/controllers.py [--count 1000] [--nodes 100] [--gpus-per-node 10]
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import resource
 import signal
 import sys
@@ -30,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from pymongo import monitoring  # noqa: E402
 
 from modelplane.app import open_resources  # noqa: E402
 from modelplane.embedded import FerretDBProcess, default_ferretdb_binary  # noqa: E402
@@ -50,6 +58,12 @@ from storage.documents import (  # noqa: E402
 from testbed import servers  # noqa: E402
 
 ORG = "bench"
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User plus system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib() -> float:
@@ -81,6 +95,34 @@ class RequestCounter:
 
     def snapshot(self) -> collections.Counter[str]:
         return collections.Counter(self.counts)
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts this process's MongoDB commands by name and collection, and appended events."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
+        self._names: dict[int, str] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        collection = target if isinstance(target, str) else ""
+        name = f"{event.command_name} {collection}".strip()
+        self.counts[name] += 1
+        self._names[event.request_id] = name
+        if event.command_name == "insert" and collection == "events":
+            for document in event.command.get("documents", []):
+                kind = document.get("resource_kind")
+                self.events[f"{kind} {document.get('type')} {document.get('phase')}"] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        name = self._names.pop(event.request_id, "?")
+        self.seconds[name] += event.duration_micros / 1e6
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._names.pop(event.request_id, None)
 
 
 def _shape(path: str) -> str:
@@ -163,12 +205,15 @@ async def main(args: argparse.Namespace) -> None:
                 namespace=namespace,
                 log_level="WARNING",
             )
-            await run(args, settings)
+            assert ferret.pid is not None  # noqa: S101  started above
+            await run(args, settings, ferret.pid)
         finally:
             ferret.stop()
 
 
-async def run(args: argparse.Namespace, settings: Any) -> None:
+async def run(args: argparse.Namespace, settings: Any, ferret_pid: int) -> None:
+    commands = CommandCounter()
+    monitoring.register(commands)  # before the client is made: pymongo copies the listeners
     async with open_resources(settings) as resources:
         counter = RequestCounter()
         counter.wrap(resources.runtime.api)  # type: ignore[attr-defined]
@@ -177,6 +222,10 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         principal = Principal(subject="bench", organization_id=ORG, role=Role.ADMIN)
         service = resources.services.inference
         rss_before = rss_mib()
+        commands.counts.clear()
+        commands.events.clear()
+        commands.seconds.clear()
+        cpu_before = cpu_seconds(), cpu_seconds(ferret_pid)
         started = time.monotonic()
         gate = asyncio.Semaphore(args.concurrency)
 
@@ -187,26 +236,12 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         await asyncio.gather(*(start_one(model_id) for model_id in model_ids))
         accepted = time.monotonic() - started
         print(f"{args.count} startInference calls accepted in {accepted:.1f} s", flush=True)
-        inferences = database["inferences"]
-        last = -1
-        while True:
-            running = await inferences.count_documents({"phase": "RUNNING"})
-            if running != last:
-                phases = collections.Counter(
-                    [d["phase"] async for d in inferences.find({}, {"phase": 1})]
-                )
-                print(f"  {time.monotonic() - started:6.1f} s: {dict(phases)}", flush=True)
-                last = running
-            if running >= args.count:
-                break
-            if time.monotonic() - started > args.timeout:
-                phases = collections.Counter(
-                    [d["phase"] async for d in inferences.find({}, {"phase": 1})]
-                )
-                print(f"timed out; phases {dict(phases)}")
-                break
-            await asyncio.sleep(1.0)
+        await wait_all_running(database["inferences"], args, started)
         all_running = time.monotonic() - started
+        cpu = cpu_seconds() - cpu_before[0], cpu_seconds(ferret_pid) - cpu_before[1]
+        mongo = collections.Counter(commands.counts)
+        waited = dict(commands.seconds)
+        appended = collections.Counter(commands.events)
         await asyncio.sleep(args.settle)
         before = counter.snapshot()
         await asyncio.sleep(args.steady)
@@ -218,6 +253,7 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         print()
         print(f"inferences:                         {args.count} on {args.nodes} nodes")
         print(f"seconds until all RUNNING:          {all_running:.1f}")
+        print(f"CPU seconds until then:             {cpu[0]:.1f} modelplane, {cpu[1]:.1f} FerretDB")
         print(
             f"steady-state requests per minute:   {others * per_minute:.1f} "
             f"(non-watch), {watches * per_minute:.1f} watch (re)connections"
@@ -227,10 +263,50 @@ async def run(args: argparse.Namespace, settings: Any) -> None:
         print(f"total requests during the run:      {sum(counter.counts.values())}")
         for key, value in counter.counts.most_common(8):
             print(f"    {key}: {value}")
+        _print_commands(mongo, waited, appended, args.count)
         print(
             f"RSS: {rss_mib():.0f} MiB now, {peak:.0f} MiB peak "
             f"({rss_before:.0f} MiB before starting inferences)"
         )
+
+
+async def wait_all_running(inferences: Any, args: argparse.Namespace, started: float) -> None:
+    """Prints the phases whenever the RUNNING count changes, until all are RUNNING."""
+    last = -1
+    while True:
+        running = await inferences.count_documents({"phase": "RUNNING"})
+        if running != last:
+            phases = collections.Counter(
+                [d["phase"] async for d in inferences.find({}, {"phase": 1})]
+            )
+            print(f"  {time.monotonic() - started:6.1f} s: {dict(phases)}", flush=True)
+            last = running
+        if running >= args.count:
+            break
+        if time.monotonic() - started > args.timeout:
+            phases = collections.Counter(
+                [d["phase"] async for d in inferences.find({}, {"phase": 1})]
+            )
+            print(f"timed out; phases {dict(phases)}")
+            break
+        await asyncio.sleep(1.0)
+
+
+def _print_commands(
+    mongo: collections.Counter[str],
+    waited: dict[str, float],
+    appended: collections.Counter[str],
+    count: int,
+) -> None:
+    """The MongoDB commands until all were RUNNING (the bench's own polling included), with
+    the seconds spent waiting for their answers (summed over concurrent commands)."""
+    total = sum(mongo.values())
+    print(f"MongoDB commands until all RUNNING: {total} ({total / count:.1f} per inference)")
+    for key, value in mongo.most_common(14):
+        print(f"    {key}: {value} ({waited.get(key, 0.0):.1f} s answering)")
+    print(f"events appended:                    {sum(appended.values())}")
+    for key, value in sorted(appended.items()):
+        print(f"    {key}: {value}")
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

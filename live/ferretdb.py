@@ -42,13 +42,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bson.int64 import Int64
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from live.events import Event
 from storage.cancellation import raise_if_cancelled
@@ -65,6 +66,10 @@ BACKSTOP_SECONDS = 10.0
 GAP_PATIENCE = 1.0
 CATCH_UP_LIMIT = 20_000
 READ_AHEAD = 8
+DUPLICATE_KEY = 11000
+BULK_LIMIT = 32
+"""Writes per bulk command: FerretDB 1.24 answered a 64-statement ``update`` in about 40 ms
+and never answered one of 100 (``bench/bulk_writes.py``)."""
 
 
 async def ferretdb_version(database: Database) -> str | None:
@@ -77,21 +82,42 @@ async def ferretdb_version(database: Database) -> str | None:
 async def clash_on_key(
     events: AsyncCollection[dict[str, Any]],
     key: str,
-    exc: DuplicateKeyError,
+    details: Mapping[str, Any] | None,
     candidate: int,
     head: int,
 ) -> bool:
-    """Whether a duplicate key on inserting event ``candidate`` was the event's ``key`` (the
-    log holds it already) rather than its cursor. MongoDB names the index; FerretDB 1.24 does
-    not: a head at or past the candidate means the cursor was taken (a clash on the key too
-    shows at the next number); otherwise the key is looked up, a whole-log read on FerretDB
-    but only on this rare path (a recovery racing a writer)."""
-    pattern = (exc.details or {}).get("keyPattern")
+    """Whether a duplicate key (its error's ``details``) on inserting event ``candidate`` was
+    the event's ``key`` (the log holds it already) rather than its cursor. MongoDB names the
+    index; FerretDB 1.24 does not: a head at or past the candidate means the cursor was taken
+    (a clash on the key too shows at the next number); otherwise the key is looked up, a
+    whole-log read on FerretDB but only on this rare path (a recovery racing a writer)."""
+    pattern = (details or {}).get("keyPattern")
     if isinstance(pattern, Mapping) and pattern:
         return "key" in pattern
     if head >= candidate:
         return False
     return await events.find_one({"key": key}, {"_id": 1}) is not None
+
+
+async def bulk_write(
+    collection: AsyncCollection[dict[str, Any]], writes: Sequence[ReplaceOne[Any] | UpdateOne]
+) -> None:
+    """One ordered bulk write of at most :data:`BULK_LIMIT` idempotent writes, written again
+    once when two first upserts of a document raced (it exists now)."""
+    for attempt in range(2):
+        try:
+            await collection.bulk_write(list(writes), ordered=True)
+        except BulkWriteError as exc:
+            if attempt or not _only_duplicates(exc):
+                raise
+            continue
+        return
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    """Whether every error of a bulk write was a duplicate key (a racing first upsert)."""
+    errors = exc.details.get("writeErrors") or []
+    return bool(errors) and all(error.get("code") == DUPLICATE_KEY for error in errors)
 
 
 def _slot(cursor: int) -> str:
@@ -131,18 +157,21 @@ class HeadAndRing:
                 continue  # two first upserts raced; the document exists now: update it
             return
 
-    async def publish(self, event: Event) -> None:
-        """Let other processes see ``event``: its ring slot first, then the head (so a head
-        value promises its ring entry, barring a crash)."""
-        document = {**event.to_mongo(), "_id": _slot(event.cursor)}
-        document["cursor"] = Int64(event.cursor)
-        for _ in range(2):
-            try:
-                await self._ring.replace_one({"_id": document["_id"]}, document, upsert=True)
-            except DuplicateKeyError:
-                continue  # two first upserts of a slot raced; it exists now
-            break
-        await self.raise_head(event.cursor)
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Let other processes see ``events`` (in cursor order): their ring slots first, in one
+        write, then the head once (so a head value promises its ring entries, barring a
+        crash)."""
+        if not events:
+            return
+        slots: dict[str, ReplaceOne[dict[str, Any]]] = {}
+        for event in events:  # a later event in the same slot replaces an earlier one
+            document = {**event.to_mongo(), "_id": _slot(event.cursor)}
+            document["cursor"] = Int64(event.cursor)
+            slots[document["_id"]] = ReplaceOne({"_id": document["_id"]}, document, upsert=True)
+        writes = list(slots.values())
+        for start in range(0, len(writes), BULK_LIMIT):
+            await bulk_write(self._ring, writes[start : start + BULK_LIMIT])
+        await self.raise_head(max(event.cursor for event in events))
 
     async def ring_after(self, last: int, head: int) -> tuple[list[Event], bool] | None:
         """Events ``last+1 ..`` from the ring, and whether they reach ``head``: it stops at a

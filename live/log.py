@@ -31,16 +31,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from bson.int64 import Int64
 from pymongo import ASCENDING, DESCENDING, CursorType
-from pymongo.errors import CollectionInvalid, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
+from live.batching import GroupCommit
 from live.events import DuplicateEvent, Event, EventLogNotCapped, EventType, ResourceKind
 from live.ferretdb import (
     BACKSTOP_SECONDS,
+    DUPLICATE_KEY,
     HeadAndRing,
     LocalAppends,
     PollOptions,
@@ -103,7 +106,9 @@ class EventLog:
         self._shared = HeadAndRing(database)
         self._local = LocalAppends()
         self._append_lock = asyncio.Lock()
-        self._publish_lock = asyncio.Lock()
+        self._uninserted: list[_Pending] = []
+        # Ring slots and the head, one batch at a time (:mod:`live.batching`).
+        self._publisher = GroupCommit(self._shared.publish)
         self._fallback_logged = False
         self._poll_reason: str | None = None
         self._next_hint = 0
@@ -189,8 +194,9 @@ class EventLog:
         the log already holds that key, nothing is stored and ``DuplicateEvent`` is raised.
 
         Two stages, so this process's appends overlap: the insert (which fixes the cursor and
-        hands the event to this process's tails at once) under one lock, then the ring slot
-        and the head (which let other processes see it) under another, taken in insert order.
+        hands the event to this process's tails at once), then the ring slot and the head
+        (which let other processes see it), in insert order. Each stage is a group commit
+        (:mod:`live.batching`): appends that queue while one is in flight go in the next batch.
         """
         fields: dict[str, Any] = {
             "organization_id": organization_id,
@@ -203,37 +209,84 @@ class EventLog:
             "progress": None if progress is None else dict(progress),
             "key": key,
         }
-        async with self._append_lock:  # writers of this process do not race each other
-            event = await self._insert(fields, key)
-        # No await between releasing the insert lock and queueing for this one (asyncio locks
-        # are FIFO), so events are published in the order they were inserted.
-        async with self._publish_lock:
-            await self._shared.publish(event)
+        pending = _Pending(fields, key, asyncio.get_running_loop().create_future())
+        self._uninserted.append(pending)
+        try:
+            async with self._append_lock:  # writers of this process do not race each other
+                if not pending.inserted.done():
+                    await self._insert_pending()
+        except asyncio.CancelledError:
+            pending.abandon()
+            raise
+        event = pending.inserted.result()  # DuplicateEvent, or the batch's error
+        assert pending.published is not None  # noqa: S101  queued with the insert
+        await self._publisher.wait(pending.published)
         return event
 
-    async def _insert(self, fields: dict[str, Any], key: str | None) -> Event:
-        """Insert under the next free cursor. The cursor tried first follows this process's
-        last append, without reading the head; a duplicate key means another process appended
-        meanwhile, and the head says how far."""
+    async def _insert_pending(self) -> None:
+        """Insert every append waiting for a cursor, as one batch (group commit): appends queue
+        behind the insert in flight, so under load each batch carries the appends of the
+        previous round trip instead of one insert each in turn. The batch's events join the
+        publication queue in cursor order. A failure is handed to every append of the batch;
+        an insert cancelled half-way leaves the rest to the next holder of the lock."""
+        batch = [item for item in self._uninserted if not item.inserted.done()]
+        self._uninserted = []
+        try:
+            await self._insert(batch)
+        except asyncio.CancelledError:
+            self._uninserted[:0] = [item for item in batch if not item.inserted.done()]
+            raise
+        except Exception as exc:  # noqa: BLE001  handed to each append of the batch
+            for item in batch:
+                item.fail(exc)
+
+    async def _insert(self, batch: list[_Pending]) -> None:
+        """Insert ``batch`` under the next free cursors, in order. The cursor tried first
+        follows this process's last append, without reading the head; a duplicate key means
+        another process appended meanwhile (the head says how far), or that the log holds an
+        append's key already (that append gets :class:`DuplicateEvent`)."""
         candidate = (self._next_hint or await self.head_cursor()) + 1
         for _ in range(MAX_APPEND_ATTEMPTS):
-            event = Event(cursor=candidate, at=utcnow(), **fields)
-            try:
-                await self._collection.insert_one(event.to_mongo())
-            except DuplicateKeyError as exc:
-                head = await self.head_cursor()
-                if key is not None and await clash_on_key(
-                    self._collection, key, exc, candidate, head
-                ):
-                    raise DuplicateEvent(key) from None
-                # another process took that number: skip to the head (it may have appended
-                # many), or to the next number while its head update trails
-                candidate = max(candidate, head) + 1
+            events = [
+                Event(cursor=candidate + index, at=utcnow(), **item.fields)
+                for index, item in enumerate(batch)
+            ]
+            clash = await self._insert_many(events)
+            inserted = len(events) if clash is None else clash[0]
+            for item, event in zip(batch[:inserted], events[:inserted], strict=True):
+                self._next_hint = event.cursor
+                self._local.add(event)
+                item.published = self._publisher.enqueue(event)  # in cursor order
+                if not item.inserted.done():  # (an append cancelled meanwhile)
+                    item.inserted.set_result(event)
+            if clash is None:
+                return
+            batch, failed = batch[inserted:], events[inserted].cursor
+            head = await self.head_cursor()
+            if batch[0].key is not None and await clash_on_key(
+                self._collection, batch[0].key, clash[1], failed, head
+            ):
+                batch[0].fail(DuplicateEvent(batch[0].key))
+                batch, candidate = batch[1:], failed  # that cursor is still free
+                if not batch:
+                    return
                 continue
-            self._next_hint = candidate
-            self._local.add(event)
-            return event
+            # another process took that number: skip to the head (it may have appended
+            # many), or to the next number while its head update trails
+            candidate = max(failed, head) + 1
         raise StorageError(f"no event cursor after {MAX_APPEND_ATTEMPTS} attempts (contention)")
+
+    async def _insert_many(self, events: list[Event]) -> tuple[int, Mapping[str, Any]] | None:
+        """Insert ``events`` in order; None when all were, else how many were before the
+        first duplicate key, and that error's details. Other errors are raised."""
+        try:
+            await self._collection.insert_many([event.to_mongo() for event in events])
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if not errors or errors[0].get("code") != DUPLICATE_KEY:
+                raise
+            return int(errors[0]["index"]), errors[0]
+        return None
 
     async def head_cursor(self) -> int:
         """The newest cursor as the head document records it (it may trail the log briefly
@@ -339,6 +392,29 @@ class EventLog:
                 why,
                 self._poll.interval * 1000,
             )
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One append on its way: inserted (its cursor fixed), then published."""
+
+    fields: dict[str, Any]
+    key: str | None
+    inserted: asyncio.Future[Event]
+    published: asyncio.Future[None] | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Hand ``exc`` to the append waiting for its insert (unless it gave up waiting)."""
+        if not self.inserted.done():
+            self.inserted.set_exception(exc)
+
+    def abandon(self) -> None:
+        """The append was cancelled before its insert finished: an insert not begun yet is
+        dropped (a batch in flight still writes it, and publishes it)."""
+        if self.inserted.done() and not self.inserted.cancelled():
+            self.inserted.exception()  # retrieved: no "never retrieved" warning
+        else:
+            self.inserted.cancel()
 
 
 class _Tailed:

@@ -11,15 +11,19 @@ DELETED event is put in the outbox (``event_outbox``) first. PROGRESS events hav
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
+from live.batching import GroupCommit
 from live.events import API_KEY_REVOKED, DuplicateEvent, Event, EventType, ResourceKind, event_key
+from live.ferretdb import BULK_LIMIT, bulk_write
 from live.log import EventLog
 from storage.client import Database
 from storage.documents import (
@@ -82,6 +86,37 @@ async def remove_mark(
 
 
 @dataclass(frozen=True, slots=True)
+class Mark:
+    """A ``pending_events`` mark whose event is in the log: to be removed."""
+
+    kind: ResourceKind
+    document_id: str
+    marker: str
+
+
+async def remove_marks(database: Database, marks: list[Mark]) -> None:
+    """:func:`remove_mark` for many at once: one bulk write per collection (up to
+    :data:`~live.ferretdb.BULK_LIMIT` each), under the locks of every document it touches,
+    taken in one order (no other holder of two locks exists)."""
+    by_collection: dict[str, list[Mark]] = {}
+    for mark in marks:
+        by_collection.setdefault(DOCUMENT_COLLECTIONS[mark.kind], []).append(mark)
+    for collection, some in sorted(by_collection.items()):
+        for start in range(0, len(some), BULK_LIMIT):
+            chunk = some[start : start + BULK_LIMIT]
+            async with contextlib.AsyncExitStack() as locks:
+                for document_id in sorted({mark.document_id for mark in chunk}):
+                    await locks.enter_async_context(
+                        document_lock(database.name, collection, document_id)
+                    )
+                writes = [
+                    UpdateOne({"_id": m.document_id}, {"$pull": {"pending_events": m.marker}})
+                    for m in chunk
+                ]
+                await bulk_write(database[collection], writes)
+
+
+@dataclass(frozen=True, slots=True)
 class Owed:
     """A ``pending_events`` mark read back: the event a write of ``revision`` owes the log."""
 
@@ -128,6 +163,10 @@ class Recorder:
 
     def __init__(self, log: EventLog | None) -> None:
         self._log = log
+        self._marks: GroupCommit[Mark] | None = None
+        if log is not None:
+            database = log.database
+            self._marks = GroupCommit(lambda marks: remove_marks(database, marks))
 
     async def model(self, model: ModelDocument, type: EventType) -> Event | None:
         """CREATED / UPDATED / DELETED / PHASE_CHANGED of a model, with its phase and message."""
@@ -254,8 +293,8 @@ class Recorder:
         assert self._log is not None  # noqa: S101  callers check
         database = self._log.database
         try:
-            if marker is not None:
-                await remove_mark(database, kind, document_id, marker)
+            if marker is not None and self._marks is not None:
+                await self._marks.submit(Mark(kind, document_id, marker))
             if outbox_key is not None:
                 await database[OUTBOX_COLLECTION].delete_one({"_id": outbox_key})
         except PyMongoError as exc:

@@ -49,6 +49,7 @@ from services.gateway import Gateway
 from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.retiring import InferenceRetirement
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -322,6 +323,7 @@ def _services(
         ),
         recorder=core.recorder,
         weights=WeightsRepository(database),
+        retire=InferenceRetirement(InferenceRepository(database), core.recorder),
     )
     cluster = ClusterService(
         runtime=runtime,

@@ -179,9 +179,10 @@ async def create_inference_from_manifest(
 async def resolve_inference(
     info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="Inference id.")]
 ) -> Inference | None:
-    """One inference; null when absent or in another organisation."""
+    """One inference, a stopped one too (history); null when absent or in another
+    organisation."""
     principal = info.context.require_principal()
-    doc = await info.context.services.inference.get(principal, str(id))
+    doc = await info.context.services.inference.get(principal, str(id), history=True)
     return None if doc is None else Inference.from_document(doc)
 
 

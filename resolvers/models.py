@@ -40,8 +40,7 @@ from services.models import (
     UpdateModelSpec,
 )
 from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
-from services.validation import check_phase
-from storage.documents import AccessMode, ModelPhase
+from storage.documents import AccessMode, InferencePhase, ModelPhase
 from storage.repositories import ModelFilter
 
 
@@ -113,11 +112,13 @@ async def resolve_models(
         model_filter = ModelFilter(
             access_mode=AccessMode(f.access_mode.name) if f.access_mode else None,
             phase=ModelPhase(f.phase.name) if f.phase else None,
-            inference_phase=check_phase("filter.inferencePhase", f.inference_phase),
+            inference_phase=InferencePhase(f.inference_phase.name) if f.inference_phase else None,
+            has_inference=f.has_inference,
             managed=f.managed,
             tag=f.tag,
             search=f.search,
             include_deleted=f.include_deleted,
+            name=f.name,
         )
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset

@@ -174,7 +174,10 @@ class Query:
     )
     inference: Inference | None = strawberry.field(
         resolver=inference_resolvers.resolve_inference,
-        description="One inference service; null when absent or in another organisation.",
+        description=(
+            "One inference service, a stopped one too (kept as history, no longer its "
+            "model's); null when absent or in another organisation."
+        ),
     )
     inferences: InferencePage = strawberry.field(
         resolver=inference_resolvers.resolve_inferences,
@@ -232,8 +235,8 @@ class Mutation:
     delete_model: DeleteModelResult = strawberry.field(
         resolver=model_resolvers.delete_model,
         description=(
-            "Soft-delete a model: hide it, remove its credentials and every object it owns. "
-            "Deleting twice is not an error."
+            "Soft-delete a model: hide it, remove its credentials and every object it owns; "
+            "its inference is deleted with it. Deleting twice is not an error."
         ),
     )
     deploy_model: DeployModelResult = strawberry.field(
@@ -256,7 +259,11 @@ class Mutation:
     )
     stop_inference: StopInferenceResult = strawberry.field(
         resolver=inference_resolvers.stop_inference,
-        description="Stop a model's inference: objects removed, model and weights kept.",
+        description=(
+            "Stop a model's inference: its objects are removed, then it is STOPPED and no "
+            "longer the model's (`Model.inference` and `inferencePhase` null, an INFERENCE "
+            "DELETED event); the next start is a new inference. Model and weights are kept."
+        ),
     )
     stop_inference_by_id: StopInferenceResult = strawberry.field(
         resolver=inference_resolvers.stop_inference_by_id,
@@ -264,7 +271,10 @@ class Mutation:
     )
     toggle_inference: StartInferenceResult = strawberry.field(
         resolver=inference_resolvers.toggle_inference,
-        description="The one-switch form of start/stop (on reuses the last spec).",
+        description=(
+            "The one-switch form of start/stop: on reuses the last spec (resources it did not "
+            "give are the model's) or the defaults; off is stopInference."
+        ),
     )
     create_inference_from_manifest: StartInferenceResult = strawberry.field(
         resolver=inference_resolvers.create_inference_from_manifest,

@@ -130,3 +130,30 @@ class InferenceEngineEnum(Enum):
         description="A hosted LiteLLM proxy in front of a REMOTE_API model (or your config).",
     )
     CUSTOM = strawberry.enum_value("CUSTOM", description="Your image and command.")
+
+
+@strawberry.enum(
+    name="InferencePhase",
+    description=(
+        "Where an inference stands: PENDING -> CREATING -> RUNNING; CRASH_LOOP_BACK_OFF when the "
+        "engine keeps exiting; FAILED when it cannot come up without a change; STOPPED after "
+        "stopInference (then no longer the model's inference). `reason` and `message` say why."
+    ),
+)
+class InferencePhaseEnum(Enum):
+    """Inference lifecycle phase."""
+
+    PENDING = strawberry.enum_value(
+        "PENDING", description="Waiting: for weights, for a GPU, for a volume; see `reason`."
+    )
+    CREATING = strawberry.enum_value(
+        "CREATING", description="Objects or process exist; the engine is not ready yet."
+    )
+    RUNNING = strawberry.enum_value("RUNNING", description="Ready replicas answer requests.")
+    FAILED = strawberry.enum_value(
+        "FAILED", description="Will not come up as specified (image, secret, spec)."
+    )
+    STOPPED = strawberry.enum_value("STOPPED", description="Stopped; its objects are gone.")
+    CRASH_LOOP_BACK_OFF = strawberry.enum_value(
+        "CRASH_LOOP_BACK_OFF", description="The engine keeps exiting and is restarted with backoff."
+    )

@@ -15,9 +15,8 @@ import strawberry
 
 from live import ResourceKind
 from schema.catalogue import CatalogSync
-from schema.enums import ModelPhaseEnum, WeightsStateEnum
+from schema.enums import InferencePhaseEnum, ModelPhaseEnum, WeightsStateEnum
 from schema.events import ResourceKindEnum
-from schema.inference import InferencePhaseEnum
 from schema.scalars import BigInt
 from services.history import (
     ClusterSummary,

@@ -9,36 +9,9 @@ from typing import Annotated
 import strawberry
 
 from schema.cluster import GpuFit
-from schema.enums import InferenceEngineEnum
+from schema.enums import InferenceEngineEnum, InferencePhaseEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
-from storage.documents import AutoscalingSpec, InferenceDocument
-
-
-@strawberry.enum(
-    name="InferencePhase",
-    description=(
-        "Where an inference stands: PENDING -> CREATING -> RUNNING; CRASH_LOOP_BACK_OFF when the "
-        "engine keeps exiting; FAILED when it cannot come up without a change; STOPPED after "
-        "stopInference. `reason` and `message` say why."
-    ),
-)
-class InferencePhaseEnum(Enum):
-    """Inference lifecycle phase."""
-
-    PENDING = strawberry.enum_value(
-        "PENDING", description="Waiting: for weights, for a GPU, for a volume; see `reason`."
-    )
-    CREATING = strawberry.enum_value(
-        "CREATING", description="Objects or process exist; the engine is not ready yet."
-    )
-    RUNNING = strawberry.enum_value("RUNNING", description="Ready replicas answer requests.")
-    FAILED = strawberry.enum_value(
-        "FAILED", description="Will not come up as specified (image, secret, spec)."
-    )
-    STOPPED = strawberry.enum_value("STOPPED", description="Stopped; its objects are gone.")
-    CRASH_LOOP_BACK_OFF = strawberry.enum_value(
-        "CRASH_LOOP_BACK_OFF", description="The engine keeps exiting and is restarted with backoff."
-    )
+from storage.documents import AutoscalingSpec, InferenceDocument, InferencePhase
 
 
 @strawberry.type(description="One entry of an inference's phase timeline.")
@@ -113,6 +86,67 @@ class InferenceSpecView:
     )
 
 
+@strawberry.type(description="A condition of an inference's workload, as the runtime reports it.")
+class WorkloadCondition:
+    """A Deployment condition (type, status, reason, message)."""
+
+    type: str = strawberry.field(description="e.g. `Available`, `Progressing`.")
+    status: str = strawberry.field(description="`True`, `False` or `Unknown`.")
+    reason: str | None = strawberry.field(description="e.g. `MinimumReplicasAvailable`.")
+    message: str | None = strawberry.field(description="What the runtime says.")
+
+
+@strawberry.type(
+    description=(
+        "The workload's replicas as the runtime reports them: the Deployment's status on "
+        "Kubernetes (the organisation API's deployment status), the one engine process on the "
+        "local runtime. A field is null where the runtime does not know it."
+    )
+)
+class DeploymentStatus:
+    """Replica counts and conditions."""
+
+    desired_replicas: int = strawberry.field(
+        description="Replicas wanted (`spec.replicas`, which an autoscaler moves)."
+    )
+    current_replicas: int | None = strawberry.field(
+        description="Replicas that exist now (`status.replicas`; local: 1 while the process runs)."
+    )
+    ready_replicas: int = strawberry.field(description="Replicas passing their readiness check.")
+    available_replicas: int | None = strawberry.field(
+        description="Ready for at least minReadySeconds (`status.availableReplicas`; local: ready)."
+    )
+    updated_replicas: int | None = strawberry.field(
+        description="Replicas running the current spec (`status.updatedReplicas`)."
+    )
+    conditions: list[WorkloadCondition] | None = strawberry.field(
+        description="The Deployment's conditions; null on the local runtime (a process has none)."
+    )
+
+
+@strawberry.type(description="Where an autoscaled inference stands against its bounds and metric.")
+class AutoscalingStatus:
+    """Autoscaling, observed."""
+
+    current_replicas: int | None = strawberry.field(
+        description="Replicas that exist now; null until the workload is observed."
+    )
+    desired_replicas: int | None = strawberry.field(
+        description="Replicas the autoscaler asks for (the Deployment's `spec.replicas`); null "
+        "until observed."
+    )
+    min_replicas: int = strawberry.field(description="Lower bound.")
+    max_replicas: int = strawberry.field(description="Upper bound.")
+    target_metric: str = strawberry.field(description="The metric it scales on.")
+    target_value: int = strawberry.field(description="The metric's target.")
+    current_value: float | None = strawberry.field(
+        description=(
+            "The metric's current value; null where modelplane does not know it (it does not "
+            "read the autoscaler's metrics yet, on either runtime)."
+        )
+    )
+
+
 @strawberry.type(description="An inference service: a model served by an engine, or a route.")
 class Inference:
     """Desired state and observed status of one inference."""
@@ -144,6 +178,20 @@ class Inference:
     endpoint: str | None = strawberry.field(
         description="OpenAI-compatible base URL (cluster URL or loopback); null unless up."
     )
+    ready: bool = strawberry.field(
+        description=(
+            "True when it answers requests: enabled and RUNNING (the ModelAPI's `status.ready`)."
+        )
+    )
+    deployment: DeploymentStatus | None = strawberry.field(
+        description=(
+            "The workload's replicas and conditions; null when nothing was observed (a "
+            "REMOTE_API route has no workload; a stopped inference none left)."
+        )
+    )
+    autoscaling: AutoscalingStatus | None = strawberry.field(
+        description="Current and desired replicas against the bounds; null without autoscaling."
+    )
     phase_history: list[PhaseEntry] = strawberry.field(
         description="Phases entered, oldest first, with timestamps (time in each phase)."
     )
@@ -154,7 +202,6 @@ class Inference:
     @classmethod
     def from_document(cls, doc: InferenceDocument) -> Inference:
         """The API view of a stored (or discovered) inference."""
-        spec = doc.spec
         return cls(
             id=strawberry.ID(doc.id),
             model_id=strawberry.ID(doc.model_id) if doc.model_id else None,
@@ -169,6 +216,9 @@ class Inference:
             replicas=doc.replicas,
             ready_replicas=doc.ready_replicas,
             endpoint=doc.endpoint,
+            ready=doc.enabled and doc.phase is InferencePhase.RUNNING,
+            deployment=_deployment(doc),
+            autoscaling=_autoscaling(doc),
             phase_history=[
                 PhaseEntry(
                     phase=InferencePhaseEnum(entry.phase.value),
@@ -178,33 +228,72 @@ class Inference:
                 )
                 for entry in doc.phase_history
             ],
-            spec=InferenceSpecView(
-                engine=InferenceEngineEnum(spec.engine.value) if spec.engine else None,
-                image=spec.image,
-                command=spec.command,
-                args=spec.args,
-                replicas=spec.replicas,
-                cpu=spec.cpu,
-                memory=spec.memory,
-                gpu=spec.gpu,
-                gpu_type=spec.gpu_type,
-                port=spec.port,
-                initial_delay_seconds=spec.initial_delay_seconds,
-                env=[
-                    EnvVar(
-                        name=var.name,
-                        value=var.value,
-                        secret_name=var.secret_name,
-                        secret_key=var.secret_key,
-                    )
-                    for var in spec.env
-                ],
-                autoscaling=Autoscaling.from_spec(spec.autoscaling),
-                service_monitor=spec.service_monitor,
-            ),
+            spec=_spec_view(doc),
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )
+
+
+def _spec_view(doc: InferenceDocument) -> InferenceSpecView:
+    spec = doc.spec
+    return InferenceSpecView(
+        engine=InferenceEngineEnum(spec.engine.value) if spec.engine else None,
+        image=spec.image,
+        command=spec.command,
+        args=spec.args,
+        replicas=spec.replicas,
+        cpu=spec.cpu,
+        memory=spec.memory,
+        gpu=spec.gpu,
+        gpu_type=spec.gpu_type,
+        port=spec.port,
+        initial_delay_seconds=spec.initial_delay_seconds,
+        env=[
+            EnvVar(
+                name=var.name,
+                value=var.value,
+                secret_name=var.secret_name,
+                secret_key=var.secret_key,
+            )
+            for var in spec.env
+        ],
+        autoscaling=Autoscaling.from_spec(spec.autoscaling),
+        service_monitor=spec.service_monitor,
+    )
+
+
+def _deployment(doc: InferenceDocument) -> DeploymentStatus | None:
+    if doc.current_replicas is None and doc.available_replicas is None:
+        return None
+    return DeploymentStatus(
+        desired_replicas=doc.replicas,
+        current_replicas=doc.current_replicas,
+        ready_replicas=doc.ready_replicas,
+        available_replicas=doc.available_replicas,
+        updated_replicas=doc.updated_replicas,
+        conditions=None
+        if doc.conditions is None
+        else [
+            WorkloadCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
+            for c in doc.conditions
+        ],
+    )
+
+
+def _autoscaling(doc: InferenceDocument) -> AutoscalingStatus | None:
+    scaling = doc.spec.autoscaling
+    if scaling is None:
+        return None
+    observed = doc.current_replicas is not None
+    return AutoscalingStatus(
+        current_replicas=doc.current_replicas,
+        desired_replicas=doc.replicas if observed else None,
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_metric=scaling.target_metric,
+        target_value=scaling.target_value,
+        current_value=None,
+    )
 
 
 @strawberry.type(description="One page of inferences and the number of all matches.")
@@ -245,18 +334,28 @@ class TolerationInput:
     )
 
 
-@strawberry.input(description="Compute per replica. Defaults: cpu `1`, memory `2Gi`, 1 GPU.")
+@strawberry.input(
+    description=(
+        "Compute per replica. Each field left null is the model's `resources` (they are the "
+        "inference's requirements), else the default: cpu `1`, memory `2Gi`, 1 GPU. Per field: "
+        "`{gpu: 0}` keeps the model's cpu and memory."
+    )
+)
 class InferenceResourcesInput:
     """Resources."""
 
-    cpu: str | None = strawberry.field(default=None, description="CPU request (default `1`).")
+    cpu: str | None = strawberry.field(
+        default=None, description="CPU request; null: the model's, else `1`."
+    )
     memory: str | None = strawberry.field(
-        default=None, description="Memory request and limit (default `2Gi`)."
+        default=None, description="Memory request and limit; null: the model's, else `2Gi`."
     )
     gpu: int | None = strawberry.field(
         default=None,
         description=(
-            "`nvidia.com/gpu` per replica (default 1; 0 for LITELLM_PROXY, OLLAMA and routes)."
+            "`nvidia.com/gpu` per replica; null: the model's, else 1 (0 for LITELLM_PROXY, "
+            "OLLAMA and routes: a proxy or a route serves no weights, and Ollama runs on the CPU "
+            "unless given)."
         ),
     )
 
@@ -332,9 +431,10 @@ class LiteLLMInput:
 
 @strawberry.input(
     description=(
-        "How to serve a model. Defaults follow the organisation API: engine VLLM (none for "
-        "REMOTE_API models), 1 replica, cpu `1`, memory `2Gi`, 1 GPU, imagePullPolicy "
-        "IfNotPresent, port 8000 (a free port on the local runtime), initialDelaySeconds 60."
+        "How to serve a model. Resources not given are the model's `resources`; other "
+        "defaults follow the organisation API: engine VLLM (none for REMOTE_API models), 1 "
+        "replica, cpu `1`, memory `2Gi`, 1 GPU, imagePullPolicy IfNotPresent, port 8000 (a "
+        "free port on the local runtime), initialDelaySeconds 60."
     )
 )
 class InferenceInput:
@@ -359,7 +459,7 @@ class InferenceInput:
     args: list[str] | None = strawberry.field(default=None, description="Arguments.")
     replicas: int | None = strawberry.field(default=None, description="Replicas (default 1).")
     resources: InferenceResourcesInput | None = strawberry.field(
-        default=None, description="Compute per replica."
+        default=None, description="Compute per replica; null: the model's `resources`."
     )
     gpu_type: str | None = strawberry.field(
         default=None, description="GPU product to run on (node label `nvidia.com/gpu.product`)."

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
-from schema.enums import AccessModeEnum, ModelPhaseEnum
+from schema.enums import AccessModeEnum, InferencePhaseEnum, ModelPhaseEnum
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.scalars import BigInt, big
 from storage import targets as stored
@@ -150,8 +150,11 @@ class Model:
     hub: ModelHubInfo | None = strawberry.field(description="Hub facts (LOCAL only).")
     phase: ModelPhaseEnum = strawberry.field(description="Lifecycle phase.")
     message: str | None = strawberry.field(description="Why the model is in its phase.")
-    inference_phase: str | None = strawberry.field(
-        description="Phase of the model's inference service; null until one is started."
+    inference_phase: InferencePhaseEnum | None = strawberry.field(
+        description=(
+            "Phase of the model's inference service; null when it has none (never started, "
+            "or the last one finished stopping)."
+        )
     )
     managed: bool = strawberry.field(description="True when modelplane created and owns it.")
     organization_id: str = strawberry.field(description="Owning organisation.")
@@ -166,7 +169,10 @@ class Model:
     )
     inference: Annotated[Inference, strawberry.lazy("schema.inference")] | None = strawberry.field(
         resolver=resolve_model_inference,
-        description="The model's live inference service (running, pending or stopped), if any.",
+        description=(
+            "The model's inference service (pending, running, failed, or stopping), if any; "
+            "null when none was started or the last one finished stopping."
+        ),
     )
 
     @classmethod
@@ -205,7 +211,9 @@ class Model:
             ),
             phase=ModelPhaseEnum(doc.phase.value),
             message=doc.message,
-            inference_phase=doc.inference_phase.value if doc.inference_phase else None,
+            inference_phase=InferencePhaseEnum(doc.inference_phase.value)
+            if doc.inference_phase
+            else None,
             managed=doc.managed,
             organization_id=doc.organization_id,
             created_at=doc.created_at,
@@ -320,13 +328,27 @@ class ModelFilterInput:
         default=None, description="LOCAL or REMOTE_API."
     )
     phase: ModelPhaseEnum | None = strawberry.field(default=None, description="Lifecycle phase.")
-    inference_phase: str | None = strawberry.field(
-        default=None, description="Phase of the model's inference service."
+    inference_phase: InferencePhaseEnum | None = strawberry.field(
+        default=None,
+        description=(
+            "Models whose inference is in this phase (the Playground API's `inferenceStatus`; "
+            "an unknown value is refused)."
+        ),
+    )
+    has_inference: bool | None = strawberry.field(
+        default=None,
+        description=(
+            "false: models with no inference (never started, or the last one finished "
+            "stopping); true: models with one, in any phase; null: either."
+        ),
     )
     managed: bool | None = strawberry.field(default=None, description="Created by modelplane.")
     tag: str | None = strawberry.field(default=None, description="Has this tag.")
     search: str | None = strawberry.field(
         default=None, description="Case-insensitive substring of display name, name or repo/URL."
+    )
+    name: str | None = strawberry.field(
+        default=None, description="Exactly this name (a DNS-1123 label): the model, if any."
     )
     include_deleted: bool = strawberry.field(
         default=False, description="Also soft-deleted models (admins only)."

@@ -12,6 +12,7 @@ from typing import Any
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import ORGANIZATION_ID, OWNER_ID
 from controllers.runtimes.kubernetes.manifests import MODEL_ID
+from controllers.runtimes.kubernetes.status import workload_counts
 from services.principals import Principal
 from storage.documents import InferenceDocument, InferencePhase
 from storage.repositories import InferenceFilter, InferenceRepository
@@ -48,6 +49,7 @@ async def discovered(
         phase = InferencePhase.RUNNING if wanted and ready >= wanted else InferencePhase.CREATING
         if inference_filter.phase is not None and inference_filter.phase is not phase:
             continue
+        counts = workload_counts(deployment)
         found.append(
             InferenceDocument(
                 id=str(owner),
@@ -63,6 +65,10 @@ async def discovered(
                 message="found in the namespace with modelplane's labels but no document",
                 replicas=wanted,
                 ready_replicas=ready,
+                current_replicas=counts.current if counts else None,
+                available_replicas=counts.available if counts else None,
+                updated_replicas=counts.updated if counts else None,
+                conditions=list(counts.conditions or []) if counts else None,
             )
         )
     return found

@@ -417,6 +417,12 @@ class Gateway:
             self._inferences.by_model_name(organization_id=organization, name=model_name),
             self._models.by_name(organization_id=organization, name=model_name),
         )
+        if inference is None and model is not None:
+            raise ModelNotRunning(
+                f"The model `{model_name}` is not running (no inference: start it)",
+                param="model",
+                extra={"phase": None, "reason": "NoInference", "detail": None},
+            )
         if inference is None or (inference.model_id is not None and model is None):
             raise ModelNotFound(f"The model `{model_name}` does not exist", param="model")
         if inference.phase is not InferencePhase.RUNNING or not inference.enabled:

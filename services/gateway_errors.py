@@ -59,7 +59,8 @@ class ModelNotFound(GatewayError):
 
 
 class ModelNotRunning(GatewayError):
-    """The inference exists but is not RUNNING (or is disabled); ``extra`` has its phase."""
+    """The inference is not RUNNING (or is disabled), or the model has none (phase null,
+    reason ``NoInference``); ``extra`` has its phase."""
 
     status = 409
     code = "model_not_running"

@@ -36,7 +36,6 @@ from controllers.inference.engines import (
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import owned_labels
 from live import EventType, Recorder
-from services import validation as v
 from services.cluster import ClusterService
 from services.discovering import discovered
 from services.errors import Conflict, InvalidInput, Missing
@@ -49,6 +48,7 @@ from services.inference_inputs import (
     check_manifest,
     check_placement,
     check_scalars,
+    choose_resources,
     gpus_of,
     request_from,
 )
@@ -127,11 +127,14 @@ class InferenceService:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, principal: Principal, inference_id: str) -> InferenceDocument | None:
-        """One live inference of the caller's organisation."""
+    async def get(
+        self, principal: Principal, inference_id: str, *, history: bool = False
+    ) -> InferenceDocument | None:
+        """One live inference of the caller's organisation; with ``history``, a stopped one
+        (retired from its model) too."""
         principal.require(Role.VIEWER)
         doc = await self._inferences.get(inference_id, scope=principal.scope)
-        return None if doc is None or doc.is_deleted else doc
+        return None if doc is None or (doc.is_deleted and not history) else doc
 
     async def for_model(self, principal: Principal, model_id: str) -> InferenceDocument | None:
         """The live inference of a model, if any."""
@@ -306,7 +309,9 @@ class InferenceService:
             return written
 
         def change(current: InferenceDocument) -> dict[str, Any]:
-            if current.enabled or current.is_deleted:
+            if current.is_deleted:
+                raise Conflict("modelId", "its inference finished stopping meanwhile; try again")
+            if current.enabled:
                 raise Conflict("modelId", "another request started this model's inference first")
             entry = PhaseEntry(phase=InferencePhase.PENDING, reason="Started")
             history = [*current.phase_history, entry][-50:]
@@ -375,11 +380,13 @@ class InferenceService:
         return written
 
     async def toggle(self, principal: Principal, model_id: str, *, enabled: bool) -> StartOutcome:
-        """The one-switch form: on starts with defaults (or the last spec), off stops."""
+        """The one-switch form: on starts with the last spec (a stopped inference's too;
+        resources not given then are the model's) or the defaults; off stops."""
         if not enabled:
             return StartOutcome(inference=await self.stop(principal, model_id), started=False)
         principal.require(Role.EDITOR)
         existing = await self._inferences.for_model(model_id)
+        existing = existing or await self._inferences.last_for_model(model_id)
         request = InferenceRequest()
         if existing is not None and existing.organization_id == principal.organization_id:
             request = request_from(existing.spec)
@@ -520,8 +527,7 @@ class InferenceService:
             check_env(list(request.env), own_secret=model.secret_ref)
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
-        cpu_only = {None, InferenceEngine.LITELLM_PROXY, InferenceEngine.OLLAMA}
-        default_gpu = 0 if engine in cpu_only else 1
+        resources = choose_resources(request, model.resources, engine)
         port = request.port
         if port is None:
             default = OLLAMA_PORT if engine is InferenceEngine.OLLAMA else 8000
@@ -535,11 +541,10 @@ class InferenceService:
             command=request.command,
             args=request.args,
             replicas=request.replicas or 1,
-            cpu=v.check_cpu("input.resources.cpu", request.cpu) or "1",
-            memory=v.check_memory("input.resources.memory", request.memory) or "2Gi",
-            gpu=v.check_gpu("input.resources.gpu", request.gpu)
-            if request.gpu is not None
-            else default_gpu,
+            cpu=resources.cpu,
+            memory=resources.memory,
+            gpu=resources.gpu,
+            resources_given=resources.given,
             gpu_type=request.gpu_type,
             node_selector=dict(request.node_selector or {}),
             tolerations=list(request.tolerations or []),

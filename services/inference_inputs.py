@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controllers.inference.commands import EnginePlanError, check_served_name
+from services import validation as v
 from services.errors import InvalidInput
 from services.manifests import ManifestPolicy, check_document, parse_documents
 from storage.documents import (
@@ -20,6 +21,7 @@ from storage.documents import (
     InferenceEngine,
     InferenceSpec,
     LiteLLMSpec,
+    Resources,
     Toleration,
 )
 
@@ -66,6 +68,49 @@ class InferenceRequest:
     upstream_timeout_seconds: float | None = None
     context_length: int | None = None
     service_monitor: bool | None = None
+
+
+DEFAULT_CPU = "1"
+DEFAULT_MEMORY = "2Gi"
+DEFAULT_GPU = 1
+RESOURCE_FIELDS = ("cpu", "memory", "gpu")
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenResources:
+    """Compute per replica for one start, and which fields the request gave."""
+
+    cpu: str
+    memory: str
+    gpu: int
+    given: list[str]
+
+
+def choose_resources(
+    request: InferenceRequest, model: Resources, engine: InferenceEngine | None
+) -> ChosenResources:
+    """Per field: the request's value, else the model's ``resources`` (the Playground API:
+    they are the inference service's requirements), else the organisation API's default (cpu
+    1, memory 2Gi, 1 GPU; no GPU for Ollama, which runs on the CPU unless asked). Per field,
+    not the whole object, because each is optional on both sides: ``resources: {gpu: 0}`` to
+    try a model on CPU keeps the model's memory. A proxy or a route serves no weights, so the
+    model's GPUs are not its requirement (0 unless given)."""
+    cpu = v.check_cpu("input.resources.cpu", request.cpu)
+    memory = v.check_memory("input.resources.memory", request.memory)
+    gpu = v.check_gpu("input.resources.gpu", request.gpu)
+    serves_weights = engine not in {None, InferenceEngine.LITELLM_PROXY}
+    on_gpu = serves_weights and engine is not InferenceEngine.OLLAMA  # Ollama: the CPU unless asked
+    if gpu is None:
+        model_gpu = model.gpu if serves_weights else None
+        gpu = model_gpu if model_gpu is not None else (DEFAULT_GPU if on_gpu else 0)
+    asked = (request.cpu, request.memory, request.gpu)
+    given = [name for name, value in zip(RESOURCE_FIELDS, asked, strict=True) if value is not None]
+    return ChosenResources(
+        cpu=cpu or model.cpu or DEFAULT_CPU,
+        memory=memory or model.memory or DEFAULT_MEMORY,
+        gpu=gpu,
+        given=given,
+    )
 
 
 def check_scalars(request: InferenceRequest) -> None:
@@ -139,7 +184,9 @@ def check_placement(request: InferenceRequest) -> None:
 
 
 def request_from(spec: InferenceSpec) -> InferenceRequest:
-    """The request that reproduces a stored spec (toggling back on)."""
+    """The request that reproduces a stored spec (toggling back on), except the resources it
+    took from the model: those are the model's again (:func:`choose_resources`)."""
+    given = set(spec.resources_given)
     return InferenceRequest(
         engine=spec.engine,
         image=spec.image,
@@ -147,9 +194,9 @@ def request_from(spec: InferenceSpec) -> InferenceRequest:
         command=spec.command,
         args=spec.args,
         replicas=spec.replicas,
-        cpu=spec.cpu,
-        memory=spec.memory,
-        gpu=spec.gpu,
+        cpu=spec.cpu if "cpu" in given else None,
+        memory=spec.memory if "memory" in given else None,
+        gpu=spec.gpu if "gpu" in given else None,
         gpu_type=spec.gpu_type,
         node_selector=spec.node_selector,
         tolerations=spec.tolerations,

@@ -32,7 +32,8 @@ from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
-from services.targets import TargetRules, TargetSpec
+from services.retiring import InferenceRetirement
+from services.targets import TargetRules, TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
     HubFacts,
@@ -147,8 +148,10 @@ class ModelService:
         policy: ModelPolicy,
         recorder: Recorder | None = None,
         weights: WeightsRepository | None = None,
+        retire: InferenceRetirement | None = None,
     ) -> None:
         self._weights = weights
+        self._retire = retire
         self._record = recorder or Recorder(None)
         self._models = models
         self._secrets = secrets
@@ -179,6 +182,13 @@ class ModelService:
             raise InvalidInput("offset", "offset must not be negative")
         if model_filter.search is not None:
             v.check_text("filter.search", model_filter.search, limit=256)
+        if model_filter.has_inference is False and model_filter.inference_phase is not None:
+            raise InvalidInput(
+                "filter.hasInference",
+                "hasInference: false finds models without an inference; drop inferencePhase",
+            )
+        if model_filter.name is not None:
+            v.check_name("filter.name", model_filter.name)
         return await self._models.list_page(
             organization_id=principal.organization_id,
             model_filter=model_filter,
@@ -289,6 +299,8 @@ class ModelService:
             )
         except NotFound:
             raise Missing(model_id, f"model {model_id} not found") from None
+        if self._retire is not None:
+            await self._retire(model.id)
         removed = await self._runtime.delete_owned(model.id)
         already_listed = any(o.kind == "Secret" and o.name == model.secret_ref for o in removed)
         if model.secret_ref and await self._secrets.delete(model.secret_ref) and not already_listed:
@@ -369,6 +381,7 @@ class ModelService:
         await v.check_resolved("source.url", url, outbound=outbound)
         model.source.url = url
         model.phase = ModelPhase.READY
+        model.message = "ready: a REMOTE_API model is proxied, nothing is downloaded"
 
     async def _local(
         self,
@@ -385,6 +398,7 @@ class ModelService:
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
+        await check_storage_class(self._runtime, target)
         hub = await self._describe(repo_id, revision, token, field_prefix="source.")
         await self._check_location_free(principal, target, repo_id, hub.sha)
         model.display_name = model.display_name or repo_id.split("/", 1)[1]

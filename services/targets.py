@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controllers.runtimes.base import Runtime
 from integrations.addresses import OutboundPolicy
 from services import validation as v
 from services.errors import InvalidInput
-from storage.targets import S3_SECRET_KEY, LocalTarget, PvcTarget, S3Target
+from storage.targets import S3_SECRET_KEY, DownloadTarget, LocalTarget, PvcTarget, S3Target
 
 PREFIX = "downloadTarget"
 MAX_SIZE_GI = 65536
@@ -124,3 +125,18 @@ class S3TargetSpec:
 
 TargetSpec = LocalTargetSpec | PvcTargetSpec | S3TargetSpec
 """``downloadTarget`` as asked for: exactly one kind."""
+
+
+async def check_storage_class(runtime: Runtime, target: DownloadTarget) -> None:
+    """Refuse a PVC target naming a StorageClass the cluster does not have: its claim would
+    never be bound and the download would wait for ever (the organisation API checks storage
+    classes before deploying). Only a definite "no" refuses; a cluster that cannot tell
+    (no permission, no answer) is not held against the request."""
+    if not isinstance(target, PvcTarget) or not target.storage_class:
+        return
+    if await runtime.storage_class_known(target.storage_class) is False:
+        raise InvalidInput(
+            f"{PREFIX}.pvc.storageClass",
+            f"the cluster has no StorageClass {target.storage_class!r}; name one it has, or "
+            "leave storageClass null for the cluster's default",
+        )

@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 from controllers.transfer import locations
 from integrations.addresses import AddressRefused, OutboundPolicy
 from services.errors import InvalidInput
-from storage.documents import InferencePhase
 
 MAX_NAME = 63
 MAX_DISPLAY_NAME = 256
@@ -392,15 +391,3 @@ def check_secret_value(field: str, value: str | None, *, required: bool) -> str 
     if len(value) > MAX_TOKEN or re.search(r"\s", value.strip()):
         raise InvalidInput(field, f"{field} is not a valid credential (length or whitespace)")
     return value.strip()
-
-
-def check_phase(field: str, value: str | None) -> InferencePhase | None:
-    """An inference phase given as text (a filter's): one of the :class:`InferencePhase`
-    names, or None."""
-    if value is None:
-        return None
-    try:
-        return InferencePhase(value)
-    except ValueError:
-        names = ", ".join(phase.value for phase in InferencePhase)
-        raise InvalidInput(field, f"{field} {value!r} is not a phase: one of {names}") from None

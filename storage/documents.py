@@ -441,7 +441,9 @@ class LiteLLMSpec(BaseModel):
 
 
 class InferenceSpec(BaseModel):
-    """What to run. Defaults follow the organisation API: 1 GPU, cpu 1, memory 2Gi, port 8000."""
+    """What to run. Resources not given come from the model's ``resources`` (the Playground
+    API: they are the inference's requirements), then the organisation API's defaults: 1 GPU,
+    cpu 1, memory 2Gi; port 8000."""
 
     engine: InferenceEngine | None = InferenceEngine.VLLM
     """None for a REMOTE_API model: a gateway route, no workload."""
@@ -474,6 +476,10 @@ class InferenceSpec(BaseModel):
     service_monitor: bool | None = None
     """A Prometheus ServiceMonitor: True required (refused without its CRD), False never, None
     when the cluster has the CRD."""
+    resources_given: list[str] = Field(default_factory=list)
+    """Which of ``cpu``, ``memory`` and ``gpu`` the start gave explicitly; the others came
+    from the model's ``resources`` (or the defaults), and a toggle back on takes them from the
+    model again, so an ``updateModel`` of its resources is honoured."""
 
 
 class PhaseEntry(BaseModel):
@@ -481,6 +487,17 @@ class PhaseEntry(BaseModel):
 
     phase: InferencePhase
     entered_at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+    message: str | None = None
+
+
+class WorkloadCondition(BaseModel):
+    """One condition the runtime reports on an inference's workload (a Deployment's
+    ``Available``, ``Progressing``...), without its timestamps (they would make every
+    observation a write)."""
+
+    type: str
+    status: str
     reason: str | None = None
     message: str | None = None
 
@@ -516,6 +533,13 @@ class InferenceDocument(Document):
     message: str | None = None
     replicas: int = 0
     ready_replicas: int = 0
+    current_replicas: int | None = None
+    """Replicas that exist now (a Deployment's ``status.replicas``); None: unknown."""
+    available_replicas: int | None = None
+    updated_replicas: int | None = None
+    """Replicas running the current spec; None: unknown."""
+    conditions: list[WorkloadCondition] | None = None
+    """The workload's conditions; None where the runtime has none (a local process)."""
     endpoint: str | None = None
     """OpenAI-compatible base URL (ends in ``/v1``) where the service answers once RUNNING."""
     phase_history: list[PhaseEntry] = Field(default_factory=list)

@@ -102,10 +102,14 @@ class ModelFilter:
     access_mode: AccessMode | None = None
     phase: ModelPhase | None = None
     inference_phase: InferencePhase | None = None
+    has_inference: bool | None = None
+    """False: ``inference_phase`` is null (no inference); True: any phase."""
     managed: bool | None = None
     tag: str | None = None
     search: str | None = None
     include_deleted: bool = False
+    name: str | None = None
+    """Exact name (the organisation API addresses a model by it)."""
 
 
 LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
@@ -144,6 +148,16 @@ class ModelRepository(Repository[ModelDocument]):
             ],
             name="org_live_phase_newest",
         ),
+        IndexModel(
+            [
+                ("organization_id", ASCENDING),
+                ("is_deleted", ASCENDING),
+                ("inference_phase", ASCENDING),
+                ("created_at", DESCENDING),
+                ("_id", DESCENDING),
+            ],
+            name="org_live_inference_phase_newest",
+        ),
         IndexModel([("organization_id", ASCENDING), ("tags", ASCENDING)], name="org_tags"),
         PENDING_INDEX,
     )
@@ -177,6 +191,11 @@ class ModelRepository(Repository[ModelDocument]):
             query["source.access_mode"] = model_filter.access_mode
         if model_filter.inference_phase is not None:
             query["inference_phase"] = model_filter.inference_phase
+        elif model_filter.has_inference is False:
+            query["inference_phase"] = None  # null or absent: one point of the index
+        elif model_filter.has_inference:
+            # Every phase as points (not ``$ne: null``), so the index still yields the sort.
+            query["inference_phase"] = {"$in": list(InferencePhase)}
         if model_filter.managed is not None:
             query["managed"] = model_filter.managed
         if model_filter.tag is not None:
@@ -184,6 +203,8 @@ class ModelRepository(Repository[ModelDocument]):
         if model_filter.search:
             pattern = {"$regex": re.escape(model_filter.search), "$options": "i"}
             query["$or"] = [{"display_name": pattern}, {"source.url": pattern}, {"name": pattern}]
+        if model_filter.name is not None:  # live names are the unique index's name_key
+            query["name" if model_filter.include_deleted else "name_key"] = model_filter.name
         return query
 
     async def list_page(
@@ -367,6 +388,7 @@ class InferenceRepository(Repository[InferenceDocument]):
             name="org_live_name",
         ),
         IndexModel([("organization_id", ASCENDING), ("created_at", DESCENDING)], name="org_newest"),
+        IndexModel([("model_id", ASCENDING), ("created_at", DESCENDING)], name="model_newest"),
         PENDING_INDEX,
     )
     unique_fields = ("active_key",)
@@ -386,6 +408,14 @@ class InferenceRepository(Repository[InferenceDocument]):
     async def for_model(self, model_id: str) -> InferenceDocument | None:
         """The live inference of a model, or None."""
         return await self.find_one(where={"active_key": model_id, "is_deleted": False})
+
+    async def last_for_model(self, model_id: str) -> InferenceDocument | None:
+        """The model's newest inference, live or stopped (retired) -- whose spec a toggle back
+        on reuses."""
+        page = await self.find(
+            where={"model_id": model_id}, limit=1, sort=(("created_at", DESCENDING),)
+        )
+        return page.items[0] if page.items else None
 
     async def by_model_name(self, *, organization_id: str, name: str) -> InferenceDocument | None:
         """The live inference serving the model called ``name`` in the organisation."""

@@ -145,7 +145,9 @@ class KubeCluster:
 
 @contextmanager
 def kube_apiserver(workdir: Path, *, etcd: Path, apiserver: Path) -> Iterator[KubeCluster]:
-    """etcd + kube-apiserver on loopback, an admin token, and a kubeconfig file for clients."""
+    """etcd + kube-apiserver on loopback, an admin token, and a kubeconfig file for clients.
+    Like kind and minikube it has a StorageClass ``standard`` (modelplane refuses a PVC target
+    naming a class the cluster lacks); nothing provisions its claims."""
     workdir.mkdir(parents=True, exist_ok=True)
     client_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd_proc = _Child(
@@ -222,11 +224,31 @@ def kube_apiserver(workdir: Path, *, etcd: Path, apiserver: Path) -> Iterator[Ku
             "contexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: admin\n"
             "current-context: testbed\n"
         )
+        _standard_storage_class(server, token, ca)
         yield KubeCluster(server=server, token=token, kubeconfig=kubeconfig, workdir=workdir)
     finally:
         if api_proc is not None:
             api_proc.stop()
         etcd_proc.stop()
+
+
+def _standard_storage_class(server: str, token: str, ca: Path) -> None:
+    """Create the StorageClass ``standard`` (no provisioner) as the admin."""
+    body = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "standard"},
+        "provisioner": "kubernetes.io/no-provisioner",
+    }
+    request = urllib.request.Request(  # noqa: S310  the loopback API server
+        f"{server}/apis/storage.k8s.io/v1/storageclasses",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(request, timeout=10, context=context):  # noqa: S310  loopback
+        pass
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ def test_restarts_on_attach(weights: WeightsDocument, expected: bool) -> None:
 @pytest.mark.parametrize(
     ("state", "phase", "message_part"),
     [
-        (WeightsState.READY, ModelPhase.READY, None),
+        (WeightsState.READY, ModelPhase.READY, "downloaded and verified"),
         (WeightsState.PULLING, ModelPhase.PULLING, None),
         (WeightsState.PENDING, ModelPhase.PENDING, "waiting"),
         (WeightsState.CANCELLED, ModelPhase.FAILED, "cancelled"),

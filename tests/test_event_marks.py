@@ -11,6 +11,9 @@ controller settled the mark of its own write (found by issue 16's credential tes
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
 
 from live import EventLog, EventType, Recorder
 from storage.client import Database
@@ -106,3 +109,72 @@ async def test_progress_keeps_a_concurrent_cancel(database: Database) -> None:
         if current.state is not state:
             lost.append(round_)
     assert lost == []
+
+
+class _Updates(monitoring.CommandListener):
+    """The ``update`` commands one client sends to ``models``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.count += event.command_name == "update" and event.command["update"] == "models"
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        del event
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        del event
+
+
+async def test_marks_settled_together_keep_concurrent_writes(
+    database: Database, mongo_uri: str
+) -> None:
+    """Marks that wait while a settle is in flight are removed together (a bulk write under
+    every touched document's lock), and a compare-and-set write racing them is kept."""
+    updates = _Updates()
+    client: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[updates])
+    try:
+        own = client[database.name]
+        log = EventLog(own, size_bytes=1024 * 1024)
+        await log.ensure()
+        recorder, models = Recorder(log), ModelRepository(own)
+        marked = []
+        for index in range(30):
+            model = await models.insert(_model(f"model-{index}"))
+            marked.append(
+                await models.update(
+                    model.id,
+                    expected_revision=model.revision,
+                    changes={"message": "marked"},
+                    event=EventType.PHASE_CHANGED,
+                )
+            )
+        updates.count = 0
+
+        async def write(written: ModelDocument) -> ModelDocument:
+            await asyncio.sleep(0.002)
+            return await models.modify(written.id, lambda _: {"label": "kept"})
+
+        await asyncio.gather(
+            *(recorder.model(each, EventType.PHASE_CHANGED) for each in marked),
+            *(write(each) for each in marked),
+        )
+        stored = [await models.require(each.id) for each in marked]
+        assert [each.pending_events for each in stored] == [[]] * 30
+        assert {each.label for each in stored} == {"kept"}
+        print(f"30 marks settled in {updates.count} update commands")  # noqa: T201  the figure
+        assert updates.count < 30  # (the label writes are findAndModify commands)
+    finally:
+        await client.close()
+
+
+def _model(model_id: str) -> ModelDocument:
+    return ModelDocument(
+        id=model_id,
+        organization_id="org-1",
+        name=model_id,
+        name_key=model_id,
+        display_name=model_id,
+        source=ModelSource(url="org/m", access_mode=AccessMode.LOCAL),
+    )

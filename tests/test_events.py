@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from bson.int64 import Int64
-from pymongo import CursorType
+from pymongo import AsyncMongoClient, CursorType, monitoring
 
 from live import ferretdb as ferretdb_module
 from live.broker import Broker, EventFilter, Item, Marker, MarkerKind, Subscription
 from live.events import (
+    DuplicateEvent,
     Event,
     EventLogNotCapped,
     EventType,
@@ -151,6 +152,45 @@ async def test_cursors_unique_and_dense_across_two_processes(
         assert [event.cursor for event in stored] == list(range(1, 81))
     finally:
         await other_client.close()
+
+
+async def test_concurrent_batches_of_two_processes_stay_unique_and_dense(
+    database: Database, mongo_uri: str
+) -> None:
+    """Each process inserts its waiting appends as one batch; when another process took a
+    cursor of the batch, the rest of the batch moves past it, so cursors stay unique and the
+    sequence has no holes."""
+    other_client = make_client(mongo_uri, timeout_seconds=5)
+    try:
+        logs = [EventLog(database), EventLog(other_client[database.name])]
+        await asyncio.gather(*(each.ensure() for each in logs))
+
+        async def writer(each: EventLog, name: str) -> list[int]:
+            appends = (append(each, resource_id=f"{name}-{i}") for i in range(40))
+            return [event.cursor for event in await asyncio.gather(*appends)]
+
+        for _ in range(3):
+            await asyncio.gather(writer(logs[0], "a"), writer(logs[1], "b"))
+        stored = await logs[1].after(0, limit=500)
+        assert [event.cursor for event in stored] == list(range(1, 241))
+        assert await logs[0].head_cursor() == 240
+    finally:
+        await other_client.close()
+
+
+async def test_a_key_the_log_holds_fails_only_its_own_append_in_a_batch(log: EventLog) -> None:
+    await append(log, resource_id="model-1", key="key-1")
+    results = await asyncio.gather(
+        *(append(log, resource_id=f"model-{i}", key=f"key-{i}") for i in range(6)),
+        return_exceptions=True,
+    )
+    refused = [result for result in results if isinstance(result, DuplicateEvent)]
+    written = [result for result in results if isinstance(result, Event)]
+    assert len(refused) == 1
+    assert refused[0] is results[1]
+    assert [event.cursor for event in written] == [2, 3, 4, 5, 6]
+    stored = await log.after(0, limit=10)
+    assert [event.key for event in stored] == ["key-1", "key-0", "key-2", "key-3", "key-4", "key-5"]
 
 
 async def test_ensure_refuses_an_uncapped_collection(database: Database) -> None:
@@ -517,6 +557,53 @@ async def test_another_process_reads_new_events_from_the_ring_not_the_log(
         assert all(isinstance(slot, str) for slot in slots)
     finally:
         await other_client.close()
+
+
+class _Writes(monitoring.CommandListener):
+    """The update commands one client sends, by collection."""
+
+    def __init__(self) -> None:
+        self.updates: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update":
+            self.updates.append(str(event.command["update"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        del event
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        del event
+
+
+async def test_concurrent_appends_are_published_together_and_in_order(
+    database: Database, mongo_uri: str
+) -> None:
+    """Appends that arrive while a publication is in flight share the next one: one ring write
+    and one head update for the batch, not two writes per event in turn; another process still
+    receives every event, in cursor order, through the ring."""
+    writes = _Writes()
+    writer_client: Any = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[writes])
+    try:
+        writer = EventLog(writer_client[database.name], poll_interval=POLL)
+        reader = EventLog(database, poll_interval=POLL, strategy=TailStrategy.POLL)
+        await writer.ensure()
+        writes.updates.clear()
+        async with (
+            running_broker(reader) as broker,
+            broker.subscribe(EventFilter(ORG_A)) as subscription,
+        ):
+            written = await asyncio.gather(
+                *(append(writer, resource_id=f"model-{i}") for i in range(40))
+            )
+            cursors = [event.cursor for event in written]
+            assert cursors == list(range(cursors[0], cursors[0] + 40))
+            assert await take(subscription, 40) == sorted(written, key=lambda e: e.cursor)
+        ring, head = writes.updates.count("event_ring"), writes.updates.count("event_head")
+        print(f"40 concurrent appends: {ring} ring writes, {head} head updates")  # noqa: T201
+        assert 1 <= head <= ring < 40  # a batch's ring write goes in commands of 32 slots
+    finally:
+        await writer_client.close()
 
 
 async def test_close_ends_subscriptions_and_leaves_no_task(log: EventLog) -> None:

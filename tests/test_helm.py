@@ -197,6 +197,9 @@ POD_AUTOSCALERS = Resource(
     lambda n: {"spec": {"scaleTargetRef": {"kind": "Deployment", "name": n}, "maxReplicas": 2}},
 )
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+STORAGE_CLASSES = Resource(
+    "storage.k8s.io", "v1", "storageclasses", "StorageClass", namespaced=False
+)
 CRDS = Resource(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
     namespaced=False,
@@ -224,6 +227,7 @@ NAMESPACED_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
 CLUSTER_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
     (NODES, ("list",)),  # GPU inventory
     (PODS, ("list",)),  # GPU requests of every pod, for free counts
+    (STORAGE_CLASSES, ("get",)),  # a PVC target's storageClass exists
 ]
 """Calls across the cluster (the ClusterRole); read only."""
 
@@ -784,7 +788,14 @@ ALLOWED = [Case(r, verb) for r, verbs in NAMESPACED_CALLS for verb in verbs] + [
     Case(r, verb, cluster_wide=True) for r, verbs in CLUSTER_CALLS for verb in verbs
 ]
 # Reading pods and logs of a pod we did not make (a 404 proves authorization passed).
-_ABSENT_OK = {PODS.plural, POD_LOGS.plural, REPLICASETS.plural, EVENTS.plural, NODES.plural}
+_ABSENT_OK = {
+    PODS.plural,
+    POD_LOGS.plural,
+    REPLICASETS.plural,
+    EVENTS.plural,
+    NODES.plural,
+    STORAGE_CLASSES.plural,
+}
 
 
 async def _exercise(case: Case, admin: k8s.ApiClient, installed: Installed) -> Reply:

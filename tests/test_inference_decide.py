@@ -123,18 +123,20 @@ ROWS = [
         STOPPING_RECHECK_SECONDS,
     ),
     Row(
-        "stopped, nothing left: STOPPED (after one more idempotent remove)",
+        "stopped, nothing left: STOPPED (after one more idempotent remove), then retired",
         Facts(inference(enabled=False, phase=InferencePhase.RUNNING), model()),
         Action.REMOVE,
         InferencePhase.STOPPED,
         "Stopped",
+        extra={"retire": True},
     ),
     Row(
-        "stopped and STOPPED already: nothing to do, status unchanged",
+        "stopped and STOPPED already: status unchanged, retired (unlinked from its model)",
         Facts(inference(enabled=False, phase=InferencePhase.STOPPED), model()),
         Action.NOTHING,
         InferencePhase.STOPPED,
         "Stopped",
+        extra={"retire": True},
     ),
     Row(
         "model deleted, workload left: remove, FAILED ModelDeleted",

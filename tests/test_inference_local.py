@@ -146,6 +146,17 @@ async def ready_model(app: RunningApp) -> dict[str, Any]:
     return model
 
 
+async def until_no_inference(app: RunningApp, model_id: str) -> None:
+    """Until the model's ``inferencePhase`` is null (its stop completed)."""
+    deadline = time.monotonic() + 30
+    while True:
+        data = await run(app.graphql_url, "ModelInference", {"id": model_id}, token=editor(app))
+        if data["model"]["inferencePhase"] is None:
+            return
+        assert time.monotonic() < deadline, f"the model's inference was not cleared: {data}"
+        await asyncio.sleep(0.05)
+
+
 async def _logged_phases(app: RunningApp, inference_id: str, *, until: str) -> list[str]:
     """The inference's phases in the event log, in cursor order, once the last is ``until``
     (or after 10 s). The document is written before its event is appended (the model's
@@ -221,15 +232,16 @@ async def test_vllm_starts_serves_logs_and_stops(local_app: RunningApp) -> None:
     assert "RUNNING" in kinds
     assert kinds[-1] == "STOPPED"
 
-    # Starting again after a stop re-enables the same inference.
+    # Once the stop completes the model has no inference, and starting again is a new one.
+    await until_no_inference(local_app, model["id"])
     restarted = await start(local_app, model["id"])
     assert restarted["started"] is True
-    assert restarted["inference"]["id"] == inference["id"]
-    await wait_inference(local_app, inference["id"], {"RUNNING"})
+    assert restarted["inference"]["id"] != inference["id"]
+    await wait_inference(local_app, restarted["inference"]["id"], {"RUNNING"})
     await run(
         local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
     )
-    await wait_inference(local_app, inference["id"], {"STOPPED"})
+    await wait_inference(local_app, restarted["inference"]["id"], {"STOPPED"})
 
 
 async def test_crash_looping_engine_is_reported_with_its_output(local_app: RunningApp) -> None:
@@ -409,12 +421,15 @@ async def test_toggle_uses_the_last_spec(local_app: RunningApp) -> None:
         {"modelId": model["id"], "enabled": True},
         token=editor(local_app),
     )
-    assert on_again["toggleInference"]["inference"]["spec"]["port"] == port
-    await wait_inference(local_app, inference_id, {"RUNNING"})
+    # The same spec; a new inference once the stop completed (the same one re-enabled if it
+    # was still being retired: issue 17).
+    again = on_again["toggleInference"]["inference"]
+    assert again["spec"]["port"] == port
+    await wait_inference(local_app, again["id"], {"RUNNING"})
     await run(
         local_app.graphql_url, "StopInference", {"modelId": model["id"]}, token=editor(local_app)
     )
-    await wait_inference(local_app, inference_id, {"STOPPED"})
+    await wait_inference(local_app, again["id"], {"STOPPED"})
 
 
 HEALTH_ONLY = """#!{python}

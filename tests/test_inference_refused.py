@@ -178,13 +178,13 @@ async def _failed_once(app: RunningApp, inference_id: str) -> dict[str, Any]:
 
 
 async def _retry(app: RunningApp, model_id: str, inference_id: str) -> dict[str, Any]:
-    """The user's retry: stop, then start again."""
+    """The user's retry: stop, then start again (a new inference once the stop completed,
+    issue 17; the same one re-enabled if it was still being retired)."""
     token = editor(app)
     await run(app.graphql_url, "StopInference", {"modelId": model_id}, token=token)
     await wait_inference(app, inference_id, {"STOPPED"})
     restarted = await start(app, model_id)
-    assert restarted["id"] == inference_id
-    return await wait_inference(app, inference_id, {"RUNNING", "FAILED"})
+    return await wait_inference(app, restarted["id"], {"RUNNING", "FAILED"})
 
 
 async def test_apply_forbidden_by_rbac_fails_once_and_recovers_after_the_grant(

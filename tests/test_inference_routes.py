@@ -108,4 +108,5 @@ async def test_remote_model_route_runs_serves_and_stops(
                 break
             await asyncio.sleep(0.2)
         assert refused.status_code == 409, refused.text
-        assert "STOPPED" in refused.text
+        # Once stopped the model has no inference (issue 17): not running, nothing to route to.
+        assert refused.json()["error"]["reason"] == "NoInference", refused.text

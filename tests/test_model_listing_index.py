@@ -10,6 +10,7 @@ import pytest
 from storage.client import Database
 from storage.documents import (
     AccessMode,
+    InferencePhase,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -33,6 +34,7 @@ async def seed(database: Database, count: int) -> ModelRepository:
             tags=[f"t{i % 7}"],
             source=ModelSource(url=f"org/m{i}", access_mode=AccessMode.LOCAL),
             phase=PHASES[i % 4],
+            inference_phase=InferencePhase.RUNNING if i % 5 == 0 else None,
             created_at=start + timedelta(milliseconds=i),
         ).to_mongo()
         for i in range(count)
@@ -51,8 +53,13 @@ def index_serves(index_keys: list[tuple[str, int]], query: dict[str, Any]) -> bo
 
 @pytest.mark.parametrize(
     "model_filter",
-    [ModelFilter(), ModelFilter(phase=ModelPhase.READY)],
-    ids=["all-live", "by-phase"],
+    [
+        ModelFilter(),
+        ModelFilter(phase=ModelPhase.READY),
+        ModelFilter(inference_phase=InferencePhase.RUNNING),
+        ModelFilter(has_inference=False),
+    ],
+    ids=["all-live", "by-phase", "by-inference-phase", "without-inference"],
 )
 async def test_listing_query_shape_matches_an_index(
     database: Database, model_filter: ModelFilter
@@ -66,7 +73,14 @@ async def test_listing_query_shape_matches_an_index(
     page = await repository.list_page(
         organization_id="org-a", model_filter=model_filter, limit=50, offset=100
     )
-    expected_total = 9000 if model_filter.phase is None else 2000  # i % 4 == 0, i % 10 != 0
+    expected_total = sum(
+        1
+        for i in range(10_000)
+        if i % 10  # org-a
+        and (model_filter.phase is None or i % 4 == 0)  # READY
+        and (model_filter.inference_phase is None or i % 5 == 0)  # RUNNING
+        and (model_filter.has_inference is not False or i % 5 != 0)  # none
+    )
     assert page.total == expected_total
     assert len(page.items) == 50
     created = [m.created_at for m in page.items]

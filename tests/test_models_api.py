@@ -292,33 +292,46 @@ async def test_listing_pages_and_filters(running_app: RunningApp) -> None:
 async def test_the_inference_phase_filter_takes_a_phase_and_refuses_other_text(
     running_app: RunningApp,
 ) -> None:
-    """``inferencePhase`` is text in the schema and an :class:`InferencePhase` below it: a
-    phase lists the models whose inference is in it, anything else is a clear refusal
-    (it used to match nothing)."""
+    """``inferencePhase`` is the InferencePhase enum: a phase lists the models whose inference
+    is in it, anything else is refused by GraphQL itself (it used to match nothing: issue 17).
+    ``hasInference: false`` lists the models with none."""
     serving = await create(running_app, remote(name="serving"))
     await create(running_app, remote(name="idle"))
     await running_app.resources.database["models"].update_one(
         {"_id": serving["id"]}, {"$set": {"inference_phase": "RUNNING"}}
     )
     token = running_app.token(role=Role.VIEWER, organization="org-a")
-    data = await run(
-        running_app.graphql_url,
-        "Models",
-        {"filter": {"inferencePhase": "RUNNING"}, "limit": 50},
-        token=token,
-    )
-    assert [m["name"] for m in data["models"]["items"]] == ["serving"]
+
+    async def names(model_filter: dict[str, Any]) -> list[str]:
+        data = await run(
+            running_app.graphql_url, "Models", {"filter": model_filter, "limit": 50}, token=token
+        )
+        return [m["name"] for m in data["models"]["items"]]
+
+    assert await names({"inferencePhase": "RUNNING"}) == ["serving"]
+    assert await names({"inferencePhase": "PENDING"}) == []
+    assert await names({"hasInference": False}) == ["idle"]
+    assert await names({"hasInference": True}) == ["serving"]
+    assert await names({"hasInference": True, "inferencePhase": "RUNNING"}) == ["serving"]
+    for text in ("running", "Running", "NONE"):
+        body = await execute(
+            running_app.graphql_url,
+            operation("Models"),
+            {"filter": {"inferencePhase": text}, "limit": 50},
+            token=token,
+        )
+        assert body.get("data") is None, body
+        assert "InferencePhase" in body["errors"][0]["message"], body
     body = await execute(
         running_app.graphql_url,
         operation("Models"),
-        {"filter": {"inferencePhase": "running"}, "limit": 50},
+        {"filter": {"inferencePhase": "RUNNING", "hasInference": False}, "limit": 50},
         token=token,
     )
     assert body["errors"][0]["extensions"] == {
         "code": "BAD_USER_INPUT",
-        "field": "filter.inferencePhase",
+        "field": "filter.hasInference",
     }
-    assert "RUNNING" in body["errors"][0]["message"]
 
 
 async def test_concurrent_updates_all_land_and_a_delete_wins_over_later_ones(

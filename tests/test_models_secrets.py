@@ -154,7 +154,7 @@ async def test_pvc_target_is_accepted_on_kubernetes(kube_app: RunningApp) -> Non
             "pvc": {
                 "claimName": "model-weights",
                 "subPath": "tiny",
-                "storageClass": "fast-ssd",
+                "storageClass": "standard",
                 "sizeGi": 20,
             }
         },
@@ -167,7 +167,7 @@ async def test_pvc_target_is_accepted_on_kubernetes(kube_app: RunningApp) -> Non
         "__typename": "PvcTarget",
         "claimName": "model-weights",
         "subPath": "tiny",
-        "storageClass": "fast-ssd",
+        "storageClass": "standard",
         "sizeGi": 20,
     }
     assert model["source"]["hasToken"] is False

@@ -119,7 +119,7 @@ def restarts_on_attach(weights: WeightsDocument) -> bool:
 def model_status(weights: WeightsDocument) -> tuple[ModelPhase, str | None]:
     """The model phase and message that mirror a Weights' state."""
     if weights.state is WeightsState.READY:
-        return ModelPhase.READY, None
+        return ModelPhase.READY, "downloaded and verified"
     if weights.state is WeightsState.FAILED:
         return ModelPhase.FAILED, weights.message
     if weights.state is WeightsState.CANCELLED:

@@ -13,7 +13,7 @@ facts                                                  action   status
 =====================================================  =======  ==================================
 deleted, workload left / not                           REMOVE   none (the document is gone)
 stopped, workload left                                 REMOVE   phase kept, Stopping (look in 2 s)
-stopped, nothing left                                  REMOVE*  STOPPED
+stopped, nothing left                                  REMOVE*  STOPPED, then retired
 managed, model missing or deleted                      REMOVE   FAILED ModelDeleted
 a route (REMOTE_API, no engine)                        --       the probe's answer (30 s if PENDING)
 model's weights FAILED                                 --       FAILED WeightsFailed
@@ -28,11 +28,18 @@ otherwise (new, generation moved, workload missing)    APPLY    then observed
 ``REMOVE*``: a stopped inference whose phase is not STOPPED yet is removed once more (idempotent)
 so that objects outside the executor's view (a Service, a ConfigMap) go too.
 
+*Retired* (the Playground API: toggling off deletes the inference and empties the model's
+inference id and status): once STOPPED is written, the model's ``inference_phase`` is cleared
+and the document leaves the live set (``is_deleted``, its ``active_key`` freed), so
+``Model.inference`` is null and the next start creates a new inference. The document stays,
+readable by its id, as the record of how that inference ended.
+
 A permanent failure (:class:`~controllers.errors.PermanentError` from an apply: RBAC, validation,
 admission; a program that cannot be spawned) is written once as FAILED with its reason; the row
 "permanent failure recorded" keeps the controller from applying again on every event or resync.
-The user's retry (``stopInference`` then ``startInference``) writes a new generation and phase
-PENDING, which makes the row no longer match.
+The user's retry (``stopInference`` then ``startInference``) is a new inference once the stop
+completed, or (while it completes) a new generation and phase PENDING of the same one, which
+makes the row no longer match.
 """
 
 from __future__ import annotations
@@ -103,6 +110,8 @@ class Decision:
     """Written (when changed) after the action succeeded; None: write nothing."""
     endpoint: str | None = None
     requeue: float | None = None
+    retire: bool = False
+    """After the status write: unlink the stopped inference from its model (see above)."""
 
 
 def decide(facts: Facts) -> Decision:  # noqa: PLR0911  one return per table row
@@ -153,8 +162,8 @@ def _stopped(facts: Facts) -> Decision:
         return Decision(Action.REMOVE, stopping, requeue=requeue)
     stopped = Observed(InferencePhase.STOPPED, "Stopped", "stopped; its objects are removed")
     if inference.phase is InferencePhase.STOPPED:
-        return Decision(status=stopped)
-    return Decision(Action.REMOVE, stopped)
+        return Decision(status=stopped, retire=True)
+    return Decision(Action.REMOVE, stopped, retire=True)
 
 
 _WEIGHTS_MISSING = Observed(

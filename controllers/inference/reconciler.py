@@ -45,6 +45,7 @@ from controllers.inference.workloads import (
     InferenceRuntime,
     Observed,
     WeightsGone,
+    WorkloadCounts,
     manifest_plan,
 )
 from controllers.looping import ControllerLoop, OwnWrites
@@ -207,6 +208,8 @@ class InferenceController:
                 applied=applied,
                 model=facts.model,
             )
+        if decision.retire:
+            await self._retire(facts.inference, facts.model)
         return decision.requeue
 
     async def read(self, inference_id: str) -> Facts | None:
@@ -336,11 +339,39 @@ class InferenceController:
                 },
             )
 
+    async def _retire(self, inference: InferenceDocument, model: ModelDocument | None) -> None:
+        """A stop that completed (STOPPED written): the model's ``inference_phase`` is cleared
+        first (whoever sees the inference unlinked sees the model cleared too), then the
+        document leaves the live set -- ``is_deleted``, its ``active_key`` freed for the
+        model's next inference -- with a DELETED event. It stays readable by id as history."""
+
+        def change(doc: InferenceDocument) -> dict[str, Any] | None:
+            if doc.is_deleted or doc.enabled or doc.phase is not InferencePhase.STOPPED:
+                return None  # started again meanwhile, or not stopped yet: not ours to retire
+            wrote[0] = True
+            return {"is_deleted": True, "active_key": f"{doc.id}#stopped"}
+
+        wrote = [False]
+        cleared = await self._mirror(model, None) if model is not None else None
+        try:
+            written = await self._inferences.modify(inference.id, change, event=EventType.DELETED)
+        except (Contended, NotFound):
+            self._queue.add(inference.id)
+            return
+        if cleared is not None:
+            await self._record.model(cleared, EventType.UPDATED)
+        if not wrote[0]:
+            return
+        key = event_key(ResourceKind.INFERENCE, written.id, written.revision, EventType.DELETED)
+        self._own.remember(key)
+        await self._record.inference(written, EventType.DELETED)
+        log.info("inference retired", extra={"inference_id": written.id})
+
     async def _mirror(
-        self, model: ModelDocument, new_phase: InferencePhase
+        self, model: ModelDocument, new_phase: InferencePhase | None
     ) -> ModelDocument | None:
-        """Set the model's ``inference_phase``; the written model (its event is owed), or
-        None when nothing was written."""
+        """Set the model's ``inference_phase`` (None: it has no inference any more); the
+        written model (its event is owed), or None when nothing was written."""
         wrote = [False]
 
         def change(current: ModelDocument) -> dict[str, Any] | None:
@@ -363,17 +394,25 @@ def status_changes(
 ) -> dict[str, Any] | None:
     """The fields to write for ``observed`` (None when nothing differs); a phase change also
     appends to the history."""
+    counts = observed.counts or WorkloadCounts()
+    conditions = None if counts.conditions is None else list(counts.conditions)
     fields = {
         "phase": observed.phase,
         "reason": observed.reason,
         "message": observed.message,
         "replicas": observed.replicas,
         "ready_replicas": observed.ready_replicas,
+        "current_replicas": counts.current,
+        "available_replicas": counts.available,
+        "updated_replicas": counts.updated,
+        "conditions": conditions,
         "endpoint": endpoint if observed.phase is InferencePhase.RUNNING else None,
     }
     changes: dict[str, Any] = {
         name: value for name, value in fields.items() if getattr(doc, name) != value
     }
+    if "conditions" in changes and conditions is not None:
+        changes["conditions"] = [condition.model_dump() for condition in conditions]
     if not changes:
         return None
     if "phase" in changes:

@@ -29,7 +29,13 @@ from controllers.inference.engines import (
     host_program_field,
     plan_engine,
 )
-from storage.documents import InferenceDocument, InferencePhase, ModelDocument, ModelPhase
+from storage.documents import (
+    InferenceDocument,
+    InferencePhase,
+    ModelDocument,
+    ModelPhase,
+    WorkloadCondition,
+)
 from storage.repositories import WeightsRepository
 
 Obj = dict[str, Any]
@@ -43,7 +49,20 @@ class Observed:
     reason: str | None = None
     message: str | None = None
     replicas: int = 0
+    """Wanted (a Deployment's ``spec.replicas``, which an autoscaler sets)."""
     ready_replicas: int = 0
+    counts: WorkloadCounts | None = None
+    """The workload's own figures; None where nothing was observed (a route, a stop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCounts:
+    """What the runtime reports about a workload beyond wanted and ready; None: unknown."""
+
+    current: int | None = None
+    available: int | None = None
+    updated: int | None = None
+    conditions: tuple[WorkloadCondition, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

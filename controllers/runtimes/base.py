@@ -57,5 +57,9 @@ class Runtime(Protocol):
     async def delete_owned(self, owner_id: str) -> list[OwnedObject]:
         """Delete every object labelled as owned by ``owner_id``; idempotent."""
 
+    async def storage_class_known(self, name: str) -> bool | None:
+        """Whether the cluster has the StorageClass ``name``; None when it cannot tell (no
+        permission, no answer, or no cluster at all)."""
+
     async def close(self) -> None:
         """Release every client and connection; idempotent."""

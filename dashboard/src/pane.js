@@ -3,8 +3,11 @@
 //
 // It reads `ModelInference`, then `InferenceLogs`, when it opens, on Refresh, whenever main.js
 // says the model changed (an event about it or its inference), and every AUTO_REFRESH_MS while
-// the inference is not STOPPED.
+// the inference is not STOPPED. Once a stop completes the model has no inference any more
+// (`model.inference` is null); the pane then keeps showing how the one it showed ended, read by
+// its id with the `Inference` query (stopped inferences stay readable as history).
 
+import Inference from '@operations/Inference.graphql';
 import InferenceLogs from '@operations/InferenceLogs.graphql';
 import ModelInference from '@operations/ModelInference.graphql';
 import { $, fill } from './dom.js';
@@ -76,7 +79,13 @@ export function createInferencePane({ query, model, start, stop, canEdit, noteFo
       close();
       return;
     }
+    const previous = shown?.id === id ? shown.inference : null;
     shown = { ...model(id), ...data.model };
+    if (!shown.inference && previous?.id) {
+      const last = await query(Inference, { id: previous.id }).catch(() => null);
+      if (id !== modelId) return;
+      if (last?.inference) shown.inference = last.inference;
+    }
     render();
     const inference = shown.inference;
     if (!inference) {

@@ -334,7 +334,13 @@ async function serve(page, modelId) {
   log(`RUNNING (${running.join(' -> ')}) at ${endpoint}; screenshot ${shot}; clicking Stop`);
 
   await row.locator('button[data-action="stop"]').click();
-  await page.locator(`${rowSelector}[data-inference-phase="STOPPED"]`).waitFor({ timeout: 30_000 });
+  // STOPPED, then no inference at all once the stop completes (the row's phase empties).
+  await until(
+    'the row to show STOPPED, then no inference',
+    () => page.evaluate(() => window.inferencePhases.includes('STOPPED')),
+    30,
+  );
+  await page.locator(`${rowSelector}[data-inference-phase=""]`).waitFor({ timeout: 30_000 });
   const stopped = await until(
     'the pane timeline to reach STOPPED',
     async () => {

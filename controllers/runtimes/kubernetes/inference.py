@@ -21,6 +21,7 @@ import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -44,7 +45,7 @@ from controllers.runtimes.kubernetes.manifests import (
     endpoint_for,
     render_all,
 )
-from controllers.runtimes.kubernetes.status import derive_status
+from controllers.runtimes.kubernetes.status import derive_status, workload_counts
 from storage.documents import InferenceDocument, ModelDocument
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ class KubernetesInferenceExecutor:
             "Insufficient nvidia.com/gpu" in str(e.get("message")) for e in events
         )
         largest = await self._largest_free() if short and self._largest_free else None
-        return derive_status(
+        observed = derive_status(
             deployment,
             pods,
             events,
@@ -370,6 +371,7 @@ class KubernetesInferenceExecutor:
             initial_delay=inference.spec.initial_delay_seconds,
             largest_free_gpus=largest,
         )
+        return replace(observed, counts=workload_counts(deployment))
 
     @staticmethod
     def _unschedulable(pods: list[Obj]) -> bool:

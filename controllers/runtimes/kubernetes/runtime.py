@@ -6,11 +6,13 @@ Configured from a kubeconfig file or the in-cluster service account; answers the
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -23,6 +25,8 @@ from controllers.runtimes.base import (
     RuntimeUnavailable,
 )
 from controllers.runtimes.kubernetes.labels import owner_selector
+
+log = logging.getLogger(__name__)
 
 
 class KubernetesRuntime:
@@ -85,6 +89,20 @@ class KubernetesRuntime:
     async def describe(self) -> RuntimeInfo:
         info = await k8s.VersionApi(self.api).get_code(_request_timeout=5)
         return RuntimeInfo(kind=self.kind, namespace=self.namespace, version=info.git_version)
+
+    async def storage_class_known(self, name: str) -> bool | None:
+        """A ``get`` of the StorageClass (the ClusterRole grants it): False only for a 404."""
+        try:
+            await k8s.StorageV1Api(self.api).read_storage_class(name, _request_timeout=5)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            log.warning("storage class not readable", extra={"status": exc.status})
+            return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("storage class not readable", extra={"error": type(exc).__name__})
+            return None
+        return True
 
     async def delete_owned(self, owner_id: str) -> list[OwnedObject]:
         """Delete Deployments, Jobs, Services, PVCs, ConfigMaps and Secrets we labelled."""

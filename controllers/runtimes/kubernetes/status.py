@@ -17,6 +17,9 @@ events of those pods and their ReplicaSet, and says what a person needs to hear:
    failing after the initial delay -> CREATING with that as the reason;
 8. the Deployment's progress deadline passed -> FAILED.
 
+:func:`workload_counts` adds the Deployment's own figures (current, available and updated
+replicas, its conditions) to whatever the checks said.
+
 Inputs are the API's JSON (camelCase dictionaries), so tests write them as the API server
 would send them.
 """
@@ -26,12 +29,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from controllers.inference.workloads import Observed
+from controllers.inference.workloads import Observed, WorkloadCounts
 from controllers.runtimes.kubernetes.manifests import GENERATION, GPU_RESOURCE
-from storage.documents import InferencePhase
+from storage.documents import InferencePhase, WorkloadCondition
 
 Obj = dict[str, Any]
-__all__ = ["Observed", "current_pods", "derive_status"]
+__all__ = ["Observed", "current_pods", "derive_status", "workload_counts"]
 
 _IMAGE_FAILURES = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -274,6 +277,30 @@ def derive_status(  # noqa: PLR0911  checks in the docstring order, one return e
     if initializing is not None:
         return _with(initializing, counts)
     return _with(_starting(mine, events, initial_delay, ready, desired), counts)
+
+
+def workload_counts(deployment: Obj | None) -> WorkloadCounts | None:
+    """The Deployment's own figures (002's deployment status): replicas that exist,
+    available and updated ones, and its conditions without their timestamps. None before the
+    Deployment exists."""
+    if deployment is None:
+        return None
+    status = _get(deployment, "status") or {}
+    conditions = tuple(
+        WorkloadCondition(
+            type=str(condition.get("type")),
+            status=str(condition.get("status")),
+            reason=condition.get("reason"),
+            message=condition.get("message"),
+        )
+        for condition in status.get("conditions") or []
+    )
+    return WorkloadCounts(
+        current=int(status.get("replicas") or 0),
+        available=int(status.get("availableReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0),
+        conditions=conditions,
+    )
 
 
 def _init_state_failure(pods: list[Obj]) -> Observed | None:

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from controllers.errors import PermanentError
 from controllers.inference.engines import EnginePlan
-from controllers.inference.workloads import Obj, Observed, WorkloadPlan, WorkloadPlanner
+from controllers.inference.workloads import (
+    Obj,
+    Observed,
+    WorkloadCounts,
+    WorkloadPlan,
+    WorkloadPlanner,
+)
 from controllers.runtimes.local.logfiles import tail_lines
 from controllers.runtimes.local.processes import (
     ProcessPhase,
@@ -195,7 +202,16 @@ class LocalInferenceExecutor:
 
 
 def process_observed(status: ProcessStatus) -> Observed:
-    """A supervised process's status in inference terms."""
+    """A supervised process's status in inference terms, with its counts (one replica)."""
+    observed = _process_phase(status)
+    alive = 0 if status.phase is ProcessPhase.STOPPED else 1
+    counts = WorkloadCounts(
+        current=alive, available=observed.ready_replicas, updated=alive, conditions=None
+    )
+    return replace(observed, counts=counts)
+
+
+def _process_phase(status: ProcessStatus) -> Observed:
     ready = 1 if status.ready else 0
     if status.phase is ProcessPhase.RUNNING and status.ready:
         return Observed(

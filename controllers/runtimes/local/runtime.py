@@ -53,5 +53,9 @@ class LocalRuntime:
         del owner_id
         return []
 
+    async def storage_class_known(self, name: str) -> bool | None:
+        del name  # no cluster, no storage classes (PVC targets are refused on this runtime)
+        return None
+
     async def close(self) -> None:
         return None
