@@ -272,7 +272,8 @@ class Repository(Generic[D]):
         return result.deleted_count == 1
 
     def seeded(self, document: D) -> D:
-        """A new document as inserted: a repository keeping history starts it here."""
+        """A new document as inserted: a repository keeping history starts it here (in
+        place, like the event mark: callers go on with the object they inserted)."""
         return document
 
     def derived(self, current: D, changes: Mapping[str, Any], at: datetime) -> dict[str, Any]:

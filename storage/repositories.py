@@ -171,7 +171,8 @@ class ModelRepository(Repository[ModelDocument]):
         entry = ModelPhaseEntry(
             phase=document.phase, entered_at=document.created_at, reason=document.message
         )
-        return document.model_copy(update={"phase_history": [entry]})
+        document.phase_history = [entry]  # in place, as insert marks events: callers keep it
+        return document
 
     def derived(
         self, current: ModelDocument, changes: Mapping[str, Any], at: datetime
@@ -257,7 +258,8 @@ class WeightsRepository(Repository[WeightsDocument]):
         entry = WeightsStateEntry(
             state=document.state, entered_at=document.created_at, reason=document.message
         )
-        return document.model_copy(update={"state_history": [entry]})
+        document.state_history = [entry]  # in place: callers go on with the object inserted
+        return document
 
     def derived(
         self, current: WeightsDocument, changes: Mapping[str, Any], at: datetime

@@ -16,6 +16,7 @@ import pytest
 
 from live import ResourceKind
 from services.history import timeline
+from storage.client import Database
 from storage.documents import (
     AccessMode,
     DownloadAttempt,
@@ -33,7 +34,8 @@ from storage.documents import (
     WeightsState,
     WeightsStateEntry,
 )
-from storage.history import weights_history
+from storage.history import HISTORY_LIMIT, weights_history
+from storage.repositories import ModelRepository
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp
 from tests.graphql_client import run
@@ -239,6 +241,13 @@ async def test_cancelled_then_resumed_download_shows_two_attempts_with_their_byt
     assert second["bytesFetched"] + second["bytesResumed"] == size
     assert second["bytesFetched"] < size
 
+    info = (await run(running_app.graphql_url, "SystemInfo", {}, token=editor(running_app)))[
+        "systemInfo"
+    ]
+    (local,) = [usage for usage in info["storage"] if usage["kind"] == "LOCAL"]
+    assert local["ready"] >= 1
+    assert local["bytes"] >= size
+
 
 async def test_timeline_lists_model_weights_and_inference_phases_in_order(
     local_app: RunningApp,  # noqa: F811  the fixture
@@ -316,3 +325,38 @@ async def test_system_info_answers_on_the_replica_that_does_not_lead(
     assert info["catalogUrl"] is None
     assert info["catalogSync"] is None
     assert info["storage"] == []
+
+
+async def test_phase_history_is_written_with_each_phase_change_and_bounded(
+    database: Database,
+) -> None:
+    models = ModelRepository(database)
+    model = ModelDocument(
+        id="model-h",
+        organization_id="org-a",
+        name="h",
+        name_key="h",
+        display_name="h",
+        source=ModelSource(url="tiny-org/tiny-model", access_mode=AccessMode.LOCAL),
+    )
+    inserted = await models.insert(model)
+    assert [e.phase for e in inserted.phase_history] == [ModelPhase.PENDING]
+    # update without the document read: the repository reads the revision it replaces
+    pulling = await models.update(
+        model.id, expected_revision=1, changes={"phase": ModelPhase.PULLING, "message": "go"}
+    )
+    assert [(e.phase, e.reason) for e in pulling.phase_history][-1] == (ModelPhase.PULLING, "go")
+    # a write that leaves the phase alone adds nothing
+    same = await models.modify(model.id, lambda _m: {"phase": ModelPhase.PULLING, "label": "x"})
+    assert len(same.phase_history) == 2
+    current = same
+    for index in range(HISTORY_LIMIT + 5):
+        phase = ModelPhase.READY if index % 2 == 0 else ModelPhase.PULLING
+        current = await models.update(
+            model.id, expected_revision=current.revision, changes={"phase": phase}, current=current
+        )
+    stored = await models.require(model.id)
+    assert len(stored.phase_history) == HISTORY_LIMIT
+    assert stored.phase_history[-1].phase is stored.phase
+    at = [entry.entered_at for entry in stored.phase_history]
+    assert at == sorted(at)
