@@ -16,6 +16,13 @@ import pytest
 
 from live import ResourceKind
 from services.history import timeline
+from storage.catalogues import (
+    CatalogueDocument,
+    CatalogueRepository,
+    SyncErrorKind,
+    SyncState,
+    catalogue_id,
+)
 from storage.client import Database
 from storage.documents import (
     AccessMode,
@@ -360,3 +367,54 @@ async def test_phase_history_is_written_with_each_phase_change_and_bounded(
     assert stored.phase_history[-1].phase is stored.phase
     at = [entry.entered_at for entry in stored.phase_history]
     assert at == sorted(at)
+
+
+async def test_system_info_on_kubernetes_names_the_namespace_and_cluster(
+    kube_app: RunningApp, kube_namespace: str
+) -> None:
+    data = await run(kube_app.graphql_url, "SystemInfo", {}, token=editor(kube_app))
+    info = data["systemInfo"]
+    print(info)  # noqa: T201
+    assert info["runtime"] == "kubernetes"
+    assert info["namespace"] == kube_namespace
+    assert info["stateDir"] is None
+    cluster = info["cluster"]
+    assert cluster["kubernetesVersion"]
+    assert cluster["problems"] == []
+    assert cluster["gpuNodes"] is not None
+    assert cluster["allocatableGpus"] is not None
+    leases = {lease["name"]: lease for lease in info["leases"]}
+    assert leases, info  # the one replica leads every controller it runs
+    assert all(lease["heldHere"] for lease in leases.values()), leases
+
+
+async def test_system_info_reports_the_stored_catalogue_sync_state(running_app: RunningApp) -> None:
+    failed_at = datetime.now(UTC).replace(microsecond=0)
+    document = CatalogueDocument(
+        id=catalogue_id("org-a"),
+        organization_id="org-a",
+        url="https://git.example/catalogue.git",
+        branch="main",
+        configured_by="tester",
+        sync=SyncState(
+            commit="0123abcd",
+            last_success_at=failed_at - timedelta(minutes=5),
+            last_error="the remote did not answer",
+            last_error_kind=SyncErrorKind.UNREACHABLE,
+            last_error_at=failed_at,
+        ),
+    )
+    await CatalogueRepository(running_app.resources.database).insert(document)
+    info = (await run(running_app.graphql_url, "SystemInfo", {}, token=editor(running_app)))[
+        "systemInfo"
+    ]
+    assert info["catalogUrl"] == "https://git.example/catalogue.git"
+    sync = info["catalogSync"]
+    assert sync["commit"] == "0123abcd"
+    assert sync["lastError"] == "the remote did not answer"
+    assert sync["lastErrorKind"] == "UNREACHABLE"
+    assert sync["lastSuccessAt"] is not None
+    other = await run(
+        running_app.graphql_url, "SystemInfo", {}, token=running_app.token(organization="org-b")
+    )
+    assert other["systemInfo"]["catalogUrl"] is None
