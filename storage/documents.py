@@ -368,6 +368,9 @@ class WeightsDocument(Document):
     """A removal asked for and not yet done (``refused`` None), or refused (why)."""
     progress_attempt: int | None = None
     """The attempt that wrote ``progress`` (an older attempt's figures are not this one's)."""
+    progress_baseline: int | None = None
+    """Bytes already stored when the attempt that wrote ``progress`` began (its first
+    runner's ``bytes_resumed``; a runner taking over the attempt resumes from more)."""
     state_history: list[WeightsStateEntry] = Field(default_factory=list)
     """Every state change, oldest first, bounded like a model's ``phase_history``."""
     attempts: list[DownloadAttempt] = Field(default_factory=list)

@@ -11,7 +11,8 @@ starts when the weights enter PULLING and ends when they leave it (READY, FAILED
 both in the one write that changes the state, and goes away with the weights; a bounded array
 (:data:`ATTEMPTS_LIMIT`) keeps the document's size fixed. An attempt's bytes are those of its
 last progress record (done less what was already stored when it began), so a resumed attempt
-shows what it fetched itself.
+shows what it fetched itself; a runner that takes over the same attempt (its leader was
+killed) counts from where the attempt began (``progress_baseline``), not from where it resumed.
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ def with_bytes(attempt: DownloadAttempt, weights: WeightsDocument) -> DownloadAt
     progress = weights.progress
     if progress is None or weights.progress_attempt != attempt.attempt:
         return attempt
+    resumed = progress.bytes_resumed
+    if weights.progress_baseline is not None:
+        resumed = min(resumed, weights.progress_baseline)
     return attempt.model_copy(
         update={
-            "bytes_fetched": max(0, progress.bytes_done - progress.bytes_resumed),
-            "bytes_resumed": progress.bytes_resumed,
+            "bytes_fetched": max(0, progress.bytes_done - resumed),
+            "bytes_resumed": resumed,
         }
     )
 

@@ -36,6 +36,7 @@ from storage.documents import (
     ModelPhaseEntry,
     OrganizationDocument,
     WeightsDocument,
+    WeightsStage,
     WeightsStateEntry,
     utcnow,
 )
@@ -285,8 +286,17 @@ class WeightsRepository(Repository[WeightsDocument]):
         """Store progress without a revision bump (it changes every second, nobody CASes on
         it); ignored when a newer attempt owns the download. Under the document's lock like
         every write: FerretDB 1.24 rewrites the whole document, so a progress write racing a
-        compare-and-set put the old revision back (a cancel or a newly listed model was lost)."""
+        compare-and-set put the old revision back (a cancel or a newly listed model was lost).
+
+        The first record of an attempt also keeps its ``bytes_resumed`` as the attempt's
+        ``progress_baseline``: a runner taking over the same attempt (its leader was killed)
+        resumes from more, and the attempt's bytes still count from where the attempt began."""
         async with self._lock(weights_id):
+            if progress.get("stage") == WeightsStage.PREFLIGHT:
+                await self._collection.update_one(
+                    {"_id": weights_id, "attempt": attempt, "progress_attempt": {"$ne": attempt}},
+                    {"$set": {"progress_baseline": progress.get("bytes_resumed", 0)}},
+                )
             result = await self._collection.update_one(
                 {"_id": weights_id, "attempt": attempt},
                 {

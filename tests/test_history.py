@@ -42,7 +42,7 @@ from storage.documents import (
     WeightsStateEntry,
 )
 from storage.history import HISTORY_LIMIT, weights_history
-from storage.repositories import ModelRepository
+from storage.repositories import ModelRepository, WeightsRepository
 from testbed.hub import RunningHub
 from tests.conftest import RunningApp
 from tests.graphql_client import run
@@ -98,6 +98,18 @@ OPEN = DownloadAttempt(attempt=0, started_at=at(1))
                 attempts=[OPEN],
                 progress=progress(900, 300),
                 progress_attempt=0,
+            ),
+            {"state": "READY", "message": None},
+            [(0, "READY", 600)],
+        ),
+        # a runner that took the attempt over resumed from 600: counted from the attempt's start
+        (
+            weights_doc(
+                WeightsState.PULLING,
+                attempts=[OPEN],
+                progress=progress(900, 600),
+                progress_attempt=0,
+                progress_baseline=300,
             ),
             {"state": "READY", "message": None},
             [(0, "READY", 600)],
@@ -418,3 +430,39 @@ async def test_system_info_reports_the_stored_catalogue_sync_state(running_app: 
         running_app.graphql_url, "SystemInfo", {}, token=running_app.token(organization="org-b")
     )
     assert other["systemInfo"]["catalogUrl"] is None
+
+
+async def test_an_attempts_baseline_is_its_first_runners_resumed_bytes(database: Database) -> None:
+    weights = WeightsRepository(database)
+    doc = await weights.insert(weights_doc(WeightsState.PULLING, attempt=3))
+
+    def record(done: int, resumed: int) -> dict[str, Any]:
+        stage = WeightsStage.PREFLIGHT
+        made = Progress(stage=stage, bytes_done=done, bytes_resumed=resumed)
+        return made.model_dump(mode="python")
+
+    assert await weights.set_progress(doc.id, progress=record(100, 100), attempt=3)
+    # the leader died; the next one's runner resumes the same attempt from 700
+    assert await weights.set_progress(doc.id, progress=record(700, 700), attempt=3)
+    # a stale runner of an older attempt writes nothing
+    assert not await weights.set_progress(doc.id, progress=record(5, 5), attempt=2)
+    stored = await weights.require(doc.id)
+    assert stored.progress_baseline == 100
+    finished = await weights.modify(
+        doc.id,
+        lambda _w: {"state": WeightsState.READY, "message": None},
+    )
+    assert finished.attempts == []  # no attempt was opened through a state change here
+    opened = await weights.insert(
+        weights_doc(WeightsState.PENDING, attempt=0).model_copy(update={"id": "weights-b"})
+    )
+    running = await weights.update(opened.id, expected_revision=1, changes={"state": "PULLING"})
+    assert [a.outcome for a in running.attempts] == [WeightsState.PULLING]
+    await weights.set_progress(opened.id, progress=record(100, 100), attempt=0)
+    await weights.set_progress(opened.id, progress=record(700, 700), attempt=0)
+    ended = await weights.modify(
+        opened.id, lambda _w: {"state": WeightsState.FAILED, "message": "x"}
+    )
+    (attempt,) = ended.attempts
+    assert (attempt.bytes_resumed, attempt.bytes_fetched) == (100, 600)
+    assert attempt.reason == "x"
