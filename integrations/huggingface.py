@@ -218,12 +218,17 @@ class HubClient:
             )
 
     async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
-        """Models whose id matches ``query`` (metadata only, no file list)."""
+        """Models whose id matches ``query`` (metadata and the config summary with its
+        ``architectures``, no file list), in one request."""
         try:
             found = await _hub_call(
                 lambda: list(
                     self._api.list_models(
-                        search=query, limit=limit, full=True, token=token or False
+                        search=query,
+                        limit=limit,
+                        full=True,
+                        fetch_config=True,
+                        token=token or False,
                     )
                 ),
                 what="a search",

@@ -50,6 +50,7 @@ from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.retiring import InferenceRetirement
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
@@ -357,6 +358,7 @@ def _services(
         history=_history_service(core),
         broker=core.broker,
         api_keys=api_keys,
+        vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,

@@ -262,6 +262,13 @@ class Settings(BaseSettings):
     catalogue_author_email: str = "modelplane@localhost"
     """Author and committer e-mail of those commits."""
 
+    # issue 18: vLLM compatibility
+    vllm_search_scan: int = Field(default=200, ge=1, le=1000)
+    """How many hub results ``huggingFaceSearch(vllmCompatible: ...)`` asks the hub for (one
+    request, each with its config summary) before keeping those whose ``config.json``
+    architectures vLLM serves (or not) and returning the first ``limit``: a rare match beyond
+    this many is not found, a larger value makes each filtered search's answer bigger."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

@@ -22,6 +22,7 @@ from services.history import HistoryService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
+from services.vllm import VllmService
 from services.weights import WeightsService
 from storage.client import Database
 from storage.documents import InferenceDocument, WeightsDocument
@@ -41,6 +42,7 @@ class Services:
     deploy: DeployService
     broker: Broker
     api_keys: ApiKeyService
+    vllm: VllmService
     version: str
     started_at: datetime
     catalogue: CatalogueService

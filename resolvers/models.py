@@ -74,7 +74,7 @@ def _target(value: DownloadTargetInput | None) -> TargetSpec | None:
     return None
 
 
-def _hub_model(model: HubModel) -> HuggingFaceModel:
+def _hub_model(model: HubModel, vllm_compatible: bool) -> HuggingFaceModel:
     return HuggingFaceModel(
         repo_id=model.repo_id,
         sha=model.sha,
@@ -90,6 +90,7 @@ def _hub_model(model: HubModel) -> HuggingFaceModel:
         private=model.private,
         parameters=big(model.parameters),
         architecture=model.architectures[0] if model.architectures else None,
+        vllm_compatible=vllm_compatible,
         weight_bytes=BigInt(model.total_bytes),
         files=[
             HuggingFaceFile(path=f.path, size=big(f.size), sha256=f.sha256) for f in model.files
@@ -152,7 +153,7 @@ async def resolve_hugging_face_model(
     """Hub metadata for a repository (public or gated metadata; no token needed)."""
     principal = info.context.require_principal()
     found = await info.context.services.models.hub_preview(principal, repo_id, revision=revision)
-    return _hub_model(found)
+    return _hub_model(found, info.context.services.vllm.serves(found))
 
 
 @answers
@@ -160,11 +161,27 @@ async def resolve_hugging_face_search(
     info: Info,
     query: Annotated[str, strawberry.argument(description="Text to search for in repo ids.")],
     limit: Annotated[int, strawberry.argument(description="At most this many, 1 to 50.")] = 10,
+    vllm_compatible: Annotated[
+        bool | None,
+        strawberry.argument(
+            description="true: only repos whose `config.json` architectures vLLM serves "
+            "(modelplane's table, see `vllmArchitectures`); false: only the others (no "
+            "`config.json` included); null: no filter. Decided from the config summary the hub "
+            "returns with each result: one hub request for up to `MODELPLANE_VLLM_SEARCH_SCAN` "
+            "results, filtered, then the first `limit`."
+        ),
+    ] = None,
 ) -> HuggingFaceSearchResult:
     """Search the hub."""
     principal = info.context.require_principal()
-    found = await info.context.services.models.hub_search(principal, query, limit=limit)
-    return HuggingFaceSearch(items=[_hub_model(m) for m in found])
+    services = info.context.services
+    if vllm_compatible is None:
+        found = await services.models.hub_search(principal, query, limit=limit)
+    else:
+        found = await services.vllm.search(
+            principal, query, limit=limit, compatible=vllm_compatible
+        )
+    return HuggingFaceSearch(items=[_hub_model(m, services.vllm.serves(m)) for m in found])
 
 
 @answers

@@ -22,6 +22,7 @@ from resolvers import events as event_resolvers
 from resolvers import history as history_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
+from resolvers import vllm as vllm_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
 from schema.api_keys import ApiKeyPage, CreateApiKeyResult, RevokeApiKeyResult
@@ -57,6 +58,7 @@ from schema.models import (
     UpdateModelResult,
 )
 from schema.objects import Heartbeat, ServerInfo, Viewer
+from schema.vllm import VllmArchitectureTable, VllmCompatibilityResult
 from schema.weights import DeleteWeightsResult, DownloadResult, StorageUsage, Weights, WeightsPage
 from services.validation import weights_areas
 from storage.documents import utcnow
@@ -194,6 +196,8 @@ class Query:
     )
     cluster_status: ClusterStatus = cluster_resolvers.CLUSTER_STATUS
     gpu_fit: GpuFitResult = cluster_resolvers.GPU_FIT
+    vllm_architectures: VllmArchitectureTable = vllm_resolvers.VLLM_ARCHITECTURES
+    vllm_compatibility: VllmCompatibilityResult = vllm_resolvers.VLLM_COMPATIBILITY
     catalog: Catalog | None = strawberry.field(
         resolver=catalogue_resolvers.resolve_catalog,
         description="Your organisation's git-synced catalogue of model configurations (source, "

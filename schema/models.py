@@ -309,6 +309,10 @@ class HuggingFaceModel:
     private: bool = strawberry.field(description="Visible only with a token.")
     parameters: BigInt | None = strawberry.field(description="Parameter count (safetensors).")
     architecture: str | None = strawberry.field(description="First listed architecture.")
+    vllm_compatible: bool = strawberry.field(
+        description="An architecture of its `config.json` is one vLLM serves (modelplane's "
+        "table; `vllmCompatibility` says since which release and with which flags)."
+    )
     weight_bytes: BigInt = strawberry.field(description="Estimated download size in bytes.")
     files: list[HuggingFaceFile] = strawberry.field(description="Files at that commit.")
 

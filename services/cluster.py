@@ -16,15 +16,20 @@ hub cannot be reached, the facts recorded when it was added are used.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from controllers.runtimes.base import Runtime
 from controllers.runtimes.inventory import (
     GPU_CATALOGUE,
     ClusterInventory,
+    ClusterOffer,
     gpu_product,
     read_inventory,
     read_offer,
@@ -50,6 +55,9 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_LENGTH = 10_000_000
 MAX_BATCH_SIZE = 4096
+OFFER_SECONDS = 5.0
+"""How long one reading of what the runtime can offer (nodes, installed CRDs) is used to accept
+a start; a refusal always reads it again."""
 WEIGHT_SUFFIXES: tuple[tuple[str, ...], ...] = (
     (".safetensors",),
     (".bin", ".pt", ".pth"),
@@ -79,6 +87,8 @@ class ClusterService:
         self._secrets = secrets
         self._hub_endpoint = hub_endpoint
         self._refuse_unfit_gpus = refuse_unfit_gpus
+        self._offer: tuple[float, ClusterOffer] | None = None
+        self._offer_lock = asyncio.Lock()
 
     async def status(self, principal: Principal) -> ClusterInventory:
         """Runtime, version, namespace, GPU nodes and integrations, read now."""
@@ -90,8 +100,23 @@ class ClusterService:
         (:mod:`services.offers`); the caller checked the role."""
         if spec.engine is None:
             return  # a gateway route: no workload
-        offer = await read_offer(self._runtime)
-        check_offer(spec, offer, refuse_gpus=self._refuse_unfit_gpus)
+        try:
+            check_offer(spec, await self._recent_offer(), refuse_gpus=self._refuse_unfit_gpus)
+        except InvalidInput:
+            # Refuse only on what the runtime says now: a CRD or a node may have just come.
+            check_offer(
+                spec, await self._recent_offer(fresh=True), refuse_gpus=self._refuse_unfit_gpus
+            )
+
+    async def _recent_offer(self, *, fresh: bool = False) -> ClusterOffer:
+        """The runtime's offer, read at most every :data:`OFFER_SECONDS` (a node list and API
+        discovery, 3 to 5 requests: 200 ``startInference`` calls in ``bench/controllers.py``
+        each read it before); concurrent callers share one read."""
+        async with self._offer_lock:
+            now = time.monotonic()
+            if fresh or self._offer is None or now - self._offer[0] > OFFER_SECONDS:
+                self._offer = (now, await read_offer(self._runtime))
+            return self._offer[1]
 
     async def fit(
         self,
@@ -106,6 +131,33 @@ class ClusterService:
         batch_size: int | None = None,
     ) -> FitEstimate:
         """The fit of a catalogue model or of a hub repo (exactly one of the two)."""
+        facts = await self.facts(
+            principal,
+            model_id=model_id,
+            repo_id=repo_id,
+            revision=revision,
+            engine=engine,
+            gpu_type=gpu_type,
+            context_length=context_length,
+            batch_size=batch_size,
+        )
+        return facts.estimate(engine=engine, context_length=context_length, batch_size=batch_size)
+
+    async def facts(
+        self,
+        principal: Principal,
+        *,
+        model_id: str | None,
+        repo_id: str | None,
+        revision: str | None = None,
+        engine: InferenceEngine = InferenceEngine.VLLM,
+        gpu_type: str | None = None,
+        context_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> FitFacts:
+        """What a fit of a catalogue model or of a hub repo (exactly one) is estimated from:
+        the input checks and hub reads of :meth:`fit`, without the estimate (the vLLM flags
+        make theirs from the very same facts)."""
         principal.require(Role.VIEWER)
         if model_id is not None and repo_id is not None:
             raise InvalidInput("repoId", "give either modelId or repoId, not both")
@@ -118,32 +170,22 @@ class ClusterService:
             model = await self._models.get(principal, model_id)
             if model is None or model.is_deleted:
                 raise Missing(model_id, f"model {model_id} not found")
-            return await self.fit_for_model(
-                principal,
-                model,
-                engine=engine,
-                gpu_type=gpu_type,
-                context_length=context_length,
-                batch_size=batch_size,
-            )
+            return await self.model_facts(principal, model, engine=engine, gpu_type=gpu_type)
         if repo_id is None:
             raise InvalidInput("modelId", "give modelId (a catalogue model) or repoId (a hub repo)")
         repo = v.normalize_repo_id("repoId", repo_id, hub_endpoint=self._hub_endpoint)
         revision = v.check_revision("revision", revision)
         inventory = await read_inventory(self._runtime)
         offers, notes = _offers(inventory, gpu_type)
-        if engine is InferenceEngine.LITELLM_PROXY:
-            shape = ModelShape()
-        else:
-            shape = await self._repo_shape(repo, revision=revision, token=None, notes=notes)
-        return _estimate(
-            shape,
-            engine=engine,
-            offers=offers,
-            notes=notes,
-            gpu_type=gpu_type,
-            context_length=context_length,
-            batch_size=batch_size,
+        shape, config = ModelShape(), None
+        if engine is not InferenceEngine.LITELLM_PROXY:
+            shape, config = await self._repo_shape(repo, revision=revision, token=None, notes=notes)
+        return FitFacts(
+            shape=shape,
+            config=config,
+            offers=tuple(offers),
+            notes=tuple(notes),
+            requested=gpu_type is not None,
             field="repoId",
         )
 
@@ -162,33 +204,43 @@ class ClusterService:
         Raises :class:`InvalidInput` for a bad ``gpuType``, ``contextLength`` or ``batchSize``,
         or an engine a REMOTE_API model cannot use.
         """
-        principal.require(Role.VIEWER)
         _check_sizes(context_length, batch_size)
+        facts = await self.model_facts(principal, model, engine=engine, gpu_type=gpu_type)
+        return facts.estimate(engine=engine, context_length=context_length, batch_size=batch_size)
+
+    async def model_facts(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        *,
+        engine: InferenceEngine = InferenceEngine.VLLM,
+        gpu_type: str | None = None,
+    ) -> FitFacts:
+        """The facts of :meth:`fit_for_model` (organisation checked by the caller)."""
+        principal.require(Role.VIEWER)
         inventory = await read_inventory(self._runtime)
         offers, notes = _offers(inventory, gpu_type)
+        shape, config = ModelShape(), None
         if model.source.access_mode is AccessMode.REMOTE_API:
             if engine is not InferenceEngine.LITELLM_PROXY:
                 raise InvalidInput(
                     "engine",
                     "a REMOTE_API model has no weights to serve: it is proxied (LITELLM_PROXY)",
                 )
-            shape = ModelShape()
-        elif engine is InferenceEngine.LITELLM_PROXY or not _on_the_hub(model):
-            shape = ModelShape()
-        else:
-            shape = await self._model_shape(model, notes)
-        return _estimate(
-            shape,
-            engine=engine,
-            offers=offers,
-            notes=notes,
-            gpu_type=gpu_type,
-            context_length=context_length,
-            batch_size=batch_size,
+        elif engine is not InferenceEngine.LITELLM_PROXY and _on_the_hub(model):
+            shape, config = await self._model_shape(model, notes)
+        return FitFacts(
+            shape=shape,
+            config=config,
+            offers=tuple(offers),
+            notes=tuple(notes),
+            requested=gpu_type is not None,
             field="modelId",
         )
 
-    async def _model_shape(self, model: ModelDocument, notes: list[str]) -> ModelShape:
+    async def _model_shape(
+        self, model: ModelDocument, notes: list[str]
+    ) -> tuple[ModelShape, dict[str, Any] | None]:
         facts = model.hub
         revision = (facts.commit_sha if facts else None) or model.source.revision
         token = await self._token(model)
@@ -198,14 +250,15 @@ class ClusterService:
             )
         except (InvalidInput, Missing) as exc:
             notes.append(f"the hub could not be asked ({exc.message}): recorded facts used")
-        return ModelShape(
+        shape = ModelShape(
             parameters=facts.parameters if facts else None,
             weight_file_bytes=facts.weight_bytes if facts else None,
         )
+        return shape, None
 
     async def _repo_shape(
         self, repo_id: str, *, revision: str | None, token: str | None, notes: list[str]
-    ) -> ModelShape:
+    ) -> tuple[ModelShape, dict[str, Any] | None]:
         try:
             found = await self._hub.model(repo_id, revision=revision, token=token)
         except HubRepoNotFound as exc:
@@ -220,12 +273,13 @@ class ClusterService:
         if config is None:
             gated = " (a gated repo needs a token with access)" if found.gated else ""
             notes.append(f"config.json could not be read{gated}")
-        return ModelShape.from_config(
+        shape = ModelShape.from_config(
             config,
             parameters_by_dtype=found.parameters_by_dtype,
             parameters=found.parameters,
             weight_file_bytes=_weight_file_bytes(found.files),
         )
+        return shape, config
 
     async def _token(self, model: ModelDocument) -> str | None:
         if model.secret_ref is None:
@@ -295,29 +349,46 @@ def _offers(inventory: ClusterInventory, gpu_type: str | None) -> tuple[list[Gpu
     return [GpuOffer(gpu_type=product.name, memory_bytes=product.memory_bytes)], notes
 
 
-def _estimate(
-    shape: ModelShape,
-    *,
-    engine: InferenceEngine,
-    offers: Sequence[GpuOffer],
-    notes: Sequence[str],
-    gpu_type: str | None,
-    context_length: int | None,
-    batch_size: int | None,
-    field: str,
-) -> FitEstimate:
-    try:
-        result = estimate(
-            shape,
-            engine=engine,
-            offers=offers,
-            context_length=context_length,
-            batch_size=batch_size,
-            requested_type=offers[0].gpu_type if gpu_type is not None and offers else None,
-        )
-    except ShapeUnknown as exc:
-        raise InvalidInput(field, str(exc)) from None
-    return dataclasses.replace(result, notes=tuple(dict.fromkeys([*notes, *result.notes])))
+@dataclass(frozen=True, slots=True)
+class FitFacts:
+    """What a fit is estimated from: the model's shape and ``config.json`` (None when it could
+    not be read), the GPU types on offer and what was noted while gathering them."""
+
+    shape: ModelShape
+    config: dict[str, Any] | None
+    offers: tuple[GpuOffer, ...]
+    notes: tuple[str, ...]
+    requested: bool
+    """True when the caller named a GPU type (``offers`` then holds only it)."""
+    field: str
+    """The argument that named the model (``modelId`` or ``repoId``), for errors."""
+
+    @property
+    def requested_type(self) -> str | None:
+        """The offer's name when the caller asked for one GPU type."""
+        return self.offers[0].gpu_type if self.requested and self.offers else None
+
+    def estimate(
+        self,
+        *,
+        engine: InferenceEngine,
+        context_length: int | None,
+        batch_size: int | None,
+    ) -> FitEstimate:
+        """The estimate, with the notes of gathering first; :class:`InvalidInput` on the
+        naming argument when nothing tells the weights' size."""
+        try:
+            result = estimate(
+                self.shape,
+                engine=engine,
+                offers=self.offers,
+                context_length=context_length,
+                batch_size=batch_size,
+                requested_type=self.requested_type,
+            )
+        except ShapeUnknown as exc:
+            raise InvalidInput(self.field, str(exc)) from None
+        return dataclasses.replace(result, notes=tuple(dict.fromkeys([*self.notes, *result.notes])))
 
 
 _HUB_REPO = re.compile(r"[\w.-]+/[\w.-]+")

@@ -205,14 +205,16 @@ class ModelService:
         revision = v.check_revision("revision", revision)
         return await self._describe(repo_id, revision, token, field_prefix="", files=False)
 
-    async def hub_search(self, principal: Principal, query: str, *, limit: int) -> list[HubModel]:
-        """Hub models matching ``query``."""
+    async def hub_search(
+        self, principal: Principal, query: str, *, limit: int, scan: int | None = None
+    ) -> list[HubModel]:
+        """Hub models matching ``query``: ``limit``, or ``scan`` (a filtering caller's) of them."""
         principal.require(Role.VIEWER)
         text = v.require_text("query", query, limit=256)
         if not 1 <= limit <= MAX_SEARCH_RESULTS:
             raise InvalidInput("limit", f"limit must be between 1 and {MAX_SEARCH_RESULTS}")
         try:
-            return await self._hub.search(text, limit=limit, token=None)
+            return await self._hub.search(text, limit=max(limit, scan or 0), token=None)
         except HubError as exc:
             raise InvalidInput("query", str(exc)) from None
 

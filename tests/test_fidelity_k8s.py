@@ -367,6 +367,27 @@ async def test_features_whose_crd_is_missing_are_refused_and_nothing_is_made(
     await nothing_left(_api(kube_app), kube_namespace)
 
 
+async def test_a_crd_installed_after_a_refusal_is_accepted_at_once(
+    kube_app: RunningApp,
+) -> None:
+    """Starts read what the cluster offers at most every few seconds (a node list and API
+    discovery each), but a refusal always reads it again: the CRD installed a moment after a
+    refusal is honoured by the next start, not after the reading expires (``OFFER_SECONDS``)."""
+    api = _api(kube_app)
+    model = await ready_model(kube_app)
+    wanted = {"resources": {"gpu": 0}, "autoscaling": {}}
+    refused = await start_raw(kube_app, model.id, wanted, dry_run=True)
+    assert refused["__typename"] == "ValidationError", refused
+    started = time.monotonic()
+    await installed(kube_app, "podAutoscaler")  # clusterStatus (read now) shows it
+    try:
+        accepted = await start_raw(kube_app, model.id, wanted, dry_run=True)
+        print(f"CRD served {time.monotonic() - started:.2f} s after the refusal")  # noqa: T201
+        assert accepted["__typename"] == "InferencePayload", accepted
+    finally:
+        await remove_crd(k8s.ApiextensionsV1Api(api), "podautoscalers.autoscaling.aibrix.ai")
+
+
 async def test_cpu_autoscaling_needs_no_crd_and_waits_3m_before_scaling_down(
     kube_app: RunningApp,
 ) -> None:

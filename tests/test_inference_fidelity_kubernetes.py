@@ -139,7 +139,7 @@ async def test_a_dry_run_creates_nothing_in_the_cluster_nor_the_database(
     for value in (
         None,
         {"engine": "OLLAMA"},
-        {"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+        {"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3, "targetMetric": "cpu"}},
     ):
         result = await dry_run(cluster_app, model.id, value)
         kinds = [yaml.safe_load(text)["kind"] for text in result["manifests"]]
@@ -204,7 +204,9 @@ async def test_the_deployments_status_and_autoscaling_are_on_the_inference(
 ) -> None:
     model = await ready_model(cluster_app)
     inference = await start(
-        cluster_app, model.id, {"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}
+        cluster_app,
+        model.id,
+        {"autoscaling": {"minReplicas": 1, "maxReplicas": 2, "targetMetric": "cpu"}},
     )
     running = await wait_inference(cluster_app, inference["id"], {"RUNNING", "FAILED"})
     assert running["phase"] == "RUNNING", running
