@@ -46,6 +46,7 @@ from services.api_keys import ApiKeyService
 from services.cluster import ClusterService
 from services.deploying import DeployService
 from services.gateway import Gateway
+from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
 from services.retiring import InferenceRetirement
@@ -354,12 +355,28 @@ def _services(
         inference=inference,
         deploy=DeployService(models=models, inference=inference),
         catalogue=catalogue,
+        history=_history_service(core),
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,
+    )
+
+
+def _history_service(core: Core) -> HistoryService:
+    """Timelines and the system summary, told what this process runs."""
+    runtime = core.parts.runtime
+    local = runtime.kind == "local"
+    return HistoryService(
+        database=core.database,
+        deployment=Deployment(
+            version=modelplane_version(),
+            runtime=runtime,
+            namespace=core.parts.namespace,
+            state_dir=core.settings.state_dir.resolve() if local else None,
+        ),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 
+from resolvers.history import TIMELINE_TYPES
 from resolvers.root import Mutation, Query, Subscription
 from schema.building import build_schema
 from schema.limits import GraphQLLimits
@@ -12,7 +13,13 @@ from schema.limits import GraphQLLimits
 def make_schema(limits: GraphQLLimits | None = None) -> strawberry.Schema:
     """The executable schema of this version of modelplane, refusing operations over
     ``limits`` (the settings' ``graphql_*``; defaults when None)."""
-    return build_schema(query=Query, mutation=Mutation, subscription=Subscription, limits=limits)
+    return build_schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        types=TIMELINE_TYPES,
+        limits=limits,
+    )
 
 
 def export_sdl() -> str:

@@ -18,6 +18,7 @@ from services.api_keys import ApiKeyService
 from services.catalogue.service import CatalogueService
 from services.cluster import ClusterService
 from services.deploying import DeployService
+from services.history import HistoryService
 from services.inference import InferenceService
 from services.models import ModelService
 from services.principals import Principal
@@ -45,6 +46,7 @@ class Services:
     version: str
     started_at: datetime
     catalogue: CatalogueService
+    history: HistoryService
     local_roots: tuple[Path, ...] = ()
     """Directories LOCAL download targets must resolve inside (from the settings)."""
     event_views: EventViews = field(default_factory=EventViews)

@@ -19,6 +19,7 @@ from resolvers import catalogue as catalogue_resolvers
 from resolvers import cluster as cluster_resolvers
 from resolvers import deploying as deploying_resolvers
 from resolvers import events as event_resolvers
+from resolvers import history as history_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
 from resolvers import vllm as vllm_resolvers
@@ -38,6 +39,7 @@ from schema.cluster import ClusterStatus, GpuFitResult
 from schema.deploying import DeployModelResult
 from schema.enums import RoleEnum
 from schema.events import Event
+from schema.history import SystemInfo, TimelineEntry
 from schema.inference import (
     Inference,
     InferenceLogs,
@@ -201,6 +203,8 @@ class Query:
         description="Your organisation's git-synced catalogue of model configurations (source, "
         "sync state, the last good snapshot of its entries); null when none is configured.",
     )
+    model_timeline: list[TimelineEntry] | None = history_resolvers.MODEL_TIMELINE
+    system_info: SystemInfo = history_resolvers.SYSTEM_INFO
     api_keys: ApiKeyPage = strawberry.field(
         resolver=api_key_resolvers.resolve_api_keys,
         description="Your organisation's API keys, newest first (prefixes only; admin role).",

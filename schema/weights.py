@@ -11,7 +11,9 @@ from schema.enums import DownloadStageEnum, FileStateEnum, StorageKindEnum, Weig
 from schema.errors import ConflictError, ForbiddenError, NotFoundError, ValidationError
 from schema.models import DownloadTarget, Model, target_view
 from schema.scalars import BigInt
-from storage.documents import Progress, WeightsDocument
+from storage.documents import DownloadAttempt as DownloadAttemptRecord
+from storage.documents import Progress, WeightsDocument, utcnow
+from storage.history import attempts_now
 
 
 @strawberry.type(description="Progress of one file.")
@@ -64,6 +66,48 @@ class DownloadProgress:
         )
 
 
+@strawberry.type(
+    description="One run of a download, from entering PULLING to READY, FAILED or CANCELLED "
+    "(a retried or resumed download is a new attempt)."
+)
+class DownloadAttempt:
+    """An attempt as stored on the weights (at most 20, oldest first)."""
+
+    attempt: int = strawberry.field(description="The weights' attempt counter while it ran.")
+    started_at: datetime = strawberry.field(description="When it entered PULLING (UTC).")
+    ended_at: datetime | None = strawberry.field(description="When it ended; null while running.")
+    outcome: WeightsStateEnum = strawberry.field(
+        description="READY, FAILED or CANCELLED; PULLING while it is in progress."
+    )
+    bytes_fetched: BigInt = strawberry.field(
+        description="Bytes this attempt fetched, as of its last progress record (bytes already "
+        "stored when it began are not counted)."
+    )
+    bytes_resumed: BigInt = strawberry.field(
+        description="Bytes already stored when it began (a resumed attempt skips them)."
+    )
+    reason: str | None = strawberry.field(
+        description="Why it ended (the failure, `cancelled`, the model deleted); null if READY."
+    )
+    duration_seconds: float = strawberry.field(description="Until it ended, or until now.")
+
+    @classmethod
+    def from_record(cls, record: DownloadAttemptRecord, now: datetime) -> DownloadAttempt:
+        """API view of a stored attempt."""
+        return cls(
+            attempt=record.attempt,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+            outcome=WeightsStateEnum(record.outcome.value),
+            bytes_fetched=BigInt(record.bytes_fetched),
+            bytes_resumed=BigInt(record.bytes_resumed),
+            reason=record.reason,
+            duration_seconds=max(
+                0.0, ((record.ended_at or now) - record.started_at).total_seconds()
+            ),
+        )
+
+
 @strawberry.type(description="A file of downloaded weights.")
 class WeightsFileInfo:
     """Path, size and expected hash."""
@@ -93,6 +137,10 @@ class Weights:
     files: list[WeightsFileInfo] = strawberry.field(description="Files with sizes and hashes.")
     size_bytes: BigInt = strawberry.field(description="Total size of the files.")
     model_ids: list[strawberry.ID] = strawberry.field(description="Models using these weights.")
+    download_attempts: list[DownloadAttempt] = strawberry.field(
+        description="Every download attempt, oldest first (the last 20), from the stored "
+        "history: start, end, outcome, bytes fetched and why it ended."
+    )
     created_at: datetime = strawberry.field(description="When the entry was created (UTC).")
     updated_at: datetime = strawberry.field(description="Last change (UTC).")
 
@@ -115,6 +163,9 @@ class Weights:
             ],
             size_bytes=BigInt(sum(f.size for f in doc.files)),
             model_ids=[strawberry.ID(m) for m in doc.model_ids],
+            download_attempts=[
+                DownloadAttempt.from_record(attempt, utcnow()) for attempt in attempts_now(doc)
+            ],
             created_at=doc.created_at,
             updated_at=doc.updated_at,
         )

@@ -32,3 +32,17 @@ async def ping(database: Database) -> None:
         await database.command("ping")
     except (PyMongoError, ConfigurationError) as exc:
         raise DatabaseUnavailable(f"MongoDB did not answer: {type(exc).__name__}") from exc
+
+
+async def server_version(database: Database) -> tuple[str, str | None]:
+    """Which server answers (``MongoDB`` or ``FerretDB``) and its version (``buildInfo``);
+    the version None when the server would not say."""
+    try:
+        info = await database.command("buildInfo")
+    except PyMongoError:
+        return "MongoDB", None
+    ferretdb = info.get("ferretdbVersion") or (info.get("ferretdb") or {}).get("version")
+    if ferretdb:
+        return "FerretDB", str(ferretdb)
+    version = info.get("version")
+    return "MongoDB", None if version is None else str(version)

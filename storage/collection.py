@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument
@@ -88,6 +89,8 @@ class Repository(Generic[D]):
     document_type: type[D]
     indexes: ClassVar[Sequence[IndexModel]] = ()
     unique_fields: ClassVar[Sequence[str]] = ()
+    history_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose change :meth:`derived` records (:mod:`storage.history`)."""
 
     def __init__(self, database: Database) -> None:
         self._collection = database[self.collection_name]
@@ -131,6 +134,7 @@ class Repository(Generic[D]):
                 *document.pending_events,
                 pending_marker(document.revision, event, utcnow()),
             ]
+        document = self.seeded(document)
         try:
             await self._collection.insert_one(document.to_mongo())
         except DuplicateKeyError as exc:
@@ -189,11 +193,14 @@ class Repository(Generic[D]):
         changes: Mapping[str, Any],
         scope: Filter | None = None,
         event: str | None = None,
+        current: D | None = None,
     ) -> D:
         """Compare-and-set: apply ``changes`` only if the stored revision is still the one read.
 
         ``event`` (an event type) marks, in the same write, that the log is owed that event for
-        the new revision (see :meth:`insert`). Raises :class:`RevisionConflict` when someone
+        the new revision (see :meth:`insert`). A change of a :attr:`history_fields` field also
+        writes what :meth:`derived` says it implies, from ``current`` when it is the revision
+        expected, else from one read of it. Raises :class:`RevisionConflict` when someone
         else wrote first, :class:`NotFound` when the document is gone.
         """
         query = {**(scope or {}), "_id": document_id, "revision": expected_revision}
@@ -207,6 +214,10 @@ class Repository(Generic[D]):
             update["$push"] = {"pending_events": marker}
         try:
             async with self._lock(document_id):
+                if self.history_fields.intersection(changes):
+                    base = await self._at_revision(document_id, expected_revision, current)
+                    if base is not None:
+                        update["$set"] |= self.derived(base, changes, now)
                 raw = await self._collection.find_one_and_update(
                     query, update, return_document=ReturnDocument.AFTER
                 )
@@ -249,6 +260,7 @@ class Repository(Generic[D]):
                     changes=changes,
                     scope=scope,
                     event=event,
+                    current=current,
                 )
             except RevisionConflict:
                 current = None
@@ -258,6 +270,23 @@ class Repository(Generic[D]):
         """Remove the document for good; False when there was nothing to remove."""
         result = await self._collection.delete_one({**(scope or {}), "_id": document_id})
         return result.deleted_count == 1
+
+    def seeded(self, document: D) -> D:
+        """A new document as inserted: a repository keeping history starts it here (in
+        place, like the event mark: callers go on with the object they inserted)."""
+        return document
+
+    def derived(self, current: D, changes: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+        """What ``changes`` to ``current`` imply besides themselves (history): none here."""
+        del current, changes, at
+        return {}
+
+    async def _at_revision(self, document_id: str, revision: int, current: D | None) -> D | None:
+        """The document at ``revision`` (``current`` when it is), None when it moved on."""
+        if current is not None and current.revision == revision:
+            return current
+        raw = await self._collection.find_one({"_id": document_id, "revision": revision})
+        return None if raw is None else self.document_type.from_mongo(raw)
 
     def _lock(self, document_id: str) -> asyncio.Lock:
         return document_lock(self._collection.database.name, self.collection_name, document_id)

@@ -178,6 +178,14 @@ class HubFacts(BaseModel):
     library_name: str | None = None
 
 
+class ModelPhaseEntry(BaseModel):
+    """One entry of a model's phase history (kept by :mod:`storage.history`)."""
+
+    phase: ModelPhase
+    entered_at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+
+
 class ModelDocument(Document):
     """A model in an organisation's catalogue: desired state and observed status together."""
 
@@ -206,6 +214,9 @@ class ModelDocument(Document):
     is_deleted: bool = False
     deletion_time: datetime | None = None
     created_by: str | None = None
+    phase_history: list[ModelPhaseEntry] = Field(default_factory=list)
+    """Every phase change, oldest first, at most ``storage.history.HISTORY_LIMIT`` (written in
+    the same compare-and-set as the phase, by :meth:`~storage.collection.Repository.update`)."""
 
 
 class EncryptedSecretDocument(Document):
@@ -294,6 +305,8 @@ class Progress(BaseModel):
     files: list[FileProgress] = Field(default_factory=list)
     current_file: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    bytes_resumed: int = 0
+    """Bytes already stored when this attempt began (included in ``bytes_done``)."""
 
 
 class WeightsDeletion(BaseModel):
@@ -304,6 +317,31 @@ class WeightsDeletion(BaseModel):
     request: str
     """Which call asked (it waits for the outcome of its own request)."""
     refused: str | None = None
+
+
+class WeightsStateEntry(BaseModel):
+    """One entry of a weights' state history (kept by :mod:`storage.history`)."""
+
+    state: WeightsState
+    entered_at: datetime = Field(default_factory=utcnow)
+    reason: str | None = None
+
+
+class DownloadAttempt(BaseModel):
+    """One run of a download, from entering PULLING to leaving it (kept by
+    :mod:`storage.history` in the same write as the state change)."""
+
+    attempt: int
+    """The weights' ``attempt`` counter while it ran."""
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    outcome: WeightsState = WeightsState.PULLING
+    """READY, FAILED or CANCELLED once ended; PULLING while in progress."""
+    bytes_fetched: int = 0
+    """Bytes this attempt fetched (its last progress record: done less resumed)."""
+    bytes_resumed: int = 0
+    """Bytes already stored when it began (a resumed attempt does not fetch them again)."""
+    reason: str | None = None
 
 
 class WeightsDocument(Document):
@@ -328,6 +366,15 @@ class WeightsDocument(Document):
     """The target filesystem when the download finished (how PVC usage is known)."""
     deletion: WeightsDeletion | None = None
     """A removal asked for and not yet done (``refused`` None), or refused (why)."""
+    progress_attempt: int | None = None
+    """The attempt that wrote ``progress`` (an older attempt's figures are not this one's)."""
+    progress_baseline: int | None = None
+    """Bytes already stored when the attempt that wrote ``progress`` began (its first
+    runner's ``bytes_resumed``; a runner taking over the attempt resumes from more)."""
+    state_history: list[WeightsStateEntry] = Field(default_factory=list)
+    """Every state change, oldest first, bounded like a model's ``phase_history``."""
+    attempts: list[DownloadAttempt] = Field(default_factory=list)
+    """Every download attempt, oldest first, at most ``storage.history.ATTEMPTS_LIMIT``."""
 
 
 class LedgerDocument(Document):

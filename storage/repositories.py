@@ -9,7 +9,7 @@ here, where callers have always imported them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,11 +33,15 @@ from storage.documents import (
     LedgerDocument,
     ModelDocument,
     ModelPhase,
+    ModelPhaseEntry,
     OrganizationDocument,
     WeightsDocument,
+    WeightsStage,
+    WeightsStateEntry,
     utcnow,
 )
 from storage.errors import DatabaseUnavailable
+from storage.history import model_history, weights_history
 
 
 class OrganizationRepository(Repository[OrganizationDocument]):
@@ -159,6 +163,23 @@ class ModelRepository(Repository[ModelDocument]):
         PENDING_INDEX,
     )
     unique_fields = ("name",)
+    history_fields = frozenset({"phase"})
+
+    def seeded(self, document: ModelDocument) -> ModelDocument:
+        """A new model's history starts with its first phase."""
+        if document.phase_history:
+            return document
+        entry = ModelPhaseEntry(
+            phase=document.phase, entered_at=document.created_at, reason=document.message
+        )
+        document.phase_history = [entry]  # in place, as insert marks events: callers keep it
+        return document
+
+    def derived(
+        self, current: ModelDocument, changes: Mapping[str, Any], at: datetime
+    ) -> dict[str, Any]:
+        """A phase change appends to the model's phase history."""
+        return model_history(current, changes, at)
 
     @staticmethod
     def where(organization_id: str, model_filter: ModelFilter) -> dict[str, Any]:
@@ -229,6 +250,23 @@ class WeightsRepository(Repository[WeightsDocument]):
         IndexModel([("model_ids", ASCENDING)], name="models"),
         PENDING_INDEX,
     )
+    history_fields = frozenset({"state"})
+
+    def seeded(self, document: WeightsDocument) -> WeightsDocument:
+        """New weights' history starts with their first state."""
+        if document.state_history:
+            return document
+        entry = WeightsStateEntry(
+            state=document.state, entered_at=document.created_at, reason=document.message
+        )
+        document.state_history = [entry]  # in place: callers go on with the object inserted
+        return document
+
+    def derived(
+        self, current: WeightsDocument, changes: Mapping[str, Any], at: datetime
+    ) -> dict[str, Any]:
+        """A state change appends to the history and opens or closes a download attempt."""
+        return weights_history(current, changes, at)
 
     async def for_location(
         self, *, organization_id: str, location: str, commit_sha: str
@@ -248,11 +286,26 @@ class WeightsRepository(Repository[WeightsDocument]):
         """Store progress without a revision bump (it changes every second, nobody CASes on
         it); ignored when a newer attempt owns the download. Under the document's lock like
         every write: FerretDB 1.24 rewrites the whole document, so a progress write racing a
-        compare-and-set put the old revision back (a cancel or a newly listed model was lost)."""
+        compare-and-set put the old revision back (a cancel or a newly listed model was lost).
+
+        The first record of an attempt also keeps its ``bytes_resumed`` as the attempt's
+        ``progress_baseline``: a runner taking over the same attempt (its leader was killed)
+        resumes from more, and the attempt's bytes still count from where the attempt began."""
         async with self._lock(weights_id):
+            if progress.get("stage") == WeightsStage.PREFLIGHT:
+                await self._collection.update_one(
+                    {"_id": weights_id, "attempt": attempt, "progress_attempt": {"$ne": attempt}},
+                    {"$set": {"progress_baseline": progress.get("bytes_resumed", 0)}},
+                )
             result = await self._collection.update_one(
                 {"_id": weights_id, "attempt": attempt},
-                {"$set": {"progress": progress, "updated_at": utcnow()}},
+                {
+                    "$set": {
+                        "progress": progress,
+                        "progress_attempt": attempt,
+                        "updated_at": utcnow(),
+                    }
+                },
             )
         return result.matched_count == 1
 

@@ -285,6 +285,7 @@ class DownloadController:
             expected_revision=weights.revision,
             changes={"state": WeightsState.PULLING, "message": None},
             event=EventType.PHASE_CHANGED,
+            current=weights,
         )
         await self._record.weights(weights, EventType.PHASE_CHANGED)
         return weights
@@ -366,7 +367,7 @@ class DownloadController:
             changes["attempt"] = found.attempt + 1
         type_ = EventType.PHASE_CHANGED if restart else EventType.UPDATED
         found = await self._weights.update(
-            found.id, expected_revision=found.revision, changes=changes, event=type_
+            found.id, expected_revision=found.revision, changes=changes, event=type_, current=found
         )
         await self._mine(found, type_)
         return found

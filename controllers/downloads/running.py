@@ -123,6 +123,7 @@ async def run_weights(
             expected_revision=doc.revision,
             changes={"state": WeightsState.PULLING, "message": None},
             event=EventType.PHASE_CHANGED,
+            current=doc,
         )
         await record.weights(doc, EventType.PHASE_CHANGED)
     options = options_for(doc.target, config.options)

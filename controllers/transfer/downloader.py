@@ -246,6 +246,7 @@ class Downloader:
             done_bytes += point[1] if point is not None else 0
             tracker.set(f.path, state=FileState.PENDING, bytes_done=done_bytes)
             missing += f.size - done_bytes
+        tracker.resumed = tracker.bytes_done  # what this run does not fetch again
         tracker.stage = WeightsStage.PREFLIGHT
         await on_progress(tracker.snapshot())
         await sink.preflight(needed=missing)

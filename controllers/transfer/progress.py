@@ -24,6 +24,8 @@ class ProgressTracker:
         self._last_sample = (time.monotonic(), 0)
         self._last_emit = 0.0
         self.current_file: str | None = None
+        self.resumed = 0
+        """Bytes already stored when this run began (set once the downloader surveyed)."""
 
     @property
     def bytes_done(self) -> int:
@@ -76,4 +78,5 @@ class ProgressTracker:
             ],
             current_file=self.current_file,
             updated_at=utcnow(),
+            bytes_resumed=self.resumed,
         )
