@@ -210,3 +210,29 @@ async def test_manifest_keeps_display_name_description_and_tags(cluster_app: Any
         None,
         None,
     )
+
+
+async def test_an_update_fixes_a_failed_inference_in_place(
+    cluster_app: Any, control_plane_api: k8s.ApiClient, gpu_namespace: str
+) -> None:
+    """The organisation API's way out of a bad image: PUT the right one. The FAILED
+    inference goes back to PENDING, the Deployment rolls to the new image, RUNNING, same id."""
+    model = await ready_model(cluster_app)
+    bad = {**FIRST, **CPU_ONLY, "image": "registry.example.com/never-pulls:1"}
+    inference = await start(cluster_app, model.id, bad)
+    failed = await wait_inference(cluster_app, inference["id"], {"FAILED"})
+    assert failed["reason"] in {"ErrImagePull", "ImagePullBackOff"}, failed
+
+    payload = await update(cluster_app, model.id, {**FIRST, **CPU_ONLY})
+    assert payload["__typename"] == "InferencePayload", payload
+    assert payload["inference"]["phase"] == "PENDING"
+    assert payload["inference"]["reason"] == "Updating"
+    apps = k8s.AppsV1Api(control_plane_api)
+    await wait_rolled(apps, gpu_namespace, inference["name"], "registry.example.com/a:1", 1)
+    running = await wait_inference(cluster_app, inference["id"], {"RUNNING"})
+    assert running["id"] == inference["id"]
+    assert running["observedGeneration"] == running["generation"] == 2
+    phases = [entry["phase"] for entry in running["phaseHistory"]]
+    after_failure = phases[len(phases) - 1 - phases[::-1].index("FAILED") :]
+    assert after_failure[:2] == ["FAILED", "PENDING"], phases
+    assert after_failure[-1] == "RUNNING", phases
