@@ -5,7 +5,8 @@ env (values or Secret references only), autoscaling bounds, and the engine plan 
 same pure planner the controller uses, so a vLLM command without ``--served-model-name`` is a
 ValidationError now, not a FAILED inference later). One live inference per model: starting a
 running one returns it with a message; starting a stopped one re-enables it with the new spec
-(a new ``generation``, so the controller re-applies). ``dryRun`` renders the objects and
+(a new ``generation``, so the controller re-applies); ``updateInference`` changes a live one
+in place the same way (:mod:`services.inference_updating`). ``dryRun`` renders the objects and
 writes nothing. Manifests (kubernetes runtime only) are parsed and checked field by field
 against an allow-list (:mod:`services.manifests`), namespaced to ours, relabelled as an
 unmanaged inference.
