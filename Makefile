@@ -11,7 +11,7 @@ UV_VERSION := 0.13.9
 UV := $(PYTHON) -m uv
 RUN := $(UV) run --frozen
 
-.PHONY: run test setup testbed testbed-ferretdb engine test-engine dashboard browser lint format typecheck imports schema schema-check pytest bench clean
+.PHONY: run test setup testbed testbed-ferretdb engine test-engine engine-vllm test-vllm dashboard browser lint format typecheck imports schema schema-check pytest bench clean
 
 # The operator dashboard (dashboard/ -> modelplane/static/, git-ignored). npm ci runs only when
 # package.json or package-lock.json is newer than the last install; esbuild only when a source,
@@ -34,13 +34,22 @@ testbed-ferretdb:
 	@ONLY=ferretdb bash deploy/testbed/build.sh
 
 # The real inference engine of tests/test_real_engine.py: llama-cpp-python[server] built from
-# source (llama.cpp, for this CPU) into ~/.cache/modelplane/engines; once, about 8 minutes.
+# source (llama.cpp, for this CPU) into /var/cache/modelplane/engines as root (where the engine user
+# nobody can run it), else ~/.cache/modelplane/engines; once, about 8 minutes.
 engine: setup
 	@bash deploy/testbed/engine.sh
 
 # Only the real-engine tests (they also run in `make pytest`).
 test-engine: setup testbed engine
 	$(RUN) pytest -m engine
+
+# vLLM's CPU build (deploy/testbed/vllm.sh, about 4 GB) and its test, outside `make test`:
+# vLLM takes minutes to start on 2 cores and holds about 4 GiB.
+engine-vllm: setup
+	@bash deploy/testbed/vllm.sh
+
+test-vllm: setup testbed engine engine-vllm
+	$(RUN) pytest -m vllm tests/test_vllm_engine.py
 
 $(DASHBOARD_STAMP): dashboard/package.json dashboard/package-lock.json
 	@command -v node >/dev/null || { echo "[dashboard] Node.js >= 20 is required (node is not on PATH)"; exit 1; }

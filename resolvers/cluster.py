@@ -6,6 +6,7 @@ from typing import Annotated
 
 import strawberry
 
+from resolvers.arguments import ModelIdArgument, RepoIdArgument, RevisionArgument
 from resolvers.context import Info
 from resolvers.errors import answers
 from schema.cluster import ClusterStatus, GpuFit, GpuFitResult
@@ -25,18 +26,9 @@ async def resolve_cluster_status(info: Info) -> ClusterStatus:
 async def resolve_gpu_fit(
     info: Info,
     *,
-    model_id: Annotated[
-        strawberry.ID | None,
-        strawberry.argument(description="A catalogue model (give this or `repoId`)."),
-    ] = None,
-    repo_id: Annotated[
-        str | None,
-        strawberry.argument(description="A hub repo, `org/name` or URL (give this or `modelId`)."),
-    ] = None,
-    revision: Annotated[
-        str | None,
-        strawberry.argument(description="Branch, tag or commit of `repoId`; default branch."),
-    ] = None,
+    model_id: ModelIdArgument = None,
+    repo_id: RepoIdArgument = None,
+    revision: RevisionArgument = None,
     engine: Annotated[
         InferenceEngineEnum, strawberry.argument(description="Engine to estimate for.")
     ] = InferenceEngineEnum.VLLM,

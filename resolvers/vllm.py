@@ -6,6 +6,7 @@ from typing import Annotated
 
 import strawberry
 
+from resolvers.arguments import ModelIdArgument, RepoIdArgument, RevisionArgument
 from resolvers.context import Info
 from resolvers.errors import answers
 from schema.limits import cost
@@ -22,18 +23,9 @@ def resolve_vllm_architectures(info: Info) -> VllmArchitectureTable:
 async def resolve_vllm_compatibility(
     info: Info,
     *,
-    model_id: Annotated[
-        strawberry.ID | None,
-        strawberry.argument(description="A catalogue model (give this or `repoId`)."),
-    ] = None,
-    repo_id: Annotated[
-        str | None,
-        strawberry.argument(description="A hub repo, `org/name` or URL (give this or `modelId`)."),
-    ] = None,
-    revision: Annotated[
-        str | None,
-        strawberry.argument(description="Branch, tag or commit of `repoId`; default branch."),
-    ] = None,
+    model_id: ModelIdArgument = None,
+    repo_id: RepoIdArgument = None,
+    revision: RevisionArgument = None,
     gpu_type: Annotated[
         str | None,
         strawberry.argument(

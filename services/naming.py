@@ -51,7 +51,7 @@ async def workload_name(
     """A new inference's name: the model's, suffixed when another live inference's document or
     an object of the runtime that is not this inference's holds it."""
     base = base_name(model_name)
-    clash = await inferences.find_one(where={"name": base, "is_deleted": False})
+    clash = await inferences.name_holder(base)
     if (clash is None or clash.id == inference_id) and not await runtime.name_taken(
         base, inference_id
     ):

@@ -335,6 +335,10 @@ class InferenceFilter:
     model_id: str | None = None
 
 
+NAMES_COLLECTION = "inference_names"
+"""Workload name -> the inference that took it last (see :meth:`InferenceRepository.insert`)."""
+
+
 class InferenceRepository(Repository[InferenceDocument]):
     """Inference services; one live inference per model (unique ``active_key``)."""
 
@@ -363,6 +367,35 @@ class InferenceRepository(Repository[InferenceDocument]):
         if inference_filter.model_id is not None:
             query["model_id"] = inference_filter.model_id
         return query
+
+    async def insert(
+        self, document: InferenceDocument, *, event: str | None = None
+    ) -> InferenceDocument:
+        """Store a new inference, then note its workload name in ``inference_names``
+        (``_id`` = the name), which :meth:`name_holder` reads instead of querying names."""
+        written = await super().insert(document, event=event)
+        names = self._collection.database[NAMES_COLLECTION]
+        for _ in range(2):
+            try:
+                await names.replace_one(
+                    {"_id": written.name}, {"inference_id": written.id}, upsert=True
+                )
+            except DuplicateKeyError:
+                continue  # two first upserts of one name raced; it exists now
+            break
+        return written
+
+    async def name_holder(self, name: str) -> InferenceDocument | None:
+        """The live inference whose workload is called ``name``, or None: one read of
+        ``inference_names`` and one of the holder, both by ``_id`` (a query on ``name`` made
+        FerretDB 1.24 read the whole collection at every start; ``bench/controllers.py``)."""
+        noted = await self._collection.database[NAMES_COLLECTION].find_one({"_id": name})
+        if noted is None:
+            return None
+        holder = await self.get(str(noted["inference_id"]))
+        if holder is None or holder.is_deleted or holder.name != name:
+            return None
+        return holder
 
     async def for_model(self, model_id: str) -> InferenceDocument | None:
         """The live inference of a model, or None."""

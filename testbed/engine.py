@@ -62,3 +62,35 @@ def ensure_engine() -> Engine:
         raise TestbedError(f"deploy/testbed/engine.sh failed (exit {result.returncode})")
     sys.stderr.write(f"[engine] installed in {time.monotonic() - started:.0f} s\n")
     return engine
+
+
+VLLM_SCRIPT = REPO_ROOT / "deploy" / "testbed" / "vllm.sh"
+
+
+@dataclass(frozen=True, slots=True)
+class VllmEngine:
+    """vLLM's CPU build where ``deploy/testbed/vllm.sh`` installed it."""
+
+    program: Path
+    stamp: Path
+
+    @property
+    def installed(self) -> bool:
+        return self.stamp.is_file() and self.program.exists()
+
+
+def ensure_vllm() -> VllmEngine:
+    """The installed vLLM, installing it first when missing (loudly: about 4 GB)."""
+    out = subprocess.run(
+        ["bash", str(VLLM_SCRIPT), "--print"], check=True, capture_output=True, text=True
+    ).stdout
+    paths = {name: Path(path) for name, _, path in (line.partition("=") for line in out.split())}
+    engine = VllmEngine(program=paths["vllm"], stamp=paths["stamp"])
+    if engine.installed:
+        return engine
+    sys.stderr.write("\n[vllm] installing vLLM's CPU build (about 4 GB; cached afterwards)\n")
+    sys.stderr.flush()
+    result = subprocess.run(["bash", str(VLLM_SCRIPT)], check=False)
+    if result.returncode != 0 or not engine.installed:
+        raise TestbedError(f"deploy/testbed/vllm.sh failed (exit {result.returncode})")
+    return engine

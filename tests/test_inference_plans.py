@@ -162,6 +162,37 @@ def test_pvc_and_s3_weights_are_placed_where_the_engine_reads_them() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("local", "env", "expected"),
+    [
+        pytest.param(True, [], "9123", id="local"),
+        pytest.param(False, [], "9123", id="kubernetes"),
+        pytest.param(True, [EnvVarSpec(name="PORT", value="7000")], "7000", id="user-wins"),
+    ],
+)
+def test_a_custom_engine_is_told_the_port_modelplane_probes(
+    local: bool, env: list[EnvVarSpec], expected: str
+) -> None:
+    spec = InferenceSpec(
+        engine=InferenceEngine.CUSTOM,
+        image=None if local else "example/engine:1",
+        command=["serve"],
+        port=9123,
+        health_path="/v1/models",
+        env=env,
+    )
+    plan = plan_engine(spec, model(), None, local=local, images=IMAGES, secret_name=None)
+    values = {var.name: var.value for var in plan.env}
+    assert values["PORT"] == expected
+    assert values["MODEL_PATH"] == "/data/models/qwen"  # a hostPath: the same path in both
+    assert plan.port == 9123
+    if not local:
+        objects = render_all(inference(spec), plan, namespace="ns", integrations=Integrations())
+        container = objects[0]["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "PORT", "value": "9123"} in container["env"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models", "port": 9123}
+
+
 def test_ollama_pulls_in_an_init_step_and_serves_under_the_model_name() -> None:
     plan = plan_engine(
         InferenceSpec(engine=InferenceEngine.OLLAMA),

@@ -1,30 +1,39 @@
 """A real inference engine end to end on the CPU: llama.cpp's server behind modelplane.
 
 The engine is llama-cpp-python's OpenAI-compatible server, built from source by
-``deploy/testbed/engine.sh`` (``make engine``); the models are real GGUF files the testbed
-writes (:mod:`testbed.gguf`): a tiny Llama with random weights, a byte-level BPE tokenizer and a
-ChatML template, and the real all-MiniLM-L6-v2. Everything goes through the public API:
-``createModel`` downloads from the local hub, ``startInference`` runs the engine as a CUSTOM
-command on the local runtime (admins only, host commands allowed), the inference is RUNNING
-only once the engine's own ``/v1/models`` answers, and the official ``openai`` client talks to
-the gateway. The failure cases run the same engine on a truncated file and with vLLM's flag
-for the served name, and expect the engine's own error line in the status and the logs.
+``deploy/testbed/engine.sh`` (``make engine``) where the engine user can run it; the models are
+real GGUF files the testbed writes (:mod:`testbed.gguf`): a tiny Llama with random weights, a
+byte-level BPE tokenizer and a ChatML template, and the real all-MiniLM-L6-v2. Everything goes
+through the public API: ``createModel`` downloads from the local hub, ``startInference`` runs
+the engine as a CUSTOM command on the local runtime (admins only, host commands allowed) as the
+default engine user (``nobody``: the server runs as root here), on the port and weights that
+modelplane hands it as ``$PORT`` and ``$MODEL_PATH``; the inference is RUNNING only once the
+engine's own ``/v1/models`` answers, and the official ``openai`` client talks to the gateway.
+The failure cases run the same engine on a truncated file and with vLLM's flag for the served
+name, and expect the engine's own error line in the status and the logs.
 
-Memory, measured (``tests/artifacts/engine-memory.json``, llama-cpp-python 0.3.36, 2 cores):
-the chat model's engine peaked at 83-91 MiB RSS for a 0.4 MiB GGUF, the embedding model's at
-203-205 MiB for 87 MiB. The fit estimate (``gpuFit``, which knows a GGUF repo only by its file
-size) says 1.50 / 1.58 GiB for CUSTOM and 512 / 599 MiB for OLLAMA: the weights term is exact,
-the KV cache is not counted (no config.json), and the rest is the per-GPU overhead of
-``services/fitting.py`` (a CUDA context, CUDA graphs, cuBLAS workspaces), which a CPU process
-does not have; on the CPU the engine's own cost is about 90 MiB (Python, FastAPI, llama.cpp's
-compute buffers).
+Memory (printed by the test; ``tests/artifacts/engine-memory.json``; llama-cpp-python 0.3.36,
+2 busy cores): the chat engine peaked at 79-91 MiB RSS for a 0.4 MiB GGUF, the embedding
+engine at 199-206 MiB for 87 MiB. ``gpuFit`` says 1536 / 1623 MiB for CUSTOM and 512 / 599 MiB
+for OLLAMA: off by 17-19x (CUSTOM) and 3-6x (OLLAMA), on purpose. It answers "how many GPUs of
+which type", and its terms are GPU memory: the weights term is exact (the GGUF's size: the
+engine maps all of it), the KV cache is 0 (a GGUF repo has no config.json; the chat model's
+would be 0.125 MiB in f16 at its 512 tokens), and the rest is the per-GPU overhead of
+``services/fitting.py`` (CUDA context, CUDA graphs, cuBLAS workspaces; llama.cpp's CUDA context
+for OLLAMA), none of which a CPU process has. A CPU engine's own cost is its runtime instead:
+peak RSS less the GGUF is 79-91 MiB for the chat model (Python, FastAPI, llama.cpp) and
+112-120 MiB for the embedding model. Neither is a GPU figure, so the estimate is left as it
+is; a host-memory estimate would be a field of its own.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pwd
 import shlex
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,18 +78,29 @@ def engine_hub(engine: Engine) -> Iterator[RunningHub]:
 
 
 @pytest.fixture
+def state_parent() -> Iterator[Path]:
+    """Where the state directory goes: a folder others may search, as a deployment's
+    ``/var/lib/modelplane`` is (pytest's tmp_path sits under a 0700 folder, which the engine
+    user could not cross: modelplane refuses that with PermissionDenied, see
+    tests/security/test_runtime.py)."""
+    parent = Path(tempfile.mkdtemp(prefix="mp-engine-"))
+    parent.chmod(0o755)
+    try:
+        yield parent
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
 async def engine_app(
-    tmp_path: Path, mongo_uri: str, mongo_client: Client, engine_hub: RunningHub
+    state_parent: Path, mongo_uri: str, mongo_client: Client, engine_hub: RunningHub
 ) -> AsyncIterator[RunningApp]:
-    # The engine is a command of the admin's choice (CUSTOM), run as the server's user: the
-    # engine's environment lives under /root (tests/security/test_runtime.py covers the user).
+    # The engine is a command of the admin's choice (CUSTOM), run as the default engine user
+    # (nobody, when the tests run as root): engine.sh installs it where that user can run it.
     settings = make_settings(
-        tmp_path,
-        mongo_uri,
-        hf_endpoint=engine_hub.endpoint,
-        allow_host_commands=True,
-        engine_user="",
+        state_parent, mongo_uri, hf_endpoint=engine_hub.endpoint, allow_host_commands=True
     )
+    assert settings.engine_user == "nobody"
     async with serve_app(settings, mongo_client) as running:
         yield running
 
@@ -104,12 +124,9 @@ async def start_engine(
     app: RunningApp, model: dict[str, Any], engine: Engine, *args: str, model_file: str = CHAT_FILE
 ) -> tuple[dict[str, Any], int]:
     port = free_port()
-    server = engine.server_argv("--host", "127.0.0.1", "--port", str(port), *args)
-    command = [
-        "sh",
-        "-c",
-        f'exec {shlex.join(server)} --model "$MODEL_PATH/{model_file}"',
-    ]
+    server = shlex.join(engine.server_argv("--host", "127.0.0.1", *args))
+    # The port and the weights come from the environment modelplane gives a CUSTOM engine.
+    command = ["sh", "-c", f'exec {server} --port "$PORT" --model "$MODEL_PATH/{model_file}"']
     data = await run(
         app.graphql_url,
         "StartInference",
@@ -170,6 +187,30 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for {pid}")
+
+
+def process_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid for {pid}")
+
+
+def memory_line(name: str, figures: dict[str, Any]) -> str:
+    """Measured against estimated, in MiB: the engine's peak RSS and the GGUF it loaded, then
+    gpuFit's total and terms for CUSTOM, and its total for OLLAMA."""
+
+    def mib(value: int | str) -> str:
+        return f"{int(value) / 2**20:.1f}"
+
+    custom = figures["fit_custom"]
+    return (
+        f"{name}: engine peak RSS {mib(figures['peak_rss_bytes'])} MiB "
+        f"(GGUF {mib(figures['gguf_bytes'])} MiB); gpuFit CUSTOM {mib(custom['totalBytes'])} MiB "
+        f"= weights {mib(custom['weightsBytes'])} + KV cache {mib(custom['kvCacheBytes'])} "
+        f"+ GPU overhead {mib(custom['overheadBytes'])}; gpuFit OLLAMA "
+        f"{mib(figures['fit_ollama']['totalBytes'])} MiB"
+    )
 
 
 async def fit(app: RunningApp, model: dict[str, Any], engine: str) -> dict[str, Any]:
@@ -288,6 +329,8 @@ async def test_chat_and_embeddings_through_the_gateway(
         }
         assert report[name]["fit_custom"]["weightsBytes"] == gguf_size
         assert report[name]["peak_rss_bytes"] > gguf_size
+        assert process_uid(pid) == pwd.getpwnam("nobody").pw_uid  # the default engine user
+        print(memory_line(name, report[name]))  # noqa: T201  the figures, for the record
     MEMORY_REPORT.parent.mkdir(exist_ok=True)
     MEMORY_REPORT.write_text(json.dumps(report, indent=2) + "\n")
 

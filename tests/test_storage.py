@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 
+from controllers.inference.engines import EngineImages
+from controllers.inference.workloads import WorkloadPlanner
+from controllers.runtimes.local.inference import LocalInferenceRuntime
+from services.naming import suffixed, workload_name
 from storage.client import Database, make_client
 from storage.documents import (
     AccessMode,
+    InferenceDocument,
     LocalTarget,
     ModelDocument,
     ModelSource,
@@ -22,6 +27,7 @@ from storage.documents import (
 from storage.errors import Contended, DuplicateKey, NotFound, RevisionConflict
 from storage.repositories import (
     CAS_ATTEMPTS,
+    InferenceRepository,
     LeaseRepository,
     ModelRepository,
     OrganizationRepository,
@@ -269,3 +275,34 @@ async def test_two_replicas_creating_the_indexes_at_once_both_start(mongo_uri: s
             await clients[0].drop_database(name)
             for client in clients:
                 await client.close()
+
+
+async def test_a_workload_name_another_live_inference_holds_is_suffixed(
+    database: Database, tmp_path: Any
+) -> None:
+    """Two organisations' models called ``llama``: the second inference gets the id's suffix
+    while the first is live (found by the name it noted, by ``_id``), and the plain name again
+    once the first is deleted."""
+    await ensure_indexes(database)
+    inferences = InferenceRepository(database)
+    planner = WorkloadPlanner(
+        weights=WeightsRepository(database), images=EngineImages(), local=True
+    )
+    runtime = LocalInferenceRuntime(planner=planner, work_dir=tmp_path, log_dir=tmp_path)
+    first = await inferences.insert(
+        InferenceDocument(
+            id="inf-aaaaa",
+            organization_id="org-a",
+            model_id="model-a",
+            model_name="llama",
+            name=await workload_name(inferences, runtime, "llama", "inf-aaaaa"),
+            active_key="model-a",
+        )
+    )
+    assert first.name == "llama"
+    assert await workload_name(inferences, runtime, "llama", "inf-aaaaa") == "llama"  # its own
+    assert await workload_name(inferences, runtime, "llama", "inf-bbbbb") == suffixed(
+        "llama", "inf-bbbbb"
+    )
+    await inferences.modify(first.id, lambda _: {"is_deleted": True})
+    assert await workload_name(inferences, runtime, "llama", "inf-bbbbb") == "llama"

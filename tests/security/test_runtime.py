@@ -30,6 +30,7 @@ from testbed.hub import RunningHub
 from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
+from tests.helpers import weights_area
 from tests.test_cli import assert_one_clear_line, run_cli
 from tests.test_weights_api import create_local, ready, wait_model
 
@@ -191,6 +192,51 @@ async def test_an_admins_engine_cannot_read_the_keys_but_reads_the_weights(
             token=token(app, Role.EDITOR),
         )
         assert toggled["toggleInference"]["__typename"] == "ForbiddenError", toggled
+
+
+@pytest.mark.parametrize("blocked", ["state-dir", "program", "weights"])
+async def test_an_engine_user_that_cannot_reach_its_paths_is_told_which_folder(
+    blocked: str,
+    tmp_path: Path,
+    open_dir: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+) -> None:
+    """What a deployment gets wrong, named before the spawn: a state directory under a 0700
+    folder (pytest's tmp_path is one, like root's home), an engine installed under one, or
+    weights made unreadable. FAILED once, reason PermissionDenied, the folder and its mode in
+    the message (before: a bare "Permission denied" from the exec, or the engine's own error)."""
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    program = private / "engine"
+    program.write_text("#!/bin/sh\nexec sleep 600\n")
+    program.chmod(0o755)
+    state = tmp_path if blocked == "state-dir" else open_dir
+    async with host_app(state, mongo_uri, mongo_client, hub, allow_host_commands=True) as app:
+        model = await ready_model(app)
+        weights = weights_area(app.resources.settings.local_roots) / "tiny-org--tiny-model"
+        if blocked == "weights":
+            weights.chmod(0o700)
+        command = [str(program)] if blocked == "program" else ["/bin/sh", "-c", "exec sleep 600"]
+        result = await start(app, model["id"], {"engine": "CUSTOM", "command": command}, Role.ADMIN)
+        assert result["__typename"] == "InferencePayload", result
+        failed = await helpers.wait_inference(
+            app.graphql_url,
+            token(app, Role.ADMIN),
+            result["inference"]["id"],
+            {"FAILED", "RUNNING", "CRASH_LOOP_BACK_OFF"},
+        )
+        assert failed["phase"] == "FAILED", failed
+        assert failed["reason"] == "PermissionDenied", failed
+        folder, words = {
+            "state-dir": (str(tmp_path.parents[1]), "cannot enter its working directory"),
+            "program": (str(private), f"cannot run {program}"),
+            "weights": (str(weights), f"cannot read {weights}"),
+        }[blocked]
+        assert f"{folder} is drwx------ root:root" in failed["message"], failed
+        assert words in failed["message"], failed
+        assert "MODELPLANE_ENGINE_USER" in failed["message"], failed
 
 
 async def engine_output(app: RunningApp, inference_id: str) -> list[str]:

@@ -40,7 +40,7 @@ from controllers.runtimes.secrets import SecretStore, SecretStoreError
 from storage.documents import InferenceDocument, InferencePhase, ModelDocument
 from storage.repositories import ModelRepository
 
-SPAWN_REFUSED = frozenset({"InvalidSpec", "ProgramNotFound", "StartError"})
+SPAWN_REFUSED = frozenset({"InvalidSpec", "ProgramNotFound", "PermissionDenied", "StartError"})
 """Supervisor reasons of a process that cannot be spawned at all (no retry loop)."""
 
 
@@ -78,6 +78,7 @@ def process_spec(
         health_path=engine.health_path,
         initial_delay_seconds=0.0,
         startup_timeout_seconds=max(600.0, float(inference.spec.initial_delay_seconds) * 10),
+        reads=() if engine.weights is None else (Path(engine.weights.path),),
     )
 
 

@@ -29,7 +29,8 @@ a pod's container, and borrows its vocabulary so both runtimes report alike:
   ``crash_loop_window`` seconds, or as many in a row without ever becoming ready, make the
   phase CRASH_LOOP (reason ``CrashLoopBackOff``) while it keeps retrying; a run that stayed up
   ``backoff_reset_after`` seconds after becoming ready resets the backoff.
-- **Permanent failures** (an invalid spec, a program that is not on PATH, an exec error) end in
+- **Permanent failures** (an invalid spec, a program that is not on PATH, an engine user that
+  may not reach the program, working directory or weights, an exec error) end in
   FAILED without a retry loop. ``ensure`` with the same spec leaves a FAILED key alone (a
   reconcile triggered by the failure must not retry it at once); a new spec, or
   :meth:`ProcessSupervisor.stop` then ``ensure``, tries again.
@@ -79,6 +80,7 @@ from controllers.runtimes.local.specs import (
     child_environment,
     describe_exit,
     engine_user,
+    engine_user_problem,
     live_start_time,
     port_in_use,
     protect_server_process,
@@ -299,6 +301,10 @@ class ProcessSupervisor:
         if program is None:
             where = "on PATH" if os.sep not in spec.argv[0] else "(no such executable file)"
             self._fail(entry, "ProgramNotFound", f"{spec.argv[0]}: command not found {where}")
+            return
+        denied = None if self._run_as is None else engine_user_problem(spec, program, self._run_as)
+        if denied is not None:
+            self._fail(entry, "PermissionDenied", denied)
             return
         entry.phase = ProcessPhase.STARTING
         entry.ready = False

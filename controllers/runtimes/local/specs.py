@@ -11,15 +11,20 @@ reports), and the helpers it spawns with:
   they are written rather than in 8 KiB blocks.
 - **The engine user.** A server running as root runs its engines as another user
   (:class:`EngineUser`, setting ``MODELPLANE_ENGINE_USER``, default ``nobody``): its uid, its
-  primary group and no supplementary groups, ``HOME`` set to the engine's working directory,
-  which is handed to that user. So an engine cannot read what only root may: the state
-  directory's keys (``keys/`` is 0700, see :mod:`modelplane.keyfiles`), the server's
-  environment (``/proc/<pid>/environ``) or memory. Weights stay readable: the downloader writes
-  them world-readable. A server that is not root cannot switch users; its engines run as its
-  own user, and :func:`protect_server_process` makes the server non-dumpable so a same-user
-  engine cannot read its environment (``MODELPLANE_SECRET_KEY``, the database URI) or memory
-  through ``/proc``. Key files generated in development stay readable to such engines: set
-  ``MODELPLANE_SECRET_KEY`` (production requires it) so none exists.
+  primary group and no supplementary groups, ``HOME`` set to the engine's working directory, which
+  is handed to that user. So an engine cannot read what only root may: the state directory's keys
+  (``keys/`` is 0700, see :mod:`modelplane.keyfiles`), the server's environment
+  (``/proc/<pid>/environ``) or memory. Weights stay readable: the downloader writes them
+  world-readable. What the downloader does not own is checked before each spawn
+  (:func:`engine_user_problem`): a state directory under a 0700 folder (root's home, pytest's
+  temporary root) or an engine installed there (a virtual environment under ``/root``, whose
+  interpreter may be root's pyenv) ends in FAILED, reason ``PermissionDenied``, naming the folder in
+  the way, instead of a crash loop on the engine's own "Permission denied". A server that is not
+  root cannot switch users; its engines run as its own user, and :func:`protect_server_process`
+  makes the server non-dumpable so a same-user engine cannot read its environment
+  (``MODELPLANE_SECRET_KEY``, the database URI) or memory through ``/proc``. Key files generated in
+  development stay readable to such engines: set ``MODELPLANE_SECRET_KEY`` (production requires it)
+  so none exists.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import os
 import shutil
 import signal
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 DEFAULT_INHERITED_ENV: frozenset[str] = frozenset(
     {
@@ -85,6 +91,9 @@ class ProcessSpec:
     """Not ready this long after it started: terminated, counted as an exit, restarted."""
     stop_grace_seconds: float = 10.0
     """Between SIGTERM and SIGKILL when stopping."""
+    reads: tuple[Path, ...] = ()
+    """Directories the engine reads (its weights): an engine user that cannot is refused
+    before the spawn (see :func:`engine_user_problem`)."""
 
     def __repr__(self) -> str:
         program = self.argv[0] if self.argv else ""
@@ -128,9 +137,9 @@ class ProcessStatus:
 
     ``reason`` is a short CamelCase word (``NotReady``, ``Error``, ``Completed``,
     ``StartupTimeout``, ``PortInUse``, ``CrashLoopBackOff``, ``ProgramNotFound``,
-    ``InvalidSpec``, ``StartError``); ``message`` is for people and quotes the engine's last
-    output line after an exit. ``last_exit_code`` is negative for a signal (-9: SIGKILL).
-    ``started_at`` is when the current process started, None while none runs.
+    ``PermissionDenied``, ``InvalidSpec``, ``StartError``); ``message`` is for people and quotes the
+    engine's last output line after an exit. ``last_exit_code`` is negative for a signal (-9:
+    SIGKILL). ``started_at`` is when the current process started, None while none runs.
     """
 
     phase: ProcessPhase
@@ -201,6 +210,59 @@ def engine_user(name: str | None) -> EngineUser | None:
     if entry.pw_uid == 0:
         return None  # "root" asked for: nothing to drop
     return EngineUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def _blocked(path: Path, user: EngineUser, last: int) -> tuple[Path, str] | None:
+    """The first of ``path``'s folders that ``user`` may not search (``x``), or ``path``
+    itself when it lacks ``last`` (as mode bits of ``stat.S_IRWXO``), with its mode and
+    owner; None when everything is allowed or a part does not exist (the engine says so).
+    Mode bits only: the user has its primary group and no other (ACLs are not read)."""
+    import grp  # noqa: PLC0415  POSIX only, and only here
+    import pwd  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+
+    parts = [*reversed(path.parents), path]
+    for index, part in enumerate(parts):
+        try:
+            info = part.stat()
+        except OSError:
+            return None
+        wanted = last if index == len(parts) - 1 else 0o1
+        shift = 6 if info.st_uid == user.uid else 3 if info.st_gid == user.gid else 0
+        if (info.st_mode >> shift) & wanted != wanted:
+            owner = _name(pwd.getpwuid, info.st_uid), _name(grp.getgrgid, info.st_gid)
+            return part, f"{stat.filemode(info.st_mode)} {owner[0]}:{owner[1]}"
+    return None
+
+
+def _name(lookup: Callable[[int], Any], number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
+
+
+def engine_user_problem(spec: ProcessSpec, program: str, user: EngineUser) -> str | None:
+    """Why ``user`` cannot run ``spec``: a folder on the way to its working directory, its
+    program (and what a symlink points at) or the directories it reads (its weights) that
+    the user may not enter, or a program it may not execute. None when nothing stands in the
+    way. The kernel would refuse the same later, as a bare "Permission denied" (the
+    ``chdir``, the ``exec``) or an engine's own error about its model file; this names the
+    folder and its mode, which is what the operator has to change."""
+    program_path = Path(program).absolute()
+    checks = [(spec.cwd, 0o1, "enter its working directory")]
+    checks += [(program_path, 0o1, "run"), (program_path.resolve(), 0o1, "run")]
+    checks += [(path, 0o5, "read") for path in spec.reads]
+    for path, last, verb in checks:
+        blocked = _blocked(path, user, last)
+        if blocked is not None:
+            part, mode = blocked
+            return (
+                f"the engine user {user.name} cannot {verb} {path}: {part} is {mode} "
+                f"(let others {'read and ' if last == 0o5 and part == path else ''}search it, "
+                "or set MODELPLANE_ENGINE_USER)"
+            )
+    return None
 
 
 def protect_server_process() -> bool:
