@@ -22,6 +22,7 @@ from schema.inference import (
 )
 from services.errors import Missing
 from services.inference import InferenceRequest, StartOutcome
+from services.inference_inputs import Described
 from storage.documents import (
     AutoscalingSpec,
     EnvVarSpec,
@@ -126,6 +127,29 @@ async def start_inference(
 
 
 @answers
+async def update_inference(
+    info: Info,
+    model_id: ModelIdArg,
+    input: Annotated[
+        InferenceInput,
+        strawberry.argument(
+            description="The whole new configuration, as startInference takes it (a port left "
+            "out keeps the current one)."
+        ),
+    ],
+    dry_run: Annotated[
+        bool,
+        strawberry.argument(description="Validate and render the objects; change nothing."),
+    ] = False,
+) -> StartInferenceResult:
+    """Change a live inference's configuration in place (same id; the workload rolls)."""
+    principal = info.context.require_principal()
+    service = info.context.services.inference
+    request = request_from_input(input)
+    return _payload(await service.update(principal, str(model_id), request, dry_run=dry_run))
+
+
+@answers
 async def stop_inference(info: Info, model_id: ModelIdArg) -> StopInferenceResult:
     """Stop a model's inference: its objects go; the model and its weights stay."""
     principal = info.context.require_principal()
@@ -159,6 +183,7 @@ async def toggle_inference(
 @answers
 async def create_inference_from_manifest(
     info: Info,
+    *,
     yaml_text: Annotated[
         str,
         strawberry.argument(
@@ -169,11 +194,26 @@ async def create_inference_from_manifest(
     dry_run: Annotated[
         bool, strawberry.argument(description="Validate and show the result; apply nothing.")
     ] = False,
+    display_name: Annotated[
+        str | None,
+        strawberry.argument(description="A human-readable name, at most 256 characters."),
+    ] = None,
+    description: Annotated[
+        str | None, strawberry.argument(description="A description, at most 4096 bytes.")
+    ] = None,
+    tags: Annotated[
+        list[str] | None,
+        strawberry.argument(description="At most 32 tags of at most 64 characters."),
+    ] = None,
 ) -> StartInferenceResult:
     """Apply your own Deployment as an unmanaged inference (kubernetes runtime)."""
     principal = info.context.require_principal()
     service = info.context.services.inference
-    return _payload(await service.create_from_manifest(principal, yaml_text, dry_run=dry_run))
+    described = Described(display_name=display_name, description=description, tags=tags)
+    outcome = await service.create_from_manifest(
+        principal, yaml_text, dry_run=dry_run, described=described
+    )
+    return _payload(outcome)
 
 
 async def resolve_inference(

@@ -261,6 +261,17 @@ class Mutation:
             "nothing. REMOTE_API models become a gateway route (no workload)."
         ),
     )
+    update_inference: StartInferenceResult = strawberry.field(
+        resolver=inference_resolvers.update_inference,
+        description=(
+            "Change the model's live (running or pending) inference in place: image, "
+            "command, env, resources, replicas, autoscaling, port... Checked exactly as "
+            "startInference (refused input names its `input.*` field and changes nothing); "
+            "then the spec is written with a new `generation` and the controller re-applies "
+            "it: the Deployment rolls (kubernetes), the process restarts (local). The "
+            "inference keeps its id. `dryRun` returns the planned objects."
+        ),
+    )
     stop_inference: StopInferenceResult = strawberry.field(
         resolver=inference_resolvers.stop_inference,
         description=(

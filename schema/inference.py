@@ -162,7 +162,25 @@ class Inference:
     managed: bool = strawberry.field(
         description="False for manifests applied as is, and for labelled objects without a record."
     )
+    display_name: str | None = strawberry.field(
+        description="Human-readable name given to createInferenceFromManifest; null when none."
+    )
+    description: str | None = strawberry.field(
+        description="Description given to createInferenceFromManifest; null when none."
+    )
+    tags: list[str] | None = strawberry.field(
+        description="Tags given to createInferenceFromManifest; null when none."
+    )
     runtime: str = strawberry.field(description="`kubernetes` or `local`.")
+    generation: int = strawberry.field(
+        description="The spec's version: bumped by every start of it and every updateInference."
+    )
+    observed_generation: int = strawberry.field(
+        description=(
+            "The generation the controller last applied; equal to `generation` once an "
+            "update reached the workload (0: nothing applied yet)."
+        )
+    )
     enabled: bool = strawberry.field(description="False after stopInference.")
     phase: InferencePhaseEnum = strawberry.field(description="Lifecycle phase.")
     reason: str | None = strawberry.field(
@@ -208,7 +226,12 @@ class Inference:
             model_name=doc.model_name,
             name=doc.name,
             managed=doc.managed,
+            display_name=doc.display_name,
+            description=doc.description,
+            tags=list(doc.tags) if doc.tags is not None else None,
             runtime=doc.runtime,
+            generation=doc.generation,
+            observed_generation=doc.observed_generation,
             enabled=doc.enabled,
             phase=InferencePhaseEnum(doc.phase.value),
             reason=doc.reason,

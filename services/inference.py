@@ -5,7 +5,8 @@ env (values or Secret references only), autoscaling bounds, and the engine plan 
 same pure planner the controller uses, so a vLLM command without ``--served-model-name`` is a
 ValidationError now, not a FAILED inference later). One live inference per model: starting a
 running one returns it with a message; starting a stopped one re-enables it with the new spec
-(a new ``generation``, so the controller re-applies). ``dryRun`` renders the objects and
+(a new ``generation``, so the controller re-applies); ``updateInference`` changes a live one
+in place the same way (:mod:`services.inference_updating`). ``dryRun`` renders the objects and
 writes nothing. Manifests (kubernetes runtime only) are parsed and checked field by field
 against an allow-list (:mod:`services.manifests`), namespaced to ours, relabelled as an
 unmanaged inference.
@@ -44,6 +45,7 @@ from services.inference_inputs import (
     MAX_LOG_LINES,
     MAX_MANIFEST_BYTES,
     MAX_PAGE,
+    Described,
     InferenceRequest,
     check_manifest,
     check_placement,
@@ -52,6 +54,7 @@ from services.inference_inputs import (
     gpus_of,
     request_from,
 )
+from services.inference_updating import keep_port, write_update
 from services.manifests import ManifestPolicy
 from services.naming import workload_name
 from services.principals import Forbidden, Principal
@@ -337,6 +340,30 @@ class InferenceService:
         await self._record.inference(written, EventType.PHASE_CHANGED)
         return written
 
+    async def update(
+        self,
+        principal: Principal,
+        model_id: str,
+        request: InferenceRequest,
+        *,
+        dry_run: bool = False,
+    ) -> StartOutcome:
+        """Change the live inference's spec in place: :mod:`services.inference_updating`."""
+        principal.require(Role.EDITOR)
+        model = await self._models.get(model_id, scope=principal.scope)
+        if model is None or model.is_deleted:
+            raise Missing(model_id)
+        existing = await self._inferences.for_model(model.id)
+        if existing is None or not existing.enabled:
+            raise Missing(model_id, f"{model.name} has no inference to update; start one")
+        request = keep_port(request, existing)
+        doc, manifests = await self.prepare(principal, model, request, existing)
+        if dry_run:
+            return await self._dry_run(principal, model, doc, manifests)
+        written = await write_update(self._inferences, self._record, existing, doc)
+        log.info("inference updated", extra={"inference_id": written.id, "model_id": model.id})
+        return StartOutcome(inference=written, message="updated; the new configuration rolls out")
+
     async def stop(self, principal: Principal, model_id: str) -> InferenceDocument:
         """Stop the model's inference (its objects go; the document, model and weights stay)."""
         principal.require(Role.EDITOR)
@@ -395,10 +422,16 @@ class InferenceService:
     # -- manifests -----------------------------------------------------------------------
 
     async def create_from_manifest(
-        self, principal: Principal, text: str, *, dry_run: bool = False
+        self,
+        principal: Principal,
+        text: str,
+        *,
+        dry_run: bool = False,
+        described: Described | None = None,
     ) -> StartOutcome:
         """Apply the user's Deployment (+ Service) as an unmanaged inference."""
         principal.require(Role.EDITOR)
+        about = (described or Described()).checked()
         if self._runtime_kind != "kubernetes" or self._namespace is None:
             raise InvalidInput("manifest", "manifests need the kubernetes runtime")
         if len(text.encode("utf-8", "surrogatepass")) > MAX_MANIFEST_BYTES:
@@ -425,6 +458,7 @@ class InferenceService:
             name=name,
             active_key=inference_id,
             managed=False,
+            **about,
             runtime=self._runtime_kind,
             spec=InferenceSpec(engine=InferenceEngine.CUSTOM, port=port, gpu=gpus_of(objects)),
             manifest=json.dumps(objects),

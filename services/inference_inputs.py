@@ -8,6 +8,7 @@ anything is written, so bad input is a ValidationError naming the field and noth
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,28 @@ _LABEL_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """createInferenceFromManifest's ``displayName``, ``description`` and ``tags`` (the
+    organisation API's YAML endpoint keeps them); None: not given."""
+
+    display_name: str | None = None
+    description: str | None = None
+    tags: Sequence[str] | None = None
+
+    def checked(self) -> dict[str, Any]:
+        """The document's fields, checked as a model's are (errors name the argument)."""
+        return {
+            "display_name": v.check_text(
+                "displayName", self.display_name, limit=v.MAX_DISPLAY_NAME
+            ),
+            "description": v.check_text(
+                "description", self.description, limit=v.MAX_DESCRIPTION_BYTES, in_bytes=True
+            ),
+            "tags": None if self.tags is None else v.check_tags("tags", self.tags),
+        }
 
 
 @dataclass(slots=True)

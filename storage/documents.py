@@ -523,6 +523,10 @@ class InferenceDocument(Document):
     active_key: str
     """``model_id`` (or the id) while the document lives; ``<id>#deleted`` once deleted."""
     managed: bool = True
+    display_name: str | None = None
+    """createInferenceFromManifest's ``displayName`` (the organisation API's YAML endpoint)."""
+    description: str | None = None
+    tags: list[str] | None = None
     runtime: str = "local"
     enabled: bool = True
     generation: int = 1

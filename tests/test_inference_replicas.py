@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
+import pytest
+
+from modelplane.embedded import free_port
 from storage.client import Client
 from testbed.hub import RunningHub
 from tests import helpers
@@ -99,3 +103,60 @@ async def test_start_on_the_follower_is_acted_on_by_the_leader_at_once(
         stopped = time.monotonic() - began
         print(f"stopInference on the follower -> STOPPED: {stopped:.3f} s")  # noqa: T201
         assert stopped < 5
+
+
+async def test_update_on_the_follower_restarts_the_engine_with_the_new_spec(
+    tmp_path: Path, mongo_uri: str, mongo_client: Client, hub: RunningHub, fake_engines: Path
+) -> None:
+    """updateInference sent to the replica that does not lead: the leader's controller hears
+    the UPDATED event and restarts the local process with the new spec (here a new port, which
+    is what a client sees move); same inference id."""
+    del fake_engines
+    async with two_replicas(tmp_path, mongo_uri, mongo_client, hub) as (leader, follower):
+        model = await ready_model(leader)
+        result = await start(follower, model["id"])
+        inference_id = result["inference"]["id"]
+        running = await helpers.wait_inference(
+            follower.graphql_url, editor(follower), inference_id, {"RUNNING"}, timeout=30
+        )
+        old_port = running["spec"]["port"]
+        new_port = free_port()
+
+        began = time.monotonic()
+        data = await run(
+            follower.graphql_url,
+            "UpdateInference",
+            {"modelId": model["id"], "input": {"port": new_port}},
+            token=editor(follower),
+        )
+        payload = data["updateInference"]
+        assert payload["__typename"] == "InferencePayload", payload
+        assert payload["inference"]["id"] == inference_id
+        assert payload["inference"]["generation"] == running["generation"] + 1
+        deadline = time.monotonic() + 30
+        while True:
+            now = await helpers.wait_inference(
+                follower.graphql_url, editor(follower), inference_id, {"RUNNING"}, timeout=30
+            )
+            if now["observedGeneration"] == now["generation"] and now["endpoint"] == (
+                f"http://127.0.0.1:{new_port}/v1"
+            ):
+                break
+            assert time.monotonic() < deadline, now
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(timeout=5) as http:
+            answer = await http.get(f"http://127.0.0.1:{new_port}/v1/models")
+            assert answer.json()["data"][0]["id"] == model["name"]
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.1:{old_port}/v1/models")
+        took = time.monotonic() - began
+        print(f"updateInference on the follower -> RUNNING on the new port: {took:.3f} s")  # noqa: T201
+
+        # Leaving the port out keeps the current one (the endpoint does not move).
+        data = await run(
+            follower.graphql_url,
+            "UpdateInference",
+            {"modelId": model["id"], "input": {"env": [{"name": "X", "value": "1"}]}},
+            token=editor(follower),
+        )
+        assert data["updateInference"]["inference"]["spec"]["port"] == new_port
