@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 
@@ -68,37 +69,21 @@ class InferenceTimelineEntry(TimelineEntry):
 
 def timeline_view(item: TimelineItem) -> TimelineEntry:
     """The API view of one timeline item."""
-    kind, resource_id = ResourceKindEnum(item.kind.value), strawberry.ID(item.resource_id)
-    seconds = round(item.seconds, 3)
+    common: dict[str, Any] = {
+        "resource_kind": ResourceKindEnum(item.kind.value),
+        "resource_id": strawberry.ID(item.resource_id),
+        "reason": item.reason,
+        "at": item.at,
+        "until": item.until,
+        "duration_seconds": round(item.seconds, 3),
+    }
     if item.kind is ResourceKind.WEIGHTS:
-        return WeightsTimelineEntry(
-            resource_kind=kind,
-            resource_id=resource_id,
-            reason=item.reason,
-            at=item.at,
-            until=item.until,
-            duration_seconds=seconds,
-            weights_state=WeightsStateEnum(WeightsState(item.phase).value),
-        )
+        state = WeightsStateEnum(WeightsState(item.phase).value)
+        return WeightsTimelineEntry(**common, weights_state=state)
     if item.kind is ResourceKind.INFERENCE:
-        return InferenceTimelineEntry(
-            resource_kind=kind,
-            resource_id=resource_id,
-            reason=item.reason,
-            at=item.at,
-            until=item.until,
-            duration_seconds=seconds,
-            inference_phase=InferencePhaseEnum(InferencePhase(item.phase).value),
-        )
-    return ModelTimelineEntry(
-        resource_kind=kind,
-        resource_id=resource_id,
-        reason=item.reason,
-        at=item.at,
-        until=item.until,
-        duration_seconds=seconds,
-        model_phase=ModelPhaseEnum(ModelPhase(item.phase).value),
-    )
+        phase = InferencePhaseEnum(InferencePhase(item.phase).value)
+        return InferenceTimelineEntry(**common, inference_phase=phase)
+    return ModelTimelineEntry(**common, model_phase=ModelPhaseEnum(ModelPhase(item.phase).value))
 
 
 @strawberry.enum(name="WeightsLocationKind", description="Where weights are stored.")

@@ -26,12 +26,14 @@ from testbed.hub import RunningHub
 from tests import helpers
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
+from tests.test_inference_local import STAND_IN_SERVER
 from tests.test_inference_replicas import two_replicas
 
 ORG = "org-d"
 HUB_TOKEN = "hf_localDeployToken0123456789abcdef"
 
-FETCHING_VLLM = '''#!{python}
+FETCHING_VLLM = (
+    '''#!{python}
 """A stand-in for vLLM that fetches its model from the hub itself."""
 import json, os, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,27 +46,9 @@ name, host, port = flag("--served-model-name"), flag("--host"), int(flag("--port
 token = "yes" if os.environ.get("HF_TOKEN") == {token!r} else "no"
 offline = os.environ.get("HF_HUB_OFFLINE", "unset")
 print(f"fetching {{args[1]}} token={{token}} offline={{offline}}", flush=True)
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def do_GET(self):
-        if self.path == "/health":
-            self._send({{}})
-        elif self.path == "/v1/models":
-            self._send({{"object": "list", "data": [{{"id": name, "object": "model"}}]}})
-        else:
-            self.send_error(404)
-
-ThreadingHTTPServer((host, port), Handler).serve_forever()
 '''
+    + STAND_IN_SERVER
+)
 
 
 @pytest.fixture

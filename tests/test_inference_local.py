@@ -30,22 +30,7 @@ from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 from tests.test_weights_api import create_local, ready, wait_model
 
-FAKE_VLLM = '''#!{python}
-"""A stand-in for vLLM's OpenAI server: same command line, same endpoints we use."""
-import json, os, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-args = sys.argv[1:]
-assert args[0] == "serve", args
-weights = args[1]
-def flag(name):
-    return args[args.index(name) + 1]
-name, host, port = flag("--served-model-name"), flag("--host"), int(flag("--port"))
-if not os.path.isdir(weights):
-    print(f"error: no weights at {{weights}}", file=sys.stderr, flush=True)
-    sys.exit(2)
-print(f"loaded {{len(os.listdir(weights))}} files from {{weights}} as {{name}}", flush=True)
-
+STAND_IN_SERVER = """
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -65,7 +50,29 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
 
 ThreadingHTTPServer((host, port), Handler).serve_forever()
+"""
+"""The HTTP half of a stand-in vLLM: /health and /v1/models under ``name`` on ``host``:``port``
+(the script before it sets those); a ``str.format`` template like the scripts it ends."""
+
+FAKE_VLLM = (
+    '''#!{python}
+"""A stand-in for vLLM's OpenAI server: same command line, same endpoints we use."""
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+args = sys.argv[1:]
+assert args[0] == "serve", args
+weights = args[1]
+def flag(name):
+    return args[args.index(name) + 1]
+name, host, port = flag("--served-model-name"), flag("--host"), int(flag("--port"))
+if not os.path.isdir(weights):
+    print(f"error: no weights at {{weights}}", file=sys.stderr, flush=True)
+    sys.exit(2)
+print(f"loaded {{len(os.listdir(weights))}} files from {{weights}} as {{name}}", flush=True)
 '''
+    + STAND_IN_SERVER
+)
 
 
 @pytest.fixture

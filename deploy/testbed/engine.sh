@@ -26,19 +26,9 @@ set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 MINILM_VERSION="${MINILM_VERSION:-0.1.0}"
-PYTHON="${PYTHON:-python3}"
-ENGINE_USER="${MODELPLANE_ENGINE_USER-nobody}"
-if [[ $EUID -eq 0 ]]; then
-  CACHE="${MODELPLANE_ENGINE_CACHE:-/var/cache/modelplane/engines}"
-  # The engine's interpreter must be one the engine user can run.
-  [[ -z "${ENGINE_PYTHON:-}" && -x /usr/bin/python3.11 ]] && ENGINE_PYTHON=/usr/bin/python3.11
-else
-  CACHE="${MODELPLANE_ENGINE_CACHE:-$HOME/.cache/modelplane/engines}"
-  ENGINE_USER=""
-fi
-ENGINE_PYTHON="${ENGINE_PYTHON:-$PYTHON}"
+# shellcheck source=engine-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/engine-common.sh"
 OUT="$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
-SITE="venv/lib/python3.11/site-packages"
 
 log() { printf '[engine] %s\n' "$*" >&2; }
 
@@ -57,15 +47,9 @@ fi
 for tool in cmake cc c++; do
   command -v "$tool" >/dev/null || { log "$tool is not on PATH; llama.cpp builds with cmake and a C/C++ compiler (apt-get install cmake build-essential)"; exit 1; }
 done
-"$PYTHON" -m uv --version >/dev/null 2>&1 || { log "uv is missing: run make setup first"; exit 1; }
-"$ENGINE_PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
-  || { log "$ENGINE_PYTHON is not Python 3.11 (the engine environment is made with it)"; exit 1; }
+check_tools
 
-mkdir -p "$CACHE"
-chmod 755 "$CACHE"
-work="$(mktemp -d "$CACHE/.llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION.XXXXXX")"
-chmod 755 "$work"  # mktemp makes it 0700: the engine user could not enter it
-trap 'rm -rf "$work"' EXIT
+make_work "llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION"
 started=$SECONDS
 log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION: building from source (a cold build: about 8 minutes on 2 cores)"
 "$PYTHON" -m uv venv --quiet --python "$ENGINE_PYTHON" "$work/venv"

