@@ -69,20 +69,19 @@ class AutoscalerKindEnum(Enum):
 
 @strawberry.type(description="Where an autoscaled inference stands against its bounds and metric.")
 class AutoscalingStatus:
-    """Autoscaling, observed: the autoscaler's own status where it reported one, else the
-    Deployment's figures."""
+    """Autoscaling, observed: replicas from the Deployment (fresher than the autoscaler's own
+    copy), the metric and the last scale from the autoscaler's status."""
 
     autoscaler: AutoscalerKindEnum | None = strawberry.field(
         description="The autoscaler whose status is shown; null until one is observed (and on "
         "the local runtime, which runs one process and no autoscaler)."
     )
     current_replicas: int | None = strawberry.field(
-        description="Replicas that exist now (the autoscaler's `currentReplicas` or AIBrix's "
-        "`actualScale`, else the Deployment's `status.replicas`); null until observed."
+        description="Replicas that exist now; null until the workload is observed."
     )
     desired_replicas: int | None = strawberry.field(
-        description="Replicas the autoscaler asks for (its `desiredReplicas` or AIBrix's "
-        "`desiredScale`, else the Deployment's `spec.replicas`); null until observed."
+        description="Replicas the autoscaler asks for (the Deployment's `spec.replicas`, which "
+        "it sets); null until observed."
     )
     min_replicas: int = strawberry.field(description="Lower bound.")
     max_replicas: int = strawberry.field(description="Upper bound.")
@@ -131,12 +130,10 @@ def autoscaling_view(doc: InferenceDocument) -> AutoscalingStatus | None:
         return None
     found = doc.autoscaler
     observed = doc.current_replicas is not None
-    current = found.current_replicas if found else None
-    desired = found.desired_replicas if found else None
     return AutoscalingStatus(
         autoscaler=AutoscalerKindEnum(found.kind.value) if found else None,
-        current_replicas=current if current is not None else doc.current_replicas,
-        desired_replicas=desired if desired is not None else doc.replicas if observed else None,
+        current_replicas=doc.current_replicas,
+        desired_replicas=doc.replicas if observed else None,
         min_replicas=scaling.min_replicas,
         max_replicas=scaling.max_replicas,
         target_metric=scaling.target_metric,

@@ -513,11 +513,12 @@ class AutoscalerKind(StrEnum):
 
 
 class AutoscalerStatus(BaseModel):
-    """What an inference's autoscaler reports in its own status (None: it has not said)."""
+    """What an inference's autoscaler reports in its own status (None: it has not said). Its
+    replica counts are not kept: the Deployment's are fresher (the autoscaler writes its
+    ``desiredReplicas`` into the Deployment's ``spec.replicas`` and refreshes its own copy only
+    every sync period)."""
 
     kind: AutoscalerKind
-    current_replicas: int | None = None
-    desired_replicas: int | None = None
     current_value: float | None = None
     """The scaling metric's current value (a percent for cpu/memory utilisation)."""
     value_message: str | None = None

@@ -52,17 +52,17 @@ NOT_READ = "the HorizontalPodAutoscaler has not read {} yet"
             None,
             "cpu",
             AutoscalerStatus(
-                kind=HPA, current_replicas=2, desired_replicas=3, current_value=73.0,
+                kind=HPA, current_value=73.0,
                 last_scale_time=WHEN,
             ),
         ),
-        # currentReplicas is omitted when 0; a pod metric's average value is a quantity.
+        # A pod metric's average value is a quantity.
         (
             _hpa(desiredReplicas=1, currentMetrics=[_pods("num_requests_running", "12500m")]),
             None,
             "num_requests_running",
             AutoscalerStatus(
-                kind=HPA, current_replicas=0, desired_replicas=1, current_value=12.5
+                kind=HPA, current_value=12.5
             ),
         ),
         # Another metric's entry is not this one's value.
@@ -71,7 +71,7 @@ NOT_READ = "the HorizontalPodAutoscaler has not read {} yet"
             None,
             "num_requests_running",
             AutoscalerStatus(
-                kind=HPA, current_replicas=0, desired_replicas=1,
+                kind=HPA,
                 value_message=NOT_READ.format("num_requests_running"),
             ),
         ),
@@ -80,7 +80,7 @@ NOT_READ = "the HorizontalPodAutoscaler has not read {} yet"
             _hpa(desiredReplicas=1, currentMetrics=[_cpu(None, "250m")]),
             None,
             "cpu",
-            AutoscalerStatus(kind=HPA, current_replicas=0, desired_replicas=1, current_value=0.25),
+            AutoscalerStatus(kind=HPA, current_value=0.25),
         ),
         # No metric: the controller's own reason.
         (
@@ -100,18 +100,18 @@ NOT_READ = "the HorizontalPodAutoscaler has not read {} yet"
             None,
             "cpu",
             AutoscalerStatus(
-                kind=HPA, current_replicas=1, desired_replicas=1,
+                kind=HPA,
                 value_message="FailedGetResourceMetric: no metrics returned from resource "
                 "metrics API",
             ),
         ),
-        # AIBrix: replicas and the last scale time, never a value (its status has none).
+        # AIBrix: the last scale time, never a value (its status has none).
         (
             None,
             {"status": {"actualScale": 2, "desiredScale": 4, "lastScaleTime": AT}},
             "num_requests_running",
             AutoscalerStatus(
-                kind=AIBRIX, current_replicas=2, desired_replicas=4, last_scale_time=WHEN,
+                kind=AIBRIX, last_scale_time=WHEN,
                 value_message=AIBRIX_NO_VALUE,
             ),
         ),
@@ -122,7 +122,7 @@ NOT_READ = "the HorizontalPodAutoscaler has not read {} yet"
             {"status": {"actualScale": 1, "desiredScale": 1}},
             "cpu",
             AutoscalerStatus(
-                kind=AIBRIX, current_replicas=1, desired_replicas=1,
+                kind=AIBRIX,
                 value_message=AIBRIX_NO_VALUE,
             ),
         ),

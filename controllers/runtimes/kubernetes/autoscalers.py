@@ -5,8 +5,8 @@ modelplane showed the bounds and the Deployment's replicas, and ``currentValue``
 null. The autoscaler's own status says more, and the executor's informers cache it
 (:mod:`controllers.runtimes.kubernetes.inference`), so reading it costs no request:
 
-* an autoscaling/v2 **HorizontalPodAutoscaler** reports ``currentReplicas``,
-  ``desiredReplicas``, ``lastScaleTime`` and ``currentMetrics``, the metric as last read. The
+* an autoscaling/v2 **HorizontalPodAutoscaler** reports ``lastScaleTime`` and
+  ``currentMetrics``, the metric as last read. The
   value is taken from the entry of the metric the inference scales on: ``averageUtilization``
   for cpu/memory (a percent, the unit ``targetValue`` is given in), else ``averageValue`` (a
   quantity: ``12500m`` is 12.5). Until the HPA controller has read the metric -- no metrics
@@ -17,7 +17,12 @@ null. The autoscaler's own status says more, and the executor's informers cache 
   ``desiredScale``, ``lastScaleTime`` and conditions, but no metric value (AIBrix keeps its
   metric windows in memory): the value stays None, with that said.
 
-Fields the autoscaler has not written are None ("not known"), never 0. Writing the result is
+Both also report replica counts (``currentReplicas``/``desiredReplicas``, ``actualScale``/
+``desiredScale``); they are not read. The autoscaler writes what it wants into the Deployment's
+``spec.replicas`` at once, but refreshes its own copy only at its next sync (15 s): on the
+testbed's full control plane an HPA still said 0/0 while its Deployment was 1/1 and RUNNING.
+So ``Inference.autoscaling``'s replicas stay the Deployment's, fresh and the same as
+``Inference.deployment``'s. Fields the autoscaler has not written are None, never 0. Writing the result is
 the reconciler's, only when it changed: the HPA controller rewrites its status at most once
 per sync period (15 s by default) and only on a change, so an autoscaled inference under a
 varying load costs at most one document write per sync period.
@@ -35,7 +40,7 @@ Obj = dict[str, Any]
 
 AIBRIX_NO_VALUE = (
     "AIBrix's PodAutoscaler status carries no metric value (AIBrix keeps its metric windows "
-    "in memory); its replicas and last scale time are shown"
+    "in memory)"
 )
 _SUFFIXES = {
     "n": Decimal("1e-9"),
@@ -83,10 +88,6 @@ def _time(value: object) -> datetime | None:
         return None
 
 
-def _int(value: object) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _metric_value(entry: Obj, metric: str) -> float | None:
     """The current value in one ``currentMetrics`` entry, if it is ``metric``'s."""
     kind = str(entry.get("type") or "")
@@ -125,12 +126,8 @@ def hpa_status(hpa: Obj, metric: str) -> AutoscalerStatus:
         value = _metric_value(entry, metric)
         if value is not None:
             break
-    seen = bool(status.get("desiredReplicas") is not None or status.get("lastScaleTime"))
     return AutoscalerStatus(
         kind=AutoscalerKind.HORIZONTAL_POD_AUTOSCALER,
-        # currentReplicas is omitted when 0 (omitempty); desiredReplicas is always written.
-        current_replicas=(_int(status.get("currentReplicas")) or 0) if seen else None,
-        desired_replicas=_int(status.get("desiredReplicas")),
         current_value=value,
         value_message=None if value is not None else _why_unknown(status, metric),
         last_scale_time=_time(status.get("lastScaleTime")),
@@ -138,13 +135,10 @@ def hpa_status(hpa: Obj, metric: str) -> AutoscalerStatus:
 
 
 def pod_autoscaler_status(autoscaler: Obj) -> AutoscalerStatus:
-    """An AIBrix PodAutoscaler's status (replicas and last scale time; no metric value)."""
+    """An AIBrix PodAutoscaler's status (its last scale time; it has no metric value)."""
     status = autoscaler.get("status") or {}
-    seen = bool(status)
     return AutoscalerStatus(
         kind=AutoscalerKind.AIBRIX_POD_AUTOSCALER,
-        current_replicas=(_int(status.get("actualScale")) or 0) if seen else None,
-        desired_replicas=(_int(status.get("desiredScale")) or 0) if seen else None,
         current_value=None,
         value_message=AIBRIX_NO_VALUE,
         last_scale_time=_time(status.get("lastScaleTime")),
