@@ -6,13 +6,12 @@ null. The autoscaler's own status says more, and the executor's informers cache 
 (:mod:`controllers.runtimes.kubernetes.inference`), so reading it costs no request:
 
 * an autoscaling/v2 **HorizontalPodAutoscaler** reports ``lastScaleTime`` and
-  ``currentMetrics``, the metric as last read. The
-  value is taken from the entry of the metric the inference scales on: ``averageUtilization``
-  for cpu/memory (a percent, the unit ``targetValue`` is given in), else ``averageValue`` (a
-  quantity: ``12500m`` is 12.5). Until the HPA controller has read the metric -- no metrics
-  server, no custom metrics adapter for a pod metric -- ``currentMetrics`` is empty and the
-  ``ScalingActive`` condition is False with the controller's reason, which becomes the
-  message saying why the value is unknown;
+  ``currentMetrics``, the metric as last read. The value is taken from the entry of the metric
+  the inference scales on: ``averageUtilization`` for cpu/memory (a percent, the unit
+  ``targetValue`` is given in), else ``averageValue`` (a quantity: ``12500m`` is 12.5). Until
+  the HPA controller has read the metric -- no metrics server, no custom metrics adapter for a
+  pod metric -- ``currentMetrics`` is empty and the ``ScalingActive`` condition is False with
+  the controller's reason, which becomes the message saying why the value is unknown;
 * an **AIBrix PodAutoscaler** (``autoscaling.aibrix.ai/v1alpha1``) reports ``actualScale``,
   ``desiredScale``, ``lastScaleTime`` and conditions, but no metric value (AIBrix keeps its
   metric windows in memory): the value stays None, with that said.
@@ -22,10 +21,11 @@ Both also report replica counts (``currentReplicas``/``desiredReplicas``, ``actu
 ``spec.replicas`` at once, but refreshes its own copy only at its next sync (15 s): on the
 testbed's full control plane an HPA still said 0/0 while its Deployment was 1/1 and RUNNING.
 So ``Inference.autoscaling``'s replicas stay the Deployment's, fresh and the same as
-``Inference.deployment``'s. Fields the autoscaler has not written are None, never 0. Writing the result is
-the reconciler's, only when it changed: the HPA controller rewrites its status at most once
-per sync period (15 s by default) and only on a change, so an autoscaled inference under a
-varying load costs at most one document write per sync period.
+``Inference.deployment``'s. Fields the autoscaler has not written are None, never 0.
+
+Writing the result is the reconciler's, only when it changed: the HPA controller rewrites its
+status at most once per sync period (15 s by default) and only on a change, so an autoscaled
+inference under a varying load costs at most one document write per sync period.
 """
 
 from __future__ import annotations
