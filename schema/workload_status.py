@@ -73,8 +73,7 @@ class AutoscalingStatus:
     copy), the metric and the last scale from the autoscaler's status."""
 
     autoscaler: AutoscalerKindEnum | None = strawberry.field(
-        description="The autoscaler whose status is shown; null until one is observed (and on "
-        "the local runtime, which runs one process and no autoscaler)."
+        description="The autoscaler whose status is shown; null until one is observed."
     )
     current_replicas: int | None = strawberry.field(
         description="Replicas that exist now; null until the workload is observed."
@@ -148,6 +147,4 @@ def _why_no_value(doc: InferenceDocument) -> str | None:
     found = doc.autoscaler
     if found is not None:
         return None if found.current_value is not None else found.value_message
-    if doc.runtime == "local":
-        return "the local runtime runs one engine process and no autoscaler"
     return "the autoscaler has not been observed yet"
