@@ -139,6 +139,7 @@ async def test_a_hanging_receiver_is_given_up_after_the_attempts(
         finally:
             await notifier.stop()
         took = time.monotonic() - started
+    print(f"three hanging attempts of 0.3 s given up after {took:.2f} s")  # noqa: T201  the measured figure
     assert outcomes.done == {"k": False}
     assert len(hook.bodies) == 3
     assert took < 20
@@ -167,3 +168,11 @@ async def test_stop_cancels_a_delivery_in_flight() -> None:
 def test_backoff_doubles_up_to_its_cap() -> None:
     policy = WebhookPolicy(backoff_base=1.0, backoff_cap=5.0)
     assert [policy.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_webhook_urls_are_redacted_from_logs() -> None:
+    from modelplane.logs import redact
+
+    line = "posting to https://hooks.slack.com/services/T000/B000/XXXXsecret now"
+    assert "XXXXsecret" not in redact(line)
+    assert "abcsecret" not in redact("to https://discord.com/api/webhooks/123/abcsecret")
