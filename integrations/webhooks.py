@@ -102,6 +102,7 @@ class WebhookNotifier:
                     log.exception("webhook message not settled")
                 finally:
                     self._pending.discard(key)
+                _raise_if_cancelled()  # PyMongo may have swallowed a stop during ``delivered``
 
     async def _deliver(self, client: httpx.AsyncClient, text: str) -> bool:
         """Try the message up to ``attempts`` times; True once a 2xx answers."""
@@ -138,3 +139,11 @@ class WebhookNotifier:
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}"
+
+
+def _raise_if_cancelled() -> None:
+    """As ``storage/cancellation.py`` (which this layer does not import): a cancellation a
+    library swallowed while ``delivered`` wrote to the database ends the task all the same."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

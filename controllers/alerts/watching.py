@@ -58,7 +58,8 @@ class WatchConfig:
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     s3_quotas: Mapping[str, int] = field(default_factory=dict)
     interval: float = 60.0
-    webhook_url: str | None = None
+    webhook_url: str | None = field(default=None, repr=False)
+    """A secret (its own credential): kept out of the repr."""
     webhook: WebhookPolicy = field(default_factory=WebhookPolicy)
 
 
