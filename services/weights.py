@@ -16,6 +16,10 @@ on the event. ``cancelDownload`` writes CANCELLED; ``deleteWeights`` marks the w
 (``deletion``) and waits, bounded, for the leader's outcome -- the record gone, or the target's
 refusal written into the mark -- woken by this replica's broker (:meth:`WeightsService.on_event`),
 so the answer tells the truth whichever replica took the call.
+
+``weightsUsage`` measures with the storage watcher's own function
+(``controllers/alerts/measuring.py``) and reads the alert state the leading replica stored
+(``storage/alerts.py``), so every replica answers the same threshold and ``alerting``.
 """
 
 from __future__ import annotations
