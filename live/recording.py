@@ -210,23 +210,31 @@ class Recorder:
         return (await self._append(fields, None))[1]
 
     async def storage_alert(
-        self, *, location: str, transition: int, phase: str, message: str
+        self,
+        *,
+        location: str,
+        transition: int,
+        phase: str,
+        message: str,
+        organization_id: str = SERVER_WIDE,
     ) -> bool:
         """A storage location's crossing number ``transition`` (phase ``ALERTING`` or
-        ``CLEAR``), server-wide (:data:`~live.events.SERVER_WIDE`), keyed so the log holds it
-        once. True when the log holds it now; False when the append failed (the alert state
+        ``CLEAR``) for ``organization_id`` (default server-wide,
+        :data:`~live.events.SERVER_WIDE`), keyed so the log holds it once per organisation.
+        True when the log holds it now; False when the append failed (the alert state
         document keeps it owed, and the watcher tries again)."""
         if self._log is None:
             return False
         fields = {
-            "organization_id": SERVER_WIDE,
+            "organization_id": organization_id,
             "resource_kind": ResourceKind.ALERT,
             "resource_id": location,
             "type": EventType.PHASE_CHANGED,
             "phase": phase,
             "message": message,
         }
-        key = event_key(ResourceKind.ALERT, location, transition, EventType.PHASE_CHANGED)
+        keyed = location if organization_id == SERVER_WIDE else f"{location}@{organization_id}"
+        key = event_key(ResourceKind.ALERT, keyed, transition, EventType.PHASE_CHANGED)
         return (await self._append(fields, key))[0]
 
     async def record(

@@ -4,6 +4,7 @@ per-location override, ``MODELPLANE_STORAGE_ALERT_THRESHOLDS``)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from storage.documents import Role
 from testbed import kubelet, servers
 from testbed.hub import RunningHub
 from tests.conftest import HUB_TOKEN, RunningApp, make_settings, serve_app
-from tests.graphql_client import run
+from tests.graphql_client import Subscription, run
 from tests.helpers import first_seen
 from tests.test_download_jobs import _api, _create_pvc_model, _jobs, _mongo_secret, _wait_for
 
@@ -80,3 +81,20 @@ async def test_a_pvc_over_its_threshold_alerts(
     stored = await events.find_one({"resource_kind": "ALERT", "resource_id": CLAIM})
     assert stored is not None
     assert stored["phase"] == "ALERTING"
+    # the claim's name is org-a's: its alert goes to org-a only, never server-wide
+    holders = await events.distinct(
+        "organization_id", {"resource_kind": "ALERT", "resource_id": CLAIM}
+    )
+    assert holders == ["org-a"]
+    mine = app.token(role=Role.VIEWER, organization="org-a")
+    async with Subscription(app.ws_url, "StorageAlerts", {"after": "0"}, token=mine) as sub:
+        event = await sub.next()
+    assert event is not None
+    assert event["storageAlerts"]["resourceId"] == CLAIM
+    other = app.token(role=Role.VIEWER, organization="org-b")
+    seen = []  # a local root's alerts are server-wide and may come; the claim's must not
+    async with Subscription(app.ws_url, "StorageAlerts", {"after": "0"}, token=other) as sub:
+        with contextlib.suppress(TimeoutError):
+            while (payload := await sub.next(timeout=3)) is not None:
+                seen.append(payload["storageAlerts"]["resourceId"])
+    assert CLAIM not in seen, seen

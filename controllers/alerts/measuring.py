@@ -11,7 +11,9 @@ has nothing to be full against: it is not listed and never alerts.
 
 ``organization_id`` scopes ``weights_bytes`` (an organisation sees only its own weights); the
 filesystem figures are the location's own, the same for everyone, and the alert watcher measures
-with no organisation (every organisation's weights).
+with no organisation (every organisation's weights). A PVC's alert events go only to the
+organisations holding weights on it (:func:`claim_holders`): another organisation must not learn
+the claim's name.
 """
 
 from __future__ import annotations
@@ -138,6 +140,18 @@ def _buckets(
         free = max(quota - used, 0)
         result.append(RootUsage(root, used, free, quota, own, kind=TargetKind.S3))
     return result
+
+
+def claim_holders(ready: Iterable[WeightsDocument]) -> dict[str, frozenset[str]]:
+    """The organisations holding READY weights on each PVC (``pvc://<claim>``). A claim's name
+    is its organisation's choice, so its alerts go to those organisations only; local roots and
+    S3 quota prefixes are the operator's, listed to everyone, and alert server-wide."""
+    holders: dict[str, set[str]] = {}
+    for weights in ready:
+        if isinstance(weights.target, PvcTarget):
+            root = f"pvc://{weights.target.claim_name}"
+            holders.setdefault(root, set()).add(weights.organization_id)
+    return {root: frozenset(orgs) for root, orgs in holders.items()}
 
 
 def _in_bucket(weights: WeightsDocument, root: str) -> bool:

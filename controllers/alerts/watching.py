@@ -33,15 +33,16 @@ from controllers.alerts.measuring import (
     DiskUsage,
     LocationStatus,
     RootUsage,
+    claim_holders,
     disk_usage,
     measure,
 )
 from controllers.leading import Leadership
 from integrations.webhooks import WebhookNotifier, WebhookPolicy
-from live import Recorder
+from live import SERVER_WIDE, Recorder
 from storage.alerts import StorageAlertDocument, StorageAlertRepository
 from storage.cancellation import raise_if_cancelled
-from storage.documents import WeightsState, utcnow
+from storage.documents import TargetKind, WeightsState, utcnow
 from storage.errors import StorageError
 from storage.repositories import LeaseRepository, WeightsRepository
 
@@ -166,7 +167,7 @@ class StorageWatch:
                 written = await self._cross(usage, states.get(usage.root))
                 if written is not None:
                     states[usage.root] = written
-            await self._settle(states.values())
+            await self._settle(states.values(), claim_holders(ready.items))
         policy = self._config.policy
         self.locations = tuple(
             LocationStatus(
@@ -238,17 +239,30 @@ class StorageWatch:
         )
         return written
 
-    async def _settle(self, states: Iterable[StorageAlertDocument]) -> None:
-        """Append the owed events, hand the owed messages to the notifier."""
+    async def _settle(
+        self, states: Iterable[StorageAlertDocument], holders: Mapping[str, frozenset[str]]
+    ) -> None:
+        """Append the owed events (a PVC's to each organisation holding weights on it, any
+        other location's server-wide), hand the owed messages to the notifier."""
         for state in states:
             if state.owed_event:
-                held = await self._recorder.storage_alert(
-                    location=state.id,
-                    transition=state.transition,
-                    phase=(Crossing.RAISED if state.alerting else Crossing.CLEARED).value,
-                    message=state.message,
+                audience = (
+                    sorted(holders.get(state.id, ()))
+                    if state.kind is TargetKind.PVC
+                    else [SERVER_WIDE]
                 )
-                if held:
+                phase = (Crossing.RAISED if state.alerting else Crossing.CLEARED).value
+                held = [
+                    await self._recorder.storage_alert(
+                        location=state.id,
+                        transition=state.transition,
+                        phase=phase,
+                        message=state.message,
+                        organization_id=organization,
+                    )
+                    for organization in audience
+                ]
+                if all(held):
                     await self._clear(state.id, state.transition, "owed_event")
             if state.owed_webhook:
                 if self._notifier is None:  # the URL was removed since: nobody to tell
