@@ -13,30 +13,21 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from controllers.runtimes.base import OwnedObject, Runtime
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
-from controllers.transfer import locations
-from integrations.addresses import OutboundPolicy
-from integrations.huggingface import (
-    HubAccessDenied,
-    HubClient,
-    HubError,
-    HubModel,
-    HubRepoNotFound,
-    HubRevisionNotFound,
-)
+from integrations.huggingface import HubClient, HubError, HubModel
 from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
+from services.model_sources import LocalSources, fill_from_hub
+from services.model_sources import ModelPolicy as ModelPolicy  # noqa: PLC0414  re-exported
 from services.principals import Principal
 from services.retiring import InferenceRetirement
-from services.targets import TargetRules, TargetSpec, check_storage_class
+from services.targets import TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
-    HubFacts,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -47,19 +38,11 @@ from storage.documents import (
 )
 from storage.errors import DuplicateKey, NotFound
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
-from storage.targets import DownloadTarget, Place, TargetKind
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-LocationUser = tuple[str, Place | None, str, str | None]
-"""(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
-DIRECTORY_FIELDS = {
-    TargetKind.LOCAL: "downloadTarget.local.localPath",
-    TargetKind.PVC: "downloadTarget.pvc.subPath",
-}
-"""The input field naming a target's directory, for overlap refusals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,24 +92,6 @@ class UpdateModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPolicy:
-    """Deployment-wide rules for what users may ask for."""
-
-    runtime_kind: str
-    local_roots: tuple[Path, ...]
-    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
-    """Where REMOTE_API URLs and S3 endpoints may point (checked again at every connection)."""
-    hub_endpoint: str = "https://huggingface.co"
-
-    @property
-    def targets(self) -> TargetRules:
-        """What download targets may be."""
-        return TargetRules(
-            runtime_kind=self.runtime_kind, local_roots=self.local_roots, outbound=self.outbound
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class DeleteOutcome:
     """What ``deleteModel`` did: the model as it now is and what was removed."""
 
@@ -150,7 +115,7 @@ class ModelService:
         weights: WeightsRepository | None = None,
         retire: InferenceRetirement | None = None,
     ) -> None:
-        self._weights = weights
+        self._sources = LocalSources(hub=hub, models=models, weights=weights)
         self._retire = retire
         self._record = recorder or Recorder(None)
         self._models = models
@@ -203,7 +168,7 @@ class ModelService:
         principal.require(Role.VIEWER)
         repo_id = v.normalize_repo_id("repoId", repo, hub_endpoint=self._policy.hub_endpoint)
         revision = v.check_revision("revision", revision)
-        return await self._describe(repo_id, revision, token, field_prefix="", files=False)
+        return await self._sources.describe(repo_id, revision, token, field_prefix="", files=False)
 
     async def hub_search(
         self, principal: Principal, query: str, *, limit: int, scan: int | None = None
@@ -401,105 +366,13 @@ class ModelService:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
         await check_storage_class(self._runtime, target)
-        hub = await self._describe(repo_id, revision, token, field_prefix="source.")
-        await self._check_location_free(principal, target, repo_id, hub.sha)
-        model.display_name = model.display_name or repo_id.split("/", 1)[1]
-        model.description = model.description or hub.summary
-        model.icon = model.icon or hub.avatar_url
-        model.label = model.label or hub.author
-        model.tags = model.tags or _hub_tags(hub)
+        hub = await self._sources.describe(repo_id, revision, token, field_prefix="source.")
+        await self._sources.check_location_free(principal, target, repo_id, hub.sha)
+        fill_from_hub(model, repo_id, hub)
         model.source.url, model.source.revision = repo_id, revision
         model.download_target = target
-        model.hub = _hub_facts(hub)
         model.phase = ModelPhase.PENDING
         model.message = "waiting for the download to start"
-
-    async def _describe(
-        self,
-        repo_id: str,
-        revision: str | None,
-        token: str | None,
-        *,
-        field_prefix: str,
-        files: bool = True,
-    ) -> HubModel:
-        """Hub metadata; ``files``: the repo's files must be readable with ``token`` (a
-        download follows), else only the metadata the hub shows anyone (a preview)."""
-        try:
-            return await self._hub.describe(repo_id, revision=revision, token=token, files=files)
-        except HubRepoNotFound as exc:
-            raise InvalidInput(
-                f"{field_prefix}url" if field_prefix else "repoId", str(exc)
-            ) from None
-        except HubRevisionNotFound as exc:
-            raise InvalidInput(f"{field_prefix}revision", str(exc)) from None
-        except HubAccessDenied as exc:
-            raise InvalidInput(f"{field_prefix}token", str(exc)) from None
-        except HubError as exc:
-            raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
-
-    async def _check_location_free(
-        self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
-    ) -> None:
-        """A directory holds one download: refuse one that is, contains or lies inside another
-        download's directory on the same volume, unless it is the same repo at the same commit
-        (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
-        one organisation only (its sub-paths are checked like LOCAL directories)."""
-        place = target.place()
-        if place is None or self._weights is None:
-            return
-        for organization, other, repo, commit in await self._location_users(principal, target):
-            if organization != principal.organization_id:
-                raise InvalidInput(
-                    "downloadTarget.pvc.claimName",
-                    f"{target.location('', '')} holds another organisation's weights",
-                )
-            if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
-                continue
-            if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
-                continue  # the same weights: reused, not downloaded twice
-            field = DIRECTORY_FIELDS[target.kind]
-            raise InvalidInput(
-                field,
-                f"{field} {place[1]} overlaps the directory of other weights ({other[1]}); "
-                "choose a directory of its own",
-            )
-
-    async def _location_users(
-        self, principal: Principal, target: DownloadTarget
-    ) -> list[LocationUser]:
-        """(organisation, place, repo, commit) of the weights, and of the models about to
-        create weights, that may share the target's volume: the caller's LOCAL ones, or every
-        organisation's on the same PVC claim."""
-        assert self._weights is not None  # noqa: S101  checked by the caller
-        scope: dict[str, str] = {} if target.shared_volume else dict(principal.scope)
-        volume = target.volume_filter()
-        weights = await self._weights.find(
-            where={**scope, **{f"target.{k}": v for k, v in volume.items()}}, limit=10_000
-        )
-        models = await self._models.find(
-            where={
-                **scope,
-                **{f"download_target.{k}": v for k, v in volume.items()},
-                "is_deleted": False,
-                "weights_id": None,
-                "phase": {"$in": [ModelPhase.PENDING, ModelPhase.PULLING]},
-            },
-            limit=10_000,
-        )
-        found: list[LocationUser] = [
-            (w.organization_id, w.target.place(), w.repo_id, w.commit_sha) for w in weights.items
-        ]
-        found += [
-            (
-                m.organization_id,
-                m.download_target.place() if m.download_target else None,
-                m.source.url,
-                m.hub.commit_sha if m.hub else None,
-            )
-            for m in models.items
-        ]
-        return found
 
     async def _forget_secret(self, ref: str | None) -> None:
         if ref is None:
@@ -562,19 +435,6 @@ def _without_credentials(model: ModelDocument) -> dict[str, object] | None:
     return changes
 
 
-def _hub_facts(hub: HubModel) -> HubFacts:
-    return HubFacts(
-        commit_sha=hub.sha,
-        parameters=hub.parameters,
-        weight_bytes=hub.total_bytes,
-        architecture=hub.architectures[0] if hub.architectures else None,
-        license=hub.license,
-        gated=hub.gated,
-        pipeline_tag=hub.pipeline_tag,
-        library_name=hub.library_name,
-    )
-
-
 def _resources(spec: ResourcesSpec) -> Resources:
     return Resources(
         cpu=v.check_cpu("resources.cpu", spec.cpu),
@@ -590,11 +450,3 @@ def _check_icon(value: str) -> str | None:
     if urlsplit(text).scheme not in ("http", "https"):
         raise InvalidInput("icon", "icon must be an http:// or https:// URL")
     return text
-
-
-def _hub_tags(hub: HubModel) -> list[str]:
-    tags: list[str] = []
-    for tag in [hub.pipeline_tag, hub.library_name, *hub.card_tags]:
-        if tag and tag not in tags and len(tags) < v.MAX_TAGS:
-            tags.append(tag[: v.MAX_TAG])
-    return tags
