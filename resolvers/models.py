@@ -197,6 +197,8 @@ async def create_model(
             access_mode=AccessMode(input.source.access_mode.name),
             token=input.source.token,
             revision=input.source.revision,
+            allow_patterns=input.source.allow_patterns,
+            ignore_patterns=input.source.ignore_patterns,
         ),
         name=input.name,
         display_name=input.display_name,

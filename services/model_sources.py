@@ -29,10 +29,14 @@ from services.principals import Principal
 from services.targets import TargetRules
 from storage.documents import HubFacts, ModelDocument, ModelPhase
 from storage.repositories import ModelRepository, WeightsRepository
+from storage.selection import ALL_FILES, FileSelection
 from storage.targets import DownloadTarget, Place, TargetKind
 
-LocationUser = tuple[str, Place | None, str, str | None]
-"""(organisation, (volume, directory), repo, commit) of a download using a volume."""
+SelectionKey = tuple[tuple[str, ...], tuple[str, ...]]
+
+LocationUser = tuple[str, Place | None, tuple[str, str | None, SelectionKey]]
+"""(organisation, (volume, directory), (repo, commit, file selection)) of a download using a
+volume."""
 DIRECTORY_FIELDS = {
     TargetKind.LOCAL: "downloadTarget.local.localPath",
     TargetKind.PVC: "downloadTarget.pvc.subPath",
@@ -97,16 +101,23 @@ class LocalSources:
             raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
 
     async def check_location_free(
-        self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
+        self,
+        principal: Principal,
+        target: DownloadTarget,
+        repo_id: str,
+        commit_sha: str,
+        selection: FileSelection = ALL_FILES,
     ) -> None:
         """A directory holds one download: refuse one that is, contains or lies inside another
         download's directory on the same volume, unless it is the same repo at the same commit
-        (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
-        one organisation only (its sub-paths are checked like LOCAL directories)."""
+        with the same file selection (reused; another subset is another copy). Other
+        organisations' LOCAL areas were refused already; a PVC claim serves one organisation
+        only (its sub-paths are checked like LOCAL directories)."""
         place = target.place()
         if place is None or self._weights is None:
             return
-        for organization, other, repo, commit in await self._location_users(principal, target):
+        wanted = (repo_id, commit_sha, selection.key())
+        for organization, other, identity in await self._location_users(principal, target):
             if organization != principal.organization_id:
                 raise InvalidInput(
                     "downloadTarget.pvc.claimName",
@@ -114,7 +125,7 @@ class LocalSources:
                 )
             if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
                 continue
-            if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
+            if other[1] == place[1] and identity == wanted:
                 continue  # the same weights: reused, not downloaded twice
             field = DIRECTORY_FIELDS[target.kind]
             raise InvalidInput(
@@ -146,14 +157,14 @@ class LocalSources:
             limit=10_000,
         )
         found: list[LocationUser] = [
-            (w.organization_id, w.target.place(), w.repo_id, w.commit_sha) for w in weights.items
+            (w.organization_id, w.target.place(), (w.repo_id, w.commit_sha, w.selection.key()))
+            for w in weights.items
         ]
         found += [
             (
                 m.organization_id,
                 m.download_target.place() if m.download_target else None,
-                m.source.url,
-                m.hub.commit_sha if m.hub else None,
+                (m.source.url, m.hub.commit_sha if m.hub else None, m.source.selection.key()),
             )
             for m in models.items
         ]

@@ -25,6 +25,7 @@ from services.model_sources import LocalSources, fill_from_hub
 from services.model_sources import ModelPolicy as ModelPolicy  # noqa: PLC0414  re-exported
 from services.principals import Principal
 from services.retiring import InferenceRetirement
+from services.selections import check_against_repo, checked_selection
 from services.targets import TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
@@ -53,6 +54,8 @@ class SourceSpec:
     access_mode: AccessMode
     token: str | None = None
     revision: str | None = None
+    allow_patterns: Sequence[str] | None = None
+    ignore_patterns: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +346,14 @@ class ModelService:
             raise InvalidInput(
                 "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
             )
+        for name, given in (
+            ("allow", spec.source.allow_patterns),
+            ("ignore", spec.source.ignore_patterns),
+        ):
+            if given:
+                raise InvalidInput(
+                    f"source.{name}Patterns", "REMOTE_API models are not downloaded: omit it"
+                )
         outbound = self._policy.outbound
         url = v.check_remote_url("source.url", spec.source.url, outbound=outbound)
         await v.check_resolved("source.url", url, outbound=outbound)
@@ -362,14 +373,18 @@ class ModelService:
             "source.url", spec.source.url, hub_endpoint=self._policy.hub_endpoint
         )
         revision = v.check_revision("source.revision", spec.source.revision)
+        source = spec.source
+        selection = checked_selection("source.", source.allow_patterns, source.ignore_patterns)
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
         await check_storage_class(self._runtime, target)
         hub = await self._sources.describe(repo_id, revision, token, field_prefix="source.")
-        await self._sources.check_location_free(principal, target, repo_id, hub.sha)
+        check_against_repo("source.", selection, hub)
+        await self._sources.check_location_free(principal, target, repo_id, hub.sha, selection)
         fill_from_hub(model, repo_id, hub)
         model.source.url, model.source.revision = repo_id, revision
+        model.source.selection = selection
         model.download_target = target
         model.phase = ModelPhase.PENDING
         model.message = "waiting for the download to start"

@@ -19,6 +19,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.selection import FileSelection as FileSelection  # noqa: PLC0414  re-exported
 from storage.targets import DownloadTarget as DownloadTarget  # noqa: PLC0414  re-exported
 from storage.targets import LocalTarget as LocalTarget  # noqa: PLC0414  re-exported
 from storage.targets import PvcTarget as PvcTarget  # noqa: PLC0414  re-exported
@@ -155,6 +156,8 @@ class ModelSource(BaseModel):
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
+    selection: FileSelection = Field(default_factory=FileSelection)
+    """LOCAL: which files of the repo the download takes (none stored: every file)."""
 
 
 class Resources(BaseModel):
@@ -353,7 +356,14 @@ class WeightsDocument(Document):
     commit_sha: str
     target: DownloadTarget
     location: str
-    """Directory for LOCAL/PVC targets, ``s3://bucket/prefix/<repo>/<commit>`` for S3."""
+    """Directory for LOCAL/PVC targets, ``s3://bucket/prefix/<repo>/<commit>`` for S3 (with
+    ``-files-<digest>`` for a subset, :meth:`FileSelection.digest`)."""
+    selection: FileSelection = Field(default_factory=FileSelection)
+    """The allow/ignore patterns ``files`` were chosen by: part of the copy's identity (none
+    stored, as in documents older than patterns: every file)."""
+    prefetched: bool = False
+    """Asked for by ``downloadWeights``, on their own: the download goes on while no model
+    uses them (the weights' own reconcile drives it), and a model deleted leaves them."""
     files: list[WeightsFile] = Field(default_factory=list)
     state: WeightsState = WeightsState.PENDING
     message: str | None = None

@@ -312,9 +312,13 @@ class DownloadController:
         assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
         assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
         commit = model.hub.commit_sha or ""
-        location = weights_location(target, model.source.url, commit)
+        selection = model.source.selection
+        location = weights_location(target, model.source.url, commit, selection)
         found = await self._weights.for_location(
-            organization_id=model.organization_id, location=location, commit_sha=commit
+            organization_id=model.organization_id,
+            location=location,
+            commit_sha=commit,
+            selection=selection,
         )
         if found is None:
             found = await self._create_weights(model, location, commit)
@@ -350,7 +354,9 @@ class DownloadController:
             files=[
                 WeightsFile(path=f.path, size=f.size or 0, sha256=f.sha256, blob_id=f.blob_id)
                 for f in info.files
+                if model.source.selection.takes(f.path)
             ],
+            selection=model.source.selection,
             model_ids=[model.id],
             secret_ref=model.secret_ref,
         )
