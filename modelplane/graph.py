@@ -49,6 +49,7 @@ from services.gateway import Gateway
 from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.prefetching import PrefetchService
 from services.retiring import InferenceRetirement
 from services.vllm import VllmService
 from services.weights import WeightsService
@@ -356,6 +357,15 @@ def _services(
         deploy=DeployService(models=models, inference=inference),
         catalogue=catalogue,
         history=_history_service(core),
+        prefetch=PrefetchService(
+            weights=WeightsRepository(database),
+            models=ModelRepository(database),
+            secrets=core.secrets,
+            hub=core.hub,
+            runtime=runtime,
+            policy=models.policy,
+            recorder=core.recorder,
+        ),
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),

@@ -208,6 +208,7 @@ async def create_model(
         tags=input.tags,
         download_target=_target(input.download_target),
         resources=_resources(input.resources),
+        weights_id=str(input.weights_id) if input.weights_id is not None else None,
     )
     return Model.from_document(await info.context.services.models.create(principal, spec))
 

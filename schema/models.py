@@ -508,6 +508,12 @@ class CreateModelInput:
         default=None, description="Where weights go (LOCAL only)."
     )
     resources: ResourcesInput | None = strawberry.field(default=None, description="Compute.")
+    weights_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="LOCAL: use existing weights (from downloadWeights) instead of downloading: "
+        "downloadTarget may be omitted (it is theirs); source.url, and source.revision and "
+        "the patterns when given, must be what they hold.",
+    )
 
 
 @strawberry.input(description="Fields to change; null leaves a field as it is.")

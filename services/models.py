@@ -39,6 +39,7 @@ from storage.documents import (
 )
 from storage.errors import DuplicateKey, NotFound
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
+from storage.selection import FileSelection
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class CreateModelSpec:
     tags: Sequence[str] | None = None
     download_target: TargetSpec | None = None
     resources: ResourcesSpec | None = None
+    weights_id: str | None = None
+    """LOCAL: use these existing weights (``downloadWeights``); the target comes from them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,7 @@ class ModelService:
         weights: WeightsRepository | None = None,
         retire: InferenceRetirement | None = None,
     ) -> None:
+        self._weights = weights
         self._sources = LocalSources(hub=hub, models=models, weights=weights)
         self._retire = retire
         self._record = recorder or Recorder(None)
@@ -126,6 +130,11 @@ class ModelService:
         self._hub = hub
         self._runtime = runtime
         self._policy = policy
+
+    @property
+    def policy(self) -> ModelPolicy:
+        """The deployment's rules for what users may ask for."""
+        return self._policy
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -375,6 +384,9 @@ class ModelService:
         revision = v.check_revision("source.revision", spec.source.revision)
         source = spec.source
         selection = checked_selection("source.", source.allow_patterns, source.ignore_patterns)
+        if spec.weights_id is not None:
+            await self._attach(principal, model, spec, token, (repo_id, revision, selection))
+            return
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
@@ -388,6 +400,60 @@ class ModelService:
         model.download_target = target
         model.phase = ModelPhase.PENDING
         model.message = "waiting for the download to start"
+
+    async def _attach(
+        self,
+        principal: Principal,
+        model: ModelDocument,
+        spec: CreateModelSpec,
+        token: str | None,
+        asked: tuple[str, str | None, FileSelection],
+    ) -> None:
+        """A LOCAL model on existing weights: they must hold what ``source`` asks for (the
+        repo, the revision if given, the patterns if given) where ``downloadTarget`` says, if
+        given; the download controller then finds and lists the model in them."""
+        repo_id, revision, selection = asked
+        weights_id = spec.weights_id or ""
+        weights = (
+            await self._weights.get(weights_id, scope=principal.scope) if self._weights else None
+        )
+        if weights is None or weights.deletion is not None:
+            raise InvalidInput("weightsId", f"no weights {weights_id} in your organisation")
+        if weights.repo_id != repo_id:
+            raise InvalidInput(
+                "source.url", f"weights {weights_id} hold {weights.repo_id}, not {repo_id}"
+            )
+        given = spec.source.allow_patterns is not None or spec.source.ignore_patterns is not None
+        if given and selection.key() != weights.selection.key():
+            raise InvalidInput(
+                "source.allowPatterns",
+                f"weights {weights_id} hold the files of allow {weights.selection.allow} / "
+                f"ignore {weights.selection.ignore}; omit the patterns or give those",
+            )
+        if spec.download_target is not None:
+            target = await spec.download_target.checked(
+                self._policy.targets, principal.organization_id
+            )
+            if target != weights.target:
+                raise InvalidInput(
+                    "downloadTarget", f"weights {weights_id} are at {weights.location}; omit it"
+                )
+        hub = await self._sources.describe(
+            repo_id, revision or weights.commit_sha, token, field_prefix="source.", files=False
+        )
+        if hub.sha != weights.commit_sha:
+            raise InvalidInput(
+                "source.revision",
+                f"weights {weights_id} hold commit {weights.commit_sha[:12]}; {revision} is "
+                f"{hub.sha[:12]} now",
+            )
+        fill_from_hub(model, repo_id, hub)
+        model.source.url = repo_id
+        model.source.revision = revision or weights.requested_revision
+        model.source.selection = weights.selection
+        model.download_target = weights.target
+        model.phase = ModelPhase.PENDING
+        model.message = f"attaching weights {weights_id}"
 
     async def _forget_secret(self, ref: str | None) -> None:
         if ref is None:

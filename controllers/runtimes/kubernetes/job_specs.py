@@ -25,7 +25,7 @@ from controllers.runtimes.kubernetes.labels import (
     ORGANIZATION_ID,
     owned_labels,
 )
-from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from storage.documents import ModelDocument, PvcTarget, TargetKind, WeightsDocument
 
 COMPONENT_VALUE = "download"
@@ -92,11 +92,14 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
 
 
 def render_job(
-    model: ModelDocument, weights: WeightsDocument, template: JobTemplate, *, namespace: str
+    model: ModelDocument | None, weights: WeightsDocument, template: JobTemplate, *, namespace: str
 ) -> dict[str, Any]:
-    """The Job manifest for the current attempt of a download (pure; no values of secrets)."""
+    """The Job manifest for the current attempt of a download (pure; no values of secrets).
+    Owned by the model whose reconcile launched it, or by the weights themselves (prefetched,
+    no model): the watch hands the owner back to the controller."""
+    owner = model.id if model is not None else weights.id
     labels = {
-        **owned_labels(model.id, weights.organization_id, component=COMPONENT_VALUE),
+        **owned_labels(owner, weights.organization_id, component=COMPONENT_VALUE),
         WEIGHTS_ID: weights.id,
         ATTEMPT: str(weights.attempt),
     }
@@ -113,7 +116,8 @@ def render_job(
         *({"name": k, "value": v} for k, v in template.download_env),
     ]
     if weights.secret_ref is not None:
-        credentials = secret_name(model.id)
+        # The model's credentials, else those the weights were stored with (prefetched).
+        credentials = (model.secret_ref if model is not None else None) or weights.secret_ref
         env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
         if S3_SECRET_KEY in weights.target.secret_keys:
             env.append(
