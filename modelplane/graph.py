@@ -357,21 +357,27 @@ def _services(
         deploy=DeployService(models=models, inference=inference),
         catalogue=catalogue,
         history=_history_service(core),
-        prefetch=PrefetchService(
-            weights=WeightsRepository(database),
-            models=ModelRepository(database),
-            secrets=core.secrets,
-            hub=core.hub,
-            runtime=runtime,
-            policy=models.policy,
-            recorder=core.recorder,
-        ),
+        prefetch=_prefetch_service(core, models.policy),
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,
+    )
+
+
+def _prefetch_service(core: Core, policy: ModelPolicy) -> PrefetchService:
+    """downloadWeights, under the same rules as a LOCAL model's download."""
+    database = core.database
+    return PrefetchService(
+        weights=WeightsRepository(database),
+        models=ModelRepository(database),
+        secrets=core.secrets,
+        hub=core.hub,
+        runtime=core.parts.runtime,
+        policy=policy,
+        recorder=core.recorder,
     )
 
 
