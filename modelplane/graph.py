@@ -24,6 +24,7 @@ from controllers.downloads.reconciler import DownloadController
 from controllers.inference.reconciler import InferenceController
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.base import Runtime, RuntimeConfigError
+from controllers.runtimes.hub_token import ServerHubToken
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
@@ -147,13 +148,14 @@ async def open_resources(
         client, database = await _open_database(stack, settings)
         broker, recorder = await _open_events(stack, settings, database)
         parts = await open_runtime(stack, settings)
+        secrets = parts.secret_store(database)
         dev_key, verifier = await _open_verifier(settings, database)
         core = Core(
             settings=settings,
             database=database,
             parts=parts,
-            hub=HubClient(endpoint=settings.hf_endpoint),
-            secrets=parts.secret_store(database),
+            hub=_hub_client(settings, secrets),
+            secrets=secrets,
             recorder=recorder,
             broker=broker,
             outbound=outbound,
@@ -364,6 +366,18 @@ def _services(
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,
+    )
+
+
+def _hub_client(settings: Settings, secrets: SecretStore) -> HubClient:
+    """The hub client, with the server-wide token (if set) for calls that carry none."""
+    server = (
+        ServerHubToken(secrets, ref=settings.hub_token_secret, key=settings.hub_token_key)
+        if settings.hub_token_secret
+        else None
+    )
+    return HubClient(
+        endpoint=settings.hf_endpoint, default_token=server.value if server is not None else None
     )
 
 

@@ -414,17 +414,22 @@ class DownloadController:
     async def _secret_values(
         self, model: ModelDocument | None, weights: WeightsDocument | None
     ) -> dict[str, str]:
-        """The credentials of a download: the model's, else those stored with the weights."""
+        """The credentials of a download: the model's, else those stored with the weights;
+        without a hub token among them, the server-wide one (if set)."""
         ref = model.secret_ref if model is not None else None
         if ref is None and weights is not None:
             ref = weights.secret_ref
-        if ref is None:
-            return {}
-        try:
-            return await self._secrets.get(ref)
-        except SecretStoreError:
-            log.warning("download credentials could not be read", extra={"ref": ref})
-            return {}
+        values: dict[str, str] = {}
+        if ref is not None:
+            try:
+                values = await self._secrets.get(ref)
+            except SecretStoreError:
+                log.warning("download credentials could not be read", extra={"ref": ref})
+        if not values.get(HF_TOKEN_KEY):
+            server = await self._hub.fallback_token()  # the server-wide token, if set
+            if server is not None:
+                values = {**values, HF_TOKEN_KEY: server}
+        return values
 
     async def _mirror(self, model: ModelDocument, weights: WeightsDocument) -> None:
         phase, message = model_status(weights)
