@@ -232,7 +232,7 @@ class DownloadController:
 
     async def _reconcile_model(self, model_id: str) -> None:
         model = await self._models.get(model_id)
-        weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
+        weights = await self._weights_of(model)
         execution = await self._executor.observe(weights) if weights is not None else Execution()
         action = plan(model, weights, execution)
         if action in (Action.RELEASE, Action.STOP) and model is not None and weights is not None:
@@ -244,6 +244,11 @@ class DownloadController:
             model, weights = await self._attach_weights(model)
             execution = await self._executor.observe(weights)
             action = plan(model, weights, execution)
+            if action in (Action.RELEASE, Action.STOP):  # deleted while being attached
+                await self._release(model, weights, stop=action is Action.STOP)
+                return
+            if action in (Action.NOTHING, Action.FORGET):
+                return
         assert weights is not None  # noqa: S101  every remaining action has weights
         try:
             current = await self._apply(action, model, weights, execution)
@@ -254,6 +259,17 @@ class DownloadController:
             raise
         if current is not None:
             await self._mirror(model, current)
+
+    async def _weights_of(self, model: ModelDocument | None) -> WeightsDocument | None:
+        """The weights the model points at; for a deleted model pointing at none, weights
+        that still list it (it was deleted between being listed and pointed at them)."""
+        if model is None:
+            return None
+        if model.weights_id:
+            return await self._weights.get(model.weights_id)
+        if model.is_deleted:
+            return await self._weights.find_one(where={"model_ids": model.id})
+        return None
 
     async def _apply(
         self,
@@ -338,9 +354,10 @@ class DownloadController:
         return noted
 
     async def _attach_weights(self, model: ModelDocument) -> tuple[ModelDocument, WeightsDocument]:
-        """Find or create the weights of the model's repo, commit and target, list the model
-        in them and point the model at them. Returns both as written: the reconcile goes on
-        with the model this write returned (its copy from before would conflict with itself)."""
+        """Find or create the weights of the model's repo, commit, file selection and target,
+        list the model in them and point the model at them (unless it was deleted meanwhile:
+        the caller then releases it). Returns both as written: the reconcile goes on with the
+        model this write returned (its copy from before would conflict with itself)."""
         target = model.download_target
         assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
         assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
@@ -357,9 +374,11 @@ class DownloadController:
             found = await self._create_weights(model, location, commit)
         elif model.id not in found.model_ids:
             found = await self._list_model(found, model)
-        attached = await self._models.update(
-            model.id, expected_revision=model.revision, changes={"weights_id": found.id}
-        )
+
+        def point(current: ModelDocument) -> dict[str, object] | None:
+            return None if current.is_deleted else {"weights_id": found.id}
+
+        attached = await self._models.modify(model.id, point, current=model)
         return attached, found
 
     async def _create_weights(
