@@ -337,3 +337,56 @@ async def test_a_model_deleted_mid_download_leaves_prefetched_weights_downloadin
     done = await wait_weights(running_app, asked["id"], settled)
     assert done["state"] == "READY", done
     assert done["modelIds"] == []
+
+
+async def test_prefetched_weights_download_through_a_job_they_own(
+    kube_app: RunningApp, hub: RunningHub, mongo_uri: str, tmp_path: Path
+) -> None:
+    """On the kubernetes runtime the Job of prefetched weights is owned by the weights (the
+    watch hands their id back to the controller) and runs `modelplane download` like a
+    model's."""
+    from kubernetes_asyncio import client as k8s
+
+    from controllers.runtimes.kubernetes.runtime import KubernetesRuntime
+    from testbed import kubelet
+
+    runtime = kube_app.resources.runtime
+    assert isinstance(runtime, KubernetesRuntime)
+    namespace = kube_app.resources.settings.namespace
+    await k8s.CoreV1Api(runtime.api).create_namespaced_secret(
+        namespace,
+        k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name="modelplane-mongodb"), string_data={"uri": mongo_uri}
+        ),
+    )
+    value = {
+        "repo": TINY,
+        "downloadTarget": {"pvc": {"claimName": "pre-claim", "subPath": "tiny"}},
+        "ignorePatterns": ["*.safetensors"],
+    }
+    asked = await mutate(kube_app, "DownloadWeights", {"input": value})
+    assert asked["__typename"] == "Weights", asked
+    batch = k8s.BatchV1Api(runtime.api)
+    deadline = time.monotonic() + BOUND
+    while not (jobs := await batch.list_namespaced_job(namespace)).items:
+        assert time.monotonic() < deadline, "no download Job"
+        await _sleep()
+    (job,) = jobs.items
+    assert job.metadata.labels["modelplane.io/owner-id"] == asked["id"]
+    assert job.metadata.labels["modelplane.io/weights-id"] == asked["id"]
+    pvc = tmp_path / "pvc"
+    code = await kubelet.run_job_pod(
+        runtime.api, namespace, job.metadata.name, volumes={"weights": pvc}
+    )
+    assert code == 0
+    done = await wait_weights(kube_app, asked["id"], settled)
+    assert done["state"] == "READY", done
+    wanted = sorted(
+        f.path for f in hub.hub.repos[TINY].files if not f.path.endswith(".safetensors")
+    )
+    on_disk = sorted(
+        str(p.relative_to(pvc / "tiny"))
+        for p in (pvc / "tiny").rglob("*")
+        if p.is_file() and not p.name.startswith(".modelplane")
+    )
+    assert on_disk == wanted
