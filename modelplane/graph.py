@@ -20,6 +20,7 @@ from importlib.metadata import version as package_version
 
 from joserfc.jwk import OctKey
 
+from controllers.alerts.watching import StorageWatch
 from controllers.downloads.reconciler import DownloadController
 from controllers.inference.reconciler import InferenceController
 from controllers.inference.workloads import InferenceRuntime
@@ -30,6 +31,7 @@ from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
 from live import Broker, EventLogNotCapped, EventRecovery, Recorder
 from modelplane import logs
+from modelplane.alert_wiring import start_storage_watch
 from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
 from modelplane.catalogue_wiring import build_catalogue
 from modelplane.controller_wiring import start_download_controller, start_inference_controller
@@ -54,6 +56,7 @@ from services.prefetching import PrefetchService
 from services.retiring import InferenceRetirement
 from services.vllm import VllmService
 from services.weights import WeightsService
+from storage.alerts import StorageAlertRepository
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
@@ -109,6 +112,8 @@ class Resources:
     sockets: OpenSockets
     """Authenticated WebSocket connections, closed when their credential is revoked."""
     inference_controller: InferenceController | None = None
+    storage_watch: StorageWatch | None = None
+    """This replica's storage watcher (its last measurements feed the gauges)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ async def open_resources(
         api_keys, gateway, upstream = _open_gateway(stack, core)
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
         services = _services(stack, core, api_keys, controllers)
+        storage_watch = start_storage_watch(stack, settings, database, recorder=recorder)
         yield Resources(
             settings=settings,
             client=client,
@@ -175,6 +181,7 @@ async def open_resources(
             services=services,
             downloads=controllers.downloads,
             inference_controller=controllers.inference,
+            storage_watch=storage_watch,
             authenticator=authenticator,
             gateway=gateway,
             upstream=upstream,
@@ -437,6 +444,9 @@ def _weights_service(core: Core) -> WeightsService:
         local_roots=tuple(core.settings.local_roots),
         recorder=core.recorder,
         removal_wait=core.settings.weights_removal_wait_seconds,
+        alerts=StorageAlertRepository(core.database),
+        alert_policy=core.settings.storage_alert_policy(),
+        s3_quotas=core.settings.storage_alert_s3_quotas,
     )
     core.broker.listen(weights.on_event)
     return weights

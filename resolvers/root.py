@@ -173,7 +173,9 @@ class Query:
     )
     weights_usage: list[StorageUsage] = strawberry.field(
         resolver=weights_resolvers.resolve_weights_usage,
-        description="used / free / total bytes of each allowed local root.",
+        description="used / free / total bytes of each weights location (allowed local "
+        "roots, PVCs holding your weights, S3 prefixes with a quota), its alert threshold and "
+        "whether it is alerting.",
         metadata=cost(20),  # reads the disks
     )
     inference: Inference | None = strawberry.field(
@@ -389,6 +391,15 @@ class Subscription:
         description=(
             "Every change of your organisation's inference services, with the same `after`, "
             "RESYNC_REQUIRED and OVERFLOW rules as `modelEvents`."
+        ),
+    )
+    storage_alerts: AsyncGenerator[Event, None] = strawberry.subscription(
+        resolver=event_resolvers.stream_storage_alerts,
+        description=(
+            "ALERT events: a storage location crossed its usage threshold, up (phase "
+            "ALERTING) or back down (CLEAR), recorded once by the leading replica; server-wide "
+            "(every organisation sees them). The same `after`, RESYNC_REQUIRED and OVERFLOW "
+            "rules as `modelEvents`."
         ),
     )
     download_progress: AsyncGenerator[Weights, None] = strawberry.subscription(
