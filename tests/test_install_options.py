@@ -264,3 +264,50 @@ async def test_remote_api_models_take_no_patterns(running_app: RunningApp) -> No
     assert data["createModel"]["__typename"] == "ValidationError"
     assert data["createModel"]["field"] == "source.allowPatterns"
     assert await running_app.resources.database["models"].count_documents({}) == 0
+
+
+async def test_two_subsets_in_one_bucket_prefix_are_two_copies(
+    running_app: RunningApp, hub: RunningHub, s3_server: Any
+) -> None:
+    """On S3 the location is derived, not chosen: another subset gets a prefix of its own,
+    and each prefix holds exactly its files."""
+    from tests.helpers import bucket_on
+
+    client = await bucket_on(s3_server)
+    target = {
+        "s3": {
+            "endpoint": s3_server.endpoint,
+            "bucket": client.location.bucket,
+            "region": s3_server.region,
+            "prefix": "cache",
+            "accessKeyId": s3_server.access_key_id,
+            "secretAccessKey": s3_server.secret_access_key,
+        }
+    }
+    copies = []
+    for name, allow in (("jsons", ["*.json"]), ("shard", ["model-00002-of-00003.safetensors"])):
+        value = {
+            "source": {"url": SHARDED, "accessMode": "LOCAL", "allowPatterns": allow},
+            "downloadTarget": target,
+            "name": name,
+        }
+        data = await run(
+            running_app.graphql_url, "CreateModel", {"input": value}, token=editor(running_app)
+        )
+        assert data["createModel"]["__typename"] == "Model", data
+        model = await wait_model(running_app, data["createModel"]["id"], ready)
+        assert model["phase"] == "READY", model
+        copies.append(model["weights"])
+    source = hub.hub.repos[SHARDED]
+    whole = f"s3://{client.location.bucket}/cache/{SHARDED}/{source.sha}"
+    assert copies[0]["id"] != copies[1]["id"]
+    assert {c["location"] for c in copies} == {
+        f"{whole}-files-{FileSelection.of(['*.json']).digest()}",
+        f"{whole}-files-{FileSelection.of(['model-00002-of-00003.safetensors']).digest()}",
+    }
+    for copy in copies:
+        prefix = copy["location"].removeprefix(f"s3://{client.location.bucket}/")
+        for f in copy["files"]:
+            stored = await client.get_bytes(f"{prefix}/{f['path']}")
+            assert len(stored) == f["size"]
+    assert [f["path"] for f in copies[1]["files"]] == ["model-00002-of-00003.safetensors"]
