@@ -311,3 +311,35 @@ async def test_two_subsets_in_one_bucket_prefix_are_two_copies(
             stored = await client.get_bytes(f"{prefix}/{f['path']}")
             assert len(stored) == f["size"]
     assert [f["path"] for f in copies[1]["files"]] == ["model-00002-of-00003.safetensors"]
+
+
+async def test_a_catalogue_install_takes_patterns(
+    running_app: RunningApp, git_remote: Any, tmp_path: Path
+) -> None:
+    from tests.test_catalogue import GOOD, ORG, _author, _call, _configure, _source
+
+    name, author = _author(git_remote, tmp_path)
+    author.commit("one", {"models/tiny.yaml": GOOD})
+    await _configure(running_app, _source(git_remote, name))
+    area = weights_area(running_app.resources.settings.local_roots, ORG)
+    target = {"local": {"localPath": str(area / "tiny")}}
+    refused = await _call(
+        running_app,
+        "InstallCatalogEntry",
+        {"input": {"name": "tiny", "downloadTarget": target, "allowPatterns": ["*.gguf"]}},
+        role=Role.EDITOR,
+    )
+    assert refused["__typename"] == "ValidationError", refused
+    assert refused["field"] == "allowPatterns"
+    assert await running_app.resources.database["models"].count_documents({}) == 0
+    installed = await _call(
+        running_app,
+        "InstallCatalogEntry",
+        {"input": {"name": "tiny", "downloadTarget": target, "ignorePatterns": ["*.safetensors"]}},
+        role=Role.EDITOR,
+    )
+    assert installed["__typename"] == "InstalledCatalogEntry", installed
+    model = await wait_model(running_app, installed["model"]["id"], ready)
+    assert model["phase"] == "READY", model
+    assert model["weights"]["files"]
+    assert not [f for f in model["weights"]["files"] if f["path"].endswith(".safetensors")]
