@@ -417,8 +417,10 @@ class ModelService:
         weights = (
             await self._weights.get(weights_id, scope=principal.scope) if self._weights else None
         )
-        if weights is None or weights.deletion is not None:
+        if weights is None:
             raise InvalidInput("weightsId", f"no weights {weights_id} in your organisation")
+        if weights.deletion is not None and weights.deletion.refused is None:
+            raise InvalidInput("weightsId", f"weights {weights_id} are being removed")
         if weights.repo_id != repo_id:
             raise InvalidInput(
                 "source.url", f"weights {weights_id} hold {weights.repo_id}, not {repo_id}"
