@@ -25,6 +25,7 @@ from controllers.downloads.reconciler import DownloadController
 from controllers.inference.reconciler import InferenceController
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.base import Runtime, RuntimeConfigError
+from controllers.runtimes.hub_token import ServerHubToken
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
@@ -51,6 +52,7 @@ from services.gateway import Gateway
 from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.prefetching import PrefetchService
 from services.retiring import InferenceRetirement
 from services.vllm import VllmService
 from services.weights import WeightsService
@@ -151,13 +153,14 @@ async def open_resources(
         client, database = await _open_database(stack, settings)
         broker, recorder = await _open_events(stack, settings, database)
         parts = await open_runtime(stack, settings)
+        secrets = parts.secret_store(database)
         dev_key, verifier = await _open_verifier(settings, database)
         core = Core(
             settings=settings,
             database=database,
             parts=parts,
-            hub=HubClient(endpoint=settings.hf_endpoint),
-            secrets=parts.secret_store(database),
+            hub=_hub_client(settings, secrets),
+            secrets=secrets,
             recorder=recorder,
             broker=broker,
             outbound=outbound,
@@ -363,12 +366,39 @@ def _services(
         deploy=DeployService(models=models, inference=inference),
         catalogue=catalogue,
         history=_history_service(core),
+        prefetch=_prefetch_service(core, models.policy),
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,
+    )
+
+
+def _hub_client(settings: Settings, secrets: SecretStore) -> HubClient:
+    """The hub client, with the server-wide token (if set) for calls that carry none."""
+    server = (
+        ServerHubToken(secrets, ref=settings.hub_token_secret, key=settings.hub_token_key)
+        if settings.hub_token_secret
+        else None
+    )
+    return HubClient(
+        endpoint=settings.hf_endpoint, default_token=server.value if server is not None else None
+    )
+
+
+def _prefetch_service(core: Core, policy: ModelPolicy) -> PrefetchService:
+    """downloadWeights, under the same rules as a LOCAL model's download."""
+    database = core.database
+    return PrefetchService(
+        weights=WeightsRepository(database),
+        models=ModelRepository(database),
+        secrets=core.secrets,
+        hub=core.hub,
+        runtime=core.parts.runtime,
+        policy=policy,
+        recorder=core.recorder,
     )
 
 

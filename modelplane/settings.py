@@ -299,6 +299,18 @@ class Settings(BaseSettings):
     storage_alert_webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     """Longest one webhook attempt may take (a receiver that hangs is tried again)."""
 
+    # issue 18: install options
+    hub_token_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    )
+    """The server-wide hub token, used for hub previews, searches, GPU fits and downloads of
+    models (and prefetched weights) that have no token of their own: the name of an entry of
+    the runtime's secret store, a Secret in the managed namespace (kubernetes; download Jobs
+    get it through a ``secretKeyRef``) or an encrypted entry in MongoDB (local; ``modelplane
+    hub-token set NAME`` stores one). Never returned, never logged; unset: no server token."""
+    hub_token_key: str = Field(default="hf-token", pattern=r"^[-._a-zA-Z0-9]{1,253}$")
+    """The key of the token in that entry (a Secret's data key)."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""

@@ -137,6 +137,17 @@ class Weights:
     files: list[WeightsFileInfo] = strawberry.field(description="Files with sizes and hashes.")
     size_bytes: BigInt = strawberry.field(description="Total size of the files.")
     model_ids: list[strawberry.ID] = strawberry.field(description="Models using these weights.")
+    allow_patterns: list[str] = strawberry.field(
+        description="The allow globs the files were chosen by; empty: every file of the repo."
+    )
+    ignore_patterns: list[str] = strawberry.field(
+        description="The ignore globs the files were chosen by. Weights with other patterns "
+        "are another copy, never shared."
+    )
+    prefetched: bool = strawberry.field(
+        description="Asked for by downloadWeights: kept and downloaded while no model uses "
+        "them; attach them with createModel's weightsId."
+    )
     download_attempts: list[DownloadAttempt] = strawberry.field(
         description="Every download attempt, oldest first (the last 20), from the stored "
         "history: start, end, outcome, bytes fetched and why it ended."
@@ -163,6 +174,9 @@ class Weights:
             ],
             size_bytes=BigInt(sum(f.size for f in doc.files)),
             model_ids=[strawberry.ID(m) for m in doc.model_ids],
+            allow_patterns=list(doc.selection.allow),
+            ignore_patterns=list(doc.selection.ignore),
+            prefetched=doc.prefetched,
             download_attempts=[
                 DownloadAttempt.from_record(attempt, utcnow()) for attempt in attempts_now(doc)
             ],

@@ -142,8 +142,27 @@ class WeightsService:
         write is then a no-op), recorded; the leading controller halts the worker and discards
         in-flight parts on that event. Verified files stay."""
         principal.require(Role.EDITOR)
-        model, weights = await self._model_weights(principal, model_id)
+        _model, weights = await self._model_weights(principal, model_id)
+        return await self._cancel(principal, weights)
 
+    async def cancel_weights(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        """:meth:`cancel` by the weights' id (prefetched weights have no model)."""
+        principal.require(Role.EDITOR)
+        return await self._cancel(principal, await self._require(principal, weights_id))
+
+    async def retry_weights(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        """Resume FAILED or CANCELLED weights by their id; the controller mirrors the new
+        state onto the models using them."""
+        principal.require(Role.EDITOR)
+        return await self._retry(principal, await self._require(principal, weights_id))
+
+    async def _require(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        weights = await self._weights.get(weights_id, scope=principal.scope)
+        if weights is None:
+            raise Missing(weights_id, f"weights {weights_id} not found")
+        return weights
+
+    async def _cancel(self, principal: Principal, weights: WeightsDocument) -> WeightsDocument:
         def change(current: WeightsDocument) -> dict[str, object]:
             if current.state not in (WeightsState.PENDING, WeightsState.PULLING):
                 raise Conflict(None, f"the download is {current.state.value}, nothing to cancel")
@@ -157,7 +176,7 @@ class WeightsService:
             current=weights,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
-        log.info("download cancelled", extra={"model_id": model.id, "weights_id": weights.id})
+        log.info("download cancelled", extra={"weights_id": weights.id})
         return updated
 
     async def retry(self, principal: Principal, model_id: str) -> WeightsDocument | ModelDocument:
@@ -168,7 +187,18 @@ class WeightsService:
         model, weights = await self._model_and_weights(principal, model_id)
         if weights is None:
             return await self._request_again(principal, model)
+        updated = await self._retry(principal, weights)
+        retrying = await self._models.modify(
+            model.id,
+            lambda _current: {"phase": ModelPhase.PULLING, "message": "retrying the download"},
+            scope=principal.scope,
+            event=EventType.PHASE_CHANGED,
+            current=model,
+        )
+        await self._record.model(retrying, EventType.PHASE_CHANGED)
+        return updated
 
+    async def _retry(self, principal: Principal, weights: WeightsDocument) -> WeightsDocument:
         def change(current: WeightsDocument) -> dict[str, object]:
             if current.state not in (WeightsState.FAILED, WeightsState.CANCELLED):
                 raise Conflict(
@@ -186,14 +216,6 @@ class WeightsService:
             current=weights,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
-        retrying = await self._models.modify(
-            model.id,
-            lambda _current: {"phase": ModelPhase.PULLING, "message": "retrying the download"},
-            scope=principal.scope,
-            event=EventType.PHASE_CHANGED,
-            current=model,
-        )
-        await self._record.model(retrying, EventType.PHASE_CHANGED)
         return updated
 
     async def _request_again(self, principal: Principal, model: ModelDocument) -> ModelDocument:

@@ -78,6 +78,8 @@ class KubernetesParts:
                 deadline_seconds=settings.download_deadline_seconds,
                 backoff_limit=settings.download_backoff_limit,
                 download_env=settings.download_env(),
+                hub_token_secret=settings.hub_token_secret,
+                hub_token_key=settings.hub_token_key,
             ),
         )
 
