@@ -30,10 +30,10 @@ from typing import Any
 from controllers.inference.engines import (
     OLLAMA_PORT,
     EnginePlanError,
-    check_env,
     default_engine,
     host_program_field,
 )
+from controllers.inference.environment import check_env
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import owned_labels
 from live import EventType, Recorder
