@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from controllers.inference.engine_args import check_engine_args
 from controllers.inference.engines import (
     OLLAMA_PORT,
     EnginePlanError,
@@ -58,6 +59,7 @@ def spec_for(
     check_placement(request)
     try:  # checked here too: a route (no engine) is never planned, yet its env is stored
         check_env(list(request.env), own_secret=model.secret_ref)
+        check_engine_args(request.engine_args or [], engine=engine, replaced_by=_replaces(request))
     except EnginePlanError as exc:
         raise InvalidInput(exc.field, exc.message) from None
     resources = choose_resources(request, model.resources, engine)
@@ -71,6 +73,7 @@ def spec_for(
         image_pull_policy=request.image_pull_policy or "IfNotPresent",
         command=request.command,
         args=request.args,
+        engine_args=list(request.engine_args or []),
         replicas=request.replicas or 1,
         cpu=resources.cpu,
         memory=resources.memory,
@@ -92,6 +95,11 @@ def spec_for(
         context_length=request.context_length,
         service_monitor=request.service_monitor,
     )
+
+
+def _replaces(request: InferenceRequest) -> str | None:
+    """The input that gives the whole command line (engineArgs have nowhere to go), if any."""
+    return "input.command" if request.command else "input.args" if request.args else None
 
 
 def check_host_program(

@@ -11,7 +11,8 @@ the same command as a supervised subprocess, bound to loopback.
 Engines:
 
 * **VLLM** ``vllm serve <weights> --served-model-name <model name> --port <port>`` (with
-  ``--tensor-parallel-size`` for several GPUs). A user-supplied command must carry
+  ``--tensor-parallel-size`` for several GPUs), then the inference's ``engineArgs``
+  (:mod:`.engine_args`: the only engine that takes them). A user-supplied command must carry
   ``--served-model-name <name>``: the gateway routes on that name.
 * **OLLAMA** serves ``hf.co/<repo>`` (or the tag the user names): an init step pulls it and
   copies it to the model's name, so clients ask for the same name on every engine. An ENGINE
@@ -44,6 +45,7 @@ from pathlib import PurePosixPath
 from controllers.inference.commands import SERVED_NAME_FLAG, check_served_name
 from controllers.inference.commands import EnginePlanError as EnginePlanError  # noqa: PLC0414
 from controllers.inference.commands import served_name_in as served_name_in  # noqa: PLC0414
+from controllers.inference.engine_args import check_engine_args, host_arg_index
 from controllers.inference.environment import (
     PROGRAM_ENV,
     PROGRAM_ENV_PREFIXES,
@@ -148,15 +150,18 @@ def host_program_field(spec: InferenceSpec) -> str | None:
     """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
     command, args (without a command they are the command line), a LiteLLM config of the
     user's own (callbacks and ``custom_auth`` name code to import), or an environment variable
-    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`).
+    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`),
+    or an engine flag that runs code or reads files of the host (:mod:`.engine_args`).
     On the local runtime such a program runs on the control-plane host. A route (no engine)
     runs nothing."""
     if spec.engine is None:
         return None
+    host_arg = host_arg_index(spec.engine_args)
     chosen = (
         (spec.engine is InferenceEngine.CUSTOM, "input.engine"),
         (bool(spec.command), "input.command"),
         (bool(spec.args), "input.args"),
+        (host_arg is not None, f"input.engineArgs[{host_arg}]"),
         (spec.litellm is not None and spec.litellm.mode == "CONFIG", "input.litellm.configYaml"),
         *(
             (
@@ -199,6 +204,8 @@ def plan_engine(
     check_litellm_secret(spec, model)
     check_ollama_model(spec.ollama_model)
     engine = spec.engine
+    replaced = "input.command" if spec.command else "input.args" if spec.args else None
+    check_engine_args(spec.engine_args, engine=engine, replaced_by=replaced)
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")
     remote = model.source.access_mode is AccessMode.REMOTE_API
@@ -319,6 +326,7 @@ def _vllm(
             args += ["--tensor-parallel-size", str(spec.gpu)]
         if spec.context_length:
             args += ["--max-model-len", str(spec.context_length)]
+        args += spec.engine_args
     return EnginePlan(
         engine=InferenceEngine.VLLM,
         image=spec.image or images.vllm,
