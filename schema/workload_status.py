@@ -9,6 +9,9 @@ with what the runtimes observe, not with what a user may ask for.
 
 from __future__ import annotations
 
+from datetime import datetime
+from enum import Enum
+
 import strawberry
 
 from storage.documents import InferenceDocument
@@ -52,16 +55,32 @@ class DeploymentStatus:
     )
 
 
+@strawberry.enum(name="AutoscalerKind", description="The object that scales an inference.")
+class AutoscalerKindEnum(Enum):
+    """Autoscaler kinds."""
+
+    HORIZONTAL_POD_AUTOSCALER = strawberry.enum_value(
+        "HORIZONTAL_POD_AUTOSCALER", description="An autoscaling/v2 HorizontalPodAutoscaler."
+    )
+    AIBRIX_POD_AUTOSCALER = strawberry.enum_value(
+        "AIBRIX_POD_AUTOSCALER", description="An AIBrix PodAutoscaler (KPA)."
+    )
+
+
 @strawberry.type(description="Where an autoscaled inference stands against its bounds and metric.")
 class AutoscalingStatus:
-    """Autoscaling, observed."""
+    """Autoscaling, observed: replicas from the Deployment (fresher than the autoscaler's own
+    copy), the metric and the last scale from the autoscaler's status."""
 
+    autoscaler: AutoscalerKindEnum | None = strawberry.field(
+        description="The autoscaler whose status is shown; null until one is observed."
+    )
     current_replicas: int | None = strawberry.field(
         description="Replicas that exist now; null until the workload is observed."
     )
     desired_replicas: int | None = strawberry.field(
-        description="Replicas the autoscaler asks for (the Deployment's `spec.replicas`); null "
-        "until observed."
+        description="Replicas the autoscaler asks for (the Deployment's `spec.replicas`, which "
+        "it sets); null until observed."
     )
     min_replicas: int = strawberry.field(description="Lower bound.")
     max_replicas: int = strawberry.field(description="Upper bound.")
@@ -69,9 +88,18 @@ class AutoscalingStatus:
     target_value: int = strawberry.field(description="The metric's target.")
     current_value: float | None = strawberry.field(
         description=(
-            "The metric's current value; null where modelplane does not know it (it does not "
-            "read the autoscaler's metrics yet, on either runtime)."
+            "The metric's current value as the HorizontalPodAutoscaler last read it "
+            "(`status.currentMetrics`: a percent for cpu/memory, else the average per pod); "
+            "null when it is not known, and `currentValueMessage` says why."
         )
+    )
+    current_value_message: str | None = strawberry.field(
+        description="Why `currentValue` is null, for a person (e.g. the HPA's "
+        "`FailedGetResourceMetric`, or AIBrix reporting no metric value); null when it is known."
+    )
+    last_scale_time: datetime | None = strawberry.field(
+        description="When the autoscaler last changed the replicas (UTC); null: never, or "
+        "not known."
     )
 
 
@@ -99,13 +127,24 @@ def autoscaling_view(doc: InferenceDocument) -> AutoscalingStatus | None:
     scaling = doc.spec.autoscaling
     if scaling is None:
         return None
+    found = doc.autoscaler
     observed = doc.current_replicas is not None
     return AutoscalingStatus(
+        autoscaler=AutoscalerKindEnum(found.kind.value) if found else None,
         current_replicas=doc.current_replicas,
         desired_replicas=doc.replicas if observed else None,
         min_replicas=scaling.min_replicas,
         max_replicas=scaling.max_replicas,
         target_metric=scaling.target_metric,
         target_value=scaling.target_value,
-        current_value=None,
+        current_value=found.current_value if found else None,
+        current_value_message=_why_no_value(doc),
+        last_scale_time=found.last_scale_time if found else None,
     )
+
+
+def _why_no_value(doc: InferenceDocument) -> str | None:
+    found = doc.autoscaler
+    if found is not None:
+        return None if found.current_value is not None else found.value_message
+    return "the autoscaler has not been observed yet"

@@ -508,6 +508,27 @@ class WorkloadCondition(BaseModel):
     message: str | None = None
 
 
+class AutoscalerKind(StrEnum):
+    """Which autoscaler moves an inference's replicas (manifests.render_autoscaler)."""
+
+    HORIZONTAL_POD_AUTOSCALER = "HORIZONTAL_POD_AUTOSCALER"
+    AIBRIX_POD_AUTOSCALER = "AIBRIX_POD_AUTOSCALER"
+
+
+class AutoscalerStatus(BaseModel):
+    """What an inference's autoscaler reports in its own status (None: it has not said). Its
+    replica counts are not kept: the Deployment's are fresher (the autoscaler writes its
+    ``desiredReplicas`` into the Deployment's ``spec.replicas`` and refreshes its own copy only
+    every sync period)."""
+
+    kind: AutoscalerKind
+    current_value: float | None = None
+    """The scaling metric's current value (a percent for cpu/memory utilisation)."""
+    value_message: str | None = None
+    """Why ``current_value`` is None, for a person; None when it is known."""
+    last_scale_time: datetime | None = None
+
+
 class InferenceDocument(Document):
     """An inference service: desired state (``enabled``, ``spec``) and observed status.
 
@@ -550,6 +571,8 @@ class InferenceDocument(Document):
     """Replicas running the current spec; None: unknown."""
     conditions: list[WorkloadCondition] | None = None
     """The workload's conditions; None where the runtime has none (a local process)."""
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's own status; None without autoscaling or before it is observed."""
     endpoint: str | None = None
     """OpenAI-compatible base URL (ends in ``/v1``) where the service answers once RUNNING."""
     phase_history: list[PhaseEntry] = Field(default_factory=list)
