@@ -14,7 +14,8 @@ events) and, when asked, the inference service with the entry's engine, flags an
 a start the inference service refuses deletes the model it just created (the soft delete of
 ``deleteModel``: its download is cancelled and its objects removed), so the refusal leaves no
 live model behind; the refusal names ``input.startInference`` and quotes the inference's field.
-Which of an entry's flags an inference can carry is :func:`inference_request`'s concern.
+How an entry's flags reach the inference (the context length, the GPU count, every other
+flag as ``engineArgs``) is :func:`inference_request`'s concern.
 """
 
 from __future__ import annotations
