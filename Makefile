@@ -18,7 +18,7 @@ RUN := $(UV) run --frozen
 # an operation or the installed packages are newer than the bundle.
 DASHBOARD_STAMP := dashboard/node_modules/.installed
 DASHBOARD_BUNDLE := modelplane/static/index.html
-DASHBOARD_SOURCES := dashboard/build.mjs $(wildcard dashboard/src/*) \
+DASHBOARD_SOURCES := dashboard/build.mjs $(wildcard dashboard/src/* dashboard/src/pages/*) \
 	$(wildcard graphql/operations/*.graphql graphql/operations/fragments/*.graphql)
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -26,6 +26,7 @@ from schema.models import (
     HuggingFaceSearchResult,
     Model,
     ModelFilterInput,
+    ModelOrderEnum,
     ModelPage,
     RemovedObject,
     ResourcesInput,
@@ -41,7 +42,7 @@ from services.models import (
 )
 from services.targets import LocalTargetSpec, PvcTargetSpec, S3TargetSpec, TargetSpec
 from storage.documents import AccessMode, InferencePhase, ModelPhase
-from storage.repositories import ModelFilter
+from storage.repositories import ModelFilter, ModelOrder
 
 
 def _resources(value: ResourcesInput | None) -> ResourcesSpec | None:
@@ -105,6 +106,9 @@ async def resolve_models(
     ] = None,
     limit: Annotated[int, strawberry.argument(description="Page size, 0 to 100.")] = 10,
     offset: Annotated[int, strawberry.argument(description="Matches to skip.")] = 0,
+    order_by: Annotated[
+        ModelOrderEnum, strawberry.argument(description="How the pages are sorted.")
+    ] = ModelOrderEnum.NEWEST,
 ) -> ModelPage:
     """A page of the caller's organisation's models."""
     principal = info.context.require_principal()
@@ -120,6 +124,7 @@ async def resolve_models(
             search=f.search,
             include_deleted=f.include_deleted,
             name=f.name,
+            order=ModelOrder[order_by.name],
         )
         page = await info.context.services.models.page(
             principal, model_filter, limit=limit, offset=offset

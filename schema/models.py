@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
@@ -256,7 +257,9 @@ class ModelPage:
     """A `limit`/`offset` page."""
 
     total: int = strawberry.field(description="Matches across all pages.")
-    items: list[Model] = strawberry.field(description="This page, newest first.")
+    items: list[Model] = strawberry.field(
+        description="This page, in the order asked for (newest first by default)."
+    )
     limit: int = strawberry.field(description="Page size asked for.")
     offset: int = strawberry.field(description="Matches skipped before this page.")
 
@@ -322,6 +325,16 @@ class HuggingFaceSearch:
     """Search results."""
 
     items: list[HuggingFaceModel] = strawberry.field(description="Matching repositories.")
+
+
+@strawberry.enum(name="ModelOrder", description="How `models` sorts its pages.")
+class ModelOrderEnum(Enum):
+    """Listing order; ties are broken by id, so pages never overlap."""
+
+    NEWEST = strawberry.enum_value("newest", description="Newest first (the default).")
+    OLDEST = strawberry.enum_value("oldest", description="Oldest first.")
+    NAME = strawberry.enum_value("name", description="By name, a to z.")
+    NAME_DESC = strawberry.enum_value("name_desc", description="By name, z to a.")
 
 
 @strawberry.input(description="Filters for `models`; all optional, combined with AND.")

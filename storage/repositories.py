@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
@@ -96,6 +97,15 @@ class LeaseRepository(Repository[LeaseDocument]):
         return lease.holder
 
 
+class ModelOrder(StrEnum):
+    """How a model listing is sorted; every order ends with ``_id`` so pages never overlap."""
+
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    NAME = "name"
+    NAME_DESC = "name_desc"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFilter:
     """What ``models(filter:)`` may ask for; every field optional."""
@@ -111,9 +121,17 @@ class ModelFilter:
     include_deleted: bool = False
     name: str | None = None
     """Exact name (the organisation API addresses a model by it)."""
+    order: ModelOrder = ModelOrder.NEWEST
+    """How the page is sorted (not a condition; it rides here so every caller passes it on)."""
 
 
 LIST_SORT = (("created_at", DESCENDING), ("_id", DESCENDING))
+ORDER_SORTS: dict[ModelOrder, tuple[tuple[str, int], ...]] = {
+    ModelOrder.NEWEST: LIST_SORT,
+    ModelOrder.OLDEST: (("created_at", ASCENDING), ("_id", ASCENDING)),
+    ModelOrder.NAME: (("name", ASCENDING), ("_id", ASCENDING)),
+    ModelOrder.NAME_DESC: (("name", DESCENDING), ("_id", DESCENDING)),
+}
 PENDING_INDEX = IndexModel([("pending_events", ASCENDING)], name="pending_events", sparse=True)
 """Documents whose writes still owe the event log an event: the event recovery asks for
 ``{"pending_events": {"$type": "string"}}``, a range of this (multikey) index on MongoDB."""
@@ -158,6 +176,15 @@ class ModelRepository(Repository[ModelDocument]):
                 ("_id", DESCENDING),
             ],
             name="org_live_inference_phase_newest",
+        ),
+        IndexModel(
+            [
+                ("organization_id", ASCENDING),
+                ("is_deleted", ASCENDING),
+                ("name", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="org_live_name",
         ),
         IndexModel([("organization_id", ASCENDING), ("tags", ASCENDING)], name="org_tags"),
         PENDING_INDEX,
@@ -212,12 +239,12 @@ class ModelRepository(Repository[ModelDocument]):
     async def list_page(
         self, *, organization_id: str, model_filter: ModelFilter, limit: int, offset: int
     ) -> Page[ModelDocument]:
-        """Newest first, with the total of all matches."""
+        """In the filter's order (newest first by default), with the total of all matches."""
         return await self.find(
             where=self.where(organization_id, model_filter),
             limit=limit,
             offset=offset,
-            sort=LIST_SORT,
+            sort=ORDER_SORTS[model_filter.order],
         )
 
     async def by_name(self, *, organization_id: str, name: str) -> ModelDocument | None:

@@ -1,50 +1,48 @@
-// The operator dashboard: boots the page, keeps the token, loads the models, follows the live
-// feed and wires the add form, the row buttons and the inference pane to the GraphQL mutations.
+// The dashboard's shell: the token, who is signed in, the one live socket, the nav bar and the
+// hash router that mounts one page module at a time.
+//
+// Every page is a module in pages/ exporting `mount(root, ctx)` that returns `unmount()`. The
+// shell owns what pages share (the token, the socket and its indicator, the viewer) and hands
+// it to pages through `ctx` (see dashboard/README.md). A page's subscriptions are also
+// unsubscribed by the shell when it is unmounted, in case the page forgot one.
 
 import './style.css';
-import CancelDownload from '@operations/CancelDownload.graphql';
-import CreateModel from '@operations/CreateModel.graphql';
 import DashboardInfo from '@operations/DashboardInfo.graphql';
-import DashboardModel from '@operations/DashboardModel.graphql';
-import DashboardModels from '@operations/DashboardModels.graphql';
-import DeleteModel from '@operations/DeleteModel.graphql';
-import GpuFit from '@operations/GpuFit.graphql';
-import HuggingFaceModel from '@operations/HuggingFaceModel.graphql';
-import RetryDownload from '@operations/RetryDownload.graphql';
-import StartInference from '@operations/StartInference.graphql';
-import StopInference from '@operations/StopInference.graphql';
-import { $, fill } from './dom.js';
-import { ApiError, coalesce, request, userError } from './graphql.js';
-import { startLiveFeed } from './live.js';
-import { createInferencePane } from './pane.js';
-import { ModelStore } from './store.js';
-import { addActivity, addNote, modelRow, renderConnection, renderFit, renderPreview } from './view.js';
+import { $, fill, h } from './dom.js';
+import { ApiError, request } from './graphql.js';
+import { createLiveConnection } from './live.js';
+import * as addPage from './pages/add.js';
+import * as clusterPage from './pages/cluster.js';
+import * as keysPage from './pages/keys.js';
+import * as modelPage from './pages/model.js';
+import * as modelsPage from './pages/models.js';
+import * as playgroundPage from './pages/playground.js';
+import * as storagePage from './pages/storage.js';
+import { NAV, parseHash, toHash } from './router.js';
+import { renderConnection } from './view.js';
 
 const TOKEN_KEY = 'modelplane.token';
-const PAGE_SIZE = 100;
-const REPO_ID = /^[\w.-]+\/[\w.-]+$/;
-const PREVIEW_DELAY_MS = 400;
+const PAGES = {
+  models: modelsPage,
+  model: modelPage,
+  add: addPage,
+  cluster: clusterPage,
+  storage: storagePage,
+  keys: keysPage,
+  playground: playgroundPage,
+};
 
-const store = new ModelStore();
-const page = {
+const shell = {
   token: null,
   viewer: null,
-  localRoots: [],
-  feed: null,
-  /** Events that arrive while the models are being (re)loaded, applied afterwards. */
-  pending: null,
-  rows: new Map(),
-  /** model id → `{ text, kind, type }`: what the last Start or Stop of its inference said. */
-  notes: new Map(),
+  serverInfo: null,
+  live: null,
+  /** Listeners of the socket's status (pages showing it), and the last status. */
+  statusListeners: new Set(),
+  status: { state: 'idle', cursor: null },
+  /** The mounted page: `{ hash, unmount, subscriptions }`. */
+  mounted: null,
 };
-const pane = createInferencePane({
-  query: (operation, variables) => request(operation, variables, page.token),
-  model: (id) => store.models.get(id),
-  start: startInference,
-  stop: stopInference,
-  canEdit: () => handlers().canEdit,
-  noteFor: (id) => page.notes.get(id),
-});
 
 // ---- token ------------------------------------------------------------------------------
 
@@ -79,347 +77,164 @@ function wireTokenPanel() {
   $('#token-forget').addEventListener('click', () => {
     localStorage.removeItem(TOKEN_KEY);
     stop();
-    renderConnection($('#connection'), { state: 'idle', cursor: null });
-    showTokenPanel(true);
+    setStatus({ state: 'idle', cursor: null });
+    showSignIn('Set a bearer token to begin.');
   });
 }
 
-// ---- models -----------------------------------------------------------------------------
+// ---- messages and status ------------------------------------------------------------------
 
-function handlers() {
-  return {
-    act: runAction,
-    open: (model) => pane.open(model.id),
-    noteFor: (id) => page.notes.get(id),
-    canEdit: page.viewer !== null && page.viewer.role !== 'VIEWER',
-  };
-}
-
-/** Draws the rows named in `ids` (all rows when omitted), keeping the table newest first. */
-function renderModels(ids = null) {
-  const body = $('#models');
-  const models = store.sorted();
-  const wanted = new Set(models.map((m) => m.id));
-  for (const [id, row] of page.rows) {
-    if (!wanted.has(id)) {
-      row.remove();
-      page.rows.delete(id);
-    }
-  }
-  let previous = null;
-  for (const model of models) {
-    let row = page.rows.get(model.id);
-    if (!row || ids === null || ids.has(model.id)) {
-      const fresh = modelRow(model, handlers());
-      if (row) row.replaceWith(fresh);
-      row = fresh;
-      page.rows.set(model.id, row);
-    }
-    const expectedPlace = previous ? previous.nextElementSibling : body.firstElementChild;
-    if (expectedPlace !== row) {
-      if (previous) previous.after(row);
-      else body.prepend(row);
-    }
-    previous = row;
-  }
-  $('#model-count').textContent = models.length ? String(models.length) : '';
-  $('#models-empty').hidden = models.length > 0;
-}
-
-/** Reads every model again, buffering live events until it is done. */
-async function loadModels() {
-  page.pending ??= [];
-  try {
-    const data = await request(DashboardModels, { limit: PAGE_SIZE }, page.token);
-    store.replaceAll(data.models.items);
-    renderModels();
-  } catch (error) {
-    flash(`Could not list models: ${error.message}`, 'error');
-  } finally {
-    const buffered = page.pending;
-    page.pending = null;
-    for (const event of buffered) handleEvent(event);
-  }
-}
-
-/** Reads one model again; calls made while it is under way are answered by one more read. */
-const refetchModel = coalesce(async (id) => {
-  try {
-    const data = await request(DashboardModel, { id }, page.token);
-    if (data.model) store.upsert(data.model);
-    else store.remove(id);
-    renderModels(new Set([id]));
-  } catch (error) {
-    flash(`Could not read model ${id}: ${error.message}`, 'error');
-  }
-});
-
-function handleEvent(event) {
-  if (page.pending !== null) {
-    page.pending.push(event);
-    return;
-  }
-  const modelId = event.modelIds?.[0];
-  addActivity($('#activity'), event, modelId ? store.models.get(modelId)?.name : null);
-  const { changed, refetch, resync } = store.applyEvent(event);
-  if (resync) {
-    loadModels();
-    return;
-  }
-  if (changed.size > 0) renderModels(changed);
-  for (const id of refetch) refetchModel(id);
-  if (event.type !== 'PROGRESS') {
-    for (const id of new Set([...changed, ...refetch])) pane.changed(id);
-  }
-}
-
-async function runAction(kind, model) {
-  if (kind === 'start') return startInference(model, null);
-  if (kind === 'stop') return stopInference(model);
-  try {
-    if (kind === 'cancel') {
-      const data = await request(CancelDownload, { modelId: model.id }, page.token);
-      reportOutcome(userError(data.cancelDownload, 'Weights'), `Cancelled the download of ${model.name}`);
-    } else if (kind === 'retry') {
-      const data = await request(RetryDownload, { modelId: model.id }, page.token);
-      reportOutcome(userError(data.retryDownload, 'Weights'), `Retrying the download of ${model.name}`);
-    } else if (kind === 'delete') {
-      if (!window.confirm(`Delete ${model.name}? Its downloaded weights stay until no model uses them.`)) return;
-      const data = await request(DeleteModel, { id: model.id }, page.token);
-      const failure = userError(data.deleteModel, 'DeletedModel');
-      if (!failure) {
-        store.remove(model.id);
-        renderModels(new Set());
-      }
-      reportOutcome(failure, `Deleted ${model.name}`);
-    }
-  } catch (error) {
-    flash(error.message, 'error');
-  }
-  refetchModel(model.id);
-}
-
-// ---- inference ---------------------------------------------------------------------------
-
-/** Remembers (or, with null, forgets) what Start or Stop said about a model, shown inline. */
-function setNote(modelId, note) {
-  if (note) page.notes.set(modelId, note);
-  else page.notes.delete(modelId);
-  renderModels(new Set([modelId]));
-  pane.noteChanged(modelId);
-}
-
-/** A failed mutation's note: the union member's type and message. */
-function failureNote(result, expected) {
-  const failure = userError(result, expected);
-  if (!failure) return null;
-  const type = result?.__typename ?? 'Error';
-  return { text: `${type}: ${failure}`, kind: 'error', type };
-}
-
-/** `startInference` with `input` (null: the defaults); the outcome shows in the row and pane. */
-async function startInference(model, input) {
-  try {
-    const data = await request(StartInference, { modelId: model.id, input }, page.token);
-    const result = data.startInference;
-    const failure = failureNote(result, 'InferencePayload');
-    if (failure) setNote(model.id, failure);
-    else if (!result.started) setNote(model.id, { text: result.message ?? 'not started', kind: 'warn' });
-    else {
-      setNote(model.id, null);
-      flash(`Starting ${model.name} (${result.inference.spec.engine ?? 'gateway route'})`);
-    }
-  } catch (error) {
-    setNote(model.id, { text: error.message, kind: 'error' });
-  }
-  refetchModel(model.id);
-  pane.changed(model.id);
-}
-
-async function stopInference(model) {
-  try {
-    const data = await request(StopInference, { modelId: model.id }, page.token);
-    const failure = failureNote(data.stopInference, 'Inference');
-    setNote(model.id, failure);
-    if (!failure) flash(`Stopping ${model.name}`);
-  } catch (error) {
-    setNote(model.id, { text: error.message, kind: 'error' });
-  }
-  refetchModel(model.id);
-  pane.changed(model.id);
-}
-
-function reportOutcome(failure, success) {
-  flash(failure ?? success, failure ? 'error' : 'ok');
-}
-
+/** The shell's message line under the nav (kind: ok, warn, error). */
 function flash(text, kind = 'ok') {
-  const message = $('#add-message');
-  message.textContent = text;
+  const message = $('#flash');
+  message.textContent = text ?? '';
   message.dataset.kind = kind;
 }
 
-// ---- add form ---------------------------------------------------------------------------
-
-function defaultLocalPath(repo) {
-  const root = page.localRoots[0]; // the organisation's area under the first allowed root
-  if (!root || !repo) return '';
-  const name = repo.replace(/^https?:\/\/[^/]+\//, '').replace(/\/+$/, '');
-  return `${root.replace(/\/+$/, '')}/${name}`;
+function setStatus(status) {
+  shell.status = status;
+  renderConnection($('#connection'), status);
+  for (const listener of shell.statusListeners) listener(status);
 }
 
-function wireAddForm() {
-  const repo = $('#repo');
-  const revision = $('#revision');
-  const localPath = $('#local-path');
-  const preview = $('#preview');
-  let sequence = 0;
-  let timer = null;
-  let previewed = '';
+// ---- pages --------------------------------------------------------------------------------
 
-  async function showPreview() {
-    const repoId = repo.value.trim();
-    const rev = revision.value.trim() || null;
-    const key = `${repoId}@${rev ?? ''}`;
-    if (key === previewed) return;
-    previewed = key;
-    localPath.placeholder = defaultLocalPath(repoId) || '<allowed root>/<repo>';
-    if (!repoId) {
-      preview.hidden = true;
-      return;
-    }
-    const mine = ++sequence;
-    preview.hidden = false;
-    preview.dataset.state = 'loading';
-    fill(preview, 'Looking up ', repoId, ' on the hub…');
-    try {
-      const data = await request(HuggingFaceModel, { repoId, revision: rev }, page.token);
-      if (mine !== sequence) return;
-      const failure = userError(data.huggingFaceModel, 'HuggingFaceModel');
-      if (failure) {
-        preview.dataset.state = 'error';
-        fill(preview, failure);
-      } else {
-        preview.dataset.state = 'ready';
-        renderPreview(preview, data.huggingFaceModel);
-        showFit(repoId, rev, mine);
-      }
-    } catch (error) {
-      if (mine !== sequence) return;
-      preview.dataset.state = 'error';
-      fill(preview, error.message);
-    }
+function renderNav(route) {
+  for (const link of document.querySelectorAll('#nav a')) {
+    if (link.dataset.route === route.nav) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
   }
-
-  // The GPU fit of the previewed repo for vLLM, against the cluster's GPUs (or a catalogue).
-  async function showFit(repoId, rev, mine) {
-    try {
-      const data = await request(GpuFit, { repoId, revision: rev }, page.token);
-      if (mine !== sequence) return;
-      renderFit(preview, data.gpuFit);
-    } catch (error) {
-      if (mine !== sequence) return;
-      renderFit(preview, { __typename: 'Error', errorMessage: error.message });
-    }
-  }
-
-  repo.addEventListener('input', () => {
-    clearTimeout(timer);
-    localPath.placeholder = defaultLocalPath(repo.value.trim()) || '<allowed root>/<repo>';
-    if (REPO_ID.test(repo.value.trim())) timer = setTimeout(showPreview, PREVIEW_DELAY_MS);
-  });
-  repo.addEventListener('blur', () => {
-    clearTimeout(timer);
-    showPreview();
-  });
-  revision.addEventListener('blur', showPreview);
-
-  $('#add-form').addEventListener('submit', async (event) => {
-    event.preventDefault();
-    const repoId = repo.value.trim();
-    const input = {
-      source: { url: repoId, accessMode: 'LOCAL', revision: revision.value.trim() || null },
-      downloadTarget: { local: { localPath: localPath.value.trim() || defaultLocalPath(repoId) } },
-    };
-    const submit = $('#add-submit');
-    submit.disabled = true;
-    try {
-      const data = await request(CreateModel, { input }, page.token);
-      const failure = userError(data.createModel, 'Model');
-      if (failure) {
-        flash(failure, 'error');
-        return;
-      }
-      const model = data.createModel;
-      store.upsert({ ...model, weights: store.models.get(model.id)?.weights ?? null });
-      renderModels(new Set([model.id]));
-      flash(`Added ${model.name}; downloading to ${model.downloadTarget?.localPath ?? 'its target'}`);
-      $('#add-form').reset();
-      localPath.placeholder = '<allowed root>/<repo>';
-      preview.hidden = true;
-      previewed = '';
-      refetchModel(model.id);
-    } catch (error) {
-      flash(error.message, 'error');
-    } finally {
-      submit.disabled = !handlers().canEdit;
-    }
-  });
 }
 
-// ---- start-up ---------------------------------------------------------------------------
+/** The ctx handed to one mounted page (see dashboard/README.md). */
+function pageContext(route, subscriptions) {
+  return {
+    route,
+    request: (operation, variables = {}) => request(operation, variables, shell.token),
+    subscribe(operation, variables = {}, handlers = {}) {
+      if (!shell.live) throw new Error('not signed in');
+      const unsubscribe = shell.live.subscribe(operation, variables, handlers);
+      subscriptions.add(unsubscribe);
+      return () => {
+        subscriptions.delete(unsubscribe);
+        unsubscribe();
+      };
+    },
+    token: () => shell.token,
+    navigate,
+    setParams(params, { replace = false } = {}) {
+      const hash = toHash(route.name, route.id, params);
+      route.params = new URLSearchParams(hash.split('?')[1] ?? '');
+      if (shell.mounted) shell.mounted.hash = hash;
+      if (hash === window.location.hash) return;
+      if (replace) window.history.replaceState(null, '', hash);
+      else window.history.pushState(null, '', hash);
+    },
+    viewer: shell.viewer,
+    serverInfo: shell.serverInfo,
+    canEdit: shell.viewer !== null && shell.viewer.role !== 'VIEWER',
+    flash,
+    connection(listener) {
+      shell.statusListeners.add(listener);
+      listener(shell.status);
+      return () => shell.statusListeners.delete(listener);
+    },
+  };
+}
+
+function unmountPage() {
+  const mounted = shell.mounted;
+  shell.mounted = null;
+  if (!mounted) return;
+  try {
+    mounted.unmount?.();
+  } catch (error) {
+    console.error('unmount failed', error);
+  }
+  for (const unsubscribe of mounted.subscriptions) unsubscribe();
+}
+
+/** Mounts the page the address names (again when `force`, e.g. after a new token). */
+function route(force = false) {
+  const hash = window.location.hash || '#/models';
+  if (!force && shell.mounted?.hash === hash) return;
+  unmountPage();
+  const current = parseHash(hash);
+  renderNav(current);
+  const root = $('#page');
+  fill(root);
+  if (!shell.token || !shell.viewer) return;
+  const subscriptions = new Set();
+  const mounted = { hash, unmount: null, subscriptions };
+  shell.mounted = mounted;
+  flash('');
+  mounted.unmount = PAGES[current.name].mount(root, pageContext(current, subscriptions));
+  if (shell.mounted !== mounted) {
+    // The page navigated away while mounting: it is already replaced.
+    mounted.unmount?.();
+    return;
+  }
+  if (!root.contains(document.activeElement)) root.querySelector('h2')?.focus({ preventScroll: true });
+}
+
+function navigate(hash, { replace = false } = {}) {
+  if (replace) window.history.replaceState(null, '', hash);
+  else window.history.pushState(null, '', hash);
+  route();
+}
+
+// ---- start-up -----------------------------------------------------------------------------
+
+function showSignIn(text) {
+  unmountPage();
+  fill($('#page'), h('section.card', {}, h('h2', { tabindex: '-1' }, 'Sign in'), h('p.muted', {}, text)));
+  showTokenPanel(true);
+}
 
 function stop() {
-  page.feed?.stop();
-  page.feed = null;
+  unmountPage();
+  shell.live?.stop();
+  shell.live = null;
+  shell.viewer = null;
 }
 
 async function start(token) {
   stop();
-  pane.close();
-  page.notes.clear();
-  page.token = token;
-  page.pending = [];
-  store.replaceAll([]);
-  renderModels();
+  shell.token = token;
   try {
     const info = await request(DashboardInfo, {}, token);
-    page.viewer = info.viewer;
-    page.localRoots = info.serverInfo.localRoots ?? [];
+    shell.viewer = info.viewer;
+    shell.serverInfo = info.serverInfo;
     $('#server').textContent = `${info.serverInfo.version} · ${info.serverInfo.runtime} runtime`;
     $('#viewer').textContent = `${info.viewer.subject} · ${info.viewer.role.toLowerCase()} · ${info.viewer.organizationId}`;
-    $('#add-submit').disabled = !handlers().canEdit;
   } catch (error) {
     const message = error instanceof ApiError ? error.message : String(error);
     const reason = /authentication/i.test(message) ? 'token rejected' : 'sign-in failed';
-    renderConnection($('#connection'), { state: 'rejected', cursor: null, reason });
-    flash(`Could not sign in: ${message}. Set a token.`, 'error');
-    showTokenPanel(true);
+    setStatus({ state: 'rejected', cursor: null, reason });
+    showSignIn(`Could not sign in: ${message}. Set a token.`);
     return;
   }
   const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
-  page.feed = startLiveFeed({
+  shell.live = createLiveConnection({
     url: `${scheme}//${window.location.host}/graphql`,
     token,
-    onEvent: handleEvent,
-    onStatus: (status) => {
-      renderConnection($('#connection'), status);
-      if (status.state === 'resumed') addNote($('#activity'), `reconnected: replaying after cursor ${status.cursor}`);
-    },
-    onFreshStart: loadModels,
+    onStatus: setStatus,
   });
+  route(true);
 }
 
 function main() {
+  fill(
+    $('#nav'),
+    NAV.map((item) => h('a', { href: item.hash, dataset: { route: item.name } }, item.label)),
+  );
   wireTokenPanel();
-  wireAddForm();
-  $('#refresh').addEventListener('click', () => loadModels());
+  window.addEventListener('hashchange', () => route());
+  window.addEventListener('popstate', () => route());
+  renderNav(parseHash(window.location.hash));
   const token = readToken();
   if (token) start(token);
-  else {
-    flash('Set a bearer token to begin (the dev server prints one at start-up).', 'error');
-    showTokenPanel(true);
-  }
+  else showSignIn('Set a bearer token to begin (the dev server prints one at start-up).');
 }
 
 main();

@@ -71,18 +71,21 @@ async function graphql(query, variables = {}) {
 }
 
 /**
- * Answers the next confirmation the page asks (`accept` or not), then runs nothing else:
- * returns the question's text once it was asked.
+ * Runs `act` (which makes the page ask for a confirmation: forms.js's modal dialog), answers
+ * it (`accept` or not) and returns the question's text.
  */
-function answerNextConfirm(page, accept) {
-  return new Promise((resolve) => {
-    page.once('dialog', async (dialog) => {
-      const text = dialog.message();
-      if (accept) await dialog.accept();
-      else await dialog.dismiss();
-      resolve(text);
-    });
-  });
+async function confirming(page, act, accept) {
+  await act();
+  const dialog = page.locator('dialog.confirm[open]');
+  await dialog.waitFor({ timeout: 5_000 });
+  const text = await dialog.locator('#confirm-text').innerText();
+  check(
+    (await page.evaluate(() => document.activeElement?.dataset.confirm)) === 'cancel',
+    'the confirmation does not start on Cancel',
+  );
+  await dialog.locator(`button[data-confirm="${accept ? 'confirm' : 'cancel'}"]`).click();
+  await dialog.waitFor({ state: 'detached', timeout: 5_000 });
+  return text;
 }
 
 /** Presses Tab until `selector` has the focus (at most `limit` times); returns the count. */
@@ -165,27 +168,21 @@ async function storagePage(page) {
   check((await count()) === 2, `the count says ${await count()}`);
 
   log('Delete on the served weights, dismissed: nothing happens');
-  let asked = answerNextConfirm(page, false);
-  await served.locator('button[data-action="delete"]').click();
-  const question = await asked;
+  const question = await confirming(page, () => served.locator('button[data-action="delete"]').click(), false);
   check(question.includes('tiny-org/tiny-model'), `the question does not name the weights: ${question}`);
   await page.waitForTimeout(300);
   check((await served.locator('.field-error').count()) === 0, 'a dismissed delete was sent');
 
   log('Delete on the served weights, confirmed: refused in the row');
-  asked = answerNextConfirm(page, true);
-  await served.locator('button[data-action="delete"]').click();
-  await asked;
+  await confirming(page, () => served.locator('button[data-action="delete"]').click(), true);
   const refusal = served.locator('.field-error[data-field="force"]');
   await refusal.waitFor({ timeout: 15_000 });
-  const refusalText = await refusal.innerText();
+  const refusalText = await refusal.locator('.refusal').innerText();
   check(/ConflictError: .*uses these weights/.test(refusalText), `the refusal: ${refusalText}`);
   check((await refusal.locator('button[data-action="force"]').count()) === 1, 'no "Delete anyway" next to the refusal');
 
   log('Delete on the unused weights, confirmed: gone without a reload');
-  asked = answerNextConfirm(page, true);
-  await fresh.locator('button[data-action="delete"]').click();
-  await asked;
+  await confirming(page, () => fresh.locator('button[data-action="delete"]').click(), true);
   await rows.locator(`tr[data-weights-id="${freshId}"]`).waitFor({ state: 'detached', timeout: 20_000 });
   await until('the count to say 1', async () => (await count()) === 1, 10);
   check((await served.locator('.field-error[data-field="force"]').count()) === 1, 'the refusal vanished with the reload');
@@ -221,7 +218,7 @@ async function keysPage(page, context) {
   const presses = await tabTo(page, '#key-name');
   await page.keyboard.type('   ');
   await page.keyboard.press('Enter');
-  const refused = page.locator('.field[data-field="name"] .field-error');
+  const refused = page.locator('.field:has(#key-name) .field-error');
   await refused.waitFor({ timeout: 10_000 });
   const refusedText = await refused.innerText();
   check(/^ValidationError: /.test(refusedText), `the refusal: ${refusedText}`);
@@ -276,9 +273,7 @@ async function keysPage(page, context) {
   check(!JSON.stringify(await page.evaluate(() => ({ ...localStorage }))).includes(key), 'the secret is in local storage');
 
   log('Revoke, confirmed: the row leaves, the key is refused');
-  const asked = answerNextConfirm(page, true);
-  await row.locator('button[data-action="revoke"]').click();
-  const question = await asked;
+  const question = await confirming(page, () => row.locator('button[data-action="revoke"]').click(), true);
   check(question.includes('ci-bot'), `the question: ${question}`);
   await row.waitFor({ state: 'detached', timeout: 10_000 });
   await page.locator('#keys-revoked').check();

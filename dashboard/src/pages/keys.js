@@ -14,8 +14,9 @@ import CreateApiKey from '@operations/CreateApiKey.graphql';
 import RevokeApiKey from '@operations/RevokeApiKey.graphql';
 import { fill, h } from '../dom.js';
 import { clock } from '../format.js';
-import { coalesce, userError } from '../graphql.js';
-import { clearFieldErrors, confirmAction, showUnionError, pageHead, problem } from './ops-kit.js';
+import { coalesce } from '../graphql.js';
+import { clearErrors, confirmAction, reportResult, unionError } from '../forms.js';
+import { pageHead, problem } from './ops-kit.js';
 
 const PAGE_SIZE = 100;
 const ROLES = ['VIEWER', 'EDITOR', 'ADMIN'];
@@ -63,18 +64,18 @@ function secretPanel(created, onDone) {
 }
 
 export function mount(root, ctx) {
-  const name = h('input', { id: 'key-name', name: 'name', required: true, maxlength: '100', placeholder: 'ci-pipeline', autocomplete: 'off' });
-  const role = h('select', { id: 'key-role', name: 'role' }, ROLES.map((r) => h('option', { value: r, selected: r === 'VIEWER' }, r.toLowerCase())));
+  const name = h('input', { id: 'key-name', name: 'name', 'data-field': 'name', required: true, maxlength: '100', placeholder: 'ci-pipeline', autocomplete: 'off' });
+  const role = h('select', { id: 'key-role', name: 'role', 'data-field': 'role' }, ROLES.map((r) => h('option', { value: r, selected: r === 'VIEWER' }, r.toLowerCase())));
   const submit = h('button', { type: 'submit', id: 'key-submit' }, 'Create key');
   const form = h(
     'form.add-form.ops-key-form',
     { id: 'key-form', autocomplete: 'off', 'aria-label': 'Create an API key' },
-    h('div.field.grow', { 'data-field': 'name' }, h('label', { for: 'key-name' }, 'Name'), name),
-    h('div.field', { 'data-field': 'role' }, h('label', { for: 'key-role' }, 'Role'), role),
+    h('div.field.grow', {}, h('label', { for: 'key-name' }, 'Name'), name),
+    h('div.field', {}, h('label', { for: 'key-role' }, 'Role'), role),
     h('div.field.submit', {}, submit),
+    h('p.message.ops-form-message', { id: 'key-form-message', 'data-form-message': true, role: 'alert' }),
   );
   const secret = h('div', { id: 'key-created' });
-  const formMessage = h('p.message', { role: 'alert', id: 'key-form-message' });
   const showRevoked = h('input', { type: 'checkbox', id: 'keys-revoked' });
   const rows = h('tbody', { id: 'key-rows' });
   const count = h('span.count');
@@ -87,7 +88,6 @@ export function mount(root, ctx) {
       pageHead('API keys', h('label.ops-check', { for: 'keys-revoked' }, showRevoked, ' show revoked')),
       h('h3', {}, 'Create a key'),
       form,
-      formMessage,
       secret,
       h('h3', {}, 'Keys ', count),
       message,
@@ -101,6 +101,8 @@ export function mount(root, ctx) {
     ),
   );
   let gone = false;
+  const isAdmin = ctx.viewer?.role === 'ADMIN';
+  submit.disabled = !isAdmin;
 
   function row(key) {
     const revoked = key.revokedAt !== null;
@@ -131,11 +133,12 @@ export function mount(root, ctx) {
   });
 
   async function revoke(key) {
-    if (!(await confirmAction(`Revoke the key “${key.name}” (${key.prefix}…)? Whatever uses it is refused from now on.`))) return;
+    const question = `Revoke the key “${key.name}” (${key.prefix}…)? Whatever uses it is refused from now on.`;
+    if (!(await confirmAction(question, { confirm: 'Revoke', title: 'Revoke this key?' }))) return;
     try {
       const data = await ctx.request(RevokeApiKey, { id: key.id });
-      const failure = userError(data.revokeApiKey, 'ApiKey');
-      problem(message, failure ? `${data.revokeApiKey.__typename}: ${failure}` : `Revoked “${key.name}”.`, failure ? 'error' : 'ok');
+      const failure = unionError(data.revokeApiKey, 'ApiKey');
+      problem(message, failure ? `${failure.type}: ${failure.message}` : `Revoked “${key.name}”.`, failure ? 'error' : 'ok');
     } catch (error) {
       problem(message, error.message);
     }
@@ -144,17 +147,13 @@ export function mount(root, ctx) {
 
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    clearFieldErrors(form);
-    problem(formMessage, null);
+    clearErrors(form);
     fill(secret);
     submit.disabled = true;
     try {
       const data = await ctx.request(CreateApiKey, { name: name.value, role: role.value });
       const result = data.createApiKey;
-      if (userError(result, 'CreatedApiKey')) {
-        showUnionError(form, result, formMessage);
-        return;
-      }
+      if (reportResult(form, result, 'CreatedApiKey')) return;
       form.reset();
       const panel = secretPanel(result, () => {
         fill(secret); // the only copy of the secret goes with the panel
@@ -164,13 +163,14 @@ export function mount(root, ctx) {
       panel.focus();
       await load(null);
     } catch (error) {
-      problem(formMessage, error.message);
+      reportResult(form, { __typename: 'Error', errorMessage: error.message }, 'CreatedApiKey');
     } finally {
-      submit.disabled = false;
+      submit.disabled = !isAdmin;
     }
   });
   showRevoked.addEventListener('change', () => load(null));
-  load(null);
+  if (isAdmin) load(null);
+  else problem(message, `API keys are managed by admins; you are signed in as ${ctx.viewer?.role?.toLowerCase() ?? 'nobody'}.`, 'warn');
   return () => {
     gone = true;
     fill(secret);

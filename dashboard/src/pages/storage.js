@@ -20,8 +20,9 @@ import ModelEvents from '@operations/ModelEvents.graphql';
 import WeightsList from '@operations/WeightsList.graphql';
 import { fill, h } from '../dom.js';
 import { bytes, clock, percent } from '../format.js';
-import { coalesce, userError } from '../graphql.js';
-import { confirmAction, pageHead, problem } from './ops-kit.js';
+import { coalesce } from '../graphql.js';
+import { confirmAction, unionError } from '../forms.js';
+import { pageHead, problem } from './ops-kit.js';
 
 const PAGE_SIZE = 50;
 const RELOAD_MS = 1000;
@@ -100,7 +101,11 @@ export function mount(root, ctx) {
 
   function row(weights) {
     const note = notes.get(weights.id);
-    const remove = h('button.small.danger', { type: 'button', 'data-action': 'delete', onclick: () => remove_(weights, false) }, 'Delete');
+    const remove = h(
+      'button.small.danger',
+      { type: 'button', 'data-action': 'delete', disabled: !ctx.canEdit, title: ctx.canEdit ? null : 'needs the editor role', onclick: () => remove_(weights, false) },
+      'Delete',
+    );
     return h(
       'tr',
       { dataset: { weightsId: weights.id, state: weights.state } },
@@ -119,9 +124,9 @@ export function mount(root, ctx) {
           ? h(
               'div.field-error',
               { role: 'alert', 'data-field': note.field ?? '' },
-              note.text,
+              h('span.refusal', {}, note.text),
               note.field === 'force'
-                ? h('button.small.danger', { type: 'button', 'data-action': 'force', onclick: () => remove_(weights, true) }, 'Delete anyway')
+                ? h('button.small.danger', { type: 'button', 'data-action': 'force', disabled: !ctx.canEdit, onclick: () => remove_(weights, true) }, 'Delete anyway')
                 : null,
             )
           : null,
@@ -168,7 +173,8 @@ export function mount(root, ctx) {
         'The inference loses its files and its models fail until downloaded again.'
       : `Delete the weights of ${weights.repoId} at ${weights.location} (${bytes(weights.sizeBytes)})? ` +
         `${weights.modelIds.length} model(s) using them will need to download them again.`;
-    if (!(await confirmAction(question))) return;
+    const title = force ? 'Delete weights in use?' : 'Delete weights?';
+    if (!(await confirmAction(question, { confirm: force ? 'Delete anyway' : 'Delete', title }))) return;
     notes.delete(weights.id);
     problem(message, null);
     const button = rows.querySelector(`tr[data-weights-id="${weights.id}"] button[data-action="delete"]`);
@@ -179,10 +185,9 @@ export function mount(root, ctx) {
     try {
       const data = await ctx.request(DeleteWeights, { id: weights.id, force });
       const result = data.deleteWeights;
-      const failure = userError(result, 'DeletedWeights');
+      const failure = unionError(result, 'DeletedWeights');
       if (failure) {
-        const field = result.field ?? result.conflictField ?? null;
-        notes.set(weights.id, { text: `${result.__typename}: ${result.errorMessage}`, field });
+        notes.set(weights.id, { text: `${failure.type}: ${failure.message}`, field: failure.field });
       } else {
         rows.querySelector(`tr[data-weights-id="${weights.id}"]`)?.remove();
         const detached = result.detachedModelIds.length;
