@@ -313,6 +313,8 @@ async def test_playground_streams_a_chat_answer_with_its_figures(local_app: Runn
     assert summary["answer"] == "You said: hello there. Bye."
     assert len(summary["partials"]) >= 3, summary["partials"]
     assert summary["ttftSeconds"] >= 0.3
-    assert summary["tokensPerSecond"] > 0
+    # The stand-in sends a word every 0.12 s (8.3 a second); generous bounds (a busy machine
+    # can delay or bunch the deltas the browser sees).
+    assert 1 < summary["tokensPerSecond"] < 30, summary["tokensPerSecond"]
     assert summary["unauthorised"].startswith("401")
     assert (ARTIFACTS / "dashboard-playground.png").is_file()

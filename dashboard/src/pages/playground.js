@@ -8,8 +8,8 @@
 //
 // Figures for each answer: time to first token (from sending to the first content delta), and
 // tokens per second over the generation (completion tokens, from the stream's `usage` when the
-// engine sends it, else one per content delta, divided by the time from the first token to the
-// last). Failures are shown as the gateway words them: 401 (credential), 404 (no such model),
+// engine sends it, else one per content delta; the tokens after the first, divided by the time
+// from the first token to the last, so the wait for the first one counts only in TTFT). Failures are shown as the gateway words them: 401 (credential), 404 (no such model),
 // 409 (not running), 429, 502/504 (the engine failed or went away), and an error event
 // mid-stream; "Stop" aborts the request, which makes the gateway close the upstream.
 
@@ -208,9 +208,8 @@ export function mount(root, ctx) {
       stats.totalMs = ended - started;
       stats.tokens = usageTokens ?? (deltas || null);
       stats.counted = usageTokens === null && deltas > 0;
-      if (first !== null && stats.tokens) {
-        const span = (last > first ? last : ended) - first;
-        stats.tokensPerSecond = span > 0 ? (stats.tokens / span) * 1000 : null;
+      if (first !== null && stats.tokens > 1 && last > first) {
+        stats.tokensPerSecond = ((stats.tokens - 1) / (last - first)) * 1000; // the first token's wait is TTFT
       }
       fill(answer.meta, figures(stats));
       if (reply) history.push({ role: 'assistant', content: reply });
