@@ -14,8 +14,10 @@ playwright-core like tests/test_dashboard.py), each doing its main job against a
 * Playground: a model served by a stand-in ``vllm`` that streams its chat answers word by word
   (the one of tests/test_inference_local.py with a chat endpoint added), chatted with through
   /v1/chat/completions with the signed-in token; the answer grows while it streams, time to
-  first token and tokens per second are shown; a bad API key gives a plain 401; the model
-  stopped leaves the list live and the page says no model is running.
+  first token and tokens per second are shown; a bad API key gives a plain 401; the engine's
+  failure (a 500) is shown as it said it; the model
+  stopped leaves the list live and the page says no model is running; the engine failing (a 500
+  from it) is shown as the gateway passes it on.
 
 Screenshots: tests/artifacts/dashboard-{cluster,cluster-local,storage,keys,playground}.png.
 """
@@ -78,6 +80,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if request["messages"][-1]["content"] == "please fail":
+            data = json.dumps({{"error": {{"message": "the engine ran out of memory",
+                                          "type": "server_error", "code": None}}}}).encode()
+            self.send_response(500)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         answer = words(request["messages"])
         if not request.get("stream"):
             message = {{"role": "assistant", "content": "".join(answer)}}
@@ -106,7 +117,8 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer((host, port), Handler).serve_forever()
 """
 """The stand-in's HTTP half with a streaming ``/v1/chat/completions``: it answers "You said:
-<the last user message>. Bye." one word per server-sent event, 0.12 s apart after 0.3 s."""
+<the last user message>. Bye." one word per server-sent event, 0.12 s apart after 0.3 s, and
+"please fail" with a 500 in OpenAI's error shape, as an engine that failed would."""
 
 CHATTY_VLLM = FAKE_VLLM.replace(STAND_IN_SERVER, CHAT_SERVER)
 assert CHATTY_VLLM != FAKE_VLLM
@@ -317,4 +329,5 @@ async def test_playground_streams_a_chat_answer_with_its_figures(local_app: Runn
     # can delay or bunch the deltas the browser sees).
     assert 1 < summary["tokensPerSecond"] < 30, summary["tokensPerSecond"]
     assert summary["unauthorised"].startswith("401")
+    assert summary["engineFailure"].startswith("500 server_error: the engine ran out of memory")
     assert (ARTIFACTS / "dashboard-playground.png").is_file()

@@ -337,6 +337,14 @@ async function playgroundPage(page) {
   await page.fill('#chat-key', '');
   await page.locator('#chat-key').dispatchEvent('change');
 
+  log('the engine fails: its 500 is shown as it said it');
+  await page.fill('#chat-input', 'please fail');
+  await page.click('#chat-send');
+  const broken = page.locator('#chat-log li[data-role="assistant"][data-state="failed"]').nth(1);
+  await broken.waitFor({ timeout: 10_000 });
+  const engineFailure = await broken.locator('.field-error').innerText();
+  check(/^500 /.test(engineFailure), `the failure: ${engineFailure}`);
+
   log('the inference stopped over GraphQL: the list empties live');
   const stopped = await graphql(STOP_INFERENCE, { modelId: expect.modelId });
   check(stopped.stopInference.__typename === 'Inference', `stopInference: ${stopped.stopInference.__typename}`);
@@ -344,7 +352,7 @@ async function playgroundPage(page) {
   const note = await page.locator('#chat-models-note').innerText();
   check(note.startsWith('No model is running'), `the note: ${note}`);
   check(await page.locator('#chat-send').isDisabled(), 'Send is enabled with no model');
-  return { answer: text, partials, ttftSeconds, tokensPerSecond, tokens, unauthorised };
+  return { answer: text, partials, ttftSeconds, tokensPerSecond, tokens, unauthorised, engineFailure };
 }
 
 // ---- main ---------------------------------------------------------------------------------

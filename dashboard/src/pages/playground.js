@@ -10,8 +10,8 @@
 // tokens per second over the generation (completion tokens, from the stream's `usage` when the
 // engine sends it, else one per content delta; the tokens after the first, divided by the time
 // from the first token to the last, so the wait for the first one counts only in TTFT). Failures are shown as the gateway words them: 401 (credential), 404 (no such model),
-// 409 (not running), 429, 502/504 (the engine failed or went away), and an error event
-// mid-stream; "Stop" aborts the request, which makes the gateway close the upstream.
+// 409 (not running), 429, the engine's own failure (500), 502/504 (it could not be reached or
+// did not answer), and an error event mid-stream; "Stop" aborts the request, which makes the gateway close the upstream.
 
 import './ops.css';
 import InferenceEvents from '@operations/InferenceEvents.graphql';
@@ -36,6 +36,7 @@ export async function describeFailure(response) {
     404: 'no model of that name in your organisation',
     409: 'the model is not running (start it on the Models page)',
     429: 'rate limited: try again shortly',
+    500: 'the engine failed',
     502: 'the engine could not be reached or failed',
     504: 'the engine did not answer in time',
   };
