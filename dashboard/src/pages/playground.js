@@ -9,9 +9,12 @@
 // Figures for each answer: time to first token (from sending to the first content delta), and
 // tokens per second over the generation (completion tokens, from the stream's `usage` when the
 // engine sends it, else one per content delta; the tokens after the first, divided by the time
-// from the first token to the last, so the wait for the first one counts only in TTFT). Failures are shown as the gateway words them: 401 (credential), 404 (no such model),
-// 409 (not running), 429, the engine's own failure (500), 502/504 (it could not be reached or
-// did not answer), and an error event mid-stream; "Stop" aborts the request, which makes the gateway close the upstream.
+// from the first token to the last, so the wait for the first one counts only in TTFT).
+//
+// Failures are shown as the gateway words them, with a hint: 401 (credential), 404 (no such
+// model), 409 (not running), 429, the engine's own failure (500), 502/504 (it could not be
+// reached or did not answer), and an error event mid-stream. "Stop" aborts the request, which
+// makes the gateway close the upstream.
 
 import './ops.css';
 import InferenceEvents from '@operations/InferenceEvents.graphql';
