@@ -344,6 +344,7 @@ async function playgroundPage(page) {
   await broken.waitFor({ timeout: 10_000 });
   const engineFailure = await broken.locator('.field-error').innerText();
   check(/^500 /.test(engineFailure), `the failure: ${engineFailure}`);
+  await page.screenshot({ path: shot('playground-errors'), fullPage: true });
 
   log('the inference stopped over GraphQL: the list empties live');
   const stopped = await graphql(STOP_INFERENCE, { modelId: expect.modelId });
