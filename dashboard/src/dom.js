@@ -1,13 +1,15 @@
 // Small DOM helpers: enough to build rows and cards without a framework.
 
 /**
- * Creates an element. `tag` may carry classes (`'span.badge.ok'`); `props` are attributes, with
+ * Creates an element. `tag` may carry an id and classes (`'span#state.badge.ok'`); `props` are attributes, with
  * `on<event>` for listeners, `dataset` for data attributes and booleans for boolean attributes.
  * Children are nodes or text; null, undefined and false are skipped.
  */
 export function h(tag, props = {}, ...children) {
-  const [name, ...classes] = tag.split('.');
+  const [head, ...classes] = tag.split('.');
+  const [name, id] = head.split('#');
   const element = document.createElement(name);
+  if (id) element.id = id;
   if (classes.length > 0) element.className = classes.join(' ');
   for (const [key, value] of Object.entries(props ?? {})) {
     if (value === null || value === undefined || value === false) continue;

@@ -42,6 +42,8 @@ const shell = {
   status: { state: 'idle', cursor: null },
   /** The mounted page: `{ hash, unmount, subscriptions }`. */
   mounted: null,
+  /** The message line was just written: keep it across the next navigation. */
+  flashKept: false,
 };
 
 // ---- token ------------------------------------------------------------------------------
@@ -86,6 +88,7 @@ function wireTokenPanel() {
 
 /** The shell's message line under the nav (kind: ok, warn, error). */
 function flash(text, kind = 'ok') {
+  shell.flashKept = Boolean(text); // a message survives the next navigation (e.g. "Added …")
   const message = $('#flash');
   message.textContent = text ?? '';
   message.dataset.kind = kind;
@@ -167,7 +170,8 @@ function route(force = false) {
   const subscriptions = new Set();
   const mounted = { hash, unmount: null, subscriptions };
   shell.mounted = mounted;
-  flash('');
+  if (shell.flashKept) shell.flashKept = false;
+  else flash('');
   mounted.unmount = PAGES[current.name].mount(root, pageContext(current, subscriptions));
   if (shell.mounted !== mounted) {
     // The page navigated away while mounting: it is already replaced.

@@ -1,4 +1,5 @@
-// The page's copy of the organisation's models, and how an event changes it.
+// The page's copy of one page of the organisation's models (in the server's order), and how an
+// event changes it.
 //
 // Events carry the new phase or the download progress but not whole resources, so `applyEvent`
 // updates what it can in place and names the models to read again with the `DashboardModel`
@@ -12,11 +13,19 @@ export class ModelStore {
   constructor() {
     /** @type {Map<string, object>} id → DashboardModelFields */
     this.models = new Map();
+    /** The ids in the order the server listed them. */
+    this.order = [];
   }
 
   /** Replaces everything with a fresh page of models. */
   replaceAll(items) {
-    this.models = new Map(items.filter((m) => !m.isDeleted).map((m) => [m.id, m]));
+    const live = items.filter((m) => !m.isDeleted);
+    this.models = new Map(live.map((m) => [m.id, m]));
+    this.order = live.map((m) => m.id);
+  }
+
+  has(id) {
+    return this.models.has(id);
   }
 
   /** Inserts or replaces one model (a deleted one is removed). */
@@ -29,9 +38,9 @@ export class ModelStore {
     this.models.delete(id);
   }
 
-  /** Newest first, as the `models` query lists them. */
+  /** The page's models in the server's order. */
   sorted() {
-    return [...this.models.values()].sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
+    return this.order.filter((id) => this.models.has(id)).map((id) => this.models.get(id));
   }
 
   /**

@@ -1,6 +1,6 @@
 // Drawing: table rows, the download and inference cells, the connection indicator, the hub
 // preview, the inference pane's parts and the activity list. Functions here only build DOM from
-// data; main.js and pane.js decide when to call them.
+// data; the pages decide when to call them.
 
 import { fill, h } from './dom.js';
 import { bytes, clock, duration, elapsed, parameters, percent, rate } from './format.js';
@@ -98,8 +98,8 @@ export function cannotStart(model) {
   return null;
 }
 
-/** The inference cell: phase badge, reason and replicas under it, a link to the pane, a note. */
-function inferenceCell(model, { open, noteFor }) {
+/** The inference cell: phase badge, reason and replicas under it, a link to the model's page, a note. */
+function inferenceCell(model, { noteFor }) {
   const inference = model.inference;
   const note = noteFor(model.id);
   const up = inference && inference.phase !== 'STOPPED';
@@ -109,7 +109,7 @@ function inferenceCell(model, { open, noteFor }) {
     inference ? phaseBadge(inference.phase, inference.message ?? inference.reason) : h('span.muted.none', {}, '—'),
     inference?.reason ? h('div.sub.reason', { title: inference.message ?? '' }, inference.reason) : null,
     up ? h('div.sub', {}, `${inference.readyReplicas}/${inference.replicas} ready`) : null,
-    h('button.link', { type: 'button', dataset: { action: 'inference' }, onclick: () => open(model) }, 'details'),
+    h('a.link', { href: `#/models/${encodeURIComponent(model.id)}`, dataset: { action: 'inference' } }, 'details'),
     note ? h(`div.sub.note.${note.kind}`, { dataset: { errorType: note.type ?? '' } }, note.text) : null,
   );
 }
@@ -156,13 +156,11 @@ export function modelRow(model, handlers) {
         phase: model.phase,
         inferencePhase: model.inference?.phase ?? '',
       },
-      // A click on the row (not on one of its buttons) opens the inference pane.
-      onclick: (event) => event.target.closest('button') === null && handlers.open(model),
     },
     h(
       'td.name',
       {},
-      h('div.title', {}, model.displayName),
+      h('a.title', { href: `#/models/${encodeURIComponent(model.id)}` }, model.displayName),
       h('div.sub.mono', {}, model.name),
       model.phase === 'FAILED' && model.message ? h('div.sub.error', {}, model.message) : null,
     ),
@@ -180,7 +178,7 @@ export function renderInferenceSummary(element, model, inference) {
   if (!inference) {
     fill(
       element,
-      h('p.muted', {}, `${model.name} has no inference yet: Start in its row uses the defaults, or choose below.`),
+      h('p.muted', {}, `${model.name} has no inference yet: start one below (empty fields keep the defaults).`),
     );
     return;
   }
