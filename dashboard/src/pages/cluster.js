@@ -4,9 +4,9 @@
 // Shown: the runtime (Kubernetes version and namespace, or "local: no cluster"), GPUs by type
 // (nodes, memory per GPU, allocatable, free), every GPU node (requested, free, Ready, cordoned),
 // the optional integrations found by their CRDs or APIs, and what could not be read (`problems`).
-// Free GPUs change when inferences start and stop, so every inference event reads the status
-// again (at most one read at a time, see `coalesce`); nodes coming and going have no event, so
-// the page also reads it every REFRESH_MS while it is open.
+// Free GPUs change when inferences start and stop, so inference events read the status again
+// (a burst of them costs one read, and reads never overlap: see `coalesce`); nodes and pods
+// coming and going have no event, so the page also reads it every REFRESH_MS while it is open.
 
 import './ops.css';
 import ClusterStatus from '@operations/ClusterStatus.graphql';
@@ -14,9 +14,11 @@ import InferenceEvents from '@operations/InferenceEvents.graphql';
 import { fill, h } from '../dom.js';
 import { clock } from '../format.js';
 import { coalesce } from '../graphql.js';
-import { pageHead, problem } from './ops-kit.js';
+import { batched, pageHead, problem } from './ops-kit.js';
 
 const REFRESH_MS = 15_000;
+/** A burst of inference events costs one read of the cluster. */
+const EVENT_BATCH_MS = 500;
 
 /** Integration flag → what it is and how it is found (the schema's descriptions, shortened). */
 export const INTEGRATIONS = [
@@ -225,9 +227,11 @@ export function mount(root, ctx) {
   });
   load(null);
   const timer = setInterval(() => load(null), REFRESH_MS);
-  const unsubscribe = ctx.subscribe(InferenceEvents, {}, { next: () => load(null) });
+  const soon = batched(() => load(null), EVENT_BATCH_MS);
+  const unsubscribe = ctx.subscribe(InferenceEvents, {}, { next: soon });
   return () => {
     gone = true;
+    soon.cancel();
     clearInterval(timer);
     unsubscribe?.();
   };

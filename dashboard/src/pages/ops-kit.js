@@ -14,3 +14,23 @@ export function problem(element, text, kind = 'error') {
   if (text) element.dataset.kind = kind;
   else delete element.dataset.kind;
 }
+
+/**
+ * `run()` at most once per `ms`: the first call schedules it `ms` later and calls meanwhile join
+ * it, so a burst of events costs one read. `cancel()` drops a scheduled run (on unmount).
+ */
+export function batched(run, ms) {
+  let timer = null;
+  const call = () => {
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      run();
+    }, ms);
+  };
+  call.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+  };
+  return call;
+}

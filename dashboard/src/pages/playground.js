@@ -19,10 +19,12 @@
 import './ops.css';
 import InferenceEvents from '@operations/InferenceEvents.graphql';
 import { fill, h } from '../dom.js';
-import { pageHead, problem } from './ops-kit.js';
+import { batched, pageHead, problem } from './ops-kit.js';
 
 const MODELS_URL = '/v1/models';
 const CHAT_URL = '/v1/chat/completions';
+/** A burst of inference events costs one read of the model list. */
+const EVENT_BATCH_MS = 300;
 
 /** The gateway's error answer as one line: `401 invalid_api_key: Missing credentials…`. */
 export async function describeFailure(response) {
@@ -251,9 +253,11 @@ export function mount(root, ctx) {
   key.addEventListener('change', () => loadModels());
 
   loadModels();
-  const unsubscribe = ctx.subscribe(InferenceEvents, {}, { next: () => loadModels() });
+  const soon = batched(loadModels, EVENT_BATCH_MS);
+  const unsubscribe = ctx.subscribe(InferenceEvents, {}, { next: soon });
   return () => {
     gone = true;
+    soon.cancel();
     running?.abort();
     unsubscribe?.();
   };
