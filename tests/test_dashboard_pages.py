@@ -13,13 +13,13 @@ playwright-core like tests/test_dashboard.py), each doing its main job against a
   with a working copy button, listed, usable on /v1, revoked after confirming, then refused.
 * Playground: a model served by a stand-in ``vllm`` that streams its chat answers word by word
   (the one of tests/test_inference_local.py with a chat endpoint added), chatted with through
-  /v1/chat/completions with the signed-in token; the answer grows while it streams, time to
-  first token and tokens per second are shown; a bad API key gives a plain 401; the engine's
-  failure (a 500) is shown as it said it; the model
-  stopped leaves the list live and the page says no model is running; the engine failing (a 500
-  from it) is shown as the gateway passes it on.
+  /v1/chat/completions with the signed-in token: the answer grows while it streams, time to
+  first token and tokens per second are shown; Stop ends an answer mid-stream; a bad API key
+  gives a plain 401; the engine failing (a 500 from it) is shown as the gateway passes it on;
+  the model stopped leaves the list live and the page says no model is running.
 
-Screenshots: tests/artifacts/dashboard-{cluster,cluster-local,storage,keys,playground}.png.
+Screenshots: tests/artifacts/dashboard-{cluster,cluster-local,storage,keys,playground,
+playground-errors}.png.
 """
 
 from __future__ import annotations
@@ -273,6 +273,7 @@ async def test_storage_page_lists_usage_and_weights_and_deletes_after_asking(
             "storage",
             expect={
                 "servedWeightsId": served["weights"]["id"],
+                "servedModelId": served["id"],
                 "root": str(local_app.resources.settings.local_roots[0].resolve()),
             },
         )

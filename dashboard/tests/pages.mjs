@@ -149,6 +149,8 @@ async function storagePage(page) {
   const served = rows.locator(`tr[data-weights-id="${expect.servedWeightsId}"]`);
   await served.waitFor({ timeout: 15_000 });
   check((await served.getAttribute('data-state')) === 'READY', 'the served weights are not READY');
+  const link = served.locator(`[data-col="models"] a[href="#/models/${expect.servedModelId}"]`);
+  check((await link.count()) === 1, 'the weights do not link to the model using them');
   const usage = page.locator(`[data-section="usage"] .ops-usage[data-root="${expect.root}"]`);
   await usage.waitFor({ timeout: 5_000 });
   const usageText = await usage.innerText();
@@ -325,6 +327,17 @@ async function playgroundPage(page) {
   log(`answer "${text}" in ${partials.length} steps; ${ttft}, ${tps}, ${tokens}`);
   await page.mouse.move(0, 0);
   await page.screenshot({ path: shot('playground'), fullPage: true });
+
+  log('Stop while it streams: the answer ends where it was');
+  await page.fill('#chat-input', 'stop me please');
+  await page.keyboard.press('Enter');
+  const stopping = page.locator('#chat-log li[data-role="assistant"]').last();
+  await until('the first words of the answer', async () => (await stopping.locator('.ops-chat-text').innerText()).startsWith('You'), 10, 20);
+  await page.click('#chat-stop');
+  await until('the answer to stop', async () => (await stopping.getAttribute('data-state')) === 'stopped', 5, 20);
+  const cut = (await stopping.locator('.ops-chat-text').innerText()).split('\n')[0];
+  check(!cut.includes('Bye'), `the stopped answer went on: ${cut}`);
+  check(await page.locator('#chat-send').isEnabled(), 'Send stays disabled after Stop');
 
   log('a bad API key: a plain 401');
   await page.fill('#chat-key', 'mp_not-a-key');

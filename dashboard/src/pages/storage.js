@@ -26,6 +26,7 @@ import { pageHead, problem } from './ops-kit.js';
 
 const PAGE_SIZE = 50;
 const RELOAD_MS = 1000;
+const MODEL_LINKS = 2;
 
 function usageCard(usage) {
   const used = Number(usage.used);
@@ -56,6 +57,13 @@ function usageCard(usage) {
       when,
     ),
   );
+}
+
+/** Links to the model pages of the models using the weights (the first few; the rest counted). */
+function modelLinks(ids) {
+  if (ids.length === 0) return h('span.muted', {}, '0');
+  const shown = ids.slice(0, MODEL_LINKS).map((id, i) => [i ? ', ' : null, h('a.mono', { href: `#/models/${encodeURIComponent(id)}` }, id)]);
+  return [shown, ids.length > MODEL_LINKS ? h('span.muted', { title: ids.slice(MODEL_LINKS).join(', ') }, ` +${ids.length - MODEL_LINKS}`) : null];
 }
 
 function shortRevision(weights) {
@@ -114,7 +122,7 @@ export function mount(root, ctx) {
       h('td.mono.ops-location', { title: weights.location }, weights.location),
       h('td', {}, h(`span.badge.phase-${weights.state.toLowerCase()}`, {}, weights.state)),
       h('td.num', {}, bytes(weights.sizeBytes)),
-      h('td.num', { title: weights.modelIds.join(', ') }, String(weights.modelIds.length)),
+      h('td.num', { 'data-col': 'models' }, modelLinks(weights.modelIds)),
       h('td', {}, clock(weights.createdAt)),
       h(
         'td.actions',
