@@ -36,7 +36,9 @@ async def seed_models(
                 name_key=seeded_name(i, prefix),
                 display_name=f"Seeded model {i}",
                 tags=[f"family-{i % 7}", "seeded"],
-                source=ModelSource(url=f"seed-org/{seeded_name(i, prefix)}", access_mode=AccessMode.LOCAL),
+                source=ModelSource(
+                    url=f"seed-org/{seeded_name(i, prefix)}", access_mode=AccessMode.LOCAL
+                ),
                 phase=PHASES[i % len(PHASES)],
                 created_at=start + timedelta(milliseconds=i),
             ).to_mongo()

@@ -6,8 +6,8 @@
  * Children are nodes or text; null, undefined and false are skipped.
  */
 export function h(tag, props = {}, ...children) {
-  const [head, ...classes] = tag.split('.');
-  const [name, id] = head.split('#');
+  const id = /#([\w-]+)/.exec(tag)?.[1];
+  const [name, ...classes] = tag.replace(/#[\w-]+/, '').split('.');
   const element = document.createElement(name);
   if (id) element.id = id;
   if (classes.length > 0) element.className = classes.join(' ');

@@ -1,7 +1,7 @@
 // End-to-end check of the dashboard in headless Chromium (Debian's, driven by playwright-core).
 //
 //   MODELPLANE_TOKEN=<jwt> node dashboard/tests/e2e.mjs --url http://127.0.0.1:PORT \
-//       --screenshot tests/artifacts/dashboard.png
+//       --artifacts tests/artifacts
 //
 // The browser reaches modelplane through a small TCP proxy started here, so the test can cut
 // the page's WebSocket the way a network does: the proxy resets the TCP connections that
@@ -10,10 +10,14 @@
 // the completion live; it must get it from the replay when it reconnects with `after: <last
 // cursor>`. Nothing in the page is stubbed or hooked.
 //
-// Then it serves the model: Start in the row (after a refused start with 0 replicas from the
-// inference pane's form), the row's inference badge following PENDING → … → RUNNING live, the
-// pane's phase timeline and the engine's log lines (modelplane must run with a `vllm` on PATH:
-// tests/test_dashboard.py puts a stand-in there), then Stop and the badge reaching STOPPED.
+// It adds the model on `#/add` (hub preview, GPU fit), follows each file's progress on the
+// model's page, then goes to the models table (no reload) where the socket is cut.
+//
+// Then it serves the model from its page: a start with 0 replicas refused next to the field, a
+// dry run showing what would be created (and creating nothing), Start, the page following
+// PENDING → … → RUNNING live, the phase timelines and the engine's log lines (modelplane must
+// run with a `vllm` on PATH: tests/test_dashboard.py puts a stand-in there), then Stop and the
+// page reaching STOPPED.
 //
 // Prints one JSON summary line on success; exits 1 with the reason otherwise. The token is
 // read from the environment and never printed.
@@ -31,16 +35,21 @@ const REPO = 'tiny-org/tiny-model';
 const { values: options } = parseArgs({
   options: {
     url: { type: 'string' },
-    screenshot: { type: 'string', default: 'tests/artifacts/dashboard.png' },
+    artifacts: { type: 'string', default: 'tests/artifacts' },
     timeout: { type: 'string', default: '90' },
   },
 });
 const token = process.env.MODELPLANE_TOKEN;
 if (!options.url || !token) {
-  console.error('usage: MODELPLANE_TOKEN=... node e2e.mjs --url http://127.0.0.1:PORT [--screenshot FILE]');
+  console.error('usage: MODELPLANE_TOKEN=... node e2e.mjs --url http://127.0.0.1:PORT [--artifacts DIR]');
   process.exit(2);
 }
 const target = new URL(options.url);
+
+/** Where a screenshot named `name` goes. */
+function shotPath(name) {
+  return path.join(options.artifacts, name);
+}
 
 function log(message) {
   console.log(`[e2e ${new Date().toISOString().slice(11, 23)}] ${message}`);
@@ -148,8 +157,8 @@ async function run(browser, proxy) {
     loads += 1;
   });
 
-  log(`opening the dashboard through the proxy ${proxy.url}`);
-  await page.goto(`${proxy.url}/?token=${encodeURIComponent(token)}`);
+  log(`opening the add page through the proxy ${proxy.url}`);
+  await page.goto(`${proxy.url}/?token=${encodeURIComponent(token)}#/add`);
   await page.locator('#connection[data-state="live"]').waitFor({ timeout: 15_000 });
   check(!page.url().includes('token'), 'the token was left in the address bar');
   check(
@@ -186,32 +195,54 @@ async function run(browser, proxy) {
   log(`preview shows ${previewSize}; default path ${placeholder}`);
 
   await page.click('#add-submit');
-  const row = page.locator('#models tr', { hasText: REPO }).first();
-  await row.waitFor({ timeout: 15_000 });
-  const modelId = await row.getAttribute('data-model-id');
-  log(`created model ${modelId}; watching its progress bar`);
+  await page.waitForURL(/#\/models\/[^/?]+$/, { timeout: 15_000 });
+  const modelId = decodeURIComponent(page.url().split('#/models/')[1]);
+  log(`created model ${modelId}; its page follows each file's progress`);
 
+  const fileBars = () =>
+    page.locator('#weights-files tr[data-path] .meter').evaluateAll((meters) =>
+      meters.map((m) => [m.closest('tr').dataset.path, Number(m.dataset.bytesDone), Number(m.dataset.bytesTotal)]),
+    );
+  const seenFiles = [];
+  await until(
+    'two increasing per-file progress values on the model page',
+    async () => {
+      const bars = await fileBars();
+      const moving = bars.find(([, done, total]) => done > 0 && done < total);
+      if (moving && moving[1] !== seenFiles.at(-1)?.[1]) seenFiles.push(moving);
+      return seenFiles.length >= 2;
+    },
+    30,
+    50,
+  );
+  check(seenFiles[1][1] > seenFiles[0][1] || seenFiles[1][0] !== seenFiles[0][0], `file progress went backwards: ${seenFiles}`);
+  const fileCount = (await fileBars()).length;
+  check(fileCount >= 2, `the model page lists ${fileCount} files`);
+  await page.screenshot({ path: shotPath('dashboard-model-progress.png'), fullPage: true });
+  log(`per-file progress ${seenFiles.map((f) => `${f[0]}:${f[1]}`).join(' -> ')} over ${fileCount} files; to the models table`);
+
+  await page.click('#nav a[data-route="models"]');
+  const row = page.locator(`#models tr[data-model-id="${modelId}"]`);
+  await row.waitFor({ timeout: 15_000 });
   const seen = [];
   await until(
-    'two increasing progress values before the end of the download',
+    'the row to show the download under way',
     async () => {
       const meter = row.locator('.meter');
       if ((await meter.count()) === 0) {
-        check((await row.getAttribute('data-phase')) !== 'READY', 'the download finished before any progress was seen');
+        check((await row.getAttribute('data-phase')) !== 'READY', 'the download finished before the socket was cut');
         return false;
       }
       const done = Number(await meter.getAttribute('data-bytes-done'));
       const total = Number(await meter.getAttribute('data-bytes-total'));
       if (done > 0 && done < total && done !== seen.at(-1)) seen.push(done);
-      return seen.length >= 2;
+      return seen.length >= 1;
     },
     30,
     50,
   );
-  check(seen[1] > seen[0], `progress went backwards: ${seen}`);
   check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled during the download');
-  await page.screenshot({ path: options.screenshot.replace(/\.png$/, '-progress.png') });
-  log(`progress advanced ${seen.join(' -> ')} bytes; cutting the WebSocket`);
+  log(`the row shows ${seen[0]} bytes; cutting the WebSocket`);
 
   proxy.refuse(true);
   const cut = proxy.cutWebSockets();
@@ -245,67 +276,62 @@ async function run(browser, proxy) {
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
 
   await page.mouse.move(0, 0);
-  await page.screenshot({ path: options.screenshot, fullPage: true });
-  log(`row READY after ${resumedMatch[0]}; screenshot ${options.screenshot}`);
+  await page.screenshot({ path: shotPath('dashboard-models-resumed.png'), fullPage: true });
+  log(`row READY after ${resumedMatch[0]}; screenshot dashboard-models-resumed.png`);
 
   const served = await serve(page, modelId);
   check(loads === 1, `the page was reloaded (${loads} loads)`);
   check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
-  return { modelId, progress: seen, resumedAfterCursor: resumedMatch[1], indicatorHistory: history, ...served };
+  return { modelId, progress: seen, files: seenFiles, resumedAfterCursor: resumedMatch[1], indicatorHistory: history, ...served };
 }
 
-/** The row's inference badge, the pane's timeline, its logs, Start and Stop. */
+/** On the model's page: a refused start, the dry run, Start, the timeline, the logs, Stop. */
 async function serve(page, modelId) {
-  const rowSelector = `#models tr[data-model-id="${modelId}"]`;
-  const row = page.locator(rowSelector);
-  const pane = page.locator('#inference-pane');
-  await page.evaluate((selector) => {
-    // Record every inference phase the row shows, however briefly (rows are redrawn, not edited).
+  await page.locator(`#models tr[data-model-id="${modelId}"] a.title`).click();
+  const detail = page.locator(`#model-page[data-model-id="${modelId}"]`);
+  await detail.locator('#model-facts [data-fact="phase"]').waitFor({ timeout: 10_000 });
+  await page.evaluate(() => {
+    // Record every inference phase the page shows, however briefly.
     window.inferencePhases = [];
+    const element = document.querySelector('#model-page');
     const record = () => {
-      const phase = document.querySelector(selector)?.dataset.inferencePhase;
+      const phase = element.dataset.inferencePhase;
       if (phase && phase !== window.inferencePhases.at(-1)) window.inferencePhases.push(phase);
     };
-    new MutationObserver(record).observe(document.querySelector('#models'), {
-      childList: true,
-      subtree: true,
-      attributes: true,
-      attributeFilter: ['data-inference-phase'],
-    });
-  }, rowSelector);
+    new MutationObserver(record).observe(element, { attributes: true, attributeFilter: ['data-inference-phase'] });
+  });
 
-  log('opening the inference pane; starting with 0 replicas must be refused');
-  await row.locator('button[data-action="inference"]').click();
-  await pane.locator('#start-form').waitFor({ state: 'visible', timeout: 10_000 });
-  check((await pane.getAttribute('data-model-id')) === modelId, 'the pane shows another model');
+  log('on the model page; starting with 0 replicas must be refused next to the field');
   await page.fill('#start-replicas', '0');
   await page.click('#start-submit');
-  const refused = page.locator('#pane-message[data-kind="error"]');
-  await refused.waitFor({ timeout: 10_000 });
-  const refusal = await refused.innerText();
-  check(/ValidationError: .*replicas/.test(refusal), `the pane does not show the ValidationError: ${refusal}`);
-  const rowNote = await row.locator('td.inference .note').innerText();
-  check(rowNote === refusal, `the row does not show the refusal inline: ${rowNote}`);
-  check((await row.getAttribute('data-inference-phase')) === '', 'a refused start made an inference');
+  const refusal = page.locator('#start-form .field:has(#start-replicas) .field-error');
+  await refusal.waitFor({ timeout: 10_000 });
+  const refusalText = await refusal.innerText();
+  check(/^ValidationError: .*replicas/.test(refusalText), `the refusal is not next to the replicas: ${refusalText}`);
+  check((await page.locator('#start-replicas').getAttribute('aria-invalid')) === 'true', 'replicas is not marked invalid');
+  check((await detail.getAttribute('data-inference-phase')) === '', 'a refused start made an inference');
   await page.fill('#start-replicas', '');
 
-  log(`refused inline (${refusal}); clicking Start in the row`);
-  await row.locator('button[data-action="start"]').click();
-  await page.locator(`${rowSelector}[data-inference-phase="RUNNING"]`).waitFor({ timeout: 30_000 });
-  check((await row.locator('td.inference .note').count()) === 0, 'the refusal stayed after a good start');
-  check(await row.locator('button[data-action="start"]').isDisabled(), 'Start is enabled while serving');
-  check(await row.locator('button[data-action="stop"]').isEnabled(), 'Stop is disabled while serving');
-  // The badge moves with the PHASE_CHANGED event itself; the replicas come with the re-read
-  // of the model that the event also triggers (store.js), a moment later: wait for it.
-  const readyCell = row.locator('td.inference', { hasText: '1/1 ready' });
-  const readyShown = await readyCell.waitFor({ timeout: 10_000 }).then(() => true, () => false);
-  const readyText = await row.locator('td.inference').innerText();
-  check(readyShown, `the row does not show the ready replicas: ${readyText}`);
+  log(`refused (${refusalText}); the dry run shows what would be created`);
+  await page.selectOption('#start-engine', 'VLLM');
+  await page.click('#start-dry-run');
+  const dryRun = page.locator('#dry-run:not([hidden])');
+  await dryRun.waitFor({ timeout: 10_000 });
+  const dryEngine = await dryRun.locator('[data-fact="engine"] dd').innerText();
+  check(dryEngine === 'VLLM', `the dry run shows engine ${dryEngine}`);
+  check((await page.locator('#start-form .field-error').count()) === 0, 'the refusal stayed after a good dry run');
+  check((await serverPhase(modelId))?.phase === 'READY', 'the model changed');
+  const afterDry = await detail.getAttribute('data-inference-phase');
+  check(afterDry === '', `the dry run made an inference (${afterDry})`);
 
+  log('dry run shown; Start');
+  await page.click('#start-submit');
+  await page.locator('#model-page[data-inference-phase="RUNNING"]').waitFor({ timeout: 30_000 });
+  const pane = page.locator('#inference-pane');
   const timelinePhases = () =>
     pane.locator('#pane-timeline li').evaluateAll((items) => items.map((li) => li.dataset.phase));
   const running = await until(
-    'the pane timeline to reach RUNNING',
+    'the inference timeline to reach RUNNING',
     async () => {
       const phases = await timelinePhases();
       return phases.at(-1) === 'RUNNING' ? phases : null;
@@ -314,11 +340,11 @@ async function serve(page, modelId) {
   );
   check(running[0] === 'PENDING', `the timeline does not start with PENDING: ${running}`);
   const endpoint = await pane.locator('[data-fact="endpoint"] dd').innerText();
-  check(/^http:\/\/127\.0\.0\.1:\d+\/v1$/.test(endpoint), `the pane shows no endpoint: ${endpoint}`);
-  const engine = await pane.locator('[data-fact="engine"] dd').innerText();
-  check(engine === 'VLLM', `the pane shows engine ${engine}`);
+  check(/^http:\/\/127\.0\.0\.1:\d+\/v1$/.test(endpoint), `the page shows no endpoint: ${endpoint}`);
+  const engine = await pane.locator('#pane-summary [data-fact="engine"] dd').innerText();
+  check(engine === 'VLLM', `the page shows engine ${engine}`);
   const logs = await until(
-    'a log line from the engine in the pane',
+    'a log line from the engine on the page',
     async () => {
       const text = await pane.locator('#pane-logs').innerText();
       return /loaded \d+ files/.test(text) ? text : null;
@@ -327,40 +353,36 @@ async function serve(page, modelId) {
     250,
   );
   check(await pane.locator('#start-form').isHidden(), 'the start form is shown while serving');
+  const modelTimeline = await page.locator('#model-timeline li').evaluateAll((items) => items.map((li) => `${li.dataset.kind}:${li.dataset.phase}`));
+  check(modelTimeline.includes('WEIGHTS:READY') && modelTimeline.includes('INFERENCE:RUNNING'), `the model timeline: ${modelTimeline}`);
 
   await page.mouse.move(0, 0);
-  const shot = options.screenshot.replace(/\.png$/, '-inference.png');
+  const shot = shotPath('dashboard-model.png');
   await page.screenshot({ path: shot, fullPage: true });
   log(`RUNNING (${running.join(' -> ')}) at ${endpoint}; screenshot ${shot}; clicking Stop`);
 
-  await row.locator('button[data-action="stop"]').click();
-  // STOPPED, then no inference at all once the stop completes (the row's phase empties).
-  await until(
-    'the row to show STOPPED, then no inference',
-    () => page.evaluate(() => window.inferencePhases.includes('STOPPED')),
-    30,
-  );
-  await page.locator(`${rowSelector}[data-inference-phase=""]`).waitFor({ timeout: 30_000 });
+  await page.click('button[data-action="stop"]');
+  await until('the page to show STOPPED', () => page.evaluate(() => window.inferencePhases.includes('STOPPED')), 30);
   const stopped = await until(
-    'the pane timeline to reach STOPPED',
+    'the inference timeline to reach STOPPED',
     async () => {
       const phases = await timelinePhases();
       return phases.at(-1) === 'STOPPED' ? phases : null;
     },
-    15,
+    30,
   );
-  await until('Start to be enabled again', () => row.locator('button[data-action="start"]').isEnabled(), 10);
-  const rowPhases = await page.evaluate(() => window.inferencePhases);
+  await until('Start to be offered again', () => page.locator('#start-submit').isVisible(), 30);
+  const pagePhases = await page.evaluate(() => window.inferencePhases);
   check(
-    rowPhases.indexOf('RUNNING') >= 0 && rowPhases.indexOf('RUNNING') < rowPhases.indexOf('STOPPED'),
-    `the row's inference phases: ${rowPhases}`,
+    pagePhases.indexOf('RUNNING') >= 0 && pagePhases.indexOf('RUNNING') < pagePhases.indexOf('STOPPED'),
+    `the page's inference phases: ${pagePhases}`,
   );
-  log(`STOPPED; the row showed ${rowPhases.join(' -> ')}`);
-  return { inferencePhases: rowPhases, timeline: stopped, logLines: logs.split('\n').length, endpoint };
+  log(`STOPPED; the page showed ${pagePhases.join(' -> ')}`);
+  return { inferencePhases: pagePhases, timeline: stopped, modelTimeline, logLines: logs.split('\n').length, endpoint };
 }
 
 async function main() {
-  await mkdir(path.dirname(path.resolve(options.screenshot)), { recursive: true });
+  await mkdir(path.resolve(options.artifacts), { recursive: true });
   const proxy = await startProxy();
   let browser;
   try {
@@ -379,7 +401,7 @@ async function main() {
     console.log(JSON.stringify({ ok: true, ...summary }));
   } catch (error) {
     console.error(`e2e failed: ${error instanceof Failure ? error.message : error.stack}`);
-    const failureShot = options.screenshot.replace(/\.png$/, '-failure.png');
+    const failureShot = shotPath('dashboard-failure.png');
     for (const context of browser.contexts()) {
       for (const page of context.pages()) await page.screenshot({ path: failureShot, fullPage: true }).catch(() => {});
     }

@@ -153,7 +153,7 @@ export function mount(root, ctx) {
     if (!model) return;
     fill(title, model.displayName ?? model.name);
     page.dataset.phase = model.phase;
-    page.dataset.inferencePhase = model.inference?.phase ?? '';
+    page.dataset.inferencePhase = inference?.phase ?? ''; // the last one shown, also once stopped
     renderModelFacts(factsBox, model);
     renderWeights(weightsBox, model, weights);
     const state = weights?.state;
