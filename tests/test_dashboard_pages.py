@@ -43,12 +43,12 @@ from testbed.hub import RunningHub
 from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 from tests.test_cluster_status import Cluster, crd_body, remove_crd
-from tests.test_dashboard import REPO_ROOT, SCREENSHOT, _browser_prerequisites
+from tests.test_dashboard import REPO_ROOT, _browser_prerequisites
 from tests.test_inference_local import FAKE_VLLM, STAND_IN_SERVER, wait_inference
 from tests.test_weights_api import create_local, ready, wait_model
 
 PAGES_SCRIPT = REPO_ROOT / "dashboard" / "tests" / "pages.mjs"
-ARTIFACTS = SCREENSHOT.parent
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 ORG = "org-a"
 
 CHAT_SERVER = """
