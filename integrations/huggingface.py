@@ -12,7 +12,7 @@ temporary or permanent errors where they call the hub.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -141,12 +141,24 @@ async def _hub_call(call: Callable[[], _T], *, what: str) -> _T:
 class HubClient:
     """Reads model metadata from one hub endpoint."""
 
-    def __init__(self, *, endpoint: str) -> None:
+    def __init__(
+        self, *, endpoint: str, default_token: Callable[[], Awaitable[str | None]] | None = None
+    ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._api = HfApi(endpoint=self.endpoint, library_name="modelplane")
+        self._default_token = default_token
+
+    async def fallback_token(self) -> str | None:
+        """The server-wide token used when a call gives none (None: there is none)."""
+        return await self._default_token() if self._default_token is not None else None
+
+    async def _token(self, token: str | None) -> str | None:
+        return token or await self.fallback_token()
 
     async def model(self, repo_id: str, *, revision: str | None, token: str | None) -> HubModel:
-        """Model info with file sizes and LFS hashes at ``revision`` (default branch if None)."""
+        """Model info with file sizes and LFS hashes at ``revision`` (default branch if None);
+        without ``token``, the server-wide one (if any), as for every call of this client."""
+        token = await self._token(token)
         try:
             info = await _hub_call(
                 lambda: self._api.model_info(
@@ -180,6 +192,7 @@ class HubClient:
         With ``files`` (a model about to be downloaded), a gated or private repo's files must be
         readable with ``token`` (:meth:`check_file_access`); a preview (``files=False``) shows
         the metadata the hub serves to anyone."""
+        token = await self._token(token)
         model = await self.model(repo_id, revision=revision, token=token)
         if files and (model.gated or model.private) and model.files:
             await self.check_file_access(
@@ -197,6 +210,7 @@ class HubClient:
         Gated repositories show their metadata to anyone; only file downloads need a grant,
         so this asks for one file's headers the way a download would start.
         """
+        token = await self._token(token)
         url = f"{self.endpoint}/{repo_id}/resolve/{sha}/{path}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
@@ -220,6 +234,7 @@ class HubClient:
     async def search(self, query: str, *, limit: int, token: str | None) -> list[HubModel]:
         """Models whose id matches ``query`` (metadata and the config summary with its
         ``architectures``, no file list), in one request."""
+        token = await self._token(token)
         try:
             found = await _hub_call(
                 lambda: list(
@@ -246,6 +261,7 @@ class HubClient:
         """A small JSON file of the repo at ``sha`` (``config.json``); None when it is absent,
         unreadable with this token, or not a JSON object. Read over HTTP, not through
         ``hf_hub_download``, so nothing is written to the local hub cache."""
+        token = await self._token(token)
         url = f"{self.endpoint}/{repo_id}/resolve/{sha}/{path}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:

@@ -23,6 +23,7 @@ from live.broker import (
 )
 from live.events import (
     API_KEY_REVOKED,
+    SERVER_WIDE,
     DuplicateEvent,
     Event,
     EventLogNotCapped,
@@ -40,6 +41,7 @@ from live.recovering import EventRecovery
 __all__ = [
     "API_KEY_REVOKED",
     "DEFAULT_POLL_INTERVAL",
+    "SERVER_WIDE",
     "Broker",
     "DuplicateEvent",
     "Event",

@@ -63,7 +63,7 @@ from typing import Protocol, Self
 
 from pymongo.errors import PyMongoError
 
-from live.events import Event, EventType, ResourceKind, format_cursor
+from live.events import SERVER_WIDE, Event, EventType, ResourceKind, format_cursor
 from live.log import EventLog
 from storage.cancellation import raise_if_cancelled
 
@@ -93,9 +93,10 @@ class EventFilter:
         object.__setattr__(self, "kinds", kinds)
 
     def matches(self, event: Event) -> bool:
-        """True when the event belongs to the organisation and every set field agrees."""
+        """True when the event belongs to the organisation (or to the whole server) and every
+        set field agrees."""
         return (
-            event.organization_id == self.organization_id
+            event.organization_id in (self.organization_id, SERVER_WIDE)
             and (self.kinds is None or event.resource_kind in self.kinds)
             and (self.resource_id is None or event.resource_id == self.resource_id)
             and (

@@ -33,9 +33,17 @@ class ResourceKind(StrEnum):
     API_KEY = "API_KEY"
     """A credential, for the replicas only: no subscription's filter takes it (its phase is
     ``REVOKED`` once revoked; each replica then closes the sockets that use it)."""
+    ALERT = "ALERT"
+    """A storage location crossed its usage threshold (up: phase ``ALERTING``, back down:
+    ``CLEAR``); ``resource_id`` is the location. Server-wide: see :data:`SERVER_WIDE`."""
 
 
 API_KEY_REVOKED = "REVOKED"
+
+SERVER_WIDE = "*"
+"""The organisation of events about the server itself rather than one organisation's resources
+(storage ALERT events: a disk or a claim is shared): every subscriber's filter that takes their
+kind matches them, whatever its organisation."""
 
 
 class EventType(StrEnum):

@@ -40,7 +40,14 @@ from pymongo import ASCENDING, DESCENDING, CursorType
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from live.batching import GroupCommit
-from live.events import DuplicateEvent, Event, EventLogNotCapped, EventType, ResourceKind
+from live.events import (
+    SERVER_WIDE,
+    DuplicateEvent,
+    Event,
+    EventLogNotCapped,
+    EventType,
+    ResourceKind,
+)
 from live.ferretdb import (
     BACKSTOP_SECONDS,
     DUPLICATE_KEY,
@@ -296,10 +303,11 @@ class EventLog:
     async def after(
         self, cursor: int, *, limit: int, organization_id: str | None = None
     ) -> list[Event]:
-        """Up to ``limit`` events with a cursor above ``cursor``, oldest first."""
+        """Up to ``limit`` events with a cursor above ``cursor``, oldest first (with an
+        ``organization_id``: its events and the server-wide ones)."""
         query: dict[str, Any] = {"_id": {"$gt": Int64(cursor)}}
         if organization_id is not None:
-            query["organization_id"] = organization_id
+            query["organization_id"] = {"$in": [organization_id, SERVER_WIDE]}
         found = self._collection.find(query).sort("_id", ASCENDING).limit(limit)
         return [Event.from_mongo(raw) async for raw in found]
 

@@ -22,7 +22,15 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from live.batching import GroupCommit
-from live.events import API_KEY_REVOKED, DuplicateEvent, Event, EventType, ResourceKind, event_key
+from live.events import (
+    API_KEY_REVOKED,
+    SERVER_WIDE,
+    DuplicateEvent,
+    Event,
+    EventType,
+    ResourceKind,
+    event_key,
+)
 from live.ferretdb import BULK_LIMIT, bulk_write
 from live.log import EventLog
 from storage.client import Database
@@ -200,6 +208,34 @@ class Recorder:
             "phase": API_KEY_REVOKED,
         }
         return (await self._append(fields, None))[1]
+
+    async def storage_alert(
+        self,
+        *,
+        location: str,
+        transition: int,
+        phase: str,
+        message: str,
+        organization_id: str = SERVER_WIDE,
+    ) -> bool:
+        """A storage location's crossing number ``transition`` (phase ``ALERTING`` or
+        ``CLEAR``) for ``organization_id`` (default server-wide,
+        :data:`~live.events.SERVER_WIDE`), keyed so the log holds it once per organisation.
+        True when the log holds it now; False when the append failed (the alert state
+        document keeps it owed, and the watcher tries again)."""
+        if self._log is None:
+            return False
+        fields = {
+            "organization_id": organization_id,
+            "resource_kind": ResourceKind.ALERT,
+            "resource_id": location,
+            "type": EventType.PHASE_CHANGED,
+            "phase": phase,
+            "message": message,
+        }
+        keyed = location if organization_id == SERVER_WIDE else f"{location}@{organization_id}"
+        key = event_key(ResourceKind.ALERT, keyed, transition, EventType.PHASE_CHANGED)
+        return (await self._append(fields, key))[0]
 
     async def record(
         self,

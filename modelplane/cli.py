@@ -199,6 +199,16 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hub_token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from modelplane.hub_tokens import store_hub_token  # noqa: PLC0415  lazy: fast start
+
+    token = sys.stdin.readline().strip()
+    code, message = asyncio.run(store_hub_token(settings, args.name, token))
+    _say(message)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="modelplane", description=__doc__)
@@ -233,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--partials-only", action="store_true", help="keep verified files (cancelDownload)"
     )
     clean.set_defaults(func=_cmd_clean)
+
+    hub_token = sub.add_parser(
+        "hub-token",
+        help="store the server-wide hub token (read from standard input) in the encrypted "
+        "store of the local runtime, as the entry MODELPLANE_HUB_TOKEN_SECRET names",
+    )
+    hub_token.add_argument("action", choices=["set"])
+    hub_token.add_argument("name", help="the entry's name (MODELPLANE_HUB_TOKEN_SECRET)")
+    hub_token.set_defaults(func=_cmd_hub_token)
 
     schema = sub.add_parser("schema", help="export or check graphql/schema.graphql")
     schema.add_argument("action", choices=["export", "check"])

@@ -20,15 +20,18 @@ from importlib.metadata import version as package_version
 
 from joserfc.jwk import OctKey
 
+from controllers.alerts.watching import StorageWatch
 from controllers.downloads.reconciler import DownloadController
 from controllers.inference.reconciler import InferenceController
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.base import Runtime, RuntimeConfigError
+from controllers.runtimes.hub_token import ServerHubToken
 from controllers.runtimes.secrets import SecretStore
 from integrations.addresses import OutboundPolicy
 from integrations.huggingface import HubClient
 from live import Broker, EventLogNotCapped, EventRecovery, Recorder
 from modelplane import logs
+from modelplane.alert_wiring import start_storage_watch
 from modelplane.auth import Authenticator, TokenVerifier, load_dev_key
 from modelplane.catalogue_wiring import build_catalogue
 from modelplane.controller_wiring import start_download_controller, start_inference_controller
@@ -49,9 +52,11 @@ from services.gateway import Gateway
 from services.history import Deployment, HistoryService
 from services.inference import InferenceService
 from services.models import ModelPolicy, ModelService
+from services.prefetching import PrefetchService
 from services.retiring import InferenceRetirement
 from services.vllm import VllmService
 from services.weights import WeightsService
+from storage.alerts import StorageAlertRepository
 from storage.client import Client, Database, make_client, ping
 from storage.documents import OrganizationDocument, utcnow
 from storage.errors import DatabaseUnavailable, DuplicateKey
@@ -107,6 +112,8 @@ class Resources:
     sockets: OpenSockets
     """Authenticated WebSocket connections, closed when their credential is revoked."""
     inference_controller: InferenceController | None = None
+    storage_watch: StorageWatch | None = None
+    """This replica's storage watcher (its last measurements feed the gauges)."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +153,14 @@ async def open_resources(
         client, database = await _open_database(stack, settings)
         broker, recorder = await _open_events(stack, settings, database)
         parts = await open_runtime(stack, settings)
+        secrets = parts.secret_store(database)
         dev_key, verifier = await _open_verifier(settings, database)
         core = Core(
             settings=settings,
             database=database,
             parts=parts,
-            hub=HubClient(endpoint=settings.hf_endpoint),
-            secrets=parts.secret_store(database),
+            hub=_hub_client(settings, secrets),
+            secrets=secrets,
             recorder=recorder,
             broker=broker,
             outbound=outbound,
@@ -161,6 +169,7 @@ async def open_resources(
         api_keys, gateway, upstream = _open_gateway(stack, core)
         authenticator, sockets = _open_sockets(settings, broker, verifier, api_keys)
         services = _services(stack, core, api_keys, controllers)
+        storage_watch = start_storage_watch(stack, settings, database, recorder=recorder)
         yield Resources(
             settings=settings,
             client=client,
@@ -172,6 +181,7 @@ async def open_resources(
             services=services,
             downloads=controllers.downloads,
             inference_controller=controllers.inference,
+            storage_watch=storage_watch,
             authenticator=authenticator,
             gateway=gateway,
             upstream=upstream,
@@ -356,12 +366,39 @@ def _services(
         deploy=DeployService(models=models, inference=inference),
         catalogue=catalogue,
         history=_history_service(core),
+        prefetch=_prefetch_service(core, models.policy),
         broker=core.broker,
         api_keys=api_keys,
         vllm=VllmService(cluster=cluster, models=models, search_scan=settings.vllm_search_scan),
         version=modelplane_version(),
         started_at=utcnow(),
         local_roots=local_roots,
+    )
+
+
+def _hub_client(settings: Settings, secrets: SecretStore) -> HubClient:
+    """The hub client, with the server-wide token (if set) for calls that carry none."""
+    server = (
+        ServerHubToken(secrets, ref=settings.hub_token_secret, key=settings.hub_token_key)
+        if settings.hub_token_secret
+        else None
+    )
+    return HubClient(
+        endpoint=settings.hf_endpoint, default_token=server.value if server is not None else None
+    )
+
+
+def _prefetch_service(core: Core, policy: ModelPolicy) -> PrefetchService:
+    """downloadWeights, under the same rules as a LOCAL model's download."""
+    database = core.database
+    return PrefetchService(
+        weights=WeightsRepository(database),
+        models=ModelRepository(database),
+        secrets=core.secrets,
+        hub=core.hub,
+        runtime=core.parts.runtime,
+        policy=policy,
+        recorder=core.recorder,
     )
 
 
@@ -407,6 +444,9 @@ def _weights_service(core: Core) -> WeightsService:
         local_roots=tuple(core.settings.local_roots),
         recorder=core.recorder,
         removal_wait=core.settings.weights_removal_wait_seconds,
+        alerts=StorageAlertRepository(core.database),
+        alert_policy=core.settings.storage_alert_policy(),
+        s3_quotas=core.settings.storage_alert_s3_quotas,
     )
     core.broker.listen(weights.on_event)
     return weights

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from controllers.downloads.running import WeightsRuntimeConfig, run_weights
+from controllers.runtimes.kubernetes.job_specs import SERVER_HF_TOKEN
 from controllers.runtimes.secrets import (
     HF_TOKEN_KEY,
     S3_SECRET_KEY,
@@ -101,4 +102,6 @@ async def _secrets(settings: Settings, database: Database, doc: WeightsDocument)
     for variable, key in SECRET_VARIABLES:
         if os.environ.get(variable):
             secrets[key] = os.environ[variable]
+    if not secrets.get(HF_TOKEN_KEY) and os.environ.get(SERVER_HF_TOKEN):
+        secrets[HF_TOKEN_KEY] = os.environ[SERVER_HF_TOKEN]  # the server-wide token
     return secrets

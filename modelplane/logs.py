@@ -33,6 +33,9 @@ _SECRET_PATTERNS = [
     ),
     re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
     re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@\s]+(@)"),
+    # incoming-webhook URLs are their own credential (MODELPLANE_STORAGE_ALERT_WEBHOOK_URL)
+    re.compile(r"(https?://hooks\.slack\.com/)[^\s\"']+"),
+    re.compile(r"(https?://[^/\s]+/api/webhooks/)[^\s\"']+"),
 ]
 REDACTED = "[REDACTED]"
 

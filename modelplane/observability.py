@@ -143,6 +143,51 @@ class _SubscriptionCollector(Collector):
         )
 
 
+class _StorageCollector(Collector):
+    """Each weights location's usage, capacity, threshold and alert state, as this replica's
+    storage watcher last measured them (every replica that runs controllers measures; the
+    alert state is the leading replica's, read from the database)."""
+
+    def __init__(self, current: Callable[[], Resources]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            watch = self._current().storage_watch
+        except KeyError:  # before the lifespan opened the resources
+            return
+        if watch is None:
+            return
+        labels = ["kind", "location"]
+        used = GaugeMetricFamily(
+            "modelplane_storage_used_bytes",
+            "Bytes used at a weights location (S3: READY weights under the prefix).",
+            labels=labels,
+        )
+        capacity = GaugeMetricFamily(
+            "modelplane_storage_capacity_bytes",
+            "Size of a weights location's filesystem (S3: the prefix's quota).",
+            labels=labels,
+        )
+        threshold = GaugeMetricFamily(
+            "modelplane_storage_alert_threshold",
+            "Usage fraction at which a weights location alerts.",
+            labels=labels,
+        )
+        alerting = GaugeMetricFamily(
+            "modelplane_storage_alerting",
+            "1 while a weights location is over its alert threshold, else 0.",
+            labels=labels,
+        )
+        for status in watch.locations:
+            values = [status.usage.kind.value, status.usage.root]
+            used.add_metric(values, status.usage.used)
+            capacity.add_metric(values, status.usage.total)
+            threshold.add_metric(values, status.threshold)
+            alerting.add_metric(values, 1 if status.alerting else 0)
+        yield from (used, capacity, threshold, alerting)
+
+
 def install_observability(
     app: FastAPI, settings: Settings, metrics: Metrics, current: Callable[[], Resources]
 ) -> None:
@@ -151,6 +196,7 @@ def install_observability(
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, flusher=flusher)
     metrics.registry.register(_SubscriptionCollector(current))
+    metrics.registry.register(_StorageCollector(current))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:

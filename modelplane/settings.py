@@ -12,15 +12,19 @@ key generated into the state directory so a development admin token can be print
 from __future__ import annotations
 
 import ipaddress
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 
+from controllers.alerts.deciding import DEFAULT_HYSTERESIS, DEFAULT_THRESHOLD, AlertPolicy
+from controllers.alerts.measuring import normalise_s3_location
 from controllers.transfer.downloader import DownloadOptions
 from integrations.addresses import OutboundPolicy
 from live import DEFAULT_POLL_INTERVAL
@@ -269,6 +273,44 @@ class Settings(BaseSettings):
     architectures vLLM serves (or not) and returning the first ``limit``: a rare match beyond
     this many is not found, a larger value makes each filtered search's answer bigger."""
 
+    # issue 18: storage alerts
+    storage_alert_threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1)
+    """Usage fraction (used / capacity, above 0 and at most 1) at which a weights location (a
+    local root, a PVC, an S3 prefix with a quota) alerts: an ALERT event and a webhook message."""
+    storage_alert_thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    """Per-location thresholds as JSON, keyed as ``weightsUsage`` names the location, e.g.
+    ``{"pvc://models": 0.95, "/srv/models": 0.8}``; the others use the default."""
+    storage_alert_hysteresis: float = Field(default=DEFAULT_HYSTERESIS, ge=0, lt=1)
+    """How far (a fraction of capacity) usage must fall below the threshold before an alert
+    clears, so a location hovering at its threshold does not flap."""
+    storage_alert_s3_quotas: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    """Bytes allowed per S3 bucket prefix, as JSON, e.g. ``{"s3://weights/team-a": 5e12}``: a
+    bucket has no capacity, so only a prefix with a quota has usage figures and alerts (its use
+    is the READY weights stored under it)."""
+    storage_alert_interval_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    """How often each replica measures every location (its gauges) and the leading replica
+    decides the crossings."""
+    storage_alert_webhook_url: SecretStr | None = None
+    """Slack-compatible incoming webhook (http or https) POSTed ``{"text": ...}`` at each
+    crossing; a secret: never logged, never returned. Unset: no messages."""
+    storage_alert_webhook_attempts: int = Field(default=5, ge=1, le=20)
+    """Attempts per webhook message (exponential backoff from 1 s, capped at 60 s) before it
+    is given up with a logged error."""
+    storage_alert_webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Longest one webhook attempt may take (a receiver that hangs is tried again)."""
+
+    # issue 18: install options
+    hub_token_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    )
+    """The server-wide hub token, used for hub previews, searches, GPU fits and downloads of
+    models (and prefetched weights) that have no token of their own: the name of an entry of
+    the runtime's secret store, a Secret in the managed namespace (kubernetes; download Jobs
+    get it through a ``secretKeyRef``) or an encrypted entry in MongoDB (local; ``modelplane
+    hub-token set NAME`` stores one). Never returned, never logged; unset: no server token."""
+    hub_token_key: str = Field(default="hf-token", pattern=r"^[-._a-zA-Z0-9]{1,253}$")
+    """The key of the token in that entry (a Secret's data key)."""
+
     @property
     def events_max_count(self) -> int | None:
         """The event log's count cap: the setting, or 5,000 on the embedded FerretDB."""
@@ -367,6 +409,47 @@ class Settings(BaseSettings):
         roots = self.allowed_local_roots or [self.state_dir / "models"]
         return [root.resolve() for root in roots]
 
+    @field_validator("storage_alert_thresholds", mode="before")
+    @classmethod
+    def _parse_thresholds(cls, value: object) -> object:
+        found = _json_mapping(value)
+        for location, fraction in found.items():
+            number = _number(fraction, f"the threshold of {location!r}")
+            if not 0 < number <= 1:
+                raise ValueError(f"the threshold of {location!r} must be above 0 and at most 1")
+            found[location] = number
+        return found
+
+    @field_validator("storage_alert_s3_quotas", mode="before")
+    @classmethod
+    def _parse_quotas(cls, value: object) -> object:
+        quotas: dict[str, object] = {}
+        for location, size in _json_mapping(value).items():
+            number = _number(size, f"the quota of {location!r}")
+            if number < 1 or number != int(number):
+                raise ValueError(f"the quota of {location!r} must be a whole number of bytes >= 1")
+            quotas[normalise_s3_location(location)] = int(number)
+        return quotas
+
+    @field_validator("storage_alert_webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parsed = urlsplit(value.get_secret_value().strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            # never echo the URL: it is its own credential
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    def storage_alert_policy(self) -> AlertPolicy:
+        """Thresholds and hysteresis of the storage alerts."""
+        return AlertPolicy(
+            threshold=self.storage_alert_threshold,
+            overrides=dict(self.storage_alert_thresholds),
+            hysteresis=self.storage_alert_hysteresis,
+        )
+
     @field_validator("mongodb_uri")
     @classmethod
     def _check_uri(cls, value: SecretStr | None) -> SecretStr | None:
@@ -414,6 +497,29 @@ class Settings(BaseSettings):
     def embedded_database(self) -> bool:
         """True when the service starts its own FerretDB."""
         return self.mongodb_uri is None
+
+
+def _json_mapping(value: object) -> dict[str, object]:
+    """A JSON object (from the environment) or a mapping, as a dict; ValueError otherwise."""
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError('must be a JSON object such as {"<location>": <value>}') from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a JSON object such as {"<location>": <value>}')  # noqa: TRY004
+    return {str(k): v for k, v in value.items()}
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{what} must be a number")  # noqa: TRY004  (see _json_mapping)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number") from None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -108,6 +108,7 @@ async def install_catalog_entry(
         model_name=input.model_name,
         target=download_target(input.download_target),
         start_inference=input.start_inference,
+        patterns=(input.allow_patterns, input.ignore_patterns),
     )
     return InstalledCatalogEntry(
         model=Model.from_document(installed.model),

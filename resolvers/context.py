@@ -21,6 +21,7 @@ from services.deploying import DeployService
 from services.history import HistoryService
 from services.inference import InferenceService
 from services.models import ModelService
+from services.prefetching import PrefetchService
 from services.principals import Principal
 from services.vllm import VllmService
 from services.weights import WeightsService
@@ -47,6 +48,7 @@ class Services:
     started_at: datetime
     catalogue: CatalogueService
     history: HistoryService
+    prefetch: PrefetchService
     local_roots: tuple[Path, ...] = ()
     """Directories LOCAL download targets must resolve inside (from the settings)."""
     event_views: EventViews = field(default_factory=EventViews)

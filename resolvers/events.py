@@ -1,4 +1,5 @@
-"""Subscription resolvers: the event log streamed per model, per inference, and as progress.
+"""Subscription resolvers: the event log streamed per model, per inference, as progress, and
+the storage alerts.
 
 Every stream is scoped to the caller's organisation before anything is queued (the broker's
 filter), resumes with ``after`` (replay of what the capped log holds, then live). The
@@ -85,6 +86,20 @@ async def stream_inference_events(
         organization_id=principal.organization_id,
         resource_kind=ResourceKind.INFERENCE,
         resource_id=str(inference_id) if inference_id is not None else None,
+    )
+    async with contextlib.aclosing(_events(info, event_filter, position)) as events:
+        async for event in events:  # closed with this stream: the subscription goes too
+            yield event
+
+
+async def stream_storage_alerts(
+    info: Info, after: AfterArgument = None
+) -> AsyncGenerator[Event, None]:
+    """ALERT events: storage locations crossing their usage threshold (server-wide)."""
+    principal = _subscriber(info)
+    position = _after(after)
+    event_filter = EventFilter(
+        organization_id=principal.organization_id, resource_kind=ResourceKind.ALERT
     )
     async with contextlib.aclosing(_events(info, event_filter, position)) as events:
         async for event in events:  # closed with this stream: the subscription goes too

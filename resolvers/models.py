@@ -202,6 +202,8 @@ async def create_model(
             access_mode=AccessMode(input.source.access_mode.name),
             token=input.source.token,
             revision=input.source.revision,
+            allow_patterns=input.source.allow_patterns,
+            ignore_patterns=input.source.ignore_patterns,
         ),
         name=input.name,
         display_name=input.display_name,
@@ -211,6 +213,7 @@ async def create_model(
         tags=input.tags,
         download_target=_target(input.download_target),
         resources=_resources(input.resources),
+        weights_id=str(input.weights_id) if input.weights_id is not None else None,
     )
     return Model.from_document(await info.context.services.models.create(principal, spec))
 

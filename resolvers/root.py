@@ -22,6 +22,7 @@ from resolvers import events as event_resolvers
 from resolvers import history as history_resolvers
 from resolvers import inference as inference_resolvers
 from resolvers import models as model_resolvers
+from resolvers import prefetching
 from resolvers import vllm as vllm_resolvers
 from resolvers import weights as weights_resolvers
 from resolvers.context import Info
@@ -58,6 +59,7 @@ from schema.models import (
     UpdateModelResult,
 )
 from schema.objects import Heartbeat, ServerInfo, Viewer
+from schema.prefetching import DownloadWeightsResult
 from schema.vllm import VllmArchitectureTable, VllmCompatibilityResult
 from schema.weights import DeleteWeightsResult, DownloadResult, StorageUsage, Weights, WeightsPage
 from services.validation import weights_areas
@@ -171,7 +173,9 @@ class Query:
     )
     weights_usage: list[StorageUsage] = strawberry.field(
         resolver=weights_resolvers.resolve_weights_usage,
-        description="used / free / total bytes of each allowed local root.",
+        description="used / free / total bytes of each weights location (allowed local "
+        "roots, PVCs holding your weights, S3 prefixes with a quota), its alert threshold and "
+        "whether it is alerting.",
         metadata=cost(20),  # reads the disks
     )
     inference: Inference | None = strawberry.field(
@@ -231,6 +235,19 @@ class Mutation:
         resolver=weights_resolvers.retry_download,
         description="Resume a FAILED or CANCELLED download from where it stopped; a FAILED model "
         "whose download was never created (the hub refused its first look) asks the hub again.",
+    )
+    download_weights: DownloadWeightsResult = strawberry.field(
+        resolver=prefetching.download_weights,
+        description="Download a repo's weights (or a subset of its files) without a model; "
+        "attach them later with createModel's `weightsId`.",
+    )
+    cancel_weights_download: DownloadResult = strawberry.field(
+        resolver=prefetching.cancel_weights_download,
+        description="cancelDownload by the weights' id (prefetched weights have no model).",
+    )
+    retry_weights_download: DownloadResult = strawberry.field(
+        resolver=prefetching.retry_weights_download,
+        description="retryDownload by the weights' id.",
     )
     delete_weights: DeleteWeightsResult = strawberry.field(
         resolver=weights_resolvers.delete_weights,
@@ -374,6 +391,15 @@ class Subscription:
         description=(
             "Every change of your organisation's inference services, with the same `after`, "
             "RESYNC_REQUIRED and OVERFLOW rules as `modelEvents`."
+        ),
+    )
+    storage_alerts: AsyncGenerator[Event, None] = strawberry.subscription(
+        resolver=event_resolvers.stream_storage_alerts,
+        description=(
+            "ALERT events: a storage location crossed its usage threshold, up (phase "
+            "ALERTING) or back down (CLEAR), recorded once by the leading replica; server-wide "
+            "(every organisation sees them). The same `after`, RESYNC_REQUIRED and OVERFLOW "
+            "rules as `modelEvents`."
         ),
     )
     download_progress: AsyncGenerator[Weights, None] = strawberry.subscription(

@@ -45,19 +45,21 @@ async def resolve_weights_list(
 
 
 async def resolve_weights_usage(info: Info) -> list[StorageUsage]:
-    """Disk usage of every allowed local root."""
+    """Usage and alert state of every weights location."""
     principal = info.context.require_principal()
     return [
         StorageUsage(
-            root=u.root,
-            kind=StorageKindEnum(u.kind.value),
-            measured_at=u.measured_at,
-            used=BigInt(u.used),
-            free=BigInt(u.free),
-            total=BigInt(u.total),
-            weights_bytes=BigInt(u.weights_bytes),
+            root=s.usage.root,
+            kind=StorageKindEnum(s.usage.kind.value),
+            measured_at=s.usage.measured_at,
+            used=BigInt(s.usage.used),
+            free=BigInt(s.usage.free),
+            total=BigInt(s.usage.total),
+            weights_bytes=BigInt(s.usage.weights_bytes),
+            alert_threshold=s.threshold,
+            alerting=s.alerting,
         )
-        for u in await info.context.services.weights.usage(principal)
+        for s in await info.context.services.weights.usage(principal)
     ]
 
 

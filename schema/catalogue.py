@@ -261,6 +261,14 @@ class InstallCatalogEntryInput:
     download_target: DownloadTargetInput | None = strawberry.field(
         default=None, description="Where the weights go (as in createModel)."
     )
+    allow_patterns: list[str] | None = strawberry.field(
+        default=None,
+        description="Download only the files matching one of these globs (as createModel's "
+        "`source.allowPatterns`); null: every file.",
+    )
+    ignore_patterns: list[str] | None = strawberry.field(
+        default=None, description="Do not download files matching one of these globs."
+    )
     start_inference: bool = strawberry.field(
         default=False,
         description="Also start the model's inference with the entry's engine, flags and "

@@ -105,6 +105,9 @@ class StorageKindEnum(Enum):
     PVC = strawberry.enum_value(
         "PVC", description="A PersistentVolumeClaim, as its last download pod measured it."
     )
+    S3 = strawberry.enum_value(
+        "S3", description="An S3 bucket prefix with a configured quota (a bucket has no size)."
+    )
 
 
 @strawberry.enum(

@@ -52,6 +52,11 @@ class ResourceKindEnum(Enum):
     MODEL = strawberry.enum_value("MODEL", description="A model of the catalogue.")
     WEIGHTS = strawberry.enum_value("WEIGHTS", description="A download (weights entry).")
     INFERENCE = strawberry.enum_value("INFERENCE", description="An inference service.")
+    ALERT = strawberry.enum_value(
+        "ALERT",
+        description="A storage location crossed its usage threshold (`resourceId` is the "
+        "location; `phase` ALERTING or CLEAR; `message` the figures). Server-wide.",
+    )
 
 
 @strawberry.type(

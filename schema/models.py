@@ -34,6 +34,14 @@ class ModelSource:
     has_token: bool = strawberry.field(
         description="True when a hub token or API key is stored for this model."
     )
+    allow_patterns: list[str] = strawberry.field(
+        description="LOCAL: the download takes only files matching one of these globs "
+        "(huggingface_hub's allow_patterns); empty: every file."
+    )
+    ignore_patterns: list[str] = strawberry.field(
+        description="LOCAL: files matching one of these globs are not downloaded "
+        "(huggingface_hub's ignore_patterns)."
+    )
 
 
 @strawberry.type(description="Weights are written under a local path (inside an allowed root).")
@@ -193,6 +201,8 @@ class Model:
                 access_mode=AccessModeEnum(doc.source.access_mode.value),
                 revision=doc.source.revision,
                 has_token=doc.source.has_token,
+                allow_patterns=list(doc.source.selection.allow),
+                ignore_patterns=list(doc.source.selection.ignore),
             ),
             download_target=_target(doc.download_target),
             resources=ResourceRequirements(
@@ -391,6 +401,18 @@ class ModelSourceInput:
     revision: str | None = strawberry.field(
         default=None, description="Branch, tag or commit (LOCAL); default branch when null."
     )
+    allow_patterns: list[str] | None = strawberry.field(
+        default=None,
+        description="LOCAL: download only the files matching at least one of these "
+        "`fnmatch` globs over the repo path (`*.safetensors`, `config.json`, `onnx/`: a "
+        "trailing `/` means the folder); null or empty: every file. Each must match a file of "
+        "the repo at the revision; relative, no `..`, at most 64.",
+    )
+    ignore_patterns: list[str] | None = strawberry.field(
+        default=None,
+        description="LOCAL: do not download files matching one of these globs (`*.bin`, "
+        "`original/`); applied after allowPatterns. At least one file must remain.",
+    )
 
 
 @strawberry.input(description="Write weights under a local directory.")
@@ -499,6 +521,12 @@ class CreateModelInput:
         default=None, description="Where weights go (LOCAL only)."
     )
     resources: ResourcesInput | None = strawberry.field(default=None, description="Compute.")
+    weights_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="LOCAL: use existing weights (from downloadWeights) instead of downloading: "
+        "downloadTarget may be omitted (it is theirs); source.url, and source.revision and "
+        "the patterns when given, must be what they hold.",
+    )
 
 
 @strawberry.input(description="Fields to change; null leaves a field as it is.")

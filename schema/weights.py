@@ -137,6 +137,17 @@ class Weights:
     files: list[WeightsFileInfo] = strawberry.field(description="Files with sizes and hashes.")
     size_bytes: BigInt = strawberry.field(description="Total size of the files.")
     model_ids: list[strawberry.ID] = strawberry.field(description="Models using these weights.")
+    allow_patterns: list[str] = strawberry.field(
+        description="The allow globs the files were chosen by; empty: every file of the repo."
+    )
+    ignore_patterns: list[str] = strawberry.field(
+        description="The ignore globs the files were chosen by. Weights with other patterns "
+        "are another copy, never shared."
+    )
+    prefetched: bool = strawberry.field(
+        description="Asked for by downloadWeights: kept and downloaded while no model uses "
+        "them; attach them with createModel's weightsId."
+    )
     download_attempts: list[DownloadAttempt] = strawberry.field(
         description="Every download attempt, oldest first (the last 20), from the stored "
         "history: start, end, outcome, bytes fetched and why it ended."
@@ -163,6 +174,9 @@ class Weights:
             ],
             size_bytes=BigInt(sum(f.size for f in doc.files)),
             model_ids=[strawberry.ID(m) for m in doc.model_ids],
+            allow_patterns=list(doc.selection.allow),
+            ignore_patterns=list(doc.selection.ignore),
+            prefetched=doc.prefetched,
             download_attempts=[
                 DownloadAttempt.from_record(attempt, utcnow()) for attempt in attempts_now(doc)
             ],
@@ -179,20 +193,41 @@ class WeightsPage:
     items: list[Weights] = strawberry.field(description="This page, newest first.")
 
 
-@strawberry.type(description="Disk usage of an allowed local root.")
+@strawberry.type(
+    description="Usage of one weights location (an allowed local root, a PVC, an S3 bucket "
+    "prefix with a quota) and its storage alert."
+)
 class StorageUsage:
-    """used / free / total bytes."""
+    """used / free / total bytes, the threshold and whether it is alerting."""
 
-    root: str = strawberry.field(description="The root directory (LOCAL) or `pvc://<claim>` (PVC).")
-    kind: StorageKindEnum = strawberry.field(description="LOCAL root or PVC.")
-    measured_at: datetime | None = strawberry.field(
-        description="Null: measured now (local roots). For a PVC: when the last download pod "
-        "that wrote to it measured its filesystem (the API cannot mount it)."
+    root: str = strawberry.field(
+        description="The location: the root directory (LOCAL), `pvc://<claim>` (PVC) or "
+        "`s3://<bucket>/<prefix>` (S3)."
     )
-    used: BigInt = strawberry.field(description="Bytes used on its filesystem.")
-    free: BigInt = strawberry.field(description="Bytes free on its filesystem.")
-    total: BigInt = strawberry.field(description="Size of its filesystem.")
-    weights_bytes: BigInt = strawberry.field(description="Bytes of READY weights under it.")
+    kind: StorageKindEnum = strawberry.field(description="LOCAL root, PVC or S3 prefix.")
+    measured_at: datetime | None = strawberry.field(
+        description="Null: measured now (local roots, S3 prefixes). For a PVC: when the last "
+        "download pod that wrote to it measured its filesystem (the API cannot mount it)."
+    )
+    used: BigInt = strawberry.field(
+        description="Bytes used on its filesystem (S3: bytes of READY weights under the prefix)."
+    )
+    free: BigInt = strawberry.field(description="Bytes free (S3: what the quota leaves).")
+    total: BigInt = strawberry.field(
+        description="Size of its filesystem (S3: the prefix's configured quota)."
+    )
+    weights_bytes: BigInt = strawberry.field(
+        description="Bytes of your organisation's READY weights under it."
+    )
+    alert_threshold: float = strawberry.field(
+        description="Usage fraction (used / total, 0 to 1) at which this location alerts "
+        "(`MODELPLANE_STORAGE_ALERT_THRESHOLD`, or its per-location override)."
+    )
+    alerting: bool = strawberry.field(
+        description="True from the check that found usage at or over the threshold until one "
+        "finds it below the threshold minus the hysteresis; the same on every replica (stored "
+        "by the leading one). Each change is an ALERT event of `storageAlerts`."
+    )
 
 
 @strawberry.type(description="What deleteWeights removed.")

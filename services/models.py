@@ -13,30 +13,22 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from controllers.runtimes.base import OwnedObject, Runtime
 from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
-from controllers.transfer import locations
-from integrations.addresses import OutboundPolicy
-from integrations.huggingface import (
-    HubAccessDenied,
-    HubClient,
-    HubError,
-    HubModel,
-    HubRepoNotFound,
-    HubRevisionNotFound,
-)
+from integrations.huggingface import HubClient, HubError, HubModel
 from live import EventType, Recorder
 from services import validation as v
 from services.errors import Conflict, InvalidInput, Missing
+from services.model_sources import LocalSources, fill_from_hub
+from services.model_sources import ModelPolicy as ModelPolicy  # noqa: PLC0414  re-exported
 from services.principals import Principal
 from services.retiring import InferenceRetirement
-from services.targets import TargetRules, TargetSpec, check_storage_class
+from services.selections import check_against_repo, checked_selection
+from services.targets import TargetSpec, check_storage_class
 from storage.documents import (
     AccessMode,
-    HubFacts,
     ModelDocument,
     ModelPhase,
     ModelSource,
@@ -47,19 +39,12 @@ from storage.documents import (
 )
 from storage.errors import DuplicateKey, NotFound
 from storage.repositories import ModelFilter, ModelRepository, Page, WeightsRepository
-from storage.targets import DownloadTarget, Place, TargetKind
+from storage.selection import FileSelection
 
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 100
-LocationUser = tuple[str, Place | None, str, str | None]
-"""(organisation, (volume, directory), repo, commit) of a download using a volume."""
 MAX_SEARCH_RESULTS = 50
-DIRECTORY_FIELDS = {
-    TargetKind.LOCAL: "downloadTarget.local.localPath",
-    TargetKind.PVC: "downloadTarget.pvc.subPath",
-}
-"""The input field naming a target's directory, for overlap refusals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +55,8 @@ class SourceSpec:
     access_mode: AccessMode
     token: str | None = None
     revision: str | None = None
+    allow_patterns: Sequence[str] | None = None
+    ignore_patterns: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +81,8 @@ class CreateModelSpec:
     tags: Sequence[str] | None = None
     download_target: TargetSpec | None = None
     resources: ResourcesSpec | None = None
+    weights_id: str | None = None
+    """LOCAL: use these existing weights (``downloadWeights``); the target comes from them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +95,6 @@ class UpdateModelSpec:
     label: str | None = None
     tags: Sequence[str] | None = None
     resources: ResourcesSpec | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPolicy:
-    """Deployment-wide rules for what users may ask for."""
-
-    runtime_kind: str
-    local_roots: tuple[Path, ...]
-    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
-    """Where REMOTE_API URLs and S3 endpoints may point (checked again at every connection)."""
-    hub_endpoint: str = "https://huggingface.co"
-
-    @property
-    def targets(self) -> TargetRules:
-        """What download targets may be."""
-        return TargetRules(
-            runtime_kind=self.runtime_kind, local_roots=self.local_roots, outbound=self.outbound
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +122,7 @@ class ModelService:
         retire: InferenceRetirement | None = None,
     ) -> None:
         self._weights = weights
+        self._sources = LocalSources(hub=hub, models=models, weights=weights)
         self._retire = retire
         self._record = recorder or Recorder(None)
         self._models = models
@@ -158,6 +130,11 @@ class ModelService:
         self._hub = hub
         self._runtime = runtime
         self._policy = policy
+
+    @property
+    def policy(self) -> ModelPolicy:
+        """The deployment's rules for what users may ask for."""
+        return self._policy
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -203,7 +180,7 @@ class ModelService:
         principal.require(Role.VIEWER)
         repo_id = v.normalize_repo_id("repoId", repo, hub_endpoint=self._policy.hub_endpoint)
         revision = v.check_revision("revision", revision)
-        return await self._describe(repo_id, revision, token, field_prefix="", files=False)
+        return await self._sources.describe(repo_id, revision, token, field_prefix="", files=False)
 
     async def hub_search(
         self, principal: Principal, query: str, *, limit: int, scan: int | None = None
@@ -378,6 +355,14 @@ class ModelService:
             raise InvalidInput(
                 "downloadTarget", "REMOTE_API models are not downloaded: omit downloadTarget"
             )
+        for name, given in (
+            ("allow", spec.source.allow_patterns),
+            ("ignore", spec.source.ignore_patterns),
+        ):
+            if given:
+                raise InvalidInput(
+                    f"source.{name}Patterns", "REMOTE_API models are not downloaded: omit it"
+                )
         outbound = self._policy.outbound
         url = v.check_remote_url("source.url", spec.source.url, outbound=outbound)
         await v.check_resolved("source.url", url, outbound=outbound)
@@ -397,109 +382,80 @@ class ModelService:
             "source.url", spec.source.url, hub_endpoint=self._policy.hub_endpoint
         )
         revision = v.check_revision("source.revision", spec.source.revision)
+        source = spec.source
+        selection = checked_selection("source.", source.allow_patterns, source.ignore_patterns)
+        if spec.weights_id is not None:
+            await self._attach(principal, model, spec, token, (repo_id, revision, selection))
+            return
         if spec.download_target is None:
             raise InvalidInput("downloadTarget", "downloadTarget is required for LOCAL models")
         target = await spec.download_target.checked(self._policy.targets, principal.organization_id)
         await check_storage_class(self._runtime, target)
-        hub = await self._describe(repo_id, revision, token, field_prefix="source.")
-        await self._check_location_free(principal, target, repo_id, hub.sha)
-        model.display_name = model.display_name or repo_id.split("/", 1)[1]
-        model.description = model.description or hub.summary
-        model.icon = model.icon or hub.avatar_url
-        model.label = model.label or hub.author
-        model.tags = model.tags or _hub_tags(hub)
+        hub = await self._sources.describe(repo_id, revision, token, field_prefix="source.")
+        check_against_repo("source.", selection, hub)
+        await self._sources.check_location_free(principal, target, repo_id, hub.sha, selection)
+        fill_from_hub(model, repo_id, hub)
         model.source.url, model.source.revision = repo_id, revision
+        model.source.selection = selection
         model.download_target = target
-        model.hub = _hub_facts(hub)
         model.phase = ModelPhase.PENDING
         model.message = "waiting for the download to start"
 
-    async def _describe(
+    async def _attach(
         self,
-        repo_id: str,
-        revision: str | None,
+        principal: Principal,
+        model: ModelDocument,
+        spec: CreateModelSpec,
         token: str | None,
-        *,
-        field_prefix: str,
-        files: bool = True,
-    ) -> HubModel:
-        """Hub metadata; ``files``: the repo's files must be readable with ``token`` (a
-        download follows), else only the metadata the hub shows anyone (a preview)."""
-        try:
-            return await self._hub.describe(repo_id, revision=revision, token=token, files=files)
-        except HubRepoNotFound as exc:
-            raise InvalidInput(
-                f"{field_prefix}url" if field_prefix else "repoId", str(exc)
-            ) from None
-        except HubRevisionNotFound as exc:
-            raise InvalidInput(f"{field_prefix}revision", str(exc)) from None
-        except HubAccessDenied as exc:
-            raise InvalidInput(f"{field_prefix}token", str(exc)) from None
-        except HubError as exc:
-            raise InvalidInput(f"{field_prefix}url", f"the hub could not be asked: {exc}") from None
-
-    async def _check_location_free(
-        self, principal: Principal, target: DownloadTarget, repo_id: str, commit_sha: str
+        asked: tuple[str, str | None, FileSelection],
     ) -> None:
-        """A directory holds one download: refuse one that is, contains or lies inside another
-        download's directory on the same volume, unless it is the same repo at the same commit
-        (reused). Other organisations' LOCAL areas were refused already; a PVC claim serves
-        one organisation only (its sub-paths are checked like LOCAL directories)."""
-        place = target.place()
-        if place is None or self._weights is None:
-            return
-        for organization, other, repo, commit in await self._location_users(principal, target):
-            if organization != principal.organization_id:
-                raise InvalidInput(
-                    "downloadTarget.pvc.claimName",
-                    f"{target.location('', '')} holds another organisation's weights",
-                )
-            if other is None or other[0] != place[0] or not locations.overlaps(other[1], place[1]):
-                continue
-            if other[1] == place[1] and (repo, commit) == (repo_id, commit_sha):
-                continue  # the same weights: reused, not downloaded twice
-            field = DIRECTORY_FIELDS[target.kind]
+        """A LOCAL model on existing weights: they must hold what ``source`` asks for (the
+        repo, the revision if given, the patterns if given) where ``downloadTarget`` says, if
+        given; the download controller then finds and lists the model in them."""
+        repo_id, revision, selection = asked
+        weights_id = spec.weights_id or ""
+        weights = (
+            await self._weights.get(weights_id, scope=principal.scope) if self._weights else None
+        )
+        if weights is None:
+            raise InvalidInput("weightsId", f"no weights {weights_id} in your organisation")
+        if weights.deletion is not None and weights.deletion.refused is None:
+            raise InvalidInput("weightsId", f"weights {weights_id} are being removed")
+        if weights.repo_id != repo_id:
             raise InvalidInput(
-                field,
-                f"{field} {place[1]} overlaps the directory of other weights ({other[1]}); "
-                "choose a directory of its own",
+                "source.url", f"weights {weights_id} hold {weights.repo_id}, not {repo_id}"
             )
-
-    async def _location_users(
-        self, principal: Principal, target: DownloadTarget
-    ) -> list[LocationUser]:
-        """(organisation, place, repo, commit) of the weights, and of the models about to
-        create weights, that may share the target's volume: the caller's LOCAL ones, or every
-        organisation's on the same PVC claim."""
-        assert self._weights is not None  # noqa: S101  checked by the caller
-        scope: dict[str, str] = {} if target.shared_volume else dict(principal.scope)
-        volume = target.volume_filter()
-        weights = await self._weights.find(
-            where={**scope, **{f"target.{k}": v for k, v in volume.items()}}, limit=10_000
-        )
-        models = await self._models.find(
-            where={
-                **scope,
-                **{f"download_target.{k}": v for k, v in volume.items()},
-                "is_deleted": False,
-                "weights_id": None,
-                "phase": {"$in": [ModelPhase.PENDING, ModelPhase.PULLING]},
-            },
-            limit=10_000,
-        )
-        found: list[LocationUser] = [
-            (w.organization_id, w.target.place(), w.repo_id, w.commit_sha) for w in weights.items
-        ]
-        found += [
-            (
-                m.organization_id,
-                m.download_target.place() if m.download_target else None,
-                m.source.url,
-                m.hub.commit_sha if m.hub else None,
+        given = spec.source.allow_patterns is not None or spec.source.ignore_patterns is not None
+        if given and selection.key() != weights.selection.key():
+            raise InvalidInput(
+                "source.allowPatterns",
+                f"weights {weights_id} hold the files of allow {weights.selection.allow} / "
+                f"ignore {weights.selection.ignore}; omit the patterns or give those",
             )
-            for m in models.items
-        ]
-        return found
+        if spec.download_target is not None:
+            target = await spec.download_target.checked(
+                self._policy.targets, principal.organization_id
+            )
+            if target != weights.target:
+                raise InvalidInput(
+                    "downloadTarget", f"weights {weights_id} are at {weights.location}; omit it"
+                )
+        hub = await self._sources.describe(
+            repo_id, revision or weights.commit_sha, token, field_prefix="source.", files=False
+        )
+        if hub.sha != weights.commit_sha:
+            raise InvalidInput(
+                "source.revision",
+                f"weights {weights_id} hold commit {weights.commit_sha[:12]}; {revision} is "
+                f"{hub.sha[:12]} now",
+            )
+        fill_from_hub(model, repo_id, hub)
+        model.source.url = repo_id
+        model.source.revision = revision or weights.requested_revision
+        model.source.selection = weights.selection
+        model.download_target = weights.target
+        model.phase = ModelPhase.PENDING
+        model.message = f"attaching weights {weights_id}"
 
     async def _forget_secret(self, ref: str | None) -> None:
         if ref is None:
@@ -562,19 +518,6 @@ def _without_credentials(model: ModelDocument) -> dict[str, object] | None:
     return changes
 
 
-def _hub_facts(hub: HubModel) -> HubFacts:
-    return HubFacts(
-        commit_sha=hub.sha,
-        parameters=hub.parameters,
-        weight_bytes=hub.total_bytes,
-        architecture=hub.architectures[0] if hub.architectures else None,
-        license=hub.license,
-        gated=hub.gated,
-        pipeline_tag=hub.pipeline_tag,
-        library_name=hub.library_name,
-    )
-
-
 def _resources(spec: ResourcesSpec) -> Resources:
     return Resources(
         cpu=v.check_cpu("resources.cpu", spec.cpu),
@@ -590,11 +533,3 @@ def _check_icon(value: str) -> str | None:
     if urlsplit(text).scheme not in ("http", "https"):
         raise InvalidInput("icon", "icon must be an http:// or https:// URL")
     return text
-
-
-def _hub_tags(hub: HubModel) -> list[str]:
-    tags: list[str] = []
-    for tag in [hub.pipeline_tag, hub.library_name, *hub.card_tags]:
-        if tag and tag not in tags and len(tags) < v.MAX_TAGS:
-            tags.append(tag[: v.MAX_TAG])
-    return tags

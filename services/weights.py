@@ -16,6 +16,10 @@ on the event. ``cancelDownload`` writes CANCELLED; ``deleteWeights`` marks the w
 (``deletion``) and waits, bounded, for the leader's outcome -- the record gone, or the target's
 refusal written into the mark -- woken by this replica's broker (:meth:`WeightsService.on_event`),
 so the answer tells the truth whichever replica took the call.
+
+``weightsUsage`` measures with the storage watcher's own function
+(``controllers/alerts/measuring.py``) and reads the alert state the leading replica stored
+(``storage/alerts.py``), so every replica answers the same threshold and ``alerting``.
 """
 
 from __future__ import annotations
@@ -24,23 +28,21 @@ import asyncio
 import contextlib
 import enum
 import logging
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from datetime import datetime
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from controllers.alerts.deciding import AlertPolicy
+from controllers.alerts.measuring import LocationStatus, measure
 from live import Event, EventType, Recorder, ResourceKind
 from services.errors import Conflict, InvalidInput, Missing
 from services.principals import Principal
+from storage.alerts import StorageAlertRepository
 from storage.documents import (
     InferenceDocument,
     InferencePhase,
     ModelDocument,
     ModelPhase,
-    PvcTarget,
     Role,
-    TargetKind,
     WeightsDeletion,
     WeightsDocument,
     WeightsState,
@@ -67,45 +69,6 @@ def holds_weights(*, enabled: bool, phase: InferencePhase) -> bool:
     return enabled or phase is not InferencePhase.STOPPED
 
 
-@dataclass(frozen=True, slots=True)
-class RootUsage:
-    """Disk usage of one allowed root and how much of it is weights."""
-
-    root: str
-    used: int
-    free: int
-    total: int
-    weights_bytes: int
-    kind: TargetKind = TargetKind.LOCAL
-    measured_at: datetime | None = None
-    """None: measured now (local roots); else when a download pod last measured a PVC."""
-
-
-def _claims_usage(ready: list[WeightsDocument]) -> list[RootUsage]:
-    """One entry per PVC holding READY weights: the newest measurement and their bytes."""
-    claims: dict[str, RootUsage] = {}
-    for weights in ready:
-        if not isinstance(weights.target, PvcTarget) or weights.volume is None:
-            continue
-        root = f"pvc://{weights.target.claim_name}"
-        size = sum(f.size for f in weights.files)
-        seen = claims.get(root)
-        volume = weights.volume
-        if seen is None or (seen.measured_at is not None and volume.measured_at > seen.measured_at):
-            claims[root] = RootUsage(
-                root=root,
-                used=volume.used,
-                free=volume.free,
-                total=volume.total,
-                weights_bytes=size + (seen.weights_bytes if seen else 0),
-                kind=TargetKind.PVC,
-                measured_at=volume.measured_at,
-            )
-        else:
-            claims[root] = replace(seen, weights_bytes=seen.weights_bytes + size)
-    return sorted(claims.values(), key=lambda u: u.root)
-
-
 class WeightsService:
     """Use cases of the weight cache."""
 
@@ -118,12 +81,18 @@ class WeightsService:
         local_roots: tuple[Path, ...],
         recorder: Recorder | None = None,
         removal_wait: float = REMOVAL_WAIT_SECONDS,
+        alerts: StorageAlertRepository | None = None,
+        alert_policy: AlertPolicy | None = None,
+        s3_quotas: Mapping[str, int] | None = None,
     ) -> None:
         self._record = recorder or Recorder(None)
         self._weights = weights
         self._models = models
         self._inferences = inferences
         self._roots = local_roots
+        self._alerts = alerts
+        self._alert_policy = alert_policy or AlertPolicy()
+        self._s3_quotas = dict(s3_quotas or {})
         self._removal_wait = removal_wait
         self._removals = _Waiters()
 
@@ -144,41 +113,56 @@ class WeightsService:
             sort=(("created_at", -1), ("_id", -1)),
         )
 
-    async def usage(self, principal: Principal) -> list[RootUsage]:
-        """used / free / total bytes per allowed root (measured now) and per PVC (as its last
-        download pod measured it), and the weights stored there."""
+    async def usage(self, principal: Principal) -> list[LocationStatus]:
+        """used / free / total bytes per allowed root (measured now), per PVC (as its last
+        download pod measured it) and per S3 prefix with a quota, the caller's weights stored
+        there, and each location's threshold and alert state (as the leading replica stored
+        it: every replica answers the same)."""
         principal.require(Role.VIEWER)
-        page = await self._weights.find(
-            where={**principal.scope, "state": WeightsState.READY.value}, limit=10_000
+        ready = await self._weights.find(where={"state": WeightsState.READY.value}, limit=10_000)
+        measured = measure(
+            ready.items,
+            roots=self._roots,
+            s3_quotas=self._s3_quotas,
+            organization_id=principal.organization_id,
         )
-        result = []
-        for root in self._roots:
-            if not root.exists():
-                continue
-            disk = shutil.disk_usage(root)
-            inside = sum(
-                sum(f.size for f in w.files)
-                for w in page.items
-                if Path(w.location) == root or root in Path(w.location).parents
+        states = await self._alerts.all() if self._alerts is not None else {}
+        policy = self._alert_policy
+        return [
+            LocationStatus(
+                usage=u,
+                threshold=policy.threshold_for(u.root),
+                alerting=u.root in states and states[u.root].alerting,
             )
-            result.append(
-                RootUsage(
-                    root=str(root),
-                    used=disk.used,
-                    free=disk.free,
-                    total=disk.total,
-                    weights_bytes=inside,
-                )
-            )
-        return result + _claims_usage(page.items)
+            for u in measured
+        ]
 
     async def cancel(self, principal: Principal, model_id: str) -> WeightsDocument:
         """Stop the model's download: CANCELLED with a bumped attempt (an old worker's last
         write is then a no-op), recorded; the leading controller halts the worker and discards
         in-flight parts on that event. Verified files stay."""
         principal.require(Role.EDITOR)
-        model, weights = await self._model_weights(principal, model_id)
+        _model, weights = await self._model_weights(principal, model_id)
+        return await self._cancel(principal, weights)
 
+    async def cancel_weights(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        """:meth:`cancel` by the weights' id (prefetched weights have no model)."""
+        principal.require(Role.EDITOR)
+        return await self._cancel(principal, await self._require(principal, weights_id))
+
+    async def retry_weights(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        """Resume FAILED or CANCELLED weights by their id; the controller mirrors the new
+        state onto the models using them."""
+        principal.require(Role.EDITOR)
+        return await self._retry(principal, await self._require(principal, weights_id))
+
+    async def _require(self, principal: Principal, weights_id: str) -> WeightsDocument:
+        weights = await self._weights.get(weights_id, scope=principal.scope)
+        if weights is None:
+            raise Missing(weights_id, f"weights {weights_id} not found")
+        return weights
+
+    async def _cancel(self, principal: Principal, weights: WeightsDocument) -> WeightsDocument:
         def change(current: WeightsDocument) -> dict[str, object]:
             if current.state not in (WeightsState.PENDING, WeightsState.PULLING):
                 raise Conflict(None, f"the download is {current.state.value}, nothing to cancel")
@@ -192,7 +176,7 @@ class WeightsService:
             current=weights,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
-        log.info("download cancelled", extra={"model_id": model.id, "weights_id": weights.id})
+        log.info("download cancelled", extra={"weights_id": weights.id})
         return updated
 
     async def retry(self, principal: Principal, model_id: str) -> WeightsDocument | ModelDocument:
@@ -203,7 +187,18 @@ class WeightsService:
         model, weights = await self._model_and_weights(principal, model_id)
         if weights is None:
             return await self._request_again(principal, model)
+        updated = await self._retry(principal, weights)
+        retrying = await self._models.modify(
+            model.id,
+            lambda _current: {"phase": ModelPhase.PULLING, "message": "retrying the download"},
+            scope=principal.scope,
+            event=EventType.PHASE_CHANGED,
+            current=model,
+        )
+        await self._record.model(retrying, EventType.PHASE_CHANGED)
+        return updated
 
+    async def _retry(self, principal: Principal, weights: WeightsDocument) -> WeightsDocument:
         def change(current: WeightsDocument) -> dict[str, object]:
             if current.state not in (WeightsState.FAILED, WeightsState.CANCELLED):
                 raise Conflict(
@@ -221,14 +216,6 @@ class WeightsService:
             current=weights,
         )
         await self._record.weights(updated, EventType.PHASE_CHANGED)
-        retrying = await self._models.modify(
-            model.id,
-            lambda _current: {"phase": ModelPhase.PULLING, "message": "retrying the download"},
-            scope=principal.scope,
-            event=EventType.PHASE_CHANGED,
-            current=model,
-        )
-        await self._record.model(retrying, EventType.PHASE_CHANGED)
         return updated
 
     async def _request_again(self, principal: Principal, model: ModelDocument) -> ModelDocument:

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import secrets
 import string
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from storage.clock import utcnow as utcnow  # noqa: PLC0414  re-exported
+from storage.progress import FileProgress as FileProgress  # noqa: PLC0414  re-exported
+from storage.progress import FileState as FileState  # noqa: PLC0414  re-exported
+from storage.progress import Progress as Progress  # noqa: PLC0414  re-exported
+from storage.progress import WeightsStage as WeightsStage  # noqa: PLC0414  re-exported
+from storage.selection import FileSelection as FileSelection  # noqa: PLC0414  re-exported
 from storage.targets import DownloadTarget as DownloadTarget  # noqa: PLC0414  re-exported
 from storage.targets import LocalTarget as LocalTarget  # noqa: PLC0414  re-exported
 from storage.targets import PvcTarget as PvcTarget  # noqa: PLC0414  re-exported
@@ -38,12 +44,6 @@ def pending_marker(revision: int, event_type: str, at: datetime) -> str:
     revision written, the event type and when (milliseconds since the epoch, so that the
     recovery can leave young marks to their writer)."""
     return f"{revision}:{event_type}:{int(at.timestamp() * 1000)}"
-
-
-def utcnow() -> datetime:
-    """The current time, UTC, truncated to milliseconds as MongoDB stores it."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class Document(BaseModel):
@@ -155,6 +155,8 @@ class ModelSource(BaseModel):
     access_mode: AccessMode
     revision: str | None = None
     has_token: bool = False
+    selection: FileSelection = Field(default_factory=FileSelection)
+    """LOCAL: which files of the repo the download takes (none stored: every file)."""
 
 
 class Resources(BaseModel):
@@ -245,25 +247,6 @@ class WeightsState(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-class WeightsStage(StrEnum):
-    """What a PULLING download is doing right now."""
-
-    PREFLIGHT = "PREFLIGHT"
-    DOWNLOADING = "DOWNLOADING"
-    VERIFYING = "VERIFYING"
-    FINALIZING = "FINALIZING"
-
-
-class FileState(StrEnum):
-    """One file of a download."""
-
-    PENDING = "PENDING"
-    DOWNLOADING = "DOWNLOADING"
-    VERIFYING = "VERIFYING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-
-
 class WeightsFile(BaseModel):
     """A file to fetch, with what the hub promised about it."""
 
@@ -274,15 +257,6 @@ class WeightsFile(BaseModel):
     blob_id: str | None = None
 
 
-class FileProgress(BaseModel):
-    """Progress of one file."""
-
-    path: str
-    bytes_done: int
-    bytes_total: int
-    state: FileState
-
-
 class VolumeUsage(BaseModel):
     """Filesystem figures of a download's volume, measured where the download ran."""
 
@@ -290,23 +264,6 @@ class VolumeUsage(BaseModel):
     free: int
     total: int
     measured_at: datetime = Field(default_factory=utcnow)
-
-
-class Progress(BaseModel):
-    """The one progress record shape, for every target."""
-
-    stage: WeightsStage
-    bytes_done: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    files_total: int = 0
-    bytes_per_second: float = 0.0
-    eta_seconds: float | None = None
-    files: list[FileProgress] = Field(default_factory=list)
-    current_file: str | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
-    bytes_resumed: int = 0
-    """Bytes already stored when this attempt began (included in ``bytes_done``)."""
 
 
 class WeightsDeletion(BaseModel):
@@ -353,7 +310,14 @@ class WeightsDocument(Document):
     commit_sha: str
     target: DownloadTarget
     location: str
-    """Directory for LOCAL/PVC targets, ``s3://bucket/prefix/<repo>/<commit>`` for S3."""
+    """Directory for LOCAL/PVC targets, ``s3://bucket/prefix/<repo>/<commit>`` for S3 (with
+    ``-files-<digest>`` for a subset, :meth:`FileSelection.digest`)."""
+    selection: FileSelection = Field(default_factory=FileSelection)
+    """The allow/ignore patterns ``files`` were chosen by: part of the copy's identity (none
+    stored, as in documents older than patterns: every file)."""
+    prefetched: bool = False
+    """Asked for by ``downloadWeights``, on their own: the download goes on while no model
+    uses them (the weights' own reconcile drives it), and a model deleted leaves them."""
     files: list[WeightsFile] = Field(default_factory=list)
     state: WeightsState = WeightsState.PENDING
     message: str | None = None
@@ -505,6 +469,27 @@ class WorkloadCondition(BaseModel):
     message: str | None = None
 
 
+class AutoscalerKind(StrEnum):
+    """Which autoscaler moves an inference's replicas (manifests.render_autoscaler)."""
+
+    HORIZONTAL_POD_AUTOSCALER = "HORIZONTAL_POD_AUTOSCALER"
+    AIBRIX_POD_AUTOSCALER = "AIBRIX_POD_AUTOSCALER"
+
+
+class AutoscalerStatus(BaseModel):
+    """What an inference's autoscaler reports in its own status (None: it has not said). Its
+    replica counts are not kept: the Deployment's are fresher (the autoscaler writes its
+    ``desiredReplicas`` into the Deployment's ``spec.replicas`` and refreshes its own copy only
+    every sync period)."""
+
+    kind: AutoscalerKind
+    current_value: float | None = None
+    """The scaling metric's current value (a percent for cpu/memory utilisation)."""
+    value_message: str | None = None
+    """Why ``current_value`` is None, for a person; None when it is known."""
+    last_scale_time: datetime | None = None
+
+
 class InferenceDocument(Document):
     """An inference service: desired state (``enabled``, ``spec``) and observed status.
 
@@ -547,6 +532,8 @@ class InferenceDocument(Document):
     """Replicas running the current spec; None: unknown."""
     conditions: list[WorkloadCondition] | None = None
     """The workload's conditions; None where the runtime has none (a local process)."""
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's own status; None without autoscaling or before it is observed."""
     endpoint: str | None = None
     """OpenAI-compatible base URL (ends in ``/v1``) where the service answers once RUNNING."""
     phase_history: list[PhaseEntry] = Field(default_factory=list)

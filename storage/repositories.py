@@ -43,6 +43,7 @@ from storage.documents import (
 )
 from storage.errors import DatabaseUnavailable
 from storage.history import model_history, weights_history
+from storage.selection import ALL_FILES, FileSelection
 
 
 class OrganizationRepository(Repository[OrganizationDocument]):
@@ -296,16 +297,24 @@ class WeightsRepository(Repository[WeightsDocument]):
         return weights_history(current, changes, at)
 
     async def for_location(
-        self, *, organization_id: str, location: str, commit_sha: str
+        self,
+        *,
+        organization_id: str,
+        location: str,
+        commit_sha: str,
+        selection: FileSelection = ALL_FILES,
     ) -> WeightsDocument | None:
-        """Weights of that commit already at (or going to) that location."""
-        return await self.find_one(
+        """Weights of that commit and file selection already at (or going to) that location
+        (documents without a selection take every file)."""
+        found = await self.find(
             where={
                 "organization_id": organization_id,
                 "location": location,
                 "commit_sha": commit_sha,
-            }
+            },
+            limit=100,
         )
+        return next((w for w in found.items if w.selection.key() == selection.key()), None)
 
     async def set_progress(
         self, weights_id: str, *, progress: dict[str, Any], attempt: int

@@ -477,7 +477,10 @@ async def test_image_pull_backoff_fails_with_the_reason_and_retry_makes_a_new_jo
     )
     assert cancelled["cancelDownload"]["__typename"] == "Weights", cancelled
     await _wait_for(lambda: _none(_jobs(kube_app)), what="the Job to be deleted")
-    (cleanup,) = await _jobs(kube_app, "app.kubernetes.io/component=cleanup")
+    # The controller deletes the download Job, then applies the cleanup Job: wait for it.
+    (cleanup,) = await _wait_for(
+        lambda: _jobs(kube_app, "app.kubernetes.io/component=cleanup"), what="the cleanup Job"
+    )
     (clean_container,) = cleanup.spec.template.spec.containers
     assert clean_container.command[:2] == ["modelplane", "clean"]
     assert "--partials-only" in clean_container.command

@@ -218,9 +218,9 @@ NAMESPACED_CALLS: list[tuple[Resource, tuple[str, ...]]] = [
     (PODS, READ),  # download and inference pods
     (POD_LOGS, ("get",)),  # a failed pod's log tail
     (EVENTS, ("list", "watch")),  # the inference controller's event informer
-    (HPAS, WRITE),
+    (HPAS, (*READ, "apply", "delete")),  # applied, and watched for their status
     (SERVICE_MONITORS, WRITE),
-    (POD_AUTOSCALERS, WRITE),
+    (POD_AUTOSCALERS, (*READ, "apply", "delete")),  # applied, and watched once AIBrix is found
 ]
 """Calls in the workload namespace (the Role)."""
 
@@ -1134,6 +1134,11 @@ async def test_the_inference_executor_runs_under_the_chart_rbac(
         assert await executor.ready()
 
         await executor.apply(inference, plan)  # Deployment, Service, ServiceMonitor, AIBrix
+        executor.pod_autoscalers.start()  # what observing an AIBrix-scaled inference starts
+        await _until(
+            lambda: inference.name in executor.pod_autoscalers.items,
+            "the PodAutoscaler informer to list and watch under the chart's RBAC",
+        )
         found = Integrations()
         await executor.apply(inference, plan)  # ... and a HorizontalPodAutoscaler instead
         await _until(

@@ -8,11 +8,14 @@ the controller's pure plan reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from storage.documents import ModelDocument, WeightsDocument
+
+Credentials = Callable[[ModelDocument | None, WeightsDocument], Awaitable[dict[str, str]]]
+"""The credentials of a download: the asking model's, else those stored with the weights."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,8 @@ class Executor(Protocol):
     """Runs download workers for the controller."""
 
     def watch(self, notify: Callable[[str], None]) -> None:
-        """Start reporting worker changes as model ids to look at."""
+        """Start reporting worker changes as owner ids to look at (a model's, or the weights'
+        own for prefetched weights no model uses)."""
 
     async def close(self) -> None:
         """Stop everything started here (in-process workers stop; Jobs keep running)."""
@@ -41,8 +45,11 @@ class Executor(Protocol):
     async def observe(self, weights: WeightsDocument) -> Execution:
         """The worker of the current attempt, as the runtime sees it."""
 
-    async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
-        """Start the worker of the current attempt; idempotent. A returned Execution carries
+    async def launch(
+        self, model: ModelDocument | None, weights: WeightsDocument
+    ) -> Execution | None:
+        """Start the worker of the current attempt (``model``: the one whose reconcile asks,
+        None for prefetched weights on their own); idempotent. A returned Execution carries
         a failure that prevents it from starting."""
 
     async def halt(self, weights_id: str) -> None:

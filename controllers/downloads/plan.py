@@ -2,7 +2,8 @@
 
 Every choice the reconciler makes is here and table-tested (``tests/test_download_plan.py``):
 what to do for a model (:func:`plan`, :func:`plan_release`), for a weights document on its own
-(:func:`plan_weights`: a removal asked for by ``deleteWeights``), the model phase that mirrors
+(:func:`plan_weights`: a removal asked for by ``deleteWeights``, and the download of weights
+asked for by ``downloadWeights`` while no model uses them), the model phase that mirrors
 a download (:func:`model_status`), whether attaching restarts stopped weights
 (:func:`restarts_on_attach`), and how a hub failure is reported (:func:`hub_failure`). The
 reconciler (:mod:`controllers.downloads.reconciler`) only reads, calls these, and applies.
@@ -86,8 +87,9 @@ def plan_release(
     if model is None or weights is None or removing(weights):
         return Action.FORGET
     others = [owner for owner in weights.model_ids if owner != model.id]
-    if not others and (weights.state in DOWNLOADING or execution.active):
-        return Action.STOP
+    downloading = weights.state in DOWNLOADING or execution.active
+    if not others and downloading and not weights.prefetched:
+        return Action.STOP  # prefetched weights were wanted on their own: they go on
     return Action.RELEASE if model.id in weights.model_ids else Action.FORGET
 
 
@@ -103,11 +105,33 @@ def removing(weights: WeightsDocument) -> bool:
     return weights.deletion is not None and weights.deletion.refused is None
 
 
-def plan_weights(weights: WeightsDocument | None) -> WeightsAction:
-    """The pure decision of a weights reconcile."""
-    if weights is not None and removing(weights):
+def plan_weights(  # noqa: PLR0911  a decision table reads best as one return per row
+    weights: WeightsDocument | None, execution: Execution | None = None
+) -> WeightsAction | Action:
+    """The pure decision of a weights reconcile: a removal; else, for prefetched weights that
+    no model uses (while one does, its model's reconcile drives the download), what
+    :func:`plan` would do for their download (START, FAIL, CANCEL, HALT; mirroring onto a
+    model is nothing here)."""
+    if weights is None:
+        return WeightsAction.NOTHING
+    if removing(weights):
         return WeightsAction.REMOVE
+    if weights.model_ids or not weights.prefetched or execution is None:
+        return WeightsAction.NOTHING
+    if weights.state in DOWNLOADING:
+        if execution.failure is not None:
+            return Action.FAIL
+        return WeightsAction.NOTHING if execution.active else Action.START
+    if weights.state is WeightsState.CANCELLED and (execution.active or execution.stale):
+        return Action.CANCEL
+    if execution.active and weights.state is not WeightsState.READY:
+        return Action.HALT
     return WeightsAction.NOTHING
+
+
+def drives_itself(weights: WeightsDocument) -> bool:
+    """Prefetched weights no model uses: their own reconcile drives the download."""
+    return weights.prefetched and not weights.model_ids
 
 
 def restarts_on_attach(weights: WeightsDocument) -> bool:

@@ -28,6 +28,7 @@ from controllers.downloads.plan import (
     STOPPED_BY_DELETE,
     Action,
     WeightsAction,
+    drives_itself,
     hub_failure,
     model_status,
     plan,
@@ -46,7 +47,7 @@ from controllers.downloads.running import (
 from controllers.errors import PermanentError, TemporaryError, retry_message
 from controllers.looping import ControllerLoop, OwnWrites
 from controllers.runtimes.local.downloads import LocalExecutor
-from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError
+from controllers.runtimes.secrets import HF_TOKEN_KEY, SecretStore, SecretStoreError, secret_name
 from integrations.huggingface import HubClient, HubError
 from live import Event, EventType, Recorder, ResourceKind, event_key
 from storage.documents import (
@@ -69,6 +70,8 @@ from storage.repositories import (
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 15.0
+WEIGHTS_ID_PREFIX = "weights-"
+"""Weights ids start so (``new_id("weights")``); model ids do not."""
 LEASE_SECONDS = 15.0
 LEASE_NAME = "download-controller"
 
@@ -129,6 +132,7 @@ class DownloadController:
             secrets=self._secret_values,
             config=config,
             recorder=self._record,
+            forget_credentials=self._forget_own_secret,
         )
         self._own = OwnWrites()
         self._loop = ControllerLoop(
@@ -174,9 +178,11 @@ class DownloadController:
         """The log lost events before this replica read them: look at everything now."""
         self._loop.resync_soon()
 
-    def notify(self, model_id: str) -> None:
-        """A model's worker changed (the executor's watch): look at it soon."""
-        self._queue.add(model_id)
+    def notify(self, owner_id: str) -> None:
+        """A worker changed (the executor's watch): look at its owner soon, a model or, for
+        prefetched weights no model uses, the weights themselves."""
+        prefetched = owner_id.startswith(WEIGHTS_ID_PREFIX)
+        self._queue.add(weights_key(owner_id) if prefetched else owner_id)
 
     async def wait_idle(self) -> None:
         """For tests: until the queue has drained."""
@@ -194,16 +200,39 @@ class DownloadController:
             return None  # the leader's resync picks the model up
         weights_id = weights_id_of(key)
         if weights_id is not None:
-            current = await self._weights.get(weights_id)
-            if current is not None and plan_weights(current) is WeightsAction.REMOVE:
-                await self._cleaner.remove(current, written=self._mine)
+            await self._reconcile_weights(weights_id)
             return None
         await self._reconcile_model(key)
         return None
 
+    async def _reconcile_weights(self, weights_id: str) -> None:
+        """A removal, or the download of prefetched weights that no model uses."""
+        current = await self._weights.get(weights_id)
+        if current is None:
+            return
+        alone = drives_itself(current)
+        execution = await self._executor.observe(current) if alone else None
+        action = plan_weights(current, execution)
+        if action is WeightsAction.REMOVE:
+            await self._cleaner.remove(current, written=self._mine)
+            return
+        if isinstance(action, Action) and execution is not None:
+            await self._apply(action, None, current, execution)
+
+    async def _forget_own_secret(self, weights: WeightsDocument) -> None:
+        """Removed weights take the credentials stored for them (prefetched) along."""
+        if weights.secret_ref is None or weights.secret_ref != secret_name(weights.id):
+            return
+        try:
+            await self._secrets.delete(weights.secret_ref)
+        except SecretStoreError:
+            log.warning(
+                "the weights' credentials could not be removed", extra={"weights_id": weights.id}
+            )
+
     async def _reconcile_model(self, model_id: str) -> None:
         model = await self._models.get(model_id)
-        weights = await self._weights.get(model.weights_id) if model and model.weights_id else None
+        weights = await self._weights_of(model)
         execution = await self._executor.observe(weights) if weights is not None else Execution()
         action = plan(model, weights, execution)
         if action in (Action.RELEASE, Action.STOP) and model is not None and weights is not None:
@@ -215,6 +244,11 @@ class DownloadController:
             model, weights = await self._attach_weights(model)
             execution = await self._executor.observe(weights)
             action = plan(model, weights, execution)
+            if action in (Action.RELEASE, Action.STOP):  # deleted while being attached
+                await self._release(model, weights, stop=action is Action.STOP)
+                return
+            if action in (Action.NOTHING, Action.FORGET):
+                return
         assert weights is not None  # noqa: S101  every remaining action has weights
         try:
             current = await self._apply(action, model, weights, execution)
@@ -226,14 +260,26 @@ class DownloadController:
         if current is not None:
             await self._mirror(model, current)
 
+    async def _weights_of(self, model: ModelDocument | None) -> WeightsDocument | None:
+        """The weights the model points at; for a deleted model pointing at none, weights
+        that still list it (it was deleted between being listed and pointed at them)."""
+        if model is None:
+            return None
+        if model.weights_id:
+            return await self._weights.get(model.weights_id)
+        if model.is_deleted:
+            return await self._weights.find_one(where={"model_ids": model.id})
+        return None
+
     async def _apply(
         self,
         action: Action,
-        model: ModelDocument,
+        model: ModelDocument | None,
         weights: WeightsDocument,
         execution: Execution,
     ) -> WeightsDocument | None:
-        """Carry out START, FAIL, CANCEL, HALT or MIRROR; the weights as they are afterwards."""
+        """Carry out START, FAIL, CANCEL, HALT or MIRROR for a model's download (``model``
+        None: prefetched weights on their own); the weights as they are afterwards."""
         if action is Action.START:
             weights = await self._pulling(weights)
             refused = await self._launch(model, weights)
@@ -244,7 +290,7 @@ class DownloadController:
             await self._executor.halt(weights.id)
             log.warning(
                 "download failed in the runtime",
-                extra={"model_id": model.id, "reason": execution.failure},
+                extra={"weights_id": weights.id, "reason": execution.failure},
             )
             return await finish(
                 self._weights,
@@ -263,7 +309,9 @@ class DownloadController:
             return await self._note(weights, execution.note)
         return weights
 
-    async def _launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+    async def _launch(
+        self, model: ModelDocument | None, weights: WeightsDocument
+    ) -> Execution | None:
         """Start the worker. The runtime's refusal for good (RBAC, validation, admission) is a
         failure to record once, with the server's words; a temporary one keeps the download
         PULLING, says so in its message and is retried after the queue's backoff."""
@@ -272,7 +320,8 @@ class DownloadController:
         except PermanentError as exc:
             return Execution(active=False, failure=exc.message)
         except TemporaryError as exc:
-            delay = exc.delay if exc.delay is not None else self._queue.next_delay(model.id)
+            key = model.id if model is not None else weights_key(weights.id)
+            delay = exc.delay if exc.delay is not None else self._queue.next_delay(key)
             await self._note(weights, retry_message(exc.message, delay))
             raise TemporaryError(exc.message, delay=delay) from exc
 
@@ -305,24 +354,31 @@ class DownloadController:
         return noted
 
     async def _attach_weights(self, model: ModelDocument) -> tuple[ModelDocument, WeightsDocument]:
-        """Find or create the weights of the model's repo, commit and target, list the model
-        in them and point the model at them. Returns both as written: the reconcile goes on
-        with the model this write returned (its copy from before would conflict with itself)."""
+        """Find or create the weights of the model's repo, commit, file selection and target,
+        list the model in them and point the model at them (unless it was deleted meanwhile:
+        the caller then releases it). Returns both as written: the reconcile goes on with the
+        model this write returned (its copy from before would conflict with itself)."""
         target = model.download_target
         assert target is not None  # noqa: S101  plan() only creates weights for LOCAL targets
         assert model.hub is not None  # noqa: S101  LOCAL models carry hub facts
         commit = model.hub.commit_sha or ""
-        location = weights_location(target, model.source.url, commit)
+        selection = model.source.selection
+        location = weights_location(target, model.source.url, commit, selection)
         found = await self._weights.for_location(
-            organization_id=model.organization_id, location=location, commit_sha=commit
+            organization_id=model.organization_id,
+            location=location,
+            commit_sha=commit,
+            selection=selection,
         )
         if found is None:
             found = await self._create_weights(model, location, commit)
         elif model.id not in found.model_ids:
             found = await self._list_model(found, model)
-        attached = await self._models.update(
-            model.id, expected_revision=model.revision, changes={"weights_id": found.id}
-        )
+
+        def point(current: ModelDocument) -> dict[str, object] | None:
+            return None if current.is_deleted else {"weights_id": found.id}
+
+        attached = await self._models.modify(model.id, point, current=model)
         return attached, found
 
     async def _create_weights(
@@ -332,7 +388,7 @@ class DownloadController:
         is typed at this boundary: temporary keeps the model PENDING with a retry message,
         permanent fails it with the hub's words."""
         assert model.download_target is not None  # noqa: S101  checked by the caller
-        token = (await self._secret_values(model)).get(HF_TOKEN_KEY)
+        token = (await self._secret_values(model, None)).get(HF_TOKEN_KEY)
         try:
             info = await self._hub.model(model.source.url, revision=commit, token=token)
         except HubError as exc:
@@ -350,7 +406,9 @@ class DownloadController:
             files=[
                 WeightsFile(path=f.path, size=f.size or 0, sha256=f.sha256, blob_id=f.blob_id)
                 for f in info.files
+                if model.source.selection.takes(f.path)
             ],
+            selection=model.source.selection,
             model_ids=[model.id],
             secret_ref=model.secret_ref,
         )
@@ -372,14 +430,25 @@ class DownloadController:
         await self._mine(found, type_)
         return found
 
-    async def _secret_values(self, model: ModelDocument) -> dict[str, str]:
-        if model.secret_ref is None:
-            return {}
-        try:
-            return await self._secrets.get(model.secret_ref)
-        except SecretStoreError:
-            log.warning("the model's credentials could not be read", extra={"model_id": model.id})
-            return {}
+    async def _secret_values(
+        self, model: ModelDocument | None, weights: WeightsDocument | None
+    ) -> dict[str, str]:
+        """The credentials of a download: the model's, else those stored with the weights;
+        without a hub token among them, the server-wide one (if set)."""
+        ref = model.secret_ref if model is not None else None
+        if ref is None and weights is not None:
+            ref = weights.secret_ref
+        values: dict[str, str] = {}
+        if ref is not None:
+            try:
+                values = await self._secrets.get(ref)
+            except SecretStoreError:
+                log.warning("download credentials could not be read", extra={"ref": ref})
+        if not values.get(HF_TOKEN_KEY):
+            server = await self._hub.fallback_token()  # the server-wide token, if set
+            if server is not None:
+                values = {**values, HF_TOKEN_KEY: server}
+        return values
 
     async def _mirror(self, model: ModelDocument, weights: WeightsDocument) -> None:
         phase, message = model_status(weights)
@@ -449,6 +518,8 @@ class DownloadController:
         if written is not None:
             await self._mine(written, type_)
             weights = written
+            if drives_itself(written):
+                self._queue.add(weights_key(written.id))  # its own reconcile takes over
         if stop:
             await self._executor.halt(weights.id)
         if stopping:
@@ -475,7 +546,7 @@ class DownloadController:
         )
         for model in page.items:
             self._queue.add(model.id)
-        for weights in removing.items:
+        for weights in [*removing.items, *filter(drives_itself, downloading.items)]:
             self._queue.add(weights_key(weights.id))
         if downloading.items:
             users = await self._models.find(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from controllers.downloads.executions import Executor
+from controllers.downloads.executions import Credentials, Executor
 from controllers.downloads.running import WeightsRuntimeConfig, make_sink, options_for, write_if
 from controllers.errors import ControllerError, PermanentError
 from controllers.transfer.sinks import DownloadError, Sink
@@ -53,10 +53,12 @@ class Cleaner:
         weights: WeightsRepository,
         ledgers: LedgerRepository,
         executor: Executor,
-        secrets: Callable[[ModelDocument], Awaitable[dict[str, str]]],
+        secrets: Credentials,
         config: WeightsRuntimeConfig,
         recorder: Recorder,
+        forget_credentials: Callable[[WeightsDocument], Awaitable[None]] | None = None,
     ) -> None:
+        self._forget_credentials = forget_credentials
         self._models = models
         self._weights = weights
         self._ledgers = ledgers
@@ -99,6 +101,8 @@ class Cleaner:
             return
         for model_id in weights.model_ids:
             await self._detach(model_id, weights.id, written)
+        if self._forget_credentials is not None:
+            await self._forget_credentials(weights)  # before the record: the caller's answer
         await self._record.before_removal(weights)  # its DELETED event survives a crash
         await self._weights.delete(weights.id)
         await self._ledgers.forget(weights.id)
@@ -150,7 +154,7 @@ class Cleaner:
     async def _sink_for(self, weights: WeightsDocument) -> Sink | None:
         """The sink of a download, with credentials from its first model (None if unusable)."""
         model = await self._models.get(weights.model_ids[0]) if weights.model_ids else None
-        secrets = await self._secrets(model) if model else {}
+        secrets = await self._secrets(model, weights)
         try:
             return make_sink(
                 weights,

@@ -38,6 +38,7 @@ from storage.documents import (
 )
 from storage.errors import NotFound
 from storage.repositories import Change, LedgerRepository, Repository, WeightsRepository
+from storage.selection import ALL_FILES, FileSelection
 
 log = logging.getLogger(__name__)
 D = TypeVar("D", bound=Document)
@@ -96,9 +97,17 @@ def options_for(target: DownloadTarget, options: DownloadOptions) -> DownloadOpt
     return options
 
 
-def weights_location(target: DownloadTarget, repo_id: str, commit_sha: str) -> str:
-    """Where a repo at a commit goes for a target."""
-    return target.location(repo_id, commit_sha)
+def weights_location(
+    target: DownloadTarget, repo_id: str, commit_sha: str, selection: FileSelection = ALL_FILES
+) -> str:
+    """Where a repo at a commit goes for a target. A subset of the files (file patterns) in a
+    bucket gets a prefix of its own (``<commit>-files-<digest>``): two subsets never write
+    into one prefix. A directory (LOCAL, PVC) is the user's choice; the service refuses a
+    second subset in a directory holding another."""
+    location = target.location(repo_id, commit_sha)
+    if target.kind is TargetKind.S3 and not selection.everything:
+        location += f"-files-{selection.digest()}"
+    return location
 
 
 async def run_weights(

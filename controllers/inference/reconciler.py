@@ -406,6 +406,7 @@ def status_changes(
         "available_replicas": counts.available,
         "updated_replicas": counts.updated,
         "conditions": conditions,
+        "autoscaler": counts.autoscaler,
         "endpoint": endpoint if observed.phase is InferencePhase.RUNNING else None,
     }
     changes: dict[str, Any] = {
@@ -413,6 +414,8 @@ def status_changes(
     }
     if "conditions" in changes and conditions is not None:
         changes["conditions"] = [condition.model_dump() for condition in conditions]
+    if changes.get("autoscaler") is not None:
+        changes["autoscaler"] = changes["autoscaler"].model_dump()
     if not changes:
         return None
     if "phase" in changes:

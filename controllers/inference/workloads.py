@@ -30,6 +30,7 @@ from controllers.inference.engines import (
     plan_engine,
 )
 from storage.documents import (
+    AutoscalerStatus,
     InferenceDocument,
     InferencePhase,
     ModelDocument,
@@ -63,6 +64,8 @@ class WorkloadCounts:
     available: int | None = None
     updated: int | None = None
     conditions: tuple[WorkloadCondition, ...] | None = None
+    autoscaler: AutoscalerStatus | None = None
+    """The autoscaler's own status (Kubernetes: the HPA's or AIBrix's); None without one."""
 
 
 @dataclass(frozen=True, slots=True)

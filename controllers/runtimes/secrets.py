@@ -137,6 +137,15 @@ class EncryptedSecretStore:
         )
         return ref
 
+    async def put_entry(self, *, ref: str, values: dict[str, str]) -> str:
+        """Store ``values`` under a name of the operator's (the server-wide hub token's
+        entry, ``MODELPLANE_HUB_TOKEN_SECRET``), owned by no organisation."""
+        ciphertext = self._cipher.encrypt(json.dumps(values, sort_keys=True).encode())
+        await self._repository.put(
+            EncryptedSecretDocument(id=ref, organization_id="", owner_id=ref, ciphertext=ciphertext)
+        )
+        return ref
+
     async def get(self, ref: str) -> dict[str, str]:
         document = await self._repository.get(ref)
         if document is None:

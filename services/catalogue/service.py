@@ -311,14 +311,20 @@ class CatalogueService:
         model_name: str | None = None,
         target: TargetSpec | None = None,
         start_inference: bool = False,
+        patterns: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
     ) -> Installed:
-        """Create the entry's model (and start its inference with the entry's engine)."""
+        """Create the entry's model (and start its inference with the entry's engine);
+        ``patterns``: (allow, ignore) file patterns of its download."""
         principal.require(Role.EDITOR)
         entry = await self.entry(principal, name)
         request = inference_request(entry) if start_inference else None
         spec = CreateModelSpec(
             source=SourceSpec(
-                url=entry.repo or "", access_mode=AccessMode.LOCAL, revision=entry.revision
+                url=entry.repo or "",
+                access_mode=AccessMode.LOCAL,
+                revision=entry.revision,
+                allow_patterns=patterns[0],
+                ignore_patterns=patterns[1],
             ),
             name=model_name or entry.name,
             display_name=entry.display_name,
@@ -327,7 +333,12 @@ class CatalogueService:
             download_target=target,
             resources=ResourcesSpec(cpu=entry.cpu, memory=entry.memory, gpu=entry.gpu),
         )
-        model = await self._models.create(principal, spec)
+        try:
+            model = await self._models.create(principal, spec)
+        except InvalidInput as exc:
+            if exc.field in ("source.allowPatterns", "source.ignorePatterns"):
+                raise InvalidInput(exc.field.removeprefix("source."), exc.message) from None
+            raise
         if request is None:
             return Installed(model=model, inference=None)
         try:

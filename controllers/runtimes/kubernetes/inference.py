@@ -1,7 +1,10 @@
 """Inference on Kubernetes: Deployments, Services and friends, for the controller and the API.
 
 :class:`KubernetesInferenceExecutor` is the leader's: it applies with server-side apply,
-observes through informer caches (a steady state makes no API requests) and removes.
+observes through informer caches (a steady state makes no API requests) and removes. The
+caches hold its Deployments, pods, events and autoscalers (HorizontalPodAutoscalers, and
+AIBrix PodAutoscalers once AIBrix is found): a change of an autoscaler's status queues its
+inference like a pod's does, and :mod:`~controllers.runtimes.kubernetes.autoscalers` reads it.
 :class:`KubernetesInferenceRuntime` is built in every replica for the API: the plan, a dry
 run's objects, an engine's logs and labelled Deployments without a document, each read from
 the API server (never from an informer only the leader runs).
@@ -29,6 +32,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from controllers.inference.workloads import Obj, Observed, WorkloadPlan, WorkloadPlanner
+from controllers.runtimes.kubernetes.autoscalers import autoscaler_status
 from controllers.runtimes.kubernetes.errors import refused
 from controllers.runtimes.kubernetes.informers import Informer
 from controllers.runtimes.kubernetes.labels import (
@@ -193,7 +197,7 @@ class KubernetesInferenceExecutor:
             self._apps.list_namespaced_deployment,
             namespace=namespace,
             label_selector=MANAGED_BY + "=" + MANAGED_BY_VALUE,
-            on_event=self._on_deployment,
+            on_event=self._on_labelled,
         )
         self.pods = Informer(
             "pods",
@@ -210,18 +214,58 @@ class KubernetesInferenceExecutor:
             keep=lambda e: e.get("involvedObject", {}).get("kind") in EVENT_KINDS,
         )
         self._owner_by_pod: dict[str, str] = {}
+        self.hpas = Informer(
+            "horizontalpodautoscalers",
+            self._autoscaling.list_namespaced_horizontal_pod_autoscaler,
+            namespace=namespace,
+            label_selector=INFERENCE_SELECTOR,
+            on_event=self._on_labelled,
+        )
+        self.pod_autoscalers = Informer(
+            "podautoscalers",
+            self._list_pod_autoscalers,
+            namespace=namespace,
+            label_selector=INFERENCE_SELECTOR,
+            on_event=self._on_labelled,
+        )
+        """AIBrix's, started once AIBrix is found (:meth:`_follow_pod_autoscalers`): a watch
+        of a kind the API server does not serve would fail and retry for ever."""
+        self._watching = False
+        self._following_aibrix = False
 
     @property
     def informers(self) -> list[Informer]:
-        """Every informer (the benchmark counts their requests)."""
-        return [self.deployments, self.pods, self.events]
+        """Every informer that must have synced before reconciles read the caches (the
+        benchmark counts their requests)."""
+        return [self.deployments, self.pods, self.events, self.hpas]
 
     def watch(self, notify: Callable[[str], None]) -> None:
         self._notify = notify
+        self._watching = True
         for informer in self.informers:
             informer.start()
 
-    def _on_deployment(self, _kind: str, obj: Obj) -> None:
+    async def _list_pod_autoscalers(self, namespace: str, **options: Any) -> Any:
+        return await self._custom.list_namespaced_custom_object(
+            "autoscaling.aibrix.ai", "v1alpha1", namespace, "podautoscalers", **options
+        )
+
+    async def _follow_pod_autoscalers(self, inference: InferenceDocument) -> None:
+        """Start AIBrix's informer the first time an autoscaled inference is observed while
+        AIBrix is installed (after a restart nothing is applied again, so apply cannot be
+        the place); its answer comes with the next change it reports."""
+        if (
+            self._watching
+            and not self._following_aibrix
+            and inference.spec.autoscaling is not None
+            and inference.name not in self.hpas.items
+            and self._integrations is not None
+            and (await self._integrations()).aibrix
+        ):
+            self._following_aibrix = True
+            self.pod_autoscalers.start()
+
+    def _on_labelled(self, _kind: str, obj: Obj) -> None:
         owner = obj.get("metadata", {}).get("labels", {}).get(OWNER_ID)
         if owner:
             self._notify(owner)
@@ -371,7 +415,17 @@ class KubernetesInferenceExecutor:
             initial_delay=inference.spec.initial_delay_seconds,
             largest_free_gpus=largest,
         )
-        return replace(observed, counts=workload_counts(deployment))
+        counts = workload_counts(deployment)
+        scaling = inference.spec.autoscaling
+        if counts is not None and scaling is not None:
+            await self._follow_pod_autoscalers(inference)
+            found = autoscaler_status(
+                self.hpas.items.get(inference.name),
+                self.pod_autoscalers.items.get(inference.name),
+                scaling.target_metric,
+            )
+            counts = replace(counts, autoscaler=found)
+        return replace(observed, counts=counts)
 
     @staticmethod
     def _unschedulable(pods: list[Obj]) -> bool:
@@ -414,5 +468,5 @@ class KubernetesInferenceExecutor:
         return None
 
     async def close(self) -> None:
-        for informer in self.informers:
+        for informer in [*self.informers, self.pod_autoscalers]:
             await informer.close()

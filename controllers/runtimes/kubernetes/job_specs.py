@@ -25,10 +25,12 @@ from controllers.runtimes.kubernetes.labels import (
     ORGANIZATION_ID,
     owned_labels,
 )
-from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY, secret_name
+from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from storage.documents import ModelDocument, PvcTarget, TargetKind, WeightsDocument
 
 COMPONENT_VALUE = "download"
+SERVER_HF_TOKEN = "SERVER_HF_TOKEN"  # noqa: S105  a variable's name, not a value
+"""The pod's variable for the server-wide hub token (used when ``HF_TOKEN`` is empty)."""
 WEIGHTS_ID = "modelplane.io/weights-id"
 ATTEMPT = "modelplane.io/attempt"
 MONGODB_URI_KEY = "uri"
@@ -77,6 +79,10 @@ class JobTemplate:
     """Downloader knobs passed through (``MODELPLANE_DOWNLOAD_*``)."""
     pvc_default_size_gi: int = 20
     """Size of a claim created for a PVC target that gives none."""
+    hub_token_secret: str | None = None
+    """Secret holding the server-wide hub token (``MODELPLANE_HUB_TOKEN_SECRET``), if any."""
+    hub_token_key: str = HF_TOKEN_KEY
+    """Its key (``MODELPLANE_HUB_TOKEN_KEY``)."""
 
 
 def job_name(weights_id: str, attempt: int) -> str:
@@ -91,12 +97,38 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool) -> dict[str
     }
 
 
+def _credential_env(
+    model: ModelDocument | None, weights: WeightsDocument, template: JobTemplate
+) -> list[dict[str, Any]]:
+    """References to the download's credentials: the server-wide hub token (used by the pod
+    when the download's own is absent), then the model's credentials, else those the weights
+    were stored with (prefetched)."""
+    env: list[dict[str, Any]] = []
+    if template.hub_token_secret:
+        env.append(
+            _secret_env(
+                SERVER_HF_TOKEN, template.hub_token_secret, template.hub_token_key, optional=True
+            )
+        )
+    if weights.secret_ref is not None:
+        credentials = (model.secret_ref if model is not None else None) or weights.secret_ref
+        env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
+        if S3_SECRET_KEY in weights.target.secret_keys:
+            env.append(
+                _secret_env("S3_SECRET_ACCESS_KEY", credentials, S3_SECRET_KEY, optional=False)
+            )
+    return env
+
+
 def render_job(
-    model: ModelDocument, weights: WeightsDocument, template: JobTemplate, *, namespace: str
+    model: ModelDocument | None, weights: WeightsDocument, template: JobTemplate, *, namespace: str
 ) -> dict[str, Any]:
-    """The Job manifest for the current attempt of a download (pure; no values of secrets)."""
+    """The Job manifest for the current attempt of a download (pure; no values of secrets).
+    Owned by the model whose reconcile launched it, or by the weights themselves (prefetched,
+    no model): the watch hands the owner back to the controller."""
+    owner = model.id if model is not None else weights.id
     labels = {
-        **owned_labels(model.id, weights.organization_id, component=COMPONENT_VALUE),
+        **owned_labels(owner, weights.organization_id, component=COMPONENT_VALUE),
         WEIGHTS_ID: weights.id,
         ATTEMPT: str(weights.attempt),
     }
@@ -112,13 +144,7 @@ def render_job(
         {"name": "MODELPLANE_PVC_MOUNT_PATH", "value": template.pvc_mount_path},
         *({"name": k, "value": v} for k, v in template.download_env),
     ]
-    if weights.secret_ref is not None:
-        credentials = secret_name(model.id)
-        env.append(_secret_env("HF_TOKEN", credentials, HF_TOKEN_KEY, optional=True))
-        if S3_SECRET_KEY in weights.target.secret_keys:
-            env.append(
-                _secret_env("S3_SECRET_ACCESS_KEY", credentials, S3_SECRET_KEY, optional=False)
-            )
+    env += _credential_env(model, weights, template)
     volumes, mounts = _weights_volume(weights, template)
     volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108  a private emptyDir

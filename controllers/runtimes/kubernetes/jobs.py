@@ -164,7 +164,9 @@ class JobExecutor:
         ordered = sorted(pods.items, key=lambda p: p.metadata.creation_timestamp or 0)
         return job_execution(job, ordered, memory_limit=self._template.memory_limit)
 
-    async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+    async def launch(
+        self, model: ModelDocument | None, weights: WeightsDocument
+    ) -> Execution | None:
         """Apply the claim (if we create it) and the Job; delete Jobs of older attempts.
         Returns a failure when the Job cannot be made to run (e.g. a missing claim)."""
         if weights.target.kind is TargetKind.PVC:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from controllers.downloads.executions import Execution
+from controllers.downloads.executions import Credentials, Execution
 from controllers.downloads.running import WeightsRuntimeConfig, run_weights
 from live import Recorder
 from storage.documents import ModelDocument, WeightsDocument
@@ -27,7 +27,7 @@ class LocalExecutor:
         *,
         weights: WeightsRepository,
         ledgers: LedgerRepository,
-        secrets: Callable[[ModelDocument], Awaitable[dict[str, str]]],
+        secrets: Credentials,
         config: WeightsRuntimeConfig,
         recorder: Recorder | None = None,
     ) -> None:
@@ -46,7 +46,9 @@ class LocalExecutor:
         task = self._runners.get(weights.id)
         return Execution(active=task is not None and not task.done())
 
-    async def launch(self, model: ModelDocument, weights: WeightsDocument) -> Execution | None:
+    async def launch(
+        self, model: ModelDocument | None, weights: WeightsDocument
+    ) -> Execution | None:
         if (await self.observe(weights)).active:
             return None
         self._runners[weights.id] = asyncio.create_task(
@@ -54,8 +56,8 @@ class LocalExecutor:
         )
         return None
 
-    async def _run(self, model: ModelDocument, weights: WeightsDocument) -> None:
-        secrets = await self._secrets(model)
+    async def _run(self, model: ModelDocument | None, weights: WeightsDocument) -> None:
+        secrets = await self._secrets(model, weights)
         try:
             await run_weights(
                 weights.id,
@@ -68,7 +70,8 @@ class LocalExecutor:
         finally:
             self._runners.pop(weights.id, None)
             current = await self._weights.get(weights.id)
-            for owner in current.model_ids if current is not None else weights.model_ids:
+            owners = current.model_ids if current is not None else weights.model_ids
+            for owner in owners or [weights.id]:  # prefetched weights are their own owner
                 self._notify(owner)
 
     async def halt(self, weights_id: str) -> None:
