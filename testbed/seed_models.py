@@ -11,7 +11,9 @@ from storage.client import Database
 from storage.documents import AccessMode, ModelDocument, ModelPhase, ModelSource, utcnow
 from storage.repositories import ensure_indexes
 
-PHASES = (ModelPhase.READY, ModelPhase.PENDING, ModelPhase.FAILED, ModelPhase.PULLING)
+PHASES = (ModelPhase.READY, ModelPhase.READY, ModelPhase.FAILED, ModelPhase.READY)
+"""Settled phases only: a LOCAL model PENDING or PULLING with no download behind it would be
+picked up again by every resync of the download controller (a real one has its download)."""
 BATCH = 1000
 
 
@@ -24,13 +26,14 @@ async def seed_models(
     database: Database, *, organization_id: str, count: int, prefix: str = "seed"
 ) -> None:
     """``count`` models named ``<prefix>-00000``...; each a millisecond newer than the last,
-    tagged ``family-<i % 7>`` and ``seeded``, phases cycling READY, PENDING, FAILED, PULLING."""
+    tagged ``family-<i % 7>`` and ``seeded``, every fourth (from the third) FAILED, the rest
+    READY."""
     await ensure_indexes(database)
     start = utcnow() - timedelta(milliseconds=count)
     for offset in range(0, count, BATCH):
         documents = [
             ModelDocument(
-                id=f"model-{prefix}-{i:05d}",
+                id=f"model-{organization_id}-{prefix}-{i:05d}",
                 organization_id=organization_id,
                 name=seeded_name(i, prefix),
                 name_key=seeded_name(i, prefix),

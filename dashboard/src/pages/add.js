@@ -116,12 +116,12 @@ function buildForm() {
       h('legend', {}, 'Download target'),
       radios('target', 'Where the weights go', [['LOCAL', 'Local path'], ['PVC', 'PersistentVolumeClaim'], ['S3', 'S3 bucket']], 'LOCAL', 'downloadTarget'),
       h(
-        'div.form-grid#target-local',
+        'div.form-grid#target-local-fields',
         {},
         input('local-path', 'Local path', { field: 'downloadTarget.local', placeholder: '<allowed root>/<repo>', wide: true }),
       ),
       h(
-        'div.form-grid#target-pvc',
+        'div.form-grid#target-pvc-fields',
         { hidden: true },
         input('pvc-claim', 'Claim name', { field: 'downloadTarget.pvc downloadTarget.pvc.claimName' }),
         input('pvc-subpath', 'Sub-path', { field: 'downloadTarget.pvc.subPath' }),
@@ -129,7 +129,7 @@ function buildForm() {
         input('pvc-size', 'Size (GiB)', { field: 'downloadTarget.pvc.sizeGi', type: 'number', min: 1, inputmode: 'numeric' }),
       ),
       h(
-        'div.form-grid#target-s3',
+        'div.form-grid#target-s3-fields',
         { hidden: true },
         input('s3-endpoint', 'Endpoint', { field: 'downloadTarget.s3 downloadTarget.s3.endpoint', placeholder: 'server default' }),
         input('s3-bucket', 'Bucket', { field: 'downloadTarget.s3.bucket', placeholder: 'server default' }),
@@ -262,7 +262,7 @@ export function mount(root, ctx) {
 
   function showTarget() {
     const target = $('input[name="target"]:checked').value;
-    for (const name of ['LOCAL', 'PVC', 'S3']) $(`#target-${name.toLowerCase()}`).hidden = name !== target;
+    for (const name of ['LOCAL', 'PVC', 'S3']) $(`#target-${name.toLowerCase()}-fields`).hidden = name !== target;
   }
 
   async function showPreview() {

@@ -326,7 +326,8 @@ export function mount(root, ctx) {
     }
     const modelId = event.modelIds?.[0] ?? (event.resourceKind === 'MODEL' ? event.resourceId : null);
     if (event.type !== 'PROGRESS') addActivity(activity, event, modelId ? store.models.get(modelId)?.name : null);
-    const onPage = (event.modelIds ?? [event.resourceId]).some((id) => store.has(id));
+    const ids = [...(event.modelIds ?? []), event.resourceKind === 'MODEL' ? event.resourceId : null];
+    const onPage = ids.some((id) => id !== null && store.has(id));
     if (!onPage && event.type !== 'PROGRESS' && event.type !== 'OVERFLOW') {
       reloadSoon(); // the page's members or the total may have changed
       return;
