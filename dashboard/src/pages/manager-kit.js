@@ -159,7 +159,7 @@ export function issuesList(entry) {
   return h(
     'ul.mgr-issues',
     { 'data-section': 'issues' },
-    entry.issues.map((issue) =>
+    [...entry.issues].sort((a, b) => (a.line ?? 0) - (b.line ?? 0)).map((issue) =>
       h(
         'li',
         { dataset: { field: issue.field ?? '', line: String(issue.line ?? '') } },
