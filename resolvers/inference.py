@@ -51,6 +51,7 @@ def request_from_input(data: InferenceInput | None) -> InferenceRequest:
         image_pull_policy=data.image_pull_policy,
         command=data.command,
         args=data.args,
+        engine_args=data.engine_args,
         replicas=data.replicas,
         cpu=resources.cpu if resources else None,
         memory=resources.memory if resources else None,

@@ -78,6 +78,9 @@ class InferenceSpecView:
     image: str | None = strawberry.field(description="Image; null: the engine's default.")
     command: list[str] | None = strawberry.field(description="Command override.")
     args: list[str] | None = strawberry.field(description="Arguments override.")
+    engine_args: list[str] = strawberry.field(
+        description="Flags appended to the VLLM command line modelplane builds (empty: none)."
+    )
     replicas: int = strawberry.field(description="Replicas (without autoscaling).")
     cpu: str = strawberry.field(description="CPU request.")
     memory: str = strawberry.field(description="Memory request and limit.")
@@ -209,6 +212,7 @@ def _spec_view(doc: InferenceDocument) -> InferenceSpecView:
         image=spec.image,
         command=spec.command,
         args=spec.args,
+        engine_args=list(spec.engine_args),
         replicas=spec.replicas,
         cpu=spec.cpu,
         memory=spec.memory,
@@ -391,6 +395,17 @@ class InferenceInput:
         description="Command (CUSTOM; for VLLM it must carry `--served-model-name <name>`).",
     )
     args: list[str] | None = strawberry.field(default=None, description="Arguments.")
+    engine_args: list[str] | None = strawberry.field(
+        default=None,
+        description=(
+            "VLLM: flags appended to the command line modelplane builds, e.g. "
+            '`["--dtype=bfloat16", "--gpu-memory-utilization=0.9"]`: `--flag`, '
+            "`--flag=value` or a value after a `--flag`; at most 64 tokens, 4 KiB. Refused: "
+            "flags modelplane sets (`--model`, `--served-model-name`, `--host`, `--port`, "
+            "`--tensor-parallel-size`: `resources.gpu`, `--max-model-len`: `contextLength`), "
+            "other engines, and with `command`/`args` (they replace the command line)."
+        ),
+    )
     replicas: int | None = strawberry.field(default=None, description="Replicas (default 1).")
     resources: InferenceResourcesInput | None = strawberry.field(
         default=None, description="Compute per replica; null: the model's `resources`."

@@ -106,6 +106,11 @@ class VllmFlags:
     args: list[str] = strawberry.field(
         description="The flags as command-line arguments; empty when not servable."
     )
+    engine_args: list[str] = strawberry.field(
+        description="The flags to pass as `startInference`'s `engineArgs`: `args` without "
+        "`--tensor-parallel-size` (give it as `resources.gpu`) and `--max-model-len` (give it "
+        "as `contextLength`); empty when not servable."
+    )
 
     @classmethod
     def from_flags(cls, flags: Flags) -> VllmFlags:
@@ -120,6 +125,7 @@ class VllmFlags:
             quantization=flags.quantization,
             gpu_memory_utilization=flags.gpu_memory_utilization,
             args=list(flags.args),
+            engine_args=list(flags.engine_args),
         )
 
 

@@ -15,7 +15,8 @@ Who may choose the program: on the local runtime an engine runs on the control-p
 a CUSTOM engine, a command, args or a program-loading environment variable (``PATH``,
 ``LD_PRELOAD``, ``PYTHONPATH``...) needs the ADMIN role and the setting
 ``MODELPLANE_ALLOW_HOST_COMMANDS`` (off by default); refused before anything is written, dry
-runs and toggles included. On Kubernetes they run inside the pod, an editor's right.
+runs and toggles included (:mod:`services.inference_specs`, which also turns the input into
+the stored spec). On Kubernetes they run inside the pod, an editor's right.
 Secret references name only the model's own Secret (the planner checks it).
 """
 
@@ -27,13 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from controllers.inference.engines import (
-    OLLAMA_PORT,
-    EnginePlanError,
-    check_env,
-    default_engine,
-    host_program_field,
-)
+from controllers.inference.engines import EnginePlanError
 from controllers.inference.workloads import InferenceRuntime
 from controllers.runtimes.kubernetes.labels import owned_labels
 from live import EventType, Recorder
@@ -48,18 +43,15 @@ from services.inference_inputs import (
     Described,
     InferenceRequest,
     check_manifest,
-    check_placement,
-    check_scalars,
-    choose_resources,
     gpus_of,
     request_from,
 )
+from services.inference_specs import check_host_program, spec_for
 from services.inference_updating import keep_port, write_update
 from services.manifests import ManifestPolicy
 from services.naming import workload_name
-from services.principals import Forbidden, Principal
+from services.principals import Principal
 from storage.documents import (
-    AccessMode,
     InferenceDocument,
     InferenceEngine,
     InferencePhase,
@@ -227,8 +219,10 @@ class InferenceService:
     ) -> tuple[InferenceDocument, list[dict[str, Any]]]:
         """The checked document a start writes, and the objects it plans (nothing written;
         ``model`` may be a draft not stored yet, as ``deployModel`` plans it)."""
-        spec = self._spec(model, request)
-        self._check_host_program(principal, spec)
+        spec = spec_for(model, request, runtime_kind=self._runtime_kind, free_port=self._free_port)
+        check_host_program(
+            principal, spec, runtime_kind=self._runtime_kind, allowed=self._allow_host_commands
+        )
         if self._cluster is not None:  # what the runtime can never give: services/offers.py
             await self._cluster.check_offer(spec)
         inference_id = existing.id if existing is not None else new_id("inf")
@@ -505,30 +499,6 @@ class InferenceService:
             allow_external_services=self._allow_external_services,
         )
 
-    def _check_host_program(self, principal: Principal, spec: InferenceSpec) -> None:
-        """On the local runtime a CUSTOM engine, a command, args or a program-loading variable
-        run a program of the caller's choice on this host (as the engine user): only an
-        ADMIN may, and only when the server allows it. Checked before anything is written."""
-        if self._runtime_kind != "local":
-            return
-        where = host_program_field(spec)
-        if where is None:
-            return
-        if not self._allow_host_commands:
-            raise InvalidInput(
-                where,
-                f"{where}: on the local runtime this runs a program of your choice on the "
-                "server's host, which this server does not allow "
-                "(MODELPLANE_ALLOW_HOST_COMMANDS is off); use a built-in engine's defaults",
-            )
-        if not principal.role.allows(Role.ADMIN):
-            raise Forbidden(
-                f"{where}: on the local runtime this runs a program of your choice on the "
-                f"server's host, which needs the {Role.ADMIN.value} role; you are "
-                f"{principal.role.value}",
-                required=Role.ADMIN,
-            )
-
     async def _name(self, model_name: str, inference_id: str) -> str:  # services/naming.py
         return await workload_name(self._inferences, self._runtime, model_name, inference_id)
 
@@ -543,55 +513,3 @@ class InferenceService:
         except EnginePlanError as exc:
             raise InvalidInput(exc.field, exc.message) from None
         return await self._runtime.render(doc, plan)
-
-    def _spec(self, model: ModelDocument, request: InferenceRequest) -> InferenceSpec:
-        engine = request.engine if request.engine is not None else default_engine(model)
-        if model.source.access_mode is AccessMode.REMOTE_API and engine not in {
-            None,
-            InferenceEngine.LITELLM_PROXY,
-        }:
-            raise InvalidInput(
-                "input.engine",
-                f"{model.name} is a REMOTE_API model: leave engine empty for a gateway route, "
-                "or use LITELLM_PROXY for a hosted proxy",
-            )
-        check_scalars(request)
-        check_placement(request)
-        try:  # checked here too: a route (no engine) is never planned, yet its env is stored
-            check_env(list(request.env), own_secret=model.secret_ref)
-        except EnginePlanError as exc:
-            raise InvalidInput(exc.field, exc.message) from None
-        resources = choose_resources(request, model.resources, engine)
-        port = request.port
-        if port is None:
-            default = OLLAMA_PORT if engine is InferenceEngine.OLLAMA else 8000
-            port = (
-                self._free_port() if self._runtime_kind == "local" and self._free_port else default
-            )
-        return InferenceSpec(
-            engine=engine,
-            image=request.image,
-            image_pull_policy=request.image_pull_policy or "IfNotPresent",
-            command=request.command,
-            args=request.args,
-            replicas=request.replicas or 1,
-            cpu=resources.cpu,
-            memory=resources.memory,
-            gpu=resources.gpu,
-            resources_given=resources.given,
-            gpu_type=request.gpu_type,
-            node_selector=dict(request.node_selector or {}),
-            tolerations=list(request.tolerations or []),
-            port=port,
-            health_path=request.health_path,
-            initial_delay_seconds=request.initial_delay_seconds
-            if request.initial_delay_seconds is not None
-            else 60,
-            env=list(request.env),
-            autoscaling=request.autoscaling,
-            litellm=request.litellm,
-            ollama_model=request.ollama_model,
-            upstream_timeout_seconds=request.upstream_timeout_seconds,
-            context_length=request.context_length,
-            service_monitor=request.service_monitor,
-        )

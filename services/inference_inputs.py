@@ -74,6 +74,7 @@ class InferenceRequest:
     image_pull_policy: str | None = None
     command: list[str] | None = None
     args: list[str] | None = None
+    engine_args: list[str] | None = None
     replicas: int | None = None
     cpu: str | None = None
     memory: str | None = None
@@ -216,6 +217,7 @@ def request_from(spec: InferenceSpec) -> InferenceRequest:
         image_pull_policy=spec.image_pull_policy,
         command=spec.command,
         args=spec.args,
+        engine_args=spec.engine_args or None,
         replicas=spec.replicas,
         cpu=spec.cpu if "cpu" in given else None,
         memory=spec.memory if "memory" in given else None,

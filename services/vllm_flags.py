@@ -120,6 +120,13 @@ class VllmFlags:
         args += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
         return tuple(args)
 
+    @property
+    def engine_args(self) -> tuple[str, ...]:
+        """What ``startInference`` takes as ``engineArgs``: :attr:`args` without the two flags
+        the inference owns (``--tensor-parallel-size`` is ``resources.gpu``,
+        ``--max-model-len`` is ``contextLength``)."""
+        return self.args[4:] if self.max_model_len is not None else self.args[2:]
+
 
 @dataclass(frozen=True, slots=True)
 class VllmPlan:

@@ -431,6 +431,9 @@ class InferenceSpec(BaseModel):
     initial_delay_seconds: int = 60
     ollama_model: str | None = None
     """What Ollama pulls; None: ``hf.co/<repo>`` of the model."""
+    engine_args: list[str] = Field(default_factory=list)
+    """Extra flags appended to the command line modelplane builds (VLLM only):
+    :mod:`controllers.inference.engine_args`."""
     context_length: int | None = None
     """vLLM's ``--max-model-len`` (and the context gpuFit sizes the KV cache for); None: the
     engine's default, the model's whole context."""

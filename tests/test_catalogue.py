@@ -376,7 +376,11 @@ async def test_install_creates_the_model_and_refuses_cleanly(
     mongo_client: Client,
 ) -> None:
     name, author = _author(git_remote, tmp_path)
-    author.commit("one", {"models/tiny.yaml": GOOD, "models/broken.yaml": MALFORMED})
+    wide = GOOD.replace("name: tiny", "name: wide")
+    wide = wide.replace("enforce-eager: true", "tensor-parallel-size: 2")
+    author.commit(
+        "one", {"models/tiny.yaml": GOOD, "models/broken.yaml": MALFORMED, "models/wide.yaml": wide}
+    )
     await _configure(running_app, _source(git_remote, name))
     area = weights_area(running_app.resources.settings.local_roots, ORG)
     target = {"local": {"localPath": str(area / "tiny")}}
@@ -394,16 +398,17 @@ async def test_install_creates_the_model_and_refuses_cleanly(
     app_db = mongo_client[running_app.resources.settings.mongodb_database]
     assert await app_db["models"].count_documents({}) == 0
 
-    # --enforce-eager has no place in an inference yet: refused before anything is written.
+    # Two-way tensor parallelism on an entry asking for one GPU: refused before anything is
+    # written (the entry's other flags go as engineArgs: tests/test_engine_args_local.py).
     refused = await _call(
         running_app,
         "InstallCatalogEntry",
-        {"input": {"name": "tiny", "downloadTarget": target, "startInference": True}},
+        {"input": {"name": "wide", "downloadTarget": target, "startInference": True}},
         role=Role.EDITOR,
     )
     assert refused["__typename"] == "ValidationError", refused
     assert refused["field"] == "input.startInference"
-    assert "--enforce-eager" in refused["errorMessage"]
+    assert "--tensor-parallel-size=2" in refused["errorMessage"]
     assert await app_db["models"].count_documents({}) == 0
     assert await app_db["inferences"].count_documents({}) == 0
 

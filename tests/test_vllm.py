@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from controllers.inference.engine_args import check_engine_args
 from controllers.runtimes.inventory import GPU_CATALOGUE
 from services.fitting import ENGINE_COSTS, GpuOffer, ModelShape, estimate
 from services.principals import Principal
@@ -205,6 +206,9 @@ def test_the_flags_agree_with_the_gpu_fit(model: str, gpu: str) -> None:
         str(length),
     )
     assert flags.args[-2:] == ("--gpu-memory-utilization", "0.9")
+    # what startInference takes as engineArgs: the rest, which it accepts
+    assert flags.engine_args == flags.args[4:]
+    check_engine_args(list(flags.engine_args), engine=InferenceEngine.VLLM, replaced_by=None)
 
 
 @pytest.mark.parametrize(
@@ -332,6 +336,7 @@ async def test_vllm_compatibility_of_a_hub_repo_agrees_with_gpu_fit(
         "--gpu-memory-utilization",
         "0.9",
     ]
+    assert t4["engineArgs"] == ["--dtype", "float16", "--gpu-memory-utilization", "0.9"]
 
     one = await ask(running_app, "VllmCompatibility", repoId=SUPPORTED_REPO, gpuType="NVIDIA-L4")
     assert [f["gpuType"] for f in one["flags"]] == ["L4"]

@@ -11,7 +11,8 @@ the same command as a supervised subprocess, bound to loopback.
 Engines:
 
 * **VLLM** ``vllm serve <weights> --served-model-name <model name> --port <port>`` (with
-  ``--tensor-parallel-size`` for several GPUs). A user-supplied command must carry
+  ``--tensor-parallel-size`` for several GPUs), then the inference's ``engineArgs``
+  (:mod:`.engine_args`: the only engine that takes them). A user-supplied command must carry
   ``--served-model-name <name>``: the gateway routes on that name.
 * **OLLAMA** serves ``hf.co/<repo>`` (or the tag the user names): an init step pulls it and
   copies it to the model's name, so clients ask for the same name on every engine. An ENGINE
@@ -28,6 +29,7 @@ Engines:
 Weights: a LOCAL model's engine reads downloaded weights and runs with ``HF_HUB_OFFLINE=1``.
 An ENGINE model's engine fetches its model itself: no ``HF_HUB_OFFLINE``, and the model's hub
 token (if given) as ``HF_TOKEN`` from the model's Secret (a ``secretKeyRef``, never a value).
+The environment's checks and the hub variables live in :mod:`.environment`.
 
 Invalid combinations raise :class:`EnginePlanError` naming the input field, so the same checks
 answer ``startInference`` (as a ValidationError) and the controller (as FAILED).
@@ -43,6 +45,15 @@ from pathlib import PurePosixPath
 from controllers.inference.commands import SERVED_NAME_FLAG, check_served_name
 from controllers.inference.commands import EnginePlanError as EnginePlanError  # noqa: PLC0414
 from controllers.inference.commands import served_name_in as served_name_in  # noqa: PLC0414
+from controllers.inference.engine_args import check_engine_args, host_arg_index
+from controllers.inference.environment import (
+    PROGRAM_ENV,
+    PROGRAM_ENV_PREFIXES,
+    check_env,
+    check_litellm_secret,
+    hub_env,
+    with_hub_env,
+)
 from controllers.inference.proxying import litellm_config as litellm_config  # noqa: PLC0414
 from controllers.runtimes.secrets import HF_TOKEN_KEY, S3_SECRET_KEY
 from storage.documents import (
@@ -62,37 +73,6 @@ OLLAMA_PORT = 11434
 """Ollama's own port: the default of an OLLAMA inference on Kubernetes."""
 _OLLAMA_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*(:[\w.-]+)?")
 MAX_OLLAMA_MODEL = 200
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-_RESERVED_ENV = frozenset({"UPSTREAM_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})
-PROGRAM_ENV = frozenset(
-    {
-        "PATH",
-        "BASH_ENV",
-        "ENV",
-        "SHELLOPTS",
-        "BASHOPTS",
-        "PS4",
-        "IFS",
-        "PERL5LIB",
-        "PERL5OPT",
-        "RUBYLIB",
-        "RUBYOPT",
-        "NODE_OPTIONS",
-        "NODE_PATH",
-        "VLLM_PLUGINS",
-        "HOME",
-    }
-)
-"""Variables that make an engine run or load a program other than its own (the local runtime
-treats them like a command)."""
-PROGRAM_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GCONV_", "BASH_FUNC_")
-MAX_ENV_VARS = 100
-"""Environment variables one inference may set (its own; modelplane adds a few)."""
-MAX_ENV_NAME = 128
-MAX_ENV_VALUE_BYTES = 16 * 1024
-MAX_ENV_TOTAL_BYTES = 256 * 1024
-"""All values together: well inside a Kubernetes object (etcd takes about 1.5 MiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,96 +146,22 @@ def default_engine(model: ModelDocument) -> InferenceEngine | None:
     return None if mode is AccessMode.REMOTE_API else InferenceEngine.VLLM
 
 
-def check_env(env: list[EnvVarSpec], *, own_secret: str | None) -> None:
-    """Each variable is a literal or a reference to a key of the model's own credentials
-    Secret (``own_secret``; any other Secret of the namespace may be another organisation's),
-    with a proper name, at most once; at most :data:`MAX_ENV_VARS` of them, names of at most
-    :data:`MAX_ENV_NAME` characters, values of at most :data:`MAX_ENV_VALUE_BYTES` and
-    :data:`MAX_ENV_TOTAL_BYTES` together."""
-    if len(env) > MAX_ENV_VARS:
-        raise EnginePlanError(
-            "input.env", f"{len(env)} environment variables given; at most {MAX_ENV_VARS}"
-        )
-    seen: set[str] = set()
-    total = 0
-    for index, var in enumerate(env):
-        where = f"input.env[{index}]"
-        _check_env_name(f"{where}.name", var.name, seen)
-        seen.add(var.name)
-        has_ref = var.secret_name is not None or var.secret_key is not None
-        if (var.value is None) == (not has_ref):
-            raise EnginePlanError(
-                where, f"{var.name}: give either value or secretName and secretKey, not both"
-            )
-        if has_ref:
-            _check_env_ref(where, var, own_secret)
-            continue
-        size = len((var.value or "").encode(errors="surrogatepass"))
-        total += size
-        if size > MAX_ENV_VALUE_BYTES or "\x00" in (var.value or ""):
-            raise EnginePlanError(
-                f"{where}.value",
-                f"{var.name}: a value is at most {MAX_ENV_VALUE_BYTES} bytes, without NUL",
-            )
-    if total > MAX_ENV_TOTAL_BYTES:
-        raise EnginePlanError(
-            "input.env", f"the values are {total} bytes together; at most {MAX_ENV_TOTAL_BYTES}"
-        )
-
-
-def _check_env_name(field: str, name: str, seen: set[str]) -> None:
-    if len(name) > MAX_ENV_NAME or not _ENV_NAME.fullmatch(name):
-        raise EnginePlanError(
-            field,
-            f"{name[:MAX_ENV_NAME]!r} is not a valid environment variable name "
-            f"(letters, digits and '_', not starting with a digit, at most {MAX_ENV_NAME})",
-        )
-    if name in seen:
-        raise EnginePlanError(field, f"{name} is given twice")
-    if name in _RESERVED_ENV:
-        raise EnginePlanError(field, f"{name} is set by modelplane")
-
-
-def _check_env_ref(where: str, var: EnvVarSpec, own_secret: str | None) -> None:
-    if not (var.secret_name and var.secret_key):
-        raise EnginePlanError(where, f"{var.name}: a secret reference needs both name and key")
-    if var.secret_name != own_secret:
-        allowed = f"only {own_secret!r}" if own_secret else "none: the model has no credentials"
-        raise EnginePlanError(
-            f"{where}.secretName",
-            f"{var.name}: secretName may name the model's own credentials Secret ({allowed})",
-        )
-    if len(var.secret_key) > 253 or not _SECRET_KEY.fullmatch(var.secret_key):
-        raise EnginePlanError(f"{where}.secretKey", f"{var.name}: not a valid Secret key")
-
-
-def check_litellm_secret(spec: InferenceSpec, model: ModelDocument) -> None:
-    """A LiteLLM master key Secret is the model's own: any other Secret of the namespace (the
-    database URI's, another organisation's credentials) would reach a container whose image
-    and command the user chooses. (Environment references: :func:`check_env`.)"""
-    own = model.secret_ref
-    litellm = spec.litellm
-    if litellm is not None and litellm.api_key_secret_name not in {None, own}:
-        raise EnginePlanError(
-            "input.litellm.masterKeySecretName",
-            "only the model's own Secret may be referenced"
-            + (f" ({own})" if own else "; this model has none"),
-        )
-
-
 def host_program_field(spec: InferenceSpec) -> str | None:
     """The input that picks a program of the user's choice, or None: a CUSTOM engine, a
     command, args (without a command they are the command line), a LiteLLM config of the
     user's own (callbacks and ``custom_auth`` name code to import), or an environment variable
-    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`).
+    that makes the engine load other code (:data:`PROGRAM_ENV` / :data:`PROGRAM_ENV_PREFIXES`),
+    or an engine flag that runs code or reads files of the host (:mod:`.engine_args`).
     On the local runtime such a program runs on the control-plane host. A route (no engine)
     runs nothing."""
     if spec.engine is None:
         return None
+    host_arg = host_arg_index(spec.engine_args)
     chosen = (
         (spec.engine is InferenceEngine.CUSTOM, "input.engine"),
         (bool(spec.command), "input.command"),
         (bool(spec.args), "input.args"),
+        (host_arg is not None, f"input.engineArgs[{host_arg}]"),
         (spec.litellm is not None and spec.litellm.mode == "CONFIG", "input.litellm.configYaml"),
         *(
             (
@@ -282,22 +188,6 @@ def check_ollama_model(reference: str | None) -> None:
         )
 
 
-def hub_env(model: ModelDocument, secret_name: str | None) -> list[EnvVarSpec]:
-    """What an engine is told about the hub: offline for downloaded weights (LOCAL); for an
-    ENGINE model, which fetches its own, the model's hub token from its Secret, if any."""
-    if model.source.access_mode is not AccessMode.ENGINE:
-        return [EnvVarSpec(name="HF_HUB_OFFLINE", value="1")]
-    if not model.source.has_token:
-        return []
-    return [EnvVarSpec(name="HF_TOKEN", secret_name=secret_name, secret_key=HF_TOKEN_KEY)]
-
-
-def _with_hub_env(env: list[EnvVarSpec], extra: list[EnvVarSpec]) -> list[EnvVarSpec]:
-    """``env`` plus ``extra``, the user's own variable winning over ours of the same name."""
-    own = {var.name for var in env}
-    return [*env, *(var for var in extra if var.name not in own)]
-
-
 def plan_engine(
     spec: InferenceSpec,
     model: ModelDocument,
@@ -314,6 +204,8 @@ def plan_engine(
     check_litellm_secret(spec, model)
     check_ollama_model(spec.ollama_model)
     engine = spec.engine
+    replaced = "input.command" if spec.command else "input.args" if spec.args else None
+    check_engine_args(spec.engine_args, engine=engine, replaced_by=replaced)
     if engine is None:
         raise EnginePlanError("input.engine", "a route has no engine to plan")
     remote = model.source.access_mode is AccessMode.REMOTE_API
@@ -434,6 +326,7 @@ def _vllm(
             args += ["--tensor-parallel-size", str(spec.gpu)]
         if spec.context_length:
             args += ["--max-model-len", str(spec.context_length)]
+        args += spec.engine_args
     return EnginePlan(
         engine=InferenceEngine.VLLM,
         image=spec.image or images.vllm,
@@ -441,7 +334,7 @@ def _vllm(
         args=args,
         port=spec.port,
         health_path=spec.health_path or "/health",
-        env=_with_hub_env(spec.env, hub_env(model, secret_name)),
+        env=with_hub_env(spec.env, hub_env(model, secret_name)),
         gpu=spec.gpu,
         weights=placement,
         prepare=_prepare_s3(placement, images, secret_name),
@@ -578,7 +471,7 @@ def _custom(
     check_served_name(command, args, model.name, image=spec.image, always=False)
     env = list(spec.env)
     if model.source.access_mode is AccessMode.ENGINE:
-        env = _with_hub_env(env, hub_env(model, secret_name))
+        env = with_hub_env(env, hub_env(model, secret_name))
     named = {var.name for var in env}
     if placement is not None and "MODEL_PATH" not in named:
         env.append(EnvVarSpec(name="MODEL_PATH", value=placement.path))

@@ -189,6 +189,7 @@ export function renderInferenceSummary(element, model, inference) {
     ['replicas', `${inference.readyReplicas} ready / ${inference.replicas} wanted`],
     ['engine', spec.engine ?? 'gateway route'],
     ['image', spec.image ?? 'engine default'],
+    ['engine flags', spec.engineArgs?.length ? h('span.mono', {}, spec.engineArgs.join(' ')) : 'none'],
     ['GPUs', spec.gpuType ? `${spec.gpu} × ${spec.gpuType}` : String(spec.gpu)],
     ['cpu', spec.cpu],
     ['memory', spec.memory],

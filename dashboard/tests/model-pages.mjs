@@ -161,6 +161,19 @@ async function modelsCase(page) {
   await until('the total back to 1,000', async () => (await total(page)) === 1000, 10);
   const after = await graphql(`{ model(id: "${created.createModel.id}") { id } }`);
   check(after.model === null, 'the model is still readable');
+
+  await page.selectOption('#models-access', 'REMOTE_API');
+  await until('no remote API models', async () => (await total(page)) === 0, 30);
+  check((await page.locator('#models-empty').innerText()) === 'No models match.', 'no word that nothing matches');
+  await page.selectOption('#models-access', 'LOCAL');
+  await page.fill('#models-tag', 'family-3');
+  await page.keyboard.press('Tab');
+  await until('the family-3 tag', async () => (await total(page)) === 143, 30);
+  await page.selectOption('#models-inference', 'NONE');
+  await until('the inference filter applied', async () => params(page).get('inference') === 'NONE', 30);
+  await until('143 LOCAL family-3 models without an inference', async () => (await total(page)) === 143, 30);
+  check(params(page).get('tag') === 'family-3' && params(page).get('access') === 'LOCAL', `address: ${page.url()}`);
+  log('access mode, tag and inference filters: 0 remote, 143 LOCAL family-3 models with no inference');
   return { firstRenderMs: firstRender, createdId: created.createModel.id };
 }
 

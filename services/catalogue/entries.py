@@ -20,11 +20,16 @@ line and the field (``source.repo``, ``flags[2]``), and the entry is kept, marke
 one bad file never hides another and a person sees everything to fix at once. The YAML is read
 with the manifest loader's bounds (no anchors or aliases, bounded nodes and depth).
 
-Flags are argv tokens, never a shell line. Refused: flags modelplane sets itself (``--model``,
-``--served-model-name``, ``--host``, ``--port``), flags that run code from the repository or
-read files of the host (``--trust-remote-code``, ``--download-dir``, ``--ssl-keyfile`` ...;
-:data:`UNSAFE_FLAGS`), short forms (write the long one, so the list above cannot be side-
-stepped), and values that are absolute paths, contain ``..`` or control characters. CUSTOM
+Flags are argv tokens, never a shell line; the same rules as an inference's ``engineArgs``
+(:mod:`controllers.inference.engine_args`), so an entry that validates also installs.
+Refused: flags modelplane sets itself (``--model``, ``--served-model-name``, ``--host``,
+``--port``, ``--uds``, and a prefix vLLM's parser would expand to one), flags that run code
+from the repository or read files of the host (``--trust-remote-code``, ``--download-dir``,
+``--ssl-keyfile`` ...; :data:`UNSAFE_FLAGS`), short forms (write the long one, so the list
+above cannot be side-stepped), a value with no ``--flag`` before it, and values that are
+absolute paths, contain ``..`` or control characters. ``--max-model-len`` and
+``--tensor-parallel-size`` become the inference's ``contextLength`` and GPU count, so they
+take a whole number. CUSTOM
 engines (a program of the repository's choosing) and LITELLM_PROXY (a remote API, not a repo)
 are not catalogue engines.
 """
@@ -39,6 +44,13 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from controllers.inference.engine_args import (
+    HOST_FLAGS,
+    OWNED_FLAGS,
+    flag_name,
+    owner_of,
+    token_problems,
+)
 from services import validation as v
 from services.errors import InvalidInput
 from services.manifest_yaml import _BoundedLoader
@@ -61,32 +73,13 @@ TOP_FIELDS = (
 )
 SOURCE_FIELDS = ("repo", "revision")
 RESOURCE_FIELDS = ("cpu", "memory", "gpu", "gpuType")
-UNSAFE_FLAGS = frozenset(
-    {
-        # set by modelplane from the model and the inference
-        "model",
-        "served-model-name",
-        "host",
-        "port",
-        "uds",
-        # run code shipped with the repository or named by the flag
-        "trust-remote-code",
-        "middleware",
-        "worker-cls",
-        "worker-extension-cls",
-        "logits-processors",
-        "tool-parser-plugin",
-        # read or write files of the host, or carry secrets
-        "download-dir",
-        "config",
-        "api-key",
-        "ssl-keyfile",
-        "ssl-certfile",
-        "ssl-ca-certs",
-        "allowed-local-media-path",
-        "log-config-file",
-    }
-)
+MAPPED_FLAGS = ("max-model-len", "tensor-parallel-size")
+"""Flags an entry gives that become the inference's own input (``contextLength``, the GPU
+count), so they must be whole numbers; modelplane sets every other owned flag itself."""
+ENTRY_OWNED = {name: setter for name, setter in OWNED_FLAGS.items() if name not in MAPPED_FLAGS}
+UNSAFE_FLAGS = frozenset(ENTRY_OWNED) | HOST_FLAGS
+"""Set by modelplane from the model and the inference (:data:`OWNED_FLAGS`), or run code or
+touch files of the host (:data:`HOST_FLAGS`)."""
 _FLAG = re.compile(r"^--(?P<name>[a-z0-9][a-z0-9-]*)(=(?P<value>.*))?\Z", re.DOTALL)
 _NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -387,11 +380,35 @@ def _flags(reading: _Reading, node: Node, engine: InferenceEngine) -> list[str]:
         reading.issue(node, "flags", "engine OLLAMA takes no flags")
     if len(tokens) > MAX_FLAGS:
         reading.issue(node, "flags", f"{len(tokens)} flags; at most {MAX_FLAGS}")
-    for token, where, name in tokens:
+    flagged = set()
+    for index, (token, where, name) in enumerate(tokens):
         problem = flag_problem(token)
         if problem is not None:
+            flagged.add(index)
+            reading.issue(where, name, problem)
+    for index, problem in _sequence_problems([token for token, _, _ in tokens]):
+        if index not in flagged:
+            _, where, name = tokens[index]
             reading.issue(where, name, problem)
     return [token for token, _, _ in tokens]
+
+
+def _sequence_problems(tokens: list[str]) -> list[tuple[int, str]]:
+    """What only the order shows: a value with no ``--flag`` before it, and the value after
+    a bare mapped flag (``--max-model-len``, ``4096``) that is not a whole number."""
+    problems = token_problems(tokens, ENTRY_OWNED)
+    for index, token in enumerate(tokens):
+        if flag_name(token) not in MAPPED_FLAGS or "=" in token:
+            continue
+        value = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if not value.isdigit() or int(value) < 1:
+            problems.append((min(index + 1, len(tokens) - 1), _mapped_problem(token)))
+    return problems
+
+
+def _mapped_problem(flag: str) -> str:
+    setter = OWNED_FLAGS[flag_name(flag) or ""]
+    return f"{flag} takes a whole number (the inference's {setter})"
 
 
 def _flag_tokens(reading: _Reading, node: Node) -> list[tuple[str, Node, str]] | None:
@@ -433,13 +450,31 @@ def flag_problem(token: str) -> str | None:
             return f"{token!r}: write flags in their long form (--name or --name=value)"
         return _value_problem(token)
     name = match.group("name")
-    if name in UNSAFE_FLAGS:
-        return (
-            f"--{name} is not allowed in a catalogue entry (modelplane sets it, or it runs "
-            "code or reads files of the host)"
-        )
+    problem = _name_problem(name)
+    if problem is not None:
+        return problem
     value = match.group("value")
+    if name in MAPPED_FLAGS and value is not None and (not value.isdigit() or int(value) < 1):
+        return _mapped_problem(f"--{name}")
     return None if value is None else _value_problem(value)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``--name`` may not be in an entry: it touches the host, or modelplane owns it (an
+    exact mapped flag excepted: it becomes the inference's own input)."""
+    if name in HOST_FLAGS:
+        return (
+            f"--{name} is not allowed in a catalogue entry (it runs code or reads files of "
+            "the host)"
+        )
+    owned = owner_of(name)
+    if owned is None or (owned[0] == name and name in MAPPED_FLAGS):
+        return None
+    flag, setter = owned
+    if flag in MAPPED_FLAGS:
+        return f"--{name}: write --{flag} in full (it becomes the inference's {setter})"
+    alias = "" if flag == name else f" (vLLM reads it as --{flag})"
+    return f"--{name}{alias} is not allowed in a catalogue entry: modelplane sets it from {setter}"
 
 
 def _value_problem(value: str) -> str | None:

@@ -14,7 +14,8 @@ events) and, when asked, the inference service with the entry's engine, flags an
 a start the inference service refuses deletes the model it just created (the soft delete of
 ``deleteModel``: its download is cancelled and its objects removed), so the refusal leaves no
 live model behind; the refusal names ``input.startInference`` and quotes the inference's field.
-Which of an entry's flags an inference can carry is :func:`inference_request`'s concern.
+How an entry's flags reach the inference (the context length, the GPU count, every other
+flag as ``engineArgs``) is :func:`inference_request`'s concern.
 """
 
 from __future__ import annotations
@@ -461,19 +462,15 @@ def describe(issue: Issue) -> str:
 
 
 def inference_request(entry: Entry) -> InferenceRequest:
-    """The inference an entry asks for: its engine, resources, and the flags the inference
-    contract carries (``--max-model-len`` as the context length, ``--tensor-parallel-size``
-    as the GPU count). Any other flag is refused naming ``input.startInference`` before
-    anything is written: ``InferenceInput`` has no place for extra engine flags yet (its
-    ``args`` replace the whole command line), and dropping them silently would serve another
-    configuration than the entry's."""
+    """The inference an entry asks for: its engine, resources and flags. ``--max-model-len``
+    becomes the context length and ``--tensor-parallel-size`` the GPU count (modelplane puts
+    both on the command line itself); every other flag goes as it is into ``engineArgs``,
+    appended to the command line modelplane builds, so a generated entry's ``--dtype`` and
+    ``--gpu-memory-utilization`` are served as written. The entry's validation
+    (:mod:`services.catalogue.entries`) refuses the flags ``engineArgs`` refuses, so a valid
+    entry's flags are never dropped nor refused here; a start the inference service refuses
+    anyway names ``input.startInference`` and quotes the inference's field."""
     context, parallel, rest = split_flags(entry.flags)
-    if rest:
-        raise InvalidInput(
-            "input.startInference",
-            f"entry {entry.name!r} has flags an inference cannot carry yet ({' '.join(rest)}); "
-            "install it without startInference and start it with your own input",
-        )
     if parallel is not None and entry.gpu is not None and parallel != entry.gpu:
         raise InvalidInput(
             "input.startInference",
@@ -487,6 +484,7 @@ def inference_request(entry: Entry) -> InferenceRequest:
         gpu=parallel if parallel is not None else entry.gpu,
         gpu_type=entry.gpu_type,
         context_length=context,
+        engine_args=rest or None,
     )
 
 

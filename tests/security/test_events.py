@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from controllers.inference.engines import EnginePlanError, check_env
+from controllers.inference.engines import EnginePlanError
+from controllers.inference.environment import check_env
 from live import EventLog, EventRecovery, EventType, Recorder, ResourceKind, event_key
 from services import validation as v
 from services.errors import InvalidInput
