@@ -11,9 +11,12 @@ driven by playwright-core like tests/test_dashboard_pages.py), against real serv
   (``storage_alert_thresholds`` / ``storage_alert_s3_quotas``, checked every 0.2 s): weights
   pre-fetched into it through the page's form (its S3 fields) reach READY live, the ALERT
   badge appears live through ``storageAlerts``, and clears live once the weights are deleted.
+* Catalogue, a force-pushed branch: the last good snapshot shown with FORCE_PUSHED; adopting it
+  asks first (dismissed: nothing sent), then the rewritten commit is synced.
 * Pre-fetch: a pattern matching nothing refused next to the patterns field (nothing stored);
   the form with patterns, the weights appearing with progress (the hub throttled), cancelled,
-  retried and READY, live; the stored weights carry the patterns.
+  retried and READY, live; the stored weights carry the patterns; History lists the cancelled
+  attempt and the one that finished.
 * System: versions, runtime, the leases this replica holds.
 
 Screenshots: tests/artifacts/dashboard-{catalogue,catalogue-draft,storage-alerts,prefetch,
@@ -41,7 +44,7 @@ from tests.conftest import RunningApp, make_settings, serve_app
 from tests.git_fixtures import GIT_PASSWORD
 from tests.graphql_client import run
 from tests.helpers import bucket_on
-from tests.test_catalogue import GOOD, MALFORMED
+from tests.test_catalogue import GOOD, MALFORMED, OTHER
 from tests.test_dashboard import REPO_ROOT, _browser_prerequisites
 
 SCRIPT = REPO_ROOT / "dashboard" / "tests" / "manager.mjs"
@@ -133,6 +136,33 @@ async def test_catalogue_page_configures_lists_installs_and_proposes(
     assert (ARTIFACTS / "dashboard-catalogue.png").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_catalogue_page_adopts_a_force_pushed_branch_after_asking(
+    app: RunningApp, git_remote: GitServer, tmp_path: Path
+) -> None:
+    name = f"dash-{uuid.uuid4().hex[:8]}"
+    author = Author(git_remote.create(name), tmp_path / "author")
+    author.commit("base", {"models/tiny.yaml": GOOD})
+    second = author.commit("two", {"models/other.yaml": OTHER})
+    source = {
+        "url": git_remote.url(name),
+        "branch": "main",
+        "folder": "models",
+        "username": git_remote.username,
+        "password": GIT_PASSWORD,
+    }
+    data = await run(app.graphql_url, "ConfigureCatalog", {"source": source}, token=admin(app))
+    assert data["configureCatalog"]["sync"]["commit"] == second
+    rewritten = author.rewrite("history rewritten", {"models/other.yaml": None})
+    held = await run(app.graphql_url, "RefreshCatalog", {}, token=admin(app))
+    assert held["refreshCatalog"]["sync"]["lastErrorKind"] == "FORCE_PUSHED"
+    await browse(app, "adopt", {"rewritten": rewritten})
+    data = await run(app.graphql_url, "Catalog", {}, token=admin(app))
+    assert data["catalog"]["sync"]["commit"] == rewritten
+    assert [e["name"] for e in data["catalog"]["entries"]["items"]] == ["tiny"]
+
+
 # ---- Storage alerts ---------------------------------------------------------------------
 
 
@@ -204,6 +234,7 @@ async def test_prefetch_form_downloads_with_patterns_cancels_and_retries_live(
     assert weights["state"] == "READY"
     assert weights["prefetched"] is True
     assert weights["allowPatterns"] == ["*.json", "*.safetensors"]
+    assert summary["outcomes"][-1] == "READY"
     assert (ARTIFACTS / "dashboard-prefetch.png").is_file()
 
 

@@ -2,12 +2,14 @@
 // real modelplane, one case per run:
 //
 //   MODELPLANE_TOKEN=<admin jwt> MANAGER_EXPECT='{...}' node dashboard/tests/manager.mjs \
-//       --url http://127.0.0.1:PORT --case catalogue|alerts|prefetch|system --artifacts tests/artifacts
+//       --url http://127.0.0.1:PORT --case catalogue|adopt|alerts|prefetch|system --artifacts tests/artifacts
 //
 // - `catalogue`: configure the source (a loopback git server), see the entries with the invalid
 //   one's problems (file:line field message), filter, install the valid one (a refused path next
 //   to its field first) and follow the link to the new model; generate an entry from the hub,
 //   check it and propose it on a new branch.
+// - `adopt`: a force-pushed branch (the last good snapshot kept, FORCE_PUSHED shown) adopted by
+//   an admin after a confirmation (a dismissed one sends nothing).
 // - `alerts`: an S3 prefix with a quota and a 50 % threshold, OK; weights pre-fetched into it
 //   through the page's form (S3 fields) reach READY live, then the location's ALERT badge
 //   appears live; the weights deleted, the alert clears live.
@@ -174,6 +176,28 @@ async function cataloguePage(page) {
   return { modelId, issues, refusal, branchRefusal, branch, generated };
 }
 
+async function adoptPage(page) {
+  const error = page.locator('[data-section="sync-error"][data-kind="FORCE_PUSHED"]');
+  await error.waitFor({ timeout: 15_000 });
+  const said = await error.innerText();
+  check(said.includes('FORCE_PUSHED') && said.includes('last good snapshot'), `the sync error: ${said}`);
+  check((await page.locator('#catalog-rows tr[data-entry="other"]').count()) === 1, 'the last good snapshot is not shown');
+  log('adopt the rewritten branch: asked first, dismissed, then confirmed');
+  const sent = [];
+  page.on('request', (request) => {
+    if ((request.postData() ?? '').includes('mutation RefreshCatalog')) sent.push(request.postDataJSON().variables);
+  });
+  await confirming(page, () => page.click('#catalog-accept'), false);
+  check(sent.length === 0, 'a dismissed adoption was sent');
+  const question = await confirming(page, () => page.click('#catalog-accept'), true);
+  check(question.includes(expect.rewritten.slice(0, 10)), `the question: ${question}`);
+  await until('the rewritten commit', async () => (await page.locator('[data-fact="commit"] dd').innerText()) === expect.rewritten.slice(0, 10), 20);
+  check(sent.length === 1 && sent[0].acceptForcePush === true, `sent: ${JSON.stringify(sent)}`);
+  await page.locator('[data-section="sync-error"][data-kind="none"]').waitFor({ timeout: 10_000 });
+  await page.locator('#catalog-rows tr[data-entry="other"]').waitFor({ state: 'detached', timeout: 10_000 });
+  return { question };
+}
+
 // ---- Storage: alerts and pre-fetch ----------------------------------------------------------
 
 /** Fills the pre-fetch form's repo, patterns and target (local path or S3 fields). */
@@ -269,8 +293,15 @@ async function prefetchPage(page) {
   await until('READY', async () => (await row.getAttribute('data-state')) === 'READY', 90, 200);
   log(`READY ${((Date.now() - started) / 1000).toFixed(1)} s after the retry`);
   check((await row.locator('button[data-action="cancel"], button[data-action="retry"]').count()) === 0, 'READY weights offer cancel or retry');
+  log('History: the cancelled attempt, then the one that finished');
+  await row.locator('button[data-action="history"]').click();
+  const history = page.locator(`tr[data-history-for="${weightsId}"] li[data-outcome]`);
+  await history.first().waitFor({ timeout: 10_000 });
+  const outcomes = await history.evaluateAll((items) => items.map((li) => li.dataset.outcome));
+  log(`attempts: ${outcomes.join(', ')}; ${(await history.allInnerTexts()).join(' | ')}`);
+  check(outcomes.includes('CANCELLED') && outcomes.at(-1) === 'READY', `the attempts: ${outcomes}`);
   await page.screenshot({ path: shot('prefetch-ready'), fullPage: true });
-  return { weightsId, refused, patterns };
+  return { weightsId, refused, patterns, outcomes };
 }
 
 // ---- System ---------------------------------------------------------------------------------
@@ -298,6 +329,7 @@ async function systemPage(page) {
 
 const CASES = {
   catalogue: [cataloguePage, 'catalogue'],
+  adopt: [adoptPage, 'catalogue'],
   alerts: [alertsPage, 'storage'],
   prefetch: [prefetchPage, 'storage'],
   system: [systemPage, 'system'],

@@ -23,9 +23,13 @@
 // and show their progress live. Prefetched weights (no model needs them yet) can be cancelled
 // while they download (`cancelWeightsDownload`) and retried once failed or cancelled
 // (`retryWeightsDownload`); a model's own download is cancelled from the model's page.
+// *History* lists a weights' download attempts (`DownloadAttempts`: start, duration, outcome,
+// bytes fetched and resumed, why it ended), read again with the page while it is open: the only
+// place prefetched weights (which have no model page) show theirs.
 
 import './ops.css';
 import DeleteWeights from '@operations/DeleteWeights.graphql';
+import DownloadAttempts from '@operations/DownloadAttempts.graphql';
 import './manager.css';
 import CancelWeightsDownload from '@operations/CancelWeightsDownload.graphql';
 import ModelEvents from '@operations/ModelEvents.graphql';
@@ -33,7 +37,7 @@ import RetryWeightsDownload from '@operations/RetryWeightsDownload.graphql';
 import StorageAlerts from '@operations/StorageAlerts.graphql';
 import WeightsList from '@operations/WeightsList.graphql';
 import { fill, h } from '../dom.js';
-import { bytes, clock, percent } from '../format.js';
+import { bytes, clock, duration, percent } from '../format.js';
 import { coalesce } from '../graphql.js';
 import { confirmAction, unionError } from '../forms.js';
 import { pageHead, problem } from './ops-kit.js';
@@ -157,6 +161,52 @@ export function mount(root, ctx) {
   /** weights id → the refusal shown in its row, kept across reloads until the next try. */
   const notes = new Map();
 
+  /** weights id → its download attempts (once read) while its History is open. */
+  const histories = new Map();
+
+  function historyRow(weights) {
+    if (!histories.has(weights.id)) return null;
+    const attempts = histories.get(weights.id);
+    const body = !attempts
+      ? h('p.muted', {}, 'Reading…')
+      : attempts.length === 0
+        ? h('p.muted', {}, 'No attempt yet.')
+        : h(
+            'ol.mgr-attempts',
+            {},
+            attempts.map((a) =>
+              h(
+                'li',
+                { dataset: { attempt: String(a.attempt), outcome: a.outcome } },
+                h(`span.badge.phase-${a.outcome.toLowerCase()}`, {}, a.outcome),
+                ` attempt ${a.attempt}: ${clock(a.startedAt)} for ${duration(a.durationSeconds)}, ${bytes(a.bytesFetched)} fetched`,
+                Number(a.bytesResumed) ? `, ${bytes(a.bytesResumed)} already there` : '',
+                a.reason ? ` (${a.reason})` : '',
+              ),
+            ),
+          );
+    return h('tr.mgr-open', { dataset: { historyFor: weights.id } }, h('td', { colspan: 8 }, h('strong', {}, 'Download attempts'), body));
+  }
+
+  async function readHistory(id) {
+    try {
+      const data = await ctx.request(DownloadAttempts, { id });
+      if (gone || !histories.has(id)) return;
+      histories.set(id, data.weights?.downloadAttempts ?? []);
+    } catch (error) {
+      notes.set(id, { text: error.message, field: null });
+    }
+  }
+
+  async function toggleHistory(weights) {
+    if (histories.has(weights.id)) histories.delete(weights.id);
+    else {
+      histories.set(weights.id, null);
+      await readHistory(weights.id);
+    }
+    load(null);
+  }
+
   function row(weights) {
     const note = notes.get(weights.id);
     const remove = h(
@@ -190,6 +240,8 @@ export function mount(root, ctx) {
         weights.prefetched && ['FAILED', 'CANCELLED'].includes(weights.state)
           ? [h('button.small', { type: 'button', 'data-action': 'retry', disabled: !ctx.canEdit, onclick: () => cancelOrRetry(weights, 'retry') }, 'Retry'), ' ']
           : null,
+        h('button.small', { type: 'button', 'data-action': 'history', 'aria-expanded': String(histories.has(weights.id)), onclick: () => toggleHistory(weights) }, 'History'),
+        ' ',
         remove,
         note
           ? h(
@@ -215,7 +267,9 @@ export function mount(root, ctx) {
         return load(null);
       }
       fill(usage, data.weightsUsage.length ? data.weightsUsage.map(usageCard) : h('p.muted', {}, 'No allowed root exists yet.'));
-      fill(rows, page.items.map(row));
+      await Promise.all(page.items.filter((w) => histories.has(w.id)).map((w) => readHistory(w.id)));
+      if (gone) return;
+      fill(rows, page.items.map((weights) => [row(weights), historyRow(weights)]));
       count.textContent = String(page.total);
       empty.hidden = page.total > 0;
       renderPager(page.total);
