@@ -344,6 +344,7 @@ export function mount(root, ctx) {
 
   /** A crossing: the card's badge flips now; the usage is read again. */
   function alerted(event) {
+    if (event?.type === 'RESYNC_REQUIRED') load(null); // crossings were trimmed: read the state
     if (event?.resourceKind !== 'ALERT') return;
     const card = [...usage.querySelectorAll('.ops-usage')].find((node) => node.dataset.root === event.resourceId);
     if (card) {
