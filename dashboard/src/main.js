@@ -12,12 +12,14 @@ import { $, fill, h } from './dom.js';
 import { ApiError, request } from './graphql.js';
 import { createLiveConnection } from './live.js';
 import * as addPage from './pages/add.js';
+import * as cataloguePage from './pages/catalogue.js';
 import * as clusterPage from './pages/cluster.js';
 import * as keysPage from './pages/keys.js';
 import * as modelPage from './pages/model.js';
 import * as modelsPage from './pages/models.js';
 import * as playgroundPage from './pages/playground.js';
 import * as storagePage from './pages/storage.js';
+import * as systemPage from './pages/system.js';
 import { NAV, parseHash, toHash } from './router.js';
 import { renderConnection } from './view.js';
 
@@ -30,6 +32,8 @@ const PAGES = {
   storage: storagePage,
   keys: keysPage,
   playground: playgroundPage,
+  catalogue: cataloguePage,
+  system: systemPage,
 };
 
 const shell = {

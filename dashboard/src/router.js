@@ -1,5 +1,6 @@
 // Hash routes: `#/models` (default), `#/models/<id>`, `#/add`, `#/cluster`, `#/storage`,
-// `#/keys`, `#/playground`, each with optional parameters after `?` (`#/models?q=llama&page=2`).
+// `#/keys`, `#/playground`, `#/catalogue`, `#/system`, each with optional parameters after `?`
+// (`#/models?q=llama&page=2`).
 // Hash routing needs nothing from the server (it serves one page at `/`) and a reload or the
 // back button lands on the same view.
 
@@ -9,8 +10,10 @@ export const NAV = [
   { name: 'add', label: 'Add model', hash: '#/add' },
   { name: 'cluster', label: 'Cluster', hash: '#/cluster' },
   { name: 'storage', label: 'Storage', hash: '#/storage' },
+  { name: 'catalogue', label: 'Catalogue', hash: '#/catalogue' },
   { name: 'keys', label: 'API keys', hash: '#/keys' },
   { name: 'playground', label: 'Playground', hash: '#/playground' },
+  { name: 'system', label: 'System', hash: '#/system' },
 ];
 const KNOWN = new Set(NAV.map((item) => item.name));
 
