@@ -73,7 +73,11 @@ class DownloadProgress:
 class DownloadAttempt:
     """An attempt as stored on the weights (at most 20, oldest first)."""
 
-    attempt: int = strawberry.field(description="The weights' attempt counter while it ran.")
+    attempt: int = strawberry.field(
+        description="The weights' attempt counter while it ran: the number in the download "
+        "Job's name (`download-<weights>-<attempt>`). A cancel also advances it (the old "
+        "attempt's worker stands down), so a cancel and a retry go from attempt 0 to 2."
+    )
     started_at: datetime = strawberry.field(description="When it entered PULLING (UTC).")
     ended_at: datetime | None = strawberry.field(description="When it ended; null while running.")
     outcome: WeightsStateEnum = strawberry.field(
