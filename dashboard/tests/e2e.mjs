@@ -26,10 +26,8 @@ import { mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, Failure, check, launchBrowser, logger, until } from './kit.mjs';
 
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'];
 const REPO = 'tiny-org/tiny-model';
 
 const { values: options } = parseArgs({
@@ -51,26 +49,7 @@ function shotPath(name) {
   return path.join(options.artifacts, name);
 }
 
-function log(message) {
-  console.log(`[e2e ${new Date().toISOString().slice(11, 23)}] ${message}`);
-}
-
-class Failure extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new Failure(message);
-}
-
-/** Polls `probe` until it returns a truthy value, or fails with `what` after `seconds`. */
-async function until(what, probe, seconds = 30, intervalMs = 100) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Failure(`timed out after ${seconds} s waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
+const log = logger('e2e');
 
 /** A TCP proxy to modelplane that can cut WebSocket connections and refuse new ones. */
 function startProxy() {
@@ -386,7 +365,7 @@ async function main() {
   const proxy = await startProxy();
   let browser;
   try {
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 });
+    browser = await launchBrowser();
   } catch (error) {
     await proxy.close();
     console.error(`cannot start Chromium at ${CHROMIUM} (make browser installs it): ${error.message}`);

@@ -24,10 +24,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
-
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'];
+import { check, logger, runScript, until } from './kit.mjs';
 
 const { values: options } = parseArgs({
   options: {
@@ -45,25 +42,7 @@ if (!options.url || !options.case || !token) {
 }
 const shot = (name) => path.join(options.artifacts, `dashboard-${name}.png`);
 
-function log(message) {
-  console.log(`[manager ${new Date().toISOString().slice(11, 23)}] ${message}`);
-}
-
-class Failure extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new Failure(message);
-}
-
-async function until(what, probe, seconds = 20, intervalMs = 100) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Failure(`timed out after ${seconds} s waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
+const log = logger('manager');
 
 /** Runs `act` (which opens forms.js's confirmation), answers it and returns its text. */
 async function confirming(page, act, accept = true) {
@@ -358,24 +337,12 @@ async function run(browser) {
 async function main() {
   check(options.case in CASES, `no such case ${options.case}`);
   await mkdir(options.artifacts, { recursive: true });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 });
-  const watchdog = setTimeout(() => {
-    console.error(`manager: gave up after ${options.timeout} s`);
-    process.exit(1);
-  }, Number(options.timeout) * 1000);
-  try {
-    const summary = await run(browser);
-    console.log(JSON.stringify({ ok: true, ...summary }));
-  } catch (error) {
-    console.error(`manager --case ${options.case} failed: ${error instanceof Failure ? error.message : error.stack}`);
-    for (const context of browser.contexts()) {
-      for (const page of context.pages()) await page.screenshot({ path: shot(`${options.case}-failure`), fullPage: true }).catch(() => {});
-    }
-    process.exitCode = 1;
-  } finally {
-    clearTimeout(watchdog);
-    await browser.close();
-  }
+  await runScript({
+    name: `manager --case ${options.case}`,
+    timeoutSeconds: Number(options.timeout),
+    failureShot: shot(`${options.case}-failure`),
+    body: run,
+  });
 }
 
 await main();

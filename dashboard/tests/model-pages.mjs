@@ -17,10 +17,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
-
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'];
+import { Failure, check, graphqlClient, logger, runScript, until } from './kit.mjs';
 
 const { values: options } = parseArgs({
   options: {
@@ -37,37 +34,10 @@ if (!options.url || !token || !options.case) {
   process.exit(2);
 }
 
-class Failure extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new Failure(message);
-}
-
-function log(message) {
-  console.log(`[model-pages ${new Date().toISOString().slice(11, 23)}] ${message}`);
-}
-
-async function until(what, probe, seconds = 30, intervalMs = 100) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Failure(`timed out after ${seconds} s waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
+const log = logger('model-pages');
 
 /** A GraphQL call straight to modelplane (not through the page). */
-async function graphql(query, variables = {}) {
-  const response = await fetch(new URL('/graphql', options.url), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await response.json();
-  if (body.errors) throw new Failure(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
+const graphql = graphqlClient(options.url, token);
 
 const shot = (name) => path.join(options.artifacts, name);
 
@@ -301,30 +271,23 @@ async function main() {
   await mkdir(path.resolve(options.artifacts), { recursive: true });
   const run = CASES[options.case];
   check(run, `unknown case ${options.case}`);
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 });
-  const watchdog = setTimeout(() => {
-    console.error(`model-pages: gave up after ${options.timeout} s`);
-    process.exit(1);
-  }, Number(options.timeout) * 1000);
-  const context = await browser.newContext({ viewport: { width: 1360, height: 900 }, deviceScaleFactor: 1 });
-  const page = await context.newPage();
-  const pageErrors = [];
-  page.on('pageerror', (error) => pageErrors.push(error.message));
-  page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
+  await runScript({
+    name: `model-pages ${options.case}`,
+    timeoutSeconds: Number(options.timeout),
+    failureShot: shot(`dashboard-${options.case}-failure.png`),
+    body: async (browser) => {
+      const context = await browser.newContext({ viewport: { width: 1360, height: 900 }, deviceScaleFactor: 1 });
+      const page = await context.newPage();
+      const pageErrors = [];
+      page.on('pageerror', (error) => pageErrors.push(error.message));
+      page.on('console', (message) => {
+        if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) pageErrors.push(message.text());
+      });
+      const summary = await run(page);
+      check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
+      return { case: options.case, ...summary };
+    },
   });
-  try {
-    const summary = await run(page);
-    check(pageErrors.length === 0, `errors in the page: ${pageErrors.join(' | ')}`);
-    console.log(JSON.stringify({ ok: true, case: options.case, ...summary }));
-  } catch (error) {
-    console.error(`model-pages ${options.case} failed: ${error instanceof Failure ? error.message : error.stack}`);
-    await page.screenshot({ path: shot(`dashboard-${options.case}-failure.png`), fullPage: true }).catch(() => {});
-    process.exitCode = 1;
-  } finally {
-    clearTimeout(watchdog);
-    await browser.close();
-  }
 }
 
 await main();

@@ -16,10 +16,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
-
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'];
+import { Failure, check, graphqlClient, logger, runScript, until } from './kit.mjs';
 
 const { values: options } = parseArgs({
   options: {
@@ -37,38 +34,10 @@ if (!options.url || !options.page || !token) {
 }
 const shot = (name) => path.join(options.artifacts, `dashboard-${name}.png`);
 
-function log(message) {
-  console.log(`[pages ${new Date().toISOString().slice(11, 23)}] ${message}`);
-}
-
-class Failure extends Error {}
-
-function check(condition, message) {
-  if (!condition) throw new Failure(message);
-}
-
-/** Polls `probe` until it returns a truthy value, or fails with `what` after `seconds`. */
-async function until(what, probe, seconds = 20, intervalMs = 100) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Failure(`timed out after ${seconds} s waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
+const log = logger('pages');
 
 /** A GraphQL request straight to modelplane (not through the page). */
-async function graphql(query, variables = {}) {
-  const response = await fetch(new URL('/graphql', options.url), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await response.json();
-  if (body.errors) throw new Failure(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
+const graphql = graphqlClient(options.url, token);
 
 /**
  * Runs `act` (which makes the page ask for a confirmation: forms.js's modal dialog), answers
@@ -401,24 +370,12 @@ async function run(browser) {
 async function main() {
   check(options.page in PAGES, `no such page ${options.page}`);
   await mkdir(options.artifacts, { recursive: true });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: 30_000 });
-  const watchdog = setTimeout(() => {
-    console.error(`pages: gave up after ${options.timeout} s`);
-    process.exit(1);
-  }, Number(options.timeout) * 1000);
-  try {
-    const summary = await run(browser);
-    console.log(JSON.stringify({ ok: true, ...summary }));
-  } catch (error) {
-    console.error(`pages --page ${options.page} failed: ${error instanceof Failure ? error.message : error.stack}`);
-    for (const context of browser.contexts()) {
-      for (const page of context.pages()) await page.screenshot({ path: shot(`${options.page}-failure`), fullPage: true }).catch(() => {});
-    }
-    process.exitCode = 1;
-  } finally {
-    clearTimeout(watchdog);
-    await browser.close();
-  }
+  await runScript({
+    name: `pages --page ${options.page}`,
+    timeoutSeconds: Number(options.timeout),
+    failureShot: shot(`${options.page}-failure`),
+    body: run,
+  });
 }
 
 await main();
