@@ -44,38 +44,30 @@ from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 from tests.test_cluster_status import Cluster, crd_body, remove_crd
 from tests.test_dashboard import REPO_ROOT, _browser_prerequisites
-from tests.test_inference_local import FAKE_VLLM, STAND_IN_SERVER, wait_inference
+from tests.test_inference_local import (
+    FAKE_VLLM,
+    STAND_IN_HANDLER,
+    STAND_IN_SERVE,
+    STAND_IN_SERVER,
+    wait_inference,
+)
 from tests.test_weights_api import create_local, ready, wait_model
 
 PAGES_SCRIPT = REPO_ROOT / "dashboard" / "tests" / "pages.mjs"
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 ORG = "org-a"
 
-CHAT_SERVER = """
+CHAT_SERVER = (
+    """
 import time
 
 def words(messages):
     last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     return ["You", " said", ":"] + [" " + w for w in last.split()] + [".", " Bye", "."]
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-    def _send(self, body):
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def do_GET(self):
-        if self.path == "/health":
-            self._send({{}})
-        elif self.path == "/v1/models":
-            self._send({{"object": "list", "data": [{{"id": name, "object": "model"}}]}})
-        else:
-            self.send_error(404)
-    def do_POST(self):
+"""
+    + STAND_IN_HANDLER
+    + """    def do_POST(self):
         if self.path != "/v1/chat/completions":
             self.send_error(404)
             return
@@ -113,9 +105,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\\n\\n")
         self.wfile.flush()
         self.close_connection = True
-
-ThreadingHTTPServer((host, port), Handler).serve_forever()
 """
+    + STAND_IN_SERVE
+)
 """The stand-in's HTTP half with a streaming ``/v1/chat/completions``: it answers "You said:
 <the last user message>. Bye." one word per server-sent event, 0.12 s apart after 0.3 s, and
 "please fail" with a 500 in OpenAI's error shape, as an engine that failed would."""

@@ -30,7 +30,7 @@ from tests.conftest import RunningApp, make_settings, serve_app
 from tests.graphql_client import run
 from tests.test_weights_api import create_local, ready, wait_model
 
-STAND_IN_SERVER = """
+STAND_IN_HANDLER = """
 class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -48,9 +48,15 @@ class Handler(BaseHTTPRequestHandler):
             self._send({{"object": "list", "data": [{{"id": name, "object": "model"}}]}})
         else:
             self.send_error(404)
+"""
+"""The stand-in's request handler: /health and /v1/models under ``name``; its class body is
+open at the end, so a variant appends methods (``do_POST``) before :data:`STAND_IN_SERVE`."""
 
+STAND_IN_SERVE = """
 ThreadingHTTPServer((host, port), Handler).serve_forever()
 """
+
+STAND_IN_SERVER = STAND_IN_HANDLER + STAND_IN_SERVE
 """The HTTP half of a stand-in vLLM: /health and /v1/models under ``name`` on ``host``:``port``
 (the script before it sets those); a ``str.format`` template like the scripts it ends."""
 
