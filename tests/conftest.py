@@ -218,16 +218,30 @@ async def kube_app(
     kube_namespace: str,
 ) -> AsyncIterator[RunningApp]:
     """modelplane on the kubernetes runtime, managing a fresh namespace of the test cluster."""
-    settings = make_settings(
+    settings = kube_settings(tmp_path, mongo_uri, hub, kube, kube_namespace)
+    async with serve_app(settings, mongo_client) as running:
+        yield running
+
+
+def kube_settings(
+    tmp_path: Path,
+    mongo_uri: str,
+    hub: RunningHub,
+    kube: servers.KubeCluster,
+    namespace: str,
+    **overrides: Any,
+) -> Settings:
+    """:func:`make_settings` for the kubernetes runtime on the test cluster's ``namespace``,
+    with the local hub and ``overrides``."""
+    return make_settings(
         tmp_path,
         mongo_uri,
         hf_endpoint=hub.endpoint,
         runtime="kubernetes",
         kubeconfig=kube.kubeconfig,
-        namespace=kube_namespace,
+        namespace=namespace,
+        **overrides,
     )
-    async with serve_app(settings, mongo_client) as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from storage.documents import LocalTarget, Role, WeightsDocument
 from storage.repositories import SecretRepository
 from testbed import kubelet, servers
 from testbed.hub import RunningHub
-from tests.conftest import HUB_TOKEN, RunningApp, make_settings, serve_app
+from tests.conftest import HUB_TOKEN, RunningApp, kube_settings, make_settings, serve_app
 from tests.graphql_client import execute, run
 from tests.helpers import weights_area
 from tests.test_weights_api import wait_model
@@ -212,13 +212,12 @@ async def kube_token_app(
     kube: servers.KubeCluster,
     kube_namespace: str,
 ) -> AsyncIterator[RunningApp]:
-    settings = make_settings(
+    settings = kube_settings(
         tmp_path,
         mongo_uri,
-        hf_endpoint=hub.endpoint,
-        runtime="kubernetes",
-        kubeconfig=kube.kubeconfig,
-        namespace=kube_namespace,
+        hub,
+        kube,
+        kube_namespace,
         hub_token_secret=ENTRY,
     )
     async with serve_app(settings, mongo_client) as running:

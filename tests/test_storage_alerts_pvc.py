@@ -14,7 +14,7 @@ from storage.client import Client
 from storage.documents import Role
 from testbed import kubelet, servers
 from testbed.hub import RunningHub
-from tests.conftest import HUB_TOKEN, RunningApp, make_settings, serve_app
+from tests.conftest import HUB_TOKEN, RunningApp, kube_settings, serve_app
 from tests.graphql_client import Subscription, run
 from tests.helpers import first_seen
 from tests.test_download_jobs import _api, _create_pvc_model, _jobs, _mongo_secret, _wait_for
@@ -33,13 +33,12 @@ async def alerting_kube_app(
     kube: servers.KubeCluster,
     kube_namespace: str,
 ) -> AsyncIterator[RunningApp]:
-    settings = make_settings(
+    settings = kube_settings(
         tmp_path,
         mongo_uri,
-        hf_endpoint=hub.endpoint,
-        runtime="kubernetes",
-        kubeconfig=kube.kubeconfig,
-        namespace=kube_namespace,
+        hub,
+        kube,
+        kube_namespace,
         storage_alert_thresholds=f'{{"{CLAIM}": 0.0001}}',  # any real filesystem is over it
         storage_alert_interval_seconds=0.2,
     )
