@@ -137,6 +137,20 @@ def test_autoscaler_status(
     assert autoscaler_status(hpa, pod_autoscaler, metric) == expected
 
 
+def test_hpas_that_may_not_be_read_are_said_and_do_not_hide_what_is_seen() -> None:
+    refused = "listing horizontalpodautoscalers answered 403"
+    unknown = autoscaler_status(None, None, "cpu", unreadable=refused)
+    assert unknown is not None
+    assert unknown.current_value is None
+    assert unknown.value_message is not None
+    assert refused in unknown.value_message
+    assert "list and watch" in unknown.value_message
+    assert autoscaler_status(None, None, "cpu") is None
+    # an HPA or PodAutoscaler that is seen wins over the refusal
+    seen = autoscaler_status(None, {"status": {}}, "cpu", unreadable=refused)
+    assert seen == AutoscalerStatus(kind=AIBRIX, value_message=AIBRIX_NO_VALUE)
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [

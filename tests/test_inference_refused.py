@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client as k8s
 
+from controllers.runtimes.kubernetes.inference import KubernetesInferenceExecutor
 from storage.client import Client
 from testbed import servers
 from testbed.hub import RunningHub
@@ -35,15 +36,17 @@ READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch", "delete"]
 
 
-def _role(namespace: str, *, write_deployments: bool) -> Any:
-    """Everything the service does in its namespace, Deployments writable or not."""
+def _role(namespace: str, *, write_deployments: bool, autoscalers: bool = True) -> Any:
+    """Everything the service does in its namespace, Deployments writable or not, the
+    ``autoscaling`` group (HPAs) granted or not."""
+    groups = ["", "batch", "monitoring.coreos.com"] + (["autoscaling"] if autoscalers else [])
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": {"name": ACCOUNT, "namespace": namespace},
         "rules": [
             {
-                "apiGroups": ["", "batch", "autoscaling", "monitoring.coreos.com"],
+                "apiGroups": groups,
                 "resources": ["*"],
                 "verbs": ["*"],
             },
@@ -56,9 +59,11 @@ def _role(namespace: str, *, write_deployments: bool) -> Any:
     }
 
 
-async def _set_role(api: k8s.ApiClient, namespace: str, *, write_deployments: bool) -> None:
+async def _set_role(
+    api: k8s.ApiClient, namespace: str, *, write_deployments: bool, autoscalers: bool = True
+) -> None:
     rbac = k8s.RbacAuthorizationV1Api(api)
-    body = _role(namespace, write_deployments=write_deployments)
+    body = _role(namespace, write_deployments=write_deployments, autoscalers=autoscalers)
     try:
         await rbac.replace_namespaced_role(ACCOUNT, namespace, body)
     except k8s.ApiException as exc:
@@ -93,7 +98,9 @@ async def _until_allowed(api: k8s.ApiClient, namespace: str, *, allowed: bool) -
         await asyncio.sleep(0.1)
 
 
-async def _make_account(api: k8s.ApiClient, namespace: str, *, write_deployments: bool) -> None:
+async def _make_account(
+    api: k8s.ApiClient, namespace: str, *, write_deployments: bool, autoscalers: bool = True
+) -> None:
     """The service account, its Role and the binding."""
     core, rbac = k8s.CoreV1Api(api), k8s.RbacAuthorizationV1Api(api)
     account: Any = {"metadata": {"name": ACCOUNT}}
@@ -104,7 +111,7 @@ async def _make_account(api: k8s.ApiClient, namespace: str, *, write_deployments
         "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}],
     }
     await rbac.create_namespaced_role_binding(namespace, binding)
-    await _set_role(api, namespace, write_deployments=write_deployments)
+    await _set_role(api, namespace, write_deployments=write_deployments, autoscalers=autoscalers)
 
 
 async def _account_kubeconfig(plane: servers.KubeControlPlane, namespace: str, path: Path) -> Path:
@@ -214,6 +221,34 @@ async def test_apply_forbidden_by_rbac_fails_once_and_recovers_after_the_grant(
         await _set_role(api, ns, write_deployments=True)
         running = await _retry(app, model.id, inference["id"])
         assert running["phase"] == "RUNNING", running
+
+
+async def test_a_role_without_autoscalers_still_serves_inferences_without_autoscaling(
+    tmp_path: Path,
+    mongo_uri: str,
+    mongo_client: Client,
+    hub: RunningHub,
+    kube_control_plane: servers.KubeControlPlane,
+    control_plane_api: k8s.ApiClient,
+    gpu_namespace: str,
+) -> None:
+    """A Role from before autoscaler status was watched (no ``autoscaling`` group): the HPA
+    cache is refused for good, and inferences that need no HPA must not wait for it."""
+    api, ns = control_plane_api, gpu_namespace
+    await _make_account(api, ns, write_deployments=True, autoscalers=False)
+    async with restricted_app(
+        tmp_path, mongo_uri, mongo_client, hub, kube_control_plane, ns
+    ) as app:
+        model = await ready_model(app)
+        inference = await start(app, model.id)
+        running = await wait_inference(app, inference["id"], {"RUNNING", "FAILED"}, timeout=90)
+        assert running["phase"] == "RUNNING", running
+        controller = app.resources.inference_controller
+        assert controller is not None
+        executor = controller.executor
+        assert isinstance(executor, KubernetesInferenceExecutor)
+        assert executor.hpas.refused is not None, "the HPA list was not refused"
+        assert "403" in executor.hpas.refused
 
 
 def _policy(name: str) -> Any:

@@ -146,12 +146,19 @@ def pod_autoscaler_status(autoscaler: Obj) -> AutoscalerStatus:
 
 
 def autoscaler_status(
-    hpa: Obj | None, pod_autoscaler: Obj | None, metric: str
+    hpa: Obj | None, pod_autoscaler: Obj | None, metric: str, *, unreadable: str | None = None
 ) -> AutoscalerStatus | None:
     """The status of whichever autoscaler the inference has (AIBrix's when both exist: it is
-    the one applied when AIBrix is installed); None when neither was observed."""
+    the one applied when AIBrix is installed); None when neither was observed, unless the HPAs
+    may not be read (``unreadable``: why), which the status then says."""
     if pod_autoscaler is not None:
         return pod_autoscaler_status(pod_autoscaler)
     if hpa is not None:
         return hpa_status(hpa, metric)
+    if unreadable is not None:
+        return AutoscalerStatus(
+            kind=AutoscalerKind.HORIZONTAL_POD_AUTOSCALER,
+            value_message=f"modelplane may not watch HorizontalPodAutoscalers ({unreadable}); "
+            "grant get, list and watch on them (the Helm chart's Role does)",
+        )
     return None

@@ -319,7 +319,11 @@ class KubernetesInferenceExecutor:
             self._notify(key)
 
     async def ready(self) -> bool:
-        return all(informer.synced.is_set() for informer in self.informers)
+        """Every cache synced; the HPAs' may instead be refused (a Role without
+        ``horizontalpodautoscalers``): inferences without autoscaling need none of it, and
+        an autoscaled one says why its value is unknown."""
+        hpas = self.hpas.synced.is_set() or self.hpas.refused is not None
+        return hpas and all(i.synced.is_set() for i in self.informers if i is not self.hpas)
 
     async def present(self, inference: InferenceDocument) -> bool:
         deployment = self.deployments.items.get(inference.name)
@@ -423,6 +427,7 @@ class KubernetesInferenceExecutor:
                 self.hpas.items.get(inference.name),
                 self.pod_autoscalers.items.get(inference.name),
                 scaling.target_metric,
+                unreadable=self.hpas.refused,
             )
             counts = replace(counts, autoscaler=found)
         return replace(observed, counts=counts)

@@ -35,6 +35,10 @@ RECONNECT = Backoff(base=1.0, cap=30.0, spread=0.25)
 class ListFailed(Exception):
     """The API server refused a list or watch (the status is in the message)."""
 
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class _Gone(Exception):
     """The watch's resourceVersion is too old: list again."""
@@ -66,6 +70,9 @@ class Informer:
         self._keep = keep or (lambda _obj: True)
         self.items: dict[str, Obj] = {}
         self.synced = asyncio.Event()
+        self.refused: str | None = None
+        """Why the last list was refused (401/403: this kind may not be read); None once a list
+        succeeds. The informer keeps trying, so a grant is picked up."""
         self._task: asyncio.Task[None] | None = None
         self.requests = 0
         """API requests made (lists and watch connections), for the benchmark."""
@@ -111,7 +118,12 @@ class Informer:
         try:
             raw = await response.read()
             if response.status >= 300:
-                raise ListFailed(f"listing {self.kind} answered {response.status}: {raw[:200]!r}")
+                if response.status in (401, 403):
+                    self.refused = f"listing {self.kind} answered {response.status}"
+                raise ListFailed(
+                    f"listing {self.kind} answered {response.status}: {raw[:200]!r}",
+                    response.status,
+                )
             body = json.loads(raw)
         finally:
             response.release()
@@ -120,6 +132,7 @@ class Informer:
         }
         gone = [obj for name, obj in self.items.items() if name not in fresh]
         self.items = fresh
+        self.refused = None
         for obj in gone:
             self._on_event("DELETED", obj)
         for obj in fresh.values():
@@ -145,7 +158,9 @@ class Informer:
             if response.status >= 300:
                 if response.status == 410:
                     raise _Gone
-                raise ListFailed(f"watching {self.kind} answered {response.status}")
+                raise ListFailed(
+                    f"watching {self.kind} answered {response.status}", response.status
+                )
             while True:
                 line = await response.content.readline()
                 if not line:
