@@ -362,6 +362,10 @@ async def _stream_body(served: Served, size: int) -> tuple[int, bytes]:
             writer.write(framed)
             await writer.drain()
             sent += len(chunk)
+            # drain() returns without yielding while the server reads as fast as this writes
+            # (it discards the rest of a refused body): yield, so the reader sees the answer
+            # when it comes rather than after the whole body
+            await asyncio.sleep(0)
         if not answered.is_set():  # all sent: end the JSON and the body
             writer.write(b'3\r\n"}}\r\n0\r\n\r\n')
             await writer.drain()
