@@ -97,10 +97,12 @@ async def test_the_models_page_pages_searches_and_follows_1000_models(
 @pytest.mark.timeout(240)
 async def test_the_add_form_works_with_the_keyboard_alone(running_app: RunningApp) -> None:
     summary = await browse(running_app, "add")
+    print(summary["patternError"])  # noqa: T201  the refusal as the page showed it
+    assert "*.gguf" in summary["patternError"]
     assert "kubernetes" in summary["pvcError"]
     assert (ARTIFACTS / "dashboard-add.png").is_file()
     models = running_app.resources.database["models"]
-    assert await models.count_documents({}) == 1  # the refused PVC model left nothing behind
+    assert await models.count_documents({}) == 1  # the refused ones left nothing behind
     stored = await models.find_one({"_id": summary["modelId"]})
     assert stored is not None
     assert stored["source"]["access_mode"] == "REMOTE_API"

@@ -171,10 +171,25 @@ async function addCase(page) {
   await page.keyboard.type('tiny-org/tiny-model');
   let order = await tabOrder(page, 'local-path');
   check(
-    JSON.stringify(order) === JSON.stringify(['revision', 'hub-token', 'name', 'display-name', 'tags', 'description', 'target-local', 'local-path']),
+    JSON.stringify(order) ===
+      JSON.stringify(['revision', 'hub-token', 'allow-patterns', 'ignore-patterns', 'name', 'display-name', 'tags', 'description', 'target-local', 'local-path']),
     `focus order (Hugging Face): ${order}`,
   );
   await page.locator('#preview[data-state="ready"] .preview-fit').waitFor({ timeout: 15_000 });
+
+  // A file pattern that matches nothing in the repo: refused next to it, nothing written.
+  await page.focus('#allow-patterns');
+  await page.keyboard.type('*.gguf');
+  await page.keyboard.press('Enter');
+  const patternError = page.locator('.field:has(#allow-patterns) .field-error');
+  await patternError.waitFor({ timeout: 15_000 });
+  const patternText = await patternError.innerText();
+  check(/^ValidationError: .*\*\.gguf/.test(patternText), `the pattern refusal: ${patternText}`);
+  check((await page.evaluate(() => document.activeElement.id)) === 'allow-patterns', 'focus did not move to the patterns');
+  const none = await graphql('{ models(filter: {search: "tiny-org/tiny-model"}) { total } }');
+  check(none.models.total === 0, `a refused model was written: ${JSON.stringify(none)}`);
+  await page.fill('#allow-patterns', '');
+  await page.focus('#local-path');
   await page.keyboard.press('Shift+Tab'); // back to the target radios
   await page.keyboard.press('ArrowRight'); // PVC
   check(await page.locator('#target-pvc-fields').isVisible(), 'the PVC fields did not appear');
@@ -227,7 +242,7 @@ async function addCase(page) {
   check((await page.locator('#api-key').inputValue()) === '', 'the API key is back in the form');
   const stored = await graphql(`{ model(id: "${modelId}") { name phase source { accessMode hasToken } } }`);
   check(stored.model.source.hasToken && stored.model.phase === 'READY', `stored: ${JSON.stringify(stored)}`);
-  return { modelId, focusOrder: order, pvcError: claimText };
+  return { modelId, focusOrder: order, patternError: patternText, pvcError: claimText };
 }
 
 async function modelCase(page) {

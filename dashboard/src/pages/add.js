@@ -1,5 +1,6 @@
 // The add-a-model page (`#/add`): a Hugging Face repo (with the hub preview and the GPU fit for
-// vLLM) downloaded to a local path, a PersistentVolumeClaim or an S3 bucket; or a remote
+// vLLM; all its files or those matching some globs) downloaded to a local path, a
+// PersistentVolumeClaim or an S3 bucket; or a remote
 // OpenAI-compatible API with its key. Name, display name, tags and resources for both.
 //
 // One `createModel`. A refusal is shown next to the input its `field` names (forms.js), and
@@ -29,6 +30,12 @@ function input(id, label, { field, hint = null, wide = false, ...props } = {}) {
     h('input', { id, name: id, spellcheck: 'false', dataset: { field }, 'aria-describedby': hintId, ...props }),
     hint ? h('p.hint', { id: hintId }, hint) : null,
   );
+}
+
+/** Comma-separated globs as a list; null when there are none (every file). */
+function globs(text) {
+  const list = text.split(',').map((glob) => glob.trim()).filter(Boolean);
+  return list.length ? list : null;
 }
 
 function radios(name, legend, options, checked, field) {
@@ -78,6 +85,12 @@ function buildForm() {
           autocomplete: 'new-password',
           hint: 'Stored encrypted for this model; never shown again.',
         }),
+        input('allow-patterns', 'Only files matching', {
+          field: 'source.allowPatterns',
+          placeholder: '*.json, *.safetensors',
+          hint: 'Globs, comma-separated; empty: every file.',
+        }),
+        input('ignore-patterns', 'Except files matching', { field: 'source.ignorePatterns', placeholder: '*.pth, original/*' }),
       ),
       h('div#preview.preview', { hidden: true, 'aria-live': 'polite' }),
     ),
@@ -196,6 +209,8 @@ export function formInput(form, localDefault) {
     accessMode: 'LOCAL',
     revision: orNull(value(form, 'revision')),
     token: orNull(form.querySelector('#hub-token').value),
+    allowPatterns: globs(value(form, 'allow-patterns')),
+    ignorePatterns: globs(value(form, 'ignore-patterns')),
   };
   const target = form.querySelector('input[name="target"]:checked').value;
   if (target === 'LOCAL') {
