@@ -105,13 +105,18 @@ def measure(
     return result
 
 
+def claim_root(target: PvcTarget) -> str:
+    """A PVC's location as ``weightsUsage``, the alerts and the gauges name it."""
+    return f"pvc://{target.claim_name}"
+
+
 def _claims(ready: list[WeightsDocument]) -> dict[str, RootUsage]:
     """One entry per PVC holding READY weights: the newest measurement and their bytes."""
     claims: dict[str, RootUsage] = {}
     for weights in ready:
         if not isinstance(weights.target, PvcTarget) or weights.volume is None:
             continue
-        root = f"pvc://{weights.target.claim_name}"
+        root = claim_root(weights.target)
         seen = claims.get(root)
         volume = weights.volume
         if seen is None or (seen.measured_at is not None and volume.measured_at > seen.measured_at):
@@ -149,8 +154,7 @@ def claim_holders(ready: Iterable[WeightsDocument]) -> dict[str, frozenset[str]]
     holders: dict[str, set[str]] = {}
     for weights in ready:
         if isinstance(weights.target, PvcTarget):
-            root = f"pvc://{weights.target.claim_name}"
-            holders.setdefault(root, set()).add(weights.organization_id)
+            holders.setdefault(claim_root(weights.target), set()).add(weights.organization_id)
     return {root: frozenset(orgs) for root, orgs in holders.items()}
 
 

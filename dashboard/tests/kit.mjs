@@ -1,12 +1,37 @@
-// What every browser script under dashboard/tests shares: Debian's Chromium launched headless,
+// What every browser script under dashboard/tests shares: its command line (`scriptOptions`),
+// Debian's Chromium launched headless,
 // a typed failure with `check` and `until`, a timestamped log, GraphQL straight to modelplane
 // (not through the page), and `runScript`: one browser for one case, a watchdog, a screenshot
 // of every open page when the case fails, and one JSON summary line when it passes.
 
+import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'];
+
+/**
+ * The command line of a one-case script: `--url`, `--<caseOption>`, `--artifacts`,
+ * `--timeout` (seconds, default `timeout`) and `extra` options; the token from
+ * `MODELPLANE_TOKEN`. Exits 2 with the usage when one is missing.
+ */
+export function scriptOptions(script, { caseOption, timeout, extra = {}, cases = 'NAME' }) {
+  const { values } = parseArgs({
+    options: {
+      url: { type: 'string' },
+      [caseOption]: { type: 'string' },
+      artifacts: { type: 'string', default: 'tests/artifacts' },
+      timeout: { type: 'string', default: String(timeout) },
+      ...extra,
+    },
+  });
+  const token = process.env.MODELPLANE_TOKEN;
+  if (!values.url || !values[caseOption] || !token) {
+    console.error(`usage: MODELPLANE_TOKEN=... node ${script}.mjs --url http://127.0.0.1:PORT --${caseOption} ${cases}`);
+    process.exit(2);
+  }
+  return { options: values, token };
+}
 
 /** A check that failed: reported by its message alone (other errors with their stack). */
 export class Failure extends Error {}

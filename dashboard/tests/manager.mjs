@@ -23,23 +23,10 @@
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { check, logger, runScript, until } from './kit.mjs';
+import { check, logger, runScript, scriptOptions, until } from './kit.mjs';
 
-const { values: options } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    case: { type: 'string' },
-    artifacts: { type: 'string', default: 'tests/artifacts' },
-    timeout: { type: 'string', default: '150' },
-  },
-});
-const token = process.env.MODELPLANE_TOKEN;
+const { options, token } = scriptOptions('manager', { caseOption: 'case', timeout: 150 });
 const expect = JSON.parse(process.env.MANAGER_EXPECT ?? '{}');
-if (!options.url || !options.case || !token) {
-  console.error('usage: MODELPLANE_TOKEN=... node manager.mjs --url http://127.0.0.1:PORT --case NAME');
-  process.exit(2);
-}
 const shot = (name) => path.join(options.artifacts, `dashboard-${name}.png`);
 
 const log = logger('manager');

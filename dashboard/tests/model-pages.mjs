@@ -16,23 +16,9 @@
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { Failure, check, graphqlClient, logger, runScript, until } from './kit.mjs';
+import { check, Failure, graphqlClient, logger, runScript, scriptOptions, until } from './kit.mjs';
 
-const { values: options } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    case: { type: 'string' },
-    'model-id': { type: 'string' },
-    artifacts: { type: 'string', default: 'tests/artifacts' },
-    timeout: { type: 'string', default: '150' },
-  },
-});
-const token = process.env.MODELPLANE_TOKEN;
-if (!options.url || !token || !options.case) {
-  console.error('usage: MODELPLANE_TOKEN=... node model-pages.mjs --url URL --case models|add|model');
-  process.exit(2);
-}
+const { options, token } = scriptOptions('model-pages', { caseOption: 'case', timeout: 150, extra: { 'model-id': { type: 'string' } }, cases: 'models|add|model' });
 
 const log = logger('model-pages');
 

@@ -15,23 +15,10 @@
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { Failure, check, graphqlClient, logger, runScript, until } from './kit.mjs';
+import { check, Failure, graphqlClient, logger, runScript, scriptOptions, until } from './kit.mjs';
 
-const { values: options } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    page: { type: 'string' },
-    artifacts: { type: 'string', default: 'tests/artifacts' },
-    timeout: { type: 'string', default: '120' },
-  },
-});
-const token = process.env.MODELPLANE_TOKEN;
+const { options, token } = scriptOptions('pages', { caseOption: 'page', timeout: 120 });
 const expect = JSON.parse(process.env.PAGES_EXPECT ?? '{}');
-if (!options.url || !options.page || !token) {
-  console.error('usage: MODELPLANE_TOKEN=... node pages.mjs --url http://127.0.0.1:PORT --page NAME');
-  process.exit(2);
-}
 const shot = (name) => path.join(options.artifacts, `dashboard-${name}.png`);
 
 const log = logger('pages');

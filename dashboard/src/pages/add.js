@@ -15,6 +15,7 @@ import HuggingFaceModel from '@operations/HuggingFaceModel.graphql';
 import { fill, h } from '../dom.js';
 import { clearErrors, formMessage, reportResult, showError, unionError } from '../forms.js';
 import { toHash } from '../router.js';
+import { readPatterns } from './manager-kit.js';
 import { renderFit, renderPreview } from '../view.js';
 
 const REPO_ID = /^[\w.-]+\/[\w.-]+$/;
@@ -30,12 +31,6 @@ function input(id, label, { field, hint = null, wide = false, ...props } = {}) {
     h('input', { id, name: id, spellcheck: 'false', dataset: { field }, 'aria-describedby': hintId, ...props }),
     hint ? h('p.hint', { id: hintId }, hint) : null,
   );
-}
-
-/** Comma-separated globs as a list; null when there are none (every file). */
-function globs(text) {
-  const list = text.split(',').map((glob) => glob.trim()).filter(Boolean);
-  return list.length ? list : null;
 }
 
 function radios(name, legend, options, checked, field) {
@@ -209,8 +204,8 @@ export function formInput(form, localDefault) {
     accessMode: 'LOCAL',
     revision: orNull(value(form, 'revision')),
     token: orNull(form.querySelector('#hub-token').value),
-    allowPatterns: globs(value(form, 'allow-patterns')),
-    ignorePatterns: globs(value(form, 'ignore-patterns')),
+    allowPatterns: readPatterns(form, 'allow-patterns'),
+    ignorePatterns: readPatterns(form, 'ignore-patterns'),
   };
   const target = form.querySelector('input[name="target"]:checked').value;
   if (target === 'LOCAL') {
